@@ -1,0 +1,170 @@
+"""Offline N:M packer: dense masked weights -> tiled values + log2(M)-bit positions.
+
+Layout (see src/sk.h): output columns are cut into tiles of 16 (one AVX-512 vector); inside
+a tile, records are ordered (group, slot), each record holding 16 values and 16 positions.
+This makes the kernel's two streams (values, metadata) strictly sequential and lets one
+vector load fetch a record. Positions use log2(M) bits, the minimum; a byte per position
+would cap 2:4 at 1.6x over dense at batch 1 where the bit-packed limit is 1.88x.
+Everything here is vectorized numpy: packing a 4096x11008 matrix takes well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._buffers import aligned_copy
+from .errors import PackedFormatError
+
+TILE = 16
+SUPPORTED_M = (4, 8, 16)
+META_WORDS = {4: 2, 8: 3, 16: 4}  # uint16 words per (tile, group, slot) record
+_LANE = np.arange(TILE, dtype=np.uint64)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedNM:
+    """An N:M sparse [K, C] weight packed for ``nm_matmul``. Build with ``pack_nm`` or
+    ``PackedNM.from_arrays`` (which validates: the kernel trusts a constructed object)."""
+
+    n: int
+    m: int
+    k: int
+    cols: int
+    values: np.ndarray  # float32, (tiles * K/M * n * 16,)
+    meta: np.ndarray  # uint16, (tiles * K/M * n * META_WORDS[m],)
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.cols // TILE)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernel streams per product (values + metadata)."""
+        return int(self.values.nbytes + self.meta.nbytes)
+
+    @classmethod
+    def from_arrays(
+        cls, n: int, m: int, k: int, cols: int, values: np.ndarray, meta: np.ndarray
+    ) -> PackedNM:
+        """Validate externally supplied packed buffers (e.g. ONNX initializers)."""
+        check_nm_shape(n, m, k, cols)
+        tiles = -(-cols // TILE)
+        records = tiles * (k // m) * n
+        values = np.asarray(values)
+        meta = np.asarray(meta)
+        if values.dtype != np.float32 or meta.dtype != np.uint16:
+            raise PackedFormatError(
+                f"expected float32 values and uint16 meta, got {values.dtype} and {meta.dtype}"
+            )
+        if values.size != records * TILE:
+            raise PackedFormatError(f"values has {values.size} elements, expected {records * TILE}")
+        if meta.size != records * META_WORDS[m]:
+            raise PackedFormatError(
+                f"meta has {meta.size} elements, expected {records * META_WORDS[m]}"
+            )
+        pos = decode_positions(meta, n, m, tiles, k // m)
+        # Positions must be strictly increasing within a group: distinct and canonical, so a
+        # corrupted record cannot silently alias two slots onto one input.
+        if n > 1 and not np.all(np.diff(pos.astype(np.int16), axis=2) > 0):
+            raise PackedFormatError("N:M positions within a group are not strictly increasing")
+        return cls(n, m, k, cols, aligned_copy(values, np.float32), aligned_copy(meta, np.uint16))
+
+    def positions(self) -> np.ndarray:
+        """Decoded positions, [tiles, groups, n, 16] uint8 (for tests and debugging)."""
+        return decode_positions(self.meta, self.n, self.m, self.tiles, self.k // self.m)
+
+    def to_dense(self) -> np.ndarray:
+        """The dense [K, C] weight this packing represents (exact inverse of pack_nm)."""
+        tiles, groups = self.tiles, self.k // self.m
+        vals = self.values.reshape(tiles, groups, self.n, TILE)
+        pos = self.positions().astype(np.intp)
+        dense = np.zeros((tiles, groups, TILE, self.m), dtype=np.float32)
+        t, g, j, lane = np.indices(pos.shape, sparse=True)
+        dense[t, g, lane, pos] = vals[t, g, j, lane]
+        # [tiles, groups, lane, m] -> [groups, m, tiles, lane] -> [K, C]
+        full = dense.transpose(1, 3, 0, 2).reshape(self.k, tiles * TILE)
+        return np.ascontiguousarray(full[:, : self.cols])
+
+
+def check_nm_shape(n: int, m: int, k: int, cols: int) -> None:
+    if m not in SUPPORTED_M:
+        raise PackedFormatError(f"M must be one of {SUPPORTED_M}, got {m}")
+    if not 1 <= n <= m:
+        raise PackedFormatError(f"N must be in [1, M={m}], got {n}")
+    if k <= 0 or cols <= 0 or k % m:
+        raise PackedFormatError(f"K={k} must be a positive multiple of M={m}; C={cols} > 0")
+
+
+def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Keep the n largest-magnitude weights of every group of m along K (axis 0)."""
+    w = np.asarray(w, dtype=np.float32)
+    k, cols = w.shape
+    check_nm_shape(n, m, k, cols)
+    groups = w.reshape(k // m, m, cols)
+    order = np.argsort(-np.abs(groups), axis=1, kind="stable")
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[:, :n, :], True, axis=1)
+    return np.where(keep, groups, 0.0).reshape(k, cols).astype(np.float32)
+
+
+def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
+    """Pack a [K, C] weight whose groups of m along K hold at most n nonzeros.
+
+    Raises PackedFormatError if a group holds more than n nonzeros (prune first with
+    ``prune_nm``): packing is lossless by contract.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise PackedFormatError(f"expected a 2-D weight, got shape {w.shape}")
+    k, cols = w.shape
+    check_nm_shape(n, m, k, cols)
+    tiles, groups = -(-cols // TILE), k // m
+    padded = np.zeros((k, tiles * TILE), dtype=np.float32)
+    padded[:, :cols] = w
+    # [K, C] -> [tiles, groups, lane, m]
+    wg = padded.reshape(groups, m, tiles, TILE).transpose(2, 0, 3, 1)
+    nonzero = wg != 0
+    if np.any(nonzero.sum(axis=-1) > n):
+        raise PackedFormatError(f"weight is not {n}:{m} sparse along K (prune it first)")
+    # Nonzeros first (in position order), then fill slots with the lowest zero positions;
+    # sorting makes positions strictly increasing, the canonical form from_arrays checks.
+    idx = np.arange(m)
+    key = np.where(nonzero, idx, m + idx)
+    pos = np.sort(np.argsort(key, axis=-1, kind="stable")[..., :n], axis=-1)
+    vals = np.take_along_axis(wg, pos, axis=-1)  # [tiles, groups, lane, n]
+    vals = vals.transpose(0, 1, 3, 2)  # [tiles, groups, n, lane]
+    meta = encode_positions(pos.transpose(0, 1, 3, 2), m)
+    return PackedNM(n, m, k, cols, aligned_copy(vals, np.float32), aligned_copy(meta, np.uint16))
+
+
+def encode_positions(pos: np.ndarray, m: int) -> np.ndarray:
+    """[..., 16] positions -> [..., META_WORDS[m]] uint16 records (layout in src/sk.h)."""
+    p = pos.astype(np.uint64)
+    if m == 4:
+        word = np.sum(p << (2 * _LANE), axis=-1, dtype=np.uint64).astype("<u4")
+        return word[..., None].view("<u2")
+    if m == 8:
+        lo = np.sum((p & 3) << (2 * _LANE), axis=-1, dtype=np.uint64).astype("<u4")
+        hi = np.sum(((p >> 2) & 1) << _LANE, axis=-1, dtype=np.uint64).astype("<u2")
+        return np.concatenate([lo[..., None].view("<u2"), hi[..., None]], axis=-1)
+    shift = 32 * (_LANE & 1) + 4 * (_LANE >> 1)
+    word = np.sum(p << shift, axis=-1, dtype=np.uint64).astype("<u8")
+    return word[..., None].view("<u2")
+
+
+def decode_positions(meta: np.ndarray, n: int, m: int, tiles: int, groups: int) -> np.ndarray:
+    """Inverse of encode_positions: flat uint16 meta -> [tiles, groups, n, 16] uint8."""
+    rec = np.ascontiguousarray(meta, dtype="<u2").reshape(tiles, groups, n, META_WORDS[m])
+    if m == 4:
+        word = rec.view("<u4").astype(np.uint64)  # [..., 1]
+        pos = (word >> (2 * _LANE)) & 3
+    elif m == 8:
+        lo = np.ascontiguousarray(rec[..., :2]).view("<u4").astype(np.uint64)
+        hi = rec[..., 2:3].astype(np.uint64)
+        pos = ((lo >> (2 * _LANE)) & 3) | (((hi >> _LANE) & 1) << 2)
+    else:
+        word = rec.view("<u8").astype(np.uint64)
+        pos = (word >> (32 * (_LANE & 1) + 4 * (_LANE >> 1))) & 15
+    return pos.astype(np.uint8)

@@ -1,0 +1,162 @@
+/* N:M sparse x dense on AVX2 + FMA: the AVX-512 scheme on two 8-lane halves of a tile.
+ * AVX2 has 16 ymm registers, so the register block is NM2_R rows x NM2_T tiles x 2 halves. */
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#include "sk_internal.h"
+
+#define NM2_R 2
+#define NM2_T 2
+#define NM2_CHUNK_BYTES (96 * 1024)
+
+typedef struct {
+    const float *x;
+    int64_t ldx, g0, g1;
+    const float *vals;
+    const uint16_t *meta;
+    int64_t tile_vals, tile_meta;
+    int n;
+    float *y;
+    int64_t ldy;
+    int last_width; /* valid columns of the last tile of this call (1..16) */
+    int accumulate;
+} nm2_args;
+
+static inline __attribute__((always_inline)) __m256i nm2_decode(const int M, const uint16_t *md,
+                                                                const int h) {
+    if (M == 4) {
+        const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+        const __m256i w = _mm256_set1_epi32((int)sk_load_u32(md));
+        return _mm256_srlv_epi32(w, _mm256_add_epi32(sh, _mm256_set1_epi32(16 * h)));
+    }
+    if (M == 8) {
+        const __m256i sh2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+        const __m256i sh1 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i lo = _mm256_srlv_epi32(_mm256_set1_epi32((int)sk_load_u32(md)),
+                                             _mm256_add_epi32(sh2, _mm256_set1_epi32(16 * h)));
+        const __m256i hi = _mm256_srlv_epi32(_mm256_set1_epi32((int)md[2] << 2),
+                                             _mm256_add_epi32(sh1, _mm256_set1_epi32(8 * h)));
+        return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(3)),
+                               _mm256_and_si256(hi, _mm256_set1_epi32(4)));
+    }
+    const __m256i sh = _mm256_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12);
+    return _mm256_srlv_epi32(_mm256_set1_epi64x((long long)sk_load_u64(md)),
+                             _mm256_add_epi32(sh, _mm256_set1_epi32(16 * h)));
+}
+
+/* x for one row and group: xa holds the group (M <= 8), xb the upper half for M = 16. */
+static inline __attribute__((always_inline)) void nm2_load_x(const int M, const float *p,
+                                                             __m256 *xa, __m256 *xb) {
+    if (M == 4) {
+        *xa = _mm256_broadcast_ps((const __m128 *)p);
+    } else {
+        *xa = _mm256_loadu_ps(p);
+        if (M == 16) *xb = _mm256_loadu_ps(p + 8);
+    }
+}
+
+static inline __attribute__((always_inline)) __m256 nm2_gather(const int M, __m256 xa, __m256 xb,
+                                                               __m256i idx) {
+    if (M == 4) return _mm256_permutevar_ps(xa, idx);
+    if (M == 8) return _mm256_permutevar8x32_ps(xa, idx);
+    const __m256 pa = _mm256_permutevar8x32_ps(xa, idx), pb = _mm256_permutevar8x32_ps(xb, idx);
+    return _mm256_blendv_ps(pa, pb, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+static inline __m256i nm2_mask(int width, int h) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(width - 8 * h), lane);
+}
+
+static inline __attribute__((always_inline)) void nm2_mk(const int M, const int R, const int T,
+                                                         const nm2_args *p) {
+    const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
+    const int n = p->n;
+    __m256 acc[R][T][2];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < 2; h++) {
+                const __m256i mk = nm2_mask(t == T - 1 ? p->last_width : SK_TILE, h);
+                acc[r][t][h] = p->accumulate
+                                   ? _mm256_maskload_ps(p->y + r * p->ldy + t * SK_TILE + 8 * h, mk)
+                                   : _mm256_setzero_ps();
+            }
+    const float *vals = p->vals;
+    const uint16_t *meta = p->meta;
+    for (int64_t g = p->g0; g < p->g1; g++) {
+        __m256 xa[R], xb[R];
+        for (int r = 0; r < R; r++) {
+            xb[r] = _mm256_setzero_ps();
+            nm2_load_x(M, p->x + r * p->ldx + g * M, &xa[r], &xb[r]);
+        }
+        for (int j = 0; j < n; j++) {
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) {
+                    const __m256i idx = nm2_decode(M, meta + t * p->tile_meta + j * W, h);
+                    const __m256 v = _mm256_loadu_ps(vals + t * p->tile_vals + j * SK_TILE + 8 * h);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++)
+                        acc[r][t][h] =
+                            _mm256_fmadd_ps(v, nm2_gather(M, xa[r], xb[r], idx), acc[r][t][h]);
+                }
+            }
+        }
+        vals += n * SK_TILE;
+        meta += n * W;
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < 2; h++) {
+                const __m256i mk = nm2_mask(t == T - 1 ? p->last_width : SK_TILE, h);
+                _mm256_maskstore_ps(p->y + r * p->ldy + t * SK_TILE + 8 * h, mk, acc[r][t][h]);
+            }
+}
+
+typedef void (*nm2_fn)(const nm2_args *);
+#define NM2_DEF(M_, R_, T_) \
+    static void nm2_mk_##M_##_##R_##_##T_(const nm2_args *p) { nm2_mk(M_, R_, T_, p); }
+#define NM2_DEFS(M_) NM2_DEF(M_, 1, 1) NM2_DEF(M_, 2, 1) NM2_DEF(M_, 1, 2) NM2_DEF(M_, 2, 2)
+NM2_DEFS(4) NM2_DEFS(8) NM2_DEFS(16)
+#define NM2_ROW(M_) {{nm2_mk_##M_##_1_1, nm2_mk_##M_##_2_1}, {nm2_mk_##M_##_1_2, nm2_mk_##M_##_2_2}}
+/* [M index][T index (1, NM2_T)][rows - 1] */
+static const nm2_fn NM2[3][2][NM2_R] = {NM2_ROW(4), NM2_ROW(8), NM2_ROW(16)};
+
+void sk_nm_avx2(const sk_nm_args *a) {
+    const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
+    const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
+    const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
+    const int64_t ntg = sk_ceil_div(ntiles, NM2_T);
+    const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
+    int64_t gchunk = groups;
+    if (a->rows > NM2_R) {
+        gchunk = NM2_CHUNK_BYTES / ((int64_t)NM2_T * n * SK_TILE * 4);
+        if (gchunk < 1) gchunk = 1;
+    }
+    const int tail = (int)(a->cols % SK_TILE);
+#pragma omp parallel for schedule(static) num_threads(a->threads)
+    for (int64_t tg = 0; tg < ntg; tg++) {
+        const int64_t t0 = tg * NM2_T;
+        const int64_t tc = ntiles - t0 < NM2_T ? ntiles - t0 : NM2_T;
+        for (int64_t gs = 0; gs < groups; gs += gchunk) {
+            const int64_t ge = gs + gchunk < groups ? gs + gchunk : groups;
+            for (int64_t r0 = 0; r0 < a->rows; r0 += NM2_R) {
+                const int rr = (int)(a->rows - r0 < NM2_R ? a->rows - r0 : NM2_R);
+                nm2_args p = {a->x + r0 * a->ldx, a->ldx, gs,   ge,      NULL, NULL,
+                              tile_vals,          tile_meta, n, NULL, a->ldy, SK_TILE,
+                              gs > 0};
+                const int64_t step = tc == NM2_T ? NM2_T : 1;
+                for (int64_t t = t0; t < t0 + tc; t += step) {
+                    p.vals = a->values + t * tile_vals + gs * n * SK_TILE;
+                    p.meta = a->meta + t * tile_meta + gs * n * W;
+                    p.y = a->y + r0 * a->ldy + t * SK_TILE;
+                    p.last_width = (t + step == ntiles && tail) ? tail : SK_TILE;
+                    NM2[mi][step == NM2_T][rr - 1](&p);
+                }
+            }
+        }
+    }
+}
+#endif

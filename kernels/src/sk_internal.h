@@ -1,0 +1,66 @@
+/* Shared between the ISA-specific kernel files; not part of the public API. */
+#ifndef SPARSEC_SK_INTERNAL_H
+#define SPARSEC_SK_INTERNAL_H
+#include <stdint.h>
+#include <string.h>
+
+#include "sk.h"
+
+typedef struct {
+    const float *x;
+    int64_t ldx, rows, k, cols;
+    int n, m;
+    const float *values;
+    const uint16_t *meta;
+    float *y;
+    int64_t ldy;
+    int threads;
+} sk_nm_args;
+
+typedef struct {
+    const float *x;
+    int64_t ldx, rows, k, cols;
+    int bk;
+    const int32_t *tile_ptr, *kidx;
+    const float *values;
+    float *y;
+    int64_t ldy;
+    int threads;
+} sk_block_args;
+
+/* memcpy loads: metadata words are only 2-byte aligned (M=8 uses 3 words). */
+static inline uint32_t sk_load_u32(const uint16_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline uint64_t sk_load_u64(const uint16_t *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Position (0..M-1) of lane `lane` in one (tile, group, slot) metadata record. */
+static inline int sk_nm_pos(int m, const uint16_t *rec, int lane) {
+    if (m == 4) return (int)((sk_load_u32(rec) >> (2 * lane)) & 3u);
+    if (m == 8)
+        return (int)(((sk_load_u32(rec) >> (2 * lane)) & 3u) | (((rec[2] >> lane) & 1u) << 2));
+    return (int)((sk_load_u64(rec) >> (32 * (lane & 1) + 4 * (lane >> 1))) & 15u);
+}
+
+static inline int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void sk_nm_scalar(const sk_nm_args *a);
+void sk_block_scalar(const sk_block_args *a);
+#if defined(__x86_64__) || defined(_M_X64)
+void sk_nm_avx2(const sk_nm_args *a);
+void sk_block_avx2(const sk_block_args *a);
+void sk_nm_avx512(const sk_nm_args *a);
+void sk_block_avx512(const sk_block_args *a);
+#endif
+#if defined(__aarch64__)
+void sk_nm_neon(const sk_nm_args *a);
+void sk_block_neon(const sk_block_args *a);
+#endif
+
+#endif
