@@ -1,0 +1,5 @@
+"""sparsec's passes (shipped as `sparsec.passes`); importing this package registers them."""
+
+from sparsec.passes.analysis import cost_model  # noqa: F401
+from sparsec.passes.lower import legalize_dense  # noqa: F401
+from sparsec.passes.sparsify import nm_sparsity  # noqa: F401

@@ -1,0 +1,1 @@
+"""Analyses: cost model (more to come: sensitivity, dependency groups)."""

@@ -1,0 +1,1 @@
+"""Lowering passes shared by backends."""

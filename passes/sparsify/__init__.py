@@ -1,0 +1,1 @@
+"""Sparsifying rewrites: N:M (more to come: block, unstructured)."""

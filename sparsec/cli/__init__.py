@@ -1,0 +1,1 @@
+"""The `sparsec` command line."""

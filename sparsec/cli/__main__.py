@@ -1,0 +1,5 @@
+import sys
+
+from sparsec.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Options shared by several subcommands: pipelines, instruments, dims, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sparsec.errors import OptionError
+from sparsec.pm.instruments import Instrument, IRDumpDir, PassStatistics, PassTiming, PrintIRAfter
+from sparsec.pm.pipeline import Pipeline, parse_pipeline, pipeline_from_yaml
+from sparsec.pm.presets import preset_pipeline
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
+    g = p.add_argument_group("pipeline")
+    if sugar:
+        g.add_argument("--target", default="cpu", help="target machine (default: cpu)")
+        g.add_argument(
+            "--sparsity",
+            default="2:4",
+            help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'none' for dense (default: 2:4)",
+        )
+    g.add_argument("-p", "--pipeline", help="pass pipeline text, e.g. 'nm-sparsity{n=2 m=4}'")
+    g.add_argument("--pipeline-file", type=Path, help="pipeline as text or YAML (.yaml/.yml) file")
+
+
+def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | None:
+    if args.pipeline and args.pipeline_file:
+        raise OptionError("give either -p/--pipeline or --pipeline-file, not both")
+    if args.pipeline is not None:
+        return parse_pipeline(args.pipeline)
+    if args.pipeline_file is not None:
+        path: Path = args.pipeline_file
+        if not path.is_file():
+            raise OptionError(f"pipeline file {path}: no such file")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            return pipeline_from_yaml(text)
+        return parse_pipeline(" ".join(line for line in text.splitlines() if not line.strip().startswith("#")))
+    if sugar:
+        return preset_pipeline(target=args.target, sparsity=args.sparsity)
+    return None
+
+
+def add_instrument_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("instruments")
+    g.add_argument("--print-ir-after", metavar="PASSES", help="print the IR after these passes (comma-separated)")
+    g.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    g.add_argument("--ir-dump-dir", type=Path, metavar="DIR", help="write the IR before and after each pass to DIR")
+    g.add_argument("--pass-timing", action="store_true", help="print the time taken by each pass")
+    g.add_argument("--pass-statistics", action="store_true", help="print each pass's statistics")
+
+
+def instruments_from_args(args: argparse.Namespace) -> list[Instrument]:
+    out: list[Instrument] = []
+    if args.print_ir_after_all:
+        out.append(PrintIRAfter(None, sys.stdout))
+    elif args.print_ir_after:
+        out.append(PrintIRAfter([s.strip() for s in args.print_ir_after.split(",")], sys.stdout))
+    if args.ir_dump_dir is not None:
+        out.append(IRDumpDir(args.ir_dump_dir))
+    if args.pass_timing:
+        out.append(PassTiming(sys.stderr))
+    if args.pass_statistics:
+        out.append(PassStatistics(sys.stderr))
+    return out
+
+
+def add_dims_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="value of a symbolic input dimension (e.g. --dim batch=8 --dim seq=128)",
+    )
+
+
+def dims_from_args(args: argparse.Namespace) -> dict[str, int]:
+    dims = {}
+    for item in args.dim:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or int(value) < 1:
+            raise OptionError(f"--dim {item!r}: expected NAME=POSITIVE_INTEGER")
+        dims[name] = int(value)
+    return dims
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sparsec: %(message)s"))
+    root = logging.getLogger("sparsec")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,129 @@
+"""`sparsec` entry point: argument parsing and the one-line error contract.
+
+User errors (`SparsecError`) print `sparsec: error: ...` on one line and exit 2; nothing is
+written. Unexpected exceptions are bugs: one line plus a hint, exit 1 (`--debug` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sparsec import __version__
+from sparsec.cli import commands
+from sparsec.cli.common import add_dims_arg, add_instrument_args, add_pipeline_args, setup_logging
+from sparsec.errors import SparsecError
+
+EPILOG = """examples:
+  sparsec compile --demo -o out/demo                 compile the embedded default model
+  sparsec compile model.onnx --target=cpu --sparsity=2:4 -o out/
+  sparsec opt model.onnx -p 'nm-sparsity{n=1 m=8}' -o sparse.onnx --print-ir-after-all
+  sparsec inspect model.onnx                         per-layer MACs, bytes, predicted latency
+  sparsec passes list                                every pass and its options
+  sparsec pipeline show --sparsity=2:4               what the flags expand to
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"sparsec: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sparsec",
+        description="A compiler for sparse neural networks: prune, lower and export models that run faster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sparsec {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("compile", help="optimise, lower and export a model to an artifact folder")
+    p.add_argument("model", nargs="?", help="an .onnx file, or zoo:NAME for a models_zoo entry")
+    p.add_argument("-o", "--output", required=True, type=Path, help="artifact folder to write")
+    p.add_argument("--demo", action="store_true", help="compile the embedded default zoo model")
+    add_pipeline_args(p, sugar=True)
+    add_dims_arg(p)
+    p.add_argument("--threads", type=int, default=2, help="threads for measurements (default 2)")
+    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
+    p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
+    add_instrument_args(p)
+    p.set_defaults(func=commands.cmd_compile)
+
+    p = sub.add_parser("opt", help="run a pass pipeline on a model (IR to IR)")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("-o", "--output", help="write the resulting model (with com.sparsec ops) here")
+    add_pipeline_args(p, sugar=False)
+    add_dims_arg(p)
+    p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
+    add_instrument_args(p)
+    p.set_defaults(func=commands.cmd_opt)
+
+    p = sub.add_parser("inspect", help="per-layer cost table of a model")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ir", action="store_true", help="print the IR as text instead")
+    p.add_argument("--target", default="cpu", help="target for predicted latency (default cpu)")
+    add_dims_arg(p)
+    p.set_defaults(func=commands.cmd_inspect)
+
+    p = sub.add_parser("passes", help="list the registered passes")
+    psub = p.add_subparsers(dest="passes_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    psub.required = True
+    psub.add_parser("list", help="every pass with its options").set_defaults(func=commands.cmd_passes_list)
+
+    p = sub.add_parser("pipeline", help="show what flags or a pipeline expand to")
+    psub = p.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    psub.required = True
+    show = psub.add_parser("show", help="print the pipeline with every default spelled out")
+    add_pipeline_args(show, sugar=True)
+    show.add_argument("--yaml", action="store_true", help="print as YAML")
+    show.add_argument("--with-legalization", action="store_true", help="also print the backend's legalization")
+    show.set_defaults(func=commands.cmd_pipeline_show)
+
+    p = sub.add_parser("bench", help="benchmark dense vs compiled side by side; prints JSON")
+    p.add_argument("model", help="an .onnx file, or zoo:NAME")
+    add_pipeline_args(p, sugar=True)
+    add_dims_arg(p)
+    p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
+    p.set_defaults(func=commands.cmd_bench)
+
+    p = sub.add_parser("zoo", help="reference models")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    zsub.required = True
+    zsub.add_parser("list", help="list zoo models").set_defaults(func=commands.cmd_zoo_list)
+    ze = zsub.add_parser("export", help="export a zoo model to ONNX")
+    ze.add_argument("name")
+    ze.add_argument("-o", "--output", required=True)
+    ze.set_defaults(func=commands.cmd_zoo_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except SparsecError as e:
+        sys.stderr.write(f"sparsec: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("sparsec: interrupted\n")
+        return 130
+    except Exception as e:  # a bug: keep the contract of one line unless asked for more
+        if args.debug:
+            raise
+        logging.getLogger("sparsec").debug("internal error", exc_info=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        sys.stderr.write(f"sparsec: internal error: {type(e).__name__}: {first} (rerun with --debug)\n")
+        return 1

@@ -1,0 +1,236 @@
+"""The compile driver: optimise, legalize for a backend, measure fidelity and speed, export."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+import sparsec
+from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
+from sparsec.backends.base import CompiledModel, get_backend
+from sparsec.bench import time_side_by_side
+from sparsec.errors import UnsupportedError
+from sparsec.ir.io import to_proto
+from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
+from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
+from sparsec.pm.context import PassContext
+from sparsec.pm.instruments import Instrument, LogProgress
+from sparsec.pm.manager import PassManager, PassRecord, default_repro_dir
+from sparsec.pm.pass_base import Pass
+from sparsec.pm.pipeline import Pipeline
+from sparsec.pm.presets import preset_pipeline
+from sparsec.report import render_report, sparsity_plot
+from sparsec.targets import get_target
+
+log = logging.getLogger("sparsec")
+
+
+@dataclass
+class CompileOptions:
+    target: str = "cpu"
+    sparsity: str | None = "2:4"
+    pipeline: Pipeline | None = None  # overrides the preset built from `sparsity`
+    dims: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+    fidelity_samples: int = 4
+    bench: bool = True
+    threads: int = 2
+    verify_each: bool = True
+    instruments: Sequence[Instrument] = ()
+
+    def optimisation_pipeline(self) -> Pipeline:
+        if self.pipeline is not None:
+            return self.pipeline
+        return preset_pipeline(target=self.target, sparsity=self.sparsity)
+
+
+@dataclass
+class CompileResult:
+    compiled: CompiledModel
+    records: list[PassRecord]
+    manifest: dict[str, Any]
+    fidelity: Fidelity
+    files: dict[str, bytes]
+
+    @property
+    def model(self) -> ir.Model:
+        return self.compiled.model
+
+
+def compile_model(
+    model: ir.Model, options: CompileOptions | None = None, *, source: str = "<memory>", input_hash: str | None = None
+) -> CompileResult:
+    """Run the full compile on an IR model (modified in place) and build the artifact files."""
+    options = options or CompileOptions()
+    target = get_target(options.target)
+    backend = get_backend(target.backend)
+    pipeline = options.optimisation_pipeline()
+    legalize = backend.legalize_pipeline()
+    dense_bytes = to_proto(model).SerializeToString()
+    dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
+
+    ctx = PassContext(target=options.target, dims=dict(options.dims), seed=options.seed, repro_dir=default_repro_dir())
+    full = pipeline + legalize
+    snapshot = _CostsBeforeLegalization(len(pipeline), options)
+    instruments = [LogProgress(len(full)), snapshot, *options.instruments]
+    records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
+    sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
+    problems = backend.check(model)
+    if problems:
+        raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
+    compiled = CompiledModel(backend.name, model)
+
+    log.info("measuring fidelity on %d sample inputs", options.fidelity_samples)
+    run_compiled = backend.runner(compiled, options.threads)
+    dense_session = make_session(dense_bytes, options.threads)
+    fidelity = _fidelity(model, dense_session, run_compiled, options)
+
+    latency: dict[str, Any] = {"measured": False}
+    if options.bench:
+        feeds = sample_inputs(model, dims=options.dims, seed=options.seed)
+        timings = time_side_by_side(
+            {"dense": lambda: dense_session.run(None, feeds), "compiled": lambda: run_compiled(feeds)},
+            label="dense vs compiled",
+        )
+        d, c = timings["dense"], timings["compiled"]
+        latency = {
+            "measured": True,
+            "dense_ms": round(d.median_ms, 4),
+            "compiled_ms": round(c.median_ms, 4),
+            "speedup": round(d.median_ms / c.median_ms, 4),
+            "dense": d.to_dict(),
+            "compiled": c.to_dict(),
+            "threads": options.threads,
+            "protocol": "ORT CPU dense vs compiled, same process, interleaved, warm-up 3, median",
+            "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+        }
+        log.info(
+            "latency: dense %.3f ms, compiled %.3f ms (%.2fx)", d.median_ms, c.median_ms, latency["speedup"]
+        )
+
+    model_bytes = to_proto(model).SerializeToString(deterministic=True)
+    manifest = _manifest(
+        source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity, latency, compiled
+    )
+    files = {"model.onnx": model_bytes}
+    plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
+    if plot is not None:
+        files["sparsity.png"] = plot
+        manifest["files"].append("sparsity.png")
+    files["report.md"] = render_report(manifest).encode()
+    files[MANIFEST] = json_bytes(manifest)
+    return CompileResult(compiled, records, manifest, fidelity, files)
+
+
+class _CostsBeforeLegalization(Instrument):
+    """Takes the cost model of the optimised IR, where sparse ops are still visible."""
+
+    def __init__(self, first_legalization_index: int, options: CompileOptions) -> None:
+        self.index = first_legalization_index
+        self.options = options
+        self.costs: CostReport | None = None
+
+    def before_pass(self, index: int, p: Pass, model: ir.Model) -> None:
+        if index == self.index:
+            self.costs = estimate_costs(model, target=self.options.target, dims=self.options.dims)
+
+
+def _fidelity(model: ir.Model, dense_session: Any, run_compiled: Any, options: CompileOptions) -> Fidelity:
+    worst: Fidelity | None = None
+    for i in range(options.fidelity_samples):
+        feeds = sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i)
+        f = compare(dense_session.run(None, feeds), run_compiled(feeds))
+        worst = f if worst is None else Fidelity(
+            min(worst.cosine, f.cosine), max(worst.max_abs, f.max_abs), max(worst.rel_l2, f.rel_l2)
+        )
+    assert worst is not None
+    return worst
+
+
+def _manifest(
+    source: str,
+    input_hash: str | None,
+    options: CompileOptions,
+    pipeline: Pipeline,
+    legalize: Pipeline,
+    records: list[PassRecord],
+    ctx: PassContext,
+    dense_costs: Any,
+    sparse_costs: Any,
+    fidelity: Fidelity,
+    latency: dict[str, Any],
+    compiled: CompiledModel,
+) -> dict[str, Any]:
+    dense_t, sparse_t = dense_costs.to_dict()["totals"], sparse_costs.to_dict()["totals"]
+    layers = []
+    for d, s in zip(dense_costs.layers, sparse_costs.layers, strict=False):
+        layers.append(
+            {
+                "layer": d.name,
+                "op_type": d.op_type,
+                "weight": d.weight,
+                "sparsity": s.sparsity,
+                "macs": d.macs,
+                "effective_macs": s.effective_macs,
+                "weight_bytes_dense": d.weight_bytes,
+                "weight_bytes_sparse": s.weight_bytes,
+            }
+        )
+    return {
+        "sparsec_version": sparsec.__version__,
+        "input": {"source": source, "sha256": input_hash},
+        "target": options.target,
+        "backend": compiled.backend,
+        "pipeline": pipeline.to_text(full=True),
+        "legalization": legalize.to_text(full=True),
+        "passes": [r.to_dict() for r in records],
+        "decisions": ctx.decisions,
+        "layers": layers,
+        "totals": {
+            "macs": dense_t["macs"],
+            "effective_macs": sparse_t["effective_macs"],
+            "params": dense_t["params"],
+            "weight_bytes_dense": dense_t["weight_bytes"],
+            "weight_bytes_sparse": sparse_t["weight_bytes"],
+            "predicted_ms_dense": round(dense_t["predicted_ms"], 6),
+            "predicted_ms_sparse": round(sparse_t["predicted_ms"], 6),
+        },
+        "fidelity": {**fidelity.to_dict(), "samples": options.fidelity_samples, "reference": "dense input model on ORT CPU"},
+        "latency": latency,
+        "runtime_ops": compiled.runtime_ops,
+        "machine": {"python": platform.python_version(), "machine": platform.machine()},
+        "files": ["model.onnx", "manifest.json", "report.md"],
+    }
+
+
+def compile_file(
+    spec: str | Path, out_dir: str | Path, options: CompileOptions | None = None
+) -> CompileResult:
+    """Load a model (`.onnx` path or `zoo:NAME`), compile it and write the artifact folder."""
+    from sparsec.capture import load_any
+    from sparsec.ir.io import model_hash
+
+    out = Path(out_dir)
+    check_output_dir(out)
+    options = options or CompileOptions()
+    options.optimisation_pipeline()  # validate options before the (slow) load
+    model, source = load_any(str(spec))
+    digest = model_hash(spec) if Path(str(spec)).is_file() else _ir_hash(model)
+    result = compile_model(model, options, source=str(source), input_hash=digest)
+    write_artifact(out, result.files)
+    return result
+
+
+def _ir_hash(model: ir.Model) -> str:
+    import hashlib
+
+    return hashlib.sha256(to_proto(model).SerializeToString(deterministic=True)).hexdigest()
+
+
+__all__ = ["CompileOptions", "CompileResult", "compile_file", "compile_model"]

@@ -1,0 +1,48 @@
+"""User-facing errors.
+
+Every error a user can cause derives from `SparsecError`; the CLI prints its message as one
+line and exits with status 2. Anything else escaping to the CLI is a bug in sparsec.
+"""
+
+from __future__ import annotations
+
+
+class SparsecError(Exception):
+    """An error caused by the input or the options, reported as one line."""
+
+    exit_code = 2
+
+
+class InputError(SparsecError):
+    """The input model file is missing, unreadable, not ONNX or unsupported."""
+
+
+class PipelineError(SparsecError):
+    """A pipeline string, pass name or pass option is invalid."""
+
+
+class OptionError(SparsecError):
+    """A command-line option value is invalid (for example `--sparsity=5:4`)."""
+
+
+class UnsupportedError(SparsecError):
+    """The model uses an opset, op or feature that the pipeline or backend cannot handle."""
+
+
+class OutputError(SparsecError):
+    """The output location cannot be written."""
+
+
+class VerificationError(SparsecError):
+    """The IR failed verification. `pass_name` and `node` say where."""
+
+    def __init__(self, message: str, *, pass_name: str | None = None, node: str | None = None):
+        self.pass_name = pass_name
+        self.node = node
+        where = []
+        if pass_name:
+            where.append(f"after pass '{pass_name}'")
+        if node:
+            where.append(f"at node '{node}'")
+        prefix = ("verification failed " + " ".join(where) + ": ") if where else "verification failed: "
+        super().__init__(prefix + message)

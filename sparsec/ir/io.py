@@ -1,0 +1,131 @@
+"""Loading and saving models with clear errors for every kind of bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from sparsec.errors import InputError, UnsupportedError
+
+# Opsets of the default domain that the passes and ONNX Runtime backend understand.
+MIN_OPSET = 11
+MAX_OPSET = 23
+# Domains whose ops we can reason about (ONNX, ORT contrib ops, our own dialect).
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.sparsec")
+
+
+def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
+    """Load an ONNX file (external data included) into the IR, or raise `InputError`."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an .onnx file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise InputError(f"{p}: not a valid ONNX model (cannot parse: {_short(e)})") from None
+    _check_is_onnx(proto, str(p))
+    model = ir.serde.deserialize_model(proto)
+    # External tensors are memory-mapped lazily, relative to the model's folder.
+    ir.external_data.set_base_dir(model.graph, str(p.parent))
+    _check_external_data(model, p)
+    if check_ops:
+        check_supported(model, str(p))
+    return model
+
+
+def model_from_proto(proto: onnx.ModelProto, *, origin: str = "<model>") -> ir.Model:
+    _check_is_onnx(proto, origin)
+    model = ir.serde.deserialize_model(proto)
+    check_supported(model, origin)
+    return model
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def save_model(model: ir.Model, path: str | os.PathLike) -> None:
+    """Save with all weights inside the file (deterministic bytes for identical IR)."""
+    proto = to_proto(model)
+    data = proto.SerializeToString(deterministic=True)
+    Path(path).write_bytes(data)
+
+
+def model_hash(path: str | os.PathLike) -> str:
+    """sha256 of the model file and of any external-data files next to it."""
+    h = hashlib.sha256()
+    p = Path(path)
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def opset_version(model: ir.Model) -> int:
+    for domain in ("", "ai.onnx"):
+        if domain in model.opset_imports:
+            return int(model.opset_imports[domain])
+    return 0
+
+
+def check_supported(model: ir.Model, origin: str) -> None:
+    """Refuse opsets and ops that the pipeline cannot handle, naming the first offender."""
+    version = opset_version(model)
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        raise UnsupportedError(
+            f"{origin}: opset {version} is not supported (sparsec handles ONNX opsets "
+            f"{MIN_OPSET}-{MAX_OPSET}; convert with onnx.version_converter)"
+        )
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain not in KNOWN_DOMAINS:
+            if node.domain in model.opset_imports and any(
+                f.domain == node.domain and f.name == node.op_type for f in model.functions.values()
+            ):
+                continue
+            raise UnsupportedError(
+                f"{origin}: op '{node.op_type}' of domain '{node.domain}' (node '{node.name}') "
+                "is not supported"
+            )
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, ""):
+            raise UnsupportedError(
+                f"{origin}: '{node.op_type}' (node '{node.name}') is not an ONNX operator"
+            )
+
+
+def _check_is_onnx(proto: onnx.ModelProto, origin: str) -> None:
+    # Protobuf parses many random byte strings without error; an ONNX model has an IR
+    # version, an opset import and a graph.
+    if proto.ir_version <= 0 or not proto.HasField("graph") or len(proto.opset_import) == 0:
+        raise InputError(f"{origin}: not an ONNX model (no IR version, opset import or graph)")
+    if len(proto.graph.node) == 0:
+        raise InputError(f"{origin}: ONNX model has an empty graph")
+
+
+def _check_external_data(model: ir.Model, path: Path) -> None:
+    for init in model.graph.initializers.values():
+        tensor = init.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            location = Path(tensor.base_dir) / tensor.location
+            if not location.exists():
+                raise InputError(f"{path}: external data file '{tensor.location}' is missing")
+            needed = tensor.offset or 0
+            needed += tensor.length if tensor.length is not None else tensor.nbytes
+            if location.stat().st_size < needed:
+                raise InputError(
+                    f"{path}: external data file '{tensor.location}' is truncated "
+                    f"({location.stat().st_size} bytes, tensor '{init.name}' needs {needed})"
+                )
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else type(e).__name__

@@ -1,0 +1,40 @@
+"""The state a pipeline run shares between passes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx_ir as ir
+
+from sparsec.pm.analysis import AnalysisManager
+
+if TYPE_CHECKING:
+    from sparsec.pm.analysis import Analysis
+
+
+@dataclass
+class PassContext:
+    """Shared by the passes of one run.
+
+    `decisions` collects one record per layer decision (which pass, which layer, what was
+    chosen and why); the artifact's manifest lists them. `dims` gives values for symbolic
+    input dimensions (batch, sequence) wherever shapes must be concrete.
+    """
+
+    target: str = "cpu"
+    dims: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+    calibration: Any = None
+    repro_dir: Path | None = None
+    analyses: AnalysisManager = field(default_factory=AnalysisManager)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsec"))
+
+    def analysis(self, analysis: type[Analysis], model: ir.Model) -> Any:
+        return self.analyses.get(analysis, model, self)
+
+    def record(self, pass_name: str, layer: str, **info: Any) -> None:
+        self.decisions.append({"pass": pass_name, "layer": layer, **info})

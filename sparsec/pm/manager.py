@@ -1,0 +1,186 @@
+"""The pass manager: runs a pipeline with verification after every pass."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from sparsec.errors import SparsecError, VerificationError
+from sparsec.ir.io import save_model
+from sparsec.ir.printer import print_ir
+from sparsec.numerics import Fidelity, compare, evaluate, sample_inputs
+from sparsec.pm.context import PassContext
+from sparsec.pm.instruments import Instrument
+from sparsec.pm.pass_base import Pass
+from sparsec.pm.pipeline import Pipeline
+from sparsec.verify import verify_model
+
+EXACT_RTOL = 1e-4  # exact passes must keep outputs within this relative L2 error
+
+
+@dataclass
+class PassRecord:
+    name: str
+    text: str
+    exact: bool
+    changed: bool
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+    fidelity: Fidelity | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "pass": self.text,
+            "exact": self.exact,
+            "changed": self.changed,
+            "seconds": round(self.seconds, 4),
+            "stats": self.stats,
+        }
+        if self.fidelity is not None:
+            d["fidelity"] = self.fidelity.to_dict()
+        return d
+
+
+class PassManager:
+    """Runs passes in order on one model, in place.
+
+    `verify_each` (on by default, like MLIR's -verify-each) runs the structural verifier
+    before the pipeline and after every pass, plus each pass's own postconditions.
+    `verify_numerics` compares outputs on sample inputs before and after each changing pass:
+    exact passes must match, lossy passes get their error recorded as statistics.
+    """
+
+    def __init__(
+        self,
+        passes: Pipeline | Iterable[Pass],
+        *,
+        verify_each: bool = True,
+        verify_numerics: bool = True,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        self.pipeline = passes if isinstance(passes, Pipeline) else Pipeline(passes)
+        self.verify_each = verify_each
+        self.verify_numerics = verify_numerics
+        self.instruments = list(instruments)
+
+    def __str__(self) -> str:
+        return str(self.pipeline)
+
+    def run(self, model: ir.Model, ctx: PassContext | None = None) -> list[PassRecord]:
+        ctx = ctx or PassContext()
+        records: list[PassRecord] = []
+        if self.verify_each:
+            self._verify(model, ctx, None, None)
+        feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
+        before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None
+        for index, p in enumerate(self.pipeline):
+            for inst in self.instruments:
+                inst.before_pass(index, p, model)
+            snapshot = self._snapshot(model) if ctx.repro_dir is not None else None
+            start = time.perf_counter()
+            try:
+                result = p.run(model, ctx)
+            except SparsecError:
+                raise
+            except Exception as e:  # a bug in a pass: name it, keep a reproducer
+                self._fail(index, p, model, snapshot, ctx, e)
+                raise VerificationError(
+                    f"{type(e).__name__}: {e}{self._repro_hint(ctx)}", pass_name=p.name
+                ) from e
+            seconds = time.perf_counter() - start
+            record = PassRecord(p.name, p.to_text(), p.exact, result.changed, seconds, dict(result.stats))
+            if result.changed:
+                ctx.analyses.invalidate(p.preserves)
+                if self.verify_each:
+                    try:
+                        self._verify(model, ctx, p, index)
+                    except VerificationError as e:
+                        self._fail(index, p, model, snapshot, ctx, e)
+                        raise VerificationError(
+                            str(e).split(": ", 1)[-1] + self._repro_hint(ctx),
+                            pass_name=e.pass_name,
+                            node=e.node,
+                        ) from None
+                if before is not None and feeds is not None:
+                    after = evaluate(model, feeds)
+                    record.fidelity = compare(before, after)
+                    if p.exact and record.fidelity.rel_l2 > EXACT_RTOL:
+                        self._fail(index, p, model, snapshot, ctx, None)
+                        raise VerificationError(
+                            f"exact pass changed the outputs (rel L2 error "
+                            f"{record.fidelity.rel_l2:.3g} > {EXACT_RTOL}){self._repro_hint(ctx)}",
+                            pass_name=p.name,
+                        )
+                    before = after
+            records.append(record)
+            for inst in self.instruments:
+                inst.after_pass(index, p, model, record)
+        for inst in self.instruments:
+            inst.finish(records)
+        return records
+
+    def _verify(self, model: ir.Model, ctx: PassContext, p: Pass | None, index: int | None) -> None:
+        problems = [str(x) for x in verify_model(model)]
+        if p is not None:
+            problems += p.verify(model, ctx)
+        if problems:
+            node = None
+            first = problems[0]
+            if first.startswith("node '"):
+                node = first.split("'")[1]
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise VerificationError(
+                first + more, pass_name=p.name if p else "input", node=node
+            )
+
+    @staticmethod
+    def _snapshot(model: ir.Model) -> bytes:
+        from sparsec.ir.io import to_proto
+
+        return to_proto(model).SerializeToString()
+
+    def _fail(
+        self,
+        index: int,
+        p: Pass,
+        model: ir.Model,
+        snapshot: bytes | None,
+        ctx: PassContext,
+        error: Exception | None,
+    ) -> None:
+        for inst in self.instruments:
+            inst.on_failure(index, p, model, error or RuntimeError("verification failed"))
+        if ctx.repro_dir is None or snapshot is None:
+            return
+        write_reproducer(ctx.repro_dir, snapshot, Pipeline(self.pipeline.passes[index:]), model)
+
+    @staticmethod
+    def _repro_hint(ctx: PassContext) -> str:
+        return f" (reproducer: {ctx.repro_dir})" if ctx.repro_dir is not None else ""
+
+
+def write_reproducer(directory: Path, model_bytes: bytes, remaining: Pipeline, broken: ir.Model) -> Path:
+    """Input model of the failing pass + the remaining pipeline with every default spelled out."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "input.onnx").write_bytes(model_bytes)
+    (directory / "pipeline.txt").write_text(remaining.to_text(full=True) + "\n")
+    (directory / "ir_after_failure.txt").write_text(print_ir(broken))
+    (directory / "README.txt").write_text(
+        "Reproduce with:\n  sparsec opt input.onnx --pipeline-file pipeline.txt -o /tmp/out.onnx\n"
+    )
+    return directory
+
+
+def default_repro_dir() -> Path:
+    """A fresh path for a reproducer; the folder is only created if a pass fails."""
+    return Path(tempfile.gettempdir()) / f"sparsec-repro-{time.strftime('%Y%m%d-%H%M%S')}-{id(object()):x}"
+
+
+__all__ = ["PassManager", "PassRecord", "save_model", "write_reproducer"]

@@ -1,0 +1,24 @@
+"""Named presets: what the CLI sugar (`--target=cpu --sparsity=2:4`) expands to."""
+
+from __future__ import annotations
+
+from sparsec.errors import OptionError
+from sparsec.nm_pattern import parse_nm
+from sparsec.pm.pipeline import Pipeline, parse_pipeline
+from sparsec.targets import get_target
+
+
+def preset_pipeline(*, target: str = "cpu", sparsity: str | None = "2:4") -> Pipeline:
+    """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none')."""
+    get_target(target)  # validates the name
+    passes: list[str] = []
+    if sparsity is not None and sparsity.strip().lower() not in ("none", "dense", ""):
+        spec = sparsity.strip().lower()
+        if spec == "auto":
+            raise OptionError(
+                "--sparsity=auto needs calibration-based allocation, which is not implemented yet; "
+                "give an N:M pattern such as 2:4"
+            )
+        pattern = parse_nm(spec)
+        passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}}}")
+    return parse_pipeline(",".join(passes))
