@@ -1,0 +1,6 @@
+"""Reference models for sparsec: deterministic builders, example inputs and ONNX export."""
+
+from .export import export_onnx
+from .registry import DEFAULT_MODEL, ZOO, UnknownModelError, ZooModel, get
+
+__all__ = ["DEFAULT_MODEL", "ZOO", "UnknownModelError", "ZooModel", "export_onnx", "get"]

@@ -1,0 +1,20 @@
+"""Zoo test fixtures: an isolated weights cache, and the small models' names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sparsec.models_zoo import ZOO
+
+SMALL_MODELS = [name for name, entry in ZOO.items() if entry.small]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the zoo cache at a fresh directory so tests neither read nor write ~/.cache."""
+    path = tmp_path_factory.mktemp("sparsec_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSEC_CACHE_DIR", str(path))
+        yield path
