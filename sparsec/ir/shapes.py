@@ -22,7 +22,13 @@ class ShapeInfo:
     dtypes: dict[str, int]  # onnx TensorProto dtype codes
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
-        return None if value is None else self.shapes.get(value.name)
+        if value is None:
+            return None
+        found = self.shapes.get(value.name)
+        if found is None and value.shape is not None and value.shape.is_static():
+            # Values that exist only in the un-lowered IR (com.sparsec outputs) carry shapes.
+            found = tuple(int(d) for d in value.shape)
+        return found
 
 
 def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:

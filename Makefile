@@ -1,0 +1,27 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+STAMP   := $(VENV)/.sparsec-installed
+OUT     ?= out/demo
+
+.PHONY: demo test lint clean
+
+# torch is installed first and pinned: the CPU build of 2.13.0 lies on this machine's disk;
+# an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard kernels/src/*)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sparsec compile --demo -o $(OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sparsec passes backends kernels models_zoo tests bench
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

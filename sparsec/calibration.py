@@ -1,0 +1,169 @@
+"""Calibration data: the sample inputs that statistics, criteria and sensitivity run on.
+
+One type, `CalibrationData`, built from an `.npz` file (one array per graph input, batch
+first), from any iterable of feed dicts, or from arrays in memory. It holds at most
+`max_samples` samples (memory stays bounded whatever the source yields), hands them out
+in batches, and has a content hash so analyses can be cached per (model, data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.errors import InputError, OptionError
+
+DEFAULT_MAX_SAMPLES = 256
+DEFAULT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Samples for every graph input: `arrays[name]` has the samples on axis 0."""
+
+    arrays: Mapping[str, np.ndarray]
+    batch_size: int = DEFAULT_BATCH
+    source: str = "<memory>"
+    _hash: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.arrays:
+            raise InputError(f"calibration data {self.source}: holds no arrays")
+        counts = {k: (v.shape[0] if v.ndim else -1) for k, v in self.arrays.items()}
+        if len(set(counts.values())) != 1 or -1 in counts.values():
+            raise InputError(
+                f"calibration data {self.source}: every array needs the same number of samples on "
+                f"axis 0, got {', '.join(f'{k}={n}' for k, n in counts.items())}"
+            )
+        if self.batch_size < 1:
+            raise OptionError(f"calibration batch size must be positive, got {self.batch_size}")
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_npz(cls, path: str | Path, *, max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH) -> CalibrationData:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"calibration file {p}: no such file")
+        try:
+            with np.load(p, allow_pickle=False) as npz:
+                arrays = {k: np.asarray(npz[k][:max_samples]) for k in npz.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise InputError(f"calibration file {p}: not a readable .npz archive ({_first_line(e)})") from None
+        return cls(arrays, batch_size, str(p))
+
+    @classmethod
+    def from_feeds(
+        cls, feeds: Iterable[Mapping[str, np.ndarray]], *, max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH, source: str = "<iterable>"
+    ) -> CalibrationData:
+        """From feed dicts (each a batch, samples on axis 0); stops after `max_samples`."""
+        parts: dict[str, list[np.ndarray]] = {}
+        taken = 0
+        for feed in feeds:
+            if taken >= max_samples:
+                break
+            if not isinstance(feed, Mapping) or not feed:
+                raise InputError(f"calibration data {source}: each item must be a non-empty dict of input name -> array")
+            take = max_samples - taken
+            sizes = set()
+            for name, value in feed.items():
+                arr = np.asarray(value)
+                if arr.ndim == 0:
+                    raise InputError(f"calibration data {source}: input '{name}' is a scalar, expected a batch")
+                parts.setdefault(name, []).append(arr[:take])
+                sizes.add(min(arr.shape[0], take))
+            if len(sizes) != 1:
+                raise InputError(f"calibration data {source}: arrays of one feed differ in batch size")
+            taken += sizes.pop()
+        if not parts:
+            raise InputError(f"calibration data {source}: the iterable yielded nothing")
+        try:
+            arrays = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+        except ValueError as e:
+            raise InputError(f"calibration data {source}: feeds disagree in shape ({_first_line(e)})") from None
+        return cls(arrays, batch_size, source)
+
+    @classmethod
+    def load(cls, spec: str | Path | CalibrationData | Iterable[Mapping[str, np.ndarray]], **kw: int) -> CalibrationData:
+        """Whatever a user may pass: an instance, an .npz path, or an iterable of feeds."""
+        if isinstance(spec, CalibrationData):
+            return spec
+        if isinstance(spec, (str, Path)):
+            if not str(spec).endswith(".npz"):
+                raise InputError(f"calibration file {spec}: expected an .npz file")
+            return cls.from_npz(spec, **kw)
+        return cls.from_feeds(spec, **kw)
+
+    # -- use ----------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.num_samples, self.batch_size):
+            yield {k: v[start : start + self.batch_size] for k, v in self.arrays.items()}
+
+    def split(self, fraction: float) -> tuple[CalibrationData, CalibrationData]:
+        """(first part, held-out rest): for checking a decision on data it was not made on."""
+        cut = max(1, min(self.num_samples - 1, round(self.num_samples * fraction)))
+        a = {k: v[:cut] for k, v in self.arrays.items()}
+        b = {k: v[cut:] for k, v in self.arrays.items()}
+        return CalibrationData(a, self.batch_size, self.source + "[:split]"), CalibrationData(b, self.batch_size, self.source + "[split:]")
+
+    def digest(self) -> str:
+        if not self._hash:
+            h = hashlib.sha256()
+            for name in sorted(self.arrays):
+                arr = np.ascontiguousarray(self.arrays[name])
+                h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+                h.update(arr.tobytes())
+            self._hash.append(h.hexdigest())
+        return self._hash[0]
+
+    def check_against(self, model: ir.Model) -> None:
+        """One-line InputError unless the arrays fit the model's graph inputs."""
+        inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+        missing = sorted(set(inputs) - set(self.arrays))
+        extra = sorted(set(self.arrays) - set(inputs))
+        if missing or extra:
+            raise InputError(
+                f"calibration data {self.source}: inputs do not match the model (missing: {', '.join(missing) or '-'}; "
+                f"unexpected: {', '.join(extra) or '-'}; the model takes {', '.join(sorted(inputs))})"
+            )
+        for name, value in inputs.items():
+            arr = self.arrays[name]
+            if value.shape is not None and len(value.shape) != arr.ndim:
+                raise InputError(
+                    f"calibration data {self.source}: input '{name}' has rank {arr.ndim}, the model expects {len(value.shape)}"
+                )
+            for axis, dim in enumerate(value.shape or ()):
+                if axis > 0 and isinstance(dim, int) and dim != arr.shape[axis]:
+                    raise InputError(
+                        f"calibration data {self.source}: input '{name}' has shape {list(arr.shape[1:])} per sample, "
+                        f"the model expects {[d if isinstance(d, int) else '?' for d in value.shape][1:]}"
+                    )
+            expected = value.dtype.numpy() if value.dtype is not None else None
+            if expected is not None and arr.dtype != expected:
+                if np.can_cast(arr.dtype, expected, casting="same_kind"):
+                    self.arrays[name] = arr.astype(expected)  # type: ignore[index]
+                else:
+                    raise InputError(
+                        f"calibration data {self.source}: input '{name}' is {arr.dtype}, the model expects {np.dtype(expected)}"
+                    )
+
+
+def save_npz(path: str | Path, feeds: Mapping[str, np.ndarray]) -> Path:
+    """Write feeds (samples on axis 0) as an .npz that `--calib` reads."""
+    p = Path(path)
+    np.savez(p, **{k: np.asarray(v) for k, v in feeds.items()})
+    return p
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
