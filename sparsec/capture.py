@@ -93,19 +93,13 @@ class _quiet_torch_logs:
 def load_any(spec: str) -> tuple[ir.Model, str]:
     """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on the fly)."""
     if spec.startswith("zoo:"):
-        from sparsec.models_zoo import get as zoo_get
+        from sparsec.models_zoo.export import export_ir
 
         name = spec[4:]
         try:
-            entry = zoo_get(name)
+            model = export_ir(name)
         except KeyError as e:
             raise InputError(str(e.args[0]) if e.args else f"unknown zoo model '{name}'") from None
-        model = from_torch(
-            entry.build(),
-            entry.example_inputs(1),
-            input_names=entry.input_names,
-            output_names=entry.output_names,
-            dynamic_batch=entry.dynamic_batch,
-        )
+        check_supported(model, spec)
         return model, spec
     return load_model(Path(spec)), spec
