@@ -1,0 +1,230 @@
+"""Kernel-level benchmark: sparsec sparse kernels vs dense ONNX Runtime MatMul and torch.
+
+Prints one JSON document to stdout (DESIGN.md section 5): every case runs dense and sparse
+side by side in this process with the same thread count, warm-up first, then the median of
+>= 20 timed runs (>= 5 for runs over 100 ms). Batch-1 cases are DRAM-resident: each side
+cycles through enough copies of its weights to exceed 4x the last-level cache. Sparse time
+is the kernel call on pre-packed weights (metadata decode included; packing is offline).
+Every sparse output is checked against the dense result on the same masked weights.
+
+    .venv/bin/python bench/kernels_bench.py            # full grid (several minutes)
+    .venv/bin/python bench/kernels_bench.py --quick    # subset, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("kernels_bench")
+
+PATTERNS = ("2:4", "1:8", "1:4", "4:8", "block90")
+BATCHES = (1, 8, 64, 256)
+SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096))  # (K, N): y[B, N] = x[B, K] @ W
+BLOCK_BK = 4
+# Bars from issue 3 (speedup vs the faster dense baseline, 2 threads).
+TARGETS = {("2:4", 1): 1.6, ("2:4", 64): 1.4, ("1:8", 1): 5.0, ("1:8", 64): 4.0,
+           ("block90", 64): 3.0}
+
+
+def llc_bytes() -> int:
+    """Size of the largest CPU cache (sysfs), 32 MiB if unknown."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for entry in os.listdir(base) if os.path.isdir(base) else []:
+        try:
+            with open(f"{base}/{entry}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1], 1)
+        best = max(best, int(text.rstrip("KMG")) * mult)
+    return best or 32 * 1024**2
+
+
+def time_median(fn: Callable[[int], object], min_runs: int = 20, warmup: int = 3) -> float:
+    """Median seconds of fn(i) over >= min_runs runs (>= 5 when a run exceeds 100 ms)."""
+    for i in range(warmup):
+        fn(i)
+    t0 = time.perf_counter()
+    fn(warmup)
+    first = time.perf_counter() - t0
+    runs = 5 if first > 0.1 else min_runs
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn(warmup + 1 + i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class Dense:
+    """ONNX Runtime and torch dense baselines on the same masked weights (rotated copies)."""
+
+    sessions: list
+    torch_ws: list
+
+    @classmethod
+    def build(cls, weights: list[np.ndarray], threads: int) -> Dense:
+        import onnx
+        import onnxruntime as ort
+        import torch
+        from onnx import TensorProto, helper, numpy_helper
+
+        sessions = []
+        for w in weights:
+            k, n = w.shape
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+                [numpy_helper.from_array(w, "w")],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            sessions.append(ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
+            del model, graph
+        torch_ws = [torch.from_numpy(w.copy()) for w in weights]
+        return cls(sessions, torch_ws)
+
+
+def make_pattern(pattern: str, w: np.ndarray):
+    """(masked dense weight, packed weight, matmul fn, description) for one pattern."""
+    import sparsec.kernels as sk
+
+    if pattern == "block90":
+        dense = sk.prune_block(w, 0.10, BLOCK_BK)
+        return dense, sk.pack_block(dense, BLOCK_BK), sk.block_matmul, f"block {BLOCK_BK}x16 10%"
+    n, m = (int(v) for v in pattern.split(":"))
+    dense = sk.prune_nm(w, n, m)
+    return dense, sk.pack_nm(dense, n, m), sk.nm_matmul, f"{n}:{m}"
+
+
+def copies_for(nbytes: int, llc: int) -> int:
+    return max(1, math.ceil(4 * llc / nbytes))
+
+
+def bench_case(pattern: str, k: int, n: int, batches: tuple[int, ...], threads: int,
+               llc: int, min_runs: int, rng: np.random.Generator) -> list[dict]:
+    import torch
+
+    w = rng.standard_normal((k, n), dtype=np.float32) / math.sqrt(k)
+    dense, packed, matmul, desc = make_pattern(pattern, w)
+    del w
+    dense_copies = copies_for(dense.nbytes, llc)
+    sparse_copies = copies_for(packed.nbytes, llc)
+    log.info("%s %dx%d: dense %d copies, sparse %d copies", pattern, k, n, dense_copies,
+             sparse_copies)
+    dense_ws = [dense] + [dense.copy() for _ in range(dense_copies - 1)]
+    packs = [packed] + [make_pattern(pattern, dense)[1] for _ in range(sparse_copies - 1)]
+    base = Dense.build(dense_ws, threads)
+    results = []
+    for b in batches:
+        x = rng.standard_normal((b, k), dtype=np.float32)
+        y_sparse = matmul(x, packed, threads=threads)
+        y_ort = base.sessions[0].run(None, {"x": x})[0]
+        ref = x[:4].astype(np.float64) @ dense.astype(np.float64)
+        rel = float(np.abs(y_sparse[:4] - ref).max() / np.abs(ref).max())
+        rel_ort = float(np.abs(y_sparse - y_ort).max() / np.abs(y_ort).max())
+
+        ort_s = time_median(lambda i: base.sessions[i % dense_copies].run(None, {"x": x}),
+                            min_runs)
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            torch_s = time_median(lambda i: torch.matmul(xt, base.torch_ws[i % dense_copies]),
+                                  min_runs)
+        sparse_s = time_median(lambda i: matmul(x, packs[i % sparse_copies], threads=threads),
+                               min_runs)
+        best_dense = min(ort_s, torch_s)
+        flops = 2.0 * b * k * n
+        io_bytes = (b * k + b * n) * 4
+        row = {
+            "pattern": pattern, "format": desc, "K": k, "N": n, "batch": b,
+            "dram_resident": b == 1,
+            "ort_ms": ort_s * 1e3, "torch_ms": torch_s * 1e3, "sparse_ms": sparse_s * 1e3,
+            "ort_GBps": (dense.nbytes + io_bytes) / ort_s / 1e9,
+            "sparse_GBps": (packed.nbytes + io_bytes) / sparse_s / 1e9,
+            "ort_GFLOPs": flops / ort_s / 1e9,
+            "sparse_effective_GFLOPs": flops / sparse_s / 1e9,
+            "speedup_vs_ort": ort_s / sparse_s,
+            "speedup_vs_best_dense": best_dense / sparse_s,
+            "best_dense": "ort" if ort_s <= torch_s else "torch",
+            "rel_err_vs_fp64": rel, "rel_diff_vs_ort": rel_ort, "correct": rel <= 1e-5,
+        }
+        target = TARGETS.get((pattern, b))
+        if target is not None:
+            row["target"] = target
+            row["target_met"] = row["speedup_vs_best_dense"] >= target
+        log.info("%s %dx%d b%d: ort %.3f ms torch %.3f ms sparse %.3f ms -> %.2fx", pattern, k,
+                 n, b, row["ort_ms"], row["torch_ms"], row["sparse_ms"],
+                 row["speedup_vs_best_dense"])
+        results.append(row)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="subset that runs in under a minute")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES),
+                    help="comma-separated KxN")
+    ap.add_argument("--runs", type=int, default=20, help="minimum timed runs per measurement")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+    import torch
+
+    import sparsec.kernels as sk
+
+    torch.set_num_threads(args.threads)
+    patterns = args.patterns.split(",")
+    batches = tuple(int(b) for b in args.batches.split(","))
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.quick:
+        patterns, batches, shapes = ["2:4", "1:8", "block90"], (1, 64), [(4096, 4096)]
+    llc = llc_bytes()
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, n in shapes:
+        for pattern in patterns:
+            rows += bench_case(pattern, k, n, batches, args.threads, llc, args.runs, rng)
+    summary = {}
+    for (pattern, b), target in TARGETS.items():
+        got = [r["speedup_vs_best_dense"] for r in rows if r["pattern"] == pattern
+               and r["batch"] == b]
+        if got:
+            summary[f"{pattern} b{b}"] = {"target": target, "min": min(got), "max": max(got),
+                                          "met_all_shapes": min(got) >= target}
+    out = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "llc_bytes": llc, "isa": sk.available_isas()[0]},
+        "method": "median of >=20 runs (>=5 if >100 ms) after warm-up; batch 1 rotates "
+                  "weight copies totalling >= 4x LLC; speedup vs faster of ORT and torch",
+        "targets": summary,
+        "results": rows,
+    }
+    json.dump(out, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0 if all(r["correct"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
