@@ -16,7 +16,7 @@ from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artif
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.bench import time_side_by_side
 from sparsec.errors import UnsupportedError
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import model_bytes
 from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.pm.context import PassContext
@@ -72,7 +72,7 @@ def compile_model(
     backend = get_backend(target.backend)
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
-    dense_bytes = to_proto(model).SerializeToString()
+    dense_bytes = model_bytes(model)
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     ctx = PassContext(target=options.target, dims=dict(options.dims), seed=options.seed, repro_dir=default_repro_dir())
@@ -114,11 +114,11 @@ def compile_model(
             "latency: dense %.3f ms, compiled %.3f ms (%.2fx)", d.median_ms, c.median_ms, latency["speedup"]
         )
 
-    model_bytes = to_proto(model).SerializeToString(deterministic=True)
+    compiled_bytes = model_bytes(model)
     manifest = _manifest(
         source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity, latency, compiled
     )
-    files = {"model.onnx": model_bytes}
+    files = {"model.onnx": compiled_bytes}
     plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
         files["sparsity.png"] = plot
@@ -230,7 +230,7 @@ def compile_file(
 def _ir_hash(model: ir.Model) -> str:
     import hashlib
 
-    return hashlib.sha256(to_proto(model).SerializeToString(deterministic=True)).hexdigest()
+    return hashlib.sha256(model_bytes(model)).hexdigest()
 
 
 __all__ = ["CompileOptions", "CompileResult", "compile_file", "compile_model"]

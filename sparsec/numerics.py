@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from sparsec.dialect.reference import lower_to_reference
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import inline_copy, to_proto
 
 DEFAULT_DIM = 1  # value for a symbolic batch dim
 DEFAULT_SEQ = 16  # value for other symbolic dims (sequence lengths)
@@ -75,7 +75,7 @@ def sample_inputs(
 
 def reference_bytes(model: ir.Model) -> bytes:
     """Serialized standard-ONNX form of `model` (com.sparsec ops lowered to their reference)."""
-    copy = ir.serde.deserialize_model(to_proto(model))
+    copy = inline_copy(model)
     lower_to_reference(copy)
     return to_proto(copy).SerializeToString()
 

@@ -10,7 +10,7 @@ import onnx_ir as ir
 from sparsec.backends.base import Backend, CompiledModel, Runner
 
 from sparsec.dialect import DOMAIN
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import model_bytes
 from sparsec.numerics import make_session
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
 
@@ -29,7 +29,7 @@ class OrtBackend(Backend):
         ]
 
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
-        session = make_session(to_proto(compiled.model).SerializeToString(), threads)
+        session = make_session(model_bytes(compiled.model), threads)
 
         def run(feeds: dict) -> list:
             return session.run(None, feeds)

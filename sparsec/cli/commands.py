@@ -57,7 +57,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
-    from sparsec.ir.io import load_model, to_proto
+    from sparsec.ir.io import load_model, model_bytes
     from sparsec.pm.context import PassContext
     from sparsec.pm.manager import PassManager, default_repro_dir
 
@@ -73,7 +73,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     manager = PassManager(pipeline, verify_each=not args.no_verify, instruments=instruments_from_args(args))
     manager.run(model, ctx)
     if out is not None:
-        _write_file_atomically(out, to_proto(model).SerializeToString(deterministic=True))
+        _write_file_atomically(out, model_bytes(model))
         log.info("wrote %s", out)
     return 0
 
@@ -173,11 +173,11 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
 def cmd_zoo_export(args: argparse.Namespace) -> int:
     from sparsec.capture import load_any
-    from sparsec.ir.io import to_proto
+    from sparsec.ir.io import model_bytes
 
     _check_file_writable(Path(args.output))
     model, _ = load_any(f"zoo:{args.name}")
-    _write_file_atomically(Path(args.output), to_proto(model).SerializeToString(deterministic=True))
+    _write_file_atomically(Path(args.output), model_bytes(model))
     print(args.output)
     return 0
 

@@ -53,11 +53,25 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
 
 
+def inline_copy(model: ir.Model) -> ir.Model:
+    """A structural copy whose external-data weights are loaded into memory.
+
+    The copy shares in-memory tensors with `model`, so it is cheap; rewriting the copy
+    (for example lowering it to reference ONNX) leaves `model` alone.
+    """
+    copy = model.clone()
+    ir.external_data.load_to_model(copy)
+    return copy
+
+
+def model_bytes(model: ir.Model) -> bytes:
+    """Serialized model with every weight inside (deterministic for identical IR)."""
+    return to_proto(inline_copy(model)).SerializeToString(deterministic=True)
+
+
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
     """Save with all weights inside the file (deterministic bytes for identical IR)."""
-    proto = to_proto(model)
-    data = proto.SerializeToString(deterministic=True)
-    Path(path).write_bytes(data)
+    Path(path).write_bytes(model_bytes(model))
 
 
 def model_hash(path: str | os.PathLike) -> str:

@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from sparsec.dialect.reference import lower_to_reference
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import inline_copy, to_proto
 from sparsec.numerics import concrete_shape
 
 
@@ -32,7 +32,7 @@ class ShapeInfo:
 
 
 def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
-    copy = ir.serde.deserialize_model(to_proto(model))
+    copy = inline_copy(model)
     lower_to_reference(copy)
     for value in copy.graph.inputs:
         if value.shape is not None and not value.is_initializer():

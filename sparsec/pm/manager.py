@@ -12,7 +12,7 @@ from typing import Any
 import onnx_ir as ir
 
 from sparsec.errors import SparsecError, VerificationError
-from sparsec.ir.io import save_model
+from sparsec.ir.io import model_bytes, save_model
 from sparsec.ir.printer import print_ir
 from sparsec.numerics import Fidelity, compare, evaluate, sample_inputs
 from sparsec.pm.context import PassContext
@@ -141,9 +141,7 @@ class PassManager:
 
     @staticmethod
     def _snapshot(model: ir.Model) -> bytes:
-        from sparsec.ir.io import to_proto
-
-        return to_proto(model).SerializeToString()
+        return model_bytes(model)
 
     def _fail(
         self,
