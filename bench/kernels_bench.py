@@ -53,20 +53,26 @@ def llc_bytes() -> int:
     return best or 32 * 1024**2
 
 
-def time_median(fn: Callable[[int], object], min_runs: int = 20, warmup: int = 3) -> float:
-    """Median seconds of fn(i) over >= min_runs runs (>= 5 when a run exceeds 100 ms)."""
+def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
+                      warmup: int = 3) -> list[float]:
+    """Median seconds of each fn(i), timed round-robin so that background load on a shared
+    machine hits every contender alike; >= min_runs runs (>= 5 when a run exceeds 100 ms)."""
     for i in range(warmup):
-        fn(i)
-    t0 = time.perf_counter()
-    fn(warmup)
-    first = time.perf_counter() - t0
-    runs = 5 if first > 0.1 else min_runs
-    times = []
-    for i in range(runs):
+        for fn in fns:
+            fn(i)
+    slowest = 0.0
+    for fn in fns:
         t0 = time.perf_counter()
-        fn(warmup + 1 + i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        fn(warmup)
+        slowest = max(slowest, time.perf_counter() - t0)
+    runs = max(5, min_runs // 4) if slowest > 0.1 else min_runs
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(runs):
+        for fn, bucket in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn(warmup + 1 + i)
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 @dataclass
@@ -78,7 +84,6 @@ class Dense:
 
     @classmethod
     def build(cls, weights: list[np.ndarray], threads: int) -> Dense:
-        import onnx
         import onnxruntime as ort
         import torch
         from onnx import TensorProto, helper, numpy_helper
@@ -143,14 +148,13 @@ def bench_case(pattern: str, k: int, n: int, batches: tuple[int, ...], threads: 
         rel = float(np.abs(y_sparse[:4] - ref).max() / np.abs(ref).max())
         rel_ort = float(np.abs(y_sparse - y_ort).max() / np.abs(y_ort).max())
 
-        ort_s = time_median(lambda i: base.sessions[i % dense_copies].run(None, {"x": x}),
-                            min_runs)
         xt = torch.from_numpy(x)
         with torch.inference_mode():
-            torch_s = time_median(lambda i: torch.matmul(xt, base.torch_ws[i % dense_copies]),
-                                  min_runs)
-        sparse_s = time_median(lambda i: matmul(x, packs[i % sparse_copies], threads=threads),
-                               min_runs)
+            ort_s, torch_s, sparse_s = time_side_by_side([
+                lambda i, x=x: base.sessions[i % dense_copies].run(None, {"x": x}),
+                lambda i, xt=xt: torch.matmul(xt, base.torch_ws[i % dense_copies]),
+                lambda i, x=x: matmul(x, packs[i % sparse_copies], threads=threads),
+            ], min_runs)
         best_dense = min(ort_s, torch_s)
         flops = 2.0 * b * k * n
         io_bytes = (b * k + b * n) * 4
@@ -190,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
-    import torch
-
     import sparsec.kernels as sk
+    import torch
 
     torch.set_num_threads(args.threads)
     patterns = args.patterns.split(",")

@@ -1,0 +1,34 @@
+"""Shared fixtures for the kernel tests: ISA parametrization and a dense reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsec import kernels as sk
+
+
+def _isas() -> list[str]:
+    return sk.available_isas() if sk.kernels_available() else []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test taking `isa` runs once per compiled path this CPU supports.
+    if "isa" in metafunc.fixturenames:
+        isas = _isas()
+        metafunc.parametrize("isa", isas or [pytest.param(None, marks=pytest.mark.skip(
+            reason="sparsec kernels not built"))])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def assert_matches(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """y equals x @ w computed in float64, relative to the output's magnitude (rel <= 1e-5)."""
+    ref = np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64)
+    assert y.shape == ref.shape
+    scale = max(float(np.abs(ref).max()), 1e-30)
+    err = float(np.abs(y - ref).max()) / scale
+    assert err <= 1e-5, f"relative error {err:.3g}"
