@@ -1,6 +1,14 @@
 """Reference models for sparsec: deterministic builders, example inputs and ONNX export."""
 
-from .export import export_onnx
+from .export import export_ir, export_onnx
 from .registry import DEFAULT_MODEL, ZOO, UnknownModelError, ZooModel, get
 
-__all__ = ["DEFAULT_MODEL", "ZOO", "UnknownModelError", "ZooModel", "export_onnx", "get"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ZOO",
+    "UnknownModelError",
+    "ZooModel",
+    "export_ir",
+    "export_onnx",
+    "get",
+]

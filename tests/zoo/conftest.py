@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sparsec.models_zoo import ZOO
+from sparsec.models_zoo import ZOO, export_onnx
 
 SMALL_MODELS = [name for name, entry in ZOO.items() if entry.small]
 
@@ -18,3 +18,17 @@ def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPARSEC_CACHE_DIR", str(path))
         yield path
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Export each zoo model at most once per session (exports take seconds)."""
+    out = tmp_path_factory.mktemp("exports")
+    paths: dict[str, Path] = {}
+
+    def get_path(name: str) -> Path:
+        if name not in paths:
+            paths[name] = export_onnx(name, out / f"{name}.onnx")
+        return paths[name]
+
+    return get_path
