@@ -54,24 +54,33 @@ def llc_bytes() -> int:
 
 
 def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
-                      warmup: int = 3) -> list[float]:
-    """Median seconds of each fn(i), timed round-robin so that background load on a shared
-    machine hits every contender alike; >= min_runs runs (>= 5 when a run exceeds 100 ms)."""
-    for i in range(warmup):
-        for fn in fns:
-            fn(i)
+                      rounds: int = 4) -> list[float]:
+    """Median seconds of each fn(i) over >= min_runs runs (>= 5 when a run exceeds 100 ms).
+
+    Runs go in contiguous blocks per contender (so no contender's idle thread pool competes
+    with another's run), blocks interleaved over `rounds` rounds so that background load on
+    a shared machine hits every contender alike; each block starts with an untimed call.
+    """
     slowest = 0.0
-    for fn in fns:
+    for fn in fns:  # warm-up
+        fn(0)
         t0 = time.perf_counter()
-        fn(warmup)
+        fn(1)
         slowest = max(slowest, time.perf_counter() - t0)
-    runs = max(5, min_runs // 4) if slowest > 0.1 else min_runs
+    runs = 5 if slowest > 0.1 else min_runs
+    per_block = max(1, math.ceil(runs / rounds))
     times: list[list[float]] = [[] for _ in fns]
-    for i in range(runs):
+    i = 2
+    for _ in range(rounds):
         for fn, bucket in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn(warmup + 1 + i)
-            bucket.append(time.perf_counter() - t0)
+            time.sleep(0.01)  # let the previous contender's workers go idle
+            fn(i)
+            i += 1
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn(i)
+                bucket.append(time.perf_counter() - t0)
+                i += 1
     return [statistics.median(t) for t in times]
 
 

@@ -68,6 +68,9 @@ def load() -> ctypes.CDLL:
             "sparsec kernels are not built (no C compiler at install time?): install gcc and "
             "re-run `pip install -e .`"
         )
+    # Passive OpenMP waiting: kernels run between ONNX Runtime / torch ops on the same
+    # cores, and spinning idle workers would steal them (libgomp reads this once, at load).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     errors = []
     for path in paths:
         try:
