@@ -3,3 +3,4 @@
 from sparsec.passes.analysis import cost_model  # noqa: F401
 from sparsec.passes.lower import legalize_dense  # noqa: F401
 from sparsec.passes.sparsify import nm_sparsity  # noqa: F401
+from sparsec.passes.structural import crop_channels  # noqa: F401

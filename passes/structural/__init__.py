@@ -1,0 +1,1 @@
+"""Structural (channel) pruning: coupling rules, dependency groups, importance, ratios, crop."""
