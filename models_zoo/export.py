@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 import onnx_ir as ir
-import torch
 
-from .ir_cleanup import cleanup
-from .registry import ZooModel, get
+from sparsec.capture import from_torch
+
+from .registry import get
 
 log = logging.getLogger(__name__)
 
 # Protobuf cannot serialise a single message over 2 GiB; stay clear of it.
 _MAX_INLINE_BYTES = 1_800_000_000
-BATCH_DIM = "batch"
 
 
 def export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool | None = None) -> ir.Model:
@@ -30,23 +29,15 @@ def export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool | None =
     """
     entry = get(name)
     dynamic = entry.dynamic_batch if dynamic is None else dynamic
-    model = entry.build()
-    # torch.export specialises dims of size 0 and 1, so a dynamic batch is traced at >= 2.
-    args = entry.example_inputs(max(batch, 2) if dynamic else batch)
     start = time.perf_counter()
-    program = torch.onnx.export(
-        model,
-        args,
-        dynamo=True,
-        opset_version=opset,
-        input_names=list(entry.input_names),
-        output_names=list(entry.output_names),
-        dynamic_shapes=_dynamic_shapes(entry) if dynamic else None,
-        optimize=False,  # see ir_cleanup: the stock optimizer renames and folds weights
-        verbose=False,
+    onnx_model = from_torch(
+        entry.build(),
+        entry.example_inputs(max(batch, 2) if dynamic else batch),
+        input_names=entry.input_names,
+        output_names=entry.output_names,
+        dynamic_batch=dynamic,
+        opset=opset,
     )
-    onnx_model = program.model
-    cleanup(onnx_model, model.state_dict().keys())
     onnx_model.metadata_props["sparsec.zoo.model"] = name
     log.info("exported %s to ONNX in %.2f s", name, time.perf_counter() - start)
     return onnx_model
@@ -70,8 +61,3 @@ def export_onnx(
         log.warning("%s has %.1f GB of weights: writing them to %s", name, nbytes / 1e9, external)
     ir.save(model, path, external_data=external)
     return path
-
-
-def _dynamic_shapes(entry: ZooModel) -> tuple[dict[int, torch.export.Dim], ...]:
-    batch = torch.export.Dim(BATCH_DIM)
-    return tuple({0: batch} for _ in entry.input_names)

@@ -80,7 +80,7 @@ def minilm_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def export_minilm_ir(batch: int = 2):  # noqa: ANN201  (an onnx_ir.Model)
     """The encoder as an `onnx_ir.Model` with a dynamic batch dim and seq fixed at SEQ_LEN."""
-    from .ir_cleanup import cleanup
+    from sparsec.ir.torch_cleanup import cleanup
 
     model = build_minilm()
     args = minilm_inputs(max(batch, 2))

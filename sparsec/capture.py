@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sparsec.capture")
 DEFAULT_OPSET = 18
+BATCH_DIM = "batch"
 
 
 def from_onnx(path: str | os.PathLike) -> ir.Model:
@@ -39,38 +40,43 @@ def from_torch(
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
 ) -> ir.Model:
-    """Export `module` (in eval mode) to the IR with `torch.export` + the ONNX exporter."""
+    """Export `module` (in eval mode) to the IR with `torch.export` + the ONNX exporter.
+
+    Initializers are named by their `state_dict` keys and hold exactly the `state_dict`
+    values (see `sparsec.ir.torch_cleanup` for why the exporter's own optimizer is off).
+    With `dynamic_batch`, dim 0 of every input is the symbol "batch".
+    """
     import torch
 
+    from sparsec.ir.torch_cleanup import cleanup
+
     module = module.eval()
+    args = tuple(example_inputs)
     dynamic_shapes = None
     if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+        # torch.export specialises dims of size 0 and 1: trace a dynamic batch at >= 2.
+        args = tuple(torch.cat([a, a]) if a.shape[0] < 2 else a for a in args)
+        batch = torch.export.Dim(BATCH_DIM)
+        dynamic_shapes = tuple({0: batch} for _ in args)
     with warnings.catch_warnings(), _quiet_torch_logs():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
                 module,
-                tuple(example_inputs),
+                args,
                 dynamo=True,
                 input_names=list(input_names) if input_names else None,
                 output_names=list(output_names) if output_names else None,
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
-                optimize=True,
+                optimize=False,
                 verbose=False,
             )
         except Exception as e:  # the exporter raises many types; report one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"torch.export could not capture {type(module).__name__}: {first}") from e
     model = program.model
-    # Exporter metadata (stack traces, pkg versions) would make the IR differ run to run.
-    from onnx_ir.passes.common import ClearMetadataAndDocStringPass
-
-    ClearMetadataAndDocStringPass()(model)
-    for value in model.graph.initializers.values():
-        value.metadata_props.clear()
+    cleanup(model, module.state_dict().keys())
     check_supported(model, type(module).__name__)
     return model
 
