@@ -6,10 +6,22 @@ import onnx_ir as ir
 from sparsec.passes.structural import rules_elementwise, rules_layers, rules_shape  # noqa: F401  (register)
 from sparsec.passes.structural.coupling import CouplingBuilder
 from sparsec.passes.structural.rules import RULES, RuleUnsupported
+from sparsec.passes.structural.rules_elementwise import UNARY
 
 from sparsec.dialect import DOMAIN
 from sparsec.ir.shapes import ShapeInfo
 from sparsec.layers import layer_name
+
+# Ops whose first output has the first input's shape: used where ONNX shape inference gave
+# up (e.g. GroupNormalization-21 in some onnx releases).
+SAME_SHAPE = ("GroupNormalization", "LayerNormalization", "BatchNormalization", "InstanceNormalization", *UNARY)
+
+
+def _fill_same_shape(node: ir.Node, shapes: ShapeInfo) -> None:
+    if node.op_type in SAME_SHAPE and node.outputs and node.inputs and node.inputs[0] is not None:
+        out, src = node.outputs[0], shapes.shape(node.inputs[0])
+        if out is not None and shapes.shape(out) is None and src is not None:
+            shapes.shapes[out.name] = src
 
 
 def _operands(node: ir.Node) -> list[ir.Value]:
@@ -31,6 +43,7 @@ def trace_couplings(model: ir.Model, shapes: ShapeInfo) -> CouplingBuilder:
     for index, node in enumerate(graph):
         b.accepted = set()
         b.node_index, b.node_op = index, node.op_type
+        _fill_same_shape(node, shapes)
         label = f"{node.op_type} '{layer_name(node)}'"
         unknown = [v for v in _operands(node) if b.shape(v) is None]
         fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
