@@ -36,6 +36,10 @@ class Backend(ABC):
         """Ops this backend cannot run after legalization (reported at compile time)."""
         return []
 
+    def runtime_ops(self, model: ir.Model) -> list[str]:
+        """Custom ops in the compiled model that need the sparsec runtime to load."""
+        return []
+
     @abstractmethod
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
         """A callable running the compiled model on feeds."""

@@ -84,7 +84,7 @@ def compile_model(
     problems = backend.check(model)
     if problems:
         raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
-    compiled = CompiledModel(backend.name, model)
+    compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
 
     log.info("measuring fidelity on %d sample inputs", options.fidelity_samples)
     run_compiled = backend.runner(compiled, options.threads)

@@ -81,11 +81,9 @@ def reference_bytes(model: ir.Model) -> bytes:
 
 
 def make_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    from sparsec.runtime import make_session as runtime_session
+
+    return runtime_session(model_bytes, threads)
 
 
 def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:

@@ -1,25 +1,40 @@
-"""ONNX Runtime backend: legalize `com.sparsec` ops to standard ONNX and run on MLAS.
+"""ONNX Runtime backend: dense ops on MLAS, N:M layers on sparsec's kernels.
 
-Sparse kernels (`sparsec.kernels`) plug in here as ONNX Runtime custom ops; until then the
-N:M weights are stored dense, so this backend is exact but not faster.
+`com.sparsec` ops are legalized in two steps: N:M MatMul/Gemm layers the kernels take become
+ONNX Runtime custom ops (`lower-nm-kernels`); everything else is lowered to standard ONNX
+with the pruned weights stored dense (`legalize-dense`). Without a compiled kernel library
+the first step is left out and the model is plain ONNX.
 """
 
 from __future__ import annotations
+
+import logging
 
 import onnx_ir as ir
 from sparsec.backends.base import Backend, CompiledModel, Runner
 
 from sparsec.dialect import DOMAIN
 from sparsec.ir.io import model_bytes
-from sparsec.numerics import make_session
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
+from sparsec.runtime import PYOP_DOMAIN, make_session
+
+log = logging.getLogger("sparsec.backends.ort")
 
 
 class OrtBackend(Backend):
     name = "ort"
 
+    def __init__(self, kernels: bool | None = None) -> None:
+        if kernels is None:
+            from sparsec.kernels import kernels_available
+
+            kernels = kernels_available()
+            if not kernels:
+                log.warning("sparsec kernels are not built: N:M layers will run dense")
+        self.kernels = kernels
+
     def legalize_pipeline(self) -> Pipeline:
-        return parse_pipeline("legalize-dense")
+        return parse_pipeline("lower-nm-kernels,legalize-dense" if self.kernels else "legalize-dense")
 
     def check(self, model: ir.Model) -> list[str]:
         return [
@@ -28,8 +43,11 @@ class OrtBackend(Backend):
             if n.domain == DOMAIN
         ]
 
+    def runtime_ops(self, model: ir.Model) -> list[str]:
+        return sorted({n.op_type for n in model.graph if n.domain == PYOP_DOMAIN})
+
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
-        session = make_session(model_bytes(compiled.model), threads)
+        session = make_session(model_bytes(compiled.model), threads, custom_ops=bool(compiled.runtime_ops))
 
         def run(feeds: dict) -> list:
             return session.run(None, feeds)

@@ -1,0 +1,139 @@
+"""`lower-nm-kernels`: N:M-marked MatMul/Gemm layers -> sparsec kernel custom ops.
+
+Rewrites `MatMul(X, NMSparse(W))`, `MatMul(X, Transpose(NMSparse(W)))` (torch Linear on 3-D
+inputs) and `Gemm(X, NMSparse(W), C)` into `ai.onnx.contrib.NMSparseMatMul(X, values, meta)`
+(+ `Add(C)`), with W packed offline into kept values and position metadata. Layers the
+kernels cannot take (other group sizes, tiny weights, unusual Gemm attributes) stay marked
+and are lowered dense by `legalize-dense`, each with its reason in the statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from sparsec.backends.ort.sparse_ops import NM_OP, PYOP_DOMAIN
+from sparsec.kernels import PackedFormatError, pack_nm
+
+from sparsec.dialect import DOMAIN
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+
+KERNEL_GROUP_SIZES = (4, 8, 16)
+
+
+def _attr(node: ir.Node, name: str, default: float) -> float:
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _match(marker: ir.Node) -> tuple[ir.Node, np.ndarray, list[ir.Node]] | str:
+    """(layer node, weight as [K, N], nodes between) or the reason the layer does not fit."""
+    axis = marker.attributes["axis"].as_int()
+    w = marker.inputs[0].const_value.numpy()
+    if w.ndim != 2:
+        return f"weight has rank {w.ndim}, kernels take 2-D weights"
+    uses = marker.outputs[0].uses()
+    if len(uses) != 1:
+        return "marked weight has several users"
+    user, index = uses[0]
+    between: list[ir.Node] = []
+    if user.op_type == "Transpose" and user.domain in ("", "ai.onnx"):
+        perm = user.attributes.get("perm")
+        if perm is not None and list(perm.as_ints()) != [1, 0]:
+            return "weight transpose is not [1, 0]"
+        t_uses = user.outputs[0].uses()
+        if len(t_uses) != 1:
+            return "transposed weight has several users"
+        between, (user, index) = [user], t_uses[0]
+        w, axis = w.T, 1 - axis
+    if index != 1 or user.domain not in ("", "ai.onnx"):
+        return "weight is not the right-hand input of a MatMul/Gemm"
+    if user.op_type == "Gemm":
+        if _attr(user, "transA", 0) or _attr(user, "alpha", 1.0) != 1.0 or _attr(user, "beta", 1.0) != 1.0:
+            return "Gemm with transA, alpha or beta != default"
+        if _attr(user, "transB", 0):
+            w, axis = w.T, 1 - axis
+    elif user.op_type != "MatMul":
+        return f"weight feeds {user.op_type}, not MatMul/Gemm"
+    if axis != 0:
+        return "N:M groups do not run along the reduction axis"
+    return user, np.ascontiguousarray(w), between
+
+
+@register_pass
+@dataclass(frozen=True)
+class LowerNMKernels(Pass):
+    name = "lower-nm-kernels"
+    summary = "Lower N:M-marked MatMul/Gemm layers to sparsec CPU kernels (ONNX Runtime custom ops)."
+    exact = True
+
+    min_params: int = option(65536, "keep smaller layers dense (custom-op call overhead ~6 us)")
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        lowered, skipped = 0, {}
+        packed_bytes = dense_bytes = 0
+        for marker in [n for n in model.graph if n.domain == DOMAIN and n.op_type == "NMSparse"]:
+            n, m = marker.attributes["n"].as_int(), marker.attributes["m"].as_int()
+            weight = marker.inputs[0]
+            found = _match(marker)
+            reason = found if isinstance(found, str) else None
+            if reason is None and m not in KERNEL_GROUP_SIZES:
+                reason = f"kernels take m in {KERNEL_GROUP_SIZES}, not {m}"
+            if reason is None and weight.const_value.size < self.min_params:
+                reason = f"{weight.const_value.size} parameters < min_params={self.min_params}"
+            if reason is None and weight.const_value.dtype != ir.DataType.FLOAT:
+                reason = "kernels take fp32 weights"
+            if reason is not None:
+                skipped[weight.name] = reason
+                continue
+            layer, w_kn, _ = found  # type: ignore[misc]
+            try:
+                packed = pack_nm(w_kn, n, m)
+            except (PackedFormatError, ValueError) as e:
+                skipped[weight.name] = f"cannot pack: {e}"
+                continue
+            self._rewrite(model, layer, weight, packed, n, m)
+            lowered += 1
+            packed_bytes += int(packed.nbytes)
+            dense_bytes += int(w_kn.nbytes)
+            ctx.record(self.name, layer.name or layer.outputs[0].name, weight=weight.name,
+                       decision=f"kernel {NM_OP} {n}:{m}", packed_bytes=int(packed.nbytes))
+        if lowered:
+            model.opset_imports.setdefault(PYOP_DOMAIN, 1)
+            from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+            RemoveUnusedNodesPass()(model)
+        stats = {"layers_lowered": lowered, "layers_kept_dense": len(skipped),
+                 "packed_weight_bytes": packed_bytes, "dense_weight_bytes": dense_bytes,
+                 "kept_dense": skipped}
+        return PassResult(changed=bool(lowered), stats=stats)
+
+    @staticmethod
+    def _rewrite(model: ir.Model, layer: ir.Node, weight: ir.Value, packed, n: int, m: int) -> None:
+        graph = model.graph
+        values = ir.Value(name=f"{weight.name}.nm_values", const_value=ir.tensor(np.asarray(packed.values)))
+        meta = ir.Value(name=f"{weight.name}.nm_meta", const_value=ir.tensor(np.asarray(packed.meta)))
+        values.const_value.name, meta.const_value.name = values.name, meta.name
+        graph.register_initializer(values)
+        graph.register_initializer(meta)
+        out = layer.outputs[0]
+        bias = layer.inputs[2] if layer.op_type == "Gemm" and len(layer.inputs) > 2 else None
+        attrs = [ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("K", int(packed.k)),
+                 ir.AttrInt64("N", int(packed.cols))]
+        base = layer.name or out.name
+        mm = ir.Node(PYOP_DOMAIN, NM_OP, [layer.inputs[0], values, meta], attributes=attrs,
+                     name=f"{base}/nm_kernel", num_outputs=1)
+        graph.insert_before(layer, mm)
+        result = mm.outputs[0]
+        if bias is not None:
+            add = ir.Node("", "Add", [result, bias], name=f"{base}/bias", num_outputs=1)
+            graph.insert_before(layer, add)
+            result = add.outputs[0]
+        result.shape, result.type = out.shape, out.type
+        name = out.name
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(layer, safe=True)
+        result.name = name

@@ -1,0 +1,60 @@
+"""The sparsec runtime: load and run compiled artifacts, custom kernels included.
+
+    session = sparsec.runtime.InferenceSession("out/")
+    outputs = session.run(None, {"input": x})
+
+An artifact whose manifest lists `runtime_ops` needs this loader (it registers the sparsec
+kernels with ONNX Runtime); other artifacts are plain ONNX and load anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from sparsec.errors import InputError
+
+PYOP_DOMAIN = "ai.onnx.contrib"
+
+
+def make_session(model_bytes: bytes, threads: int = 2, *, custom_ops: bool | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels."""
+    if custom_ops is None:
+        custom_ops = PYOP_DOMAIN.encode() in model_bytes
+    if custom_ops:
+        from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
+
+        return make_kernel_session(model_bytes, threads=threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+class InferenceSession:
+    """Runs an artifact folder (or a model file) written by `sparsec compile`."""
+
+    def __init__(self, artifact: str | Path, threads: int = 2) -> None:
+        path = Path(artifact)
+        model_path = path / "model.onnx" if path.is_dir() else path
+        if not model_path.is_file():
+            raise InputError(f"{artifact}: no sparsec artifact (model.onnx) found")
+        manifest_path = model_path.parent / "manifest.json"
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        runtime_ops = self.manifest.get("runtime_ops")
+        self._session = make_session(
+            model_path.read_bytes(), threads, custom_ops=bool(runtime_ops) if runtime_ops is not None else None
+        )
+
+    def get_inputs(self) -> list:
+        return self._session.get_inputs()
+
+    def get_outputs(self) -> list:
+        return self._session.get_outputs()
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list:
+        return self._session.run(output_names, feeds)
