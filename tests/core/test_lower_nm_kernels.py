@@ -1,0 +1,67 @@
+"""lower-nm-kernels: N:M layers become kernel custom ops with identical outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sparsec.kernels import kernels_available
+
+from sparsec.numerics import compare, evaluate, sample_inputs
+from sparsec.pm import PassContext, PassManager, parse_pipeline
+from sparsec.testing import make_model, seeded
+
+pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparsec kernels are not built")
+
+DIMS = {"B": 2, "S": 5}
+TEXT = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[B,S,64] x) => (float[B,S,32] y) {
+  h = MatMul(x, w1)
+  r = Relu(h)
+  wt = Transpose <perm = [1,0]> (w2)
+  z = MatMul(r, wt)
+  z2 = Reshape(z, shape2)
+  g = Gemm <transB = 1> (z2, w3, b3)
+  y = Reshape(g, shape3)
+}
+"""
+
+
+def build():
+    return make_model(
+        TEXT,
+        w1=seeded((64, 128), 1),
+        w2=seeded((96, 128), 2),
+        w3=seeded((32, 96), 3),
+        b3=seeded((32,), 4),
+        shape2=np.array([-1, 96], np.int64),
+        shape3=np.array([2, 5, 32], np.int64),
+    )
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:8", "4:8", "3:16"])
+def test_lowered_model_matches_the_marked_one(pattern) -> None:
+    n, m = map(int, pattern.split(":"))
+    model = build()
+    PassManager(parse_pipeline(f"nm-sparsity{{n={n} m={m} min_params=0}}")).run(model, PassContext(dims=DIMS))
+    feeds = sample_inputs(model, dims={"B": 2, "S": 5})
+    before = evaluate(model, feeds)
+    ctx = PassContext(dims=DIMS)
+    records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, ctx)
+    assert records[0].stats["layers_lowered"] == 3, records[0].stats
+    ops = [node.op_type for node in model.graph]
+    assert ops.count("NMSparseMatMul") == 3 and "MatMul" not in ops and "Gemm" not in ops
+    assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-5
+
+
+def test_small_or_unsupported_layers_stay_dense() -> None:
+    model = build()
+    PassManager(parse_pipeline("nm-sparsity{n=1 m=2 min_params=0}")).run(model, PassContext(dims=DIMS))
+    records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, PassContext(dims=DIMS))
+    assert records[0].stats["layers_lowered"] == 0
+    assert all("m in (4, 8, 16)" in r for r in records[0].stats["kept_dense"].values())
+    model = build()
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    records = PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, PassContext(dims=DIMS))
+    assert records[0].stats["layers_lowered"] == 0  # all below the default min_params
+    assert not any(n.domain for n in model.graph)
