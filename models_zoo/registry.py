@@ -7,7 +7,20 @@ from dataclasses import dataclass
 
 import torch
 
-from . import bert, digits, gpt, mlp, mobilenet, resnet
+from . import (
+    bert,
+    convnext,
+    densenet,
+    digits,
+    efficientnet,
+    gpt,
+    gpt_gqa,
+    mlp,
+    mobilenet,
+    resnet,
+    shufflenet,
+    vit,
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,55 @@ _ENTRIES = (
         digits.train_digits_cnn,
         digits.digits_inputs,
         ("input",),
+        ("logits",),
+    ),
+    # Architecture families for channel cropping (coupling patterns of each family).
+    ZooModel(
+        "shufflenet",
+        "ShuffleNetV2-style: channel split, depthwise branch, concat, channel shuffle, 3x64x64 input",
+        shufflenet.build_shufflenet,
+        shufflenet.shufflenet_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "densenet",
+        "DenseNet-BC-style: pre-activation bottleneck layers with concatenated features, 3x64x64 input",
+        densenet.build_densenet,
+        densenet.densenet_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "convnext",
+        "ConvNeXt-style: 7x7 depthwise, LayerNorm over channels, inverted MLP, layer scale, 3x64x64 input",
+        convnext.build_convnext,
+        convnext.convnext_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "efficientnet",
+        "EfficientNet-style: MBConv with SiLU squeeze-excite, 3x3/5x5 depthwise, hard-swish head, 3x64x64 input",
+        efficientnet.build_efficientnet,
+        efficientnet.efficientnet_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "vit",
+        "ViT: 4x4 patches of 3x32x32, class token, 4 pre-LN layers, hidden 192, 4 heads",
+        vit.build_vit,
+        vit.vit_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "gpt_gqa",
+        "GPT-style decoder with grouped-query attention (8 query heads, 2 K/V heads), hidden 256, seq 64",
+        gpt_gqa.build_gpt_gqa,
+        gpt_gqa.gpt_gqa_inputs,
+        ("input_ids",),
         ("logits",),
     ),
 )

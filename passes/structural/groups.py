@@ -85,8 +85,12 @@ class DependencyGraph:
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
-    def propagate(self, removed: np.ndarray) -> np.ndarray:
-        """Channels removed once derived channels follow their factors (a fixpoint)."""
+    def propagate(self, removed: np.ndarray, *, check: bool = True) -> np.ndarray:
+        """Channels removed once derived channels follow their factors (a fixpoint).
+
+        With `check`, raises if the result breaks a product (a derived channel removed while
+        none of its factors is), which a plan within prunable groups cannot do.
+        """
         removed = removed.copy()
         for _ in range(len(self.products) + 1):
             changed = False
@@ -100,7 +104,7 @@ class DependencyGraph:
                     changed = True
             if not changed:
                 break
-        for p in self.products:
+        for p in self.products if check else ():
             want = np.zeros(len(p.flat), dtype=bool)
             for f in p.factors:
                 want |= removed[self.labels[f]]
@@ -217,7 +221,7 @@ def _make_groups(graph: DependencyGraph, model: ir.Model, multiple: int) -> list
         chans = np.array(sorted(classes), dtype=np.int64)
         mask = np.zeros(graph.n_channels, dtype=bool)
         mask[chans] = True
-        closure = graph.propagate(mask)  # the group and every channel derived from it
+        closure = graph.propagate(mask, check=False)  # the group and every channel derived from it
         touched = np.unique(graph.elem_axis[closure[labels]])
         params = [
             ParamSlice(b.axes[a].value, b.axes[a].axis, b.axes[a].size)

@@ -16,6 +16,12 @@ SMALL_PARAMS = {
     "bert": 3_431_936,
     "gpt": 3_687_936,
     "digits_cnn": 38_282,
+    "shufflenet": 255_306,
+    "densenet": 125_954,
+    "convnext": 414_570,
+    "efficientnet": 540_722,
+    "vit": 1_803_850,
+    "gpt_gqa": 2_765_312,
 }
 
 
