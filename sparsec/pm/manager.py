@@ -76,13 +76,17 @@ class PassManager:
         ctx = ctx or PassContext()
         records: list[PassRecord] = []
         if self.verify_each:
-            self._verify(model, ctx, None, None)
+            problems = self._problems(model, ctx, None)
+            if problems:
+                raise self._error(problems, "input")
         feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
         before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None
         for index, p in enumerate(self.pipeline):
             for inst in self.instruments:
                 inst.before_pass(index, p, model)
-            snapshot = self._snapshot(model) if ctx.repro_dir is not None else None
+            # A structural copy sharing tensors: cheap, and passes replace tensors rather
+            # than writing into them, so it still holds the input if the pass fails.
+            snapshot = model.clone() if ctx.repro_dir is not None else None
             start = time.perf_counter()
             try:
                 result = p.run(model, ctx)
@@ -90,33 +94,27 @@ class PassManager:
                 raise
             except Exception as e:  # a bug in a pass: name it, keep a reproducer
                 self._fail(index, p, model, snapshot, ctx, e)
-                raise VerificationError(
-                    f"{type(e).__name__}: {e}{self._repro_hint(ctx)}", pass_name=p.name
-                ) from e
+                raise VerificationError(f"{type(e).__name__}: {e}{self._repro_hint(ctx)}", pass_name=p.name) from e
             seconds = time.perf_counter() - start
             record = PassRecord(p.name, p.to_text(), p.exact, result.changed, seconds, dict(result.stats))
             if result.changed:
                 ctx.analyses.invalidate(p.preserves)
-                if self.verify_each:
-                    try:
-                        self._verify(model, ctx, p, index)
-                    except VerificationError as e:
-                        self._fail(index, p, model, snapshot, ctx, e)
-                        raise VerificationError(
-                            str(e).split(": ", 1)[-1] + self._repro_hint(ctx),
-                            pass_name=e.pass_name,
-                            node=e.node,
-                        ) from None
+                problems = self._problems(model, ctx, p) if self.verify_each else []
+                if problems:
+                    error = self._error(problems, p.name, hint=self._repro_hint(ctx))
+                    self._fail(index, p, model, snapshot, ctx, error)
+                    raise error
                 if before is not None and feeds is not None:
                     after = evaluate(model, feeds)
                     record.fidelity = compare(before, after)
                     if p.exact and record.fidelity.rel_l2 > EXACT_RTOL:
-                        self._fail(index, p, model, snapshot, ctx, None)
-                        raise VerificationError(
-                            f"exact pass changed the outputs (rel L2 error "
-                            f"{record.fidelity.rel_l2:.3g} > {EXACT_RTOL}){self._repro_hint(ctx)}",
+                        error = VerificationError(
+                            f"exact pass changed the outputs (rel L2 error {record.fidelity.rel_l2:.3g} > "
+                            f"{EXACT_RTOL}){self._repro_hint(ctx)}",
                             pass_name=p.name,
                         )
+                        self._fail(index, p, model, snapshot, ctx, error)
+                        raise error
                     before = after
             records.append(record)
             for inst in self.instruments:
@@ -125,49 +123,36 @@ class PassManager:
             inst.finish(records)
         return records
 
-    def _verify(self, model: ir.Model, ctx: PassContext, p: Pass | None, index: int | None) -> None:
+    @staticmethod
+    def _problems(model: ir.Model, ctx: PassContext, p: Pass | None) -> list[str]:
         problems = [str(x) for x in verify_model(model)]
-        if p is not None:
-            problems += p.verify(model, ctx)
-        if problems:
-            node = None
-            first = problems[0]
-            if first.startswith("node '"):
-                node = first.split("'")[1]
-            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise VerificationError(
-                first + more, pass_name=p.name if p else "input", node=node
-            )
+        return problems + (p.verify(model, ctx) if p is not None else [])
 
     @staticmethod
-    def _snapshot(model: ir.Model) -> bytes:
-        return model_bytes(model)
+    def _error(problems: list[str], pass_name: str, hint: str = "") -> VerificationError:
+        first = problems[0]
+        node = first.split("'")[1] if first.startswith("node '") else None
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return VerificationError(first + more + hint, pass_name=pass_name, node=node)
 
     def _fail(
-        self,
-        index: int,
-        p: Pass,
-        model: ir.Model,
-        snapshot: bytes | None,
-        ctx: PassContext,
-        error: Exception | None,
+        self, index: int, p: Pass, model: ir.Model, snapshot: ir.Model | None, ctx: PassContext, error: Exception
     ) -> None:
         for inst in self.instruments:
-            inst.on_failure(index, p, model, error or RuntimeError("verification failed"))
-        if ctx.repro_dir is None or snapshot is None:
-            return
-        write_reproducer(ctx.repro_dir, snapshot, Pipeline(self.pipeline.passes[index:]), model)
+            inst.on_failure(index, p, model, error)
+        if ctx.repro_dir is not None and snapshot is not None:
+            write_reproducer(ctx.repro_dir, model_bytes(snapshot), Pipeline(self.pipeline.passes[index:]), model)
 
     @staticmethod
     def _repro_hint(ctx: PassContext) -> str:
         return f" (reproducer: {ctx.repro_dir})" if ctx.repro_dir is not None else ""
 
 
-def write_reproducer(directory: Path, model_bytes: bytes, remaining: Pipeline, broken: ir.Model) -> Path:
+def write_reproducer(directory: Path, input_bytes: bytes, remaining: Pipeline, broken: ir.Model) -> Path:
     """Input model of the failing pass + the remaining pipeline with every default spelled out."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "input.onnx").write_bytes(model_bytes)
+    (directory / "input.onnx").write_bytes(input_bytes)
     (directory / "pipeline.txt").write_text(remaining.to_text(full=True) + "\n")
     (directory / "ir_after_failure.txt").write_text(print_ir(broken))
     (directory / "README.txt").write_text(

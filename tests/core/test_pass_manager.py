@@ -4,6 +4,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 from sparsec.passes.analysis.cost_model import CostModel
@@ -76,7 +77,9 @@ def test_verify_each_names_pass_and_node_and_writes_reproducer(mlp, tmp_path) ->
     pipeline_text = (tmp_path / "repro" / "pipeline.txt").read_text().strip()
     # The remaining pipeline with every default spelled out.
     assert pipeline_text.startswith("test-drop-relu,nm-sparsity{n=1 m=8 op_types=")
-    assert (tmp_path / "repro" / "input.onnx").stat().st_size > 0
+    # The reproducer holds the model as it was before the failing pass ran.
+    repro_input = onnx.load(tmp_path / "repro" / "input.onnx")
+    assert [n.op_type for n in repro_input.graph.node] == ["Gemm", "Relu", "MatMul"]
 
 
 def test_exact_pass_that_changes_outputs_fails(mlp) -> None:
