@@ -21,11 +21,15 @@ def check_output_dir(out: Path) -> None:
         raise OutputError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise OutputError(f"output directory {out} is not empty and holds no sparsec artifact; refusing to overwrite it")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write output directory {out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write output directory {out}: parent folder {parent} is not writable")
+    # Missing parent folders are created when the artifact is written; the nearest
+    # existing ancestor must be a writable folder.
+    ancestor = out.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write output directory {out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write output directory {out}: {ancestor} is not writable")
 
 
 def write_artifact(out: Path, files: dict[str, bytes]) -> Path:
@@ -34,6 +38,7 @@ def write_artifact(out: Path, files: dict[str, bytes]) -> Path:
     check_output_dir(out)
     parent = out.resolve().parent
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     except OSError as e:
         raise OutputError(f"cannot write output directory {out}: {e.strerror}") from None
