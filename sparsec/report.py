@@ -80,7 +80,7 @@ def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> b
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [layer.name for layer in dense.layers]
+    names = [(layer.weight or layer.name).removesuffix(".weight") for layer in dense.layers]
     d = [layer.weight_bytes / 1e6 for layer in dense.layers]
     s = [layer.weight_bytes / 1e6 for layer in sparse.layers]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.0), dpi=100)
@@ -88,7 +88,7 @@ def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> b
     ax.bar([i - 0.2 for i in x], d, width=0.4, label="dense")
     ax.bar([i + 0.2 for i in x], s, width=0.4, label="packed sparse")
     ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_ylabel("weight MB")
     ax.set_title("Weight bytes per layer")
     ax.legend()
