@@ -54,7 +54,8 @@ def llc_bytes() -> int:
 
 
 def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
-                      rounds: int = 4) -> list[float]:
+                      rounds: int = 4, clock: Callable[[], float] = time.perf_counter
+                      ) -> list[float]:
     """Median seconds of each fn(i) over >= min_runs runs (>= 5 when a run exceeds 100 ms).
 
     Runs go in contiguous blocks per contender (so no contender's idle thread pool competes
@@ -64,9 +65,9 @@ def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
     slowest = 0.0
     for fn in fns:  # warm-up
         fn(0)
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(1)
-        slowest = max(slowest, time.perf_counter() - t0)
+        slowest = max(slowest, clock() - t0)
     runs = 5 if slowest > 0.1 else min_runs
     per_block = max(1, math.ceil(runs / rounds))
     times: list[list[float]] = [[] for _ in fns]
@@ -77,9 +78,9 @@ def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
             fn(i)
             i += 1
             for _ in range(per_block):
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn(i)
-                bucket.append(time.perf_counter() - t0)
+                bucket.append(clock() - t0)
                 i += 1
     return [statistics.median(t) for t in times]
 
@@ -135,7 +136,8 @@ def copies_for(nbytes: int, llc: int) -> int:
 
 
 def bench_case(pattern: str, k: int, n: int, batches: tuple[int, ...], threads: int,
-               llc: int, min_runs: int, rng: np.random.Generator) -> list[dict]:
+               llc: int, min_runs: int, rng: np.random.Generator,
+               clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     import torch
 
     w = rng.standard_normal((k, n), dtype=np.float32) / math.sqrt(k)
@@ -163,7 +165,7 @@ def bench_case(pattern: str, k: int, n: int, batches: tuple[int, ...], threads: 
                 lambda i, x=x: base.sessions[i % dense_copies].run(None, {"x": x}),
                 lambda i, xt=xt: torch.matmul(xt, base.torch_ws[i % dense_copies]),
                 lambda i, x=x: matmul(x, packs[i % sparse_copies], threads=threads),
-            ], min_runs)
+            ], min_runs, clock=clock)
         best_dense = min(ort_s, torch_s)
         flops = 2.0 * b * k * n
         io_bytes = (b * k + b * n) * 4
@@ -200,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES),
                     help="comma-separated KxN")
     ap.add_argument("--runs", type=int, default=20, help="minimum timed runs per measurement")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the calling thread's CPU clock (needs --threads 1): robust "
+                         "against other processes on a shared machine")
     args = ap.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time measures one thread: use it with --threads 1")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
     import sparsec.kernels as sk
@@ -213,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         patterns, batches, shapes = ["2:4", "1:8", "block90"], (1, 64), [(4096, 4096)]
     llc = llc_bytes()
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     rows = []
     for k, n in shapes:
         for pattern in patterns:
-            rows += bench_case(pattern, k, n, batches, args.threads, llc, args.runs, rng)
+            rows += bench_case(pattern, k, n, batches, args.threads, llc, args.runs, rng, clock)
     summary = {}
     for (pattern, b), target in TARGETS.items():
         got = [r["speedup_vs_best_dense"] for r in rows if r["pattern"] == pattern
@@ -227,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                                           "met_all_shapes": min(got) >= target}
     out = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "llc_bytes": llc, "isa": sk.available_isas()[0]},
+                    "llc_bytes": llc, "isa": sk.available_isas()[0],
+                    "cores": os.cpu_count(), "loadavg_before_after": [load_before,
+                                                                      os.getloadavg()[0]]},
+        "clock": "thread CPU time" if args.cpu_time else "wall",
         "method": "median of >=20 runs (>=5 if >100 ms) after warm-up; batch 1 rotates "
                   "weight copies totalling >= 4x LLC; speedup vs faster of ORT and torch",
         "targets": summary,
