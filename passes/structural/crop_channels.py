@@ -55,6 +55,7 @@ class CropChannels(Pass):
     multiple: int = option(0, "kept channel counts are multiples of this (0: the target's)")
     layer_ratios: tuple[str, ...] = option((), "GLOB=KEEP layer-wise keep ratios (group or parameter globs)")
     exclude: tuple[str, ...] = option((), "globs of group or parameter names to leave uncropped")
+    damage: str = option("cosine", "sensitivity's output damage: cosine (any output) or kl (outputs are logits)")
     lossy_groups: bool = option(True, "also crop channels that a norm over channels sees (LayerNorm, GroupNorm)")
 
     def __post_init__(self) -> None:
@@ -64,6 +65,8 @@ class CropChannels(Pass):
             raise PipelineError(f"pass 'crop-channels': unknown allocation '{self.allocation}' (known: {', '.join(ALLOCATIONS)})")
         if self.criterion not in CRITERIA:
             raise PipelineError(f"pass 'crop-channels': unknown criterion '{self.criterion}' (known: {', '.join(CRITERIA)})")
+        if self.damage not in ("cosine", "kl"):
+            raise PipelineError(f"pass 'crop-channels': unknown damage '{self.damage}' (known: cosine, kl)")
         if self.multiple < 0:
             raise PipelineError("pass 'crop-channels': multiple must be >= 0")
         parse_layer_ratios(self.layer_ratios)

@@ -22,6 +22,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             default="2:4",
             help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'none' for dense (default: 2:4)",
         )
+    if sugar:
+        g.add_argument("--crop", type=float, metavar="FRACTION", help="crop channels to remove this fraction of MACs first (e.g. 0.5)")
+        g.add_argument("--crop-ratio", type=float, metavar="FRACTION", help="crop this fraction of the channels of every prunable group first")
     g.add_argument("-p", "--pipeline", help="pass pipeline text, e.g. 'nm-sparsity{n=2 m=4}'")
     g.add_argument("--pipeline-file", type=Path, help="pipeline as text or YAML (.yaml/.yml) file")
 
@@ -40,7 +43,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             return pipeline_from_yaml(text)
         return parse_pipeline(" ".join(line for line in text.splitlines() if not line.strip().startswith("#")))
     if sugar:
-        return preset_pipeline(target=args.target, sparsity=args.sparsity)
+        return preset_pipeline(target=args.target, sparsity=args.sparsity, crop=args.crop, crop_ratio=args.crop_ratio)
     return None
 
 

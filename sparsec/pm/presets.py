@@ -8,10 +8,23 @@ from sparsec.pm.pipeline import Pipeline, parse_pipeline
 from sparsec.targets import get_target
 
 
-def preset_pipeline(*, target: str = "cpu", sparsity: str | None = "2:4") -> Pipeline:
-    """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none')."""
+def preset_pipeline(
+    *, target: str = "cpu", sparsity: str | None = "2:4", crop: float | None = None, crop_ratio: float | None = None
+) -> Pipeline:
+    """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
+
+    `crop` (fraction of MACs to remove) or `crop_ratio` (fraction of channels per group)
+    puts a channel crop first; N:M sparsity then applies to what remains.
+    """
     get_target(target)  # validates the name
     passes: list[str] = []
+    if crop is not None and crop_ratio is not None:
+        raise OptionError("give either --crop or --crop-ratio, not both")
+    for flag, key, value in (("--crop", "macs", crop), ("--crop-ratio", "ratio", crop_ratio)):
+        if value is not None:
+            if not 0.0 < value < 1.0:
+                raise OptionError(f"{flag}={value}: expected a fraction between 0 and 1 (e.g. 0.5)")
+            passes.append(f"crop-channels{{{key}={value}}}")
     if sparsity is not None and sparsity.strip().lower() not in ("none", "dense", ""):
         spec = sparsity.strip().lower()
         if spec == "auto":

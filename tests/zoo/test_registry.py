@@ -13,6 +13,13 @@ EXPECTED = {
     "gpt",
     "gpt_small",
     "digits_cnn",
+    # architecture families for channel cropping
+    "shufflenet",
+    "densenet",
+    "convnext",
+    "efficientnet",
+    "vit",
+    "gpt_gqa",
 }
 
 
