@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sparsec.passes.analysis.cost_model import estimate_costs
-
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.testing import make_model, seeded
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparsec.kernels import kernels_available
 
+from sparsec.kernels import kernels_available
 from sparsec.numerics import compare, evaluate, sample_inputs
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.testing import make_model, seeded

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from sparsec.passes.analysis.cost_model import CostModel
 
 from sparsec.errors import VerificationError
+from sparsec.passes.analysis.cost_model import CostModel
 from sparsec.pm import Pass, PassContext, PassManager, PassResult, parse_pipeline
 from sparsec.pm.instruments import IRDumpDir, PassStatistics, PassTiming, PrintIRAfter
 

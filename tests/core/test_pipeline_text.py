@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from sparsec.passes.sparsify.nm_sparsity import NMSparsity
 
 from sparsec.errors import OptionError, PipelineError
+from sparsec.passes.sparsify.nm_sparsity import NMSparsity
 from sparsec.pm.pipeline import Pipeline, parse_pipeline, pipeline_from_yaml
 from sparsec.pm.presets import preset_pipeline
 

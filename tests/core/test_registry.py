@@ -3,8 +3,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from sparsec.passes.sparsify.nm_sparsity import NMSparsity
 
+from sparsec.passes.sparsify.nm_sparsity import NMSparsity
 from sparsec.pm import Pass, PassResult, all_passes, register_pass
 
 
