@@ -172,9 +172,15 @@ def solve(b: CouplingBuilder, model: ir.Model, multiple: int) -> DependencyGraph
         derived[labels[p.flat]] = True
 
     pinned: dict[int, str] = {}
-    for a, reason in b.pins.items():
-        for c in np.unique(labels[b.elements(a)]):
-            pinned.setdefault(int(c), f"{b.axes[a].label}: {reason}")
+    pin_axes = list(b.pins)
+    if pin_axes:
+        # First pinned axis (in pin order) of every pinned channel, in one vectorised pass.
+        elems = np.concatenate([b.elements(a) for a in pin_axes])
+        owner = np.repeat(np.arange(len(pin_axes)), [b.size(a) for a in pin_axes])
+        chans, first = np.unique(labels[elems], return_index=True)
+        for c, i in zip(chans.tolist(), owner[first].tolist(), strict=True):
+            a = pin_axes[i]
+            pinned[c] = f"{b.axes[a].label}: {b.pins[a]}"
     # Two reshapes that factor one channel differently cannot both hold after a crop.
     origin: dict[int, tuple[int, ...]] = {}
     for p in products:
@@ -216,13 +222,22 @@ def _make_groups(graph: DependencyGraph, model: ir.Model, multiple: int) -> list
         if not graph.derived[c]:
             signatures.setdefault(axes_of[c], []).append(c)
     inits = model.graph.initializers
+    factor_channels = np.zeros(graph.n_channels, dtype=bool)
+    for p in graph.products:
+        for f in p.factors:
+            factor_channels[labels[f]] = True
     groups = []
     for axes, classes in signatures.items():
         chans = np.array(sorted(classes), dtype=np.int64)
         mask = np.zeros(graph.n_channels, dtype=bool)
         mask[chans] = True
-        closure = graph.propagate(mask, check=False)  # the group and every channel derived from it
-        touched = np.unique(graph.elem_axis[closure[labels]])
+        touched_set = set(axes)
+        if factor_channels[chans].any():
+            # the group and every channel derived from it
+            closure = graph.propagate(mask, check=False)
+            for c in np.flatnonzero(closure & ~mask).tolist():
+                touched_set.update(axes_of[c])
+        touched = sorted(touched_set)
         params = [
             ParamSlice(b.axes[a].value, b.axes[a].axis, b.axes[a].size)
             for a in touched

@@ -37,8 +37,8 @@ def element_scores(dg: DependencyGraph, model: ir.Model, criterion: str) -> np.n
         info = dg.builder.axes[a]
         if criterion == "bn" and info.value not in bn_scales:
             continue
-        moved = np.moveaxis(w.astype(np.float64), info.axis, 0).reshape(info.size, -1)
-        s = np.abs(moved).sum(axis=1) if criterion in ("l1", "bn") else np.sqrt((moved**2).sum(axis=1))
+        moved = np.moveaxis(w.astype(np.float32, copy=False), info.axis, 0).reshape(info.size, -1)
+        s = (np.abs(moved).sum(axis=1) if criterion in ("l1", "bn") else np.sqrt((moved**2).sum(axis=1))).astype(np.float64)
         mean = s.mean()
         scores[info.base : info.base + info.size] = s / mean if mean > 0 else s
     return scores

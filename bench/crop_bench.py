@@ -1,0 +1,234 @@
+"""Channel-crop benchmark (issue 5 bars); prints one JSON document to stdout.
+
+Sections (all by default, or pick with --only):
+  resnet50  ResNet-50 at 2x fewer MACs: ORT CPU latency, dense vs cropped side by side in one
+            process, same threads, warm-up, median (DESIGN.md section 5), batch 1 and 8; also
+            the median process CPU time per run, which other load on the machine disturbs less.
+  families  every zoo family cropped at 30% and 50% MAC reduction: verified (structure and
+            strict shape inference), run in ORT, zero-channel equivalence (the plan's exactly
+            croppable channels zeroed, then cropped: outputs must not change).
+  bert_base dependency-groups analysis + crop of the BERT-base-sized encoder, wall time.
+  digits    the trained digits CNN at 2x fewer MACs: test accuracy with uniform ratios vs
+            calibration-based (sensitivity) ratios, same criterion.
+
+    .venv/bin/python bench/crop_bench.py [--only resnet50,families] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from sparsec.passes.analysis.cost_model import estimate_costs
+from sparsec.passes.analysis.dependency_groups import dependency_groups
+from sparsec.passes.structural.apply import crop_model, zero_channels
+from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
+
+from sparsec.bench import time_side_by_side
+from sparsec.ir.io import to_proto
+from sparsec.numerics import compare, evaluate, make_session, reference_bytes, sample_inputs
+from sparsec.pm.context import PassContext
+from sparsec.verify import verify_model
+
+log = logging.getLogger("crop_bench")
+FAMILIES = ("resnet", "mobilenet", "efficientnet", "densenet", "shufflenet", "convnext", "vit", "bert", "gpt", "gpt_gqa")
+SPEED_BAR = 0.9  # latency speedup >= 0.9 x MAC reduction
+BERT_BAR_S = 10.0
+
+
+def export(name: str) -> ir.Model:
+    from sparsec.models_zoo import export_ir
+
+    return export_ir(name)
+
+
+def copy(model: ir.Model) -> ir.Model:
+    return ir.serde.deserialize_model(to_proto(model))
+
+
+def crop(model: ir.Model, **options: Any) -> tuple[ir.Model, PassContext, dict]:
+    out = copy(model)
+    ctx = PassContext(calibration=options.pop("calibration", None))
+    result = CropChannels(**options).run(out, ctx)
+    return out, ctx, result.stats
+
+
+def cpu_time_per_run(fn: Any, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        fn()
+        samples.append((time.process_time() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def bench_resnet50(threads: int) -> dict:
+    model = export("resnet50")
+    cropped, _, stats = crop(model, macs=0.5)
+    dense_b, crop_b = reference_bytes(model), reference_bytes(cropped)
+    out: dict[str, Any] = {"crop": stats, "batches": {}}
+    for batch in (1, 8):
+        macs_d = estimate_costs(model, dims={"batch": batch}).total("macs")
+        macs_c = estimate_costs(cropped, dims={"batch": batch}).total("macs")
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        sd, sc = make_session(dense_b, threads), make_session(crop_b, threads)
+        fns = {"dense": lambda sd=sd, x=x: sd.run(None, {"input": x}), "cropped": lambda sc=sc, x=x: sc.run(None, {"input": x})}
+        load = os.getloadavg()[0]
+        t = time_side_by_side(fns, budget_s=30.0, label=f"resnet50 b{batch}")
+        cpu = {k: cpu_time_per_run(f, 5) for k, f in fns.items()}
+        d, c = t["dense"].median_ms, t["cropped"].median_ms
+        mac_red = macs_d / macs_c
+        speedup = d / c
+        out["batches"][str(batch)] = {
+            "dense_ms": round(d, 3),
+            "cropped_ms": round(c, 3),
+            "dense_gflops": round(2 * macs_d / d / 1e6, 2),
+            "cropped_gflops": round(2 * macs_c / c / 1e6, 2),
+            "mac_reduction": round(mac_red, 4),
+            "speedup": round(speedup, 4),
+            "speedup_over_mac_reduction": round(speedup / mac_red, 4),
+            "bar_speedup": round(SPEED_BAR * mac_red, 4),
+            "passes": speedup >= SPEED_BAR * mac_red,
+            "cpu_ms_dense": round(cpu["dense"], 2),
+            "cpu_ms_cropped": round(cpu["cropped"], 2),
+            "cpu_time_speedup": round(cpu["dense"] / cpu["cropped"], 4),
+            "runs": t["dense"].runs,
+            "loadavg_1min_before": round(load, 2),
+            "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        }
+        log.info("resnet50 b%d: %s", batch, out["batches"][str(batch)])
+    return out
+
+
+def zero_equivalence(model: ir.Model, options: dict) -> float:
+    """rel L2 between the model with the plan's exact channels zeroed and that model cropped."""
+    dg = dependency_groups(model, multiple=16)
+    removed, _ = CropChannels(**options).plan(model, dg, PassContext())
+    for g in dg.groups:
+        if g.lossy:
+            removed[g.classes] = False
+    zeroed = copy(model)
+    zero_channels(zeroed, dg, removed)
+    cropped = copy(zeroed)
+    crop_model(cropped, dg, removed)
+    feeds = sample_inputs(model)
+    return compare(evaluate(zeroed, feeds), evaluate(cropped, feeds)).rel_l2
+
+
+def bench_families() -> dict:
+    out = {}
+    for name in FAMILIES:
+        model = export(name)
+        feeds = sample_inputs(model)
+        dense_out = evaluate(model, feeds)
+        macs = estimate_costs(model).total("macs")
+        rows = {}
+        for target in (0.3, 0.5):
+            t0 = time.perf_counter()
+            cropped, _, stats = crop(model, macs=target)
+            seconds = time.perf_counter() - t0
+            problems = [str(p) for p in verify_model(cropped)] + check_shapes(cropped, {})
+            fid = compare(dense_out, evaluate(cropped, feeds))
+            after = estimate_costs(cropped).total("macs")
+            zero = zero_equivalence(model, {"macs": target})
+            rows[f"{int(target * 100)}%"] = {
+                "mac_reduction_fraction": round(1 - after / macs, 4),
+                "reached": 1 - after / macs >= target - 1e-9,
+                "groups_cropped": stats.get("groups_cropped", 0),
+                "verified": not problems,
+                "problems": problems[:2],
+                "runs_in_ort": True,
+                "cosine_vs_dense_untrained": round(fid.cosine, 4),
+                "zero_equivalence_rel_l2": float(f"{zero:.3g}"),
+                "zero_equivalence_passes": zero < 1e-5,
+                "crop_seconds": round(seconds, 3),
+            }
+        dg = dependency_groups(model, multiple=16)
+        out[name] = {"macs": macs, **dg.summary(), "lossy_groups": sum(1 for g in dg.prunable_groups() if g.lossy), "crops": rows}
+        log.info("%s: %s", name, out[name])
+    return out
+
+
+def bench_bert_base() -> dict:
+    model = export("bert_base")
+    nodes = len(list(model.graph))
+    t0 = time.perf_counter()
+    dg = dependency_groups(model, multiple=16)
+    analysis_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = CropChannels(macs=0.5).run(model, PassContext())
+    total_s = time.perf_counter() - t0  # the pass runs its own analysis: analysis + crop
+    return {
+        "nodes": nodes,
+        **dg.summary(),
+        "analysis_s": round(analysis_s, 3),
+        "analysis_plus_crop_s": round(total_s, 3),
+        "passes": total_s < BERT_BAR_S,
+        "mac_reduction": result.stats["mac_reduction"],
+    }
+
+
+def bench_digits() -> dict:
+    from sparsec.models_zoo.digits import load_digits_split
+
+    from sparsec.calibration import CalibrationData
+
+    model = export("digits_cnn")
+    x_train, _, x_test, y_test = load_digits_split()
+    calib = CalibrationData({"input": x_train[:512].numpy()}, batch_size=128)
+
+    def accuracy(m: ir.Model) -> float:
+        out = make_session(reference_bytes(m)).run(None, {"input": x_test.numpy()})[0]
+        return float((out.argmax(axis=1) == y_test.numpy()).mean())
+
+    out: dict[str, Any] = {"dense_accuracy": accuracy(model), "test_images": len(y_test), "cases": []}
+    for multiple in (16, 4):
+        for criterion in ("l2", "activation"):
+            case: dict[str, Any] = {"multiple": multiple, "criterion": criterion}
+            for label, alloc in (("uniform", {"allocation": "uniform"}), ("calibrated", {"allocation": "sensitivity", "damage": "kl"})):
+                cropped, ctx, stats = crop(model, macs=0.5, multiple=multiple, criterion=criterion, calibration=calib, **alloc)
+                case[label] = {
+                    "accuracy": round(accuracy(cropped), 4),
+                    "mac_reduction": stats["mac_reduction"],
+                    "kept": {d["layer"]: d["kept"] for d in ctx.decisions if "kept" in d},
+                }
+            case["calibrated_loses_less"] = case["calibrated"]["accuracy"] > case["uniform"]["accuracy"]
+            case["same_plan"] = case["calibrated"]["kept"] == case["uniform"]["kept"]
+            out["cases"].append(case)
+            log.info("digits: %s", case)
+    return out
+
+
+SECTIONS = {"resnet50": bench_resnet50, "families": bench_families, "bert_base": bench_bert_base, "digits": bench_digits}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="crop_bench: %(message)s")
+    for name in ("torch", "torch.onnx", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+        "threads": args.threads,
+    }
+    for section in args.only.split(","):
+        fn = SECTIONS[section.strip()]
+        result[section] = fn(args.threads) if section == "resnet50" else fn()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
