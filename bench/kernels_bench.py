@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.thread_time if args.cpu_time else time.perf_counter
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
-    import sparsec.kernels as sk
     import torch
+
+    import sparsec.kernels as sk
 
     torch.set_num_threads(args.threads)
     patterns = args.patterns.split(",")

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
 from sparsec.kernels import (
     PackedBlock,
     PackedNM,

@@ -64,10 +64,13 @@ static inline __attribute__((always_inline)) __m512 nm_gather(const int M, __m51
 /* PRE: read index vectors decoded once per K-chunk (nm_predecode) instead of decoding the
  * metadata again for every row block; with 4 rows per block decoding costs up to 1.25
  * vector ops per FMA (M = 8), a load costs 0.25. */
+/* NS > 0 fixes the slots per group at compile time (fully unrolled slot loop: matters for
+ * 1:M, whose groups hold a single record). */
 static inline __attribute__((always_inline)) void nm_mk(const int M, const int R, const int T,
-                                                        const int PRE, const nm_mk_args *p) {
+                                                        const int PRE, const int NS,
+                                                        const nm_mk_args *p) {
     const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
-    const int n = p->n;
+    const int n = NS > 0 ? NS : p->n;
     __m512 acc[R][T];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
@@ -78,9 +81,11 @@ static inline __attribute__((always_inline)) void nm_mk(const int M, const int R
     const float *vals = p->vals;
     const uint16_t *meta = p->meta;
     const __m512i *pre = p->idx;
+#pragma GCC unroll 2
     for (int64_t g = p->g0; g < p->g1; g++) {
         __m512 xg[R];
         for (int r = 0; r < R; r++) xg[r] = nm_load_x(M, p->x + r * p->ldx + g * M);
+#pragma GCC unroll 4
         for (int j = 0; j < n; j++) {
 #pragma GCC unroll 8
             for (int t = 0; t < T; t++) {
@@ -115,30 +120,34 @@ static void nm_predecode(const int m, const uint16_t *meta, int64_t tile_meta, i
 }
 
 typedef void (*nm_mk_fn)(const nm_mk_args *);
-/* Two-level macros so that NM_T expands before token pasting. */
-#define NM_MK_NAME_(M_, R_, T_, P_) nm_mk_##M_##_##R_##_##T_##_##P_
-#define NM_MK_NAME(M_, R_, T_, P_) NM_MK_NAME_(M_, R_, T_, P_)
-#define NM_MK_DEF(M_, R_, T_, P_) \
-    static void NM_MK_NAME(M_, R_, T_, P_)(const nm_mk_args *p) { nm_mk(M_, R_, T_, P_, p); }
-#define NM_MK_ROWS(M_, T_, P_)                                                                \
-    NM_MK_DEF(M_, 1, T_, P_) NM_MK_DEF(M_, 2, T_, P_) NM_MK_DEF(M_, 3, T_, P_)                \
-    NM_MK_DEF(M_, 4, T_, P_) NM_MK_DEF(M_, 5, T_, P_) NM_MK_DEF(M_, 6, T_, P_)                \
-    NM_MK_DEF(M_, 7, T_, P_) NM_MK_DEF(M_, 8, T_, P_)
-#define NM_MK_ALL(M_) NM_MK_ROWS(M_, 1, 0) NM_MK_ROWS(M_, NM_T, 0) NM_MK_ROWS(M_, NM_T, 1)
+/* Instantiations: [M][variant][slots: any, 1, 2][rows - 1]. Variants: one tile; NM_T tiles;
+ * NM_T tiles with pre-decoded indices. Multi-level macros so NM_T expands before pasting. */
+#define NM_MK_NAME_(M_, R_, T_, P_, N_) nm_mk_##M_##_##R_##_##T_##_##P_##_##N_
+#define NM_MK_NAME(M_, R_, T_, P_, N_) NM_MK_NAME_(M_, R_, T_, P_, N_)
+#define NM_MK_DEF(M_, R_, T_, P_, N_)                                      \
+    static void NM_MK_NAME(M_, R_, T_, P_, N_)(const nm_mk_args *p) {      \
+        nm_mk(M_, R_, T_, P_, N_, p);                                      \
+    }
+#define NM_MK_ROWS(M_, T_, P_, N_) \
+    NM_MK_DEF(M_, 1, T_, P_, N_) NM_MK_DEF(M_, 2, T_, P_, N_) NM_MK_DEF(M_, 3, T_, P_, N_) \
+    NM_MK_DEF(M_, 4, T_, P_, N_)
+#define NM_MK_SLOTS(M_, T_, P_) \
+    NM_MK_ROWS(M_, T_, P_, 0) NM_MK_ROWS(M_, T_, P_, 1) NM_MK_ROWS(M_, T_, P_, 2)
+#define NM_MK_ALL(M_) NM_MK_SLOTS(M_, 1, 0) NM_MK_SLOTS(M_, NM_T, 0) NM_MK_SLOTS(M_, NM_T, 1)
 NM_MK_ALL(4) NM_MK_ALL(8) NM_MK_ALL(16)
-#define NM_MK_ROW_TABLE(M_, T_, P_)                                                           \
-    {NM_MK_NAME(M_, 1, T_, P_), NM_MK_NAME(M_, 2, T_, P_), NM_MK_NAME(M_, 3, T_, P_),         \
-     NM_MK_NAME(M_, 4, T_, P_), NM_MK_NAME(M_, 5, T_, P_), NM_MK_NAME(M_, 6, T_, P_),         \
-     NM_MK_NAME(M_, 7, T_, P_), NM_MK_NAME(M_, 8, T_, P_)}
+#define NM_MK_ROW_TABLE(M_, T_, P_, N_)                                                   \
+    {NM_MK_NAME(M_, 1, T_, P_, N_), NM_MK_NAME(M_, 2, T_, P_, N_),                        \
+     NM_MK_NAME(M_, 3, T_, P_, N_), NM_MK_NAME(M_, 4, T_, P_, N_)}
+#define NM_MK_SLOT_TABLE(M_, T_, P_) \
+    {NM_MK_ROW_TABLE(M_, T_, P_, 0), NM_MK_ROW_TABLE(M_, T_, P_, 1), NM_MK_ROW_TABLE(M_, T_, P_, 2)}
 #define NM_MK_TABLE(M_) \
-    {NM_MK_ROW_TABLE(M_, 1, 0), NM_MK_ROW_TABLE(M_, NM_T, 0), NM_MK_ROW_TABLE(M_, NM_T, 1)}
-/* [M index][variant: 1 tile, NM_T tiles, NM_T tiles pre-decoded][rows - 1];
- * rows above NM_R are never dispatched. */
-static const nm_mk_fn NM_MK[3][3][8] = {NM_MK_TABLE(4), NM_MK_TABLE(8), NM_MK_TABLE(16)};
+    {NM_MK_SLOT_TABLE(M_, 1, 0), NM_MK_SLOT_TABLE(M_, NM_T, 0), NM_MK_SLOT_TABLE(M_, NM_T, 1)}
+static const nm_mk_fn NM_MK[3][3][3][NM_R] = {NM_MK_TABLE(4), NM_MK_TABLE(8), NM_MK_TABLE(16)};
 
 void sk_nm_avx512(const sk_nm_args *a) {
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
+    const int ni = n <= 2 ? n : 0;
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t ntg = sk_ceil_div(ntiles, NM_T);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
@@ -175,14 +184,14 @@ void sk_nm_avx512(const sk_nm_args *a) {
                     p.meta = a->meta + t0 * tile_meta + gs * n * W;
                     p.y = a->y + r0 * a->ldy + t0 * SK_TILE;
                     p.last_mask = t0 + NM_T == ntiles ? tail_mask : (__mmask16)0xFFFF;
-                    NM_MK[mi][1 + pre][rr - 1](&p);
+                    NM_MK[mi][1 + pre][ni][rr - 1](&p);
                 } else {
                     for (int64_t t = t0; t < t0 + tc; t++) {
                         p.vals = a->values + t * tile_vals + gs * n * SK_TILE;
                         p.meta = a->meta + t * tile_meta + gs * n * W;
                         p.y = a->y + r0 * a->ldy + t * SK_TILE;
                         p.last_mask = t + 1 == ntiles ? tail_mask : (__mmask16)0xFFFF;
-                        NM_MK[mi][0][rr - 1](&p);
+                        NM_MK[mi][0][ni][rr - 1](&p);
                     }
                 }
             }

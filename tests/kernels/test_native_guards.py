@@ -9,9 +9,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from sparsec.kernels import _native
 
 from sparsec import kernels as sk
+from sparsec.kernels import _native
 
 
 @pytest.mark.skipif(not sk.kernels_available(), reason="sparsec kernels not built")

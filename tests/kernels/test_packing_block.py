@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sparsec.kernels import PackedBlock, PackedFormatError, pack_block, prune_block
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sparsec.kernels import PackedFormatError, PackedNM, pack_nm, prune_nm
 from sparsec.kernels.packing_nm import META_WORDS
 
