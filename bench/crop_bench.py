@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from sparsec.passes.analysis.cost_model import estimate_costs
-from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.apply import crop_model, zero_channels
-from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
 
 from sparsec.bench import time_side_by_side
 from sparsec.ir.io import to_proto
 from sparsec.numerics import compare, evaluate, make_session, reference_bytes, sample_inputs
+from sparsec.passes.analysis.cost_model import estimate_costs
+from sparsec.passes.analysis.dependency_groups import dependency_groups
+from sparsec.passes.structural.apply import crop_model, zero_channels
+from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
 from sparsec.pm.context import PassContext
 from sparsec.verify import verify_model
 
@@ -178,9 +178,8 @@ def bench_bert_base() -> dict:
 
 
 def bench_digits() -> dict:
-    from sparsec.models_zoo.digits import load_digits_split
-
     from sparsec.calibration import CalibrationData
+    from sparsec.models_zoo.digits import load_digits_split
 
     model = export("digits_cnn")
     x_train, _, x_test, y_test = load_digits_split()

@@ -19,6 +19,7 @@ from sparsec.errors import UnsupportedError
 from sparsec.ir.io import model_bytes
 from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
+from sparsec.passes.structural.crop_report import crop_plot
 from sparsec.pm.context import PassContext
 from sparsec.pm.instruments import Instrument, LogProgress
 from sparsec.pm.manager import PassManager, PassRecord, default_repro_dir
@@ -123,6 +124,10 @@ def compile_model(
     if plot is not None:
         files["sparsity.png"] = plot
         manifest["files"].append("sparsity.png")
+    crop = crop_plot(ctx.decisions)
+    if crop is not None:
+        files["crop.png"] = crop
+        manifest["files"].append("crop.png")
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from sparsec.passes.structural.crop_report import crop_table
+
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
@@ -62,6 +64,9 @@ def render_report(manifest: dict[str, Any]) -> str:
             f"| {layer['layer']} | {layer['op_type']} | {layer['weight'] or '-'} | {layer['sparsity']} | "
             f"{layer['macs']:,} | {layer['weight_bytes_dense']:,} -> {layer['weight_bytes_sparse']:,} |"
         )
+    lines += crop_table(manifest["decisions"])
+    if "crop.png" in manifest["files"]:
+        lines += ["", "![channels per coupled group](crop.png)"]
     skipped = [d for d in manifest["decisions"] if d.get("decision") == "skip"]
     if skipped:
         lines += ["", "## Skipped layers", ""]

@@ -13,10 +13,10 @@ import logging
 import time
 
 import onnx_ir as ir
+
 from sparsec.passes.structural.groups import DependencyGraph, solve
 from sparsec.passes.structural.shapes import infer_shapes_light
 from sparsec.passes.structural.trace import trace_couplings
-
 from sparsec.pm.analysis import Analysis
 from sparsec.pm.context import PassContext
 from sparsec.targets import get_target

@@ -19,9 +19,9 @@ import heapq
 
 import numpy as np
 import onnx_ir as ir
-from sparsec.passes.structural.groups import DependencyGraph, Group
 
 from sparsec.errors import PipelineError
+from sparsec.passes.structural.groups import DependencyGraph, Group
 
 ALLOCATIONS = ("uniform", "budget", "precrop", "sensitivity")
 

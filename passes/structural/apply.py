@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+
 from sparsec.passes.structural.groups import DependencyGraph
 
 

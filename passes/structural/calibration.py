@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-from sparsec.passes.structural.allocation import plan_macs, removal_mask, round_keep, uniform_keeps
-from sparsec.passes.structural.apply import crop_model
-from sparsec.passes.structural.groups import DependencyGraph, Group
-from sparsec.passes.structural.importance import channel_scores, element_scores
 
 from sparsec.activations import output_damage
 from sparsec.calibration import CalibrationData
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
 from sparsec.numerics import make_session, reference_bytes
+from sparsec.passes.structural.allocation import plan_macs, removal_mask, round_keep, uniform_keeps
+from sparsec.passes.structural.apply import crop_model
+from sparsec.passes.structural.groups import DependencyGraph, Group
+from sparsec.passes.structural.importance import channel_scores, element_scores
 from sparsec.pm.context import PassContext
 
 if TYPE_CHECKING:

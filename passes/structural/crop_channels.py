@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
+
+from sparsec.errors import PipelineError
+from sparsec.ir.io import to_proto
+from sparsec.numerics import concrete_shape
 from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependency_groups
 from sparsec.passes.structural.allocation import (
     ALLOCATIONS,
@@ -30,10 +34,6 @@ from sparsec.passes.structural.allocation import (
 from sparsec.passes.structural.apply import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import CRITERIA, importance
-
-from sparsec.errors import PipelineError
-from sparsec.ir.io import to_proto
-from sparsec.numerics import concrete_shape
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass

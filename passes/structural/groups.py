@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
 from sparsec.passes.structural.coupling import CouplingBuilder
 
 

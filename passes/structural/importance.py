@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from sparsec.passes.structural.groups import DependencyGraph
 
 from sparsec.errors import PipelineError
+from sparsec.passes.structural.groups import DependencyGraph
 
 CRITERIA = ("l1", "l2", "bn", "activation")
 

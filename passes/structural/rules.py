@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
+
 from sparsec.passes.structural.coupling import CouplingBuilder
 
 RuleFn = Callable[[ir.Node, CouplingBuilder], None]

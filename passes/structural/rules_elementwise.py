@@ -4,6 +4,7 @@ softmax, reductions, pooling, and dropout."""
 from __future__ import annotations
 
 import onnx_ir as ir
+
 from sparsec.passes.structural.coupling import CouplingBuilder
 from sparsec.passes.structural.rules import (
     RuleUnsupported,

@@ -4,6 +4,8 @@ MatMul, Gemm, BatchNorm, InstanceNorm, LayerNorm, GroupNorm."""
 from __future__ import annotations
 
 import onnx_ir as ir
+
+from sparsec.layers import layer_name
 from sparsec.passes.structural.coupling import CouplingBuilder
 from sparsec.passes.structural.rules import (
     RuleUnsupported,
@@ -13,8 +15,6 @@ from sparsec.passes.structural.rules import (
     link_same,
     rule,
 )
-
-from sparsec.layers import layer_name
 
 
 def _axes(b: CouplingBuilder, v: ir.Value) -> list[int]:

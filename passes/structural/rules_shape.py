@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
 from sparsec.passes.structural.coupling import CouplingBuilder
 from sparsec.passes.structural.rules import (
     RuleUnsupported,

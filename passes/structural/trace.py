@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-from sparsec.passes.structural import rules_elementwise, rules_layers, rules_shape  # noqa: F401  (register)
-from sparsec.passes.structural.coupling import CouplingBuilder
-from sparsec.passes.structural.rules import RULES, RuleUnsupported
-from sparsec.passes.structural.rules_elementwise import UNARY
 
 from sparsec.dialect import DOMAIN
 from sparsec.ir.shapes import ShapeInfo
 from sparsec.layers import layer_name
+from sparsec.passes.structural import rules_elementwise, rules_layers, rules_shape  # noqa: F401  (register)
+from sparsec.passes.structural.coupling import CouplingBuilder
+from sparsec.passes.structural.rules import RULES, RuleUnsupported
+from sparsec.passes.structural.rules_elementwise import UNARY
 
 # Ops whose first output has the first input's shape: used where ONNX shape inference gave
 # up (e.g. GroupNormalization-21 in some onnx releases).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from sparsec.passes.structural.rules import RULES
 from sparsec.passes.structural.rules_shape import factorize
-
 from sparsec.testing import make_model, seeded
 
 from .conftest import (

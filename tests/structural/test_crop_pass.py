@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.allocation import round_keep
-from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
 
 from sparsec.errors import OptionError, PipelineError
 from sparsec.ir.io import save_model
+from sparsec.passes.analysis.dependency_groups import dependency_groups
+from sparsec.passes.structural.allocation import round_keep
+from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
 from sparsec.pm.context import PassContext
 from sparsec.pm.manager import PassManager
 from sparsec.pm.presets import preset_pipeline
@@ -147,6 +147,9 @@ def test_cli_compile_with_crop_and_sparsity(tmp_path: Path) -> None:
     crop = manifest["passes"][0]
     assert crop["stats"]["macs_after"] <= crop["stats"]["macs_before"] / 2
     assert any(d["pass"] == "crop-channels" and d.get("param") == "w1" for d in manifest["decisions"])
+    assert "crop.png" in manifest["files"] and (out / "crop.png").read_bytes().startswith(b"\x89PNG")
+    report = (out / "report.md").read_text()
+    assert "## Channel crops" in report and "| w1[0] | 64 | 32 |" in report
     bad = subprocess.run(
         [sys.executable, "-m", "sparsec.cli", "compile", str(model_path), "--crop=2", "-o", str(tmp_path / "o2")],
         capture_output=True, text=True, timeout=120,

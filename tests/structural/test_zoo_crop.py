@@ -7,13 +7,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
+
+from sparsec.ir.io import to_proto
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.passes.analysis.cost_model import estimate_costs
 from sparsec.passes.analysis.dependency_groups import dependency_groups
 from sparsec.passes.structural.crop_channels import CropChannels
 from sparsec.passes.structural.replay import crop_module
-
-from sparsec.ir.io import to_proto
-from sparsec.numerics import evaluate, sample_inputs
 from sparsec.pm.context import PassContext
 from sparsec.pm.manager import PassManager
 

@@ -1,0 +1,52 @@
+"""What a crop removed, for the artifact's report: a table and a per-group bar chart."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def crop_groups(decisions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [d for d in decisions if d.get("pass") == "crop-channels" and "group" in d]
+
+
+def crop_table(decisions: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one row per cropped group (channels before -> after, parameters)."""
+    rows = crop_groups(decisions)
+    if not rows:
+        return []
+    lines = ["", "## Channel crops", "", "| group | channels | kept | parameters cropped | lossy |", "|---|---|---|---|---|"]
+    for d in rows:
+        params = ", ".join(sorted(d["params"]))
+        lines.append(f"| {d['layer']} | {d['channels']} | {d['kept']} | {params} | {'yes' if d.get('lossy') else 'no'} |")
+    return lines
+
+
+def crop_plot(decisions: Iterable[Mapping[str, Any]]) -> bytes | None:
+    """Stacked bars per cropped group: kept and removed channels; None without a crop."""
+    rows = crop_groups(decisions)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(d["layer"]).removesuffix("[0]").removesuffix(".weight") for d in rows]
+    kept = [d["kept"] for d in rows]
+    gone = [d["channels"] - d["kept"] for d in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.0), dpi=100)
+    x = list(range(len(names)))
+    ax.bar(x, kept, label="kept")
+    ax.bar(x, gone, bottom=kept, label="cropped")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title("Channels per coupled group")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
