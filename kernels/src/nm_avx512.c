@@ -108,19 +108,28 @@ static inline __attribute__((always_inline)) void nm_mk(const int M, const int R
         }
 }
 
+/* Decode the index vectors of one K-chunk of NM_T tiles, laid out [group][slot][tile].
+ * pair: read groups two at a time as one virtual 2N:2M group (slot j of the second group
+ * becomes slot N + j with its positions shifted by M). A 1:M chunk then runs the 2:2M
+ * microkernel: twice the FMAs per x load and per loop trip, which is where 1:M spends its
+ * time (N = 1 runs ~40% slower per FMA than N = 2). */
 static void nm_predecode(const int m, const uint16_t *meta, int64_t tile_meta, int n,
-                         int64_t groups, __m512i *out) {
+                         int64_t groups, int pair, __m512i *out) {
     const int W = sk_nm_meta_words(m);
     for (int64_t g = 0; g < groups; g++)
         for (int j = 0; j < n; j++)
             for (int t = 0; t < NM_T; t++) {
                 const uint16_t *md = meta + t * tile_meta + (g * n + j) * W;
-                *out++ = m == 4 ? nm_decode(4, md) : (m == 8 ? nm_decode(8, md) : nm_decode(16, md));
+                __m512i idx = m == 4 ? nm_decode(4, md) : (m == 8 ? nm_decode(8, md) : nm_decode(16, md));
+                if (pair) /* clean position (M=4 leaves neighbours' bits above bit 1) + shift */
+                    idx = _mm512_add_epi32(_mm512_and_si512(idx, _mm512_set1_epi32(m - 1)),
+                                           _mm512_set1_epi32((int)(g & 1) * m));
+                *out++ = idx;
             }
 }
 
 typedef void (*nm_mk_fn)(const nm_mk_args *);
-/* Instantiations: [M][variant][slots: any, 1, 2][rows - 1]. Variants: one tile; NM_T tiles;
+/* Instantiations: [M][variant][slots: any, 1, 2, 4][rows - 1]. Variants: one tile; NM_T tiles;
  * NM_T tiles with pre-decoded indices. Multi-level macros so NM_T expands before pasting. */
 #define NM_MK_NAME_(M_, R_, T_, P_, N_) nm_mk_##M_##_##R_##_##T_##_##P_##_##N_
 #define NM_MK_NAME(M_, R_, T_, P_, N_) NM_MK_NAME_(M_, R_, T_, P_, N_)
@@ -132,22 +141,24 @@ typedef void (*nm_mk_fn)(const nm_mk_args *);
     NM_MK_DEF(M_, 1, T_, P_, N_) NM_MK_DEF(M_, 2, T_, P_, N_) NM_MK_DEF(M_, 3, T_, P_, N_) \
     NM_MK_DEF(M_, 4, T_, P_, N_)
 #define NM_MK_SLOTS(M_, T_, P_) \
-    NM_MK_ROWS(M_, T_, P_, 0) NM_MK_ROWS(M_, T_, P_, 1) NM_MK_ROWS(M_, T_, P_, 2)
+    NM_MK_ROWS(M_, T_, P_, 0) NM_MK_ROWS(M_, T_, P_, 1) NM_MK_ROWS(M_, T_, P_, 2) \
+    NM_MK_ROWS(M_, T_, P_, 4)
 #define NM_MK_ALL(M_) NM_MK_SLOTS(M_, 1, 0) NM_MK_SLOTS(M_, NM_T, 0) NM_MK_SLOTS(M_, NM_T, 1)
 NM_MK_ALL(4) NM_MK_ALL(8) NM_MK_ALL(16)
 #define NM_MK_ROW_TABLE(M_, T_, P_, N_)                                                   \
     {NM_MK_NAME(M_, 1, T_, P_, N_), NM_MK_NAME(M_, 2, T_, P_, N_),                        \
      NM_MK_NAME(M_, 3, T_, P_, N_), NM_MK_NAME(M_, 4, T_, P_, N_)}
-#define NM_MK_SLOT_TABLE(M_, T_, P_) \
-    {NM_MK_ROW_TABLE(M_, T_, P_, 0), NM_MK_ROW_TABLE(M_, T_, P_, 1), NM_MK_ROW_TABLE(M_, T_, P_, 2)}
+#define NM_MK_SLOT_TABLE(M_, T_, P_)                                                      \
+    {NM_MK_ROW_TABLE(M_, T_, P_, 0), NM_MK_ROW_TABLE(M_, T_, P_, 1),                      \
+     NM_MK_ROW_TABLE(M_, T_, P_, 2), NM_MK_ROW_TABLE(M_, T_, P_, 4)}
 #define NM_MK_TABLE(M_) \
     {NM_MK_SLOT_TABLE(M_, 1, 0), NM_MK_SLOT_TABLE(M_, NM_T, 0), NM_MK_SLOT_TABLE(M_, NM_T, 1)}
-static const nm_mk_fn NM_MK[3][3][3][NM_R] = {NM_MK_TABLE(4), NM_MK_TABLE(8), NM_MK_TABLE(16)};
+static const nm_mk_fn NM_MK[3][3][4][NM_R] = {NM_MK_TABLE(4), NM_MK_TABLE(8), NM_MK_TABLE(16)};
 
 void sk_nm_avx512(const sk_nm_args *a) {
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
-    const int ni = n <= 2 ? n : 0;
+    const int ni = n <= 2 ? n : (n == 4 ? 3 : 0);
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t ntg = sk_ceil_div(ntiles, NM_T);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
@@ -156,12 +167,14 @@ void sk_nm_avx512(const sk_nm_args *a) {
     int64_t gchunk = groups;
     if (a->rows > NM_R) {
         gchunk = NM_CHUNK_BYTES / ((int64_t)NM_T * n * SK_TILE * 4);
-        if (gchunk < 1) gchunk = 1;
+        gchunk = gchunk < 2 ? 2 : gchunk & ~(int64_t)1; /* even: pairing needs whole pairs */
     }
     const int tail = (int)(a->cols % SK_TILE);
     const __mmask16 tail_mask = tail ? (__mmask16)((1u << tail) - 1) : (__mmask16)0xFFFF;
     /* Pre-decoding pays off once a chunk is visited by two or more row blocks. */
     const int predecode = a->rows > NM_R;
+    const int pair = predecode && n <= 2 && m <= 8 && groups % 2 == 0;
+    const int pmi = m == 4 ? 1 : 2; /* microkernel of the paired 2:2M view */
 #pragma omp parallel num_threads(a->threads)
     {
     __m512i *scratch = predecode ? aligned_alloc(64, (size_t)gchunk * n * NM_T * sizeof(__m512i))
@@ -174,7 +187,7 @@ void sk_nm_avx512(const sk_nm_args *a) {
             const int64_t ge = gs + gchunk < groups ? gs + gchunk : groups;
             const int pre = scratch && tc == NM_T;
             if (pre) nm_predecode(m, a->meta + t0 * tile_meta + gs * n * W, tile_meta, n, ge - gs,
-                                  scratch);
+                                  pair, scratch);
             for (int64_t r0 = 0; r0 < a->rows; r0 += NM_R) {
                 const int rr = (int)(a->rows - r0 < NM_R ? a->rows - r0 : NM_R);
                 nm_mk_args p = {a->x + r0 * a->ldx, a->ldx, gs, ge, NULL, NULL, tile_vals,
@@ -184,7 +197,14 @@ void sk_nm_avx512(const sk_nm_args *a) {
                     p.meta = a->meta + t0 * tile_meta + gs * n * W;
                     p.y = a->y + r0 * a->ldy + t0 * SK_TILE;
                     p.last_mask = t0 + NM_T == ntiles ? tail_mask : (__mmask16)0xFFFF;
-                    NM_MK[mi][1 + pre][ni][rr - 1](&p);
+                    if (pre && pair) { /* virtual groups of 2m: same x and value offsets */
+                        p.g0 = gs / 2;
+                        p.g1 = ge / 2;
+                        p.n = 2 * n;
+                        NM_MK[pmi][2][n == 1 ? 2 : 3][rr - 1](&p);
+                    } else {
+                        NM_MK[mi][1 + pre][ni][rr - 1](&p);
+                    }
                 } else {
                     for (int64_t t = t0; t < t0 + tc; t++) {
                         p.vals = a->values + t * tile_vals + gs * n * SK_TILE;

@@ -13,7 +13,7 @@ from .conftest import assert_matches
 
 pytestmark = pytest.mark.skipif(not sk.kernels_available(), reason="sparsec kernels not built")
 
-NM_PATTERNS = [(2, 4), (1, 4), (3, 4), (1, 8), (4, 8), (3, 8), (2, 16), (5, 16)]
+NM_PATTERNS = [(2, 4), (1, 4), (3, 4), (1, 8), (2, 8), (4, 8), (3, 8), (1, 16), (2, 16), (5, 16)]
 
 
 @settings(max_examples=25, deadline=None)
