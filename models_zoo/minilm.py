@@ -100,3 +100,26 @@ def export_minilm_ir(batch: int = 2):  # noqa: ANN201  (an onnx_ir.Model)
     cleanup(onnx_model, model.state_dict().keys())
     onnx_model.metadata_props["sparsec.zoo.model"] = "minilm"
     return onnx_model
+
+
+def packed_calibration(sentences: list[str], seq_len: int = SEQ_LEN) -> dict[str, np.ndarray]:
+    """Calibration feeds with no padding: sentences packed back to back into full sequences.
+
+    Padding rows would enter the layer statistics although they never reach the embedding;
+    packing ([CLS] s1 [SEP] s2 [SEP] ...) keeps every row a real token, as LLM calibration does.
+    """
+    tok = tokenizer()
+    cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
+    rows: list[list[int]] = []
+    current = [cls_id]
+    for sentence in sentences:
+        ids = tok(sentence, add_special_tokens=False)["input_ids"] + [sep_id]
+        while ids:
+            room = seq_len - len(current)
+            current += ids[:room]
+            ids = ids[room:]
+            if len(current) == seq_len:
+                rows.append(current)
+                current = [cls_id]
+    ids = np.asarray(rows, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}

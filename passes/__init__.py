@@ -1,6 +1,13 @@
 """sparsec's passes (shipped as `sparsec.passes`); importing this package registers them."""
 
-from sparsec.passes.analysis import cost_model  # noqa: F401
+from sparsec.passes.analysis import (
+    cost_model,  # noqa: F401
+    sensitivity,  # noqa: F401
+)
 from sparsec.passes.lower import legalize_dense  # noqa: F401
-from sparsec.passes.sparsify import nm_sparsity  # noqa: F401
+from sparsec.passes.sparsify import (
+    allocate,  # noqa: F401
+    nm_sparsity,  # noqa: F401
+    sparsify,  # noqa: F401
+)
 from sparsec.passes.structural import crop_channels  # noqa: F401

@@ -33,6 +33,7 @@ class CalibrationData:
     _hash: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "arrays", {k: np.asarray(v) for k, v in self.arrays.items()})
         if not self.arrays:
             raise InputError(f"calibration data {self.source}: holds no arrays")
         counts = {k: (v.shape[0] if v.ndim else -1) for k, v in self.arrays.items()}

@@ -98,6 +98,15 @@ def sparse_weight_bytes(numel: int, itemsize: int, n: int, m: int) -> int:
     return kept * itemsize + math.ceil(kept * math.ceil(math.log2(m)) / 8)
 
 
+def block_sparse_weight_bytes(numel: int, itemsize: int, density: float, block: tuple[int, ...]) -> int:
+    """Kept values plus metadata: a 1-bit mask per weight (unstructured) or a 4-byte index per kept block."""
+    kept = math.ceil(numel * density)
+    if tuple(block) == (1, 1):
+        return kept * itemsize + math.ceil(numel / 8)
+    blocks = math.ceil(numel / (block[0] * block[1]) * density)
+    return kept * itemsize + 4 * blocks
+
+
 def layer_cost(node: ir.Node, info: ShapeInfo, target: Target) -> LayerCost:
     macs = node_macs(node, info)
     layer = trace_weight(node)
@@ -115,6 +124,12 @@ def layer_cost(node: ir.Node, info: ShapeInfo, target: Target) -> LayerCost:
             sparsity = f"{n}:{m}"
             effective = macs * n // m
             weight_bytes += sparse_weight_bytes(numel, itemsize, n, m)
+        elif layer.marker is not None and layer.marker.op_type == "Sparse":
+            block = tuple(layer.marker.attributes["block"].as_ints())
+            density = layer.marker.attributes["density"].as_float()
+            sparsity = f"u:{1 - density:.3g}" if block == (1, 1) else f"b{block[0]}x{block[1]}:{1 - density:.3g}"
+            effective = round(macs * density)
+            weight_bytes += block_sparse_weight_bytes(numel, itemsize, density, block)
         else:
             weight_bytes += numel * itemsize
     for value in node.inputs:

@@ -12,18 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from sparsec.passes.analysis.cost_model import CostModel
 
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.schema import OPSET_VERSION
-from sparsec.errors import PipelineError
 from sparsec.layers import Layer, find_layers
 from sparsec.nm_pattern import nm_mask, validate_nm
+from sparsec.passes.analysis.cost_model import CostModel
+from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion, needs_data
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
-
-CRITERIA = ("magnitude",)
 
 
 def _matches(layer: Layer, patterns: tuple[str, ...]) -> bool:
@@ -93,17 +91,16 @@ class NMSparsity(Pass):
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
     min_params: int = option(1024, "skip weights with fewer parameters")
-    criterion: str = option("magnitude", "which weights to keep: magnitude")
+    criterion: str = option("magnitude", "which weights to keep: magnitude, wanda or sparsegpt (these need calibration data)")
+    sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
 
     def __post_init__(self) -> None:
         validate_nm(self.n, self.m)
-        if self.criterion not in CRITERIA:
-            raise PipelineError(
-                f"pass 'nm-sparsity': unknown criterion '{self.criterion}' (known: {', '.join(CRITERIA)})"
-            )
+        check_criterion(self.criterion, self.name)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         pruned, skipped = [], {}
+        chosen: list[Layer] = []  # for data-driven criteria, pruned together below
         total = zeros = 0
         for layer in find_layers(model, self.op_types):
             if not _matches(layer, self.include) or _matches(layer, self.exclude):
@@ -112,6 +109,9 @@ class NMSparsity(Pass):
             if reason is not None:
                 skipped[layer.name] = reason
                 ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
+                continue
+            if needs_data(self.criterion):
+                chosen.append(layer)
                 continue
             w = layer.weight.const_value.numpy()
             mask = nm_mask(np.abs(w.astype(np.float32)), self.n, self.m, layer.reduction_axis)
@@ -131,6 +131,8 @@ class NMSparsity(Pass):
                 criterion=self.criterion,
                 weight_rel_error=round(err, 6),
             )
+        if chosen:
+            total, zeros = self._run_data_criterion(model, ctx, chosen, pruned, total, zeros)
         stats = {
             "layers_pruned": len(pruned),
             "layers_skipped": len(skipped),
@@ -140,5 +142,29 @@ class NMSparsity(Pass):
         }
         return PassResult(changed=bool(pruned), stats=stats)
 
+    def _run_data_criterion(
+        self, model: ir.Model, ctx: PassContext, layers: list[Layer], pruned: list[str], total: int, zeros: int
+    ) -> tuple[int, int]:
+        # Imported here: apply.py builds on this module (mark_nm, skip_reason).
+        from sparsec.passes.analysis.layer_stats import require_calibration
+        from sparsec.passes.sparsify.apply import apply_plan
+        from sparsec.passes.sparsify.patterns import Pattern
 
-__all__ = ["NMSparsity", "CostModel", "mark_nm", "skip_reason"]
+        calib = require_calibration(ctx, f"nm-sparsity{{criterion={self.criterion}}}")
+        pattern = Pattern("nm", n=self.n, m=self.m)
+        outcomes = apply_plan(model, [(layer, pattern) for layer in layers], self.criterion, calib, sequential=self.sequential)
+        for layer, o in zip(layers, outcomes, strict=True):
+            w = layer.weight.const_value.numpy()
+            pruned.append(o.layer)
+            total += w.size
+            zeros += int(np.count_nonzero(w == 0))
+            ctx.record(
+                self.name, o.layer, weight=o.weight, op_type=layer.node.op_type, decision=o.pattern,
+                axis=layer.reduction_axis, criterion=o.criterion, weight_rel_error=round(o.weight_rel_error, 6),
+                output_rel_error=None if o.output_rel_error is None else round(o.output_rel_error, 6),
+                **({"note": o.note} if o.note else {}),
+            )
+        return total, zeros
+
+
+__all__ = ["CRITERIA", "NMSparsity", "CostModel", "mark_nm", "skip_reason"]

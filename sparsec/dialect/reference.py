@@ -19,7 +19,10 @@ def _nm_sparse_to_dense(node: ir.Node) -> None:
     node.graph.remove(node, safe=True)
 
 
-REFERENCE_RULES: dict[str, Callable[[ir.Node], None]] = {"NMSparse": _nm_sparse_to_dense}
+REFERENCE_RULES: dict[str, Callable[[ir.Node], None]] = {
+    "NMSparse": _nm_sparse_to_dense,
+    "Sparse": _nm_sparse_to_dense,  # also the identity on an already-pruned weight
+}
 
 
 def lower_to_reference(model: ir.Model) -> int:

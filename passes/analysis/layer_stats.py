@@ -1,0 +1,140 @@
+"""Layer statistics: the input Gram matrix X2^T X2 of every weight layer, on calibration data.
+
+Works on the IR of any ONNX graph (through `ActivationRunner`). Grams of the dense model
+are cached per (model hash, data hash); `layer_stages` orders layers so that sequential
+reconstruction can recollect the inputs of each stage after the stages before it are pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.activations import ActivationRunner
+from sparsec.calibration import CalibrationData
+from sparsec.errors import OptionError
+from sparsec.ir.io import to_proto
+from sparsec.layer_view import LayerView, view_of
+from sparsec.layers import find_layers
+from sparsec.pm.analysis import Analysis
+from sparsec.pm.context import PassContext
+
+log = logging.getLogger("sparsec")
+
+_CACHE: OrderedDict[tuple[str, str], dict[str, LayerStats]] = OrderedDict()
+_CACHE_ENTRIES = 2  # Grams of a BERT-base take ~0.5 GB: keep few
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    gram: np.ndarray  # [K, K] float32, sum over calibration rows of x x^T
+    count: int  # calibration rows
+
+    @property
+    def col_sq_mean(self) -> np.ndarray:
+        """Mean of x_j^2 per input column (Wanda's ||x_j||^2 / rows)."""
+        return np.diag(self.gram).astype(np.float64) / max(self.count, 1)
+
+
+def accumulate(runner: ActivationRunner, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None) -> dict[str, LayerStats]:
+    grams: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for rows_by_layer in runner.layer_inputs(views, weights):
+        for name, x2 in rows_by_layer.items():
+            g = x2.T @ x2
+            if name in grams:
+                grams[name] += g
+            else:
+                grams[name] = g.astype(np.float32)
+            counts[name] = counts.get(name, 0) + x2.shape[0]
+    return {name: LayerStats(grams[name], counts[name]) for name in grams}
+
+
+def accumulate_paired(
+    runner: ActivationRunner, views: Sequence[LayerView], weights: dict[str, np.ndarray]
+) -> dict[str, tuple[LayerStats, np.ndarray]]:
+    """Grams of the inputs under `weights` (X~) and cross-Grams X~^T X with the dense inputs X.
+
+    Both runs see the same calibration batches in the same order, so rows pair up.
+    """
+    grams: dict[str, np.ndarray] = {}
+    cross: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for dense_rows, pruned_rows in zip(runner.layer_inputs(views, None), runner.layer_inputs(views, weights), strict=True):
+        for name, xp in pruned_rows.items():
+            xd = dense_rows[name]
+            g, c = (xp.T @ xp).astype(np.float32), (xp.T @ xd).astype(np.float32)
+            if name in grams:
+                grams[name] += g
+                cross[name] += c
+            else:
+                grams[name], cross[name] = g, c
+            counts[name] = counts.get(name, 0) + xp.shape[0]
+    return {name: (LayerStats(grams[name], counts[name]), cross[name]) for name in grams}
+
+
+def layer_stages(model: ir.Model, views: Sequence[LayerView]) -> list[list[LayerView]]:
+    """Group layers into stages: a layer's stage is one more than that of any layer upstream.
+
+    Layers of one stage (e.g. the Q/K/V projections of a block) don't feed each other, so
+    their inputs can be collected in one run once all earlier stages are pruned.
+    """
+    by_node = {id(v.layer.node): v for v in views}
+    depth: dict[int, int] = {}
+    stage_of: dict[int, int] = {}
+    for node in model.graph:
+        d = max((depth.get(id(v), -1) for v in node.inputs if v is not None), default=-1)
+        if id(node) in by_node:
+            d += 1
+            stage_of[id(node)] = d
+        for out in node.outputs:
+            depth[id(out)] = d
+    stages: dict[int, list[LayerView]] = {}
+    for v in views:
+        stages.setdefault(stage_of[id(v.layer.node)], []).append(v)
+    return [stages[k] for k in sorted(stages)]
+
+
+def model_digest(model: ir.Model) -> str:
+    return hashlib.sha256(to_proto(model).SerializeToString(deterministic=True)).hexdigest()
+
+
+def dense_stats(model: ir.Model, views: Sequence[LayerView], calib: CalibrationData, *, threads: int = 2) -> dict[str, LayerStats]:
+    """Grams of the model as it stands (cached per model and data hash)."""
+    key = (model_digest(model), calib.digest())
+    cached = _CACHE.get(key)
+    wanted = {v.name for v in views if v.input_name is not None}
+    if cached is not None and wanted <= cached.keys():
+        _CACHE.move_to_end(key)
+        return {k: cached[k] for k in wanted}
+    runner = ActivationRunner(model, views, calib, threads)
+    stats = accumulate(runner, views)
+    _CACHE[key] = {**(cached or {}), **stats}
+    while len(_CACHE) > _CACHE_ENTRIES:
+        _CACHE.popitem(last=False)
+    return stats
+
+
+def require_calibration(ctx: PassContext, what: str) -> CalibrationData:
+    if ctx.calibration is None:
+        raise OptionError(f"{what} needs calibration data (CLI: --calib FILE.npz; API: PassContext(calibration=...))")
+    calib = CalibrationData.load(ctx.calibration)
+    ctx.calibration = calib
+    return calib
+
+
+class LayerStatistics(Analysis):
+    """Input Grams of every weight layer of the current model on `ctx.calibration`."""
+
+    name = "layer-statistics"
+
+    def compute(self, model: ir.Model, ctx: PassContext) -> dict[str, LayerStats]:
+        calib = require_calibration(ctx, "layer statistics")
+        views = [view_of(layer) for layer in find_layers(model)]
+        return dense_stats(model, views, calib)

@@ -1,0 +1,244 @@
+"""`allocate`: choose a pattern per layer from its measured sensitivity, then apply it.
+
+Two modes:
+- a budget: remove `budget` (a fraction) of the model's parameters, MACs, weight bytes or
+  predicted latency (`target`) with the least predicted damage;
+- a fidelity floor (`min_fidelity`): the most `target` saving whose output keeps a mean
+  cosine >= the floor. Predicted damage is only a model, so the choice is applied and
+  measured on held-out calibration samples; if it misses the floor, the damage allowance
+  shrinks by the observed ratio and the choice is remade (up to `rounds` times; dense
+  always meets any floor).
+Every layer's choice lands in the manifest with its predicted damage, benefit and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.activations import output_damage
+from sparsec.calibration import CalibrationData
+from sparsec.errors import PipelineError
+from sparsec.layers import Layer, find_layers
+from sparsec.numerics import evaluate
+from sparsec.passes.analysis.cost_model import (
+    block_sparse_weight_bytes,
+    estimate_costs,
+    sparse_weight_bytes,
+)
+from sparsec.passes.analysis.layer_stats import require_calibration
+from sparsec.passes.analysis.sensitivity import (
+    NM_CANDIDATES,
+    SensitivityTable,
+    damage_array,
+    scan_sensitivity,
+)
+from sparsec.passes.sparsify.allocation import LayerOptions, cap_damage, meet_benefit, totals
+from sparsec.passes.sparsify.apply import apply_plan
+from sparsec.passes.sparsify.criteria import check_criterion
+from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+from sparsec.targets import get_target
+
+log = logging.getLogger("sparsec")
+TARGETS = ("sparsity", "macs", "bytes", "latency")
+UNITS = {"sparsity": "params", "macs": "MACs", "bytes": "bytes", "latency": "ms"}
+
+
+@dataclass(frozen=True)
+class _LayerCost:
+    params: int
+    macs: int
+    weight_bytes: int
+    act_bytes: int
+    itemsize: int
+
+
+def _benefit(cost: _LayerCost, pattern: Pattern, target: str, peak_gflops: float, dram_gbps: float) -> float:
+    d = pattern.density
+    if pattern.is_dense:
+        return 0.0
+    if pattern.kind == "nm":
+        sparse_bytes = sparse_weight_bytes(cost.params, cost.itemsize, pattern.n, pattern.m)
+    else:
+        sparse_bytes = block_sparse_weight_bytes(cost.params, cost.itemsize, d, pattern.block)
+    if target == "sparsity":
+        return cost.params * (1 - d)
+    if target == "macs":
+        return cost.macs * (1 - d)
+    if target == "bytes":
+        return float(cost.weight_bytes - sparse_bytes)
+
+    def ms(macs: float, wbytes: float) -> float:
+        return max(2 * macs / (peak_gflops * 1e9), (wbytes + cost.act_bytes) / (dram_gbps * 1e9)) * 1e3
+
+    return ms(cost.macs, cost.weight_bytes) - ms(cost.macs * d, sparse_bytes)
+
+
+def _dense_total(cost: _LayerCost, target: str, peak_gflops: float, dram_gbps: float) -> float:
+    if target == "sparsity":
+        return cost.params
+    if target == "macs":
+        return cost.macs
+    if target == "bytes":
+        return cost.weight_bytes
+    return max(2 * cost.macs / (peak_gflops * 1e9), (cost.weight_bytes + cost.act_bytes) / (dram_gbps * 1e9)) * 1e3
+
+
+def _fidelity(dense_out: list[np.ndarray], model: ir.Model, data: CalibrationData) -> float:
+    outs = [evaluate(model, batch) for batch in data.batches()]
+    cand = [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(dense_out))]
+    return 1.0 - output_damage(dense_out, cand)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Allocate(Pass):
+    name = "allocate"
+    summary = "Choose a pattern per layer to meet a budget or a fidelity floor, from measured layer sensitivity; apply it."
+    exact = False
+
+    candidates: tuple[str, ...] = option(NM_CANDIDATES, "patterns a layer may take (dense is always an option)")
+    target: str = option("latency", "what the budget and the savings count: sparsity (params), macs, bytes or latency (predicted)")
+    budget: float = option(0.0, "fraction of the model's total `target` to remove (budget mode)")
+    min_fidelity: float = option(0.0, "floor on the mean output cosine vs dense on held-out calibration samples (floor mode)")
+    criterion: str = option("sparsegpt", "criterion that prunes the chosen layers")
+    scan_criterion: str = option("wanda", "criterion used while measuring sensitivity (cheaper than sparsegpt)")
+    metric: str = option("output", "sensitivity metric: output or proxy")
+    samples: int = option(16, "calibration samples for the sensitivity scan")
+    sequential: bool = option(True, "prune stage by stage on the inputs of already-pruned layers")
+    rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
+    min_params: int = option(1024, "leave weights with fewer parameters dense")
+    include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
+    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
+
+    def __post_init__(self) -> None:
+        for c in self.candidates:
+            parse_pattern(c)
+        check_criterion(self.criterion, self.name)
+        check_criterion(self.scan_criterion, self.name)
+        if self.target not in TARGETS:
+            raise PipelineError(f"pass 'allocate': unknown target '{self.target}' (known: {', '.join(TARGETS)})")
+        if (self.budget > 0) == (self.min_fidelity > 0):
+            raise PipelineError("pass 'allocate': give exactly one of budget=FRACTION or min_fidelity=COSINE")
+        if not 0 <= self.budget < 1 or not 0 <= self.min_fidelity < 1:
+            raise PipelineError("pass 'allocate': budget and min_fidelity must lie in [0, 1)")
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        calib = require_calibration(ctx, "allocate")
+        fit, held = calib.split(0.75) if calib.num_samples >= 8 else (calib, calib)
+        patterns = [parse_pattern(c) for c in self.candidates]
+        table = scan_sensitivity(
+            model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
+            min_params=self.min_params, include=self.include, exclude=self.exclude,
+        )
+        options, layers, grand_total = self._options(model, ctx, table)
+        dense_out = [np.concatenate(parts, axis=0) for parts in zip(*[evaluate(model, b) for b in held.batches()], strict=True)]
+        rounds: list[dict[str, float]] = []
+        if self.min_fidelity > 0:
+            picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds)
+        else:
+            picks = meet_benefit(options, self.budget * grand_total)
+            trial = self._apply(model, options, layers, picks, fit)
+            rounds.append({"fidelity": _fidelity(dense_out, trial, held), **totals(options, picks)})
+        model.graph = trial.graph
+        model.opset_imports.update(trial.opset_imports)
+        return self._report(ctx, table, options, layers, picks, rounds, grand_total)
+
+    # -- building blocks -----------------------------------------------------------------
+    def _options(self, model: ir.Model, ctx: PassContext, table: SensitivityTable) -> tuple[list[LayerOptions], list[Layer], float]:
+        spec = get_target(ctx.target)
+        costs = {c.name: c for c in estimate_costs(model, target=ctx.target, dims=ctx.dims).layers}
+        names = ["dense", *[str(parse_pattern(c)) for c in self.candidates]]
+        options, layers, grand_total = [], [], 0.0
+        for layer in find_layers(model):
+            c = costs.get(layer.name)
+            if c is None:
+                continue
+            tensor = layer.weight.const_value
+            lc = _LayerCost(int(tensor.size), c.macs, c.weight_bytes, c.activation_bytes, int(tensor.dtype.itemsize))
+            grand_total += _dense_total(lc, self.target, spec.peak_gflops, spec.dram_gbps)
+            if layer.name not in table.damage:
+                continue
+            benefit = np.array([_benefit(lc, parse_pattern(p), self.target, spec.peak_gflops, spec.dram_gbps) for p in names])
+            options.append(LayerOptions(layer.name, names, damage_array(table, layer.name, names), benefit))
+            layers.append(layer)
+        return options, layers, grand_total
+
+    def _apply(self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], picks: list[int], fit: CalibrationData) -> ir.Model:
+        trial = model.clone()
+        by_name = {layer.name: layer for layer in find_layers(trial)}
+        plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential)
+        return trial
+
+    def _floor_mode(
+        self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], fit: CalibrationData,
+        held: CalibrationData, dense_out: list[np.ndarray], rounds: list[dict[str, float]],
+    ) -> tuple[list[int], ir.Model]:
+        allowance = 1.0 - self.min_fidelity
+        for _ in range(self.rounds):
+            picks = cap_damage(options, allowance)
+            trial = self._apply(model, options, layers, picks, fit)
+            fid = _fidelity(dense_out, trial, held)
+            rounds.append({"allowance": allowance, "fidelity": fid, **totals(options, picks)})
+            log.info("allocate: allowance %.3g -> fidelity %.5f (floor %.4f)", allowance, fid, self.min_fidelity)
+            if fid >= self.min_fidelity:
+                return picks, trial
+            # Shrink the allowance by how far the prediction was off (at least halve... at most /5).
+            ratio = (1.0 - self.min_fidelity) / max(1.0 - fid, 1e-12)
+            allowance *= min(0.8, max(0.2, ratio))
+        log.warning("allocate: no choice met min_fidelity=%g in %d rounds; leaving the model dense", self.min_fidelity, self.rounds)
+        dense = [0] * len(options)
+        rounds.append({"allowance": 0.0, "fidelity": 1.0, **totals(options, dense)})
+        return dense, model.clone()
+
+    def _report(
+        self, ctx: PassContext, table: SensitivityTable, options: list[LayerOptions], layers: list[Layer],
+        picks: list[int], rounds: list[dict[str, float]], grand_total: float,
+    ) -> PassResult:
+        unit = UNITS[self.target]
+        nm_params = all_params = 0
+        for o, layer, i in zip(options, layers, picks, strict=True):
+            params = int(layer.weight.const_value.size)
+            all_params += params
+            chosen = o.patterns[i]
+            nm_params += params if ":" in chosen and not chosen.startswith(("u", "b")) else 0
+            alternatives = {p: (None if not math.isfinite(d) else round(float(d), 8)) for p, d in zip(o.patterns, o.damage, strict=True)}
+            if i == 0:
+                why = "dense: every pattern's predicted damage per saving was above the price the budget allowed"
+            else:
+                why = (
+                    f"{chosen}: predicted damage {o.damage[i]:.3g} for {o.benefit[i]:.4g} {unit} saved "
+                    f"({o.damage[i] / max(o.benefit[i], 1e-30):.3g} per {unit}), the best trade at the chosen price"
+                )
+            if table.skipped.get(o.name):
+                why += "; not applicable: " + "; ".join(f"{p} ({r})" for p, r in table.skipped[o.name].items())
+            ctx.record(
+                self.name, o.name, weight=layer.weight.name, decision=chosen, criterion=self.criterion if i else None,
+                predicted_damage=round(float(o.damage[i]), 8), benefit=round(float(o.benefit[i]), 6), unit=unit,
+                sensitivity=alternatives, why=why,
+            )
+        final = rounds[-1]
+        total_benefit = final["benefit"]
+        stats: dict[str, object] = {
+            "mode": "min_fidelity" if self.min_fidelity > 0 else "budget",
+            "layers_considered": len(options),
+            "layers_sparse": sum(1 for i in picks if i > 0),
+            "nm_param_fraction": round(nm_params / all_params, 4) if all_params else 0.0,
+            "predicted_damage": round(final["predicted_damage"], 6),
+            "measured_fidelity": round(final["fidelity"], 6),
+            f"{self.target}_saved_fraction": round(total_benefit / grand_total, 4) if grand_total else 0.0,
+            "rounds": len(rounds),
+            "sensitivity_seconds": table.seconds,
+        }
+        if self.target == "latency" and grand_total:
+            stats["predicted_speedup"] = round(grand_total / max(grand_total - total_benefit, 1e-30), 4)
+        stats["round_log"] = [{k: round(v, 6) for k, v in r.items()} for r in rounds]
+        return PassResult(changed=any(i > 0 for i in picks), stats=stats)

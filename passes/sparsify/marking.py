@@ -1,0 +1,55 @@
+"""Write a pruning decision into the IR: store the pruned weight and insert its marker op."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.dialect import DOMAIN
+from sparsec.dialect.schema import OPSET_VERSION
+from sparsec.layers import Layer
+from sparsec.passes.sparsify.nm_sparsity import mark_nm
+from sparsec.passes.sparsify.patterns import Pattern
+
+
+def mark_sparse(model: ir.Model, layer: Layer, pruned: np.ndarray, block: tuple[int, int], density: float) -> ir.Node:
+    """Store the pruned weight and insert a `com.sparsec.Sparse` marker before its consumer."""
+    weight = layer.weight
+    weight.const_value = ir.tensor(pruned, name=weight.name)
+    consumer = layer.path[-1] if layer.path else layer.node
+    marked = ir.Value(name=f"{weight.name}__sparse", shape=weight.shape, type=weight.type)
+    marker = ir.Node(
+        DOMAIN,
+        "Sparse",
+        [weight],
+        attributes=[
+            ir.AttrInt64("axis", layer.reduction_axis),
+            ir.AttrInt64s("block", list(block)),
+            ir.AttrFloat32("density", float(density)),
+        ],
+        outputs=[marked],
+        name=f"{layer.name}/sparse",
+    )
+    model.graph.insert_before(consumer, marker)
+    for i, value in enumerate(consumer.inputs):
+        if value is weight:
+            consumer.replace_input_with(i, marked)
+    model.opset_imports.setdefault(DOMAIN, OPSET_VERSION)
+    return marker
+
+
+def mark_pattern(model: ir.Model, layer: Layer, pruned: np.ndarray, pattern: Pattern) -> ir.Node | None:
+    """The marker for `pattern` (none for dense: the weight is left as it was)."""
+    if pattern.is_dense:
+        return None
+    if pattern.kind == "nm":
+        return mark_nm(model, layer, pruned, pattern.n, pattern.m)
+    # Declare the density actually reached (a hair above, for float32 rounding of the attribute).
+    return mark_sparse(model, layer, pruned, pattern.block, min(1.0, tile_density(pruned, layer.reduction_axis, pattern.block) + 1e-6))
+
+
+def tile_density(w: np.ndarray, axis: int, block: tuple[int, int]) -> float:
+    view = np.moveaxis(w, axis, -1).reshape(-1, w.shape[axis])
+    bo, bk = block
+    tiles = view.reshape(view.shape[0] // bo, bo, view.shape[1] // bk, bk)
+    return float(np.count_nonzero(np.any(tiles != 0, axis=(1, 3)))) / (tiles.shape[0] * tiles.shape[2])

@@ -1,0 +1,76 @@
+"""OBS-style one-shot reconstruction (SparseGPT, Frantar & Alistarh 2023).
+
+Columns of `W2 [rows, K]` are pruned left to right; the error each pruned column leaves in
+the layer output `X2 @ W2.T` is compensated by updating the not-yet-processed columns
+through the inverse Hessian `H^-1` (H = X2^T X2), via its upper Cholesky factor. Masks are
+chosen lazily: per N:M group when the group is reached, per column block for unstructured
+and block patterns, on the OBS saliency w^2 / [H^-1]_jj^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sparsec.passes.sparsify.patterns import Pattern
+
+BLOCK = 128  # columns per lazy-update block (as in the reference implementation)
+
+
+def _inverse_cholesky(gram: np.ndarray, damp: float) -> tuple[torch.Tensor, np.ndarray]:
+    h = torch.from_numpy(np.array(gram, dtype=np.float64))
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    mean_diag = float(torch.diag(h).mean())
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    for scale in (1.0, 10.0, 100.0, 1000.0):  # more damping until H is positive definite
+        chol, info = torch.linalg.cholesky_ex(h + damp * scale * mean_diag * eye)
+        if int(info) == 0:
+            break
+    else:
+        raise np.linalg.LinAlgError("input Gram matrix is not positive definite even with damping")
+    hinv = torch.cholesky_inverse(chol)
+    upper = torch.linalg.cholesky(hinv, upper=True)
+    return upper.to(torch.float32), dead.numpy()
+
+
+def sparsegpt_prune(
+    w2: np.ndarray, gram: np.ndarray, pattern: Pattern, *, damp: float = 0.01, block: int = BLOCK
+) -> np.ndarray:
+    """Prune `w2` to `pattern` and reconstruct the kept weights; returns the new W2."""
+    if pattern.is_dense:
+        return w2.copy()
+    hinv, dead = _inverse_cholesky(gram, damp)
+    w = torch.from_numpy(np.array(w2, dtype=np.float32))
+    w[:, torch.from_numpy(dead)] = 0.0
+    rows, cols = w.shape
+    step = pattern.col_multiple
+    block = max(step, block - block % step)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        # Work on the transposed block [cols, rows]: one column of W is then a contiguous row.
+        w1 = w[:, i1:i2].T.contiguous()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        d1 = torch.diag(h1)
+        if pattern.kind == "nm":  # masks chosen group by group, as the group is reached
+            prune1 = torch.zeros_like(w1, dtype=torch.bool)
+        else:  # whole-block mask on OBS saliency, before any update
+            saliency = (w1**2 / d1[:, None] ** 2).T.numpy()
+            prune1 = torch.from_numpy(np.ascontiguousarray(~pattern.keep_mask(saliency).T))
+        for i in range(i2 - i1):
+            if pattern.kind == "nm" and i % pattern.m == 0:
+                group = w1[i : i + pattern.m] ** 2 / d1[i : i + pattern.m, None] ** 2
+                drop = torch.topk(group, pattern.m - pattern.n, dim=0, largest=False).indices
+                prune1[i : i + pattern.m].scatter_(0, drop, True)
+            col = w1[i]
+            q = col.masked_fill(prune1[i], 0.0)
+            q1[i] = q
+            e = (col - q) / h1[i, i]
+            w1[i:] -= torch.outer(h1[i, i:], e)
+            err1[i] = e
+        w[:, i1:i2] = q1.T
+        if i2 < cols:
+            w[:, i2:] -= err1.T @ hinv[i1:i2, i2:]
+    return w.numpy().astype(w2.dtype, copy=False)

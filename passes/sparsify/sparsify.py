@@ -1,0 +1,81 @@
+"""`sparsify`: prune weights to an unstructured, block or N:M pattern with any criterion.
+
+Unstructured and block results are marked by `com.sparsec.Sparse`, N:M ones by `NMSparse`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from sparsec.layers import Layer, find_layers
+from sparsec.passes.analysis.layer_stats import require_calibration
+from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason
+from sparsec.passes.sparsify.criteria import check_criterion, needs_data
+from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+
+
+def selected(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    def hit(globs: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(layer.name, g) or fnmatch.fnmatchcase(layer.weight.name, g) for g in globs)
+
+    return hit(include) and not hit(exclude)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Sparsify(Pass):
+    name = "sparsify"
+    summary = "Prune MatMul/Gemm/Conv weights to an unstructured (u:0.75), block (b16x4:0.75) or N:M pattern."
+    exact = False
+
+    pattern: str = option("u:0.5", "dense, N:M, u:FRACTION or bRxC:FRACTION (fraction of zeros)")
+    criterion: str = option("magnitude", "magnitude, wanda or sparsegpt (these need calibration data)")
+    sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
+    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to prune")
+    include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
+    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
+    min_params: int = option(1024, "skip weights with fewer parameters")
+
+    def __post_init__(self) -> None:
+        parse_pattern(self.pattern)
+        check_criterion(self.criterion, self.name)
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        pattern: Pattern = parse_pattern(self.pattern)
+        plan, skipped = [], {}
+        for layer in find_layers(model, self.op_types):
+            if not selected(layer, self.include, self.exclude):
+                continue
+            reason = pattern_skip_reason(layer, pattern, self.min_params)
+            if reason is not None:
+                skipped[layer.name] = reason
+                ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
+                continue
+            plan.append((layer, pattern))
+        calib = require_calibration(ctx, f"sparsify{{criterion={self.criterion}}}") if needs_data(self.criterion) and plan else None
+        outcomes = apply_plan(model, plan, self.criterion, calib, sequential=self.sequential)
+        params = zeros = 0
+        for (layer, _), o in zip(plan, outcomes, strict=True):
+            w = layer.weight.const_value.numpy()
+            params += w.size
+            zeros += int((w == 0).sum())
+            ctx.record(
+                self.name, o.layer, weight=o.weight, op_type=layer.node.op_type, decision=o.pattern,
+                criterion=o.criterion, weight_rel_error=round(o.weight_rel_error, 6),
+                output_rel_error=None if o.output_rel_error is None else round(o.output_rel_error, 6),
+                **({"note": o.note} if o.note else {}),
+            )
+        stats = {
+            "layers_pruned": len(outcomes),
+            "layers_skipped": len(skipped),
+            "params_pruned": params,
+            "weight_zero_fraction": round(zeros / params, 6) if params else 0.0,
+            "skipped": skipped,
+        }
+        return PassResult(changed=bool(outcomes), stats=stats)
