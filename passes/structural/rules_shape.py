@@ -14,7 +14,6 @@ from sparsec.passes.structural.rules import (
     attr_ints,
     const,
     input_at,
-    link_same,
     replace_const_input,
     rule,
 )
@@ -313,5 +312,3 @@ def constant(node: ir.Node, b: CouplingBuilder) -> None:
 
     b.on_crop(crop)
 
-
-__all__ = ["factorize", "link_same"]

@@ -468,3 +468,23 @@ def test_analysis_of_a_thousand_nodes_takes_seconds() -> None:
     assert time.perf_counter() - start < 10
     # every conv's output is added to the pinned residual stream, so nothing is prunable
     assert dg.prunable_groups() == []
+
+
+def test_channel_shuffle_couples_through_reshape_transpose_reshape() -> None:
+    m = make_model(
+        H + """
+        g (float[1,3,4,4] x) => (float[1,2,4,4] y) {
+          a = Conv (x, w1)
+          r = Reshape (a, s5)
+          t = Transpose <perm=[0,2,1,3,4]> (r)
+          u = Reshape (t, s4)
+          y = Conv (u, w2)
+        }""",
+        w1=seeded((8, 3, 1, 1), 1), w2=seeded((2, 8, 1, 1), 2),
+        s5=np.array([1, 2, 4, 4, 4], np.int64), s4=np.array([1, 8, 4, 4], np.int64),
+    )
+    dg = analyse(m)
+    # Channel c = (g, i) with g in 2 shuffle groups and i in 4; the conv's rows are derived.
+    assert prunable_param_sets(dg) == [(2, {"w1[0]", "w2[1]"}), (4, {"w1[0]", "w2[1]"})]
+    for g in dg.prunable_groups():
+        assert_zero_equivalence(m, dg, remove_first(dg, g, 1))
