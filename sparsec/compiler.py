@@ -20,6 +20,7 @@ from sparsec.ir.io import model_bytes
 from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
+from sparsec.plots import quality_plots
 from sparsec.pm.context import PassContext
 from sparsec.pm.instruments import Instrument, LogProgress
 from sparsec.pm.manager import PassManager, PassRecord, default_repro_dir
@@ -36,6 +37,9 @@ log = logging.getLogger("sparsec")
 class CompileOptions:
     target: str = "cpu"
     sparsity: str | None = "2:4"
+    calibration: Any = None  # CalibrationData, an .npz path or an iterable of feeds (data criteria, auto)
+    criterion: str | None = None  # magnitude (default), wanda or sparsegpt for an N:M `sparsity`
+    min_fidelity: float | None = None  # sparsity="auto": floor on the mean output cosine vs dense
     pipeline: Pipeline | None = None  # overrides the preset built from `sparsity`
     dims: dict[str, int] = field(default_factory=dict)
     seed: int = 0
@@ -48,7 +52,9 @@ class CompileOptions:
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
             return self.pipeline
-        return preset_pipeline(target=self.target, sparsity=self.sparsity)
+        return preset_pipeline(
+            target=self.target, sparsity=self.sparsity, criterion=self.criterion, min_fidelity=self.min_fidelity
+        )
 
 
 @dataclass
@@ -76,7 +82,13 @@ def compile_model(
     dense_bytes = model_bytes(model)
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
-    ctx = PassContext(target=options.target, dims=dict(options.dims), seed=options.seed, repro_dir=default_repro_dir())
+    ctx = PassContext(
+        target=options.target,
+        dims=dict(options.dims),
+        seed=options.seed,
+        calibration=options.calibration,
+        repro_dir=default_repro_dir(),
+    )
     full = pipeline + legalize
     snapshot = _CostsBeforeLegalization(len(pipeline), options)
     instruments = [LogProgress(len(full)), snapshot, *options.instruments]
@@ -124,6 +136,9 @@ def compile_model(
     if plot is not None:
         files["sparsity.png"] = plot
         manifest["files"].append("sparsity.png")
+    for name, png in quality_plots(ctx.decisions).items():
+        files[name] = png
+        manifest["files"].append(name)
     crop = crop_plot(ctx.decisions)
     if crop is not None:
         files["crop.png"] = crop

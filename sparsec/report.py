@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from sparsec.passes.structural.crop_report import crop_table
+from sparsec.plots import quality_report
 
 
 def _mb(n: float) -> str:
@@ -65,6 +66,7 @@ def render_report(manifest: dict[str, Any]) -> str:
             f"{layer['macs']:,} | {layer['weight_bytes_dense']:,} -> {layer['weight_bytes_sparse']:,} |"
         )
     lines += crop_table(manifest["decisions"])
+    lines += quality_report(manifest)
     if "crop.png" in manifest["files"]:
         lines += ["", "![channels per coupled group](crop.png)"]
     skipped = [d for d in manifest["decisions"] if d.get("decision") == "skip"]

@@ -10,7 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sparsec.cli.common import dims_from_args, instruments_from_args, pipeline_from_args
+from sparsec.cli.common import (
+    calibration_from_args,
+    dims_from_args,
+    instruments_from_args,
+    pipeline_from_args,
+)
 from sparsec.errors import OptionError, OutputError
 
 log = logging.getLogger("sparsec")
@@ -29,6 +34,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options = CompileOptions(
         target=args.target,
         sparsity=args.sparsity,
+        calibration=calibration_from_args(args),
         pipeline=pipeline_from_args(args, sugar=True),
         dims=dims_from_args(args),
         bench=not args.no_bench,
@@ -69,7 +75,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
         _check_file_writable(out)
     model = load_model(args.model)
     log.info("pipeline: %s", pipeline.to_text(full=True))
-    ctx = PassContext(dims=dims_from_args(args), repro_dir=default_repro_dir())
+    ctx = PassContext(dims=dims_from_args(args), calibration=calibration_from_args(args), repro_dir=default_repro_dir())
     manager = PassManager(pipeline, verify_each=not args.no_verify, instruments=instruments_from_args(args))
     manager.run(model, ctx)
     if out is not None:
@@ -142,6 +148,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = CompileOptions(
         target=args.target,
         sparsity=args.sparsity,
+        calibration=calibration_from_args(args),
         pipeline=pipeline_from_args(args, sugar=True),
         dims=dims_from_args(args),
         threads=args.threads,

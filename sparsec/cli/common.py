@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from sparsec.errors import OptionError
 from sparsec.pm.instruments import Instrument, IRDumpDir, PassStatistics, PassTiming, PrintIRAfter
@@ -20,11 +21,28 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument(
             "--sparsity",
             default="2:4",
-            help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'none' for dense (default: 2:4)",
+            help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'auto' to choose per layer "
+            "from calibration data (see --min-fidelity, --calib); 'none' for dense (default: 2:4)",
         )
     if sugar:
         g.add_argument("--crop", type=float, metavar="FRACTION", help="crop channels to remove this fraction of MACs first (e.g. 0.5)")
         g.add_argument("--crop-ratio", type=float, metavar="FRACTION", help="crop this fraction of the channels of every prunable group first")
+        g.add_argument(
+            "--criterion",
+            choices=("magnitude", "wanda", "sparsegpt"),
+            help="which weights to keep: magnitude (default), wanda or sparsegpt (reconstruction); the last two need --calib",
+        )
+        g.add_argument(
+            "--min-fidelity",
+            type=float,
+            metavar="COSINE",
+            help="with --sparsity=auto: keep the mean output cosine vs dense at least this (default 0.99)",
+        )
+    g.add_argument(
+        "--calib",
+        metavar="FILE.npz",
+        help="calibration samples: an .npz with one array per model input, samples on axis 0",
+    )
     g.add_argument("-p", "--pipeline", help="pass pipeline text, e.g. 'nm-sparsity{n=2 m=4}'")
     g.add_argument("--pipeline-file", type=Path, help="pipeline as text or YAML (.yaml/.yml) file")
 
@@ -43,8 +61,24 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             return pipeline_from_yaml(text)
         return parse_pipeline(" ".join(line for line in text.splitlines() if not line.strip().startswith("#")))
     if sugar:
-        return preset_pipeline(target=args.target, sparsity=args.sparsity, crop=args.crop, crop_ratio=args.crop_ratio)
+        return preset_pipeline(
+            target=args.target,
+            sparsity=args.sparsity,
+            crop=args.crop,
+            crop_ratio=args.crop_ratio,
+            criterion=args.criterion,
+            min_fidelity=args.min_fidelity,
+        )
     return None
+
+
+def calibration_from_args(args: argparse.Namespace) -> Any:
+    """The --calib data, loaded now so that a bad file fails before any work."""
+    if getattr(args, "calib", None) is None:
+        return None
+    from sparsec.calibration import CalibrationData
+
+    return CalibrationData.load(args.calib)
 
 
 def add_instrument_args(p: argparse.ArgumentParser) -> None:

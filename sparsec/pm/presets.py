@@ -7,14 +7,25 @@ from sparsec.nm_pattern import parse_nm
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
 from sparsec.targets import get_target
 
+DEFAULT_MIN_FIDELITY = 0.99
+
 
 def preset_pipeline(
-    *, target: str = "cpu", sparsity: str | None = "2:4", crop: float | None = None, crop_ratio: float | None = None
+    *,
+    target: str = "cpu",
+    sparsity: str | None = "2:4",
+    crop: float | None = None,
+    crop_ratio: float | None = None,
+    criterion: str | None = None,
+    min_fidelity: float | None = None,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
 
     `crop` (fraction of MACs to remove) or `crop_ratio` (fraction of channels per group)
-    puts a channel crop first; N:M sparsity then applies to what remains.
+    puts a channel crop first; N:M sparsity then applies to what remains. `sparsity='auto'`
+    chooses a pattern per layer (`allocate`) to keep a mean output cosine >= `min_fidelity`
+    (default 0.99) with the most predicted speedup; it and the data-driven `criterion`s
+    (wanda, sparsegpt) need calibration data.
     """
     get_target(target)  # validates the name
     passes: list[str] = []
@@ -28,10 +39,14 @@ def preset_pipeline(
     if sparsity is not None and sparsity.strip().lower() not in ("none", "dense", ""):
         spec = sparsity.strip().lower()
         if spec == "auto":
-            raise OptionError(
-                "--sparsity=auto needs calibration-based allocation, which is not implemented yet; "
-                "give an N:M pattern such as 2:4"
-            )
-        pattern = parse_nm(spec)
-        passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}}}")
+            floor = DEFAULT_MIN_FIDELITY if min_fidelity is None else min_fidelity
+            if not 0.0 < floor < 1.0:
+                raise OptionError(f"--min-fidelity={floor}: expected a cosine between 0 and 1 (e.g. 0.98)")
+            passes.append(f"allocate{{min_fidelity={floor} criterion={criterion or 'sparsegpt'}}}")
+        else:
+            if min_fidelity is not None:
+                raise OptionError("--min-fidelity needs --sparsity=auto (a fixed pattern cannot promise a fidelity)")
+            pattern = parse_nm(spec)
+            extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
+            passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
     return parse_pipeline(",".join(passes))
