@@ -17,8 +17,6 @@ import onnx
 import onnx_ir as ir
 
 from sparsec.errors import PipelineError
-from sparsec.ir.io import to_proto
-from sparsec.numerics import concrete_shape
 from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependency_groups
 from sparsec.passes.structural.allocation import (
     ALLOCATIONS,
@@ -34,6 +32,7 @@ from sparsec.passes.structural.allocation import (
 from sparsec.passes.structural.apply import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import CRITERIA, importance
+from sparsec.passes.structural.shapes import infer_shapes_light, light_proto
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -160,16 +159,8 @@ class CropChannels(Pass):
 
 def check_shapes(model: ir.Model, dims: dict[str, int]) -> list[str]:
     """Strict ONNX shape inference on the model with concrete inputs; declared shapes must agree."""
-    proto = to_proto(model)
-    for vi in proto.graph.input:
-        value = next((v for v in model.graph.inputs if v.name == vi.name), None)
-        if value is not None and value.shape is not None and not value.is_initializer():
-            shape = concrete_shape(value, dims)
-            for d, s in zip(vi.type.tensor_type.shape.dim, shape, strict=True):
-                d.Clear()
-                d.dim_value = s
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light_proto(model, dims), strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "shape inference failed"
         return [f"shapes after the crop are inconsistent: {first}"]
@@ -183,7 +174,28 @@ def check_shapes(model: ir.Model, dims: dict[str, int]) -> list[str]:
             if k < len(mine) and isinstance(mine[k], int) and d.HasField("dim_value") and d.dim_value != mine[k] and mine[k] != 1:
                 problems.append(f"value %{vi.name}: declared axis {k} = {mine[k]}, inferred {d.dim_value}")
                 break
-    return problems[:5]
+    return (problems + channel_mismatches(model, dims))[:5]
+
+
+def channel_mismatches(model: ir.Model, dims: dict[str, int]) -> list[str]:
+    """Channel counts that ONNX shape inference does not check (conv input channels, norms)."""
+    info = infer_shapes_light(model, dims)
+    problems = []
+    for node in model.graph:
+        shapes = [info.shape(v) if v is not None else None for v in node.inputs]
+        if any(s is None for s in shapes[:2]):
+            continue
+        label = f"{node.op_type} '{node.name}'"
+        if node.op_type == "Conv":
+            group = node.attributes["group"].as_int() if "group" in node.attributes else 1
+            x, w = shapes[0], shapes[1]
+            if x[1] != w[1] * group or w[0] % group:
+                problems.append(f"{label}: input has {x[1]} channels, weight {w} with group={group}")
+        elif node.op_type == "MatMul" and len(shapes[0]) >= 2 and len(shapes[1]) >= 2 and shapes[0][-1] != shapes[1][-2]:
+            problems.append(f"{label}: inner sizes {shapes[0][-1]} and {shapes[1][-2]} differ")
+        elif node.op_type == "BatchNormalization" and any(s is not None and s[0] != shapes[0][1] for s in shapes[1:]):
+            problems.append(f"{label}: parameters do not have {shapes[0][1]} channels")
+    return problems
 
 
 __all__ = ["CropChannels", "check_shapes"]

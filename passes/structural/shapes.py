@@ -18,10 +18,11 @@ from sparsec.numerics import concrete_shape
 SMALL = 4096  # constants up to this many elements stay (shape constants, indices, scalars)
 
 
-def infer_shapes_light(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
+def light_proto(model: ir.Model, dims: dict[str, int]) -> onnx.ModelProto:
+    """The model as a proto with concrete input shapes and large weights as typed inputs."""
     graph = model.graph
     big = [v for v in graph.initializers.values() if v.const_value is not None and v.const_value.size > SMALL]
-    stashed = [(v, v.const_value) for v in big]
+    stashed = [(v, v.const_value, v.shape) for v in big]
     inputs = list(graph.inputs)
     saved_shapes = {id(v): v.shape for v in inputs}
     try:
@@ -29,19 +30,26 @@ def infer_shapes_light(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
             graph.initializers.pop(v.name)
             if v not in inputs:
                 graph.inputs.append(v)
+            v.shape = ir.Shape(v.const_value.shape)  # the data's shape, whatever was declared
             v.const_value = None
         for v in inputs:
             if v.shape is not None and not v.is_initializer():
                 v.shape = ir.Shape(concrete_shape(v, dims))
-        proto = to_proto(model)
+        return to_proto(model)
     finally:
-        for v, tensor in stashed:
+        for v, tensor, declared in stashed:
             v.const_value = tensor
+            v.shape = declared
             if v in graph.inputs and v not in inputs:
                 graph.inputs.remove(v)
             graph.register_initializer(v)
         for v in inputs:
             v.shape = saved_shapes[id(v)]
+
+
+def infer_shapes_light(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
+    graph = model.graph
+    proto = light_proto(model, dims)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError:
