@@ -222,27 +222,57 @@ def gather(node: ir.Node, b: CouplingBuilder) -> None:
 @rule("Expand")
 def expand(node: ir.Node, b: CouplingBuilder) -> None:
     x, y = node.inputs[0], node.outputs[0]
-    if const(node.inputs[1]) is None:
-        raise RuleUnsupported("Expand with a shape computed at run time")
+    computed = const(node.inputs[1]) is None
     xs, ys = b.shape(x), b.shape(y)
     for j in range(1, len(ys) + 1):
         ya = b.axis(y, len(ys) - j)
         if j <= len(xs) and xs[-j] == ys[-j]:
             b.link(b.axis(x, len(xs) - j), ya)
+        elif computed:
+            b.pin(ya, "Expand broadcasts to a size computed at run time")
         else:
             b.accept(ya)
             if j <= len(xs):
                 b.accept(b.axis(x, len(xs) - j))
     y_axes = [b.axis(y, k) for k in range(len(ys))]
+    sizes = list(ys)
 
     def crop(graph: ir.Graph, node: ir.Node, kept) -> None:  # noqa: ANN001
-        shape = const(node.inputs[1]).astype(np.int64).copy()
-        for j in range(1, len(shape) + 1):
-            if shape[-j] != 1:
-                shape[-j] = len(kept(y_axes[-j]))
-        replace_const_input(graph, node, 1, shape, "crop")
+        changed = [k for k in range(len(ys)) if len(kept(y_axes[k])) != sizes[k]]
+        if not changed:
+            return
+        shape = const(node.inputs[1])
+        if shape is not None:
+            shape = shape.astype(np.int64).copy()
+            for j in range(1, len(shape) + 1):
+                if shape[-j] != 1:
+                    shape[-j] = len(kept(y_axes[-j]))
+            replace_const_input(graph, node, 1, shape, "crop")
+            return
+        # A computed shape: a cropped axis is never broadcast here (those are pinned), so its
+        # entry may be 1 (Expand keeps the input's size): shape * keep + ones.
+        keep = np.ones(len(ys), np.int64)
+        ones = np.zeros(len(ys), np.int64)
+        keep[changed], ones[changed] = 0, 1
+        _rewrite_shape(graph, node, keep, ones)
 
     b.on_crop(crop)
+
+
+def _rewrite_shape(graph: ir.Graph, node: ir.Node, keep: np.ndarray, ones: np.ndarray) -> None:
+    names = []
+    for tag, array in (("keep", keep), ("ones", ones)):
+        name = f"{node.name or 'expand'}__crop_{tag}"
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64))
+        value.const_value = ir.tensor(array, name=name)
+        graph.register_initializer(value)
+        names.append(value)
+    shape = node.inputs[1]
+    mul = ir.node("Mul", [shape, names[0]], name=f"{node.name}__crop_mul")
+    add = ir.node("Add", [mul.outputs[0], names[1]], name=f"{node.name}__crop_add")
+    mul.outputs[0].name, add.outputs[0].name = f"{node.name}__crop_masked", f"{node.name}__crop_shape"
+    graph.insert_before(node, [mul, add])
+    node.replace_input_with(1, add.outputs[0])
 
 
 @rule("Tile")

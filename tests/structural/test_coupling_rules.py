@@ -488,3 +488,22 @@ def test_channel_shuffle_couples_through_reshape_transpose_reshape() -> None:
     assert prunable_param_sets(dg) == [(2, {"w1[0]", "w2[1]"}), (4, {"w1[0]", "w2[1]"})]
     for g in dg.prunable_groups():
         assert_zero_equivalence(m, dg, remove_first(dg, g, 1))
+
+
+def test_expand_with_a_computed_shape_crops_through_a_rewritten_shape() -> None:
+    # A ViT class token: cls [1,1,C] expanded to [batch,1,C] with batch read at run time.
+    m = make_model(
+        H + """
+        g (float[N,3,6] x) => (float[N,4,2] y) {
+          t = MatMul (x, w1)
+          s = Shape <end=1> (x)
+          shp = Concat <axis=0> (s, tail)
+          c = Expand (cls, shp)
+          z = Concat <axis=1> (c, t)
+          y = MatMul (z, w2)
+        }""",
+        w1=seeded((6, 8), 1), cls=seeded((1, 1, 8), 2), w2=seeded((8, 2), 3), tail=np.array([1, 8], np.int64),
+    )
+    dg = analyse(m)
+    assert prunable_param_sets(dg) == [(8, {"w1[1]", "cls[2]", "w2[0]"})]
+    assert_zero_equivalence(m, dg, remove_first(dg, dg.prunable_groups()[0], 3))
