@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from sparsec.errors import PipelineError
 from sparsec.passes.structural.groups import DependencyGraph, Group
+from sparsec.targets import Target
 
 ALLOCATIONS = ("uniform", "budget", "precrop", "sensitivity")
 
@@ -43,6 +44,23 @@ def removal_mask(dg: DependencyGraph, keeps: dict[int, int], scores: np.ndarray)
         order = np.argsort(scores[g.classes], kind="stable")
         removed[g.classes[order[: g.size - k]]] = True
     return removed
+
+
+class LatencyCost:
+    """A view of a DependencyGraph whose `macs()` is the roofline latency in nanoseconds.
+
+    The allocations minimise and bound `dg.macs(...)`; handing them this view makes the same
+    code allocate against a latency target (the cost model's per-layer prediction) instead.
+    """
+
+    def __init__(self, dg: DependencyGraph, target: Target) -> None:
+        self._dg, self._target = dg, target
+
+    def macs(self, kept_sizes: np.ndarray | None = None) -> int:
+        return int(self._dg.latency_ms(kept_sizes, self._target) * 1e6)
+
+    def __getattr__(self, name: str):  # noqa: ANN204  (everything else is the graph's)
+        return getattr(self._dg, name)
 
 
 def plan_macs(dg: DependencyGraph, removed: np.ndarray) -> int:

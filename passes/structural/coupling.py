@@ -45,10 +45,12 @@ class Product:
 
 @dataclass(frozen=True)
 class MacNode:
-    """A MAC-bearing node: MACs = product of the kept sizes of `axes`."""
+    """A MAC-bearing node: MACs = product of the kept sizes of `axes`; `operands` are the
+    axes of its inputs and output, for the bytes it moves (the roofline latency)."""
 
     name: str
     axes: tuple[int, ...]
+    operands: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -141,8 +143,8 @@ class CouplingBuilder:
     def contract(self, *axis_ids: int) -> None:
         self.contracted.update(axis_ids)
 
-    def macs(self, name: str, axes: list[int]) -> None:
-        self.mac_nodes.append(MacNode(name, tuple(axes)))
+    def macs(self, name: str, axes: list[int], operands: list[list[int]] | None = None) -> None:
+        self.mac_nodes.append(MacNode(name, tuple(axes), tuple(tuple(o) for o in operands or ())))
 
     def on_crop(self, action: CropAction) -> None:
         self.crop_actions.append((self.node_index, self.node_op, action))

@@ -20,6 +20,7 @@ from sparsec.errors import PipelineError
 from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependency_groups
 from sparsec.passes.structural.allocation import (
     ALLOCATIONS,
+    LatencyCost,
     budget_keeps,
     matches,
     parse_layer_ratios,
@@ -36,6 +37,7 @@ from sparsec.passes.structural.shapes import infer_shapes_light, light_proto
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
+from sparsec.targets import get_target
 
 log = logging.getLogger("sparsec.crop")
 
@@ -54,6 +56,7 @@ class CropChannels(Pass):
     multiple: int = option(0, "kept channel counts are multiples of this (0: the target's)")
     layer_ratios: tuple[str, ...] = option((), "GLOB=KEEP layer-wise keep ratios (group or parameter globs)")
     exclude: tuple[str, ...] = option((), "globs of group or parameter names to leave uncropped")
+    cost: str = option("macs", "what the `macs` fraction is of: macs, or latency (the cost model's roofline per layer)")
     damage: str = option("cosine", "sensitivity's output damage: cosine (any output) or kl (outputs are logits)")
     lossy_groups: bool = option(True, "also crop channels that a norm over channels sees (LayerNorm, GroupNorm)")
 
@@ -64,6 +67,8 @@ class CropChannels(Pass):
             raise PipelineError(f"pass 'crop-channels': unknown allocation '{self.allocation}' (known: {', '.join(ALLOCATIONS)})")
         if self.criterion not in CRITERIA:
             raise PipelineError(f"pass 'crop-channels': unknown criterion '{self.criterion}' (known: {', '.join(CRITERIA)})")
+        if self.cost not in ("macs", "latency"):
+            raise PipelineError(f"pass 'crop-channels': unknown cost '{self.cost}' (known: macs, latency)")
         if self.damage not in ("cosine", "kl"):
             raise PipelineError(f"pass 'crop-channels': unknown damage '{self.damage}' (known: cosine, kl)")
         if self.multiple < 0:
@@ -87,6 +92,8 @@ class CropChannels(Pass):
 
     def plan(self, model: ir.Model, dg: DependencyGraph, ctx: PassContext) -> tuple[np.ndarray, dict[int, int]]:
         groups = self.candidates(dg)
+        if self.cost == "latency":
+            dg = LatencyCost(dg, get_target(ctx.target))  # type: ignore[assignment]
         fixed: dict[int, float] = {}
         for pattern, keep in parse_layer_ratios(self.layer_ratios):
             for g in groups:
@@ -116,6 +123,7 @@ class CropChannels(Pass):
         macs_after = plan_macs(dg, removed)
         if not removed.any():
             return PassResult(False, {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0})
+        target = get_target(ctx.target)
         result = crop_model(model, dg, removed)
         by_id = {g.id: g for g in dg.groups}
         cropped = 0
@@ -145,6 +153,8 @@ class CropChannels(Pass):
             "macs_before": macs_before,
             "macs_after": macs_after,
             "mac_reduction": round(macs_before / max(macs_after, 1), 4),
+            "predicted_ms_before": round(dg.latency_ms(None, target), 4),
+            "predicted_ms_after": round(dg.latency_ms(dg.kept_sizes(dg.removed_elements(removed)), target), 4),
             "groups_cropped": cropped,
             "groups_prunable": len(dg.prunable_groups()),
             "channels_removed": int(removed[~dg.derived].sum()),

@@ -19,6 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from sparsec.passes.structural.coupling import CouplingBuilder
+from sparsec.targets import Target
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,17 @@ class DependencyGraph:
         if kept_sizes is None:
             kept_sizes = np.array([a.size for a in self.builder.axes], dtype=np.int64)
         return int(sum(math.prod(int(kept_sizes[a]) for a in n.axes) for n in self.builder.mac_nodes))
+
+    def latency_ms(self, kept_sizes: np.ndarray | None, target: Target) -> float:
+        """Roofline estimate (as the cost model's): per node max(compute, fp32 bytes moved)."""
+        if kept_sizes is None:
+            kept_sizes = np.array([a.size for a in self.builder.axes], dtype=np.int64)
+        total = 0.0
+        for n in self.builder.mac_nodes:
+            macs = math.prod(int(kept_sizes[a]) for a in n.axes)
+            nbytes = 4 * sum(math.prod(int(kept_sizes[a]) for a in op) for op in n.operands)
+            total += max(2 * macs / (target.peak_gflops * 1e9), nbytes / (target.dram_gbps * 1e9)) * 1e3
+        return total
 
     def channels_of(self, groups: list[Group]) -> np.ndarray:
         mask = np.zeros(self.n_channels, dtype=bool)

@@ -48,7 +48,7 @@ def conv(node: ir.Node, b: CouplingBuilder) -> None:
         b.product(y1, [alpha, b.virtual(b.size(w0) // groups, f"outputs per group of {layer_name(node)}")])
         b.on_crop(lambda graph, node, kept: _set_int_attr(node, "group", len(kept(alpha))))
     b.contract(x1, w1)
-    b.macs(layer_name(node), _axes(b, y) + _axes(b, w)[1:])
+    b.macs(layer_name(node), _axes(b, y) + _axes(b, w)[1:], [_axes(b, x), _axes(b, w), _axes(b, y)])
 
 
 @rule("ConvTranspose")
@@ -68,7 +68,7 @@ def conv_transpose(node: ir.Node, b: CouplingBuilder) -> None:
         b.product(y1, [alpha, w1])
         b.on_crop(lambda graph, node, kept: _set_int_attr(node, "group", len(kept(alpha))))
     b.contract(x1, w0)
-    b.macs(layer_name(node), _axes(b, x) + _axes(b, w)[1:])
+    b.macs(layer_name(node), _axes(b, x) + _axes(b, w)[1:], [_axes(b, x), _axes(b, w), _axes(b, y)])
 
 
 @rule("MatMul")
@@ -89,7 +89,7 @@ def matmul(node: ir.Node, b: CouplingBuilder) -> None:
                 b.link(xa, ya)
             else:
                 b.accept(xa, ya)
-    b.macs(layer_name(node), _axes(b, y) + [b.axis(a, ra - 1)])
+    b.macs(layer_name(node), _axes(b, y) + [b.axis(a, ra - 1)], [_axes(b, a), _axes(b, m), _axes(b, y)])
 
 
 @rule("Gemm")
@@ -103,7 +103,7 @@ def gemm(node: ir.Node, b: CouplingBuilder) -> None:
     b.contract(b.axis(a, ak), b.axis(m, mk))
     if c is not None:
         link_broadcast(b, y, [c])
-    b.macs(layer_name(node), [b.axis(y, 0), b.axis(y, 1), b.axis(a, ak)])
+    b.macs(layer_name(node), [b.axis(y, 0), b.axis(y, 1), b.axis(a, ak)], [_axes(b, a), _axes(b, m), _axes(b, y)])
 
 
 @rule("BatchNormalization", "InstanceNormalization")

@@ -82,6 +82,13 @@ def test_crop_macs_meets_the_target_and_uniform_differs_from_budget() -> None:
         assert result.stats["macs_after"] <= 0.5 * result.stats["macs_before"], allocation
 
 
+def test_latency_cost_bounds_the_predicted_latency() -> None:
+    m = cnn()
+    stats = CropChannels(macs=0.4, cost="latency", allocation="budget").run(m, PassContext()).stats
+    assert stats["predicted_ms_after"] <= 0.6 * stats["predicted_ms_before"]
+    assert stats["macs_after"] < stats["macs_before"]
+
+
 def test_layer_ratios_override_and_exclude() -> None:
     m = cnn()
     ctx = PassContext()
@@ -97,6 +104,8 @@ def test_bad_options_are_one_line_errors() -> None:
         CropChannels(allocation="random")
     with pytest.raises(PipelineError):
         CropChannels(layer_ratios=("w3",))
+    with pytest.raises(PipelineError):
+        CropChannels(cost="energy")
     with pytest.raises(PipelineError, match="calibration"):
         CropChannels(macs=0.5, allocation="sensitivity").run(cnn(), PassContext())
 
