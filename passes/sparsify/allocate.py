@@ -24,7 +24,7 @@ from sparsec.activations import output_damage
 from sparsec.calibration import CalibrationData
 from sparsec.errors import PipelineError
 from sparsec.layers import Layer, find_layers
-from sparsec.numerics import evaluate
+from sparsec.numerics import make_session, reference_bytes
 from sparsec.passes.analysis.cost_model import (
     block_sparse_weight_bytes,
     estimate_costs,
@@ -91,10 +91,14 @@ def _dense_total(cost: _LayerCost, target: str, peak_gflops: float, dram_gbps: f
     return max(2 * cost.macs / (peak_gflops * 1e9), (cost.weight_bytes + cost.act_bytes) / (dram_gbps * 1e9)) * 1e3
 
 
+def _outputs(model: ir.Model, data: CalibrationData) -> list[np.ndarray]:
+    session = make_session(reference_bytes(model))  # one session for all batches
+    outs = [session.run(None, batch) for batch in data.batches()]
+    return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+
+
 def _fidelity(dense_out: list[np.ndarray], model: ir.Model, data: CalibrationData) -> float:
-    outs = [evaluate(model, batch) for batch in data.batches()]
-    cand = [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(dense_out))]
-    return 1.0 - output_damage(dense_out, cand)
+    return 1.0 - output_damage(dense_out, _outputs(model, data))
 
 
 @register_pass
@@ -139,7 +143,7 @@ class Allocate(Pass):
             min_params=self.min_params, include=self.include, exclude=self.exclude,
         )
         options, layers, grand_total = self._options(model, ctx, table)
-        dense_out = [np.concatenate(parts, axis=0) for parts in zip(*[evaluate(model, b) for b in held.batches()], strict=True)]
+        dense_out = _outputs(model, held)
         rounds: list[dict[str, float]] = []
         if self.min_fidelity > 0:
             picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds)
@@ -182,18 +186,37 @@ class Allocate(Pass):
         self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], fit: CalibrationData,
         held: CalibrationData, dense_out: list[np.ndarray], rounds: list[dict[str, float]],
     ) -> tuple[list[int], ir.Model]:
-        allowance = 1.0 - self.min_fidelity
+        """Search the damage allowance: grow it while the measured fidelity has slack, shrink it
+        when the floor is missed (by the observed ratio, then by bisection); keep the best passing."""
+        margin = 1.0 - self.min_fidelity
+        allowance, lo, hi = margin, None, None
+        best: tuple[list[int], ir.Model] | None = None
+        tried: set[tuple[int, ...]] = set()
         for _ in range(self.rounds):
             picks = cap_damage(options, allowance)
+            if tuple(picks) in tried:
+                break  # the allowance no longer changes the choice
+            tried.add(tuple(picks))
             trial = self._apply(model, options, layers, picks, fit)
             fid = _fidelity(dense_out, trial, held)
             rounds.append({"allowance": allowance, "fidelity": fid, **totals(options, picks)})
             log.info("allocate: allowance %.3g -> fidelity %.5f (floor %.4f)", allowance, fid, self.min_fidelity)
+            ratio = margin / max(1.0 - fid, 1e-12)  # > 1: slack, < 1: missed
             if fid >= self.min_fidelity:
-                return picks, trial
-            # Shrink the allowance by how far the prediction was off (at least halve... at most /5).
-            ratio = (1.0 - self.min_fidelity) / max(1.0 - fid, 1e-12)
-            allowance *= min(0.8, max(0.2, ratio))
+                if best is None or totals(options, picks)["benefit"] > totals(options, best[0])["benefit"]:
+                    best = (picks, trial)
+                lo = allowance
+                allowance = (lo + hi) / 2 if hi is not None else allowance * min(4.0, max(1.25, ratio))
+            else:
+                hi = allowance
+                allowance = (lo + hi) / 2 if lo is not None else allowance * min(0.8, max(0.2, ratio))
+        if best is not None:
+            final = {"allowance": 0.0, "fidelity": 0.0, **totals(options, best[0])}
+            for r in rounds:  # report the round that was kept
+                if r["benefit"] == final["benefit"] and r["fidelity"] >= self.min_fidelity:
+                    final = r
+            rounds.append(dict(final, kept=1.0))
+            return best
         log.warning("allocate: no choice met min_fidelity=%g in %d rounds; leaving the model dense", self.min_fidelity, self.rounds)
         dense = [0] * len(options)
         rounds.append({"allowance": 0.0, "fidelity": 1.0, **totals(options, dense)})
@@ -235,7 +258,7 @@ class Allocate(Pass):
             "predicted_damage": round(final["predicted_damage"], 6),
             "measured_fidelity": round(final["fidelity"], 6),
             f"{self.target}_saved_fraction": round(total_benefit / grand_total, 4) if grand_total else 0.0,
-            "rounds": len(rounds),
+            "rounds": len([r for r in rounds if "kept" not in r]),
             "sensitivity_seconds": table.seconds,
         }
         if self.target == "latency" and grand_total:
