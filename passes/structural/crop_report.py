@@ -24,7 +24,7 @@ def crop_table(decisions: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def crop_plot(decisions: Iterable[Mapping[str, Any]]) -> bytes | None:
-    """Stacked bars per cropped group: kept and removed channels; None without a crop."""
+    """Stacked bars per cropped group: kept and removed fraction; None without a crop."""
     rows = crop_groups(decisions)
     if not rows:
         return None
@@ -33,17 +33,17 @@ def crop_plot(decisions: Iterable[Mapping[str, Any]]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [str(d["layer"]).removesuffix("[0]").removesuffix(".weight") for d in rows]
-    kept = [d["kept"] for d in rows]
-    gone = [d["channels"] - d["kept"] for d in rows]
+    names = [f"{d['layer']} ({d['kept']}/{d['channels']})" for d in rows]
+    kept = [d["kept"] / d["channels"] for d in rows]
+    gone = [1 - k for k in kept]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.0), dpi=100)
     x = list(range(len(names)))
     ax.bar(x, kept, label="kept")
     ax.bar(x, gone, bottom=kept, label="cropped")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("channels")
-    ax.set_title("Channels per coupled group")
+    ax.set_ylabel("fraction of channels")
+    ax.set_title("Channels kept per coupled group (kept/total)")
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()

@@ -283,6 +283,6 @@ def _group_name(b: CouplingBuilder, axes: tuple[int, ...], params: list[ParamSli
     virtual = [b.axes[a].label for a in axes if b.axes[a].value is None]
     if virtual:
         return virtual[0]
-    if params:
-        return f"via {params[0].name}[{params[0].axis}]"
+    if params:  # e.g. attention heads: a factor of the projections' output rows
+        return f"{params[0].name}[{params[0].axis}] factor ({b.axes[axes[0]].size})"
     return direct[0].label if direct else f"axes {axes[:3]}"
