@@ -40,6 +40,21 @@ def _as_rows(x: np.ndarray, k: int) -> tuple[np.ndarray, tuple[int, ...]]:
     return x2, lead
 
 
+# Below this many multiply-adds a call takes tens of microseconds on one core, about what
+# waking a second thread costs: small layers run single-threaded unless told otherwise.
+_MIN_MACS_PER_THREAD = 1 << 20
+
+
+def pick_threads(macs: int, limit: int | None = None) -> int:
+    """Threads for a product of ``macs`` multiply-adds: one per ~1M, at most ``limit``
+    (default: the cores available)."""
+    return max(1, min(limit or default_threads(), macs // _MIN_MACS_PER_THREAD))
+
+
+def _threads(threads: int | None, macs: int) -> int:
+    return threads if threads else pick_threads(macs)
+
+
 def _check(status: int) -> None:
     if status != 0:
         msg = load().sk_status_string(status).decode()
@@ -51,7 +66,8 @@ def nm_matmul(
 ) -> np.ndarray:
     """y[..., C] = x[..., K] @ W for an N:M packed W (``pack_nm``).
 
-    ``threads`` defaults to the cores available; ``isa`` (or $SPARSEC_KERNEL_ISA) forces a
+    ``threads`` defaults to the cores available (one for products under ~1M multiply-adds,
+    where waking a second thread costs as much as the work); ``isa`` (or $SPARSEC_KERNEL_ISA) forces a
     code path, otherwise the widest one this CPU supports runs.
     """
     lib = load()
@@ -62,7 +78,8 @@ def nm_matmul(
         _ptr(x2, ctypes.c_float), x2.strides[0] // 4 if rows else packed.k, rows, packed.k,
         packed.cols, packed.n, packed.m, _ptr(packed.values, ctypes.c_float),
         packed.values.size, _ptr(packed.meta, ctypes.c_uint16), packed.meta.size,
-        _ptr(y, ctypes.c_float), packed.cols, resolve_isa(isa), threads or default_threads(),
+        _ptr(y, ctypes.c_float), packed.cols, resolve_isa(isa),
+        _threads(threads, rows * packed.values.size),
     )
     _check(status)
     return y.reshape(*lead, packed.cols)
@@ -81,7 +98,7 @@ def block_matmul(
         packed.cols, packed.bk, _ptr(packed.tile_ptr, ctypes.c_int32), packed.tile_ptr.size,
         _ptr(packed.kidx, ctypes.c_int32), packed.kidx.size,
         _ptr(packed.values, ctypes.c_float), packed.values.size, _ptr(y, ctypes.c_float),
-        packed.cols, resolve_isa(isa), threads or default_threads(),
+        packed.cols, resolve_isa(isa), _threads(threads, rows * packed.values.size),
     )
     _check(status)
     return y.reshape(*lead, packed.cols)

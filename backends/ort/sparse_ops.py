@@ -29,11 +29,11 @@ from sparsec.kernels import (
     PackedBlock,
     PackedNM,
     block_matmul,
-    default_threads,
     nm_matmul,
     pack_block,
     pack_nm,
 )
+from sparsec.kernels.matmul import pick_threads
 
 PYOP_DOMAIN = "ai.onnx.contrib"
 NM_OP = "NMSparseMatMul"
@@ -41,7 +41,7 @@ BLOCK_OP = "BlockSparseMatMul"
 RUNTIME_OPS = (NM_OP, BLOCK_OP)
 _KEY_ATTR = "weights"  # attribute added by make_session: key into _REGISTRY
 
-_REGISTRY: dict[str, tuple[PackedNM | PackedBlock, int]] = {}
+_REGISTRY: dict[str, tuple[PackedNM | PackedBlock, int | None]] = {}
 _KEYS = itertools.count()
 _LOCK = threading.Lock()
 _registered = False
@@ -87,7 +87,9 @@ def register_ops() -> None:
         from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
         def run(x: np.ndarray, weights: str) -> np.ndarray:
-            packed, threads = _REGISTRY[weights]
+            packed, limit = _REGISTRY[weights]
+            rows = x.size // packed.k
+            threads = pick_threads(rows * packed.values.size, limit)
             if isinstance(packed, PackedNM):
                 return nm_matmul(x, packed, threads=threads)
             return block_matmul(x, packed, threads=threads)
@@ -142,7 +144,7 @@ def make_session(
     """An InferenceSession running ``model``; its sparse ops call sparsec.kernels.
 
     ``threads`` sets ONNX Runtime's intra-op pool; ``kernel_threads`` (default: the same)
-    the sparse kernels'. Packed weights are validated here (malformed data raises
+    caps the sparse kernels' (small products run on one thread). Packed weights are validated here (malformed data raises
     PackedFormatError) and live as long as the session.
     """
     register_ops()
@@ -158,7 +160,7 @@ def make_session(
         arrays = {name: numpy_helper.to_array(inits[name]) for name in node.input[1:]}
         packed = _take_packed(node, arrays)
         key = f"{node.name or node.output[0]}#{next(_KEYS)}"
-        _REGISTRY[key] = (packed, kernel_threads or threads or default_threads())
+        _REGISTRY[key] = (packed, kernel_threads or threads or None)
         keys.append(key)
         consumed.update(node.input[1:])
         del node.input[1:]
