@@ -33,7 +33,7 @@ def time_side_by_side(
     budget_s: float = 20.0,
     label: str = "benchmark",
 ) -> dict[str, Timing]:
-    """Time each callable, interleaved round by round so that drift hits all alike."""
+    """Time each callable side by side, interleaved in blocks so that drift hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -49,12 +49,19 @@ def time_side_by_side(
     runs = max(runs, min(200, int(budget_s / round_s)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
-    for i in tqdm(range(runs), desc=label, unit="round", leave=False, disable=None):
+    # Blocked round-robin: each contender runs a block of calls and the first call of each
+    # block is discarded, so the previous contender's thread pool spinning down (ONNX
+    # Runtime spins its workers after a run) does not land on the next one's timings.
+    block = 4
+    rounds = max(1, -(-runs // (block - 1)))
+    for i in tqdm(range(rounds), desc=label, unit="round", leave=False, disable=None):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
+            for j in range(block):
+                t0 = time.perf_counter()
+                fns[name]()
+                if j:
+                    samples[name].append((time.perf_counter() - t0) * 1e3)
     return {name: _summary(s) for name, s in samples.items()}
 
 

@@ -120,7 +120,7 @@ def compile_model(
             "dense": d.to_dict(),
             "compiled": c.to_dict(),
             "threads": options.threads,
-            "protocol": "ORT CPU dense vs compiled, same process, interleaved, warm-up 3, median",
+            "protocol": "dense vs compiled on ORT CPU, same process and threads, warm-up 3, blocked round-robin (blocks of 4 calls, first discarded), median",
             "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
         }
         log.info(
