@@ -24,6 +24,7 @@ def main() -> int:
     p.add_argument("--pattern", default="2:4", help="2:4, 4:8, u:0.75, b16x4:0.75 ... (alloc: u:BUDGET)")
     p.add_argument("--min-fidelity", type=float, default=0.98, help="auto: floor on mean output cosine")
     p.add_argument("--calib", type=int, default=None, help="calibration sentences/images")
+    p.add_argument("--unpacked", action="store_true", help="minilm: one padded sentence per calibration sample")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -31,7 +32,7 @@ def main() -> int:
         if args.task == "digits":
             task = digits_task(**({"n_calib": args.calib} if args.calib else {}))
         else:
-            task = minilm_task(**({"n_calib": args.calib} if args.calib else {}))
+            task = minilm_task(packed=not args.unpacked, **({"n_calib": args.calib} if args.calib else {}))
         for method in args.method:
             print(json.dumps(evaluate_method(task, method, args.pattern, min_fidelity=args.min_fidelity)), flush=True)
     except SparsecError as e:

@@ -63,6 +63,7 @@ def output_error(w2: np.ndarray, new2: np.ndarray, stats: LayerStats) -> float:
     d = (w2 - new2).astype(np.float64)
     w = w2.astype(np.float64)
     g = stats.gram.astype(np.float64)
-    num = float(np.einsum("ij,jk,ik->", d, g, d))
-    den = float(np.einsum("ij,jk,ik->", w, g, w))
+    # sum_ij (D G)_ij D_ij: a matmul then an elementwise product (einsum here would loop naively).
+    num = float(np.sum((d @ g) * d))
+    den = float(np.sum((w @ g) * w))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
