@@ -12,7 +12,7 @@ import platform
 from setuptools import Extension, setup
 
 _sources = sorted(glob.glob("kernels/src/*.c"))
-_flags = ["-O3", "-std=c11", "-fopenmp", "-fno-strict-aliasing"]
+_flags = ["-O3", "-std=c11", "-pthread", "-fno-strict-aliasing"]
 if platform.machine() in ("x86_64", "AMD64"):
     _flags.append("-mtune=generic")
 
@@ -23,7 +23,7 @@ setup(
             sources=_sources,
             depends=glob.glob("kernels/src/*.h"),
             extra_compile_args=_flags,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]

@@ -13,16 +13,11 @@ Every sparse output is checked against the dense result on the same masked weigh
 
 from __future__ import annotations
 
-import os
-
-# Before numpy/torch load libgomp (torch's copy is shared with the kernels): see
-# sparsec.kernels._native._check_openmp_wait_policy. ORT's own thread pool is unaffected.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -248,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "llc_bytes": llc, "isa": sk.available_isas()[0],
-                    "cores": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_before_after": [load_before,
+                    "cores": os.cpu_count(), "loadavg_before_after": [load_before,
                                                                       os.getloadavg()[0]]},
         "clock": "thread CPU time" if args.cpu_time else "wall",
         "method": "median of >=20 runs (>=5 if >100 ms) after warm-up; batch 1 rotates "

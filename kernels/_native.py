@@ -11,14 +11,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
-import logging
 import os
-import sys
 from pathlib import Path
 
 from .errors import KernelUnavailableError
-
-log = logging.getLogger(__name__)
 
 _LIB_STEM = "_sparsec_kernels"
 _ENV_LIB = "SPARSEC_KERNELS_LIB"
@@ -40,23 +36,6 @@ def _candidates() -> list[str]:
     found += sorted(glob.glob(str(here / f"{_LIB_STEM}*.so")))
     found += sorted(glob.glob(str(here / f"{_LIB_STEM}*.dylib")))
     return found
-
-
-def _check_openmp_wait_policy() -> None:
-    """Passive OpenMP waiting: kernels run between ONNX Runtime / torch ops on the same cores.
-
-    torch ships its own libgomp.so.1, which our library then shares; after any torch
-    parallel op, a 2-thread kernel call with libgomp's default (spinning) wait policy
-    measured 4-16 ms instead of 0.05 ms on a 2-core machine. libgomp reads the policy once,
-    when it is loaded, so it must be set before torch is imported.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # effective if libgomp is not loaded yet
-        if "torch" in sys.modules:
-            log.warning(
-                "torch was imported before OMP_WAIT_POLICY=PASSIVE was set: multi-threaded "
-                "sparsec kernels may stall for milliseconds; set it before importing torch"
-            )
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -89,7 +68,6 @@ def load() -> ctypes.CDLL:
             "sparsec kernels are not built (no C compiler at install time?): install gcc and "
             "re-run `pip install -e .`"
         )
-    _check_openmp_wait_policy()
     errors = []
     for path in paths:
         try:

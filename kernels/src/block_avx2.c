@@ -4,9 +4,6 @@
 #include <immintrin.h>
 
 #include "sk_internal.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define BLK2_R 6
 
@@ -55,16 +52,11 @@ BLK2_DEF(1) BLK2_DEF(2) BLK2_DEF(3) BLK2_DEF(4) BLK2_DEF(5) BLK2_DEF(6)
 static const blk2_fn BLK2[BLK2_R] = {blk2_mk_1, blk2_mk_2, blk2_mk_3,
                                       blk2_mk_4, blk2_mk_5, blk2_mk_6};
 
-void sk_block_avx2(const sk_block_args *a) {
+static void block_avx2_body(const void *args, int me, int nth) {
+    const sk_block_args *a = args;
     const int64_t ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int tail = (int)(a->cols % SK_TILE);
-#pragma omp parallel num_threads(a->threads)
     {
-        int nth = 1, me = 0;
-#ifdef _OPENMP
-        nth = omp_get_num_threads();
-        me = omp_get_thread_num();
-#endif
         const int64_t t_begin = ntiles * me / nth, t_end = ntiles * (me + 1) / nth;
         for (int64_t r0 = 0; r0 < a->rows; r0 += BLK2_R) {
             const int rr = (int)(a->rows - r0 < BLK2_R ? a->rows - r0 : BLK2_R);
@@ -78,5 +70,9 @@ void sk_block_avx2(const sk_block_args *a) {
             }
         }
     }
+}
+
+void sk_block_avx2(const sk_block_args *a) {
+    sk_run_parallel(a->threads, block_avx2_body, a);
 }
 #endif

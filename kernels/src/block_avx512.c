@@ -11,9 +11,6 @@
 #include <immintrin.h>
 
 #include "sk_internal.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define BLK_R 8
 
@@ -72,18 +69,12 @@ BLK_MK_DEF(7) BLK_MK_DEF(8)
 static const blk_mk_fn BLK_MK[BLK_R] = {blk_mk_gemv, blk_mk_2, blk_mk_3, blk_mk_4,
                                          blk_mk_5,   blk_mk_6, blk_mk_7, blk_mk_8};
 
-void sk_block_avx512(const sk_block_args *a) {
+static void block_avx512_body(const void *args, int me, int nth) {
+    const sk_block_args *a = args;
     const int64_t ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int tail = (int)(a->cols % SK_TILE);
     const __mmask16 tail_mask = tail ? (__mmask16)((1u << tail) - 1) : (__mmask16)0xFFFF;
-    (void)blk_mk_1;
-#pragma omp parallel num_threads(a->threads)
     {
-        int nth = 1, me = 0;
-#ifdef _OPENMP
-        nth = omp_get_num_threads();
-        me = omp_get_thread_num();
-#endif
         const int64_t t_begin = ntiles * me / nth, t_end = ntiles * (me + 1) / nth;
         for (int64_t r0 = 0; r0 < a->rows; r0 += BLK_R) {
             const int rr = (int)(a->rows - r0 < BLK_R ? a->rows - r0 : BLK_R);
@@ -103,5 +94,10 @@ void sk_block_avx512(const sk_block_args *a) {
             }
         }
     }
+}
+
+void sk_block_avx512(const sk_block_args *a) {
+    (void)blk_mk_1;
+    sk_run_parallel(a->threads, block_avx512_body, a);
 }
 #endif

@@ -31,10 +31,11 @@ static inline __attribute__((always_inline)) void blkn_mk(const int R, const sk_
     }
 }
 
-void sk_block_neon(const sk_block_args *a) {
-    const int64_t ntiles = sk_ceil_div(a->cols, SK_TILE);
-#pragma omp parallel for schedule(static) num_threads(a->threads)
-    for (int64_t t = 0; t < ntiles; t++)
+static void block_neon_body(const void *args, int tid, int nth) {
+    const sk_block_args *a = args;
+    int64_t t_begin, t_end;
+    sk_split(sk_ceil_div(a->cols, SK_TILE), tid, nth, &t_begin, &t_end);
+    for (int64_t t = t_begin; t < t_end; t++)
         for (int64_t r0 = 0; r0 < a->rows; r0 += BLKN_R) {
             switch (a->rows - r0 < BLKN_R ? a->rows - r0 : BLKN_R) {
             case 1: blkn_mk(1, a, t, r0); break;
@@ -44,4 +45,6 @@ void sk_block_neon(const sk_block_args *a) {
             }
         }
 }
+
+void sk_block_neon(const sk_block_args *a) { sk_run_parallel(a->threads, block_neon_body, a); }
 #endif

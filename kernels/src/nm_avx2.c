@@ -124,7 +124,8 @@ NM2_DEFS(4) NM2_DEFS(8) NM2_DEFS(16)
 /* [M index][T index (1, NM2_T)][rows - 1] */
 static const nm2_fn NM2[3][2][NM2_R] = {NM2_ROW(4), NM2_ROW(8), NM2_ROW(16)};
 
-void sk_nm_avx2(const sk_nm_args *a) {
+static void nm_avx2_body(const void *args, int tid, int nth) {
+    const sk_nm_args *a = args;
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
@@ -136,8 +137,9 @@ void sk_nm_avx2(const sk_nm_args *a) {
         if (gchunk < 1) gchunk = 1;
     }
     const int tail = (int)(a->cols % SK_TILE);
-#pragma omp parallel for schedule(static) num_threads(a->threads)
-    for (int64_t tg = 0; tg < ntg; tg++) {
+    int64_t tg_begin, tg_end;
+    sk_split(ntg, tid, nth, &tg_begin, &tg_end);
+    for (int64_t tg = tg_begin; tg < tg_end; tg++) {
         const int64_t t0 = tg * NM2_T;
         const int64_t tc = ntiles - t0 < NM2_T ? ntiles - t0 : NM2_T;
         for (int64_t gs = 0; gs < groups; gs += gchunk) {
@@ -159,4 +161,6 @@ void sk_nm_avx2(const sk_nm_args *a) {
         }
     }
 }
+
+void sk_nm_avx2(const sk_nm_args *a) { sk_run_parallel(a->threads, nm_avx2_body, a); }
 #endif

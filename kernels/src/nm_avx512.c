@@ -155,7 +155,8 @@ NM_MK_ALL(4) NM_MK_ALL(8) NM_MK_ALL(16)
     {NM_MK_SLOT_TABLE(M_, 1, 0), NM_MK_SLOT_TABLE(M_, NM_T, 0), NM_MK_SLOT_TABLE(M_, NM_T, 1)}
 static const nm_mk_fn NM_MK[3][3][4][NM_R] = {NM_MK_TABLE(4), NM_MK_TABLE(8), NM_MK_TABLE(16)};
 
-void sk_nm_avx512(const sk_nm_args *a) {
+static void nm_avx512_body(const void *args, int tid, int nth) {
+    const sk_nm_args *a = args;
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
     const int ni = n <= 2 ? n : (n == 4 ? 3 : 0);
@@ -175,12 +176,12 @@ void sk_nm_avx512(const sk_nm_args *a) {
     const int predecode = a->rows > NM_R;
     const int pair = predecode && n <= 2 && m <= 8 && groups % 2 == 0;
     const int pmi = m == 4 ? 1 : 2; /* microkernel of the paired 2:2M view */
-#pragma omp parallel num_threads(a->threads)
     {
     __m512i *scratch = predecode ? aligned_alloc(64, (size_t)gchunk * n * NM_T * sizeof(__m512i))
                                  : NULL;
-#pragma omp for schedule(static)
-    for (int64_t tg = 0; tg < ntg; tg++) {
+    int64_t tg_begin, tg_end;
+    sk_split(ntg, tid, nth, &tg_begin, &tg_end);
+    for (int64_t tg = tg_begin; tg < tg_end; tg++) {
         const int64_t t0 = tg * NM_T;
         const int64_t tc = ntiles - t0 < NM_T ? ntiles - t0 : NM_T;
         for (int64_t gs = 0; gs < groups; gs += gchunk) {
@@ -220,4 +221,6 @@ void sk_nm_avx512(const sk_nm_args *a) {
     free(scratch);
     }
 }
+
+void sk_nm_avx512(const sk_nm_args *a) { sk_run_parallel(a->threads, nm_avx512_body, a); }
 #endif

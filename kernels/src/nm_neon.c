@@ -90,13 +90,15 @@ NMN_DEFS(4) NMN_DEFS(8) NMN_DEFS(16)
 #define NMN_ROW(M_) {nmn_mk_##M_##_1, nmn_mk_##M_##_2, nmn_mk_##M_##_3, nmn_mk_##M_##_4}
 static const nmn_fn NMN[3][NMN_R] = {NMN_ROW(4), NMN_ROW(8), NMN_ROW(16)};
 
-void sk_nm_neon(const sk_nm_args *a) {
+static void nm_neon_body(const void *args, int tid, int nth) {
+    const sk_nm_args *a = args;
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
-#pragma omp parallel for schedule(static) num_threads(a->threads)
-    for (int64_t t = 0; t < ntiles; t++) {
+    int64_t t_begin, t_end;
+    sk_split(ntiles, tid, nth, &t_begin, &t_end);
+    for (int64_t t = t_begin; t < t_end; t++) {
         const int64_t c0 = t * SK_TILE;
         for (int64_t r0 = 0; r0 < a->rows; r0 += NMN_R) {
             const int rr = (int)(a->rows - r0 < NMN_R ? a->rows - r0 : NMN_R);
@@ -107,4 +109,6 @@ void sk_nm_neon(const sk_nm_args *a) {
         }
     }
 }
+
+void sk_nm_neon(const sk_nm_args *a) { sk_run_parallel(a->threads, nm_neon_body, a); }
 #endif

@@ -3,17 +3,6 @@
 #include <stddef.h>
 
 #include "sk_internal.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-int sk_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 int sk_isa_supported(int isa) {
     switch (isa) {

@@ -50,6 +50,15 @@ static inline int sk_nm_pos(int m, const uint16_t *rec, int lane) {
 
 static inline int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* Parallel regions (sk_pool.c): fn(args, tid, nth) runs on nth threads, the caller being
+ * tid 0; sk_split gives thread tid its contiguous share of n items. */
+typedef void (*sk_body_fn)(const void *args, int tid, int nth);
+void sk_run_parallel(int threads, sk_body_fn fn, const void *args);
+static inline void sk_split(int64_t n, int tid, int nth, int64_t *begin, int64_t *end) {
+    *begin = n * tid / nth;
+    *end = n * (tid + 1) / nth;
+}
+
 void sk_nm_scalar(const sk_nm_args *a);
 void sk_block_scalar(const sk_block_args *a);
 #if defined(__x86_64__) || defined(_M_X64)

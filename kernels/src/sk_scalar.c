@@ -1,11 +1,13 @@
 /* Portable reference kernels: the fallback path and the oracle of the C tests. */
 #include "sk_internal.h"
 
-void sk_nm_scalar(const sk_nm_args *a) {
+static void nm_scalar_body(const void *args, int tid, int nth) {
+    const sk_nm_args *a = args;
     const int64_t ntiles = sk_ceil_div(a->cols, SK_TILE), groups = a->k / a->m;
     const int words = sk_nm_meta_words(a->m), n = a->n, m = a->m;
-#pragma omp parallel for schedule(static) num_threads(a->threads)
-    for (int64_t t = 0; t < ntiles; t++) {
+    int64_t t_begin, t_end;
+    sk_split(ntiles, tid, nth, &t_begin, &t_end);
+    for (int64_t t = t_begin; t < t_end; t++) {
         const int64_t c0 = t * SK_TILE;
         const int width = (int)(a->cols - c0 < SK_TILE ? a->cols - c0 : SK_TILE);
         for (int64_t r = 0; r < a->rows; r++) {
@@ -25,10 +27,14 @@ void sk_nm_scalar(const sk_nm_args *a) {
     }
 }
 
-void sk_block_scalar(const sk_block_args *a) {
+void sk_nm_scalar(const sk_nm_args *a) { sk_run_parallel(a->threads, nm_scalar_body, a); }
+
+static void block_scalar_body(const void *args, int tid, int nth) {
+    const sk_block_args *a = args;
     const int64_t ntiles = sk_ceil_div(a->cols, SK_TILE);
-#pragma omp parallel for schedule(static) num_threads(a->threads)
-    for (int64_t t = 0; t < ntiles; t++) {
+    int64_t t_begin, t_end;
+    sk_split(ntiles, tid, nth, &t_begin, &t_end);
+    for (int64_t t = t_begin; t < t_end; t++) {
         const int64_t c0 = t * SK_TILE;
         const int width = (int)(a->cols - c0 < SK_TILE ? a->cols - c0 : SK_TILE);
         for (int64_t r = 0; r < a->rows; r++) {
@@ -44,3 +50,5 @@ void sk_block_scalar(const sk_block_args *a) {
         }
     }
 }
+
+void sk_block_scalar(const sk_block_args *a) { sk_run_parallel(a->threads, block_scalar_body, a); }

@@ -11,6 +11,6 @@ command -v "$qemu" >/dev/null || { echo "skip: no $qemu"; exit 77; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 # Static so qemu needs no aarch64 sysroot.
-"$cc" -std=c11 -O2 -static -fopenmp -Wall -Wextra \
+"$cc" -std=c11 -O2 -static -pthread -Wall -Wextra \
     "$here"/../src/*.c "$here/test_kernels.c" -lm -o "$out/test_kernels"
 "$qemu" "$out/test_kernels"
