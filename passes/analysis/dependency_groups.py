@@ -14,8 +14,8 @@ import time
 
 import onnx_ir as ir
 
+from sparsec.ir.shapes import infer_concrete_shapes
 from sparsec.passes.structural.groups import DependencyGraph, solve
-from sparsec.passes.structural.shapes import infer_shapes_light
 from sparsec.passes.structural.trace import trace_couplings
 from sparsec.pm.analysis import Analysis
 from sparsec.pm.context import PassContext
@@ -29,7 +29,7 @@ def dependency_groups(
 ) -> DependencyGraph:
     """Analyse `model`; channel counts of weight axes are to stay multiples of `multiple`."""
     start = time.perf_counter()
-    shapes = infer_shapes_light(model, dims or {})
+    shapes = infer_concrete_shapes(model, dims or {})
     builder = trace_couplings(model, shapes)
     graph = solve(builder, model, multiple)
     log.info(

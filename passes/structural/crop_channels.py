@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from sparsec.errors import PipelineError
+from sparsec.ir.shapes import infer_concrete_shapes, shape_proto
 from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependency_groups
 from sparsec.passes.structural.allocation import (
     ALLOCATIONS,
@@ -33,7 +34,6 @@ from sparsec.passes.structural.allocation import (
 from sparsec.passes.structural.apply import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import CRITERIA, importance
-from sparsec.passes.structural.shapes import infer_shapes_light, light_proto
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -170,7 +170,7 @@ class CropChannels(Pass):
 def check_shapes(model: ir.Model, dims: dict[str, int]) -> list[str]:
     """Strict ONNX shape inference on the model with concrete inputs; declared shapes must agree."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(light_proto(model, dims), strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(shape_proto(model, dims), strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "shape inference failed"
         return [f"shapes after the crop are inconsistent: {first}"]
@@ -189,7 +189,7 @@ def check_shapes(model: ir.Model, dims: dict[str, int]) -> list[str]:
 
 def channel_mismatches(model: ir.Model, dims: dict[str, int]) -> list[str]:
     """Channel counts that ONNX shape inference does not check (conv input channels, norms)."""
-    info = infer_shapes_light(model, dims)
+    info = infer_concrete_shapes(model, dims)
     problems = []
     for node in model.graph:
         shapes = [info.shape(v) if v is not None else None for v in node.inputs]
