@@ -8,34 +8,39 @@ import onnx_ir as ir
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.schema import OPSET_VERSION
 from sparsec.layers import Layer
-from sparsec.passes.sparsify.nm_sparsity import mark_nm
 from sparsec.passes.sparsify.patterns import Pattern
 
 
-def mark_sparse(model: ir.Model, layer: Layer, pruned: np.ndarray, block: tuple[int, int], density: float) -> ir.Node:
-    """Store the pruned weight and insert a `com.sparsec.Sparse` marker before its consumer."""
+def insert_marker(
+    model: ir.Model, layer: Layer, pruned: np.ndarray, op_type: str, attributes: list[ir.Attr], suffix: str
+) -> ir.Node:
+    """Store the pruned weight (under its original name) and put a `com.sparsec` marker op
+    between it and its consumer."""
     weight = layer.weight
     weight.const_value = ir.tensor(pruned, name=weight.name)
     consumer = layer.path[-1] if layer.path else layer.node
-    marked = ir.Value(name=f"{weight.name}__sparse", shape=weight.shape, type=weight.type)
-    marker = ir.Node(
-        DOMAIN,
-        "Sparse",
-        [weight],
-        attributes=[
-            ir.AttrInt64("axis", layer.reduction_axis),
-            ir.AttrInt64s("block", list(block)),
-            ir.AttrFloat32("density", float(density)),
-        ],
-        outputs=[marked],
-        name=f"{layer.name}/sparse",
-    )
+    marked = ir.Value(name=f"{weight.name}__{suffix}", shape=weight.shape, type=weight.type)
+    marker = ir.Node(DOMAIN, op_type, [weight], attributes=attributes, outputs=[marked], name=f"{layer.name}/{suffix}")
     model.graph.insert_before(consumer, marker)
     for i, value in enumerate(consumer.inputs):
         if value is weight:
             consumer.replace_input_with(i, marked)
     model.opset_imports.setdefault(DOMAIN, OPSET_VERSION)
     return marker
+
+
+def mark_nm(model: ir.Model, layer: Layer, pruned: np.ndarray, n: int, m: int) -> ir.Node:
+    attrs = [ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("axis", layer.reduction_axis)]
+    return insert_marker(model, layer, pruned, "NMSparse", attrs, f"nm{n}_{m}")
+
+
+def mark_sparse(model: ir.Model, layer: Layer, pruned: np.ndarray, block: tuple[int, int], density: float) -> ir.Node:
+    attrs = [
+        ir.AttrInt64("axis", layer.reduction_axis),
+        ir.AttrInt64s("block", list(block)),
+        ir.AttrFloat32("density", float(density)),
+    ]
+    return insert_marker(model, layer, pruned, "Sparse", attrs, "sparse")
 
 
 def mark_pattern(model: ir.Model, layer: Layer, pruned: np.ndarray, pattern: Pattern) -> ir.Node | None:

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.dialect import DOMAIN
-from sparsec.dialect.schema import OPSET_VERSION
 from sparsec.layers import Layer, find_layers
 from sparsec.nm_pattern import nm_mask, validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
 from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion, needs_data
+from sparsec.passes.sparsify.marking import mark_nm
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -53,28 +52,6 @@ def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
         if group is not None and group.as_int() > 1 and tensor.shape[1] == 1:
             return "depthwise convolution (one input channel per group)"
     return None
-
-
-def mark_nm(model: ir.Model, layer: Layer, pruned: np.ndarray, n: int, m: int) -> ir.Node:
-    """Store the pruned weight and insert the NMSparse marker between it and its consumer."""
-    weight = layer.weight
-    weight.const_value = ir.tensor(pruned, name=weight.name)
-    consumer = layer.path[-1] if layer.path else layer.node
-    marked = ir.Value(name=f"{weight.name}__nm{n}_{m}", shape=weight.shape, type=weight.type)
-    marker = ir.Node(
-        DOMAIN,
-        "NMSparse",
-        [weight],
-        attributes=[ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("axis", layer.reduction_axis)],
-        outputs=[marked],
-        name=f"{layer.name}/nm_sparse",
-    )
-    model.graph.insert_before(consumer, marker)
-    for i, value in enumerate(consumer.inputs):
-        if value is weight:
-            consumer.replace_input_with(i, marked)
-    model.opset_imports.setdefault(DOMAIN, OPSET_VERSION)
-    return marker
 
 
 @register_pass
@@ -145,7 +122,7 @@ class NMSparsity(Pass):
     def _run_data_criterion(
         self, model: ir.Model, ctx: PassContext, layers: list[Layer], pruned: list[str], total: int, zeros: int
     ) -> tuple[int, int]:
-        # Imported here: apply.py builds on this module (mark_nm, skip_reason).
+        # Imported here: apply.py builds on this module (skip_reason).
         from sparsec.passes.analysis.layer_stats import require_calibration
         from sparsec.passes.sparsify.apply import apply_plan
         from sparsec.passes.sparsify.patterns import Pattern
