@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sparsec.cli.common import (
     calibration_from_args,
@@ -18,11 +19,31 @@ from sparsec.cli.common import (
 )
 from sparsec.errors import OptionError, OutputError
 
+if TYPE_CHECKING:
+    from sparsec.compiler import CompileOptions
+
 log = logging.getLogger("sparsec")
 
 
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    """CompileOptions from the flags `compile` and `bench` share (bench has no --no-* flags)."""
+    from sparsec.compiler import CompileOptions
+
+    return CompileOptions(
+        target=args.target,
+        sparsity=args.sparsity,
+        calibration=calibration_from_args(args),
+        pipeline=pipeline_from_args(args, sugar=True),
+        dims=dims_from_args(args),
+        bench=not getattr(args, "no_bench", False),
+        threads=args.threads,
+        verify_each=not getattr(args, "no_verify", False),
+        instruments=instruments_from_args(args) if hasattr(args, "pass_timing") else [],
+    )
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    from sparsec.compiler import CompileOptions, compile_file
+    from sparsec.compiler import compile_file
 
     spec = args.model
     if args.demo:
@@ -31,18 +52,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         spec = spec or f"zoo:{DEFAULT_MODEL}"
     if spec is None:
         raise OptionError("compile needs a MODEL (an .onnx file or zoo:NAME), or --demo")
-    options = CompileOptions(
-        target=args.target,
-        sparsity=args.sparsity,
-        calibration=calibration_from_args(args),
-        pipeline=pipeline_from_args(args, sugar=True),
-        dims=dims_from_args(args),
-        bench=not args.no_bench,
-        threads=args.threads,
-        verify_each=not args.no_verify,
-        instruments=instruments_from_args(args),
-    )
-    result = compile_file(spec, args.output, options)
+    result = compile_file(spec, args.output, compile_options(args))
     m = result.manifest
     t, f, lat = m["totals"], m["fidelity"], m["latency"]
     print(f"artifact: {args.output}/ ({', '.join(m['files'])})")
@@ -143,17 +153,10 @@ def cmd_pipeline_show(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from sparsec.capture import load_any
-    from sparsec.compiler import CompileOptions, compile_model
+    from sparsec.compiler import compile_model
 
-    options = CompileOptions(
-        target=args.target,
-        sparsity=args.sparsity,
-        calibration=calibration_from_args(args),
-        pipeline=pipeline_from_args(args, sugar=True),
-        dims=dims_from_args(args),
-        threads=args.threads,
-    )
-    options.optimisation_pipeline()
+    options = compile_options(args)
+    options.optimisation_pipeline()  # validate before the (slow) load
     model, source = load_any(args.model)
     result = compile_model(model, options, source=source)
     m = result.manifest

@@ -9,26 +9,35 @@ from sparsec.dialect.schema import AttrSpec, OpSchema, register_op
 from sparsec.nm_pattern import MAX_M, nm_violations
 
 
+def _constant_weight(node: ir.Node, axis: int) -> np.ndarray | str:
+    """The marked weight, or the problem with it (not constant, axis out of range, or an
+    output whose declared shape differs)."""
+    weight = node.inputs[0]
+    if weight is None or weight.const_value is None:
+        return "input must be a constant weight (an initializer)"
+    w = weight.const_value.numpy()
+    if not -w.ndim <= axis < w.ndim:
+        return f"axis {axis} out of range for rank {w.ndim}"
+    out = node.outputs[0]
+    if out.shape is not None and tuple(out.shape) != tuple(w.shape):
+        return f"output shape {tuple(out.shape)} differs from weight shape {tuple(w.shape)}"
+    return w
+
+
 def _verify_nm_sparse(node: ir.Node) -> list[str]:
     n = node.attributes["n"].as_int()
     m = node.attributes["m"].as_int()
     axis = node.attributes["axis"].as_int()
     if not (1 <= n < m <= MAX_M):
         return [f"invalid pattern {n}:{m} (need 1 <= n < m <= {MAX_M})"]
-    weight = node.inputs[0]
-    if weight is None or weight.const_value is None:
-        return ["input must be a constant weight (an initializer)"]
-    w = weight.const_value.numpy()
-    if not -w.ndim <= axis < w.ndim:
-        return [f"axis {axis} out of range for rank {w.ndim}"]
+    w = _constant_weight(node, axis)
+    if isinstance(w, str):
+        return [w]
     if w.shape[axis] % m:
         return [f"axis {axis} has size {w.shape[axis]}, not a multiple of m={m}"]
     bad = nm_violations(w, n, m, axis)
     if bad:
         return [f"{bad} groups of {m} along axis {axis} hold more than {n} nonzeros"]
-    out = node.outputs[0]
-    if out.shape is not None and tuple(out.shape) != tuple(w.shape):
-        return [f"output shape {tuple(out.shape)} differs from weight shape {tuple(w.shape)}"]
     return []
 
 
@@ -60,12 +69,9 @@ def _verify_sparse(node: ir.Node) -> list[str]:
         return [f"block must be two positive sizes [rows, cols], got {block}"]
     if not 0.0 < density <= 1.0:
         return [f"density must be in (0, 1], got {density}"]
-    weight = node.inputs[0]
-    if weight is None or weight.const_value is None:
-        return ["input must be a constant weight (an initializer)"]
-    w = weight.const_value.numpy()
-    if not -w.ndim <= axis < w.ndim:
-        return [f"axis {axis} out of range for rank {w.ndim}"]
+    w = _constant_weight(node, axis)
+    if isinstance(w, str):
+        return [w]
     # Blocks tile the view [everything else, axis]: rows are outputs, columns the reduction.
     view = np.moveaxis(w, axis, -1).reshape(-1, w.shape[axis])
     bo, bk = block
@@ -77,9 +83,6 @@ def _verify_sparse(node: ir.Node) -> list[str]:
     # Rounding to whole blocks may keep one block more than density * total.
     if nonzero > int(np.ceil(density * total - 1e-9)):
         return [f"{nonzero}/{total} blocks of {bo}x{bk} are nonzero, more than density={density:g} allows"]
-    out = node.outputs[0]
-    if out.shape is not None and tuple(out.shape) != tuple(w.shape):
-        return [f"output shape {tuple(out.shape)} differs from weight shape {tuple(w.shape)}"]
     return []
 
 
