@@ -162,3 +162,10 @@ def test_console_script_runs() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sparsec.cli"]
     result = subprocess.run([*cmd, "passes", "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "nm-sparsity" in result.stdout
+
+
+def test_bench_prints_json(capsys, model_file) -> None:
+    assert main(["-q", "bench", str(model_file), "-p", "nm-sparsity{min_params=0}"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["latency"]["measured"] and data["latency"]["dense_ms"] > 0
+    assert data["pipeline"].startswith("nm-sparsity{n=2 m=4") and 0 < data["fidelity"]["cosine"] <= 1
