@@ -189,17 +189,20 @@ def _manifest(
 ) -> dict[str, Any]:
     dense_t, sparse_t = dense_costs.to_dict()["totals"], sparse_costs.to_dict()["totals"]
     layers = []
-    for d, s in zip(dense_costs.layers, sparse_costs.layers, strict=False):
+    # Matched by layer name: a pass may remove layers (a layer gone counts as 0 MACs/bytes).
+    after = {layer.name: layer for layer in sparse_costs.layers}
+    for d in dense_costs.layers:
+        s = after.get(d.name)
         layers.append(
             {
                 "layer": d.name,
                 "op_type": d.op_type,
                 "weight": d.weight,
-                "sparsity": s.sparsity,
+                "sparsity": s.sparsity if s is not None else "removed",
                 "macs": d.macs,
-                "effective_macs": s.effective_macs,
+                "effective_macs": s.effective_macs if s is not None else 0,
                 "weight_bytes_dense": d.weight_bytes,
-                "weight_bytes_sparse": s.weight_bytes,
+                "weight_bytes_sparse": s.weight_bytes if s is not None else 0,
             }
         )
     return {

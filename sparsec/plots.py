@@ -7,10 +7,10 @@ artifact can be re-plotted from its manifest alone.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
+from sparsec.figures import png_bytes
 from sparsec.passes.sparsify.patterns import parse_pattern
 
 
@@ -24,15 +24,6 @@ def _curves(decisions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _choices(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in decisions if d.get("pass") == "allocate"]
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def sensitivity_plot(curves: dict[str, dict[str, float]]) -> bytes:
@@ -56,8 +47,7 @@ def sensitivity_plot(curves: dict[str, dict[str, float]]) -> bytes:
     ax.set_title("Layer sensitivity (colour: depth, dark = early)")
     if len(curves) <= 12:
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig, legend=False)
 
 
 def allocation_plot(choices: list[dict[str, Any]]) -> bytes:
@@ -78,8 +68,7 @@ def allocation_plot(choices: list[dict[str, Any]]) -> bytes:
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("kept density")
     ax.set_title("Per-layer choice of `allocate` (grey: left dense)")
-    fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig, legend=False)
 
 
 def quality_plots(decisions: list[dict[str, Any]]) -> dict[str, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from sparsec.passes.structural.crop_report import crop_table
@@ -82,25 +81,14 @@ def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> b
     """Bar chart of weight bytes per layer, dense vs packed; None when nothing was pruned."""
     if not any(layer.sparsity != "dense" for layer in sparse.layers):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sparsec.figures import per_layer_axes, png_bytes
 
     names = [(layer.weight or layer.name).removesuffix(".weight") for layer in dense.layers]
     d = [layer.weight_bytes / 1e6 for layer in dense.layers]
-    s = [layer.weight_bytes / 1e6 for layer in sparse.layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.0), dpi=100)
+    after = {layer.name: layer.weight_bytes / 1e6 for layer in sparse.layers}
+    s = [after.get(layer.name, 0.0) for layer in dense.layers]
+    fig, ax = per_layer_axes(names, "weight MB", "Weight bytes per layer")
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], d, width=0.4, label="dense")
     ax.bar([i + 0.2 for i in x], s, width=0.4, label="packed sparse")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("weight MB")
-    ax.set_title("Weight bytes per layer")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

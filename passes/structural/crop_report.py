@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,25 +27,13 @@ def crop_plot(decisions: Iterable[Mapping[str, Any]]) -> bytes | None:
     rows = crop_groups(decisions)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sparsec.figures import per_layer_axes, png_bytes
 
     names = [f"{d['layer']} ({d['kept']}/{d['channels']})" for d in rows]
     kept = [d["kept"] / d["channels"] for d in rows]
     gone = [1 - k for k in kept]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.0), dpi=100)
+    fig, ax = per_layer_axes(names, "fraction of channels", "Channels kept per coupled group (kept/total)")
     x = list(range(len(names)))
     ax.bar(x, kept, label="kept")
     ax.bar(x, gone, bottom=kept, label="cropped")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("fraction of channels")
-    ax.set_title("Channels kept per coupled group (kept/total)")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -1,0 +1,42 @@
+"""Shared matplotlib plumbing for the report's pictures (headless, deterministic PNGs)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+
+def figure(size: tuple[float, float] = (7.5, 4.5)) -> tuple[Any, Any]:
+    """A new figure and axes on the non-interactive backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size, dpi=100)
+
+
+def per_layer_axes(names: Sequence[str], ylabel: str, title: str) -> tuple[Any, Any]:
+    """A figure whose x axis lists layers (wide enough for every name)."""
+    fig, ax = figure((max(6.0, 0.28 * len(names)), 4.0))
+    ax.set_xticks(list(range(len(names))))
+    ax.set_xticklabels(list(names), rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig, ax
+
+
+def png_bytes(fig: Any, *, legend: bool = True) -> bytes:
+    """Finish the figure (legend, layout) and return it as PNG bytes without a timestamp."""
+    import matplotlib.pyplot as plt
+
+    if legend:
+        for ax in fig.axes:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
