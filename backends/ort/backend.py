@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
-from sparsec.backends.base import Backend, CompiledModel, Runner
 
+from sparsec.backends.base import Backend, CompiledModel, Runner
 from sparsec.dialect import DOMAIN
 from sparsec.ir.io import model_bytes
 from sparsec.pm.pipeline import Pipeline, parse_pipeline

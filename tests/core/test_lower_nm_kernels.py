@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from sparsec.kernels import kernels_available
@@ -65,3 +66,17 @@ def test_small_or_unsupported_layers_stay_dense() -> None:
     records = PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, PassContext(dims=DIMS))
     assert records[0].stats["layers_lowered"] == 0  # all below the default min_params
     assert not any(n.domain for n in model.graph)
+
+
+def test_half_density_layers_stay_dense_for_many_rows() -> None:
+    rows = {"B": 2, "S": 16}  # 32 rows per call
+    for pattern, lowered in (("n=2 m=4", 0), ("n=1 m=8", 3)):
+        model = build()
+        model.graph.initializers["shape3"].const_value = ir.tensor(np.array([2, 16, 32], np.int64), name="shape3")
+        PassManager(parse_pipeline(f"nm-sparsity{{{pattern} min_params=0}}")).run(model, PassContext(dims=rows))
+        records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+            model, PassContext(dims=rows)
+        )
+        assert records[0].stats["layers_lowered"] == lowered
+        if not lowered:
+            assert all("rows per call" in r for r in records[0].stats["kept_dense"].values())

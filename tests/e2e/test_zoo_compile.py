@@ -7,9 +7,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-from sparsec.kernels import PackedNM
 
 from sparsec.compiler import CompileOptions, compile_file
+from sparsec.kernels import PackedNM
 from sparsec.nm_pattern import nm_violations
 from sparsec.numerics import sample_inputs
 from sparsec.runtime import InferenceSession

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from sparsec.models_zoo import ZOO, export_onnx
 
 SMALL_MODELS = [name for name, entry in ZOO.items() if entry.small]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sparsec.models_zoo import ZOO, get
 from sparsec.models_zoo.bert import BASE, Bert
 from sparsec.models_zoo.gpt import GPT, GPT_SMALL

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from sparsec.models_zoo.digits import (
     evaluate_accuracy,
     load_digits_split,

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+
 from sparsec.models_zoo import export_onnx, get
 
 from .conftest import SMALL_MODELS

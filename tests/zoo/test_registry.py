@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sparsec.models_zoo import DEFAULT_MODEL, ZOO, UnknownModelError, ZooModel, get
 
 EXPECTED = {
