@@ -13,7 +13,6 @@ import numpy as np
 from sparsec.errors import PipelineError
 from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.patterns import Pattern
-from sparsec.passes.sparsify.sparsegpt import sparsegpt_prune
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 
@@ -32,6 +31,9 @@ def prune_2d(w2: np.ndarray, pattern: Pattern, criterion: str, stats: LayerStats
     if pattern.is_dense:
         return w2.copy()
     if criterion == "sparsegpt" and stats is not None:
+        # Imported on use: sparsegpt needs torch, which `import sparsec` should not load.
+        from sparsec.passes.sparsify.sparsegpt import sparsegpt_prune
+
         return sparsegpt_prune(w2, stats.gram, pattern)
     scores = np.abs(w2.astype(np.float32))
     if criterion == "wanda" and stats is not None:
