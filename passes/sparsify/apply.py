@@ -30,6 +30,7 @@ from sparsec.passes.sparsify.criteria import dense_target, needs_data, output_er
 from sparsec.passes.sparsify.marking import mark_pattern
 from sparsec.passes.sparsify.nm_sparsity import skip_reason
 from sparsec.passes.sparsify.patterns import Pattern
+from sparsec.pm.context import PassContext
 
 log = logging.getLogger("sparsec")
 
@@ -119,3 +120,22 @@ def apply_plan(
     for view in views:
         mark_pattern(model, view.layer, new_weights[view.layer.weight.name], patterns[view.name])
     return [outcomes[v.name] for v in views]
+
+
+def record_outcomes(
+    ctx: PassContext, pass_name: str, layers: Sequence[Layer], outcomes: Sequence[Outcome], *, with_axis: bool
+) -> tuple[int, int]:
+    """Record one decision per pruned layer; returns (parameters pruned, zeros now held)."""
+    params = zeros = 0
+    for layer, o in zip(layers, outcomes, strict=True):
+        w = layer.weight.const_value.numpy()
+        params += w.size
+        zeros += int(np.count_nonzero(w == 0))
+        axis = {"axis": layer.reduction_axis} if with_axis else {}
+        ctx.record(
+            pass_name, o.layer, weight=o.weight, op_type=layer.node.op_type, decision=o.pattern, **axis,
+            criterion=o.criterion, weight_rel_error=round(o.weight_rel_error, 6),
+            output_rel_error=None if o.output_rel_error is None else round(o.output_rel_error, 6),
+            **({"note": o.note} if o.note else {}),
+        )
+    return params, zeros

@@ -124,23 +124,15 @@ class NMSparsity(Pass):
     ) -> tuple[int, int]:
         # Imported here: apply.py builds on this module (skip_reason).
         from sparsec.passes.analysis.layer_stats import require_calibration
-        from sparsec.passes.sparsify.apply import apply_plan
+        from sparsec.passes.sparsify.apply import apply_plan, record_outcomes
         from sparsec.passes.sparsify.patterns import Pattern
 
         calib = require_calibration(ctx, f"nm-sparsity{{criterion={self.criterion}}}")
         pattern = Pattern("nm", n=self.n, m=self.m)
         outcomes = apply_plan(model, [(layer, pattern) for layer in layers], self.criterion, calib, sequential=self.sequential)
-        for layer, o in zip(layers, outcomes, strict=True):
-            w = layer.weight.const_value.numpy()
-            pruned.append(o.layer)
-            total += w.size
-            zeros += int(np.count_nonzero(w == 0))
-            ctx.record(
-                self.name, o.layer, weight=o.weight, op_type=layer.node.op_type, decision=o.pattern,
-                axis=layer.reduction_axis, criterion=o.criterion, weight_rel_error=round(o.weight_rel_error, 6),
-                output_rel_error=None if o.output_rel_error is None else round(o.output_rel_error, 6),
-                **({"note": o.note} if o.note else {}),
-            )
+        pruned.extend(o.layer for o in outcomes)
+        params, new_zeros = record_outcomes(ctx, self.name, layers, outcomes, with_axis=True)
+        total, zeros = total + params, zeros + new_zeros
         return total, zeros
 
 

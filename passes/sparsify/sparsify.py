@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.layer_stats import require_calibration
-from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason
+from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason, record_outcomes
 from sparsec.passes.sparsify.criteria import check_criterion, needs_data
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
@@ -60,17 +60,7 @@ class Sparsify(Pass):
             plan.append((layer, pattern))
         calib = require_calibration(ctx, f"sparsify{{criterion={self.criterion}}}") if needs_data(self.criterion) and plan else None
         outcomes = apply_plan(model, plan, self.criterion, calib, sequential=self.sequential)
-        params = zeros = 0
-        for (layer, _), o in zip(plan, outcomes, strict=True):
-            w = layer.weight.const_value.numpy()
-            params += w.size
-            zeros += int((w == 0).sum())
-            ctx.record(
-                self.name, o.layer, weight=o.weight, op_type=layer.node.op_type, decision=o.pattern,
-                criterion=o.criterion, weight_rel_error=round(o.weight_rel_error, 6),
-                output_rel_error=None if o.output_rel_error is None else round(o.output_rel_error, 6),
-                **({"note": o.note} if o.note else {}),
-            )
+        params, zeros = record_outcomes(ctx, self.name, [layer for layer, _ in plan], outcomes, with_axis=False)
         stats = {
             "layers_pruned": len(outcomes),
             "layers_skipped": len(skipped),
