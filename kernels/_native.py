@@ -80,6 +80,11 @@ def load() -> ctypes.CDLL:
     raise KernelUnavailableError("sparsec kernels failed to load: " + "; ".join(errors))
 
 
+def library_path() -> str:
+    """Path of the loaded library (ONNX Runtime loads the same file for its custom ops)."""
+    return load()._name
+
+
 def available() -> bool:
     try:
         load()

@@ -3,8 +3,9 @@
     session = sparsec.runtime.InferenceSession("out/")
     outputs = session.run(None, {"input": x})
 
-An artifact whose manifest lists `runtime_ops` needs this loader (it registers the sparsec
-kernels with ONNX Runtime); other artifacts are plain ONNX and load anywhere.
+An artifact whose manifest lists `runtime_ops` needs this loader: it registers the sparsec
+kernel library (native ONNX Runtime custom ops in the domain `com.sparsec.kernels`) with the
+session; other artifacts are plain ONNX and load anywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import onnxruntime as ort
 
 from sparsec.errors import InputError
 
-PYOP_DOMAIN = "ai.onnx.contrib"
+# ONNX domain of the sparsec kernel custom ops (kernels/src/sk_ort_ops.c).
+KERNEL_DOMAIN = "com.sparsec.kernels"
 
 
 # Threads per sparse-kernel call. One: waking a second pool thread for every layer costs more
@@ -33,9 +35,12 @@ def make_session(
     custom_ops: bool | None = None,
     kernel_threads: int = DEFAULT_KERNEL_THREADS,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels."""
+    """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels.
+
+    Without the compiled kernel library a model using them raises KernelUnavailableError.
+    """
     if custom_ops is None:
-        custom_ops = PYOP_DOMAIN.encode() in model_bytes
+        custom_ops = KERNEL_DOMAIN.encode() in model_bytes
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 

@@ -16,7 +16,7 @@ from sparsec.backends.base import Backend, CompiledModel, Runner
 from sparsec.dialect import DOMAIN
 from sparsec.ir.io import model_bytes
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
-from sparsec.runtime import PYOP_DOMAIN, make_session
+from sparsec.runtime import KERNEL_DOMAIN, make_session
 
 log = logging.getLogger("sparsec.backends.ort")
 
@@ -44,7 +44,7 @@ class OrtBackend(Backend):
         ]
 
     def runtime_ops(self, model: ir.Model) -> list[str]:
-        return sorted({n.op_type for n in model.graph if n.domain == PYOP_DOMAIN})
+        return sorted({n.op_type for n in model.graph if n.domain == KERNEL_DOMAIN})
 
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
         session = make_session(model_bytes(compiled.model), threads, custom_ops=bool(compiled.runtime_ops))

@@ -1,7 +1,7 @@
 """`lower-nm-kernels`: N:M-marked MatMul/Gemm layers -> sparsec kernel custom ops.
 
 Rewrites `MatMul(X, NMSparse(W))`, `MatMul(X, Transpose(NMSparse(W)))` (torch Linear on 3-D
-inputs) and `Gemm(X, NMSparse(W), C)` into `ai.onnx.contrib.NMSparseMatMul(X, values, meta)`
+inputs) and `Gemm(X, NMSparse(W), C)` into `com.sparsec.kernels.NMSparseMatMul(X, values, meta)`
 (+ `Add(C)`), with W packed offline into kept values and position metadata. Layers the
 kernels cannot take (other group sizes, tiny weights, unusual Gemm attributes) stay marked
 and are lowered dense by `legalize-dense`, each with its reason in the statistics.
@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.backends.ort.sparse_ops import NM_OP, PYOP_DOMAIN
+from sparsec.backends.ort.sparse_ops import NM_OP
 from sparsec.dialect import DOMAIN
 from sparsec.kernels import PackedFormatError, pack_nm
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
+from sparsec.runtime import KERNEL_DOMAIN
 
 KERNEL_GROUP_SIZES = (4, 8, 16)
 
@@ -115,7 +116,7 @@ class LowerNMKernels(Pass):
             ctx.record(self.name, layer.name or layer.outputs[0].name, weight=weight.name,
                        decision=f"kernel {NM_OP} {n}:{m}", packed_bytes=int(packed.nbytes))
         if lowered:
-            model.opset_imports.setdefault(PYOP_DOMAIN, 1)
+            model.opset_imports.setdefault(KERNEL_DOMAIN, 1)
             from onnx_ir.passes.common import RemoveUnusedNodesPass
 
             RemoveUnusedNodesPass()(model)
@@ -137,7 +138,7 @@ class LowerNMKernels(Pass):
         attrs = [ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("K", int(packed.k)),
                  ir.AttrInt64("N", int(packed.cols))]
         base = layer.name or out.name
-        mm = ir.Node(PYOP_DOMAIN, NM_OP, [layer.inputs[0], values, meta], attributes=attrs,
+        mm = ir.Node(KERNEL_DOMAIN, NM_OP, [layer.inputs[0], values, meta], attributes=attrs,
                      name=f"{base}/nm_kernel", num_outputs=1)
         graph.insert_before(layer, mm)
         result = mm.outputs[0]

@@ -1,50 +1,35 @@
-"""ONNX Runtime custom ops backed by sparsec.kernels (through onnxruntime-extensions PyOps).
+"""ONNX Runtime custom ops backed by sparsec.kernels: a native custom-op library.
 
-Two ops in the PyOp domain (``ai.onnx.contrib``), each ``Y[..., N] = X[..., K] @ W``:
+Two ops in the domain ``com.sparsec.kernels`` (opset 1), each ``Y[..., N] = X[..., K] @ W``:
 
 - ``NMSparseMatMul(X, values, meta)``, attrs ``n, m, K, N``: W packed by ``pack_nm``;
 - ``BlockSparseMatMul(X, tile_ptr, kidx, values)``, attrs ``bk, K, N``: W packed by
   ``pack_block``.
 
-The stored model is self-describing (the packed weights are initializers feeding the op).
-``make_session`` is the loader: a PyOp receives its inputs as copies (~5 GB/s, 7 ms for a
-32 MB weight), so it moves the packed weights into an in-process registry, validates them
-once, and hands ONNX Runtime a graph whose sparse ops take only X plus a registry key.
-It also installs an invocation hook that returns outputs as numpy arrays instead of the
-library's ``tolist()`` (26 ms -> 0.05 ms for a 64 x 4096 output).
+The stored model is self-describing: the packed weights are constant initializers feeding
+the op. The ops live in the compiled kernel library itself (``kernels/src/sk_ort_ops.c``);
+``make_session`` registers that library with ONNX Runtime, whose kernels then read and check
+the packed weights once at session creation and call the C kernels directly on ORT's
+buffers at run time (no Python, no copies on the call path).
 """
 
 from __future__ import annotations
-
-import itertools
-import threading
-import weakref
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from sparsec.kernels import (
-    PackedBlock,
-    PackedNM,
-    block_matmul,
-    nm_matmul,
-    pack_block,
-    pack_nm,
-)
-from sparsec.kernels.matmul import pick_threads
+from sparsec.kernels import KernelUnavailableError, PackedFormatError, pack_block, pack_nm
+from sparsec.runtime import KERNEL_DOMAIN
 
-PYOP_DOMAIN = "ai.onnx.contrib"
 NM_OP = "NMSparseMatMul"
 BLOCK_OP = "BlockSparseMatMul"
 RUNTIME_OPS = (NM_OP, BLOCK_OP)
-_KEY_ATTR = "weights"  # attribute added by make_session: key into _REGISTRY
-
-_REGISTRY: dict[str, tuple[PackedNM | PackedBlock, int | None]] = {}
-_KEYS = itertools.count()
-_LOCK = threading.Lock()
-_registered = False
+# Session config entry read by the library: most threads one sparse-kernel call may use
+# (0 = all cores); small products run on one thread regardless.
+THREADS_CONFIG_KEY = "sparsec.kernel_threads"
+_ERROR_MARK = "sparsec kernel op"
 
 
 def nm_matmul_node(
@@ -58,7 +43,7 @@ def nm_matmul_node(
         numpy_helper.from_array(np.asarray(packed.meta), f"{name}.meta"),
     ]
     node = helper.make_node(
-        NM_OP, [x, inits[0].name, inits[1].name], [y], name=name, domain=PYOP_DOMAIN,
+        NM_OP, [x, inits[0].name, inits[1].name], [y], name=name, domain=KERNEL_DOMAIN,
         n=n, m=m, K=packed.k, N=packed.cols,
     )
     return node, inits
@@ -72,67 +57,44 @@ def block_matmul_node(
     arrays = {"tile_ptr": packed.tile_ptr, "kidx": packed.kidx, "values": packed.values}
     inits = [numpy_helper.from_array(np.asarray(a), f"{name}.{k}") for k, a in arrays.items()]
     node = helper.make_node(
-        BLOCK_OP, [x, *(t.name for t in inits)], [y], name=name, domain=PYOP_DOMAIN,
+        BLOCK_OP, [x, *(t.name for t in inits)], [y], name=name, domain=KERNEL_DOMAIN,
         bk=bk, K=packed.k, N=packed.cols,
     )
     return node, inits
 
 
-def register_ops() -> None:
-    """Define the PyOps (idempotent; called by make_session)."""
-    global _registered
-    with _LOCK:
-        if _registered:
-            return
-        from onnxruntime_extensions import PyCustomOpDef, onnx_op
+def library_path() -> str:
+    """The compiled library holding the custom ops; KernelUnavailableError (one line) if it
+    is missing or was built without them."""
+    from sparsec.kernels._native import load
 
-        def run(x: np.ndarray, weights: str) -> np.ndarray:
-            packed, limit = _REGISTRY[weights]
-            rows = x.size // packed.k
-            threads = pick_threads(rows * packed.values.size, limit)
-            if isinstance(packed, PackedNM):
-                return nm_matmul(x, packed, threads=threads)
-            return block_matmul(x, packed, threads=threads)
-
-        f, i, s = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int64, PyCustomOpDef.dt_string
-        # The attributes describe the weight for readers of the model; the kernel takes its
-        # shape from the validated packed object.
-        onnx_op(op_type=NM_OP, inputs=[f], outputs=[f],
-                attrs={"n": i, "m": i, "K": i, "N": i, _KEY_ATTR: s})(
-            lambda x, n, m, K, N, weights: run(x, weights))  # noqa: N803
-        onnx_op(op_type=BLOCK_OP, inputs=[f], outputs=[f],
-                attrs={"bk": i, "K": i, "N": i, _KEY_ATTR: s})(
-            lambda x, bk, K, N, weights: run(x, weights))  # noqa: N803
-        _install_array_hook()
-        _registered = True
+    lib = load()
+    if not hasattr(lib, "RegisterCustomOps"):
+        raise KernelUnavailableError(
+            "the sparsec kernel library has no ONNX Runtime ops (stale build): re-run "
+            "`pip install -e .`"
+        )
+    return lib._name
 
 
-def _install_array_hook() -> None:
-    """Return PyOp outputs as flat numpy arrays (the library's default hook calls tolist()).
-    Same contract as onnxruntime_extensions._ocos._on_pyop_invocation, so other PyOps in
-    the process keep working."""
-    from onnxruntime_extensions import PyCustomOpDef
-    from onnxruntime_extensions._ocos import Opdef
+def session_options(threads: int = 2, kernel_threads: int | None = None) -> ort.SessionOptions:
+    """SessionOptions with the sparsec custom ops registered.
 
-    def on_invocation(k_id: int, feed: tuple, attributes: dict) -> tuple:
-        op = Opdef._odlist[k_id]
-        rv = op.body(*feed, **op.cast_attributes(attributes))
-        outs = rv if isinstance(rv, tuple) else (rv,)
-        res: list = [k_id]
-        for r in outs:
-            r = np.ascontiguousarray(r)
-            res += [r.shape, r.reshape(-1)]
-        return tuple(res)
-
-    PyCustomOpDef.install_hooker(on_invocation)
-
-
-def _take_packed(node: onnx.NodeProto, inits: dict[str, np.ndarray]):
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    arrays = [inits[name] for name in node.input[1:]]
-    if node.op_type == NM_OP:
-        return PackedNM.from_arrays(attrs["n"], attrs["m"], attrs["K"], attrs["N"], *arrays)
-    return PackedBlock.from_arrays(attrs["bk"], attrs["K"], attrs["N"], *arrays)
+    ``threads`` sets ONNX Runtime's intra-op pool; ``kernel_threads`` (default: the same)
+    caps the threads of one sparse-kernel call (0 = all cores).
+    """
+    path = library_path()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Spinning ORT workers would steal the cores the sparse kernels' threads need next.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Read when the library is registered: set it first.
+    cap = threads if kernel_threads is None else kernel_threads
+    opts.add_session_config_entry(THREADS_CONFIG_KEY, str(int(cap)))
+    opts.register_custom_ops_library(path)
+    return opts
 
 
 def make_session(
@@ -143,47 +105,18 @@ def make_session(
 ) -> ort.InferenceSession:
     """An InferenceSession running ``model``; its sparse ops call sparsec.kernels.
 
-    ``threads`` sets ONNX Runtime's intra-op pool; ``kernel_threads`` (default: the same)
-    caps the sparse kernels' (small products run on one thread). Packed weights are validated here (malformed data raises
-    PackedFormatError) and live as long as the session.
+    Malformed packed weights raise PackedFormatError here (the library checks them when
+    ONNX Runtime creates the kernels), never a crash at run time.
     """
-    register_ops()
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.ModelProto()
-    if not isinstance(model, bytes):
-        proto.CopyFrom(model)
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    keys, consumed = [], set()
-    for node in graph.node:
-        if node.domain != PYOP_DOMAIN or node.op_type not in RUNTIME_OPS:
-            continue
-        arrays = {name: numpy_helper.to_array(inits[name]) for name in node.input[1:]}
-        packed = _take_packed(node, arrays)
-        key = f"{node.name or node.output[0]}#{next(_KEYS)}"
-        _REGISTRY[key] = (packed, kernel_threads or threads or None)
-        keys.append(key)
-        consumed.update(node.input[1:])
-        del node.input[1:]
-        node.attribute.append(helper.make_attribute(_KEY_ATTR, key))
-    still_used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name not in consumed or t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if not any(op.domain == PYOP_DOMAIN for op in proto.opset_import) and keys:
-        proto.opset_import.append(helper.make_opsetid(PYOP_DOMAIN, 1))
-
-    from onnxruntime_extensions import get_library_path
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # Spinning ORT workers would steal the cores the sparse kernels' threads need next.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.register_custom_ops_library(get_library_path())
-    session = ort.InferenceSession(
-        proto.SerializeToString(), opts, providers=providers or ["CPUExecutionProvider"]
-    )
-    for key in keys:  # the packed weights die with the session
-        weakref.finalize(session, _REGISTRY.pop, key, None)
-    return session
+    opts = session_options(threads, kernel_threads)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind exception types are not importable by name
+        msg = str(exc)
+        if _ERROR_MARK not in msg:
+            raise
+        msg = msg[msg.index(_ERROR_MARK):].splitlines()[0]
+        if "kernel ISA" in msg:
+            raise KernelUnavailableError(msg) from exc
+        raise PackedFormatError(msg) from exc

@@ -1,0 +1,523 @@
+/* ONNX Runtime custom ops calling the sparse kernels directly (no Python on the call path).
+ *
+ * Domain "com.sparsec.kernels", opset 1, two ops computing Y[..., N] = X[..., K] @ W:
+ *   NMSparseMatMul(X, values, meta)              attrs n, m, K, N   (W packed by pack_nm)
+ *   BlockSparseMatMul(X, tile_ptr, kidx, values) attrs bk, K, N     (W packed by pack_block)
+ * The packed weights must be constant initializers. Each kernel reads them once when the
+ * session is created (in place when 64-byte aligned, else an aligned copy), checks them
+ * (lengths, shapes, N:M positions, block pointers and rows; the same checks as the Python
+ * loaders, and the C entry points' own) and fails session creation with a message naming
+ * the node if anything is wrong. At run time it calls sk_nm_matmul / sk_block_matmul on ORT's
+ * input and output buffers.
+ *
+ * Threads per call: one per ~1M multiply-adds (as sparsec.kernels.matmul.pick_threads), at
+ * most the session config entry "sparsec.kernel_threads" (default 1; 0 = all cores). It is
+ * read when the library is registered with a session's options, so set it before that.
+ * $SPARSEC_KERNEL_ISA forces an instruction set, as for the Python entry points.
+ *
+ * ONNX Runtime loads this shared library (the same file as the ctypes kernels) through
+ * SessionOptions.register_custom_ops_library and calls RegisterCustomOps below.
+ */
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sk_internal.h"
+#include "sk_ort_abi.h"
+
+#define SK_ORT_DOMAIN "com.sparsec.kernels"
+#define SK_ORT_THREADS_KEY "sparsec.kernel_threads"
+#define SK_ORT_DEFAULT_CAP 1
+#define SK_ORT_MAX_CAP 256
+#define SK_ORT_MAX_RANK 16
+#define SK_ALIGN 64
+#define SK_MIN_MACS_PER_THREAD (1 << 20)
+
+#if defined(__GNUC__)
+#define SK_EXPORT __attribute__((visibility("default")))
+#else
+#define SK_EXPORT
+#endif
+
+enum { OP_NM = 0, OP_BLOCK = 1, OP_KINDS = 2 };
+static const char *const op_names[OP_KINDS] = {"NMSparseMatMul", "BlockSparseMatMul"};
+
+/* One OrtCustomOp per (kind, thread cap); ORT hands `base` back to the callbacks. */
+typedef struct {
+    OrtCustomOp base;
+    int kind;
+    int cap; /* most threads per call; 0 = all cores */
+} sk_op;
+
+typedef struct {
+    const OrtApi *api;
+    int kind, n, m, bk, isa, cap;
+    int64_t k, cols;
+    const float *values;
+    const uint16_t *meta;
+    const int32_t *tile_ptr, *kidx;
+    int64_t values_len, meta_len, tile_ptr_len, nblocks;
+    void *owned[3]; /* aligned copies of unaligned initializers */
+} sk_kernel;
+
+/* ------------------------------------------------------------------ helpers */
+
+static OrtStatus *make_status(const OrtApi *api, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
+}
+
+static void release(const OrtApi *api, OrtStatus *st) {
+    if (st) SK_ORT(api, ReleaseStatus)(st);
+}
+
+/* A status error from ORT itself, re-worded with our context (and the original released). */
+static OrtStatus *wrap(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
+    OrtStatus *out = make_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
+    release(api, st);
+    return out;
+}
+
+static int isa_from_env(int *isa, char *bad, size_t bad_len) {
+    static const char *const names[] = {"scalar", "avx2", "avx512", "neon"};
+    static const int preference[] = {SK_ISA_AVX512, SK_ISA_NEON, SK_ISA_AVX2, SK_ISA_SCALAR};
+    const char *env = getenv("SPARSEC_KERNEL_ISA");
+    char name[16] = {0};
+    size_t len = 0;
+    if (env) {
+        while (isspace((unsigned char)*env)) env++;
+        for (; env[len] && !isspace((unsigned char)env[len]) && len + 1 < sizeof name; len++)
+            name[len] = (char)tolower((unsigned char)env[len]);
+    }
+    if (len == 0) {
+        for (size_t i = 0; i < sizeof preference / sizeof *preference; i++)
+            if (sk_isa_supported(preference[i])) {
+                *isa = preference[i];
+                return 0;
+            }
+        *isa = SK_ISA_SCALAR;
+        return 0;
+    }
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *isa = i;
+            if (sk_isa_supported(i)) return 0;
+            snprintf(bad, bad_len, "kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here",
+                     name);
+            return -1;
+        }
+    snprintf(bad, bad_len, "unknown kernel ISA '%s' in $SPARSEC_KERNEL_ISA", name);
+    return -1;
+}
+
+static OrtStatus *get_attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx,
+                           const char *name, int64_t *out) {
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
+    if (!st) return NULL;
+    release(api, st);
+    return make_status(api, "%s: missing int attribute '%s'", ctx, name);
+}
+
+/* Constant input `index`: its data (aligned; copied if needed) and element count. */
+static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char *ctx,
+                            size_t index, const char *what, int elem_type, size_t elem_size,
+                            const void **data, int64_t *count) {
+    const OrtApi *api = kr->api;
+    int is_const = 0;
+    const OrtValue *value = NULL;
+    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
+    if (st) return wrap(api, st, ctx, what);
+    if (!is_const || !value)
+        return make_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index,
+                           what);
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return wrap(api, st, ctx, what);
+    int type = 0;
+    size_t n = 0;
+    st = SK_ORT(api, GetTensorElementType)(ti, &type);
+    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
+    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+    if (st) return wrap(api, st, ctx, what);
+    if (type != elem_type)
+        return make_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, type,
+                           elem_type);
+    void *p = NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p)))
+        return wrap(api, st, ctx, what);
+    *count = (int64_t)n;
+    *data = p;
+    if (n > 0 && ((uintptr_t)p % SK_ALIGN) != 0) {
+        const size_t bytes = n * elem_size;
+        void *copy = aligned_alloc(SK_ALIGN, (bytes + SK_ALIGN - 1) / SK_ALIGN * SK_ALIGN);
+        if (!copy) return make_status(api, "%s: out of memory copying %s", ctx, what);
+        memcpy(copy, p, bytes);
+        for (int i = 0; i < 3; i++)
+            if (!kr->owned[i]) {
+                kr->owned[i] = copy;
+                break;
+            }
+        *data = copy;
+    }
+    return NULL;
+}
+
+static void destroy(void *p) {
+    sk_kernel *kr = p;
+    if (!kr) return;
+    for (int i = 0; i < 3; i++) free(kr->owned[i]);
+    free(kr);
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static OrtStatus *check_nm(sk_kernel *kr, const char *ctx) {
+    const OrtApi *api = kr->api;
+    const int n = kr->n, m = kr->m, words = sk_nm_meta_words(m);
+    if (words == 0 || n < 1 || n > m)
+        return make_status(api, "%s: unsupported pattern %d:%d (N in [1, M], M in {4, 8, 16})",
+                           ctx, n, m);
+    if (kr->k <= 0 || kr->cols <= 0 || kr->k % m)
+        return make_status(api, "%s: K=%lld must be a positive multiple of M=%d; N=%lld > 0", ctx,
+                           (long long)kr->k, m, (long long)kr->cols);
+    const int64_t tiles = sk_ceil_div(kr->cols, SK_TILE), groups = kr->k / m;
+    const int64_t records = tiles * groups * n;
+    if (kr->values_len != records * SK_TILE)
+        return make_status(api, "%s: values has %lld elements, expected %lld", ctx,
+                           (long long)kr->values_len, (long long)(records * SK_TILE));
+    if (kr->meta_len != records * words)
+        return make_status(api, "%s: meta has %lld elements, expected %lld", ctx,
+                           (long long)kr->meta_len, (long long)(records * words));
+    /* Positions strictly increasing within a group: a corrupted record cannot alias two
+     * slots onto one input (the canonical form pack_nm writes). */
+    if (n > 1)
+        for (int64_t tg = 0; tg < tiles * groups; tg++)
+            for (int j = 1; j < n; j++) {
+                const uint16_t *prev = kr->meta + (tg * n + j - 1) * words;
+                const uint16_t *cur = prev + words;
+                for (int lane = 0; lane < SK_TILE; lane++)
+                    if (sk_nm_pos(m, cur, lane) <= sk_nm_pos(m, prev, lane))
+                        return make_status(api,
+                                           "%s: N:M positions within a group are not strictly "
+                                           "increasing (tile %lld, group %lld)",
+                                           ctx, (long long)(tg / groups), (long long)(tg % groups));
+            }
+    /* The C entry point's own checks, with no rows to compute. */
+    float dummy = 0.0f;
+    const int rc = sk_nm_matmul(&dummy, kr->k, 0, kr->k, kr->cols, n, m, kr->values,
+                                kr->values_len, kr->meta, kr->meta_len, &dummy, kr->cols, kr->isa, 1);
+    if (rc != SK_OK) return make_status(api, "%s: %s", ctx, sk_status_string(rc));
+    return NULL;
+}
+
+static OrtStatus *check_block(sk_kernel *kr, const char *ctx) {
+    const OrtApi *api = kr->api;
+    if (kr->bk < 1 || kr->bk > 16 || kr->k < kr->bk || kr->cols <= 0)
+        return make_status(api, "%s: unsupported block height bk=%d for K=%lld, N=%lld", ctx,
+                           kr->bk, (long long)kr->k, (long long)kr->cols);
+    const int64_t tiles = sk_ceil_div(kr->cols, SK_TILE);
+    if (kr->tile_ptr_len != tiles + 1)
+        return make_status(api, "%s: tile_ptr has %lld entries, expected %lld", ctx,
+                           (long long)kr->tile_ptr_len, (long long)(tiles + 1));
+    if (kr->values_len != kr->nblocks * kr->bk * SK_TILE)
+        return make_status(api, "%s: values has %lld elements, expected %lld", ctx,
+                           (long long)kr->values_len, (long long)(kr->nblocks * kr->bk * SK_TILE));
+    float dummy = 0.0f;
+    const int rc = sk_block_matmul(&dummy, kr->k, 0, kr->k, kr->cols, kr->bk, kr->tile_ptr,
+                                   kr->tile_ptr_len, kr->kidx, kr->nblocks, kr->values,
+                                   kr->values_len, &dummy, kr->cols, kr->isa, 1);
+    if (rc == SK_ERR_INDEX)
+        return make_status(api,
+                           "%s: tile_ptr must rise from 0 to the number of blocks and block rows "
+                           "lie in [0, K-bk]",
+                           ctx);
+    if (rc != SK_OK) return make_status(api, "%s: %s", ctx, sk_status_string(rc));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ kernel */
+
+static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtApi *api,
+                                            const OrtKernelInfo *info, void **out) {
+    const sk_op *op = (const sk_op *)base;
+    char node[160] = "?", ctx[256];
+    size_t size = sizeof node;
+    OrtStatus *st = SK_ORT(api, KernelInfo_GetNodeName)(info, node, &size);
+    if (st) {
+        release(api, st);
+        snprintf(node, sizeof node, "?");
+    }
+    snprintf(ctx, sizeof ctx, "sparsec kernel op %s (node '%s')", op_names[op->kind], node);
+    *out = NULL;
+
+    sk_kernel *kr = calloc(1, sizeof *kr);
+    if (!kr) return make_status(api, "%s: out of memory", ctx);
+    kr->api = api;
+    kr->kind = op->kind;
+    kr->cap = op->cap;
+    char bad[160];
+    if (isa_from_env(&kr->isa, bad, sizeof bad) != 0) {
+        destroy(kr);
+        return make_status(api, "%s: %s", ctx, bad);
+    }
+    int64_t a = 0, b = 0, k = 0, cols = 0;
+    if (kr->kind == OP_NM) {
+        if ((st = get_attr(api, info, ctx, "n", &a)) || (st = get_attr(api, info, ctx, "m", &b)))
+            goto fail;
+    } else if ((st = get_attr(api, info, ctx, "bk", &a))) {
+        goto fail;
+    }
+    if ((st = get_attr(api, info, ctx, "K", &k)) || (st = get_attr(api, info, ctx, "N", &cols)))
+        goto fail;
+    if (a < 1 || a > 16 || b < 0 || b > 16 || k <= 0 || cols <= 0 || k > INT32_MAX ||
+        cols > INT32_MAX) {
+        st = make_status(api, "%s: attributes out of range", ctx);
+        goto fail;
+    }
+    kr->k = k;
+    kr->cols = cols;
+    const void *p = NULL;
+    if (kr->kind == OP_NM) {
+        kr->n = (int)a;
+        kr->m = (int)b;
+        if ((st = get_const(kr, info, ctx, 1, "values", SK_ORT_FLOAT, 4, &p, &kr->values_len)))
+            goto fail;
+        kr->values = p;
+        if ((st = get_const(kr, info, ctx, 2, "meta", SK_ORT_UINT16, 2, &p, &kr->meta_len)))
+            goto fail;
+        kr->meta = p;
+        if ((st = check_nm(kr, ctx))) goto fail;
+    } else {
+        kr->bk = (int)a;
+        if ((st = get_const(kr, info, ctx, 1, "tile_ptr", SK_ORT_INT32, 4, &p, &kr->tile_ptr_len)))
+            goto fail;
+        kr->tile_ptr = p;
+        if ((st = get_const(kr, info, ctx, 2, "kidx", SK_ORT_INT32, 4, &p, &kr->nblocks)))
+            goto fail;
+        kr->kidx = p;
+        if ((st = get_const(kr, info, ctx, 3, "values", SK_ORT_FLOAT, 4, &p, &kr->values_len)))
+            goto fail;
+        kr->values = p;
+        if ((st = check_block(kr, ctx))) goto fail;
+    }
+    *out = kr;
+    return NULL;
+fail:
+    destroy(kr);
+    return st;
+}
+
+static int pick_threads(const sk_kernel *kr, int64_t rows) {
+    const int64_t macs = rows * kr->values_len; /* as pick_threads(rows * values.size) */
+    int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads();
+    int64_t t = macs / SK_MIN_MACS_PER_THREAD;
+    if (t > limit) t = limit;
+    return t < 1 ? 1 : (int)t;
+}
+
+static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+    const sk_kernel *kr = p;
+    const OrtApi *api = kr->api;
+    const OrtValue *xv = NULL;
+    OrtStatus *st = SK_ORT(api, KernelContext_GetInput)(context, 0, &xv);
+    if (st) return st;
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    if ((st = SK_ORT(api, GetTensorTypeAndShape)(xv, &ti))) return st;
+    size_t rank = 0;
+    int64_t dims[SK_ORT_MAX_RANK];
+    st = SK_ORT(api, GetDimensionsCount)(ti, &rank);
+    if (!st && (rank < 1 || rank > SK_ORT_MAX_RANK)) {
+        SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+        return make_status(api, "sparsec kernel op %s: X has rank %zu, expected 1..%d",
+                           op_names[kr->kind], rank, SK_ORT_MAX_RANK);
+    }
+    if (!st) st = SK_ORT(api, GetDimensions)(ti, dims, rank);
+    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+    if (st) return st;
+    if (dims[rank - 1] != kr->k)
+        return make_status(api, "sparsec kernel op %s: X has %lld columns, the weight K=%lld",
+                           op_names[kr->kind], (long long)dims[rank - 1], (long long)kr->k);
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < rank; i++) rows *= dims[i];
+    dims[rank - 1] = kr->cols;
+    OrtValue *yv = NULL;
+    if ((st = SK_ORT(api, KernelContext_GetOutput)(context, 0, dims, rank, &yv))) return st;
+    if (rows == 0) return NULL;
+    void *x = NULL, *y = NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
+    if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
+    const int threads = pick_threads(kr, rows);
+    int rc;
+    if (kr->kind == OP_NM)
+        rc = sk_nm_matmul(x, kr->k, rows, kr->k, kr->cols, kr->n, kr->m, kr->values,
+                          kr->values_len, kr->meta, kr->meta_len, y, kr->cols, kr->isa, threads);
+    else
+        rc = sk_block_matmul(x, kr->k, rows, kr->k, kr->cols, kr->bk, kr->tile_ptr,
+                             kr->tile_ptr_len, kr->kidx, kr->nblocks, kr->values, kr->values_len,
+                             y, kr->cols, kr->isa, threads);
+    if (rc != SK_OK)
+        return make_status(api, "sparsec kernel op %s: %s", op_names[kr->kind],
+                           sk_status_string(rc));
+    return NULL;
+}
+
+static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
+
+/* ------------------------------------------------------------------ op description */
+
+static const char *SK_ORT_CALL get_name(const OrtCustomOp *base) {
+    return op_names[((const sk_op *)base)->kind];
+}
+static const char *SK_ORT_CALL get_ep(const OrtCustomOp *base) {
+    (void)base;
+    return "CPUExecutionProvider";
+}
+static size_t SK_ORT_CALL input_count(const OrtCustomOp *base) {
+    return ((const sk_op *)base)->kind == OP_NM ? 3 : 4;
+}
+static int SK_ORT_CALL input_type(const OrtCustomOp *base, size_t index) {
+    if (((const sk_op *)base)->kind == OP_NM)
+        return index == 2 ? SK_ORT_UINT16 : SK_ORT_FLOAT;
+    return index == 1 || index == 2 ? SK_ORT_INT32 : SK_ORT_FLOAT;
+}
+static size_t SK_ORT_CALL output_count(const OrtCustomOp *base) {
+    (void)base;
+    return 1;
+}
+static int SK_ORT_CALL output_type(const OrtCustomOp *base, size_t index) {
+    (void)base;
+    (void)index;
+    return SK_ORT_FLOAT;
+}
+static int SK_ORT_CALL io_required(const OrtCustomOp *base, size_t index) {
+    (void)base;
+    (void)index;
+    return SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL mem_default(const OrtCustomOp *base, size_t index) {
+    (void)base;
+    (void)index;
+    return SK_ORT_MEM_TYPE_DEFAULT;
+}
+static int SK_ORT_CALL one(const OrtCustomOp *base) {
+    (void)base;
+    return 1;
+}
+
+static void init_op(sk_op *op, int kind, int cap) {
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    op->cap = cap;
+    OrtCustomOp *b = &op->base;
+    b->version = SK_ORT_API_VERSION;
+    b->GetName = get_name;
+    b->GetExecutionProviderType = get_ep;
+    b->GetInputType = input_type;
+    b->GetInputTypeCount = input_count;
+    b->GetOutputType = output_type;
+    b->GetOutputTypeCount = output_count;
+    b->KernelDestroy = kernel_destroy;
+    b->GetInputCharacteristic = io_required;
+    b->GetOutputCharacteristic = io_required;
+    b->GetInputMemoryType = mem_default;
+    b->GetVariadicInputMinArity = one;
+    b->GetVariadicInputHomogeneity = one;
+    b->GetVariadicOutputMinArity = one;
+    b->GetVariadicOutputHomogeneity = one;
+    /* CreateKernel/KernelCompute stay NULL: ORT >= 1.16 then calls the V2 callbacks. */
+    b->CreateKernelV2 = create_kernel;
+    b->KernelComputeV2 = compute;
+}
+
+/* ------------------------------------------------------------------ registration */
+
+/* One domain per thread cap, created on first use and kept for the life of the process
+ * (ORT requires a domain to outlive every session using it; this library is never
+ * unloaded while the ctypes side holds it). */
+static pthread_mutex_t domains_lock = PTHREAD_MUTEX_INITIALIZER;
+static OrtCustomOpDomain *domains[SK_ORT_MAX_CAP + 1];
+static sk_op ops[SK_ORT_MAX_CAP + 1][OP_KINDS];
+
+static OrtStatus *read_cap(const OrtApi *api, const OrtSessionOptions *options, int *cap) {
+    int has = 0;
+    OrtStatus *st = SK_ORT(api, HasSessionConfigEntry)(options, SK_ORT_THREADS_KEY, &has);
+    if (st) return st;
+    *cap = SK_ORT_DEFAULT_CAP;
+    if (!has) return NULL;
+    char value[32];
+    size_t size = sizeof value;
+    if ((st = SK_ORT(api, GetSessionConfigEntry)(options, SK_ORT_THREADS_KEY, value, &size))) {
+        release(api, st);
+        return make_status(api, "sparsec kernels: session config '%s' is too long",
+                           SK_ORT_THREADS_KEY);
+    }
+    char *end = NULL;
+    const long v = strtol(value, &end, 10);
+    if (end == value || *end != '\0' || v < 0 || v > SK_ORT_MAX_CAP)
+        return make_status(api,
+                           "sparsec kernels: session config '%s' = '%s' is not an integer in "
+                           "[0, %d] (0 = all cores)",
+                           SK_ORT_THREADS_KEY, value, SK_ORT_MAX_CAP);
+    *cap = (int)v;
+    return NULL;
+}
+
+SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
+                                                   const OrtApiBase *base) {
+    const OrtApi *api = base->GetApi(SK_ORT_API_VERSION);
+    if (!api) {
+        /* CreateStatus is slot 0 in every version. */
+        const OrtApi *v1 = base->GetApi(1);
+        return v1 ? make_status(v1, "sparsec kernels need ONNX Runtime >= 1.16, this is %s",
+                                base->GetVersionString())
+                  : NULL;
+    }
+    int cap = SK_ORT_DEFAULT_CAP;
+    OrtStatus *st = read_cap(api, options, &cap);
+    if (st) return st;
+    pthread_mutex_lock(&domains_lock);
+    if (!domains[cap]) {
+        OrtCustomOpDomain *d = NULL;
+        st = SK_ORT(api, CreateCustomOpDomain)(SK_ORT_DOMAIN, &d);
+        for (int kind = 0; !st && kind < OP_KINDS; kind++) {
+            init_op(&ops[cap][kind], kind, cap);
+            st = SK_ORT(api, CustomOpDomain_Add)(d, &ops[cap][kind].base);
+        }
+        if (!st) domains[cap] = d; /* on failure the half-built domain leaks (never happens) */
+    }
+    OrtCustomOpDomain *domain = domains[cap];
+    pthread_mutex_unlock(&domains_lock);
+    if (st) return st;
+    return SK_ORT(api, AddCustomOpDomain)(options, domain);
+}
+
+/* Test hook: checks the OrtApi slot numbers of sk_ort_abi.h against a runtime (given its
+ * OrtGetApiBase()). Returns 0 and the runtime's version in `msg` if they agree. */
+SK_EXPORT int sk_ort_abi_selftest(const OrtApiBase *base, char *msg, size_t len) {
+    const OrtApi *api = base->GetApi(SK_ORT_API_VERSION);
+    if (!api) {
+        snprintf(msg, len, "runtime %s predates API version %u", base->GetVersionString(),
+                 SK_ORT_API_VERSION);
+        return 1;
+    }
+    const char *build = SK_ORT(api, GetBuildInfoString)();
+    if (!build || strncmp(build, "ORT Build Info", 14) != 0) {
+        snprintf(msg, len, "slot %d is not GetBuildInfoString", SK_ORT_GetBuildInfoString);
+        return 2;
+    }
+    OrtStatus *st = SK_ORT(api, CreateStatus)(SK_ORT_FAIL, "sparsec-abi-check");
+    const int same = strcmp(SK_ORT(api, GetErrorMessage)(st), "sparsec-abi-check") == 0;
+    SK_ORT(api, ReleaseStatus)(st);
+    if (!same) {
+        snprintf(msg, len, "CreateStatus/GetErrorMessage slots disagree");
+        return 3;
+    }
+    snprintf(msg, len, "%s", base->GetVersionString());
+    return 0;
+}
