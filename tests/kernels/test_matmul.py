@@ -103,3 +103,31 @@ def test_wrong_input_width_is_rejected() -> None:
     packed = sk.pack_nm(np.zeros((8, 4), np.float32), 2, 4)
     with pytest.raises(ValueError, match="expected"):
         sk.nm_matmul(np.ones((2, 12), np.float32), packed)
+
+
+# The AVX-512 row-vectorised batch path (N >= 2) starts at 16 rows (nm_avx512.c,
+# NM_RV_MIN_ROWS), works on blocks of 32 rows (2 vectors) and 64 transposed rows, and
+# handles half tiles of 8 columns: cover both sides of each of those edges.
+@pytest.mark.parametrize("rows", [1, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 129])
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8), (3, 8), (2, 16), (1, 8)])
+def test_nm_row_path_edges(isa: str, rows: int, pattern: tuple[int, int],
+                           rng: np.random.Generator) -> None:
+    n, m = pattern
+    for k, cols in ((m * 7, 9), (m * 12, 40), (m * 3, 16)):
+        w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, threads=2), x, w)
+
+
+@pytest.mark.parametrize("min_rows", ["1", "1000000"])
+def test_nm_both_batch_paths(isa: str, min_rows: str, monkeypatch: pytest.MonkeyPatch,
+                             rng: np.random.Generator) -> None:
+    """$SPARSEC_NM_ROWVEC_MIN_ROWS forces the row-vectorised (1) or the columns-as-lanes
+    (huge) batch path; both match the reference, on strided inputs too."""
+    monkeypatch.setenv("SPARSEC_NM_ROWVEC_MIN_ROWS", min_rows)
+    for rows, (n, m), k, cols in ((1, (2, 4), 64, 33), (5, (4, 8), 96, 17),
+                                  (40, (2, 4), 200, 70), (70, (2, 8), 64, 31)):
+        w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
+        base = rng.standard_normal((rows, 2 * k + 3)).astype(np.float32)
+        x = base[:, 3:3 + 2 * k:2]
+        assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa), x, w)
