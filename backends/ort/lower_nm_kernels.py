@@ -71,7 +71,7 @@ class LowerNMKernels(Pass):
     summary = "Lower N:M-marked MatMul/Gemm layers to sparsec CPU kernels (ONNX Runtime custom ops)."
     exact = True
 
-    min_params: int = option(65536, "keep smaller layers dense (custom-op call overhead ~6 us)")
+    min_params: int = option(65536, "keep smaller layers dense (a kernel custom-op call costs a few us beyond its work)")
     max_rows_half: int = option(
         16,
         "for patterns keeping half the weights (2:4, 4:8), keep layers dense when one call multiplies "

@@ -34,7 +34,9 @@
 #define SK_ORT_MAX_CAP 256
 #define SK_ORT_MAX_RANK 16
 #define SK_ALIGN 64
+#ifndef SK_MIN_MACS_PER_THREAD /* overridable at build time, for experiments */
 #define SK_MIN_MACS_PER_THREAD (1 << 20)
+#endif
 
 #if defined(__GNUC__)
 #define SK_EXPORT __attribute__((visibility("default")))
