@@ -217,7 +217,7 @@ static void test_block(int bk, int64_t rows, int64_t k, int64_t cols, int densit
 int main(void) {
     static const int NM[][2] = {{2, 4}, {1, 4}, {3, 4}, {1, 8}, {2, 8}, {4, 8}, {3, 8}, {1, 16}, {2, 16}, {5, 16}};
     static const int64_t SHAPES[][3] = {{1, 64, 16}, {3, 48, 37}, {9, 128, 100}, {17, 32, 3},
-                                        {66, 96, 45}, {15, 40, 33}, {16, 40, 33}, {33, 64, 8}};
+                                        {66, 96, 45}, {23, 40, 33}, {24, 40, 33}, {33, 64, 8}};
     for (size_t i = 0; i < sizeof NM / sizeof NM[0]; i++)
         for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) {
             const int m = NM[i][1];

@@ -105,10 +105,10 @@ def test_wrong_input_width_is_rejected() -> None:
         sk.nm_matmul(np.ones((2, 12), np.float32), packed)
 
 
-# The AVX-512 row-vectorised batch path (N >= 2) starts at 16 rows (nm_avx512.c,
-# NM_RV_MIN_ROWS), works on blocks of 32 rows (2 vectors) and 64 transposed rows, and
+# The AVX-512 row-vectorised batch path (N >= 2) starts at 24 rows (nm_avx512.c,
+# NM_RV_MIN_ROWS), transposes blocks of 32 rows (2 vectors, the last one 1 or 2) and
 # handles half tiles of 8 columns: cover both sides of each of those edges.
-@pytest.mark.parametrize("rows", [1, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 129])
+@pytest.mark.parametrize("rows", [1, 8, 16, 23, 24, 25, 31, 32, 33, 47, 48, 63, 64, 65, 129])
 @pytest.mark.parametrize("pattern", [(2, 4), (4, 8), (3, 8), (2, 16), (1, 8)])
 def test_nm_row_path_edges(isa: str, rows: int, pattern: tuple[int, int],
                            rng: np.random.Generator) -> None:
