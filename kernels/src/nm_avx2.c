@@ -3,6 +3,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+#include <stdlib.h>
 
 #include "sk_internal.h"
 
@@ -162,5 +163,133 @@ static void nm_avx2_body(const void *args, int tid, int nth) {
     }
 }
 
-void sk_nm_avx2(const sk_nm_args *a) { sk_run_parallel(a->threads, nm_avx2_body, a); }
+/* ---- Rows as lanes (N >= 2, rows >= NM2_RV_MIN_ROWS): the AVX-512 row-vectorised scheme
+ * (see nm_avx512.c) on 8-row vectors. x is transposed per block of 16 rows into
+ * xt[k][16]; for each column and kept value, a broadcast load of the value and a plain
+ * load of xt[k] (address from the scalar position) feed the FMAs, no permute. Register
+ * block: 4 columns x 16 rows (8 accumulators). */
+#define NM2_RV_C 4
+#define NM2_RV_RT 16
+#define NM2_RV_MIN_ROWS 24
+#define NM2_RV_RB 64 /* rows transposed per block: a tile's records stay in L2 across them */
+
+typedef struct {
+    const float *xt; /* xt[k * NM2_RV_RT + r] */
+    int64_t groups;
+    const float *vals;    /* record (t, 0, 0) */
+    const uint16_t *meta; /* record (t, 0, 0) */
+    int n;
+    float *out; /* out[c * NM2_RV_RT + r] */
+} nm2_rv_args;
+
+static inline __attribute__((always_inline)) void nm2_rv_mk(const int M, const int NS, const int C0,
+                                                            const nm2_rv_args *p) {
+    const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
+    const int n = NS > 0 ? NS : p->n;
+    __m256 acc[NM2_RV_C][2];
+    for (int c = 0; c < NM2_RV_C; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+    const float *vals = p->vals;
+    const uint16_t *meta = p->meta;
+    const float *xg = p->xt;
+    for (int64_t g = 0; g < p->groups; g++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < n; j++) {
+            const float *vp = vals + j * SK_TILE;
+            const uint16_t *md = meta + j * W;
+            const uint32_t w = M == 16 ? 0u : sk_load_u32(md);
+            const uint32_t hi = M == 8 ? md[2] : 0u;
+            const uint64_t q = M == 16 ? sk_load_u64(md) : 0u;
+#pragma GCC unroll 4
+            for (int c = 0; c < NM2_RV_C; c++) {
+                const int L = C0 + c;
+                const uint32_t pos =
+                    M == 4 ? (w >> (2 * L)) & 3u
+                           : (M == 8 ? ((w >> (2 * L)) & 3u) | (((hi >> L) & 1u) << 2)
+                                     : (uint32_t)(q >> (32 * (L & 1) + 4 * (L >> 1))) & 15u);
+                const float *xp = xg + pos * NM2_RV_RT;
+                const __m256 vb = _mm256_broadcast_ss(vp + L);
+                acc[c][0] = _mm256_fmadd_ps(vb, _mm256_load_ps(xp), acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(vb, _mm256_load_ps(xp + 8), acc[c][1]);
+            }
+        }
+        vals += n * SK_TILE;
+        meta += n * W;
+        xg += M * NM2_RV_RT;
+    }
+    for (int c = 0; c < NM2_RV_C; c++) {
+        _mm256_store_ps(p->out + c * NM2_RV_RT, acc[c][0]);
+        _mm256_store_ps(p->out + c * NM2_RV_RT + 8, acc[c][1]);
+    }
+}
+
+typedef void (*nm2_rv_fn)(const nm2_rv_args *);
+/* Instantiations: [M][slots: any, 2, 4][quarter tile]. */
+#define NM2_RV_NAME(M_, N_, Q_) nm2_rv_##M_##_##N_##_##Q_
+#define NM2_RV_DEF(M_, N_, Q_) \
+    static void NM2_RV_NAME(M_, N_, Q_)(const nm2_rv_args *p) { nm2_rv_mk(M_, N_, 4 * Q_, p); }
+#define NM2_RV_DEFS_Q(M_, N_) \
+    NM2_RV_DEF(M_, N_, 0) NM2_RV_DEF(M_, N_, 1) NM2_RV_DEF(M_, N_, 2) NM2_RV_DEF(M_, N_, 3)
+#define NM2_RV_DEFS(M_) NM2_RV_DEFS_Q(M_, 0) NM2_RV_DEFS_Q(M_, 2) NM2_RV_DEFS_Q(M_, 4)
+NM2_RV_DEFS(4) NM2_RV_DEFS(8) NM2_RV_DEFS(16)
+#define NM2_RV_TAB_Q(M_, N_)                                                          \
+    {NM2_RV_NAME(M_, N_, 0), NM2_RV_NAME(M_, N_, 1), NM2_RV_NAME(M_, N_, 2),          \
+     NM2_RV_NAME(M_, N_, 3)}
+#define NM2_RV_TAB(M_) {NM2_RV_TAB_Q(M_, 0), NM2_RV_TAB_Q(M_, 2), NM2_RV_TAB_Q(M_, 4)}
+static const nm2_rv_fn NM2_RV[3][3][4] = {NM2_RV_TAB(4), NM2_RV_TAB(8), NM2_RV_TAB(16)};
+
+static void nm2_rv_body(const void *args, int tid, int nth) {
+    const sk_nm_args *a = args;
+    const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
+    const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
+    const int ni = n == 2 ? 1 : (n == 4 ? 2 : 0);
+    const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
+    const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
+    int64_t t_begin, t_end;
+    sk_split(ntiles, tid, nth, &t_begin, &t_end);
+    if (t_begin >= t_end) return;
+    const int64_t nb_max = sk_ceil_div(a->rows < NM2_RV_RB ? a->rows : NM2_RV_RB, NM2_RV_RT);
+    float *xt = aligned_alloc(32, (size_t)(nb_max * a->k * NM2_RV_RT * (int64_t)sizeof(float)));
+    float out[NM2_RV_C * NM2_RV_RT] __attribute__((aligned(32)));
+    for (int64_t r0 = 0; r0 < a->rows; r0 += NM2_RV_RB) {
+        const int64_t rb = a->rows - r0 < NM2_RV_RB ? a->rows - r0 : NM2_RV_RB;
+        const int64_t nb = sk_ceil_div(rb, NM2_RV_RT);
+        for (int64_t b = 0; b < nb; b++) { /* xt[b][k][16]: rows r0 + 16b .. */
+            float *xb = xt + b * a->k * NM2_RV_RT;
+            const int64_t rr = rb - b * NM2_RV_RT < NM2_RV_RT ? rb - b * NM2_RV_RT : NM2_RV_RT;
+            for (int64_t r = 0; r < NM2_RV_RT; r++) {
+                const float *xr = a->x + (r0 + b * NM2_RV_RT + r) * a->ldx;
+                for (int64_t kk = 0; kk < a->k; kk++)
+                    xb[kk * NM2_RV_RT + r] = r < rr ? xr[kk] : 0.0f;
+            }
+        }
+        for (int64_t t = t_begin; t < t_end; t++) {
+            const int width = (int)(a->cols - t * SK_TILE < SK_TILE ? a->cols - t * SK_TILE
+                                                                    : SK_TILE);
+            for (int64_t b = 0; b < nb; b++) {
+                const int64_t rr = rb - b * NM2_RV_RT < NM2_RV_RT ? rb - b * NM2_RV_RT : NM2_RV_RT;
+                for (int q = 0; q * NM2_RV_C < width; q++) {
+                    const nm2_rv_args p = {xt + b * a->k * NM2_RV_RT, groups,
+                                           a->values + t * tile_vals, a->meta + t * tile_meta, n,
+                                           out};
+                    NM2_RV[mi][ni][q](&p);
+                    const int cw =
+                        width - q * NM2_RV_C < NM2_RV_C ? width - q * NM2_RV_C : NM2_RV_C;
+                    float *yo = a->y + (r0 + b * NM2_RV_RT) * a->ldy + t * SK_TILE + q * NM2_RV_C;
+                    for (int64_t i = 0; i < rr; i++)
+                        for (int c = 0; c < cw; c++) yo[i * a->ldy + c] = out[c * NM2_RV_RT + i];
+                }
+            }
+        }
+    }
+    free(xt);
+}
+
+void sk_nm_avx2(const sk_nm_args *a) {
+    const char *env = getenv("SPARSEC_NM_ROWVEC_MIN_ROWS");
+    const int64_t min_rows = env && *env ? strtoll(env, NULL, 10) : NM2_RV_MIN_ROWS;
+    if (a->n >= 2 && a->rows >= min_rows)
+        sk_run_parallel(a->threads, nm2_rv_body, a);
+    else
+        sk_run_parallel(a->threads, nm_avx2_body, a);
+}
 #endif
