@@ -20,6 +20,8 @@ from sparsec.errors import InputError
 
 # ONNX domain of the sparsec kernel custom ops (kernels/src/sk_ort_ops.c).
 KERNEL_DOMAIN = "com.sparsec.kernels"
+# Domain of the Python custom ops (onnxruntime-extensions) that artifacts used before.
+_LEGACY_DOMAIN = "ai.onnx.contrib"
 
 
 # Threads per sparse-kernel call. One: waking a second pool thread for every layer costs more
@@ -49,7 +51,15 @@ def make_session(
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        if _LEGACY_DOMAIN.encode() in model_bytes:
+            raise InputError(
+                "this model uses the sparse ops of an older sparsec (onnxruntime-extensions "
+                f"domain {_LEGACY_DOMAIN}); compile it again"
+            ) from exc
+        raise
 
 
 class InferenceSession:

@@ -200,3 +200,15 @@ def test_missing_library_is_a_one_line_error(rng: np.random.Generator, monkeypat
         assert "\n" not in str(info.value)
     finally:
         _native.load.cache_clear()
+
+
+def test_artifacts_of_the_old_pyop_domain_get_a_clear_error(rng: np.random.Generator) -> None:
+    from sparsec.errors import InputError
+    from sparsec.runtime import make_session
+
+    node, inits = _nm_case(rng)
+    node.domain = "ai.onnx.contrib"
+    model = _model([node], inits)
+    model.opset_import[1].domain = "ai.onnx.contrib"
+    with pytest.raises(InputError, match="compile it again"):
+        make_session(model.SerializeToString())
