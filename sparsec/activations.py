@@ -23,14 +23,17 @@ from sparsec.numerics import make_session
 
 
 class ActivationRunner:
-    def __init__(self, model: ir.Model, views: Sequence[LayerView], calib: CalibrationData, threads: int = 2) -> None:
+    def __init__(
+        self, model: ir.Model, views: Sequence[LayerView], calib: CalibrationData, threads: int = 2, extra: Sequence[str] = ()
+    ) -> None:
+        """`extra`: more initializers (biases, norm parameters) to feed per run like the weights."""
         calib.check_against(model)
         self.calib = calib
         self.views = list(views)
         copy = ir.serde.deserialize_model(to_proto(model))
         lower_to_reference(copy)
         self.output_names = [v.name for v in copy.graph.outputs]
-        self.weight_names = sorted({v.layer.weight.name for v in self.views})
+        self.weight_names = sorted({v.layer.weight.name for v in self.views} | set(extra))
         self.base_weights = {
             name: model.graph.initializers[name].const_value.numpy() for name in self.weight_names
         }
@@ -66,7 +69,10 @@ class ActivationRunner:
             values = {v.name: v for n in copy.graph for v in n.outputs}
             values.update({v.name: v for v in copy.graph.inputs})
             copy.graph.outputs.clear()
-            copy.graph.outputs.extend(values[n] for n in names)
+            for n in names:
+                if values[n].type is None:  # ORT needs a type on graph outputs
+                    values[n].type = ir.TensorType(ir.DataType.FLOAT)
+                copy.graph.outputs.append(values[n])
             RemoveUnusedNodesPass()(copy)
             self._prefix_sessions[names] = make_session(to_proto(copy).SerializeToString(), self.threads)
         return self._prefix_sessions[names]
@@ -78,20 +84,47 @@ class ActivationRunner:
             feeds[name] = w if w is not None else self.base_weights[name]
         return feeds
 
-    def layer_inputs(
-        self, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Per calibration batch: layer name -> X2 rows, with `weights` overriding the model's."""
-        wanted = [v for v in views if v.input_name is not None]
-        names = sorted({v.input_name for v in wanted})  # type: ignore[misc]
-        if not names:
+    def _run(
+        self, names: Sequence[str], weights: dict[str, np.ndarray] | None
+    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        key = tuple(sorted(set(names)))
+        if not key:
             return
-        session = self._prefix_session(tuple(names))
+        session = self._prefix_session(key)
         needed = {i.name for i in session.get_inputs()}
         for batch in self.calib.batches():
             feeds = {k: v for k, v in self._feeds(batch, weights).items() if k in needed}
-            outs = dict(zip(names, session.run(names, feeds), strict=True))
-            yield {v.name: v.rows(outs[v.input_name]) for v in wanted}  # type: ignore[index]
+            yield batch, dict(zip(key, session.run(list(key), feeds), strict=True))
+
+    def values(
+        self, names: Sequence[str], weights: dict[str, np.ndarray] | None = None, *, real_rows: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch: value name -> array, with `weights` overriding the model's.
+
+        `real_rows`: where the calibration data has a row mask and a value has its leading
+        dims, return only the real tokens' rows of it ([rows, features]).
+        """
+        for batch, outs in self._run(names, weights):
+            if real_rows:
+                for name, x in outs.items():
+                    rows = self.calib.select_rows(batch, x)
+                    outs[name] = x if rows is None else rows
+            yield outs
+
+    def layer_inputs(
+        self, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch: layer name -> X2 rows (real tokens only, for a MatMul on
+        token activations when the data has a row mask), with `weights` overriding the model's."""
+        wanted = [v for v in views if v.input_name is not None]
+        for batch, outs in self._run([v.input_name for v in wanted], weights):  # type: ignore[misc]
+            yield {v.name: self.view_rows(v, batch, outs[v.input_name]) for v in wanted}  # type: ignore[index]
+
+    def view_rows(self, view: LayerView, batch: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+        """The layer's X2 rows from its input activation `x` (real tokens only where the
+        calibration data has a row mask and `x` is a MatMul input with the mask's leading dims)."""
+        masked = self.calib.select_rows(batch, x) if view.layer.node.op_type == "MatMul" else None
+        return view.rows(masked if masked is not None else x)
 
     def outputs(self, weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """The model's outputs over all calibration samples (concatenated on axis 0)."""
@@ -117,3 +150,133 @@ def output_damage(reference: list[np.ndarray], candidate: list[np.ndarray]) -> f
         cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
         worst = max(worst, float(1.0 - cos.mean()))
     return worst
+
+
+Store = list[dict[str, np.ndarray]]  # per calibration batch: value name -> array
+
+
+class SegmentWalk:
+    """Sequential collection in one forward sweep: run the graph segment by segment.
+
+    Segment k ends where the first layer of stage k starts (in graph order), so the values
+    crossing that cut (the frontier, kept per calibration batch) hold every input of stage k.
+    Once stage k is pruned, the next segment runs from the frontier with the new weights:
+    the whole walk costs about one forward pass per model (dense and pruned) instead of one
+    prefix pass per stage. `SegmentWalk.plan` returns None where stages interleave in graph
+    order; callers then fall back to the runner's prefix passes.
+    """
+
+    def __init__(self, runner: ActivationRunner, cuts: list[int]) -> None:
+        self.runner = runner
+        self.cuts = cuts  # node index where each stage's first layer sits; len(nodes) appended
+        self.nodes = list(runner._model.graph)
+        self.index = {id(n): i for i, n in enumerate(self.nodes)}
+        self._sessions: dict[tuple[int, tuple[str, ...]], Any] = {}
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for v in node.inputs:
+                if v is not None:
+                    last_use[v.name] = i
+        for v in runner._model.graph.outputs:
+            last_use[v.name] = len(self.nodes)
+        self.last_use = last_use
+        # Values computed from the calibration inputs. Only these are carried across a cut;
+        # the rest (a weight's Transpose, constants) is recomputed in each segment from the
+        # weights fed to it, so a pruned weight reaches every use of it.
+        data = {v.name for v in runner._model.graph.inputs if v.name not in set(runner.weight_names)}
+        for node in self.nodes:
+            if any(v is not None and v.name in data for v in node.inputs):
+                data.update(v.name for v in node.outputs)
+        self.data_values = data
+
+    @classmethod
+    def plan(cls, runner: ActivationRunner, stages: Sequence[Sequence[LayerView]]) -> SegmentWalk | None:
+        position = {}
+        for i, node in enumerate(runner._model.graph):
+            for out in node.outputs:
+                position[out.name] = i
+        cuts = []
+        for stage in stages:
+            places = [position.get(v.layer.node.outputs[0].name) for v in stage]
+            if any(p is None for p in places):
+                return None
+            cuts.append(min(places))  # type: ignore[type-var]
+        ends = [max(position[v.layer.node.outputs[0].name] for v in stage) for stage in stages]
+        # Every layer of stage k must sit before the first layer of stage k+1.
+        if any(ends[k] >= cuts[k + 1] for k in range(len(stages) - 1)):
+            return None
+        return cls(runner, [*cuts, len(list(runner._model.graph))])
+
+    def _frontier(self, cut: int) -> list[str]:
+        """Data-dependent values made before node `cut` and used at or after it."""
+        return sorted(
+            {
+                v.name
+                for n in self.nodes[:cut]
+                for v in n.outputs
+                if v.name in self.data_values and self.last_use.get(v.name, -1) >= cut
+            }
+        )
+
+    def _session(self, segment: int, outputs: tuple[str, ...], store: Store) -> Any:
+        key = (segment, outputs)
+        if key not in self._sessions:
+            start = self.cuts[segment - 1] if segment > 0 else 0
+            copy = ir.serde.deserialize_model(to_proto(self.runner._model))
+            nodes = list(copy.graph)
+            copy.graph.outputs.clear()
+            sample = store[0] if store else {}
+            for node in nodes[:start]:
+                for value in node.outputs:
+                    if value.name not in sample:
+                        continue
+                    fresh = ir.Value(name=value.name, type=ir.TensorType(ir.DataType.from_numpy(sample[value.name].dtype)))
+                    value.name = f"{value.name}__before_cut"
+                    value.replace_all_uses_with(fresh)
+                    copy.graph.inputs.append(fresh)
+            values = {v.name: v for n in copy.graph for v in n.outputs}
+            for name in outputs:
+                if values[name].type is None:
+                    values[name].type = ir.TensorType(ir.DataType.FLOAT)
+                copy.graph.outputs.append(values[name])
+            RemoveUnusedNodesPass()(copy)
+            self._sessions[key] = make_session(to_proto(copy).SerializeToString(), self.runner.threads)
+        return self._sessions[key]
+
+    def run(self, segment: int, store: Store, weights: dict[str, np.ndarray] | None, extra: Sequence[str] = ()) -> Store:
+        """Run segment `segment` (0: from the graph inputs to the first stage) on `store` (the
+        frontier before it); returns the frontier after it plus the `extra` values asked for."""
+        stop = self.cuts[segment]
+        keep = self._frontier(stop)
+        made_here = {v.name for n in self.nodes[(self.cuts[segment - 1] if segment > 0 else 0) : stop] for v in n.outputs}
+        outputs = tuple(sorted((set(keep) | set(extra)) & made_here))
+        session = self._session(segment, outputs, store) if outputs else None
+        needed = {i.name for i in session.get_inputs()} if session is not None else set()
+        result: Store = []
+        for i, batch in enumerate(self.runner.calib.batches()):
+            before = store[i] if store else {}
+            feeds = {k: v for k, v in {**self.runner._feeds(batch, weights), **before}.items() if k in needed}
+            outs = dict(zip(outputs, session.run(list(outputs), feeds), strict=True)) if session is not None else {}
+            carried = {k: v for k, v in before.items() if k in keep and k not in outs}
+            result.append({**carried, **outs})
+        return result
+
+    def rows(self, store: Store, views: Sequence[LayerView]) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch: layer name -> X2 rows of `views` from a frontier that holds their inputs."""
+        for batch, values in zip(self.runner.calib.batches(), store, strict=True):
+            yield {v.name: self.runner.view_rows(v, batch, _lookup(values, batch, v.input_name)) for v in views if v.input_name is not None}
+
+    def values(self, store: Store, names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch: the real-token rows of the named values."""
+        for batch, values in zip(self.runner.calib.batches(), store, strict=True):
+            out = {}
+            for name in names:
+                x = _lookup(values, batch, name)
+                rows = self.runner.calib.select_rows(batch, x)
+                out[name] = x if rows is None else rows
+            yield out
+
+
+def _lookup(values: dict[str, np.ndarray], batch: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A frontier value, or a graph input (graph inputs are fed, never part of a frontier)."""
+    return values[name] if name in values else batch[name]

@@ -30,6 +30,9 @@ class CalibrationData:
     arrays: Mapping[str, np.ndarray]
     batch_size: int = DEFAULT_BATCH
     source: str = "<memory>"
+    # Token batches: the input (e.g. "attention_mask" [batch, seq]) whose zeros mark padding
+    # positions; activations with these leading dims then count only the real tokens' rows.
+    row_mask: str | None = None
     _hash: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,8 @@ class CalibrationData:
             )
         if self.batch_size < 1:
             raise OptionError(f"calibration batch size must be positive, got {self.batch_size}")
+        if self.row_mask is not None and self.row_mask not in self.arrays:
+            raise InputError(f"calibration data {self.source}: row mask '{self.row_mask}' is not one of its arrays")
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -114,7 +119,24 @@ class CalibrationData:
         cut = max(1, min(self.num_samples - 1, round(self.num_samples * fraction)))
         a = {k: v[:cut] for k, v in self.arrays.items()}
         b = {k: v[cut:] for k, v in self.arrays.items()}
-        return CalibrationData(a, self.batch_size, self.source + "[:split]"), CalibrationData(b, self.batch_size, self.source + "[split:]")
+        return (
+            CalibrationData(a, self.batch_size, self.source + "[:split]", self.row_mask),
+            CalibrationData(b, self.batch_size, self.source + "[split:]", self.row_mask),
+        )
+
+    def head(self, samples: int) -> CalibrationData:
+        """The first `samples` samples."""
+        return CalibrationData({k: v[:samples] for k, v in self.arrays.items()}, self.batch_size, self.source, self.row_mask)
+
+    def select_rows(self, batch: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray | None:
+        """The real-token rows [rows, features] of activation `x` of this `batch`, or None when
+        there is no row mask or `x` does not have the mask's leading dims."""
+        if self.row_mask is None:
+            return None
+        mask = np.asarray(batch[self.row_mask]) != 0
+        if x.ndim != mask.ndim + 1 or x.shape[: mask.ndim] != mask.shape:
+            return None
+        return x[mask]
 
     def digest(self) -> str:
         if not self._hash:
@@ -123,6 +145,8 @@ class CalibrationData:
                 arr = np.ascontiguousarray(self.arrays[name])
                 h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
                 h.update(arr.tobytes())
+            if self.row_mask is not None:
+                h.update(f"row_mask={self.row_mask}".encode())
             self._hash.append(h.hexdigest())
         return self._hash[0]
 

@@ -96,3 +96,37 @@ def _im2col(x: np.ndarray, node: ir.Node, w_shape: tuple[int, ...]) -> np.ndarra
     # unfold orders columns (c, kh, kw); W2 orders them (kh, kw, c).
     cols = cols.reshape(n, c, kh, kw, length).permute(0, 4, 2, 3, 1).reshape(n * length, kh * kw * c)
     return cols.numpy()
+
+
+def bias_of(layer: Layer) -> ir.Value | None:
+    """The layer's bias initializer (one value per output row of W2), or None.
+
+    Gemm's C (with alpha = beta = 1), Conv's B, or the initializer a MatMul's only consumer
+    `Add`s to it. Only biases used by nothing else qualify, so they can be rewritten in place.
+    """
+    node = layer.node
+    w = layer.weight.const_value
+    if w is None:
+        return None
+    rows = int(np.prod(w.shape)) // int(w.shape[layer.reduction_axis])
+    if node.op_type == "Conv":
+        rows = int(w.shape[0])
+    candidate: ir.Value | None = None
+    if node.op_type == "Gemm":
+        alpha, beta = node.attributes.get("alpha"), node.attributes.get("beta")
+        if (alpha is None or alpha.as_float() == 1.0) and (beta is None or beta.as_float() == 1.0):
+            candidate = node.inputs[2] if len(node.inputs) > 2 else None
+    elif node.op_type == "Conv":
+        candidate = node.inputs[2] if len(node.inputs) > 2 else None
+    elif node.op_type == "MatMul" and len(w.shape) == 2:
+        uses = node.outputs[0].uses()
+        if len(uses) == 1 and uses[0][0].op_type == "Add" and uses[0][0].domain in ("", "ai.onnx"):
+            add = uses[0][0]
+            candidate = add.inputs[1 - uses[0][1]]
+    if candidate is None or not candidate.is_initializer() or candidate.const_value is None:
+        return None
+    if tuple(candidate.const_value.shape) != (rows,) or len(candidate.uses()) != 1:
+        return None
+    if candidate.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE):
+        return None
+    return candidate

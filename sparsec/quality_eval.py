@@ -57,7 +57,7 @@ def digits_task(n_calib: int = 256) -> Task:
     return Task("digits", model, calib, {"input": x_test.numpy()}, y_test.numpy())
 
 
-def minilm_task(n_calib: int = 200, n_eval: int = 500, packed: bool = True) -> Task:
+def minilm_task(n_calib: int = 1000, n_eval: int = 500, packed: bool = False) -> Task:
     """`packed`: calibration sentences packed into full sequences (no padding rows in the
     statistics); else one padded sentence per sample, the distribution the evaluation uses
     (what a fidelity floor should be checked on)."""
@@ -73,7 +73,9 @@ def minilm_task(n_calib: int = 200, n_eval: int = 500, packed: bool = True) -> T
         ir.save(model, path)
     calib_sentences, eval_sentences = sentence_split(n_calib, n_eval)
     feeds = minilm.packed_calibration(calib_sentences) if packed else minilm.tokenize(calib_sentences)
-    calib = CalibrationData(feeds, batch_size=32, source=f"pydoc sentences ({'packed' if packed else 'one per sample'})")
+    calib = CalibrationData(
+        feeds, batch_size=32, source=f"pydoc sentences ({'packed' if packed else 'one per sample'})", row_mask="attention_mask"
+    )
     return Task("minilm", model, calib, minilm.tokenize(eval_sentences), None)
 
 
@@ -113,9 +115,18 @@ def _embedding_metrics(dense: np.ndarray, sparse: np.ndarray) -> dict[str, float
     return {"mean_cosine": float(np.mean(np.sum(d * s, axis=1))), "nn_agreement": float(np.mean(nn_dense == nn_sparse))}
 
 
-def evaluate_method(task: Task, method: str, pattern: str = "2:4", *, min_fidelity: float = 0.98, budget: float = 0.0, min_params: int = 1) -> dict[str, Any]:
-    """Prune a copy of the task's model with `method` and measure it against the dense one."""
-    text = pipeline_for(method, pattern, min_fidelity=min_fidelity, budget=budget, min_params=min_params)
+def with_options(pipeline: str, options: str) -> str:
+    """`pipeline` (one pass) with extra `key=value` options, e.g. 'refit_norms=false damp=0.03'."""
+    return pipeline[:-1] + " " + options.strip() + "}" if options.strip() else pipeline
+
+
+def evaluate_method(
+    task: Task, method: str, pattern: str = "2:4", *, min_fidelity: float = 0.98, budget: float = 0.0, min_params: int = 1,
+    pipeline: str | None = None,
+) -> dict[str, Any]:
+    """Prune a copy of the task's model with `method` (or the given `pipeline` text) and
+    measure it against the dense one."""
+    text = pipeline or pipeline_for(method, pattern, min_fidelity=min_fidelity, budget=budget, min_params=min_params)
     model = task.model.clone()
     ctx = PassContext(calibration=task.calib)
     start = time.perf_counter()
@@ -123,7 +134,11 @@ def evaluate_method(task: Task, method: str, pattern: str = "2:4", *, min_fideli
     seconds = time.perf_counter() - start
     dense_out = _run_all(task.model, task.eval_feeds)
     sparse_out = _run_all(model, task.eval_feeds)
-    result: dict[str, Any] = {"task": task.name, "method": method, "pattern": pattern if method != "auto" else "auto", "pipeline": text, "prune_seconds": round(seconds, 2)}
+    result: dict[str, Any] = {
+        "task": task.name, "method": method, "pattern": pattern if method != "auto" else "auto", "pipeline": text,
+        "calibration": f"{task.calib.num_samples} samples, {task.calib.source}", "eval_samples": int(next(iter(task.eval_feeds.values())).shape[0]),
+        "prune_seconds": round(seconds, 2),
+    }
     if task.labels is not None:
         acc_dense = float(np.mean(np.argmax(dense_out, axis=1) == task.labels))
         acc_sparse = float(np.mean(np.argmax(sparse_out, axis=1) == task.labels))

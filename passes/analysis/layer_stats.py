@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ _CACHE_ENTRIES = 2  # Grams of a BERT-base take ~0.5 GB: keep few
 class LayerStats:
     gram: np.ndarray  # [K, K] float32, sum over calibration rows of x x^T
     count: int  # calibration rows
+    col_sum: np.ndarray | None = None  # [K] float64, sum over calibration rows of x (for bias fitting)
 
     @property
     def col_sq_mean(self) -> np.ndarray:
@@ -43,40 +44,67 @@ class LayerStats:
 
 
 def accumulate(runner: ActivationRunner, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None) -> dict[str, LayerStats]:
+    return accumulate_rows(runner.layer_inputs(views, weights))
+
+
+def accumulate_rows(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, LayerStats]:
+    """Grams (and column sums) from per-batch layer name -> X2 rows."""
     grams: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for rows_by_layer in runner.layer_inputs(views, weights):
+    for rows_by_layer in batches:
         for name, x2 in rows_by_layer.items():
             g = x2.T @ x2
+            s = x2.sum(axis=0, dtype=np.float64)
             if name in grams:
                 grams[name] += g
+                sums[name] += s
             else:
-                grams[name] = g.astype(np.float32)
+                grams[name], sums[name] = g.astype(np.float32), s
             counts[name] = counts.get(name, 0) + x2.shape[0]
-    return {name: LayerStats(grams[name], counts[name]) for name in grams}
+    return {name: LayerStats(grams[name], counts[name], sums[name]) for name in grams}
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """Statistics of a layer's inputs X~ under pruned weights, paired row by row with the dense X."""
+
+    stats: LayerStats  # of X~
+    cross: np.ndarray  # X~^T X [K, K]
+    dense_sum: np.ndarray  # sum of X's rows [K]
 
 
 def accumulate_paired(
     runner: ActivationRunner, views: Sequence[LayerView], weights: dict[str, np.ndarray]
-) -> dict[str, tuple[LayerStats, np.ndarray]]:
+) -> dict[str, PairedStats]:
     """Grams of the inputs under `weights` (X~) and cross-Grams X~^T X with the dense inputs X.
 
     Both runs see the same calibration batches in the same order, so rows pair up.
     """
+    return accumulate_paired_rows(zip(runner.layer_inputs(views, None), runner.layer_inputs(views, weights), strict=True))
+
+
+def accumulate_paired_rows(pairs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> dict[str, PairedStats]:
+    """Paired statistics from per-batch (dense rows, pruned rows), each layer name -> X2 rows."""
     grams: dict[str, np.ndarray] = {}
     cross: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
+    dsums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for dense_rows, pruned_rows in zip(runner.layer_inputs(views, None), runner.layer_inputs(views, weights), strict=True):
+    for dense_rows, pruned_rows in pairs:
         for name, xp in pruned_rows.items():
             xd = dense_rows[name]
             g, c = (xp.T @ xp).astype(np.float32), (xp.T @ xd).astype(np.float32)
+            s, ds = xp.sum(axis=0, dtype=np.float64), xd.sum(axis=0, dtype=np.float64)
             if name in grams:
                 grams[name] += g
                 cross[name] += c
+                sums[name] += s
+                dsums[name] += ds
             else:
-                grams[name], cross[name] = g, c
+                grams[name], cross[name], sums[name], dsums[name] = g, c, s, ds
             counts[name] = counts.get(name, 0) + xp.shape[0]
-    return {name: (LayerStats(grams[name], counts[name]), cross[name]) for name in grams}
+    return {name: PairedStats(LayerStats(grams[name], counts[name], sums[name]), cross[name], dsums[name]) for name in grams}
 
 
 def layer_stages(model: ir.Model, views: Sequence[LayerView]) -> list[list[LayerView]]:

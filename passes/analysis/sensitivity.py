@@ -90,7 +90,7 @@ def scan_sensitivity(
 ) -> SensitivityTable:
     if metric not in METRICS:
         raise PipelineError(f"pass 'layer-sensitivity': unknown metric '{metric}' (known: {', '.join(METRICS)})")
-    sub = CalibrationData({k: v[:samples] for k, v in calib.arrays.items()}, calib.batch_size, calib.source)
+    sub = calib.head(samples)
     names = [str(c) for c in candidates]
     key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, min_params, include, exclude])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
@@ -114,7 +114,7 @@ def scan_sensitivity(
             continue
         w = view.layer.weight.const_value.numpy()
         layer_stats = stats.get(view.name)
-        new, outcome = prune_layer(view, w, pattern, criterion, layer_stats)
+        new, _, outcome = prune_layer(view, w, pattern, criterion, layer_stats)
         if runner is not None and reference is not None:
             d = output_damage(reference, runner.outputs({view.layer.weight.name: new}))
         else:

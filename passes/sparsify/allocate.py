@@ -39,7 +39,7 @@ from sparsec.passes.analysis.sensitivity import (
 )
 from sparsec.passes.sparsify.allocation import LayerOptions, cap_damage, meet_benefit, totals
 from sparsec.passes.sparsify.apply import apply_plan
-from sparsec.passes.sparsify.criteria import check_criterion
+from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -117,10 +117,19 @@ class Allocate(Pass):
     metric: str = option("output", "sensitivity metric: output or proxy")
     samples: int = option(16, "calibration samples for the sensitivity scan")
     sequential: bool = option(True, "prune stage by stage on the inputs of already-pruned layers")
+    damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
+    correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
+    fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
+    refit_norms: bool = option(True, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
+    refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
     min_params: int = option(1024, "leave weights with fewer parameters dense")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
+
+    @property
+    def reconstruction(self) -> Reconstruction:
+        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept)
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -179,7 +188,7 @@ class Allocate(Pass):
         trial = model.clone()
         by_name = {layer.name: layer for layer in find_layers(trial)}
         plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
-        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential)
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction)
         return trial
 
     def _floor_mode(

@@ -8,31 +8,50 @@ stage already pruned (and, for sparsegpt, reconstructed), as in SparseGPT's sequ
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner
+from sparsec.activations import ActivationRunner, SegmentWalk
 from sparsec.calibration import CalibrationData
-from sparsec.layer_view import LayerView, view_of
+from sparsec.layer_view import LayerView, bias_of, view_of
 from sparsec.layers import Layer
 from sparsec.passes.analysis.layer_stats import (
     LayerStats,
+    PairedStats,
     accumulate,
     accumulate_paired,
+    accumulate_paired_rows,
+    accumulate_rows,
     dense_stats,
     layer_stages,
 )
-from sparsec.passes.sparsify.criteria import dense_target, needs_data, output_error, prune_2d
+from sparsec.passes.sparsify.criteria import (
+    Reconstruction,
+    dense_target,
+    needs_data,
+    output_error,
+    prune_2d,
+    refit_kept_weights,
+    with_bias_column,
+)
 from sparsec.passes.sparsify.marking import mark_pattern
 from sparsec.passes.sparsify.nm_sparsity import skip_reason
+from sparsec.passes.sparsify.norm_refit import (
+    Norm,
+    find_norms,
+    refit_from,
+    refit_norms,
+    upstream_layers,
+)
 from sparsec.passes.sparsify.patterns import Pattern
 from sparsec.pm.context import PassContext
 
 log = logging.getLogger("sparsec")
+DEFAULT_RECONSTRUCTION = Reconstruction()
 
 
 @dataclass(frozen=True)
@@ -59,17 +78,46 @@ def pattern_skip_reason(layer: Layer, pattern: Pattern, min_params: int) -> str 
 
 
 def prune_layer(
-    view: LayerView, w: np.ndarray, pattern: Pattern, criterion: str, stats: LayerStats | None, cross: np.ndarray | None = None
-) -> tuple[np.ndarray, Outcome]:
+    view: LayerView,
+    w: np.ndarray,
+    pattern: Pattern,
+    criterion: str,
+    stats: LayerStats | None,
+    paired: PairedStats | None = None,
+    *,
+    bias: np.ndarray | None = None,
+    recon: Reconstruction = DEFAULT_RECONSTRUCTION,
+) -> tuple[np.ndarray, np.ndarray | None, Outcome]:
+    """(new weight, new bias or None when unchanged, outcome).
+
+    sparsegpt with `paired` statistics (inputs from already-pruned layers) and `recon.correct`
+    prunes the dense target; with a `bias` and `recon.fit_bias` the bias is refitted too.
+    """
     w2 = view.weight2d(w)
-    target2 = dense_target(w2, stats, cross) if (cross is not None and stats is not None and criterion == "sparsegpt") else w2
     used = criterion if (stats is not None or not needs_data(criterion)) else "magnitude"
-    new2 = prune_2d(target2, pattern, used, stats)
-    new = view.weight_back(new2, w.shape).astype(w.dtype, copy=False)
+    keep_last = 0
+    if paired is not None:
+        stats = paired.stats
+    cross = paired.cross if (paired is not None and recon.correct) else None
+    dense_sum = paired.dense_sum if paired is not None else None
+    ref2 = w2  # what the output error is measured against
+    if used == "sparsegpt" and stats is not None and bias is not None and recon.fit_bias and stats.col_sum is not None:
+        w2, stats, cross = with_bias_column(w2, bias, stats, cross, dense_sum)
+        ref2, keep_last = w2, 1
+    target2 = dense_target(w2, stats, cross, recon.damp) if (cross is not None and stats is not None and used == "sparsegpt") else w2
+    new2 = prune_2d(target2, pattern, used, stats, damp=recon.damp, keep_last=keep_last)
+    if used == "sparsegpt" and stats is not None and recon.refit_kept:
+        new2 = refit_kept_weights(new2, target2, stats, damp=recon.damp, keep_last=keep_last)
+    new_bias = None
+    if keep_last:
+        new_bias = new2[:, -1].astype(bias.dtype)  # type: ignore[union-attr]
+        new2, w2 = new2[:, :-1], w2[:, :-1]
+    new = view.weight_back(np.ascontiguousarray(new2), w.shape).astype(w.dtype, copy=False)
     werr = float(np.linalg.norm((w2 - new2).astype(np.float64)) / max(np.linalg.norm(w2.astype(np.float64)), 1e-30))
-    oerr = output_error(w2, new2, stats) if stats is not None else None
+    new_ref2 = np.concatenate([new2, new_bias[:, None]], axis=1) if new_bias is not None else new2
+    oerr = output_error(ref2, new_ref2, stats) if stats is not None else None
     note = None if used == criterion else f"{criterion} needs an input view ({view.reason}); used magnitude"
-    return new, Outcome(view.name, view.layer.weight.name, str(pattern), used, werr, oerr, note)
+    return new, new_bias, Outcome(view.name, view.layer.weight.name, str(pattern), used, werr, oerr, note)
 
 
 def apply_plan(
@@ -79,47 +127,109 @@ def apply_plan(
     calib: CalibrationData | None,
     *,
     sequential: bool = True,
-    correct: bool = True,
+    recon: Reconstruction = DEFAULT_RECONSTRUCTION,
     threads: int = 2,
     progress: bool = True,
+    segmented: bool = True,
 ) -> list[Outcome]:
     """Prune every (layer, pattern) of `plan` in `model` (in place); returns what was done.
 
-    `correct` (sparsegpt, sequential): reconstruct towards the dense model's layer outputs
-    rather than the layer's own dense output on perturbed inputs (see `dense_target`).
+    sparsegpt also rewrites the layers' biases and the LayerNormalization parameters when
+    `recon` asks for it (see `Reconstruction`). `segmented`: run the sequential loop as one
+    forward sweep (`SegmentWalk`) where the graph allows; else one prefix pass per stage.
     """
     work = [(view_of(layer), pattern) for layer, pattern in plan if not pattern.is_dense]
     if not work:
         return []
     patterns = {v.name: p for v, p in work}
     views = [v for v, _ in work]
-    new_weights: dict[str, np.ndarray] = {}
+    params: dict[str, np.ndarray] = {}  # initializer name -> new value (weights, biases, norm parameters)
     outcomes: dict[str, Outcome] = {}
     data_views = [v for v in views if v.input_name is not None] if needs_data(criterion) and calib is not None else []
+    reconstruct = criterion == "sparsegpt"
+    biases = {v.name: b for v in views if reconstruct and recon.fit_bias and (b := bias_of(v.layer)) is not None}
     if data_views and sequential:
-        runner = ActivationRunner(model, views, calib, threads)  # type: ignore[arg-type]
+        norms = find_norms(model) if reconstruct and recon.refit_norms else []
+        upstream = upstream_layers(model, views, norms)
+        norms = [n for n in norms if upstream[n.name]]
+        extra = [b.name for b in biases.values()] + [p for n in norms for p in (n.scale, n.shift)]
+        runner = ActivationRunner(model, views, calib, threads, extra=extra)  # type: ignore[arg-type]
         stages = layer_stages(model, views)
-        for stage in tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False):
-            if correct and new_weights:
-                paired = accumulate_paired(runner, stage, new_weights)
-                stats, cross = {k: v[0] for k, v in paired.items()}, {k: v[1] for k, v in paired.items()}
-            else:
-                stats, cross = accumulate(runner, stage, new_weights), {}
-            for view in stage:
-                w = view.layer.weight.const_value.numpy()
-                new_weights[view.layer.weight.name], outcomes[view.name] = prune_layer(
-                    view, w, patterns[view.name], criterion, stats.get(view.name), cross.get(view.name)
-                )
+        walk = SegmentWalk.plan(runner, stages) if segmented else None
+        bar = tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False)
+        if walk is not None:
+            _walk_stages(walk, bar, norms, upstream, params, outcomes, patterns, criterion, biases, recon)
+        else:  # stages interleave in graph order: one prefix pass per stage
+            done: set[str] = set()
+            for stage in bar:
+                paired = accumulate_paired(runner, stage, params) if params else {}
+                stats = {k: v.stats for k, v in paired.items()} if paired else accumulate(runner, stage, params)
+                for view in stage:
+                    _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), paired.get(view.name), biases.get(view.name), recon)
+                    done.add(view.name)
+                ready = [n for n in norms if upstream[n.name] <= done]
+                if ready:
+                    params.update(refit_norms(runner, ready, params))
+                    norms = [n for n in norms if n not in ready]
     else:
         stats = dense_stats(model, data_views, calib, threads=threads) if data_views else {}  # type: ignore[arg-type]
         for view in tqdm(views, desc=criterion, unit="layer", disable=not progress, leave=False):
-            w = view.layer.weight.const_value.numpy()
-            new_weights[view.layer.weight.name], outcomes[view.name] = prune_layer(
-                view, w, patterns[view.name], criterion, stats.get(view.name)
-            )
+            _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), None, biases.get(view.name), recon)
     for view in views:
-        mark_pattern(model, view.layer, new_weights[view.layer.weight.name], patterns[view.name])
+        mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
+    for name, value in params.items():  # biases and norm parameters
+        model.graph.initializers[name].const_value = ir.tensor(value, name=name)
     return [outcomes[v.name] for v in views]
+
+
+def _walk_stages(
+    walk: SegmentWalk, stages: Iterable[list[LayerView]], norms: list[Norm], upstream: dict[str, frozenset[str]],
+    params: dict[str, np.ndarray], outcomes: dict[str, Outcome], patterns: dict[str, Pattern], criterion: str,
+    biases: dict[str, ir.Value], recon: Reconstruction,
+) -> None:
+    """The sequential loop in one forward sweep (see `SegmentWalk`): frontiers of the dense
+    and the pruned model advance one segment per stage; norms are refitted in the segment
+    that holds them once every layer upstream of them is pruned."""
+    count = len(walk.cuts) - 1
+    position = {id(node): i for i, node in enumerate(walk.nodes)}
+    by_output = {n.outputs[0].name: i for n in walk.nodes for i in [position[id(n)]] if n.outputs}
+    norm_at = {n.name: by_output.get(n.output_name, -1) for n in norms}
+    dense = walk.run(0, [], None)
+    pruned = dense
+    done: set[str] = set()
+    for k, stage in enumerate(stages):
+        if params:
+            paired = accumulate_paired_rows(zip(walk.rows(dense, stage), walk.rows(pruned, stage), strict=True))
+            stats = {name: p.stats for name, p in paired.items()}
+        else:
+            paired, stats = {}, accumulate_rows(walk.rows(dense, stage))
+        for view in stage:
+            _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), paired.get(view.name), biases.get(view.name), recon)
+            done.add(view.name)
+        start, stop = walk.cuts[k], walk.cuts[k + 1]
+        ready = [n for n in norms if upstream[n.name] <= done and start <= norm_at[n.name] < stop]
+        if k + 1 == count and not ready:
+            break  # nothing after the last stage needs the pruned activations
+        dense = walk.run(k + 1, dense, None, extra=[n.output_name for n in ready])
+        after = walk.run(k + 1, pruned, params, extra=[n.input_name for n in ready])
+        if ready:
+            pairs = zip(walk.values(after, [n.input_name for n in ready]), walk.values(dense, [n.output_name for n in ready]), strict=True)
+            params.update(refit_from(ready, pairs))
+            after = walk.run(k + 1, pruned, params)
+        pruned = after
+
+
+def _prune_into(
+    params: dict[str, np.ndarray], outcomes: dict[str, Outcome], view: LayerView, pattern: Pattern, criterion: str,
+    stats: LayerStats | None, paired: PairedStats | None, bias: ir.Value | None, recon: Reconstruction,
+) -> None:
+    w = view.layer.weight.const_value.numpy()
+    b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
+    new_w, new_b, outcome = prune_layer(view, w, pattern, criterion, stats, paired, bias=b, recon=recon)
+    params[view.layer.weight.name] = new_w
+    if new_b is not None and bias is not None:
+        params[bias.name] = new_b
+    outcomes[view.name] = outcome
 
 
 def record_outcomes(

@@ -8,6 +8,8 @@ All work on the layer's 2-D view W2 [rows, K] with its input statistics (LayerSt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sparsec.errors import PipelineError
@@ -15,6 +17,28 @@ from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.patterns import Pattern
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How `sparsegpt` corrects what pruning leaves; all closed-form on calibration data.
+
+    - `damp`: ridge on the Hessian, as a fraction of its mean diagonal;
+    - `correct` (sequential): reconstruct towards the dense model's layer outputs from the
+      already-perturbed inputs (`dense_target`), not the layer's own output on them;
+    - `fit_bias`: treat the layer's bias as the weight of a constant-1 input that is never
+      pruned, so OBS updates also correct the output's mean;
+    - `refit_norms` (sequential): once every layer upstream of a LayerNormalization is pruned,
+      refit its per-channel scale and shift towards the dense model's norm output;
+    - `refit_kept`: once the mask is chosen, solve each output row's kept weights exactly
+      (least squares with the mask fixed; OBS's column-by-column updates only approximate it).
+    """
+
+    damp: float = 0.01
+    correct: bool = True
+    fit_bias: bool = True
+    refit_norms: bool = True
+    refit_kept: bool = True
 
 
 def check_criterion(criterion: str, pass_name: str) -> None:
@@ -26,15 +50,20 @@ def needs_data(criterion: str) -> bool:
     return criterion != "magnitude"
 
 
-def prune_2d(w2: np.ndarray, pattern: Pattern, criterion: str, stats: LayerStats | None) -> np.ndarray:
-    """The pruned (and for sparsegpt, reconstructed) W2; magnitude when `stats` is None."""
+def prune_2d(
+    w2: np.ndarray, pattern: Pattern, criterion: str, stats: LayerStats | None, *, damp: float = 0.01, keep_last: int = 0
+) -> np.ndarray:
+    """The pruned (and for sparsegpt, reconstructed) W2; magnitude when `stats` is None.
+
+    `keep_last` (sparsegpt): trailing columns never pruned (see `with_bias_column`).
+    """
     if pattern.is_dense:
         return w2.copy()
     if criterion == "sparsegpt" and stats is not None:
         # Imported on use: sparsegpt needs torch, which `import sparsec` should not load.
         from sparsec.passes.sparsify.sparsegpt import sparsegpt_prune
 
-        return sparsegpt_prune(w2, stats.gram, pattern)
+        return sparsegpt_prune(w2, stats.gram, pattern, damp=damp, keep_last=keep_last)
     scores = np.abs(w2.astype(np.float32))
     if criterion == "wanda" and stats is not None:
         scores = scores * np.sqrt(np.maximum(stats.col_sq_mean, 0.0))[None, :].astype(np.float32)
@@ -58,6 +87,67 @@ def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: flo
     rhs = w @ (cross.T.astype(np.float64) - h)  # [rows, K]
     correction = np.linalg.solve(h + lam * np.eye(h.shape[0]), rhs.T).T
     return (w + correction).astype(w2.dtype)
+
+
+def with_bias_column(
+    w2: np.ndarray, bias: np.ndarray, stats: LayerStats, cross: np.ndarray | None = None, dense_sum: np.ndarray | None = None
+) -> tuple[np.ndarray, LayerStats, np.ndarray | None]:
+    """The problem with the bias as weight of a constant-1 input column appended last.
+
+    W2a = [W2 | b], Gram [[X^T X, X^T 1], [1^T X, n]]; with `cross` (X~^T X) and the dense
+    rows' sum, the cross-Gram [[X~^T X, X~^T 1], [1^T X, n]] for `dense_target`.
+    """
+    if stats.col_sum is None:
+        raise ValueError("bias fitting needs the column sums of the layer inputs")
+    k = w2.shape[1]
+    w2a = np.concatenate([w2, bias.reshape(-1, 1).astype(w2.dtype)], axis=1)
+    g = np.empty((k + 1, k + 1), dtype=np.float64)
+    g[:k, :k] = stats.gram
+    g[:k, k] = g[k, :k] = stats.col_sum
+    g[k, k] = stats.count
+    stats_a = LayerStats(g.astype(np.float32), stats.count, np.append(stats.col_sum, stats.count))
+    cross_a = None
+    if cross is not None and dense_sum is not None:
+        c = np.empty((k + 1, k + 1), dtype=np.float64)
+        c[:k, :k] = cross
+        c[:k, k] = stats.col_sum  # X~^T 1
+        c[k, :k] = dense_sum  # 1^T X
+        c[k, k] = stats.count
+        cross_a = c.astype(np.float32)
+    return w2a, stats_a, cross_a
+
+
+def refit_kept_weights(new2: np.ndarray, target2: np.ndarray, stats: LayerStats, *, damp: float = 0.01, keep_last: int = 0, chunk: int = 64) -> np.ndarray:
+    """Per output row r, the weights on the kept positions S_r minimising ||X (w_r - t_r)||^2:
+    w_S = (H_SS + lam I)^-1 (H t_r)_S with H = X^T X, `target2` t (the dense target) and the
+    mask of `new2` (plus the `keep_last` trailing columns, always kept). Zeros stay zeros."""
+    import torch  # imported on use, as in sparsegpt.py
+
+    h = torch.from_numpy(stats.gram.astype(np.float64))
+    lam = damp * 0.1 * float(torch.diag(h).mean())  # lighter than OBS's damping: only regularises
+    rhs_all = torch.from_numpy(target2.astype(np.float64)) @ h  # rows of (H t_r)^T
+    keep = new2 != 0
+    if keep_last:
+        keep[:, -keep_last:] = True
+    out = np.zeros_like(new2)
+    counts = keep.sum(axis=1)
+    for count in np.unique(counts):
+        if count == 0:
+            continue
+        rows = np.flatnonzero(counts == count)
+        for start in range(0, len(rows), chunk):
+            r = rows[start : start + chunk]
+            idx = torch.from_numpy(np.stack([np.flatnonzero(keep[i]) for i in r]))  # [n, count]
+            hs = h[idx[:, :, None], idx[:, None, :]] + lam * torch.eye(int(count), dtype=torch.float64)
+            b = torch.gather(rhs_all[torch.from_numpy(r)], 1, idx)
+            chol, info = torch.linalg.cholesky_ex(hs)
+            if bool((info != 0).any()):
+                return new2  # not positive definite: keep the OBS result
+            sol = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+            block = np.zeros((len(r), new2.shape[1]), dtype=np.float64)
+            np.put_along_axis(block, idx.numpy(), sol.numpy(), axis=1)
+            out[r] = block.astype(new2.dtype)
+    return out
 
 
 def output_error(w2: np.ndarray, new2: np.ndarray, stats: LayerStats) -> float:

@@ -35,9 +35,13 @@ def _inverse_cholesky(gram: np.ndarray, damp: float) -> tuple[torch.Tensor, np.n
 
 
 def sparsegpt_prune(
-    w2: np.ndarray, gram: np.ndarray, pattern: Pattern, *, damp: float = 0.01, block: int = BLOCK
+    w2: np.ndarray, gram: np.ndarray, pattern: Pattern, *, damp: float = 0.01, block: int = BLOCK, keep_last: int = 0
 ) -> np.ndarray:
-    """Prune `w2` to `pattern` and reconstruct the kept weights; returns the new W2."""
+    """Prune `w2` to `pattern` and reconstruct the kept weights; returns the new W2.
+
+    `keep_last`: trailing columns that are never pruned but take OBS updates (a bias fitted
+    as the weight of a constant-1 input column); the pattern applies to the others.
+    """
     if pattern.is_dense:
         return w2.copy()
     threads = torch.get_num_threads()
@@ -45,16 +49,17 @@ def sparsegpt_prune(
     # (measured 2x faster on 2 cores).
     torch.set_num_threads(1)
     try:
-        return _prune(w2, gram, pattern, damp, block)
+        return _prune(w2, gram, pattern, damp, block, keep_last)
     finally:
         torch.set_num_threads(threads)
 
 
-def _prune(w2: np.ndarray, gram: np.ndarray, pattern: Pattern, damp: float, block: int) -> np.ndarray:
+def _prune(w2: np.ndarray, gram: np.ndarray, pattern: Pattern, damp: float, block: int, keep_last: int) -> np.ndarray:
     hinv, dead = _inverse_cholesky(gram, damp)
     w = torch.from_numpy(np.array(w2, dtype=np.float32))
     w[:, torch.from_numpy(dead)] = 0.0
     rows, cols = w.shape
+    prunable = cols - keep_last
     step = pattern.col_multiple
     block = max(step, block - block % step)
     for i1 in range(0, cols, block):
@@ -68,10 +73,13 @@ def _prune(w2: np.ndarray, gram: np.ndarray, pattern: Pattern, damp: float, bloc
         if pattern.kind == "nm":  # masks chosen group by group, as the group is reached
             prune1 = torch.zeros_like(w1, dtype=torch.bool)
         else:  # whole-block mask on OBS saliency, before any update
-            saliency = (w1**2 / d1[:, None] ** 2).T.numpy()
-            prune1 = torch.from_numpy(np.ascontiguousarray(~pattern.keep_mask(saliency).T))
+            width = max(0, min(i2, prunable) - i1)
+            prune1 = torch.zeros_like(w1, dtype=torch.bool)
+            if width:
+                saliency = (w1[:width] ** 2 / d1[:width, None] ** 2).T.numpy()
+                prune1[:width] = torch.from_numpy(np.ascontiguousarray(~pattern.keep_mask(saliency).T))
         for i in range(i2 - i1):
-            if pattern.kind == "nm" and i % pattern.m == 0:
+            if pattern.kind == "nm" and i % pattern.m == 0 and i1 + i < prunable:
                 group = w1[i : i + pattern.m] ** 2 / d1[i : i + pattern.m, None] ** 2
                 drop = torch.topk(group, pattern.m - pattern.n, dim=0, largest=False).indices
                 prune1[i : i + pattern.m].scatter_(0, drop, True)
