@@ -124,8 +124,8 @@ typedef void (*sk_ort_any_fn)(void);
 #define SK_ORT(api, name) \
     ((sk_ort_##name##_fn)((const sk_ort_any_fn *)(const void *)(api))[SK_ORT_##name])
 
-/* OrtCustomOp, every field through version 20 (later fields are appended). ORT reads fields
- * added after `version` never, so the tail stays zero. */
+/* OrtCustomOp with its fields in ABI order (newer releases append more).
+ * ORT never reads a field newer than `version`; the tail stays zero. */
 struct OrtCustomOp {
     uint32_t version;
     void *(SK_ORT_CALL *CreateKernel)(const struct OrtCustomOp *op, const OrtApi *api,
