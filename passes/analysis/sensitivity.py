@@ -28,11 +28,11 @@ from tqdm import tqdm
 from sparsec.activations import ActivationRunner, output_damage
 from sparsec.calibration import CalibrationData
 from sparsec.errors import PipelineError
-from sparsec.layer_view import view_of
+from sparsec.layer_view import bias_of, view_of
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.layer_stats import dense_stats, model_digest, require_calibration
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
-from sparsec.passes.sparsify.criteria import check_criterion, needs_data
+from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.passes.sparsify.sparsify import selected
 from sparsec.pm.context import PassContext
@@ -87,12 +87,15 @@ def scan_sensitivity(
     threads: int = 2,
     progress: bool = True,
     use_cache: bool = True,
+    recon: Reconstruction | None = None,
 ) -> SensitivityTable:
+    """`recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
+    recon = recon or Reconstruction()
     if metric not in METRICS:
         raise PipelineError(f"pass 'layer-sensitivity': unknown metric '{metric}' (known: {', '.join(METRICS)})")
     sub = calib.head(samples)
     names = [str(c) for c in candidates]
-    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, min_params, include, exclude])
+    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, min_params, include, exclude, str(recon)])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = _cache_path(key)
     if use_cache and path.is_file():
@@ -103,7 +106,8 @@ def scan_sensitivity(
     layers = candidate_layers(model, include, exclude)
     views = [view_of(layer) for layer in layers]
     stats = dense_stats(model, views, sub, threads=threads) if needs_data(criterion) or metric == "proxy" else {}
-    runner = ActivationRunner(model, views, sub, threads) if metric == "output" else None
+    biases = {v.name: b for v in views if criterion == "sparsegpt" and recon.fit_bias and (b := bias_of(v.layer)) is not None}
+    runner = ActivationRunner(model, views, sub, threads, extra=[b.name for b in biases.values()]) if metric == "output" else None
     reference = runner.outputs() if runner is not None else None
     work = [(v, c) for v in views for c in candidates]
     for view, pattern in tqdm(work, desc="layer sensitivity", unit="trial", disable=not progress):
@@ -114,9 +118,12 @@ def scan_sensitivity(
             continue
         w = view.layer.weight.const_value.numpy()
         layer_stats = stats.get(view.name)
-        new, _, outcome = prune_layer(view, w, pattern, criterion, layer_stats)
+        bias = biases.get(view.name)
+        b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
+        new, new_b, outcome = prune_layer(view, w, pattern, criterion, layer_stats, bias=b, recon=recon)
         if runner is not None and reference is not None:
-            d = output_damage(reference, runner.outputs({view.layer.weight.name: new}))
+            trial = {view.layer.weight.name: new, **({bias.name: new_b} if bias is not None and new_b is not None else {})}
+            d = output_damage(reference, runner.outputs(trial))
         else:
             d = (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
         table.damage.setdefault(view.name, {})[str(pattern)] = float(d)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import output_damage
+from sparsec.activations import ActivationRunner, output_damage
 from sparsec.calibration import CalibrationData
 from sparsec.errors import PipelineError
+from sparsec.layer_view import view_of
 from sparsec.layers import Layer, find_layers
 from sparsec.numerics import make_session, reference_bytes
 from sparsec.passes.analysis.cost_model import (
@@ -101,6 +102,19 @@ def _fidelity(dense_out: list[np.ndarray], model: ir.Model, data: CalibrationDat
     return 1.0 - output_damage(dense_out, _outputs(model, data))
 
 
+def _measured_rows(model: ir.Model, layers: list[Layer], calib: CalibrationData, dims: dict[str, int]) -> dict[str, int]:
+    """Rows of each MatMul/Gemm layer's input for one sample at the cost model's batch size (the
+    `batch` dim, 1 by default), measured on the first calibration sample, padding included: the
+    work a layer does when the shape inference behind the cost model lost the activation shape."""
+    views = [v for v in (view_of(layer) for layer in layers) if v.input_name is not None and v.layer.node.op_type in ("MatMul", "Gemm")]
+    if not views:
+        return {}
+    runner = ActivationRunner(model, views, calib.head(1))
+    values = next(runner.values([v.input_name for v in views]))  # type: ignore[misc]
+    batch = int(dims.get("batch", 1))
+    return {v.name: v.rows(values[v.input_name]).shape[0] * batch for v in views}  # type: ignore[index]
+
+
 @register_pass
 @dataclass(frozen=True)
 class Allocate(Pass):
@@ -120,7 +134,7 @@ class Allocate(Pass):
     damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
     correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
     fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
-    refit_norms: bool = option(True, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
+    refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
     refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
     min_params: int = option(1024, "leave weights with fewer parameters dense")
@@ -149,9 +163,9 @@ class Allocate(Pass):
         patterns = [parse_pattern(c) for c in self.candidates]
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
-            min_params=self.min_params, include=self.include, exclude=self.exclude,
+            min_params=self.min_params, include=self.include, exclude=self.exclude, recon=self.reconstruction,
         )
-        options, layers, grand_total = self._options(model, ctx, table)
+        options, layers, grand_total = self._options(model, ctx, table, fit)
         dense_out = _outputs(model, held)
         rounds: list[dict[str, float]] = []
         if self.min_fidelity > 0:
@@ -165,17 +179,26 @@ class Allocate(Pass):
         return self._report(ctx, table, options, layers, picks, rounds, grand_total)
 
     # -- building blocks -----------------------------------------------------------------
-    def _options(self, model: ir.Model, ctx: PassContext, table: SensitivityTable) -> tuple[list[LayerOptions], list[Layer], float]:
+    def _options(
+        self, model: ir.Model, ctx: PassContext, table: SensitivityTable, calib: CalibrationData | None = None
+    ) -> tuple[list[LayerOptions], list[Layer], float]:
         spec = get_target(ctx.target)
         costs = {c.name: c for c in estimate_costs(model, target=ctx.target, dims=ctx.dims).layers}
         names = ["dense", *[str(parse_pattern(c)) for c in self.candidates]]
         options, layers, grand_total = [], [], 0.0
-        for layer in find_layers(model):
-            c = costs.get(layer.name)
-            if c is None:
-                continue
+        all_layers = [layer for layer in find_layers(model) if layer.name in costs]
+        unknown = [layer for layer in all_layers if costs[layer.name].macs == 0]
+        measured = _measured_rows(model, unknown, calib, ctx.dims) if unknown and calib is not None else {}
+        for layer in all_layers:
+            c = costs[layer.name]
             tensor = layer.weight.const_value
-            lc = _LayerCost(int(tensor.size), c.macs, c.weight_bytes, c.activation_bytes, int(tensor.dtype.itemsize))
+            macs, act_bytes = c.macs, c.activation_bytes
+            if layer.name in measured:  # the cost model could not infer the activation shape: measured
+                rows = measured[layer.name]
+                k = int(tensor.shape[layer.reduction_axis])
+                macs = rows * int(tensor.size)
+                act_bytes = rows * (k + int(tensor.size) // k) * int(tensor.dtype.itemsize)
+            lc = _LayerCost(int(tensor.size), macs, c.weight_bytes, act_bytes, int(tensor.dtype.itemsize))
             grand_total += _dense_total(lc, self.target, spec.peak_gflops, spec.dram_gbps)
             if layer.name not in table.damage:
                 continue

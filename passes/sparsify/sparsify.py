@@ -40,7 +40,7 @@ class Sparsify(Pass):
     damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
     correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
     fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
-    refit_norms: bool = option(True, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
+    refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
     refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
     op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to prune")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
