@@ -130,3 +130,24 @@ def bias_of(layer: Layer) -> ir.Value | None:
     if candidate.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE):
         return None
     return candidate
+
+
+def residual_of(layer: Layer) -> str | None:
+    """The skip-connection value a MatMul layer's output (after its bias) is added to, or None."""
+    node = layer.node
+    if node.op_type != "MatMul":
+        return None
+    value = node.outputs[0]
+    for _ in range(2):  # MatMul -> Add(bias) -> Add(skip), or MatMul -> Add(skip)
+        uses = value.uses()
+        if len(uses) != 1 or uses[0][0].op_type != "Add" or uses[0][0].domain not in ("", "ai.onnx"):
+            return None
+        add, index = uses[0]
+        other = add.inputs[1 - index]
+        if other is None:
+            return None
+        if other.is_initializer() or other.const_value is not None:
+            value = add.outputs[0]  # the bias: look one Add further
+            continue
+        return other.name
+    return None

@@ -72,6 +72,10 @@ class PairedStats:
     stats: LayerStats  # of X~
     cross: np.ndarray  # X~^T X [K, K]
     dense_sum: np.ndarray  # sum of X's rows [K]
+    # Where the layer's output is added to a skip connection R: X~^T (R - R~) [K, N] and the
+    # sum of (R - R~)'s rows [N], the error the skip carries around the layer.
+    resid_cross: np.ndarray | None = None
+    resid_sum: np.ndarray | None = None
 
 
 def accumulate_paired(

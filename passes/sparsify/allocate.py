@@ -136,6 +136,7 @@ class Allocate(Pass):
     fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
     refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
     refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
+    residual: bool = option(True, "sparsegpt, correct: also make up the error a skip connection carries around the layer")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
     min_params: int = option(1024, "leave weights with fewer parameters dense")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
@@ -143,7 +144,7 @@ class Allocate(Pass):
 
     @property
     def reconstruction(self) -> Reconstruction:
-        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept)
+        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept, self.residual)
 
     def __post_init__(self) -> None:
         for c in self.candidates:

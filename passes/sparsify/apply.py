@@ -7,6 +7,7 @@ stage already pruned (and, for sparsegpt, reconstructed), as in SparseGPT's sequ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner, SegmentWalk
+from sparsec.activations import ActivationRunner, SegmentWalk, Store
 from sparsec.calibration import CalibrationData
-from sparsec.layer_view import LayerView, bias_of, view_of
+from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
 from sparsec.layers import Layer
 from sparsec.passes.analysis.layer_stats import (
     LayerStats,
@@ -101,10 +102,13 @@ def prune_layer(
     cross = paired.cross if (paired is not None and recon.correct) else None
     dense_sum = paired.dense_sum if paired is not None else None
     ref2 = w2  # what the output error is measured against
+    resid = paired.resid_cross if (paired is not None and recon.correct and recon.residual) else None
     if used == "sparsegpt" and stats is not None and bias is not None and recon.fit_bias and stats.col_sum is not None:
         w2, stats, cross = with_bias_column(w2, bias, stats, cross, dense_sum)
         ref2, keep_last = w2, 1
-    target2 = dense_target(w2, stats, cross, recon.damp) if (cross is not None and stats is not None and used == "sparsegpt") else w2
+        if resid is not None:
+            resid = np.vstack([resid, paired.resid_sum[None, :]])  # type: ignore[union-attr,index]
+    target2 = dense_target(w2, stats, cross, recon.damp, resid) if (cross is not None and stats is not None and used == "sparsegpt") else w2
     new2 = prune_2d(target2, pattern, used, stats, damp=recon.damp, keep_last=keep_last)
     if used == "sparsegpt" and stats is not None and recon.refit_kept:
         new2 = refit_kept_weights(new2, target2, stats, damp=recon.damp, keep_last=keep_last)
@@ -200,6 +204,8 @@ def _walk_stages(
     for k, stage in enumerate(stages):
         if params:
             paired = accumulate_paired_rows(zip(walk.rows(dense, stage), walk.rows(pruned, stage), strict=True))
+            if criterion == "sparsegpt" and recon.correct and recon.residual:
+                paired = _with_residuals(walk, stage, dense, pruned, paired)
             stats = {name: p.stats for name, p in paired.items()}
         else:
             paired, stats = {}, accumulate_rows(walk.rows(dense, stage))
@@ -217,6 +223,30 @@ def _walk_stages(
             params.update(refit_from(ready, pairs))
             after = walk.run(k + 1, pruned, params)
         pruned = after
+
+
+def _with_residuals(
+    walk: SegmentWalk, stage: list[LayerView], dense: Store, pruned: Store, paired: dict[str, PairedStats]
+) -> dict[str, PairedStats]:
+    """`paired` with X~^T (R - R~) and sum(R - R~) for the layers whose output joins a skip R."""
+    skips = {v.name: r for v in stage if v.name in paired and (r := residual_of(v.layer)) is not None}
+    if not skips:
+        return paired
+    names = sorted(set(skips.values()))
+    cross: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
+    for rows, d, p in zip(walk.rows(pruned, stage), walk.values(dense, names), walk.values(pruned, names), strict=True):
+        for layer, r in skips.items():
+            diff = (d[r] - p[r]).reshape(-1, d[r].shape[-1]).astype(np.float64)
+            x = rows[layer].astype(np.float64)
+            if x.shape[0] != diff.shape[0]:
+                return paired  # rows do not pair up (a reshape between): leave the skip out
+            cross[layer] = cross.get(layer, 0.0) + x.T @ diff  # type: ignore[operator]
+            sums[layer] = sums.get(layer, 0.0) + diff.sum(axis=0)  # type: ignore[operator]
+    return {
+        name: (dataclasses.replace(p, resid_cross=cross[name], resid_sum=sums[name]) if name in cross else p)
+        for name, p in paired.items()
+    }
 
 
 def _prune_into(

@@ -32,6 +32,8 @@ class Reconstruction:
       refit its per-channel scale and shift towards the dense model's norm output;
     - `refit_kept`: once the mask is chosen, solve each output row's kept weights exactly
       (least squares with the mask fixed; OBS's column-by-column updates only approximate it).
+    - `residual` (with `correct`): where the layer's output is added to a skip connection, the
+      target also makes up the error the skip carries (the block's sum matches the dense one).
     Defaults follow the MiniLM 2:4 ablation (bench/quality_eval.py): `correct`, `fit_bias` and
     `refit_kept` each raised the held-out cosine; `refit_norms` made no measurable difference.
     """
@@ -41,6 +43,7 @@ class Reconstruction:
     fit_bias: bool = True
     refit_norms: bool = False
     refit_kept: bool = True
+    residual: bool = True
 
 
 def check_criterion(criterion: str, pass_name: str) -> None:
@@ -76,17 +79,21 @@ def prune_2d(
     return np.where(keep, w2, np.zeros_like(w2))
 
 
-def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: float = 0.01, resid: np.ndarray | None = None) -> np.ndarray:
     """The dense weight that best maps the (already perturbed) inputs X~ to the dense outputs X W^T.
 
     Minimises ||X~ W'^T - X W^T|| with a ridge towards W: W' = W + W (C^T - H~) (H~ + damp I)^-1,
     C = X~^T X. Pruning W' instead of W lets each layer also correct the error that earlier
     pruned layers left in its input; with unchanged inputs (C = H~) it is W itself.
+    `resid` (X~^T (R - R~), [K, N]): the target also makes up the error the skip connection
+    the output is added to carries (minimises ||X~ W'^T + R~ - (X W^T + R)||).
     """
     h = stats.gram.astype(np.float64)
     lam = damp * float(np.mean(np.diag(h))) or 1e-8
     w = w2.astype(np.float64)
     rhs = w @ (cross.T.astype(np.float64) - h)  # [rows, K]
+    if resid is not None:
+        rhs = rhs + resid.T.astype(np.float64)
     correction = np.linalg.solve(h + lam * np.eye(h.shape[0]), rhs.T).T
     return (w + correction).astype(w2.dtype)
 

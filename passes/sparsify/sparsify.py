@@ -42,6 +42,7 @@ class Sparsify(Pass):
     fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
     refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
     refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
+    residual: bool = option(True, "sparsegpt, correct: also make up the error a skip connection carries around the layer")
     op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to prune")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
@@ -49,7 +50,7 @@ class Sparsify(Pass):
 
     @property
     def reconstruction(self) -> Reconstruction:
-        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept)
+        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept, self.residual)
 
     def __post_init__(self) -> None:
         parse_pattern(self.pattern)

@@ -232,3 +232,68 @@ def test_refit_kept_weights_is_the_masked_least_squares_optimum(correlated, patt
         return float(np.linalg.norm(x @ (w - new).T))
 
     assert err(refit) < err(obs)
+
+
+def test_residual_target_absorbs_the_skip_error(correlated) -> None:  # noqa: ANN001
+    x = correlated(2048, 32, seed=2)
+    xp = (x + 0.1 * correlated(2048, 32, seed=3)).astype(np.float32)
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((16, 32)).astype(np.float32)
+    skip_err = (xp @ rng.standard_normal((32, 16)) * 0.2).astype(np.float32)  # R - R~, partly explainable by X~
+    stats = LayerStats(xp.T @ xp, len(x))
+    plain = dense_target(w, stats, xp.T @ x, damp=1e-6)
+    with_skip = dense_target(w, stats, xp.T @ x, damp=1e-6, resid=xp.T @ skip_err)
+
+    def block_err(t: np.ndarray) -> float:  # ||X~ T^T + R~ - (X W^T + R)||
+        return float(np.linalg.norm(xp @ t.T - x @ w.T - skip_err))
+
+    assert block_err(with_skip) < 0.5 * block_err(plain), (block_err(with_skip), block_err(plain))
+
+
+def test_residual_of_finds_the_skip() -> None:
+    from sparsec.layer_view import residual_of
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 18]>
+    res (float[N, 8] x) => (float[N, 8] y) {
+        h = MatMul(x, w)
+        hb = Add(h, b)
+        y = Add(hb, x)
+    }
+    """
+    model = make_model(text, w=np.eye(8, dtype=np.float32), b=np.zeros(8, np.float32))
+    assert residual_of(find_layers(model)[0]) == "x"
+    assert residual_of(find_layers(_block())[0]) is None  # MatMul -> Add(bias) -> LayerNorm: no skip
+
+
+def test_sequential_sparsegpt_with_skip_connection(correlated) -> None:  # noqa: ANN001
+    text = """
+    <ir_version: 8, opset_import: ["" : 18]>
+    skip (float[N, 32] x) => (float[N, 16] y) {
+        h = MatMul(x, w1)
+        hb = Add(h, b1)
+        s = Add(hb, x)
+        n = LayerNormalization<axis = -1>(s, g1, s1)
+        h2 = MatMul(n, w2)
+        s2 = Add(h2, n)
+        y = MatMul(s2, w3)
+    }
+    """
+    rng = np.random.default_rng(0)
+    dense = make_model(
+        text, w1=(rng.standard_normal((32, 32)) / 6).astype(np.float32), b1=rng.standard_normal(32).astype(np.float32),
+        g1=np.ones(32, np.float32), s1=np.zeros(32, np.float32), w2=(rng.standard_normal((32, 32)) / 6).astype(np.float32),
+        w3=(rng.standard_normal((32, 16)) / 6).astype(np.float32),
+    )
+    calib = CalibrationData({"x": _shifted_inputs(correlated, 1024, seed=1)}, batch_size=256)
+    x = _shifted_inputs(correlated, 256, seed=9)
+    ref = evaluate(dense, {"x": x})[0]
+    errs = {}
+    for residual in (False, True):
+        model = dense.clone()
+        plan = [(layer, parse_pattern("2:4")) for layer in find_layers(model)]
+        apply_plan(model, plan, "sparsegpt", calib, recon=Reconstruction(residual=residual), progress=False)
+        for layer in find_layers(model):
+            assert nm_violations(layer.weight.const_value.numpy(), 2, 4, axis=layer.reduction_axis) == 0
+        errs[residual] = float(np.linalg.norm(evaluate(model, {"x": x})[0] - ref) / np.linalg.norm(ref))
+    assert np.isfinite(errs[True]) and errs[True] < 0.5, errs
