@@ -82,8 +82,10 @@ static unsigned long spin_while_equal(atomic_ulong *word, unsigned long seen) {
 static void *worker(void *arg) {
     const int tid = (int)(intptr_t)arg;
     unsigned long seen = start_word[tid];
+    int spin = 1; /* only a worker that took part in the last job spins for the next one */
     for (;;) {
-        unsigned long w = spin_while_equal(&job_word, seen);
+        unsigned long w = spin ? spin_while_equal(&job_word, seen)
+                               : atomic_load_explicit(&job_word, memory_order_acquire);
         if (w == seen) {
             pthread_mutex_lock(&lock);
             while ((w = atomic_load_explicit(&job_word, memory_order_acquire)) == seen)
@@ -92,7 +94,8 @@ static void *worker(void *arg) {
         }
         seen = w;
         const int nth = (int)(w & 0xFF);
-        if (tid >= nth) continue;
+        spin = tid < nth;
+        if (!spin) continue;
         job_fn(job_args, tid, nth);
         if (atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&lock); /* the caller may be about to block on done_cv */
