@@ -24,10 +24,11 @@ KERNEL_DOMAIN = "com.sparsec.kernels"
 _LEGACY_DOMAIN = "ai.onnx.contrib"
 
 
-# Threads per sparse-kernel call. One: waking a second pool thread for every layer costs more
-# than it saves on per-layer products (GPT-2-small decode step, 73 kernel calls, ORT on 2
-# threads: 21.7 ms with 2 kernel threads, 15.1 ms with 1; measured with sparsec.backends.ort.sparse_ops.make_session).
-DEFAULT_KERNEL_THREADS = 1
+# Threads per sparse-kernel call; None = as many as ONNX Runtime's intra-op pool. The kernel
+# pool spins ~60 us after a call, so back-to-back layers reuse awake workers: GPT-2-small decode
+# step (73 kernel calls, ORT on 2 threads) 1.53-1.57x over dense with 2 kernel threads vs
+# 1.37-1.44x with 1 (bench/results/kernel_threads_gpt_step.json).
+DEFAULT_KERNEL_THREADS: int | None = None
 
 
 def make_session(
@@ -35,7 +36,7 @@ def make_session(
     threads: int = 2,
     *,
     custom_ops: bool | None = None,
-    kernel_threads: int = DEFAULT_KERNEL_THREADS,
+    kernel_threads: int | None = DEFAULT_KERNEL_THREADS,
 ) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels.
 
@@ -65,7 +66,9 @@ def make_session(
 class InferenceSession:
     """Runs an artifact folder (or a model file) written by `sparsec compile`."""
 
-    def __init__(self, artifact: str | Path, threads: int = 2, kernel_threads: int = DEFAULT_KERNEL_THREADS) -> None:
+    def __init__(
+        self, artifact: str | Path, threads: int = 2, kernel_threads: int | None = DEFAULT_KERNEL_THREADS
+    ) -> None:
         path = Path(artifact)
         model_path = path / "model.onnx" if path.is_dir() else path
         if not model_path.is_file():

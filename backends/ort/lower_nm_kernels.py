@@ -74,10 +74,15 @@ class LowerNMKernels(Pass):
     min_params: int = option(65536, "keep smaller layers dense (a kernel custom-op call costs a few us beyond its work)")
     max_rows_half: int = option(
         16,
-        "for patterns keeping half the weights (2:4, 4:8), keep layers dense when one call multiplies "
-        "more rows than this: with one kernel thread per call (the runtime's default) a BERT-base "
-        "layer chain at 64-128 rows ran at 0.75-0.82x of MLAS on 2 threads; with 2 kernel threads "
-        "1.4-1.5x (bench/bert_block_session_bench.py)",
+        "for patterns keeping half the weights (2:4, 4:8), lower layers with at most this many rows "
+        "per call (the GEMV-like path)",
+    )
+    min_rows_half_batched: int = option(
+        64,
+        "...and layers with at least this many rows per call (the rows-as-lanes batch path); layers "
+        "in between stay dense. With 2 kernel threads (the runtime's default on 2 cores) a "
+        "BERT-base layer chain ran 1.41-1.51x faster than MLAS at 64-128 rows, while at 16-32 rows "
+        "768x768 lost badly (bench/results/bert_block_session.json, bert_shapes_2threads.json)",
     )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
@@ -100,8 +105,9 @@ class LowerNMKernels(Pass):
             if reason is None and 2 * n >= m:
                 x_shape = shapes.shape(found[0].inputs[0])  # type: ignore[index]
                 rows = int(np.prod(x_shape[:-1])) if x_shape else 1
-                if rows > self.max_rows_half:
-                    reason = f"{rows} rows per call > max_rows_half={self.max_rows_half} for {n}:{m} (dense is as fast)"
+                if self.max_rows_half < rows < self.min_rows_half_batched:
+                    reason = (f"{rows} rows per call, between max_rows_half={self.max_rows_half} and "
+                              f"min_rows_half_batched={self.min_rows_half_batched} for {n}:{m} (dense is as fast)")
             if reason is not None:
                 skipped[weight.name] = reason
                 continue

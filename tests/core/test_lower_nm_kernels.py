@@ -80,3 +80,17 @@ def test_half_density_layers_stay_dense_for_many_rows() -> None:
         assert records[0].stats["layers_lowered"] == lowered
         if not lowered:
             assert all("rows per call" in r for r in records[0].stats["kept_dense"].values())
+
+
+def test_half_density_layers_take_the_batch_path_from_min_rows() -> None:
+    for batch, lowered in ((4, 3), (3, 0)):  # 64 rows: batch path; 48 rows: dense
+        rows = {"B": batch, "S": 16}
+        model = build()
+        model.graph.initializers["shape3"].const_value = ir.tensor(
+            np.array([batch, 16, 32], np.int64), name="shape3"
+        )
+        PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=rows))
+        records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+            model, PassContext(dims=rows)
+        )
+        assert records[0].stats["layers_lowered"] == lowered
