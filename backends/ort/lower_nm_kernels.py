@@ -1,8 +1,9 @@
 """`lower-nm-kernels`: N:M-marked MatMul/Gemm layers -> sparsec kernel custom ops.
 
 Rewrites `MatMul(X, NMSparse(W))`, `MatMul(X, Transpose(NMSparse(W)))` (torch Linear on 3-D
-inputs) and `Gemm(X, NMSparse(W), C)` into `com.sparsec.kernels.NMSparseMatMul(X, values, meta)`
-(+ `Add(C)`), with W packed offline into kept values and position metadata. Layers the
+inputs) and `Gemm(X, NMSparse(W), C)` into `com.sparsec.kernels.NMSparseMatMul(X, values, meta)`,
+with W packed offline into kept values and position metadata. A constant [N] bias (Gemm's C,
+or an `Add` right after the MatMul) becomes the op's optional `bias` input. Layers the
 kernels cannot take (other group sizes, tiny weights, unusual Gemm attributes) stay marked
 and are lowered dense by `legalize-dense`, each with its reason in the statistics.
 """
@@ -62,6 +63,31 @@ def _match(marker: ir.Node) -> tuple[ir.Node, np.ndarray, list[ir.Node]] | str:
     if axis != 0:
         return "N:M groups do not run along the reduction axis"
     return user, np.ascontiguousarray(w), between
+
+
+def _trailing_bias_add(out: ir.Value, cols: int) -> tuple[ir.Value | None, ir.Node | None]:
+    """(bias, Add) when the layer's only use is `Add(out, bias)` with a constant bias of N
+    values (torch Linear on 3-D inputs exports MatMul + Add), else (None, None)."""
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return None, None
+    add, index = uses[0]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None, None
+    other = add.inputs[1 - index]
+    if _as_bias_vector(other, cols) is None:
+        return None, None
+    return other, add
+
+
+def _as_bias_vector(bias: ir.Value | None, cols: int) -> np.ndarray | None:
+    """The bias as a float32 [N] vector if it is a constant that broadcasts along rows only."""
+    if bias is None or bias.const_value is None:
+        return None
+    arr = bias.const_value.numpy()
+    if arr.dtype != np.float32 or arr.size != cols or (arr.ndim and arr.shape[-1] != cols):
+        return None
+    return np.ascontiguousarray(arr.reshape(cols))
 
 
 @register_pass
@@ -142,20 +168,37 @@ class LowerNMKernels(Pass):
         graph.register_initializer(values)
         graph.register_initializer(meta)
         out = layer.outputs[0]
-        bias = layer.inputs[2] if layer.op_type == "Gemm" and len(layer.inputs) > 2 else None
         attrs = [ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("K", int(packed.k)),
                  ir.AttrInt64("N", int(packed.cols))]
         base = layer.name or out.name
-        mm = ir.Node(KERNEL_DOMAIN, NM_OP, [layer.inputs[0], values, meta], attributes=attrs,
+        inputs = [layer.inputs[0], values, meta]
+        bias = layer.inputs[2] if layer.op_type == "Gemm" and len(layer.inputs) > 2 else None
+        bias_add = None
+        if bias is None:
+            bias, bias_add = _trailing_bias_add(out, int(packed.cols))
+        folded = _as_bias_vector(bias, int(packed.cols))
+        if folded is not None:  # the op adds it: one ORT Add fewer per layer
+            b = ir.Value(name=f"{weight.name}.nm_bias", const_value=ir.tensor(folded))
+            b.const_value.name = b.name
+            graph.register_initializer(b)
+            inputs.append(b)
+            attrs.append(ir.AttrInt64("has_bias", 1))
+            if bias_add is not None:
+                out, bias = bias_add.outputs[0], None
+            else:
+                bias = None
+        mm = ir.Node(KERNEL_DOMAIN, NM_OP, inputs, attributes=attrs,
                      name=f"{base}/nm_kernel", num_outputs=1)
         graph.insert_before(layer, mm)
         result = mm.outputs[0]
-        if bias is not None:
+        if bias is not None and bias_add is None:  # a Gemm C the op cannot take
             add = ir.Node("", "Add", [result, bias], name=f"{base}/bias", num_outputs=1)
             graph.insert_before(layer, add)
             result = add.outputs[0]
         result.shape, result.type = out.shape, out.type
         name = out.name
         out.replace_all_uses_with(result, replace_graph_outputs=True)
+        if out is not layer.outputs[0]:  # the folded Add goes first: it used the layer's output
+            graph.remove(out.producer(), safe=True)
         graph.remove(layer, safe=True)
         result.name = name

@@ -33,32 +33,40 @@ _ERROR_MARK = "sparsec kernel op"
 
 
 def nm_matmul_node(
-    x: str, y: str, weight: np.ndarray, n: int, m: int, name: str
+    x: str, y: str, weight: np.ndarray, n: int, m: int, name: str, bias: np.ndarray | None = None
 ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
-    """Node + initializers computing ``y = x @ weight`` for an n:m-sparse [K, N] weight
-    (groups along K). Transpose Gemm's transB weights to [K, N] first."""
+    """Node + initializers computing ``y = x @ weight (+ bias)`` for an n:m-sparse [K, N]
+    weight (groups along K). Transpose Gemm's transB weights to [K, N] first."""
     packed = pack_nm(weight, n, m)
     inits = [
         numpy_helper.from_array(np.asarray(packed.values), f"{name}.values"),
         numpy_helper.from_array(np.asarray(packed.meta), f"{name}.meta"),
     ]
+    inits += _bias_inits(bias, name)
     node = helper.make_node(
-        NM_OP, [x, inits[0].name, inits[1].name], [y], name=name, domain=KERNEL_DOMAIN,
-        n=n, m=m, K=packed.k, N=packed.cols,
+        NM_OP, [x, *(t.name for t in inits)], [y], name=name, domain=KERNEL_DOMAIN,
+        n=n, m=m, K=packed.k, N=packed.cols, **({"has_bias": 1} if bias is not None else {}),
     )
     return node, inits
 
 
+def _bias_inits(bias: np.ndarray | None, name: str) -> list[onnx.TensorProto]:
+    if bias is None:
+        return []
+    return [numpy_helper.from_array(np.ascontiguousarray(bias, dtype=np.float32).reshape(-1), f"{name}.bias")]
+
+
 def block_matmul_node(
-    x: str, y: str, weight: np.ndarray, bk: int, name: str
+    x: str, y: str, weight: np.ndarray, bk: int, name: str, bias: np.ndarray | None = None
 ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
-    """Node + initializers computing ``y = x @ weight`` for a block-sparse [K, N] weight."""
+    """Node + initializers computing ``y = x @ weight (+ bias)`` for a block-sparse [K, N] weight."""
     packed = pack_block(weight, bk)
     arrays = {"tile_ptr": packed.tile_ptr, "kidx": packed.kidx, "values": packed.values}
     inits = [numpy_helper.from_array(np.asarray(a), f"{name}.{k}") for k, a in arrays.items()]
+    inits += _bias_inits(bias, name)
     node = helper.make_node(
         BLOCK_OP, [x, *(t.name for t in inits)], [y], name=name, domain=KERNEL_DOMAIN,
-        bk=bk, K=packed.k, N=packed.cols,
+        bk=bk, K=packed.k, N=packed.cols, **({"has_bias": 1} if bias is not None else {}),
     )
     return node, inits
 

@@ -158,6 +158,7 @@ struct OrtCustomOp {
 };
 
 /* OrtCustomOpInputOutputCharacteristic / OrtMemType values used here. */
-enum { SK_ORT_INPUT_OUTPUT_REQUIRED = 0, SK_ORT_MEM_TYPE_DEFAULT = 0 };
+enum { SK_ORT_INPUT_OUTPUT_REQUIRED = 0, SK_ORT_INPUT_OUTPUT_OPTIONAL = 1 };
+enum { SK_ORT_MEM_TYPE_DEFAULT = 0 };
 
 #endif

@@ -1,8 +1,9 @@
 /* ONNX Runtime custom ops calling the sparse kernels directly (no Python on the call path).
  *
  * Domain "com.sparsec.kernels", opset 1, two ops computing Y[..., N] = X[..., K] @ W:
- *   NMSparseMatMul(X, values, meta)              attrs n, m, K, N   (W packed by pack_nm)
- *   BlockSparseMatMul(X, tile_ptr, kidx, values) attrs bk, K, N     (W packed by pack_block)
+ *   NMSparseMatMul(X, values, meta[, bias])              attrs n, m, K, N   (W packed by pack_nm)
+ *   BlockSparseMatMul(X, tile_ptr, kidx, values[, bias]) attrs bk, K, N     (W packed by pack_block)
+ * With attribute has_bias=1 the constant [N] input `bias` is added to every row of Y.
  * The packed weights must be constant initializers. Each kernel reads them once when the
  * session is created (in place when 64-byte aligned, else an aligned copy), checks them
  * (lengths, shapes, N:M positions, block pointers and rows; the same checks as the Python
@@ -62,7 +63,8 @@ typedef struct {
     const uint16_t *meta;
     const int32_t *tile_ptr, *kidx;
     int64_t values_len, meta_len, tile_ptr_len, nblocks;
-    void *owned[3]; /* aligned copies of unaligned initializers */
+    const float *bias; /* optional [N] bias (attribute has_bias=1), added after the product */
+    void *owned[4]; /* aligned copies of unaligned initializers */
 } sk_kernel;
 
 /* ------------------------------------------------------------------ helpers */
@@ -160,7 +162,7 @@ static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char
         void *copy = aligned_alloc(SK_ALIGN, (bytes + SK_ALIGN - 1) / SK_ALIGN * SK_ALIGN);
         if (!copy) return make_status(api, "%s: out of memory copying %s", ctx, what);
         memcpy(copy, p, bytes);
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
             if (!kr->owned[i]) {
                 kr->owned[i] = copy;
                 break;
@@ -173,7 +175,7 @@ static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char
 static void destroy(void *p) {
     sk_kernel *kr = p;
     if (!kr) return;
-    for (int i = 0; i < 3; i++) free(kr->owned[i]);
+    for (int i = 0; i < 4; i++) free(kr->owned[i]);
     free(kr);
 }
 
@@ -245,6 +247,9 @@ static OrtStatus *check_block(sk_kernel *kr, const char *ctx) {
 
 /* ------------------------------------------------------------------ kernel */
 
+/* Index of the optional bias input: after the packed weights. */
+static size_t bias_input(int kind) { return kind == OP_NM ? 3 : 4; }
+
 static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtApi *api,
                                             const OrtKernelInfo *info, void **out) {
     const sk_op *op = (const sk_op *)base;
@@ -308,6 +313,25 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
         kr->values = p;
         if ((st = check_block(kr, ctx))) goto fail;
     }
+    /* Optional bias (the layer's Gemm C or the Add after its MatMul): saves an ORT Add per
+     * layer, which costs more in dispatch than the adds themselves for batch-1 decoding. */
+    int64_t has_bias = 0;
+    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_bias", &has_bias))) {
+        release(api, st); /* absent: no bias */
+        st = NULL;
+        has_bias = 0;
+    }
+    if (has_bias) {
+        int64_t len = 0;
+        if ((st = get_const(kr, info, ctx, bias_input(kr->kind), "bias", SK_ORT_FLOAT, 4, &p, &len)))
+            goto fail;
+        if (len != cols) {
+            st = make_status(api, "%s: bias has %lld values, expected N=%lld", ctx, (long long)len,
+                             (long long)cols);
+            goto fail;
+        }
+        kr->bias = p;
+    }
     *out = kr;
     return NULL;
 fail:
@@ -366,6 +390,11 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
     if (rc != SK_OK)
         return make_status(api, "sparsec kernel op %s: %s", op_names[kr->kind],
                            sk_status_string(rc));
+    if (kr->bias) {
+        float *yr = y;
+        for (int64_t r = 0; r < rows; r++, yr += kr->cols)
+            for (int64_t c = 0; c < kr->cols; c++) yr[c] += kr->bias[c];
+    }
     return NULL;
 }
 
@@ -381,7 +410,7 @@ static const char *SK_ORT_CALL get_ep(const OrtCustomOp *base) {
     return "CPUExecutionProvider";
 }
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *base) {
-    return ((const sk_op *)base)->kind == OP_NM ? 3 : 4;
+    return bias_input(((const sk_op *)base)->kind) + 1;
 }
 static int SK_ORT_CALL input_type(const OrtCustomOp *base, size_t index) {
     if (((const sk_op *)base)->kind == OP_NM)
@@ -401,6 +430,10 @@ static int SK_ORT_CALL io_required(const OrtCustomOp *base, size_t index) {
     (void)base;
     (void)index;
     return SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL input_char(const OrtCustomOp *base, size_t index) {
+    return index == bias_input(((const sk_op *)base)->kind) ? SK_ORT_INPUT_OUTPUT_OPTIONAL
+                                                            : SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
 static int SK_ORT_CALL mem_default(const OrtCustomOp *base, size_t index) {
     (void)base;
@@ -425,7 +458,7 @@ static void init_op(sk_op *op, int kind, int cap) {
     b->GetOutputType = output_type;
     b->GetOutputTypeCount = output_count;
     b->KernelDestroy = kernel_destroy;
-    b->GetInputCharacteristic = io_required;
+    b->GetInputCharacteristic = input_char;
     b->GetOutputCharacteristic = io_required;
     b->GetInputMemoryType = mem_default;
     b->GetVariadicInputMinArity = one;

@@ -94,3 +94,42 @@ def test_half_density_layers_take_the_batch_path_from_min_rows() -> None:
             model, PassContext(dims=rows)
         )
         assert records[0].stats["layers_lowered"] == lowered
+
+
+BIAS_TEXT = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[B,S,64] x) => (float[B,S,128] y, float[B,S,128] v) {
+  h = MatMul(x, w1)
+  y = Add(b1, h)
+  u = MatMul(x, w2)
+  v = Add(u, full)
+}
+"""
+
+
+def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
+    """`Add(b, MatMul(x, W))` with a [N] bias becomes one op; a bias that varies along rows
+    (here [B,S,N]) keeps its Add. Gemm's C folds too (see build())."""
+    model = make_model(
+        BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3),
+        full=seeded((2, 5, 128), 4),
+    )
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    feeds = sample_inputs(model, dims=DIMS)
+    before = evaluate(model, feeds)
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+        model, PassContext(dims=DIMS)
+    )
+    kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
+    assert len(kernels) == 2
+    assert [len(n.inputs) for n in kernels] == [4, 3]
+    assert [n.op_type for n in model.graph].count("Add") == 1
+    assert [o.name for o in model.graph.outputs] == ["y", "v"]
+    assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-5
+
+    model = build()
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+        model, PassContext(dims=DIMS)
+    )
+    assert "Add" not in [n.op_type for n in model.graph]

@@ -74,6 +74,30 @@ def test_block_op_matches_dense(bk: int, rng: np.random.Generator) -> None:
     _check_batches(sparse_ops.make_session(_model([node], inits)), w, rng)
 
 
+@pytest.mark.parametrize("kind", ["nm", "block"])
+def test_bias_input_is_added_to_every_row(kind: str, rng: np.random.Generator) -> None:
+    if kind == "nm":
+        w = sk.prune_nm(rng.standard_normal((32, 37)), 2, 4)
+        node, inits = sparse_ops.nm_matmul_node("x", "y", w, 2, 4, "fc", bias=rng.standard_normal(37))
+    else:
+        w = sk.prune_block(rng.standard_normal((32, 37)), 0.25, 4)
+        node, inits = sparse_ops.block_matmul_node("x", "y", w, 4, "fc", bias=rng.standard_normal(37))
+    bias = numpy_helper.to_array(inits[-1]).astype(np.float64)
+    session = sparse_ops.make_session(_model([node], inits))
+    for shape in ((1, 32), (70, 32), (2, 3, 32)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        (y,) = session.run(None, {"x": x})
+        ref = x.astype(np.float64) @ w + bias
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_bias_of_the_wrong_length_is_rejected(rng: np.random.Generator) -> None:
+    w = sk.prune_nm(rng.standard_normal((32, 37)), 2, 4)
+    node, inits = sparse_ops.nm_matmul_node("x", "y", w, 2, 4, "fc", bias=np.zeros(36))
+    with pytest.raises(sk.PackedFormatError, match="bias has 36 values, expected N=37"):
+        sparse_ops.make_session(_model([node], inits))
+
+
 def test_every_isa_path(isa: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(sk.ENV_ISA, isa)  # read by the library when the session is created
     w = sk.prune_nm(rng.standard_normal((64, 40)), 2, 4)
