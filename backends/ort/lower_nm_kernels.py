@@ -2,8 +2,8 @@
 
 Rewrites `MatMul(X, NMSparse(W))`, `MatMul(X, Transpose(NMSparse(W)))` (torch Linear on 3-D
 inputs) and `Gemm(X, NMSparse(W), C)` into `com.sparsec.kernels.NMSparseMatMul(X, values, meta)`,
-with W packed offline into kept values and position metadata. A constant [N] bias (Gemm's C,
-or an `Add` right after the MatMul) becomes the op's optional `bias` input. Layers the
+with W packed offline into kept values and position metadata (+ `Add(C)`; with `fold_bias` a
+constant [N] bias, Gemm's C or an `Add` after the MatMul, becomes the op's `bias` input). Layers the
 kernels cannot take (other group sizes, tiny weights, unusual Gemm attributes) stay marked
 and are lowered dense by `legalize-dense`, each with its reason in the statistics.
 """
@@ -111,6 +111,13 @@ class LowerNMKernels(Pass):
         "768x768 lost badly (bench/results/bert_block_session.json, bert_shapes_2threads.json)",
     )
 
+    fold_bias: bool = option(
+        False,
+        "make a constant [N] bias (Gemm C, or an Add after the MatMul) the op's bias input instead "
+        "of an ORT Add: no measured gain here (GPT-2 decode step 10.47 vs 10.46 ms, BERT-base seq "
+        "128 100.6 vs 98.9 ms: ORT's Add is parallel and cheap), so off by default",
+    )
+
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         from sparsec.ir.shapes import infer_concrete_shapes
 
@@ -143,7 +150,7 @@ class LowerNMKernels(Pass):
             except (PackedFormatError, ValueError) as e:
                 skipped[weight.name] = f"cannot pack: {e}"
                 continue
-            self._rewrite(model, layer, weight, packed, n, m)
+            self._rewrite(model, layer, weight, packed, n, m, self.fold_bias)
             lowered += 1
             packed_bytes += int(packed.nbytes)
             dense_bytes += int(w_kn.nbytes)
@@ -160,7 +167,8 @@ class LowerNMKernels(Pass):
         return PassResult(changed=bool(lowered), stats=stats)
 
     @staticmethod
-    def _rewrite(model: ir.Model, layer: ir.Node, weight: ir.Value, packed, n: int, m: int) -> None:
+    def _rewrite(model: ir.Model, layer: ir.Node, weight: ir.Value, packed, n: int, m: int,
+                 fold_bias: bool) -> None:
         graph = model.graph
         values = ir.Value(name=f"{weight.name}.nm_values", const_value=ir.tensor(np.asarray(packed.values)))
         meta = ir.Value(name=f"{weight.name}.nm_meta", const_value=ir.tensor(np.asarray(packed.meta)))
@@ -174,9 +182,9 @@ class LowerNMKernels(Pass):
         inputs = [layer.inputs[0], values, meta]
         bias = layer.inputs[2] if layer.op_type == "Gemm" and len(layer.inputs) > 2 else None
         bias_add = None
-        if bias is None:
+        if bias is None and fold_bias:
             bias, bias_add = _trailing_bias_add(out, int(packed.cols))
-        folded = _as_bias_vector(bias, int(packed.cols))
+        folded = _as_bias_vector(bias, int(packed.cols)) if fold_bias else None
         if folded is not None:  # the op adds it: one ORT Add fewer per layer
             b = ir.Value(name=f"{weight.name}.nm_bias", const_value=ir.tensor(folded))
             b.const_value.name = b.name

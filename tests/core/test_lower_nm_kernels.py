@@ -108,7 +108,7 @@ g (float[B,S,64] x) => (float[B,S,128] y, float[B,S,128] v) {
 
 
 def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
-    """`Add(b, MatMul(x, W))` with a [N] bias becomes one op; a bias that varies along rows
+    """With fold_bias, `Add(b, MatMul(x, W))` with a [N] bias becomes one op; a bias that varies along rows
     (here [B,S,N]) keeps its Add. Gemm's C folds too (see build())."""
     model = make_model(
         BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3),
@@ -117,7 +117,7 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
     PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
     feeds = sample_inputs(model, dims=DIMS)
     before = evaluate(model, feeds)
-    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0 fold_bias=true},legalize-dense")).run(
         model, PassContext(dims=DIMS)
     )
     kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
@@ -129,7 +129,13 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
 
     model = build()
     PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
-    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0 fold_bias=true},legalize-dense")).run(
         model, PassContext(dims=DIMS)
     )
     assert "Add" not in [n.op_type for n in model.graph]
+    model = build()  # off by default: Gemm's C stays an Add
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+        model, PassContext(dims=DIMS)
+    )
+    assert [n.op_type for n in model.graph].count("Add") == 1
