@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import helper, numpy_helper
 
 from sparsec.dialect.reference import lower_to_reference
 from sparsec.ir.io import to_proto
@@ -53,15 +55,93 @@ def shape_proto(model: ir.Model, dims: dict[str, int]) -> onnx.ModelProto:
     for value in graph.inputs:
         if value.shape is not None and not value.is_initializer():
             value.shape = ir.Shape(concrete_shape(value, dims))
-    return to_proto(copy)
+    proto = to_proto(copy)
+    # Exporters record symbolic shapes ('batch', '') of intermediate values; ONNX inference
+    # keeps those instead of the concrete dims it would derive, so drop every non-static one.
+    static = [vi for vi in proto.graph.value_info if vi.name in _static_shapes_of([vi])]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(static)
+    return proto
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+
+
+def _static_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = proto.graph
+    return _static_shapes_of(list(g.input) + list(g.value_info) + list(g.output))
+
+
+def _static_shapes_of(infos: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
+    found = {}
+    for vi in infos:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            found[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    return found
+
+
+def _eval_node(node: onnx.NodeProto, inputs: list[np.ndarray], opsets) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator
+
+    vis = [helper.make_tensor_value_info(f"i{k}", helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+           for k, a in enumerate(inputs)]
+    n = onnx.NodeProto()
+    n.CopyFrom(node)
+    live = [i for i in node.input if i]
+    del n.input[:]
+    n.input.extend(f"i{live.index(i)}" if i else "" for i in node.input)
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
+    model = helper.make_model(helper.make_graph([n], "fold", vis, outs), opset_imports=opsets)
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {f"i{k}": a for k, a in enumerate(inputs)})]
+    except Exception:  # an op the reference evaluator lacks: leave the node to shape inference
+        return None
+
+
+def _fold_shape_values(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Replace shape computations (Shape of a value whose shape is known, then small ops on
+    constants: Gather, Concat, Range, ...) by constants. ONNX's data propagation does not
+    reach through all of them (Range, as in Hugging Face position ids), and one unknown
+    shape there leaves the rest of the model without shapes."""
+    g = proto.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    folded: list[onnx.NodeProto] = []
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx") or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            continue
+        values = None
+        if node.op_type == "Shape" and node.input[0] in shapes:
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = shapes[node.input[0]]
+            values = [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], np.int64)]
+        elif node.op_type == "Constant" or (node.input and all(i in consts for i in node.input if i)):
+            args = [consts[i] for i in node.input if i]
+            if sum(a.size for a in args) <= SMALL:
+                values = _eval_node(node, args, proto.opset_import)
+        if values is None or len(values) != len(node.output) or any(v.size > SMALL for v in values):
+            continue
+        consts.update(zip(node.output, values, strict=True))
+        folded.append(node)
+    if not folded:
+        return False
+    for node in folded:
+        g.node.remove(node)
+        g.initializer.extend(numpy_helper.from_array(consts[o], o) for o in node.output)
+    return True
 
 
 def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
     proto = shape_proto(model, dims)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except onnx.shape_inference.InferenceError:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    inferred = _infer(proto)
+    for _ in range(4):  # each round can expose shapes that the next round's Shape nodes read
+        if not _fold_shape_values(proto, _static_shapes(inferred)):
+            break
+        inferred = _infer(proto)
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, int] = {}
     g = inferred.graph
@@ -73,6 +153,9 @@ def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
         if all(x >= 0 for x in d):
             shapes[vi.name] = tuple(d)
             dtypes[vi.name] = t.elem_type
+    for t in g.initializer:  # shape computations folded into constants
+        shapes.setdefault(t.name, tuple(t.dims))
+        dtypes.setdefault(t.name, t.data_type)
     for value in model.graph.initializers.values():
         if value.const_value is not None:
             shapes[value.name] = tuple(value.const_value.shape)
