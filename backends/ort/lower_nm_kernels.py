@@ -191,15 +191,14 @@ class LowerNMKernels(Pass):
             graph.register_initializer(b)
             inputs.append(b)
             attrs.append(ir.AttrInt64("has_bias", 1))
-            if bias_add is not None:
-                out, bias = bias_add.outputs[0], None
-            else:
-                bias = None
+            if bias_add is not None:  # the op's output replaces the Add's
+                out = bias_add.outputs[0]
+            bias = None
         mm = ir.Node(KERNEL_DOMAIN, NM_OP, inputs, attributes=attrs,
                      name=f"{base}/nm_kernel", num_outputs=1)
         graph.insert_before(layer, mm)
         result = mm.outputs[0]
-        if bias is not None and bias_add is None:  # a Gemm C the op cannot take
+        if bias is not None:  # a Gemm C the op does not take
             add = ir.Node("", "Add", [result, bias], name=f"{base}/bias", num_outputs=1)
             graph.insert_before(layer, add)
             result = add.outputs[0]

@@ -40,7 +40,7 @@ from sparsec.passes.analysis.sensitivity import (
 )
 from sparsec.passes.sparsify.allocation import LayerOptions, cap_damage, meet_benefit, totals
 from sparsec.passes.sparsify.apply import apply_plan
-from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion
+from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, reconstruction_option
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -131,20 +131,16 @@ class Allocate(Pass):
     metric: str = option("output", "sensitivity metric: output or proxy")
     samples: int = option(16, "calibration samples for the sensitivity scan")
     sequential: bool = option(True, "prune stage by stage on the inputs of already-pruned layers")
-    damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
-    correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
-    fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
-    refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
-    refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
-    residual: bool = option(True, "sparsegpt, correct: also make up the error a skip connection carries around the layer")
+    damp: float = reconstruction_option("damp")
+    correct: bool = reconstruction_option("correct")
+    fit_bias: bool = reconstruction_option("fit_bias")
+    refit_norms: bool = reconstruction_option("refit_norms")
+    refit_kept: bool = reconstruction_option("refit_kept")
+    residual: bool = reconstruction_option("residual")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
     min_params: int = option(1024, "leave weights with fewer parameters dense")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
-
-    @property
-    def reconstruction(self) -> Reconstruction:
-        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept, self.residual)
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -164,7 +160,7 @@ class Allocate(Pass):
         patterns = [parse_pattern(c) for c in self.candidates]
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
-            min_params=self.min_params, include=self.include, exclude=self.exclude, recon=self.reconstruction,
+            min_params=self.min_params, include=self.include, exclude=self.exclude, recon=Reconstruction.of(self),
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
         dense_out = _outputs(model, held)
@@ -214,7 +210,7 @@ class Allocate(Pass):
         trial = model.clone()
         by_name = {layer.name: layer for layer in find_layers(trial)}
         plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
-        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction)
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=Reconstruction.of(self))
         return trial
 
     def _floor_mode(

@@ -8,13 +8,15 @@ All work on the layer's 2-D view W2 [rows, K] with its input statistics (LayerSt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from sparsec.errors import PipelineError
 from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.patterns import Pattern
+from sparsec.pm.pass_base import option
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 
@@ -44,6 +46,27 @@ class Reconstruction:
     refit_norms: bool = False
     refit_kept: bool = True
     residual: bool = True
+
+    @classmethod
+    def of(cls, options: Any) -> Reconstruction:
+        """The settings of a pass that declares every field with `reconstruction_option`."""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
+
+
+_RECONSTRUCTION_HELP = {
+    "damp": "sparsegpt: Hessian damping, as a fraction of its mean diagonal",
+    "correct": "sparsegpt, sequential: reconstruct towards the dense model's layer outputs",
+    "fit_bias": "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)",
+    "refit_norms": "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model",
+    "refit_kept": "sparsegpt: solve each row's kept weights exactly once the mask is chosen",
+    "residual": "sparsegpt, correct: also make up the error a skip connection carries around the layer",
+}
+
+
+def reconstruction_option(name: str) -> Any:
+    """A pass option for the Reconstruction field `name`: its default and one help text,
+    shared by every pass that prunes with a data criterion."""
+    return option(getattr(Reconstruction(), name), _RECONSTRUCTION_HELP[name])
 
 
 def check_criterion(criterion: str, pass_name: str) -> None:

@@ -16,7 +16,13 @@ import onnx_ir as ir
 from sparsec.layers import Layer, find_layers
 from sparsec.nm_pattern import nm_mask, validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
-from sparsec.passes.sparsify.criteria import CRITERIA, Reconstruction, check_criterion, needs_data
+from sparsec.passes.sparsify.criteria import (
+    CRITERIA,
+    Reconstruction,
+    check_criterion,
+    needs_data,
+    reconstruction_option,
+)
 from sparsec.passes.sparsify.marking import mark_nm
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -70,16 +76,12 @@ class NMSparsity(Pass):
     min_params: int = option(1024, "skip weights with fewer parameters")
     criterion: str = option("magnitude", "which weights to keep: magnitude, wanda or sparsegpt (these need calibration data)")
     sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
-    damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
-    correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
-    fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
-    refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
-    refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
-    residual: bool = option(True, "sparsegpt, correct: also make up the error a skip connection carries around the layer")
-
-    @property
-    def reconstruction(self) -> Reconstruction:
-        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept, self.residual)
+    damp: float = reconstruction_option("damp")
+    correct: bool = reconstruction_option("correct")
+    fit_bias: bool = reconstruction_option("fit_bias")
+    refit_norms: bool = reconstruction_option("refit_norms")
+    refit_kept: bool = reconstruction_option("refit_kept")
+    residual: bool = reconstruction_option("residual")
 
     def __post_init__(self) -> None:
         validate_nm(self.n, self.m)
@@ -139,7 +141,7 @@ class NMSparsity(Pass):
 
         calib = require_calibration(ctx, f"nm-sparsity{{criterion={self.criterion}}}")
         pattern = Pattern("nm", n=self.n, m=self.m)
-        outcomes = apply_plan(model, [(layer, pattern) for layer in layers], self.criterion, calib, sequential=self.sequential, recon=self.reconstruction)
+        outcomes = apply_plan(model, [(layer, pattern) for layer in layers], self.criterion, calib, sequential=self.sequential, recon=Reconstruction.of(self))
         pruned.extend(o.layer for o in outcomes)
         params, new_zeros = record_outcomes(ctx, self.name, layers, outcomes, with_axis=True)
         total, zeros = total + params, zeros + new_zeros

@@ -13,7 +13,12 @@ import onnx_ir as ir
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.layer_stats import require_calibration
 from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason, record_outcomes
-from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
+from sparsec.passes.sparsify.criteria import (
+    Reconstruction,
+    check_criterion,
+    needs_data,
+    reconstruction_option,
+)
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -37,20 +42,16 @@ class Sparsify(Pass):
     pattern: str = option("u:0.5", "dense, N:M, u:FRACTION or bRxC:FRACTION (fraction of zeros)")
     criterion: str = option("magnitude", "magnitude, wanda or sparsegpt (these need calibration data)")
     sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
-    damp: float = option(0.01, "sparsegpt: Hessian damping, as a fraction of its mean diagonal")
-    correct: bool = option(True, "sparsegpt, sequential: reconstruct towards the dense model's layer outputs")
-    fit_bias: bool = option(True, "sparsegpt: refit each layer's bias (a never-pruned constant-1 input)")
-    refit_norms: bool = option(False, "sparsegpt, sequential: refit LayerNormalization scale/shift towards the dense model")
-    refit_kept: bool = option(True, "sparsegpt: solve each row's kept weights exactly once the mask is chosen")
-    residual: bool = option(True, "sparsegpt, correct: also make up the error a skip connection carries around the layer")
+    damp: float = reconstruction_option("damp")
+    correct: bool = reconstruction_option("correct")
+    fit_bias: bool = reconstruction_option("fit_bias")
+    refit_norms: bool = reconstruction_option("refit_norms")
+    refit_kept: bool = reconstruction_option("refit_kept")
+    residual: bool = reconstruction_option("residual")
     op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to prune")
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
     min_params: int = option(1024, "skip weights with fewer parameters")
-
-    @property
-    def reconstruction(self) -> Reconstruction:
-        return Reconstruction(self.damp, self.correct, self.fit_bias, self.refit_norms, self.refit_kept, self.residual)
 
     def __post_init__(self) -> None:
         parse_pattern(self.pattern)
@@ -69,7 +70,7 @@ class Sparsify(Pass):
                 continue
             plan.append((layer, pattern))
         calib = require_calibration(ctx, f"sparsify{{criterion={self.criterion}}}") if needs_data(self.criterion) and plan else None
-        outcomes = apply_plan(model, plan, self.criterion, calib, sequential=self.sequential, recon=self.reconstruction)
+        outcomes = apply_plan(model, plan, self.criterion, calib, sequential=self.sequential, recon=Reconstruction.of(self))
         params, zeros = record_outcomes(ctx, self.name, [layer for layer, _ in plan], outcomes, with_axis=False)
         stats = {
             "layers_pruned": len(outcomes),
