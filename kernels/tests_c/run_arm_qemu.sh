@@ -10,6 +10,18 @@ command -v "$cc" >/dev/null || { echo "skip: no $cc"; exit 77; }
 command -v "$qemu" >/dev/null || { echo "skip: no $qemu"; exit 77; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+# A compiler binary without the aarch64 C library (Debian's libc6-dev-arm64-cross) cannot
+# build anything: that is a missing install, reported as a skip with the reason, not a
+# kernel failure.
+printf '#include <stdint.h>\nint main(void){uint8_t x=0;return x;}\n' > "$out/probe.c"
+if ! "$cc" -static "$out/probe.c" -o "$out/probe" 2>"$out/probe.err"; then
+    echo "skip: $cc cannot build a program (is libc6-dev-arm64-cross installed?): $(head -n1 "$out/probe.err")"
+    exit 77
+fi
+if ! "$qemu" "$out/probe"; then
+    echo "skip: $qemu cannot run an aarch64 program"
+    exit 77
+fi
 # Static so qemu needs no aarch64 sysroot.
 "$cc" -std=c11 -O2 -static -pthread -Wall -Wextra \
     "$here"/../src/*.c "$here/test_kernels.c" -lm -o "$out/test_kernels"
