@@ -14,6 +14,7 @@ EXPECTED = {
     "gpt",
     "gpt_small",
     "digits_cnn",
+    "digits_mlp",
     # architecture families for channel cropping
     "shufflenet",
     "densenet",
