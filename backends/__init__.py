@@ -1,6 +1,16 @@
-"""Backends (shipped as `sparsec.backends`): each legalizes `com.sparsec` ops and runs models."""
+"""Backends (shipped as `sparsec.backends`): each sub-package is one backend.
 
-from sparsec.backends.base import Backend, CompiledModel, get_backend
-from sparsec.backends.ort import lower_nm_kernels  # noqa: F401  (registers the pass)
+A backend is a folder here with a `@register_backend` class (legalization pipeline, check,
+runner) and its legalization passes; `get_backend(name)` imports every sub-package, which
+registers them. Targets (`sparsec.targets`) name the backend they compile for.
+"""
 
-__all__ = ["Backend", "CompiledModel", "get_backend"]
+from sparsec.backends.base import (
+    Backend,
+    CompiledModel,
+    get_backend,
+    known_backends,
+    register_backend,
+)
+
+__all__ = ["Backend", "CompiledModel", "get_backend", "known_backends", "register_backend"]

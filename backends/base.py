@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ class CompiledModel:
 
 
 class Backend(ABC):
+    """A registered backend (`@register_backend`): legalizes `com.sparsec` ops and runs the result."""
+
     name: str = ""
 
     @abstractmethod
@@ -45,11 +49,39 @@ class Backend(ABC):
         """A callable running the compiled model on feeds."""
 
 
-def get_backend(name: str) -> Backend:
-    from sparsec.backends.ort.backend import OrtBackend
+_BACKENDS: dict[str, type[Backend]] = {}
 
-    backends: dict[str, Callable[[], Backend]] = {"ort": OrtBackend}
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make `cls` the backend called `cls.name` (targets name it)."""
+    if not cls.name:
+        raise ValueError(f"backend class {cls.__name__} needs a name")
+    existing = _BACKENDS.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"backend '{cls.name}' is registered twice ({existing.__module__} and {cls.__module__})")
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    # Each sub-package of sparsec.backends is one backend; importing it registers its class
+    # and its legalization passes. A new backend is a new folder, nothing else to edit.
+    import sparsec.backends as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def known_backends() -> list[str]:
+    _discover()
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    _discover()
     try:
-        return backends[name]()
+        cls = _BACKENDS[name]
     except KeyError:
-        raise OptionError(f"unknown backend '{name}' (known: {', '.join(backends)})") from None
+        raise OptionError(f"unknown backend '{name}' (known: {', '.join(sorted(_BACKENDS))})") from None
+    return cls()

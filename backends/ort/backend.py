@@ -12,7 +12,7 @@ import logging
 
 import onnx_ir as ir
 
-from sparsec.backends.base import Backend, CompiledModel, Runner
+from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
 from sparsec.dialect import DOMAIN
 from sparsec.ir.io import model_bytes
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
@@ -21,6 +21,7 @@ from sparsec.runtime import KERNEL_DOMAIN, make_session
 log = logging.getLogger("sparsec.backends.ort")
 
 
+@register_backend
 class OrtBackend(Backend):
     name = "ort"
 

@@ -28,7 +28,9 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
 def _load_builtin_passes() -> None:
     # Importing the packages registers their passes; done lazily to avoid import cycles.
     importlib.import_module("sparsec.passes")
-    importlib.import_module("sparsec.backends")
+    from sparsec.backends.base import known_backends
+
+    known_backends()  # imports every backend package, which registers its passes
 
 
 def get_pass(name: str) -> type[Pass]:

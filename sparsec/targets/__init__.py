@@ -1,0 +1,71 @@
+"""Targets: what a compile is for, one registered class each.
+
+A target names its backend and owns what the compiler assumes about the machine: the
+roofline constants behind the predicted-latency column (nominal; measured latency always
+comes from a real benchmark), the channel multiple that keeps dense kernels efficient, and
+which sparsity patterns and `com.sparsec` ops it accelerates. Adding a target is one new
+module in this package with a `@register_target` class; it is found by name, nothing else
+needs editing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import ClassVar
+
+from sparsec.errors import OptionError
+
+_TARGETS: dict[str, type[Target]] = {}
+
+
+class Target:
+    """Base class of targets; subclasses set the class attributes and register."""
+
+    name: ClassVar[str] = ""
+    backend: ClassVar[str] = ""  # a name registered with `sparsec.backends.register_backend`
+    peak_gflops: ClassVar[float] = 0.0  # sustained fp32 GFLOP/s of the dense library
+    dram_gbps: ClassVar[float] = 0.0  # sustained memory bandwidth, GB/s
+    channel_multiple: ClassVar[int] = 1  # channel counts that keep dense kernels efficient
+    patterns: ClassVar[frozenset[str]] = frozenset()  # pattern kinds run faster: nm, block, unstructured
+    ops: ClassVar[frozenset[str]] = frozenset()  # com.sparsec ops with a fast lowering here
+
+    def accelerates(self, kind: str) -> bool:
+        """Whether a pattern kind (`nm`, `block`, `unstructured`) or a `com.sparsec` op runs faster here."""
+        return kind in self.patterns or kind in self.ops
+
+    def __repr__(self) -> str:
+        return f"<target {self.name}: backend {self.backend}>"
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    """Class decorator: make `cls` available as `--target=<cls.name>`."""
+    if not cls.name or not cls.backend:
+        raise ValueError(f"target class {cls.__name__} needs a name and a backend")
+    existing = _TARGETS.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"target '{cls.name}' is registered twice ({existing.__module__} and {cls.__module__})")
+    _TARGETS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    # Every module of this package registers its target on import.
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def known_targets() -> list[str]:
+    _discover()
+    return sorted(_TARGETS)
+
+
+def get_target(name: str) -> Target:
+    _discover()
+    try:
+        return _TARGETS[name]()
+    except KeyError:
+        raise OptionError(f"unknown target '{name}' (known: {', '.join(sorted(_TARGETS))})") from None
+
+
+__all__ = ["Target", "get_target", "known_targets", "register_target"]
