@@ -1,4 +1,16 @@
-"""Artifacts: an output folder written atomically (complete or absent, never half-written)."""
+"""Artifact folders: sparsec writes only where it owns what it replaces.
+
+A folder is sparsec's to write when it is absent, empty, or an artifact: it holds a
+`manifest.json` written by sparsec whose `files` list names the files the artifact owns.
+In an artifact folder sparsec replaces only those files (each atomically, the manifest last)
+and removes only owned files the new artifact no longer has; anything else there (a
+subfolder, the user's notes) is left alone. Any other non-empty folder is an error naming its
+first entry, unless `force`: then sparsec writes its files next to what is there (a file of
+the same name is replaced) and still removes nothing it did not write.
+
+An absent or empty folder is filled in one step: the files are written to a temporary
+sibling that is then renamed into place, so the artifact is complete or absent.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +18,132 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sparsec.errors import OutputError
+from sparsec.output_files import dir_mode, nearest_existing, probe_writable_dir
 
 MANIFEST = "manifest.json"
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail fast, before any work, if `out` cannot be written."""
+@dataclass(frozen=True)
+class OutputPlan:
+    """What is in an output folder before sparsec writes to it."""
+
+    path: Path
+    exists: bool
+    owned: frozenset[str]  # files of the sparsec artifact already there (manifest included)
+    foreign: tuple[str, ...]  # every other entry, sorted; never removed or changed
+
+
+def _plain_name(name: str) -> bool:
+    # A manifest is data: a crafted `files` entry must never reach outside the folder.
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def artifact_files(folder: Path) -> set[str] | None:
+    """The files the sparsec artifact in `folder` owns, or None when it holds no sparsec manifest."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or "sparsec_version" not in data or not isinstance(data.get("files"), list):
+        return None
+    return {MANIFEST} | {f for f in data["files"] if isinstance(f, str) and _plain_name(f)}
+
+
+def check_output_dir(out: Path, *, force: bool = False) -> OutputPlan:
+    """Fail fast, before any work, unless sparsec may write the artifact folder `out`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise OutputError(f"output directory {out} is not empty and holds no sparsec artifact; refusing to overwrite it")
-    # Missing parent folders are created when the artifact is written; the nearest
-    # existing ancestor must be a writable folder.
-    ancestor = out.resolve().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    if out.is_dir():
+        entries = sorted(os.listdir(out))
+        owned = artifact_files(out)
+        if owned is None:
+            if entries and not force:
+                raise OutputError(
+                    f"output directory {out} is not empty and holds no sparsec artifact (first entry: "
+                    f"'{entries[0]}'); choose a new or empty folder, or pass --force to write the artifact "
+                    "next to what is there"
+                )
+            owned = set()
+        probe_writable_dir(out, f"output directory {out}")
+        return OutputPlan(out, True, frozenset(owned), tuple(e for e in entries if e not in owned))
+    # Missing parent folders are created when the artifact is written; the nearest existing
+    # ancestor must be a folder we can create entries in.
+    ancestor = nearest_existing(out)
     if not ancestor.is_dir():
         raise OutputError(f"cannot write output directory {out}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write output directory {out}: {ancestor} is not writable")
+    probe_writable_dir(ancestor, f"output directory {out}")
+    return OutputPlan(out, False, frozenset(), ())
 
 
-def write_artifact(out: Path, files: dict[str, bytes]) -> Path:
-    """Write all files into a temporary sibling folder, then swap it into place."""
+def write_artifact(out: Path, files: dict[str, bytes], *, force: bool = False) -> Path:
+    """Write `files` (plain names -> bytes) as the artifact folder `out`."""
     out = Path(out)
-    check_output_dir(out)
-    parent = out.resolve().parent
+    bad = [name for name in files if not _plain_name(name)]
+    if bad:
+        raise ValueError(f"artifact file names must be plain names, got {bad[0]!r}")
+    plan = check_output_dir(out, force=force)
+    if not plan.exists or not (plan.owned or plan.foreign):
+        _write_new(out, files)
+    else:
+        _replace_owned(plan, files)
+    return out
+
+
+def _write_new(out: Path, files: dict[str, bytes]) -> None:
+    parent = out.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     except OSError as e:
-        raise OutputError(f"cannot write output directory {out}: {e.strerror}") from None
-    old: Path | None = None
+        raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
     try:
+        os.chmod(tmp, dir_mode())
         for name, data in files.items():
-            path = tmp / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.rmdir(old)
-            os.rename(out, old)
+            (tmp / name).write_bytes(data)
+        # rename() onto an empty folder replaces it; one that filled up meanwhile fails.
         os.rename(tmp, out)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.rename(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
         raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+
+
+def _replace_owned(plan: OutputPlan, files: dict[str, bytes]) -> None:
+    out = plan.path
+    clash = [name for name in files if name in plan.foreign and (out / name).is_dir()]
+    if clash:
+        raise OutputError(f"cannot write output directory {out}: '{clash[0]}' is a folder there")
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".sparsec-staging-", dir=out))
+    except OSError as e:
+        raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
+    try:
+        # Every byte is written before anything in `out` changes; then renames only.
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        for name in files:
+            if name != MANIFEST:
+                os.replace(stage / name, out / name)
+        # Owned files the new artifact lacks (an old plot): removed before the new manifest,
+        # so an interruption never leaves a file that no manifest claims.
+        for name in sorted(plan.owned - set(files) - {MANIFEST}):
+            path = out / name
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+        if MANIFEST in files:
+            os.replace(stage / MANIFEST, out / MANIFEST)
+    except OSError as e:
+        raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # our own staging folder only
 
 
 def json_bytes(data: Any) -> bytes:

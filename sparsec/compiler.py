@@ -233,20 +233,24 @@ def _manifest(
 
 
 def compile_file(
-    spec: str | Path, out_dir: str | Path, options: CompileOptions | None = None
+    spec: str | Path, out_dir: str | Path, options: CompileOptions | None = None, *, force: bool = False
 ) -> CompileResult:
-    """Load a model (`.onnx` path or `zoo:NAME`), compile it and write the artifact folder."""
+    """Load a model (`.onnx` path or `zoo:NAME`), compile it and write the artifact folder.
+
+    The folder must be absent, empty or a sparsec artifact (`force`: any folder); only the
+    artifact's own files are replaced (`sparsec.artifact`).
+    """
     from sparsec.capture import load_any
     from sparsec.ir.io import model_hash
 
     out = Path(out_dir)
-    check_output_dir(out)
+    check_output_dir(out, force=force)
     options = options or CompileOptions()
     options.optimisation_pipeline()  # validate options before the (slow) load
     model, source = load_any(str(spec))
     digest = model_hash(spec) if Path(str(spec)).is_file() else _ir_hash(model)
     result = compile_model(model, options, source=str(source), input_hash=digest)
-    write_artifact(out, result.files)
+    write_artifact(out, result.files, force=force)
     return result
 
 

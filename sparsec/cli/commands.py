@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,8 @@ from sparsec.cli.common import (
     instruments_from_args,
     pipeline_from_args,
 )
-from sparsec.errors import OptionError, OutputError
+from sparsec.errors import OptionError
+from sparsec.output_files import check_file_writable, write_file_atomically
 
 if TYPE_CHECKING:
     from sparsec.compiler import CompileOptions
@@ -52,7 +51,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         spec = spec or f"zoo:{DEFAULT_MODEL}"
     if spec is None:
         raise OptionError("compile needs a MODEL (an .onnx file or zoo:NAME), or --demo")
-    result = compile_file(spec, args.output, compile_options(args))
+    result = compile_file(spec, args.output, compile_options(args), force=args.force)
     m = result.manifest
     t, f, lat = m["totals"], m["fidelity"], m["latency"]
     print(f"artifact: {args.output}/ ({', '.join(m['files'])})")
@@ -82,14 +81,14 @@ def cmd_opt(args: argparse.Namespace) -> int:
         raise OptionError("opt needs a pipeline: -p PIPELINE or --pipeline-file FILE")
     out = Path(args.output) if args.output else None
     if out is not None:
-        _check_file_writable(out)
+        check_file_writable(out)
     model = load_model(args.model)
     log.info("pipeline: %s", pipeline.to_text(full=True))
     ctx = PassContext(dims=dims_from_args(args), calibration=calibration_from_args(args), repro_dir=default_repro_dir())
     manager = PassManager(pipeline, verify_each=not args.no_verify, instruments=instruments_from_args(args))
     manager.run(model, ctx)
     if out is not None:
-        _write_file_atomically(out, model_bytes(model))
+        write_file_atomically(out, model_bytes(model))
         log.info("wrote %s", out)
     return 0
 
@@ -185,27 +184,8 @@ def cmd_zoo_export(args: argparse.Namespace) -> int:
     from sparsec.capture import load_any
     from sparsec.ir.io import model_bytes
 
-    _check_file_writable(Path(args.output))
+    check_file_writable(Path(args.output))
     model, _ = load_any(f"zoo:{args.name}")
-    _write_file_atomically(Path(args.output), model_bytes(model))
+    write_file_atomically(Path(args.output), model_bytes(model))
     print(args.output)
     return 0
-
-
-def _check_file_writable(path: Path) -> None:
-    parent = path.resolve().parent
-    if path.is_dir():
-        raise OutputError(f"output path {path} is a directory, expected a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist or is not writable")
-
-
-def _write_file_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsec.errors import OptionError
-from sparsec.pm.instruments import Instrument, IRDumpDir, PassStatistics, PassTiming, PrintIRAfter
+from sparsec.pm.instruments import Instrument, PassStatistics, PassTiming, PrintIRAfter
 from sparsec.pm.pipeline import Pipeline, parse_pipeline, pipeline_from_yaml
 from sparsec.pm.presets import preset_pipeline
 
@@ -97,7 +97,9 @@ def instruments_from_args(args: argparse.Namespace) -> list[Instrument]:
     elif args.print_ir_after:
         out.append(PrintIRAfter([s.strip() for s in args.print_ir_after.split(",")], sys.stdout))
     if args.ir_dump_dir is not None:
-        out.append(IRDumpDir(args.ir_dump_dir))
+        from sparsec.cli.dump_dir import OwnedIRDumpDir
+
+        out.append(OwnedIRDumpDir(args.ir_dump_dir))
     if args.pass_timing:
         out.append(PassTiming(sys.stderr))
     if args.pass_statistics:

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="an .onnx file, or zoo:NAME for a models_zoo entry")
     p.add_argument("-o", "--output", required=True, type=Path, help="artifact folder to write")
     p.add_argument("--demo", action="store_true", help="compile the embedded default zoo model")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder that is not a sparsec artifact (its other files are kept)",
+    )
     add_pipeline_args(p, sugar=True)
     add_dims_arg(p)
     p.add_argument("--threads", type=int, default=2, help="threads for measurements (default 2)")

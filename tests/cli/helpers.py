@@ -1,0 +1,32 @@
+"""Small models and a CLI runner shared by the CLI tests (imported, not a conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsec.cli.main import main
+from sparsec.ir.io import save_model
+from sparsec.testing import make_model, seeded
+
+# Big enough that 2:4 applies with the default min_params=1024, small enough to compile in ~1 s.
+MLP = """
+<ir_version: 10, opset_import: ["" : 18]>
+mlp (float[batch,64] x) => (float[batch,32] y) {
+  h = Gemm <transB = 1> (x, w1, b1)
+  r = Relu(h)
+  y = MatMul(r, w2)
+}
+"""
+
+
+def write_mlp(folder: Path, name: str = "m.onnx") -> Path:
+    path = folder / name
+    save_model(make_model(MLP, w1=seeded((64, 64), 1), b1=seeded((64,), 2), w2=seeded((64, 32), 3)), path)
+    return path
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """main(argv) -> (exit status, stdout, stderr)."""
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
