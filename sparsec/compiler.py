@@ -16,6 +16,7 @@ from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artif
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.bench import time_side_by_side
 from sparsec.errors import UnsupportedError
+from sparsec.input_dims import check_dims
 from sparsec.ir.io import model_bytes
 from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
@@ -29,6 +30,7 @@ from sparsec.pm.pipeline import Pipeline
 from sparsec.pm.presets import preset_pipeline
 from sparsec.report import render_report, sparsity_plot
 from sparsec.targets import get_target
+from sparsec.verdict import Verdict, describe_pipeline, judge
 
 log = logging.getLogger("sparsec")
 
@@ -48,6 +50,8 @@ class CompileOptions:
     threads: int = 2
     verify_each: bool = True
     instruments: Sequence[Instrument] = ()
+    min_cosine: float | None = None  # verdict: floor on the worst output cosine (None: DEFAULT_MIN_COSINE)
+    strict: bool = False  # verdict: every warning fails the compile
 
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
@@ -64,6 +68,7 @@ class CompileResult:
     manifest: dict[str, Any]
     fidelity: Fidelity
     files: dict[str, bytes]
+    verdict: Verdict | None = None
 
     @property
     def model(self) -> ir.Model:
@@ -79,6 +84,7 @@ def compile_model(
     backend = get_backend(target.backend)
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
+    check_dims(model, options.dims)
     dense_bytes = model_bytes(model)
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
@@ -131,6 +137,16 @@ def compile_model(
     manifest = _manifest(
         source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity, latency, compiled
     )
+    verdict = judge(
+        manifest,
+        changed=any(r.changed for r in records[: len(pipeline)]),
+        requested=len(pipeline) > 0,
+        min_cosine=options.min_cosine,
+        real_samples=options.calibration is not None,
+        strict=options.strict,
+    )
+    manifest["summary"] = describe_pipeline(pipeline, options.target)
+    manifest["verdict"] = verdict.to_dict()
     files = {"model.onnx": compiled_bytes}
     plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
@@ -145,7 +161,7 @@ def compile_model(
         manifest["files"].append("crop.png")
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
-    return CompileResult(compiled, records, manifest, fidelity, files)
+    return CompileResult(compiled, records, manifest, fidelity, files, verdict)
 
 
 class _CostsBeforeLegalization(Instrument):

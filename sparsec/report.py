@@ -24,6 +24,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         f"- pipeline: `{manifest['pipeline'] or '(none)'}`",
         f"- legalization: `{manifest['legalization']}`",
         "",
+        *verdict_section(manifest),
         "## Summary",
         "",
         "| metric | dense | compiled | ratio |",
@@ -41,8 +42,9 @@ def render_report(manifest: dict[str, Any]) -> str:
         lines.append("| latency | not measured | not measured | - |")
     lines += [
         "",
-        f"Fidelity against the dense model on {f['samples']} random sample inputs: worst cosine "
-        f"**{f['cosine']:.6f}**, max abs error {f['max_abs']:.4g}, relative L2 error {f['rel_l2']:.4g}.",
+        f"Fidelity of the compiled model against the dense input model on {f['samples']} sample inputs "
+        f"(the worst of them): cosine **{f['cosine']:.6f}**, max abs error {f['max_abs']:.4g}, relative L2 "
+        f"error {f['rel_l2']:.4g}. This is the figure the verdict judges.",
         "",
     ]
     if manifest["runtime_ops"]:
@@ -53,7 +55,17 @@ def render_report(manifest: dict[str, Any]) -> str:
             "ONNX Runtime's dense kernels, so the packed weight bytes above are what a sparse kernel "
             "would stream, not what this model file holds."
         )
-    lines += ["", "## Passes", "", "| pass | changed | time (s) | cosine after | notes |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Passes",
+        "",
+        "The cosine column compares each changing pass's outputs with those of *its own input* (the model "
+        "before that pass) on one sample input; it shows which pass lost what, but the figures neither "
+        "multiply nor add up to the fidelity above, which compares the final model with the dense one.",
+        "",
+        "| pass | changed | time (s) | cosine vs the pass's input (1 sample) | notes |",
+        "|---|---|---|---|---|",
+    ]
     for r in manifest["passes"]:
         cos = f"{r['fidelity']['cosine']:.6f}" if "fidelity" in r else "-"
         notes = ", ".join(f"{k}={v}" for k, v in r["stats"].items() if not isinstance(v, (dict, list)))
@@ -75,6 +87,17 @@ def render_report(manifest: dict[str, Any]) -> str:
     if "sparsity.png" in manifest["files"]:
         lines += ["", "## Per-layer weight bytes", "", "![per-layer weight bytes](sparsity.png)"]
     return "\n".join(lines) + "\n"
+
+
+def verdict_section(manifest: dict[str, Any]) -> list[str]:
+    v = manifest.get("verdict")
+    if v is None:
+        return []
+    head = {"ok": "ok", "warn": "ok with warnings", "fail": "FAILED"}[v["status"]]
+    lines = ["## Verdict", "", f"**{head}**" + (" (strict: warnings fail)" if v.get("strict") else ""), ""]
+    lines += [f"- problem: {text}" for text in v["problems"]]
+    lines += [f"- warning: {text}" for text in v["warnings"]]
+    return [*lines, ""] if v["problems"] or v["warnings"] else lines
 
 
 def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> bytes | None:

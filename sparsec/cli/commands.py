@@ -43,6 +43,7 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from sparsec.compiler import compile_file
+    from sparsec.verdict import VERDICT_EXIT
 
     spec = args.model
     if args.demo:
@@ -51,24 +52,55 @@ def cmd_compile(args: argparse.Namespace) -> int:
         spec = spec or f"zoo:{DEFAULT_MODEL}"
     if spec is None:
         raise OptionError("compile needs a MODEL (an .onnx file or zoo:NAME), or --demo")
-    result = compile_file(spec, args.output, compile_options(args), force=args.force)
-    m = result.manifest
+    if args.min_cosine is not None and not -1.0 <= args.min_cosine <= 1.0:
+        raise OptionError(f"--min-cosine={args.min_cosine}: expected a cosine between -1 and 1 (e.g. 0.9)")
+    options = compile_options(args)
+    options.min_cosine, options.strict = args.min_cosine, args.strict
+    result = compile_file(spec, args.output, options, force=args.force)
+    verdict = result.verdict
+    assert verdict is not None
+    if not args.quiet:
+        print(summary(result.manifest, spec, args.output))
+        for text in verdict.warnings if not verdict.strict else []:
+            log.warning("warning: %s", text)
+    if verdict.status != "fail":
+        return 0
+    for text in verdict.failures:
+        sys.stderr.write(f"sparsec: error: {text}\n")
+    sys.stderr.write(
+        f"sparsec: error: the artifact in {args.output} was written and its manifest marks it failed "
+        f"(exit status {VERDICT_EXIT})\n"
+    )
+    return VERDICT_EXIT
+
+
+def summary(m: dict, spec: str, out: Path) -> str:
+    """The lines `compile` prints: what was done in words first, the verdict last."""
     t, f, lat = m["totals"], m["fidelity"], m["latency"]
-    print(f"artifact: {args.output}/ ({', '.join(m['files'])})")
-    print(f"pipeline: {m['pipeline'] or '(none)'}")
-    pruned = sum(1 for layer in m["layers"] if layer["sparsity"] != "dense")
-    print(
+    pruned = sum(1 for layer in m["layers"] if layer["sparsity"] not in ("dense", "removed"))
+    lines = [
+        f"compiled {spec}: {m['summary']}",
+        f"artifact: {out}/ ({', '.join(m['files'])})",
+        f"pipeline: {m['pipeline'] or '(none)'}",
         f"layers sparsified: {pruned}/{len(m['layers'])}; weights {t['weight_bytes_dense'] / 1e6:.2f} MB dense -> "
         f"{t['weight_bytes_sparse'] / 1e6:.2f} MB packed ({t['weight_bytes_dense'] / max(t['weight_bytes_sparse'], 1):.2f}x); "
-        f"useful MACs {t['macs'] / max(t['effective_macs'], 1):.2f}x fewer"
-    )
-    print(f"fidelity vs dense: cosine {f['cosine']:.6f}, max abs error {f['max_abs']:.4g}")
+        f"useful MACs {t['macs'] / max(t['effective_macs'], 1):.2f}x fewer",
+        f"fidelity vs dense: worst cosine {f['cosine']:.6f}, max abs error {f['max_abs']:.4g} "
+        f"({f['samples']} sample inputs)",
+    ]
     if lat.get("measured"):
-        print(
+        lines.append(
             f"latency on {m['backend']} ({lat['threads']} threads): dense {lat['dense_ms']:.3f} ms, "
             f"compiled {lat['compiled_ms']:.3f} ms -> {lat['speedup']:.2f}x"
         )
-    return 0
+    v = m["verdict"]
+    if v["status"] == "ok":
+        lines.append("verdict: ok")
+    else:
+        found = v["problems"] + v["warnings"]
+        head = "FAILED" if v["status"] == "fail" else "ok with warnings"
+        lines.append(f"verdict: {head}: " + "; ".join(found))
+    return "\n".join(lines)
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
@@ -82,9 +114,13 @@ def cmd_opt(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None:
         check_file_writable(out)
+    from sparsec.input_dims import check_dims
+
     model = load_model(args.model)
+    dims = dims_from_args(args)
+    check_dims(model, dims)
     log.info("pipeline: %s", pipeline.to_text(full=True))
-    ctx = PassContext(dims=dims_from_args(args), calibration=calibration_from_args(args), repro_dir=default_repro_dir())
+    ctx = PassContext(dims=dims, calibration=calibration_from_args(args), repro_dir=default_repro_dir())
     manager = PassManager(pipeline, verify_each=not args.no_verify, instruments=instruments_from_args(args))
     manager.run(model, ctx)
     if out is not None:
@@ -94,11 +130,13 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from sparsec.input_dims import check_dims
     from sparsec.ir.io import load_model
     from sparsec.ir.printer import print_ir
     from sparsec.passes.analysis.cost_model import estimate_costs
 
     model = load_model(args.model)
+    check_dims(model, dims_from_args(args))
     if args.ir:
         sys.stdout.write(print_ir(model))
         return 0
@@ -166,6 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "latency": m["latency"],
         "fidelity": m["fidelity"],
         "totals": m["totals"],
+        "summary": m["summary"],
+        "verdict": m["verdict"],
     }
     print(json.dumps(out, indent=2))
     return 0

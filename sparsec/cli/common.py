@@ -20,13 +20,21 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument("--target", default="cpu", help="target machine (default: cpu)")
         g.add_argument(
             "--sparsity",
-            default="2:4",
             help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'auto' to choose per layer "
-            "from calibration data (see --min-fidelity, --calib); 'none' for dense (default: 2:4)",
+            "from calibration data (see --min-fidelity, --calib); 'none' for dense (default: 2:4 when no "
+            "other technique flag such as --crop is given)",
         )
     if sugar:
-        g.add_argument("--crop", type=float, metavar="FRACTION", help="crop channels to remove this fraction of MACs first (e.g. 0.5)")
-        g.add_argument("--crop-ratio", type=float, metavar="FRACTION", help="crop this fraction of the channels of every prunable group first")
+        g.add_argument(
+            "--crop",
+            type=float,
+            metavar="FRACTION",
+            help="crop channels to remove this fraction of MACs (e.g. 0.5); alone it gives a smaller dense "
+            "model, with --sparsity the crop comes first",
+        )
+        g.add_argument(
+            "--crop-ratio", type=float, metavar="FRACTION", help="like --crop, a fraction of every prunable group's channels"
+        )
         g.add_argument(
             "--criterion",
             choices=("magnitude", "wanda", "sparsegpt"),
@@ -47,9 +55,23 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
     g.add_argument("--pipeline-file", type=Path, help="pipeline as text or YAML (.yaml/.yml) file")
 
 
+# Flags that choose what the pipeline does; -p/--pipeline-file spell the whole pipeline instead.
+TECHNIQUE_FLAGS = (
+    ("--sparsity", "sparsity"),
+    ("--crop", "crop"),
+    ("--crop-ratio", "crop_ratio"),
+    ("--criterion", "criterion"),
+    ("--min-fidelity", "min_fidelity"),
+)
+
+
 def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | None:
     if args.pipeline and args.pipeline_file:
         raise OptionError("give either -p/--pipeline or --pipeline-file, not both")
+    given = [flag for flag, attr in TECHNIQUE_FLAGS if getattr(args, attr, None) is not None] if sugar else []
+    if given and (args.pipeline is not None or args.pipeline_file is not None):
+        which = "-p/--pipeline" if args.pipeline is not None else "--pipeline-file"
+        raise OptionError(f"{which} spells the whole pipeline; it cannot be combined with {given[0]} (put it in the pipeline)")
     if args.pipeline is not None:
         return parse_pipeline(args.pipeline)
     if args.pipeline_file is not None:
@@ -61,9 +83,12 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             return pipeline_from_yaml(text)
         return parse_pipeline(" ".join(line for line in text.splitlines() if not line.strip().startswith("#")))
     if sugar:
+        sparsity = args.sparsity
+        if sparsity is None and args.crop is None and args.crop_ratio is None:
+            sparsity = "2:4"  # the default technique, only when no other one is asked for
         return preset_pipeline(
             target=args.target,
-            sparsity=args.sparsity,
+            sparsity=sparsity,
             crop=args.crop,
             crop_ratio=args.crop_ratio,
             criterion=args.criterion,
@@ -128,7 +153,8 @@ def dims_from_args(args: argparse.Namespace) -> dict[str, int]:
 
 
 def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    """-1 (-q): errors only; 0: progress; 1+ (-v): debug."""
+    level = logging.ERROR if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("sparsec: %(message)s"))
     root = logging.getLogger("sparsec")

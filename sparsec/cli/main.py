@@ -16,6 +16,7 @@ from sparsec import __version__
 from sparsec.cli import commands
 from sparsec.cli.common import add_dims_arg, add_instrument_args, add_pipeline_args, setup_logging
 from sparsec.errors import SparsecError
+from sparsec.verdict import DEFAULT_MIN_COSINE, VERDICT_EXIT
 
 EPILOG = """examples:
   sparsec compile --demo -o out/demo                 compile the embedded default model
@@ -24,6 +25,13 @@ EPILOG = """examples:
   sparsec inspect model.onnx                         per-layer MACs, bytes, predicted latency
   sparsec passes list                                every pass and its options
   sparsec pipeline show --sparsity=2:4               what the flags expand to
+
+exit status:
+  0  done (warnings, if any, were printed)
+  1  internal error (a bug in sparsec; --debug shows the traceback)
+  2  bad input or options, or the output cannot be written; nothing was written
+  3  compile: the artifact was written, but failed its verdict (fidelity below --min-cosine,
+     compiled slower than dense, or any warning under --strict); its manifest says why
 """
 
 
@@ -42,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sparsec {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -61,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="threads for measurements (default 2)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
     p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
+    v = p.add_argument_group("verdict")
+    v.add_argument(
+        "--min-cosine",
+        type=float,
+        metavar="COSINE",
+        help=f"fail (exit {VERDICT_EXIT}) when the worst output cosine vs dense is below this (default "
+        f"{DEFAULT_MIN_COSINE}; without --calib the default only warns)",
+    )
+    v.add_argument("--strict", action="store_true", help=f"every warning fails the compile (exit {VERDICT_EXIT}), for CI")
     add_instrument_args(p)
     p.set_defaults(func=commands.cmd_compile)
 

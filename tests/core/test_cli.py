@@ -103,7 +103,7 @@ def test_unknown_option_is_one_line(capsys) -> None:
 
 def test_compile_end_to_end(capsys, tmp_path, model_file) -> None:
     out = tmp_path / "new" / "art"  # missing parents are created
-    assert main(["compile", str(model_file), "--sparsity=2:4", "-o", str(out), "-p", "nm-sparsity{min_params=0}"]) == 0
+    assert main(["compile", str(model_file), "-o", str(out), "-p", "nm-sparsity{min_params=0}"]) == 0
     stdout = capsys.readouterr().out
     assert "artifact:" in stdout and "fidelity vs dense" in stdout and "latency on ort" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
