@@ -5,7 +5,10 @@
 
 An artifact whose manifest lists `runtime_ops` needs this loader: it registers the sparsec
 kernel library (native ONNX Runtime custom ops in the domain `com.sparsec.kernels`) with the
-session; other artifacts are plain ONNX and load anywhere.
+session; other artifacts are plain ONNX and load anywhere. A model written by `sparsec opt`
+still holds `com.sparsec` ops (the pruning decisions); this loader runs them through their
+reference lowering to standard ONNX (`sparsec.dialect.reference`), so every file sparsec
+writes, sparsec can run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from sparsec.errors import InputError
 KERNEL_DOMAIN = "com.sparsec.kernels"
 # Domain of the Python custom ops (onnxruntime-extensions) that artifacts used before.
 _LEGACY_DOMAIN = "ai.onnx.contrib"
+# Domain of the sparsec dialect ops (sparsec.dialect.DOMAIN; not imported here to keep this light).
+_DIALECT_DOMAIN = "com.sparsec"
 
 
 # Threads per sparse-kernel call; None = as many as ONNX Runtime's intra-op pool. The kernel
@@ -63,6 +68,21 @@ def make_session(
         raise
 
 
+def _without_dialect_ops(data: bytes, origin: str) -> bytes:
+    """`data` with every `com.sparsec` op replaced by its reference lowering (standard ONNX)."""
+    if _DIALECT_DOMAIN.encode() not in data.replace(KERNEL_DOMAIN.encode(), b""):
+        return data  # the common case, decided without parsing the model
+    import onnx
+
+    from sparsec.dialect.reference import lower_to_reference
+    from sparsec.ir.io import model_from_proto, to_proto
+
+    model = model_from_proto(onnx.load_from_string(data), origin=origin)
+    if not lower_to_reference(model):
+        return data
+    return to_proto(model).SerializeToString()
+
+
 class InferenceSession:
     """Runs an artifact folder (or a model file) written by `sparsec compile`."""
 
@@ -77,7 +97,7 @@ class InferenceSession:
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         runtime_ops = self.manifest.get("runtime_ops")
         self._session = make_session(
-            model_path.read_bytes(),
+            _without_dialect_ops(model_path.read_bytes(), str(model_path)),
             threads,
             custom_ops=bool(runtime_ops) if runtime_ops is not None else None,
             kernel_threads=kernel_threads,

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sparsec.cli.common import (
     calibration_from_args,
@@ -131,19 +131,20 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sparsec.input_dims import check_dims
-    from sparsec.ir.io import load_model
     from sparsec.ir.printer import print_ir
     from sparsec.passes.analysis.cost_model import estimate_costs
 
-    model = load_model(args.model)
+    model, kernel_ops = load_inspectable(args.model, raw=args.ir)
     check_dims(model, dims_from_args(args))
     if args.ir:
         sys.stdout.write(print_ir(model))
         return 0
     report = estimate_costs(model, target=args.target, dims=dims_from_args(args))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops}, indent=2))
         return 0
+    if kernel_ops:
+        print(f"({kernel_ops} sparsec kernel ops are shown as the layers they implement, with their pattern)")
     header = f"{'layer':40} {'op':13} {'sparsity':8} {'MACs':>14} {'params':>11} {'weight B':>12} {'act B':>11} {'pred ms':>8}"
     print(header)
     print("-" * len(header))
@@ -159,6 +160,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"{tot['activation_bytes']:>11,} {tot['predicted_ms']:>8.3f}"
     )
     return 0
+
+
+def load_inspectable(spec: str, *, raw: bool = False) -> tuple[Any, int]:
+    """Any model sparsec reads or writes: an .onnx file (with `com.sparsec` ops or kernel ops),
+    an artifact folder, or zoo:NAME. Kernel ops are raised to the layers they implement unless
+    `raw`; returns the model and how many kernel ops it holds."""
+    from sparsec.capture import load_any
+    from sparsec.cli.kernel_view import raise_kernel_ops
+    from sparsec.errors import InputError
+    from sparsec.ir.io import check_supported, load_model
+    from sparsec.runtime import KERNEL_DOMAIN
+
+    if spec.startswith("zoo:"):
+        return load_any(spec)[0], 0
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "model.onnx").is_file():
+            raise InputError(f"{path}: a folder without model.onnx (not a sparsec artifact)")
+        path = path / "model.onnx"
+    model = load_model(path, check_ops=False)
+    kernel_ops = sum(1 for node in model.graph if node.domain == KERNEL_DOMAIN)
+    if raw:
+        return model, kernel_ops
+    raise_kernel_ops(model)
+    check_supported(model, str(path))
+    return model, kernel_ops
 
 
 def cmd_passes_list(args: argparse.Namespace) -> int:

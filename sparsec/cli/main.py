@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_opt)
 
     p = sub.add_parser("inspect", help="per-layer cost table of a model")
-    p.add_argument("model", help="input .onnx file")
+    p.add_argument(
+        "model", help="an .onnx file (also one written by sparsec opt), an artifact folder, or zoo:NAME"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ir", action="store_true", help="print the IR as text instead")
     p.add_argument("--target", default="cpu", help="target for predicted latency (default cpu)")
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except SparsecError as e:
         sys.stderr.write(f"sparsec: error: {e}\n")
         return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (`sparsec inspect --json | head`): not an error; stop quietly,
+        # and keep Python from failing again when it flushes stdout at exit.
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a tool killed by the signal reports
     except KeyboardInterrupt:
         sys.stderr.write("sparsec: interrupted\n")
         return 130
@@ -149,3 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         sys.stderr.write(f"sparsec: internal error: {type(e).__name__}: {first} (rerun with --debug)\n")
         return 1
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
