@@ -29,10 +29,22 @@ from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
 
 
-def _matches(layer: Layer, patterns: tuple[str, ...]) -> bool:
-    return any(
-        fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.weight.name, p) for p in patterns
-    )
+def selection_reason(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
+    """Why the include/exclude globs leave a layer alone, or None when they select it.
+
+    Recorded as the layer's decision, so an excluded layer is in the manifest with its reason.
+    """
+
+    def hit(patterns: tuple[str, ...]) -> str | None:
+        return next(
+            (p for p in patterns if fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.weight.name, p)),
+            None,
+        )
+
+    if hit(include) is None:
+        return f"not selected by include={list(include)}"
+    glob = hit(exclude)
+    return None if glob is None else f"excluded by exclude glob '{glob}'"
 
 
 def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
@@ -92,9 +104,9 @@ class NMSparsity(Pass):
         chosen: list[Layer] = []  # for data-driven criteria, pruned together below
         total = zeros = 0
         for layer in find_layers(model, self.op_types):
-            if not _matches(layer, self.include) or _matches(layer, self.exclude):
-                continue
-            reason = skip_reason(layer, self.n, self.m, self.min_params)
+            reason = selection_reason(layer, self.include, self.exclude) or skip_reason(
+                layer, self.n, self.m, self.min_params
+            )
             if reason is not None:
                 skipped[layer.name] = reason
                 ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)

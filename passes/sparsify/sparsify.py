@@ -5,7 +5,6 @@ Unstructured and block results are marked by `com.sparsec.Sparse`, N:M ones by `
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -19,6 +18,7 @@ from sparsec.passes.sparsify.criteria import (
     needs_data,
     reconstruction_option,
 )
+from sparsec.passes.sparsify.nm_sparsity import selection_reason
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -26,10 +26,7 @@ from sparsec.pm.registry import register_pass
 
 
 def selected(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    def hit(globs: tuple[str, ...]) -> bool:
-        return any(fnmatch.fnmatchcase(layer.name, g) or fnmatch.fnmatchcase(layer.weight.name, g) for g in globs)
-
-    return hit(include) and not hit(exclude)
+    return selection_reason(layer, include, exclude) is None
 
 
 @register_pass
@@ -61,9 +58,9 @@ class Sparsify(Pass):
         pattern: Pattern = parse_pattern(self.pattern)
         plan, skipped = [], {}
         for layer in find_layers(model, self.op_types):
-            if not selected(layer, self.include, self.exclude):
-                continue
-            reason = pattern_skip_reason(layer, pattern, self.min_params)
+            reason = selection_reason(layer, self.include, self.exclude) or pattern_skip_reason(
+                layer, pattern, self.min_params
+            )
             if reason is not None:
                 skipped[layer.name] = reason
                 ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)

@@ -83,22 +83,29 @@ def parse_value(text: str, typ: Any, where: str) -> Any:
             return True
         if text.lower() in ("false", "0", "no", "off"):
             return False
-        raise PipelineError(f"{where}: expected true or false, got {text!r}")
+        raise PipelineError(f"{where}: expected true or false, got {text!r}{_comma_hint(text)}")
     if typ is int:
         try:
             return int(text)
         except ValueError:
-            raise PipelineError(f"{where}: expected an integer, got {text!r}") from None
+            raise PipelineError(f"{where}: expected an integer, got {text!r}{_comma_hint(text)}") from None
     if typ is float:
         try:
             return float(text)
         except ValueError:
-            raise PipelineError(f"{where}: expected a number, got {text!r}") from None
+            raise PipelineError(f"{where}: expected a number, got {text!r}{_comma_hint(text)}") from None
     if typ is str:
         if len(text) >= 2 and text[0] == text[-1] == "'":
             return text[1:-1]
         return text
     raise PipelineError(f"{where}: unsupported option type {typ}")
+
+
+def _comma_hint(text: str) -> str:
+    # `nm-sparsity{n=2, m=4}` reads as n='2,': say how options are really separated.
+    if text.endswith(","):
+        return " (options are separated by spaces, not commas: nm-sparsity{n=2 m=4})"
+    return ""
 
 
 def format_value(value: Any) -> str:
