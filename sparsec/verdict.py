@@ -70,7 +70,7 @@ def judge(
         if real_samples or min_cosine is not None:
             v.problems.append(text)
         else:
-            v.warnings.append(text + " on random inputs; give --calib to judge on real samples")
+            v.warnings.append(text + " on random inputs (a warning only; an explicit --min-cosine makes it binding)")
     lat = manifest.get("latency", {})
     if lat.get("measured") and lat["speedup"] < 1.0 / (1.0 + SLOWER_TOLERANCE):
         v.problems.append(

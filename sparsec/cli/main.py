@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="COSINE",
         help=f"fail (exit {VERDICT_EXIT}) when the worst output cosine vs dense is below this (default "
-        f"{DEFAULT_MIN_COSINE}; without --calib the default only warns)",
+        f"{DEFAULT_MIN_COSINE}; on random inputs rather than calibration samples the default only warns)",
     )
     v.add_argument("--strict", action="store_true", help=f"every warning fails the compile (exit {VERDICT_EXIT}), for CI")
     add_instrument_args(p)

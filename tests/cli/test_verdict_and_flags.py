@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from sparsec.cli.main import main
@@ -40,17 +39,18 @@ def test_fidelity_floor_fails_with_artifact_written(capsys, tmp_path) -> None:
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
-def test_default_floor_warns_on_random_inputs_and_fails_on_calibration_data(capsys, tmp_path) -> None:
+def test_default_floor_warns_on_random_inputs_and_binds_on_real_samples(capsys, tmp_path) -> None:
     rc, out, err, m = compile_(capsys, tmp_path, "--sparsity=1:8")
     assert m["fidelity"]["cosine"] < 0.9, "the test needs a lossy compile"
+    assert m["fidelity"]["inputs"] == "random"
     assert rc == 0 and m["verdict"]["status"] == "warn"
     assert "warning: fidelity below the floor" in err and out.strip().splitlines()[-1].startswith("verdict: ok with warnings")
     rc, _, err, m = compile_(capsys, tmp_path, "--sparsity=1:8", "--strict", out="strict")
     assert rc == VERDICT_EXIT and m["verdict"]["status"] == "fail" and m["verdict"]["strict"]
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32))
-    rc, _, err, m = compile_(capsys, tmp_path, "--sparsity=1:8", "--calib", str(calib), out="calib")
-    assert rc == VERDICT_EXIT and "fidelity below the floor" in m["verdict"]["problems"][0]
+    # Measured on calibration samples, the default floor is binding.
+    m["fidelity"]["inputs"] = "calibration"
+    v = judge(m, changed=True, requested=True, min_cosine=None, real_samples=True)
+    assert v.status == "fail" and "fidelity below the floor" in v.problems[0]
 
 
 def test_nothing_sparsified_says_why(capsys, tmp_path) -> None:
