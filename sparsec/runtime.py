@@ -70,8 +70,8 @@ def make_session(
 
 def _without_dialect_ops(data: bytes, origin: str) -> bytes:
     """`data` with every `com.sparsec` op replaced by its reference lowering (standard ONNX)."""
-    if _DIALECT_DOMAIN.encode() not in data.replace(KERNEL_DOMAIN.encode(), b""):
-        return data  # the common case, decided without parsing the model
+    if data.count(_DIALECT_DOMAIN.encode()) == data.count(KERNEL_DOMAIN.encode()):
+        return data  # no dialect op (the common case), decided without parsing the model
     import onnx
 
     from sparsec.dialect.reference import lower_to_reference

@@ -33,6 +33,7 @@ exit status:
   2  bad input or options, or the output cannot be written; nothing was written
   3  compile: the artifact was written, but failed its verdict (fidelity below --min-cosine,
      compiled slower than dense, or any warning under --strict); its manifest says why
+  141  the reader of the output went away (e.g. `sparsec inspect m.onnx --json | head`)
 """
 
 

@@ -9,8 +9,10 @@ SUBSTITUTE below.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import stat
 import time
 from pathlib import Path
 
@@ -59,6 +61,18 @@ def _variants(line: str) -> list[str]:
 @pytest.mark.slow
 def test_readme_examples_run_as_written(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        _run_examples(capsys)
+    finally:
+        os.umask(old_umask)
+    # Exports and artifacts get the modes of any file created under umask 022.
+    assert stat.S_IMODE(Path("model.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE(Path("out").stat().st_mode) == 0o755
+    assert stat.S_IMODE(Path("out/model.onnx").stat().st_mode) == 0o644
+
+
+def _run_examples(capsys) -> None:
     from sparsec.models_zoo.digits import load_digits_split
 
     x_train = load_digits_split()[0]

@@ -96,7 +96,8 @@ def test_runtime_runs_opt_outputs_through_the_reference_lowering(capsys, tmp_pat
 
 def test_inspect_json_into_head_ends_quietly(tmp_path) -> None:
     model = write_deep_chain(tmp_path, 600)  # JSON far larger than a pipe's buffer
-    script = f"{sys.executable} -m sparsec.cli inspect {model} --json | head -n 2"
+    script = f"{sys.executable} -m sparsec.cli inspect {model} --json | head -n 2; echo ${{PIPESTATUS[0]}} > {tmp_path}/rc"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.stdout.splitlines() == ["{", '  "target": "cpu",'], proc.stdout
     assert proc.stderr == "", proc.stderr
+    assert (tmp_path / "rc").read_text().strip() == "141"  # 128 + SIGPIPE, quietly
