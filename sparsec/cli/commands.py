@@ -177,7 +177,7 @@ def load_inspectable(spec: str, *, raw: bool = False) -> tuple[Any, int]:
     path = Path(spec)
     if path.is_dir():
         if not (path / "model.onnx").is_file():
-            raise InputError(f"{path}: a folder without model.onnx (not a sparsec artifact)")
+            raise InputError(f"{path}: is a directory without model.onnx (not a sparsec artifact)")
         path = path / "model.onnx"
     model = load_model(path, check_ops=False)
     kernel_ops = sum(1 for node in model.graph if node.domain == KERNEL_DOMAIN)
