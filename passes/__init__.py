@@ -4,6 +4,7 @@ from sparsec.passes.analysis import (
     cost_model,  # noqa: F401
     sensitivity,  # noqa: F401
 )
+from sparsec.passes.attention import sparse_attention  # noqa: F401
 from sparsec.passes.lower import legalize_dense  # noqa: F401
 from sparsec.passes.sparsify import (
     allocate,  # noqa: F401

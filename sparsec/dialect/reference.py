@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
+from sparsec.dialect.attention_reference import lower_sparse_attention
 from sparsec.dialect.schema import DOMAIN
 
 
@@ -22,6 +23,7 @@ def _nm_sparse_to_dense(node: ir.Node) -> None:
 REFERENCE_RULES: dict[str, Callable[[ir.Node], None]] = {
     "NMSparse": _nm_sparse_to_dense,
     "Sparse": _nm_sparse_to_dense,  # also the identity on an already-pruned weight
+    "SparseAttention": lower_sparse_attention,
 }
 
 

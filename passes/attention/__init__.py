@@ -1,0 +1,1 @@
+"""Sparse attention: find attention blocks in exports and rewrite them to SparseAttention."""

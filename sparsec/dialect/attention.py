@@ -1,0 +1,194 @@
+"""`com.sparsec.SparseAttention`: scaled dot-product attention restricted to a block layout.
+
+    Y[b, h] = softmax(scale * Q[b, h] @ K[b, g(h)]^T + bias, masked to the layout) @ V[b, g(h)]
+
+Q is [B, Hq, Sq, D], K is [B, Hkv, Sk, D], V is [B, Hkv, Sk, Dv], Y is [B, Hq, Sq, Dv]; query
+head h reads key/value head g(h) = h // (Hq / Hkv) (grouped-query attention). The optional
+`bias` is additive and broadcasts to [B, Hq, Sq, Sk] (a padding mask, T5's position bias).
+
+Positions are absolute: query row i sits at position p = i + Sk - Sq (the last queries align
+with the last keys, as in a prefill with a cache). A key at position k is allowed for query
+position p when (not causal or k <= p) and the block pair (p // block, k // block) is in the
+layout of head h:
+- `local_blocks[h] = W` (W >= 1, or -1 for every block): the W key blocks ending at the
+  query's block (causal), or within distance W - 1 of it either side (non-causal);
+- `sink_blocks[h] = S`: the first S key blocks (attention sinks / global tokens);
+- or an explicit `block_mask` tensor [H or 1, query blocks, key blocks] instead of both.
+A list of one value applies to every head. Rows with no allowed key are undefined: layouts
+from the pass always keep the query's own block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.dialect.schema import AttrSpec, OpSchema, register_op
+
+OP_TYPE = "SparseAttention"
+ALL_BLOCKS = -1
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """The layout attributes of one SparseAttention node, as numpy-friendly values."""
+
+    block: int
+    causal: bool
+    local_blocks: tuple[int, ...] = (ALL_BLOCKS,)
+    sink_blocks: tuple[int, ...] = (0,)
+    block_mask: np.ndarray | None = None  # bool [H or 1, query blocks, key blocks]
+
+    @classmethod
+    def of(cls, node: ir.Node) -> BlockLayout:
+        a = node.attributes
+        mask = a.get("block_mask")
+        local = a.get("local_blocks")
+        sinks = a.get("sink_blocks")
+        return cls(
+            block=a["block"].as_int(),
+            causal=bool(a["causal"].as_int()),
+            local_blocks=tuple(local.as_ints()) if local is not None else (ALL_BLOCKS,),
+            sink_blocks=tuple(sinks.as_ints()) if sinks is not None else (0,),
+            block_mask=None if mask is None else mask.as_tensor().numpy().astype(bool),
+        )
+
+    def heads(self) -> int:
+        """Heads the layout names explicitly (1: the same layout for every head)."""
+        if self.block_mask is not None:
+            return int(self.block_mask.shape[0])
+        return max(len(self.local_blocks), len(self.sink_blocks))
+
+    def block_allowed(self, head: int, q_blocks: int, k_blocks: int, offset_blocks: int = 0) -> np.ndarray:
+        """bool [q_blocks, k_blocks]: which block pairs head `head` reads (query block i is at
+        absolute block i + offset_blocks)."""
+        if self.block_mask is not None:
+            m = self.block_mask[head if self.block_mask.shape[0] > 1 else 0]
+            return m[offset_blocks:offset_blocks + q_blocks, :k_blocks].copy()
+        w = self.local_blocks[head if len(self.local_blocks) > 1 else 0]
+        s = self.sink_blocks[head if len(self.sink_blocks) > 1 else 0]
+        qb = np.arange(q_blocks)[:, None] + offset_blocks
+        kb = np.arange(k_blocks)[None, :]
+        diff = qb - kb
+        if w == ALL_BLOCKS:
+            local = np.ones_like(diff, dtype=bool)
+        else:
+            local = diff < w if self.causal else np.abs(diff) < w
+        out = local | (kb < s)
+        if self.causal:
+            out &= kb <= qb
+        return out
+
+    def density(self, heads: int, sq: int, sk: int) -> float:
+        """Fraction of the (causal, if causal) block pairs the layout keeps, over all heads."""
+        nq, nk = -(-sq // self.block), -(-sk // self.block)
+        off = (sk - sq) // self.block
+        kept = total = 0
+        for h in range(heads):
+            kept += int(self.block_allowed(h if self.heads() > 1 else 0, nq, nk, off).sum())
+            full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, off)
+            total += int(full.sum())
+        return kept / max(total, 1)
+
+    def element_mask(self, head: int, sq: int, sk: int) -> np.ndarray:
+        """bool [sq, sk]: which keys each query row of head `head` reads (the op's semantics)."""
+        p = np.arange(sq)[:, None] + (sk - sq)
+        k = np.arange(sk)[None, :]
+        nb = -(-max(sk, 1) // self.block)
+        blocks = self.block_allowed(head, nb, nb)
+        pb = np.clip(p // self.block, 0, nb - 1)
+        out = blocks[pb, k // self.block]
+        if self.causal:
+            out &= k <= p
+        return out
+
+
+def _ints(node: ir.Node, name: str) -> list[int] | None:
+    a = node.attributes.get(name)
+    return None if a is None else list(a.as_ints())
+
+
+def _static(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
+def _verify_sparse_attention(node: ir.Node) -> list[str]:
+    problems: list[str] = []
+    block = node.attributes["block"].as_int()
+    causal = node.attributes["causal"].as_int()
+    if block < 1:
+        problems.append(f"block must be >= 1, got {block}")
+    if causal not in (0, 1):
+        problems.append(f"causal must be 0 or 1, got {causal}")
+    local, sinks = _ints(node, "local_blocks"), _ints(node, "sink_blocks")
+    mask_attr = node.attributes.get("block_mask")
+    if mask_attr is not None and (local is not None or sinks is not None):
+        problems.append("give either block_mask or local_blocks/sink_blocks, not both")
+    if mask_attr is None and local is None:
+        problems.append("a layout needs local_blocks or block_mask")
+    if local is not None and (not local or any(w < 1 and w != ALL_BLOCKS for w in local)):
+        problems.append(f"local_blocks must be >= 1 (or {ALL_BLOCKS} for all), got {local}")
+    if sinks is not None and (not sinks or any(s < 0 for s in sinks)):
+        problems.append(f"sink_blocks must be >= 0, got {sinks}")
+    layout_heads = {len(x) for x in (local, sinks) if x is not None}
+    if mask_attr is not None:
+        mask = mask_attr.as_tensor().numpy()
+        if mask.ndim != 3:
+            problems.append(f"block_mask must be [heads, query blocks, key blocks], has rank {mask.ndim}")
+        else:
+            layout_heads.add(mask.shape[0])
+            if not np.isin(mask, (0, 1)).all():
+                problems.append("block_mask must hold only 0 and 1")
+    shapes = [_static(v) for v in node.inputs[:3]]
+    q, k, v = shapes
+    for name, s in zip(("query", "key", "value"), shapes):
+        if s is not None and len(s) != 4:
+            problems.append(f"{name} must be 4-D [batch, heads, seq, dim], has shape {list(s)}")
+    if problems:
+        return problems
+    if q is not None and k is not None:
+        if q[3] != k[3]:
+            problems.append(f"query dim {q[3]} differs from key dim {k[3]}")
+        if k[1] < 1 or q[1] % k[1]:
+            problems.append(f"query heads {q[1]} are not a multiple of key/value heads {k[1]}")
+        heads = q[1]
+        if any(n not in (1, heads) for n in layout_heads):
+            problems.append(f"layout lists {sorted(layout_heads)} heads, the query has {heads}")
+        if mask_attr is not None and mask_attr.as_tensor().numpy().ndim == 3:
+            m = mask_attr.as_tensor().numpy()
+            need = -(-k[2] // block)
+            if m.shape[1] < need or m.shape[2] < need:
+                problems.append(f"block_mask covers {m.shape[1]}x{m.shape[2]} blocks, key length {k[2]} needs {need}x{need}")
+    if k is not None and v is not None and (k[0] != v[0] or k[1] != v[1] or k[2] != v[2]):
+        problems.append(f"key shape {list(k)} and value shape {list(v)} disagree on batch, heads or length")
+    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    if bias is not None and bias.shape is not None and len(bias.shape) > 4:
+        problems.append(f"bias must broadcast to [batch, heads, q, k], has rank {len(bias.shape)}")
+    return problems
+
+
+SPARSE_ATTENTION = register_op(
+    OpSchema(
+        op_type=OP_TYPE,
+        doc=__doc__ or "",
+        inputs=("query", "key", "value", "bias"),
+        outputs=("output",),
+        attributes={
+            "scale": AttrSpec(ir.AttributeType.FLOAT, doc="factor on Q @ K^T"),
+            "block": AttrSpec(ir.AttributeType.INT, doc="block size (queries and keys)"),
+            "causal": AttrSpec(ir.AttributeType.INT, doc="1: a query reads only keys at or before its position"),
+            "local_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
+                                     doc="per head: local window in blocks (-1: all)"),
+            "sink_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
+                                    doc="per head: leading key blocks every query reads"),
+            "block_mask": AttrSpec(ir.AttributeType.TENSOR, required=False,
+                                   doc="explicit layout, uint8 [heads or 1, query blocks, key blocks]"),
+        },
+        optional_inputs=1,
+        verifier=_verify_sparse_attention,
+    )
+)

@@ -1,0 +1,129 @@
+"""Reference lowering of `com.sparsec.SparseAttention` to standard ONNX (opset >= 13).
+
+The layout becomes a boolean mask [H or 1, Sq, Sk] computed from the run-time sequence lengths
+(Range, integer Div, comparisons; an explicit block mask is gathered by block index), the
+scores are masked with Where(-inf) before a standard Softmax. Grouped K/V heads are repeated
+with Unsqueeze/Expand/Reshape. Any ONNX runtime runs the result; ONNX Runtime folds the mask to
+a constant when the shapes are static.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout, _static
+
+# A window wider than any sequence: "every block".
+_UNBOUNDED = np.int64(1 << 40)
+
+
+class _Builder:
+    """Inserts standard ONNX nodes before `anchor`, with unique names under `prefix`."""
+
+    def __init__(self, anchor: ir.Node, prefix: str) -> None:
+        self.anchor, self.prefix, self.count = anchor, prefix, 0
+
+    def const(self, array: np.ndarray, tag: str) -> ir.Value:
+        self.count += 1
+        name = f"{self.prefix}/{tag}_{self.count}"
+        tensor = ir.tensor(np.asarray(array), name=name)
+        value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(tensor.shape),
+                         type=ir.TensorType(tensor.dtype))
+        self.anchor.graph.register_initializer(value)
+        return value
+
+    def op(self, op_type: str, inputs: list[ir.Value | None], **attrs: object) -> ir.Value:
+        self.count += 1
+        attributes = []
+        for k, v in attrs.items():
+            if isinstance(v, int):
+                attributes.append(ir.AttrInt64(k, v))
+            elif isinstance(v, (list, tuple)):
+                attributes.append(ir.AttrInt64s(k, list(v)))
+            else:
+                raise TypeError(k)
+        node = ir.Node("", op_type, inputs, attributes=attributes,
+                       name=f"{self.prefix}/{op_type}_{self.count}", num_outputs=1)
+        node.outputs[0].name = node.name
+        self.anchor.graph.insert_before(self.anchor, node)
+        return node.outputs[0]
+
+
+def _repeat_kv(b: _Builder, kv: ir.Value, q: ir.Value) -> ir.Value:
+    """K or V [B, Hkv, S, D] repeated to the query's heads [B, Hq, S, D]."""
+    qs, ks = _static(q), _static(kv)
+    if qs is not None and ks is not None and qs[1] == ks[1]:
+        return kv
+    shape_kv = b.op("Shape", [kv])
+    shape_q = b.op("Shape", [q])
+    hq = b.op("Slice", [shape_q, b.const(np.array([1]), "i"), b.const(np.array([2]), "i")])
+    hkv = b.op("Slice", [shape_kv, b.const(np.array([1]), "i"), b.const(np.array([2]), "i")])
+    lead = b.op("Slice", [shape_kv, b.const(np.array([0]), "i"), b.const(np.array([2]), "i")])
+    tail = b.op("Slice", [shape_kv, b.const(np.array([2]), "i"), b.const(np.array([4]), "i")])
+    batch = b.op("Slice", [shape_kv, b.const(np.array([0]), "i"), b.const(np.array([1]), "i")])
+    groups = b.op("Div", [hq, hkv])
+    expanded = b.op("Expand", [b.op("Unsqueeze", [kv, b.const(np.array([2]), "axes")]),
+                               b.op("Concat", [lead, groups, tail], axis=0)])
+    return b.op("Reshape", [expanded, b.op("Concat", [batch, hq, tail], axis=0)])
+
+
+def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value) -> ir.Value:
+    """bool [H or 1, Sq, Sk]: the op's allowed (query, key) pairs."""
+    one = b.const(np.array(1, np.int64), "one")
+    zero = b.const(np.array(0, np.int64), "zero")
+    axes0 = b.const(np.array([0]), "axes")
+    sq = b.op("Squeeze", [b.op("Shape", [q], start=2, end=3), axes0])
+    sk = b.op("Squeeze", [b.op("Shape", [k], start=2, end=3), axes0])
+    qpos = b.op("Add", [b.op("Range", [zero, sq, one]), b.op("Sub", [sk, sq])])  # absolute positions
+    kpos = b.op("Range", [zero, sk, one])
+    blk = b.const(np.array(layout.block, np.int64), "block")
+    qb = b.op("Div", [qpos, blk])
+    kb = b.op("Div", [kpos, blk])
+    qcol = b.op("Unsqueeze", [qb, b.const(np.array([1]), "axes")])  # [Sq, 1]
+    krow = b.op("Unsqueeze", [kb, axes0])  # [1, Sk]
+    if layout.block_mask is not None:
+        mask = b.const(layout.block_mask.astype(bool), "block_mask")
+        rows = b.op("Gather", [mask, qb], axis=1)  # [H, Sq, key blocks]
+        allowed = b.op("Gather", [rows, kb], axis=2)  # [H, Sq, Sk]
+    else:
+        heads = max(len(layout.local_blocks), len(layout.sink_blocks))
+        w = np.broadcast_to(np.array(layout.local_blocks, np.int64), (heads,)).copy()
+        w[w == ALL_BLOCKS] = _UNBOUNDED
+        s = np.broadcast_to(np.array(layout.sink_blocks, np.int64), (heads,)).copy()
+        diff = b.op("Sub", [qcol, krow])
+        if not layout.causal:
+            diff = b.op("Abs", [diff])
+        local = b.op("Less", [diff, b.const(w.reshape(-1, 1, 1), "local_blocks")])  # [H, Sq, Sk]
+        sink = b.op("Less", [krow, b.const(s.reshape(-1, 1, 1), "sink_blocks")])  # [H, 1, Sk]
+        allowed = b.op("Or", [local, sink])
+    if layout.causal:
+        pcol = b.op("Unsqueeze", [qpos, b.const(np.array([1]), "axes")])
+        krow_pos = b.op("Unsqueeze", [kpos, axes0])
+        allowed = b.op("And", [allowed, b.op("LessOrEqual", [krow_pos, pcol])])
+    return allowed
+
+
+def lower_sparse_attention(node: ir.Node) -> None:
+    """Replace one SparseAttention node by standard ONNX with the same outputs."""
+    q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
+    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    layout = BlockLayout.of(node)
+    scale = node.attributes["scale"].as_float()
+    b = _Builder(node, node.name or "sparse_attention")
+    kx, vx = _repeat_kv(b, k, q), _repeat_kv(b, v, q)
+    scores = b.op("MatMul", [q, b.op("Transpose", [kx], perm=[0, 1, 3, 2])])
+    if scale != 1.0:
+        scores = b.op("Mul", [scores, b.const(np.array(scale, np.float32), "scale")])
+    if bias is not None:
+        scores = b.op("Add", [scores, bias])
+    allowed = b.op("Unsqueeze", [_layout_mask(b, layout, q, k), b.const(np.array([0]), "axes")])
+    masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
+    probs = b.op("Softmax", [masked], axis=-1)
+    out = b.op("MatMul", [probs, vx])
+    old = node.outputs[0]
+    out.shape, out.type = old.shape, old.type
+    name = old.name
+    old.replace_all_uses_with(out, replace_graph_outputs=True)
+    node.graph.remove(node, safe=True)
+    out.name = name
