@@ -145,7 +145,7 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
                 problems.append("block_mask must hold only 0 and 1")
     shapes = [_static(v) for v in node.inputs[:3]]
     q, k, v = shapes
-    for name, s in zip(("query", "key", "value"), shapes):
+    for name, s in zip(("query", "key", "value"), shapes, strict=True):
         if s is not None and len(s) != 4:
             problems.append(f"{name} must be 4-D [batch, heads, seq, dim], has shape {list(s)}")
     if problems:

@@ -68,7 +68,7 @@ def export(family: str, exporter: str, opset: int = 18) -> onnx.ModelProto:
             self.m = module
 
         def forward(self, *xs):
-            return self.m(**dict(zip(names, xs)))[0]  # by name: GPT-2's 2nd arg is the cache
+            return self.m(**dict(zip(names, xs, strict=True)))[0]  # by name: GPT-2's 2nd arg is the cache
 
     wrapped = Plain().eval()
     with warnings.catch_warnings(), torch.no_grad():
