@@ -35,7 +35,9 @@ class OrtBackend(Backend):
         self.kernels = kernels
 
     def legalize_pipeline(self) -> Pipeline:
-        return parse_pipeline("lower-nm-kernels,legalize-dense" if self.kernels else "legalize-dense")
+        return parse_pipeline(
+            "lower-nm-kernels,lower-attention-kernels,legalize-dense" if self.kernels else "legalize-dense"
+        )
 
     def check(self, model: ir.Model) -> list[str]:
         return [

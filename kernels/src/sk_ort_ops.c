@@ -29,6 +29,8 @@
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
 
+OrtStatus *sk_attn_ort_add(const OrtApi *api, OrtCustomOpDomain *domain, int cap);
+
 #define SK_ORT_DOMAIN "com.sparsec.kernels"
 #define SK_ORT_THREADS_KEY "sparsec.kernel_threads"
 #define SK_ORT_DEFAULT_CAP 1
@@ -524,6 +526,7 @@ SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
             init_op(&ops[cap][kind], kind, cap);
             st = SK_ORT(api, CustomOpDomain_Add)(d, &ops[cap][kind].base);
         }
+        if (!st) st = sk_attn_ort_add(api, d, cap); /* SparseAttention (attn_ort_op.c) */
         if (!st) domains[cap] = d; /* on failure the half-built domain leaks (never happens) */
     }
     OrtCustomOpDomain *domain = domains[cap];
