@@ -156,8 +156,9 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
         has_bias = 0;
     }
     if (kr->block < 1 || kr->block > 1024 || (causal != 0 && causal != 1)) {
+        const long long block = (long long)kr->block;
         attn_destroy(kr);
-        return fail(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, (long long)kr->block);
+        return fail(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
     }
     kr->causal = (int)causal;
     kr->has_bias = has_bias != 0;

@@ -23,6 +23,12 @@ if ! "$qemu" "$out/probe"; then
     exit 77
 fi
 # Static so qemu needs no aarch64 sysroot.
-"$cc" -std=c11 -O2 -static -pthread -Wall -Wextra \
-    "$here"/../src/*.c "$here/test_kernels.c" -lm -o "$out/test_kernels"
-"$qemu" "$out/test_kernels"
+mkdir "$out/obj"
+for src in "$here"/../src/*.c; do
+    "$cc" -std=c11 -O2 -pthread -Wall -Wextra -c "$src" -o "$out/obj/$(basename "$src" .c).o"
+done
+for driver in test_kernels test_attention; do
+    "$cc" -std=c11 -O2 -static -pthread -Wall -Wextra "$out"/obj/*.o "$here/$driver.c" -lm \
+        -o "$out/$driver"
+    "$qemu" "$out/$driver"
+done

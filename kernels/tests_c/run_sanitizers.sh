@@ -8,7 +8,14 @@ command -v "$cc" >/dev/null || { echo "skip: no C compiler ($cc)"; exit 77; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 # The test driver runs every path with 1 and 2 threads, so the thread pool is covered too.
-"$cc" -std=c11 -O1 -g -fno-omit-frame-pointer -pthread -fsanitize=address,undefined \
-    -fno-sanitize-recover=undefined -Wall -Wextra \
-    "$here"/../src/*.c "$here/test_kernels.c" -lm -o "$out/test_kernels"
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/test_kernels"
+flags=(-std=c11 -O1 -g -fno-omit-frame-pointer -pthread -fsanitize=address,undefined
+       -fno-sanitize-recover=undefined -Wall -Wextra)
+# The kernel sources are compiled once and linked into both drivers (test_kernels.c for the
+# matmuls, test_attention.c for the attention kernel).
+for src in "$here"/../src/*.c; do
+    "$cc" "${flags[@]}" -c "$src" -o "$out/$(basename "$src" .c).o"
+done
+for driver in test_kernels test_attention; do
+    "$cc" "${flags[@]}" "$out"/*.o "$here/$driver.c" -lm -o "$out/$driver"
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/$driver"
+done

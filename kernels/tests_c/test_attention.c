@@ -1,0 +1,102 @@
+/* C test driver for sk_attention: every ISA this CPU (or qemu) supports, 1 and 2 threads,
+ * against a naive double-precision reference of the same semantics. Prints
+ * "N checks, M failures"; exit status 1 on any failure. Built by run_sanitizers.sh and
+ * run_arm_qemu.sh (which cross-compiles it for the NEON path). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../src/sk.h"
+#include "../src/sk_attn.h"
+
+static int checks, failures;
+
+static float frand(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return ((float)((*s >> 8) & 0xFFFF) / 32768.0f) - 1.0f;
+}
+
+static int allowed(int causal, int64_t block, int w, int sinks, int64_t p, int64_t k) {
+    if (causal && k > p) return 0;
+    const int64_t qb = p / block, kb = k / block, diff = qb - kb;
+    const int64_t dist = causal ? diff : (diff < 0 ? -diff : diff);
+    return w < 0 || dist < w || kb < sinks;
+}
+
+static void test(int64_t b, int64_t hq, int64_t hkv, int64_t sq, int64_t sk, int64_t d,
+                 int64_t dv, int64_t block, int causal, int w, int sinks, int with_bias) {
+    unsigned seed = (unsigned)(sq * 131 + d * 7 + block);
+    float *q = malloc(sizeof(float) * b * hq * sq * d), *k = malloc(sizeof(float) * b * hkv * sk * d);
+    float *v = malloc(sizeof(float) * b * hkv * sk * dv), *y = malloc(sizeof(float) * b * hq * sq * dv);
+    float *bias = with_bias ? malloc(sizeof(float) * sq * sk) : NULL;
+    double *ref = malloc(sizeof(double) * b * hq * sq * dv), *s = malloc(sizeof(double) * sk);
+    for (int64_t i = 0; i < b * hq * sq * d; i++) q[i] = frand(&seed);
+    for (int64_t i = 0; i < b * hkv * sk * d; i++) k[i] = frand(&seed);
+    for (int64_t i = 0; i < b * hkv * sk * dv; i++) v[i] = frand(&seed);
+    if (bias) for (int64_t i = 0; i < sq * sk; i++) bias[i] = frand(&seed) < -0.6f ? -1e9f : frand(&seed);
+    const float scale = 0.3f;
+    for (int64_t bb = 0; bb < b; bb++)
+        for (int64_t h = 0; h < hq; h++) {
+            const int64_t g = h / (hq / hkv);
+            for (int64_t i = 0; i < sq; i++) {
+                const int64_t p = i + sk - sq;
+                double mx = -INFINITY;
+                for (int64_t c = 0; c < sk; c++) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < d; j++)
+                        acc += (double)q[((bb * hq + h) * sq + i) * d + j] * k[((bb * hkv + g) * sk + c) * d + j];
+                    acc = acc * scale + (bias ? bias[i * sk + c] : 0.0);
+                    s[c] = allowed(causal, block, w, sinks, p, c) ? acc : -INFINITY;
+                    if (s[c] > mx) mx = s[c];
+                }
+                double sum = 0;
+                for (int64_t c = 0; c < sk; c++) sum += (s[c] = s[c] == -INFINITY ? 0 : exp(s[c] - mx));
+                for (int64_t j = 0; j < dv; j++) {
+                    double acc = 0;
+                    for (int64_t c = 0; c < sk; c++) acc += s[c] * v[((bb * hkv + g) * sk + c) * dv + j];
+                    ref[((bb * hq + h) * sq + i) * dv + j] = acc / sum;
+                }
+            }
+        }
+    const int32_t local[1] = {w}, sk_sinks[1] = {sinks};
+    const int64_t bstride[4] = {0, 0, sk, 1};
+    for (int isa = 0; isa < 4; isa++) {
+        if (!sk_isa_supported(isa)) continue;
+        for (int threads = 1; threads <= 2; threads++) {
+            const int rc = sk_attention(q, k, v, y, b, hq, hkv, sq, sk, d, dv, scale, causal, block, 1,
+                                        local, sk_sinks, NULL, 0, 0, bias, bias ? bstride : NULL, isa, threads);
+            double err = 0;
+            for (int64_t i = 0; i < b * hq * sq * dv; i++) {
+                const double e = fabs(y[i] - ref[i]);
+                if (e > err) err = e;
+            }
+            checks++;
+            if (rc != SK_OK || err > 3e-5) {
+                failures++;
+                printf("FAIL isa %d threads %d sq %lld sk %lld d %lld block %lld causal %d: rc %d err %g\n", isa,
+                       threads, (long long)sq, (long long)sk, (long long)d, (long long)block, causal, rc, err);
+            }
+        }
+    }
+    free(q), free(k), free(v), free(y), free(bias), free(ref), free(s);
+}
+
+int main(void) {
+    test(1, 4, 2, 40, 40, 8, 8, 8, 1, 2, 1, 0);
+    test(2, 2, 2, 33, 33, 16, 24, 8, 0, 2, 0, 1);
+    test(1, 2, 2, 8, 24, 8, 8, 4, 1, 2, 1, 0);
+    test(1, 2, 1, 70, 70, 72, 40, 16, 1, -1, 0, 0);
+    test(1, 1, 1, 40, 40, 256, 256, 32, 1, 1, 1, 0);
+    test(1, 3, 3, 20, 20, 5, 3, 4, 0, 1, 0, 1);
+    checks++;
+    if (sk_attention(NULL, NULL, NULL, NULL, 1, 3, 2, 4, 4, 4, 4, 1.0f, 0, 4, 1, NULL, NULL, NULL, 0, 0,
+                     NULL, NULL, 0, 1) != SK_ERR_SHAPE) {
+        failures++;
+        printf("FAIL: 3 query heads over 2 key heads accepted\n");
+    }
+    printf("isas:");
+    for (int isa = 0; isa < 4; isa++)
+        if (sk_isa_supported(isa)) printf(" %d", isa);
+    printf("\n%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
