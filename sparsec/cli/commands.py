@@ -140,8 +140,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(print_ir(model))
         return 0
     report = estimate_costs(model, target=args.target, dims=dims_from_args(args))
+    attention = _attention_section(model, dims_from_args(args))
     if args.json:
-        print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops}, indent=2))
+        print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops, "attention": attention}, indent=2))
         return 0
     if kernel_ops:
         print(f"({kernel_ops} sparsec kernel ops are shown as the layers they implement, with their pattern)")
@@ -159,6 +160,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"{'total':40} {'':13} {'':8} {tot['macs']:>14,} {tot['params']:>11,} {tot['weight_bytes']:>12,} "
         f"{tot['activation_bytes']:>11,} {tot['predicted_ms']:>8.3f}"
     )
+    from sparsec.passes.attention.inspect import attention_lines
+
+    for line in attention_lines(attention):
+        print(line)
     return 0
 
 
@@ -186,6 +191,13 @@ def load_inspectable(spec: str, *, raw: bool = False) -> tuple[Any, int]:
     raise_kernel_ops(model)
     check_supported(model, str(path))
     return model, kernel_ops
+
+
+def _attention_section(model, dims: dict[str, int]) -> dict:
+    """Attention blocks found and missed (`passes/attention/inspect.py`)."""
+    from sparsec.passes.attention.inspect import attention_summary
+
+    return attention_summary(model, dims)
 
 
 def cmd_passes_list(args: argparse.Namespace) -> int:

@@ -46,6 +46,13 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             metavar="COSINE",
             help="with --sparsity=auto: keep the mean output cosine vs dense at least this (default 0.99)",
         )
+    if sugar:
+        g.add_argument(
+            "--attention",
+            metavar="LAYOUT",
+            help="rewrite attention blocks to block-sparse attention with a static layout, e.g. "
+            "local:256,sinks:4 (window and sink tokens, rounded up to 64-token blocks) or dense",
+        )
     g.add_argument(
         "--calib",
         metavar="FILE.npz",
@@ -93,6 +100,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             crop_ratio=args.crop_ratio,
             criterion=args.criterion,
             min_fidelity=args.min_fidelity,
+            attention=args.attention,
         )
     return None
 

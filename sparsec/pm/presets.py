@@ -18,6 +18,7 @@ def preset_pipeline(
     crop_ratio: float | None = None,
     criterion: str | None = None,
     min_fidelity: float | None = None,
+    attention: str | None = None,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
 
@@ -25,10 +26,13 @@ def preset_pipeline(
     puts a channel crop first; N:M sparsity then applies to what remains. `sparsity='auto'`
     chooses a pattern per layer (`allocate`) to keep a mean output cosine >= `min_fidelity`
     (default 0.99) with the most predicted speedup; it and the data-driven `criterion`s
-    (wanda, sparsegpt) need calibration data.
+    (wanda, sparsegpt) need calibration data. `attention` ('local:256,sinks:4', 'dense')
+    rewrites every attention block to SparseAttention with that static layout, first.
     """
     get_target(target)  # validates the name
     passes: list[str] = []
+    if attention is not None and attention.strip().lower() not in ("none", ""):
+        passes.append(_attention_pass(attention))
     if crop is not None and crop_ratio is not None:
         raise OptionError("give either --crop or --crop-ratio, not both")
     for flag, key, value in (("--crop", "macs", crop), ("--crop-ratio", "ratio", crop_ratio)):
@@ -50,3 +54,16 @@ def preset_pipeline(
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
     return parse_pipeline(",".join(passes))
+
+
+def _attention_pass(spec: str) -> str:
+    """`--attention=local:256,sinks:4` -> the sparse-attention pass text ('auto' needs the
+    calibrated per-head layouts, which do not exist yet)."""
+    from sparsec.passes.attention.layout_spec import parse_layout
+
+    text = spec.strip().lower()
+    if text == "auto":
+        raise OptionError("--attention=auto (per-head calibrated layouts) is not implemented yet; "
+                          "give a static layout such as local:256,sinks:4")
+    parse_layout(text)  # one-line OptionError on bad text
+    return f"sparse-attention{{layout='{text}'}}"
