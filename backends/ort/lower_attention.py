@@ -90,3 +90,39 @@ class LowerAttentionKernels(Pass):
         old.replace_all_uses_with(out, replace_graph_outputs=True)
         model.graph.remove(node, safe=True)
         out.name = name
+
+
+def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
+    """The inverse of the lowering (for `inspect` on artifacts): the kernel op back to
+    com.sparsec.SparseAttention with the layout as attributes."""
+    from sparsec.errors import InputError
+
+    layout = node.inputs[3] if len(node.inputs) > 3 else None
+    if layout is None or layout.const_value is None:
+        raise InputError(f"kernel op '{node.name}': the attention layout must be a constant initializer")
+    table = layout.const_value.numpy()
+    a = node.attributes
+    attrs = [ir.AttrFloat32("scale", a["scale"].as_float()), ir.AttrInt64("block", a["block"].as_int()),
+             ir.AttrInt64("causal", a["causal"].as_int())]
+    if table.ndim == 2 and table.shape[0] == 2:
+        attrs += [ir.AttrInt64s("local_blocks", [int(x) for x in table[0]]),
+                  ir.AttrInt64s("sink_blocks", [int(x) for x in table[1]])]
+    elif table.ndim == 3:
+        attrs.append(ir.AttrTensor("block_mask", ir.tensor(table.astype(np.uint8))))
+    else:
+        raise InputError(f"kernel op '{node.name}': attention layout of shape {list(table.shape)}")
+    has_bias = "has_bias" in a and a["has_bias"].as_int() != 0
+    inputs = [*node.inputs[:3]] + ([node.inputs[4]] if has_bias and len(node.inputs) > 4 else [])
+    new = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=node.name, num_outputs=1)
+    model.graph.insert_before(node, new)
+    old = node.outputs[0]
+    out = new.outputs[0]
+    out.shape, out.type = old.shape, old.type
+    name = old.name
+    old.replace_all_uses_with(out, replace_graph_outputs=True)
+    model.graph.remove(node, safe=True)
+    out.name = name
+    if not layout.uses() and layout.name in model.graph.initializers and not layout.is_graph_output():
+        model.graph.initializers.pop(layout.name)
+    model.opset_imports.setdefault(DOMAIN, 1)
+    return new

@@ -31,6 +31,12 @@ def raise_kernel_ops(model: ir.Model) -> int:
     for node in list(graph):
         if node.domain != KERNEL_DOMAIN:
             continue
+        if node.op_type == "SparseAttention":  # back to com.sparsec.SparseAttention (no weights)
+            from sparsec.backends.ort.lower_attention import raise_attention_kernel
+
+            raise_attention_kernel(model, node)
+            count += 1
+            continue
         attrs = node.attributes
         k, cols = attrs["K"].as_int(), attrs["N"].as_int()
         has_bias = attrs.get("has_bias") is not None and attrs["has_bias"].as_int() != 0

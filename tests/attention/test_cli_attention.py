@@ -11,7 +11,7 @@ def test_inspect_lists_attention(hf_export, capsys) -> None:
     path = hf_export("llama", "legacy")
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "attention: 2 block(s) found, 0 missed" in out
+    assert "attention: 2 block(s) found, 0 missed, 0 already sparse" in out
     assert "(kv heads 2)" in out
     assert main(["inspect", "--json", str(path)]) == 0
     section = json.loads(capsys.readouterr().out)["attention"]
@@ -31,6 +31,11 @@ def test_compile_with_attention_layout(hf_export, tmp_path, capsys) -> None:
 
     ops = {(n.domain, n.op_type) for n in onnx.load(out / "model.onnx").graph.node}
     assert ("com.sparsec.kernels", "SparseAttention") in ops
+    capsys.readouterr()
+    # inspect reads the artifact back: kernel ops raised to SparseAttention with their layout
+    assert main(["inspect", "--json", str(out)]) == 0
+    sparse = json.loads(capsys.readouterr().out)["attention"]["sparse"]
+    assert [(b["block"], b["local_blocks"], b["sink_blocks"], b["causal"]) for b in sparse] == [(64, [1], [1], True)] * 2
 
 
 def test_bad_attention_flag_is_one_line(tmp_path, capsys) -> None:
