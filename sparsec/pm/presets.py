@@ -27,7 +27,7 @@ def preset_pipeline(
     (default 0.99) with the most predicted speedup; it and the data-driven `criterion`s
     (wanda, sparsegpt) need calibration data.
     """
-    get_target(target)  # validates the name
+    spec_target = get_target(target)  # validates the name
     passes: list[str] = []
     if crop is not None and crop_ratio is not None:
         raise OptionError("give either --crop or --crop-ratio, not both")
@@ -48,5 +48,7 @@ def preset_pipeline(
                 raise OptionError("--min-fidelity needs --sparsity=auto (a fixed pattern cannot promise a fidelity)")
             pattern = parse_nm(spec)
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
+            if spec_target.sparse_k_multiple > 1:
+                extra += f" k_multiple={spec_target.sparse_k_multiple}"
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
     return parse_pipeline(",".join(passes))

@@ -33,6 +33,8 @@ class Target:
     # then reported as not measured, with this reason.
     measured_here: ClassVar[bool] = True
     not_measured_reason: ClassVar[str] = ""
+    # N:M layers whose reduction axis is not a multiple of this run dense on the target.
+    sparse_k_multiple: ClassVar[int] = 1
     variants: ClassVar[tuple[str, ...]] = ()  # e.g. GPU archs: `--target=cuda --arch=sm_90`
     default_variant: ClassVar[str | None] = None
 

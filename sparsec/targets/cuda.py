@@ -35,6 +35,7 @@ class CudaTarget(Target):
     variants = tuple(ROOFLINE)
     default_variant = "sm_80"
     channel_multiple = KERNEL_K_MULTIPLE
+    sparse_k_multiple = SPARSE_TILE_K
     patterns = frozenset({"nm"})  # 2:4 only, see accelerates_nm
     ops = frozenset({"NMSparse"})
     measured_here = False

@@ -89,7 +89,11 @@ def test_compile_cuda_artifact(tmp_path, arch: str) -> None:
     assert config["target"]["arch"] == arch
     model = onnx.load(out / "model.onnx")
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard ONNX only
-    # The first layer's K=784 is not a multiple of the sparse tile (32): TensorRT runs it dense.
+    # The first layer's K=784 is not a multiple of the sparse tile (32): TensorRT would run it
+    # dense, so nm-sparsity leaves it dense instead of losing accuracy for nothing.
+    assert [(x["layer"], x["sparsity"]) for x in manifest["layers"]] == [
+        ("node_linear", "dense"), ("node_linear_1", "2:4"), ("node_linear_2", "2:4")]
+    assert any("not a multiple of the target's tile 32" in d.get("reason", "") for d in manifest["decisions"])
     assert config["sparse_tensor_core_layers"] == ["node_linear_1", "node_linear_2"]
     assert config["dense_layers"] == {"node_linear": "K=784 is not a multiple of 32"}
     # What the user runs: the artifact as is, on ORT (CPU EP here), matching the emulated fidelity.
