@@ -7,6 +7,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -31,6 +32,7 @@ class Backend(ABC):
     """A registered backend (`@register_backend`): legalizes `com.sparsec` ops and runs the result."""
 
     name: str = ""
+    fidelity_note: str = ""  # how `runner` differs from the deployed runtime, if it does
 
     @abstractmethod
     def legalize_pipeline(self) -> Pipeline:
@@ -47,6 +49,10 @@ class Backend(ABC):
     @abstractmethod
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
         """A callable running the compiled model on feeds."""
+
+    def extra_files(self, model: ir.Model, target: Any) -> dict[str, bytes]:
+        """Artifact files beyond model.onnx (e.g. a runtime session configuration)."""
+        return {}
 
 
 _BACKENDS: dict[str, type[Backend]] = {}

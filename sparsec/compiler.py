@@ -104,6 +104,7 @@ def compile_model(
     if problems:
         raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
     compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
+    compiled.files.update(backend.extra_files(model, target))
 
     log.info("measuring fidelity on %d sample inputs", options.fidelity_samples)
     run_compiled = backend.runner(compiled, options.threads)
@@ -111,7 +112,10 @@ def compile_model(
     fidelity = _fidelity(model, dense_session, run_compiled, options)
 
     latency: dict[str, Any] = {"measured": False}
-    if options.bench:
+    if options.bench and not target.measured_here:
+        latency["reason"] = target.not_measured_reason
+        log.info("latency: %s", target.not_measured_reason)
+    elif options.bench:
         feeds = sample_inputs(model, dims=options.dims, seed=options.seed)
         timings = time_side_by_side(
             {"dense": lambda: dense_session.run(None, feeds), "compiled": lambda: run_compiled(feeds)},
@@ -150,7 +154,8 @@ def compile_model(
     )
     manifest["summary"] = describe_pipeline(pipeline, options.target)
     manifest["verdict"] = verdict.to_dict()
-    files = {"model.onnx": compiled_bytes}
+    files = {"model.onnx": compiled_bytes, **compiled.files}
+    manifest["files"].extend(compiled.files)
     plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
         files["sparsity.png"] = plot
@@ -243,7 +248,12 @@ def _manifest(
             "predicted_ms_dense": round(dense_t["predicted_ms"], 6),
             "predicted_ms_sparse": round(sparse_t["predicted_ms"], 6),
         },
-        "fidelity": {**fidelity.to_dict(), "samples": options.fidelity_samples, "reference": "dense input model on ORT CPU"},
+        "fidelity": {
+            **fidelity.to_dict(),
+            "samples": options.fidelity_samples,
+            "reference": "dense input model on ORT CPU",
+            **({"compiled": backend_note} if (backend_note := get_backend(compiled.backend).fidelity_note) else {}),
+        },
         "latency": latency,
         "runtime_ops": compiled.runtime_ops,
         "machine": {"python": platform.python_version(), "machine": platform.machine()},

@@ -86,6 +86,7 @@ class NMSparsity(Pass):
     include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
     exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
     min_params: int = option(1024, "skip weights with fewer parameters")
+    k_multiple: int = option(1, "skip layers whose reduction axis is not a multiple of this (a hardware tile: 32 on sparse tensor cores)")
     criterion: str = option("magnitude", "which weights to keep: magnitude, wanda or sparsegpt (these need calibration data)")
     sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
     damp: float = reconstruction_option("damp")
@@ -107,6 +108,10 @@ class NMSparsity(Pass):
             reason = selection_reason(layer, self.include, self.exclude) or skip_reason(
                 layer, self.n, self.m, self.min_params
             )
+            k = layer.weight.const_value.shape[layer.reduction_axis] if layer.weight.const_value is not None else 0
+            if reason is None and self.k_multiple > 1 and k % self.k_multiple:
+                # The target would run it dense anyway: pruning would only cost accuracy.
+                reason = f"reduction axis has {k} elements, not a multiple of the target's tile {self.k_multiple}"
             if reason is not None:
                 skipped[layer.name] = reason
                 ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)

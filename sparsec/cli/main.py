@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose)
+    if getattr(args, "arch", None):
+        # `--target=cuda --arch=sm_90` is the target `cuda:sm_90`; get_target validates it.
+        args.target = f"{args.target}:{args.arch}"
     try:
         return int(args.func(args) or 0)
     except SparsecError as e:

@@ -29,7 +29,7 @@ def preset_pipeline(
     (wanda, sparsegpt) need calibration data. `attention` ('local:256,sinks:4', 'dense')
     rewrites every attention block to SparseAttention with that static layout, first.
     """
-    get_target(target)  # validates the name
+    spec_target = get_target(target)  # validates the name
     passes: list[str] = []
     if attention is not None and attention.strip().lower() not in ("none", ""):
         passes.append(_attention_pass(attention))
@@ -52,6 +52,8 @@ def preset_pipeline(
                 raise OptionError("--min-fidelity needs --sparsity=auto (a fixed pattern cannot promise a fidelity)")
             pattern = parse_nm(spec)
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
+            if spec_target.sparse_k_multiple > 1:
+                extra += f" k_multiple={spec_target.sparse_k_multiple}"
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
     return parse_pipeline(",".join(passes))
 

@@ -29,6 +29,20 @@ class Target:
     channel_multiple: ClassVar[int] = 1  # channel counts that keep dense kernels efficient
     patterns: ClassVar[frozenset[str]] = frozenset()  # pattern kinds run faster: nm, block, unstructured
     ops: ClassVar[frozenset[str]] = frozenset()  # com.sparsec ops with a fast lowering here
+    # False where compiles run on another machine than the target's (no GPU here): latency is
+    # then reported as not measured, with this reason.
+    measured_here: ClassVar[bool] = True
+    not_measured_reason: ClassVar[str] = ""
+    # N:M layers whose reduction axis is not a multiple of this run dense on the target.
+    sparse_k_multiple: ClassVar[int] = 1
+    variants: ClassVar[tuple[str, ...]] = ()  # e.g. GPU archs: `--target=cuda --arch=sm_90`
+    default_variant: ClassVar[str | None] = None
+
+    def __init__(self, variant: str | None = None) -> None:
+        if variant is not None and variant not in self.variants:
+            choices = ", ".join(self.variants) if self.variants else "none"
+            raise OptionError(f"target '{self.name}' has no variant '{variant}' (known: {choices})")
+        self.variant = variant if variant is not None else self.default_variant
 
     def accelerates(self, kind: str) -> bool:
         """Whether a pattern kind (`nm`, `block`, `unstructured`) or a `com.sparsec` op runs faster here."""
@@ -61,11 +75,14 @@ def known_targets() -> list[str]:
 
 
 def get_target(name: str) -> Target:
+    """A target by name; `name:variant` (e.g. `cuda:sm_90`) picks one of its variants."""
     _discover()
+    base, _, variant = name.partition(":")
     try:
-        return _TARGETS[name]()
+        cls = _TARGETS[base]
     except KeyError:
-        raise OptionError(f"unknown target '{name}' (known: {', '.join(sorted(_TARGETS))})") from None
+        raise OptionError(f"unknown target '{base}' (known: {', '.join(sorted(_TARGETS))})") from None
+    return cls(variant or None)
 
 
 __all__ = ["Target", "get_target", "known_targets", "register_target"]

@@ -1,0 +1,150 @@
+"""Build the CUDA 2:4 kernel library (kernels/cuda/) with nvcc: PTX, cubin and shared library.
+
+Never runs at import time: call ``build(arch)``. Outputs go to a content-addressed cache
+folder (sources, arch, flags and nvcc version hashed), so a second call is free and two
+processes never see a half-written file (each output is written to a temporary name and
+renamed). No GPU is needed to build; running the library needs one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KernelUnavailableError
+
+log = logging.getLogger("sparsec.kernels.cuda")
+
+SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
+MAIN_SOURCE = "sp24_kernels.cu"
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+KINDS = ("ptx", "cubin", "so")
+FLAGS = ("-O3", "-std=c++17")
+LIB_SYMBOL = "sk_cuda_sp24_matmul"
+
+
+class CudaToolkitUnavailableError(KernelUnavailableError):
+    """nvcc is not installed (or not on PATH / $SPARSEC_NVCC)."""
+
+
+@dataclass(frozen=True)
+class CudaBuild:
+    arch: str
+    directory: Path
+    files: dict[str, Path]  # kind -> path
+
+    def ptx_text(self) -> str:
+        return self.files["ptx"].read_text()
+
+
+def find_nvcc() -> str | None:
+    """$SPARSEC_NVCC, else nvcc on PATH, else $CUDA_HOME/bin/nvcc."""
+    explicit = os.environ.get("SPARSEC_NVCC")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    candidate = Path(home) / "bin" / "nvcc"
+    return str(candidate) if candidate.is_file() else None
+
+
+def nvcc_version(nvcc: str) -> str:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown"
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SPARSEC_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "sparsec") / "cuda"
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh"))
+
+
+def build_key(arch: str, nvcc: str) -> str:
+    h = hashlib.sha256()
+    for path in _sources():
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    h.update(" ".join((arch, *FLAGS, nvcc_version(nvcc))).encode())
+    return h.hexdigest()[:16]
+
+
+def _command(nvcc: str, arch: str, kind: str, out: Path) -> list[str]:
+    number = arch.split("_", 1)[1]
+    src = str(SOURCE_DIR / MAIN_SOURCE)
+    if kind == "ptx":
+        return [nvcc, *FLAGS, f"-arch=compute_{number}", "-ptx", src, "-o", str(out)]
+    if kind == "cubin":
+        return [nvcc, *FLAGS, f"-arch={arch}", "-cubin", src, "-o", str(out)]
+    # The shared library embeds SASS for the arch and PTX for JIT on newer GPUs.
+    gencode = f"-gencode=arch=compute_{number},code=[sm_{number},compute_{number}]"
+    return [nvcc, *FLAGS, gencode, "-shared", "-Xcompiler", "-fPIC", src, "-o", str(out)]
+
+
+def build(
+    arch: str = "sm_80",
+    kinds: tuple[str, ...] = KINDS,
+    out_dir: str | Path | None = None,
+    nvcc: str | None = None,
+) -> CudaBuild:
+    """Compile the kernels for one arch; returns the paths of the requested outputs.
+
+    Raises CudaToolkitUnavailableError without nvcc and KernelUnavailableError (message: the
+    first compiler error line) when a build fails.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown CUDA arch {arch!r} (known: {', '.join(ARCHS)})")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise CudaToolkitUnavailableError("nvcc not found (install the CUDA toolkit or set SPARSEC_NVCC)")
+    directory = Path(out_dir) if out_dir is not None else cache_root() / f"{arch}-{build_key(arch, nvcc)}"
+    directory.mkdir(parents=True, exist_ok=True)
+    names = {"ptx": f"sp24_{arch}.ptx", "cubin": f"sp24_{arch}.cubin", "so": f"libsparsec_cuda_{arch}.so"}
+    files: dict[str, Path] = {}
+    for kind in kinds:
+        target = directory / names[kind]
+        if not target.is_file() or out_dir is not None:
+            _compile(nvcc, arch, kind, target)
+        files[kind] = target
+    return CudaBuild(arch, directory, files)
+
+
+def _compile(nvcc: str, arch: str, kind: str, target: Path) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cmd = _command(nvcc, arch, kind, tmp)
+    log.info("nvcc: %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+            first = (errors or proc.stderr.splitlines() or ["(no output)"])[0]
+            raise KernelUnavailableError(f"nvcc failed building {kind} for {arch}: {first.strip()}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+__all__ = [
+    "ARCHS",
+    "KINDS",
+    "CudaBuild",
+    "CudaToolkitUnavailableError",
+    "build",
+    "find_nvcc",
+]
