@@ -34,6 +34,7 @@ from sparsec.passes.structural.allocation import (
 from sparsec.passes.structural.apply import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import CRITERIA, importance
+from sparsec.passes.structural.shape_folding import fold_shape_computations
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -92,6 +93,8 @@ class CropChannels(Pass):
 
     def plan(self, model: ir.Model, dg: DependencyGraph, ctx: PassContext) -> tuple[np.ndarray, dict[int, int]]:
         groups = self.candidates(dg)
+        if not groups:  # nothing can be cropped: an empty plan, not an allocation over nothing
+            return np.zeros(dg.n_channels, dtype=bool), {}
         if self.cost == "latency":
             dg = LatencyCost(dg, get_target(ctx.target))  # type: ignore[assignment]
         fixed: dict[int, float] = {}
@@ -117,12 +120,16 @@ class CropChannels(Pass):
         return removal_mask(dg, keeps, scores), keeps
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        folded = fold_shape_computations(model)
+        if folded:
+            ctx.analyses.invalidate()
         dg = self.analyse(model, ctx)
         removed, keeps = self.plan(model, dg, ctx)
         macs_before = dg.macs()
         macs_after = plan_macs(dg, removed)
         if not removed.any():
-            return PassResult(False, {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0})
+            stats = {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0, "shape_nodes_folded": folded}
+            return PassResult(bool(folded), stats)
         target = get_target(ctx.target)
         result = crop_model(model, dg, removed)
         by_id = {g.id: g for g in dg.groups}
@@ -159,6 +166,7 @@ class CropChannels(Pass):
             "groups_prunable": len(dg.prunable_groups()),
             "channels_removed": int(removed[~dg.derived].sum()),
             "params_cropped": len(result.params),
+            "shape_nodes_folded": folded,
         }
         log.info("crop-channels: MACs %d -> %d (%.2fx), %d groups", macs_before, macs_after, stats["mac_reduction"], cropped)
         return PassResult(True, stats)
