@@ -61,8 +61,8 @@ class CropChannels(Pass):
     cost: str = option("macs", "what the `macs` fraction is of: macs, or latency (the cost model's roofline per layer)")
     damage: str = option("cosine", "sensitivity's output damage: cosine (any output) or kl (outputs are logits)")
     lossy_groups: bool = option(True, "also crop channels that a norm over channels sees (LayerNorm, GroupNorm)")
-    min_group_saving: float = option(0.005, "refuse a group whose crop saves less than this fraction of the MACs (0: off)")
-    max_damage_ratio: float = option(10.0, "refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
+    min_group_saving: float = option(0.005, "with macs: refuse a group whose crop saves less than this fraction of the MACs (0: off)")
+    max_damage_ratio: float = option(10.0, "with macs: refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
     min_achieved: float = option(0.5, "crop nothing when the reviewed plan removes less than this fraction of the asked MACs (0: off)")
 
     def __post_init__(self) -> None:
@@ -114,7 +114,10 @@ class CropChannels(Pass):
             removed, keeps = self.allocate(model, dg, ctx, refused)
             review = review_plan(
                 model, dg, self.candidates(dg, refused), removed, keeps, scores, ctx, asked=self.macs,
-                min_group_saving=self.min_group_saving, max_damage_ratio=self.max_damage_ratio, cost=cost,  # type: ignore[arg-type]
+                # A channel ratio is an explicit per-group request: reported, never refused.
+                min_group_saving=self.min_group_saving if self.macs > 0 else 0.0,
+                max_damage_ratio=self.max_damage_ratio if self.macs > 0 else 0.0,
+                cost=cost,  # type: ignore[arg-type]
             )
             for r in review.groups:
                 if r.refused:
