@@ -15,7 +15,12 @@ from sparsec.capture import from_onnx
 from sparsec.numerics import compare, evaluate, sample_inputs
 from sparsec.passes.analysis.dependency_groups import dependency_groups
 from sparsec.passes.structural.crop_channels import CropChannels
-from sparsec.passes.structural.crop_plan import MEASURED_METRIC, PROXY_METRIC, possible_removal, review_plan
+from sparsec.passes.structural.crop_plan import (
+    MEASURED_METRIC,
+    PROXY_METRIC,
+    possible_removal,
+    review_plan,
+)
 from sparsec.passes.structural.crop_report import crop_table
 from sparsec.passes.structural.importance import importance
 from sparsec.pm.context import PassContext
