@@ -19,7 +19,9 @@ from . import (
     mobilenet,
     resnet,
     shufflenet,
+    shufflenet_tv,
     vit,
+    vit_tv,
 )
 
 
@@ -176,6 +178,28 @@ _ENTRIES = (
         gpt_gqa.gpt_gqa_inputs,
         ("input_ids",),
         ("logits",),
+    ),
+)
+
+# Written out as torchvision writes them (torchvision is not installed here): the exports of
+# real torchvision models differ from the families above in ways that broke crops before.
+_ENTRIES += (
+    ZooModel(
+        "shufflenet_v2_tv",
+        "torchvision ShuffleNetV2 x1.0 (chunk split, view/transpose/view shuffle), 3x64x64 input, 1000 classes",
+        shufflenet_tv.build_shufflenet_v2_tv,
+        shufflenet_tv.shufflenet_v2_tv_inputs,
+        ("input",),
+        ("logits",),
+    ),
+    ZooModel(
+        "vit_b16_tv",
+        "torchvision ViT-B/16 structure, 3 blocks (nn.MultiheadAttention, class token), 3x64x64 input",
+        vit_tv.build_vit_b16_tv,
+        vit_tv.vit_b16_tv_inputs,
+        ("input",),
+        ("logits",),
+        small=False,
     ),
 )
 

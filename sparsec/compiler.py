@@ -238,6 +238,7 @@ def _manifest(
         "legalization": legalize.to_text(full=True),
         "passes": [r.to_dict() for r in records],
         "decisions": ctx.decisions,
+        "warnings": [r.stats["warning"] for r in records if r.stats.get("warning")],
         "layers": layers,
         "totals": {
             "macs": dense_t["macs"],

@@ -1,7 +1,8 @@
 """User-facing errors.
 
 Every error a user can cause derives from `SparsecError`; the CLI prints its message as one
-line and exits with status 2. Anything else escaping to the CLI is a bug in sparsec.
+line and exits with status 2. Anything else escaping to the CLI is a bug in sparsec
+(`InternalError`, or any other exception): one line, exit status 1.
 """
 
 from __future__ import annotations
@@ -46,3 +47,20 @@ class VerificationError(SparsecError):
             where.append(f"at node '{node}'")
         prefix = ("verification failed " + " ".join(where) + ": ") if where else "verification failed: "
         super().__init__(prefix + message)
+
+
+class InternalError(Exception):
+    """A bug in sparsec, not in the input or the options (exit status 1, never 2)."""
+
+    exit_code = 1
+
+
+class PassCrashed(InternalError):
+    """A pass raised an unexpected exception: a bug in that pass, not a verification failure.
+
+    `pass_name` names the pass; the original exception is the `__cause__`.
+    """
+
+    def __init__(self, pass_name: str, error: BaseException, hint: str = ""):
+        self.pass_name = pass_name
+        super().__init__(f"pass '{pass_name}' crashed: {type(error).__name__}: {error}{hint}")

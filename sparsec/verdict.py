@@ -61,6 +61,7 @@ def judge(
     the default floor only warns, since random inputs say little about real outputs.
     """
     v = Verdict(strict=strict)
+    v.warnings.extend(manifest.get("warnings", []))  # from passes (e.g. a crop refused as buying too little)
     if requested and not changed:
         v.warnings.append("nothing was sparsified: " + top_reasons(manifest.get("decisions", [])))
     floor = DEFAULT_MIN_COSINE if min_cosine is None else min_cosine

@@ -32,8 +32,10 @@ from sparsec.passes.structural.allocation import (
     uniform_keeps,
 )
 from sparsec.passes.structural.apply import crop_model
+from sparsec.passes.structural.crop_plan import PlanReview, review_plan, shortfall
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import CRITERIA, importance
+from sparsec.passes.structural.shape_folding import fold_shape_computations
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -59,6 +61,9 @@ class CropChannels(Pass):
     cost: str = option("macs", "what the `macs` fraction is of: macs, or latency (the cost model's roofline per layer)")
     damage: str = option("cosine", "sensitivity's output damage: cosine (any output) or kl (outputs are logits)")
     lossy_groups: bool = option(True, "also crop channels that a norm over channels sees (LayerNorm, GroupNorm)")
+    min_group_saving: float = option(0.005, "with macs: refuse a group whose crop saves less than this fraction of the MACs (0: off)")
+    max_damage_ratio: float = option(10.0, "with macs: refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
+    min_achieved: float = option(0.5, "crop nothing when the reviewed plan removes less than this fraction of the asked MACs (0: off)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.macs < 1.0 or not 0.0 <= self.ratio < 1.0:
@@ -71,6 +76,8 @@ class CropChannels(Pass):
             raise PipelineError(f"pass 'crop-channels': unknown cost '{self.cost}' (known: macs, latency)")
         if self.damage not in ("cosine", "kl"):
             raise PipelineError(f"pass 'crop-channels': unknown damage '{self.damage}' (known: cosine, kl)")
+        if self.min_group_saving < 0 or self.max_damage_ratio < 0 or not 0 <= self.min_achieved <= 1:
+            raise PipelineError("pass 'crop-channels': min_group_saving, max_damage_ratio >= 0 and min_achieved in [0, 1]")
         if self.multiple < 0:
             raise PipelineError("pass 'crop-channels': multiple must be >= 0")
         parse_layer_ratios(self.layer_ratios)
@@ -80,9 +87,11 @@ class CropChannels(Pass):
             return dependency_groups(model, dims=ctx.dims, multiple=self.multiple)
         return ctx.analysis(DependencyGroups, model)
 
-    def candidates(self, dg: DependencyGraph) -> list[Group]:
+    def candidates(self, dg: DependencyGraph, skip: set[int] = frozenset()) -> list[Group]:  # type: ignore[assignment]
         out = []
         for g in dg.prunable_groups():
+            if g.id in skip:
+                continue
             if any(matches(g, pat) for pat in self.exclude):
                 continue
             if g.lossy and not self.lossy_groups:
@@ -91,7 +100,50 @@ class CropChannels(Pass):
         return out
 
     def plan(self, model: ir.Model, dg: DependencyGraph, ctx: PassContext) -> tuple[np.ndarray, dict[int, int]]:
-        groups = self.candidates(dg)
+        """The reviewed plan: removed channels and kept counts (refused groups keep all)."""
+        removed, keeps, _ = self.reviewed_plan(model, dg, ctx)
+        return removed, keeps
+
+    def reviewed_plan(self, model: ir.Model, dg: DependencyGraph, ctx: PassContext) -> tuple[np.ndarray, dict[int, int], PlanReview]:
+        """Allocate, review (crop_plan.py), and allocate again without the refused groups."""
+        refused: set[int] = set()
+        reviews: dict[int, object] = {}
+        scores = importance(dg, model, "l2" if self.criterion == "activation" else self.criterion)
+        cost = LatencyCost(dg, get_target(ctx.target)) if self.cost == "latency" else dg
+        for _ in range(4):  # refusals only grow, so this settles; a few rounds suffice
+            removed, keeps = self.allocate(model, dg, ctx, refused)
+            review = review_plan(
+                model, dg, self.candidates(dg, refused), removed, keeps, scores, ctx, asked=self.macs,
+                # A channel ratio is an explicit per-group request: reported, never refused.
+                min_group_saving=self.min_group_saving if self.macs > 0 else 0.0,
+                max_damage_ratio=self.max_damage_ratio if self.macs > 0 else 0.0,
+                cost=cost,  # type: ignore[arg-type]
+            )
+            for r in review.groups:
+                if r.refused:
+                    reviews.setdefault(r.group, r)
+            if not review.refused:
+                break
+            refused |= review.refused
+        else:
+            removed, keeps = self.allocate(model, dg, ctx, refused)
+        review.groups = [r for r in review.groups if not r.refused] + list(reviews.values())  # type: ignore[misc]
+        for r in review.groups:
+            if r.refused:
+                removed[dg.groups[r.group].classes] = False
+                keeps.pop(r.group, None)
+        review.achieved = 1.0 - plan_macs(cost, removed) / max(cost.macs(), 1)  # type: ignore[arg-type]
+        if shortfall(review, self.min_achieved):
+            removed, keeps = np.zeros(dg.n_channels, dtype=bool), {}
+        return removed, keeps, review
+
+    def allocate(
+        self, model: ir.Model, dg: DependencyGraph, ctx: PassContext, skip: set[int] = frozenset()  # type: ignore[assignment]
+    ) -> tuple[np.ndarray, dict[int, int]]:
+        """The allocation alone (no review), over the candidate groups not in `skip`."""
+        groups = self.candidates(dg, skip)
+        if not groups:  # nothing can be cropped: an empty plan, not an allocation over nothing
+            return np.zeros(dg.n_channels, dtype=bool), {}
         if self.cost == "latency":
             dg = LatencyCost(dg, get_target(ctx.target))  # type: ignore[assignment]
         fixed: dict[int, float] = {}
@@ -117,15 +169,21 @@ class CropChannels(Pass):
         return removal_mask(dg, keeps, scores), keeps
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        folded = fold_shape_computations(model)
+        if folded:
+            ctx.analyses.invalidate()
         dg = self.analyse(model, ctx)
-        removed, keeps = self.plan(model, dg, ctx)
+        removed, keeps, review = self.reviewed_plan(model, dg, ctx)
+        self.record_review(dg, review, ctx)
         macs_before = dg.macs()
         macs_after = plan_macs(dg, removed)
         if not removed.any():
-            return PassResult(False, {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0})
+            stats = {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0, "shape_nodes_folded": folded}
+            return PassResult(bool(folded), {**stats, **review.stats()})
         target = get_target(ctx.target)
         result = crop_model(model, dg, removed)
         by_id = {g.id: g for g in dg.groups}
+        review_of = {r.group: r for r in review.groups}
         cropped = 0
         for gid, k in sorted(keeps.items()):
             g = by_id[gid]
@@ -146,6 +204,7 @@ class CropChannels(Pass):
                 removed_channels=np.flatnonzero(removed[g.classes]).tolist(),
                 lossy=g.lossy,
                 params=params,
+                **(review_of[gid].to_dict() if gid in review_of else {}),
             )
         for (name, axis), gone in sorted(result.params.items()):
             ctx.record(self.name, name, param=name, axis=axis, removed=gone.tolist(), decision="crop")
@@ -159,9 +218,21 @@ class CropChannels(Pass):
             "groups_prunable": len(dg.prunable_groups()),
             "channels_removed": int(removed[~dg.derived].sum()),
             "params_cropped": len(result.params),
+            "shape_nodes_folded": folded,
+            **review.stats(),
         }
         log.info("crop-channels: MACs %d -> %d (%.2fx), %d groups", macs_before, macs_after, stats["mac_reduction"], cropped)
         return PassResult(True, stats)
+
+    def record_review(self, dg: DependencyGraph, review: PlanReview, ctx: PassContext) -> None:
+        """Refused groups and the reason, in the manifest's decisions; the warning in the log."""
+        for r in review.groups:
+            if r.refused:
+                g = dg.groups[r.group]
+                ctx.record(self.name, g.name, group=g.id, channels=g.size, kept=g.size, decision="refused",
+                           planned_kept=r.kept, damage_metric=review.metric, **r.to_dict())
+        if review.warning:
+            log.warning("%s", review.warning)
 
     def verify(self, model: ir.Model, ctx: PassContext) -> list[str]:
         return check_shapes(model, ctx.dims)

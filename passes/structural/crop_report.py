@@ -7,18 +7,38 @@ from typing import Any
 
 
 def crop_groups(decisions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [d for d in decisions if d.get("pass") == "crop-channels" and "group" in d]
+    """Groups the crop removed channels from."""
+    return [d for d in decisions if d.get("pass") == "crop-channels" and "group" in d and d.get("decision") != "refused"]
+
+
+def refused_groups(decisions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Groups the plan review refused to crop, with the reason."""
+    return [d for d in decisions if d.get("pass") == "crop-channels" and d.get("decision") == "refused"]
 
 
 def crop_table(decisions: Iterable[Mapping[str, Any]]) -> list[str]:
     """Markdown lines: one row per cropped group (channels before -> after, parameters)."""
-    rows = crop_groups(decisions)
-    if not rows:
+    decisions = list(decisions)
+    rows, refused = crop_groups(decisions), refused_groups(decisions)
+    if not rows and not refused:
         return []
-    lines = ["", "## Channel crops", "", "| group | channels | kept | parameters cropped | lossy |", "|---|---|---|---|---|"]
-    for d in rows:
-        params = ", ".join(sorted(d["params"]))
-        lines.append(f"| {d['layer']} | {d['channels']} | {d['kept']} | {params} | {'yes' if d.get('lossy') else 'no'} |")
+    lines = ["", "## Channel crops", ""]
+    if rows:
+        lines += ["| group | channels | kept | MACs saved | damage | parameters cropped | lossy |", "|---|---|---|---|---|---|---|"]
+        for d in rows:
+            params = ", ".join(sorted(d["params"]))
+            saved = f"{100 * d['macs_saved']:.2f}%" if "macs_saved" in d else ""
+            damage = f"{d['damage']:.4g}" if "damage" in d else ""
+            lines.append(
+                f"| {d['layer']} | {d['channels']} | {d['kept']} | {saved} | {damage} | {params} | {'yes' if d.get('lossy') else 'no'} |"
+            )
+    if refused:
+        lines += ["", "Refused by the plan review (not cropped):", "", "| group | channels | planned kept | MACs saved | damage | reason |",
+                  "|---|---|---|---|---|---|"]
+        for d in refused:
+            lines.append(
+                f"| {d['layer']} | {d['channels']} | {d['planned_kept']} | {100 * d['macs_saved']:.2f}% | {d['damage']:.4g} | {d['refused']} |"
+            )
     return lines
 
 

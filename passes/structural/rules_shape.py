@@ -142,11 +142,13 @@ def split(node: ir.Node, b: CouplingBuilder) -> None:
 def _slice_params(node: ir.Node, shape: tuple[int, ...]) -> dict[int, tuple[int, int, int]]:
     """axis -> (start, output length, step) with starts/ends clamped like ONNX does."""
     starts, ends = const(node.inputs[1]), const(node.inputs[2])
+    if starts is None or ends is None:  # before any len(): a computed input is None here
+        raise RuleUnsupported("Slice with starts/ends computed at run time")
     axes_v, steps_v = input_at(node, 3), input_at(node, 4)
     axes = const(axes_v) if axes_v is not None else np.arange(len(starts))
     steps = const(steps_v) if steps_v is not None else np.ones(len(starts), dtype=np.int64)
-    if starts is None or ends is None or axes is None or steps is None:
-        raise RuleUnsupported("Slice with starts/ends/axes/steps computed at run time")
+    if axes is None or steps is None:
+        raise RuleUnsupported("Slice with axes/steps computed at run time")
     out = {}
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         a = int(a) % len(shape)

@@ -16,7 +16,7 @@ from pathlib import Path
 from sparsec import __version__
 from sparsec.cli import commands
 from sparsec.cli.common import add_dims_arg, add_instrument_args, add_pipeline_args, setup_logging
-from sparsec.errors import SparsecError
+from sparsec.errors import InternalError, SparsecError
 from sparsec.verdict import DEFAULT_MIN_COSINE, VERDICT_EXIT
 
 EPILOG = """examples:
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         logging.getLogger("sparsec").debug("internal error", exc_info=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        sys.stderr.write(f"sparsec: internal error: {type(e).__name__}: {first} (rerun with --debug)\n")
+        kind = "" if isinstance(e, InternalError) else f"{type(e).__name__}: "  # its message names the cause
+        sys.stderr.write(f"sparsec: internal error: {kind}{first} (rerun with --debug)\n")
         return 1
 
 

@@ -44,7 +44,13 @@ def shape_proto(model: ir.Model, dims: dict[str, int]) -> onnx.ModelProto:
     graph = copy.graph
     for value in list(graph.initializers.values()):
         tensor = value.const_value
-        if tensor is None or tensor.size <= SMALL:
+        if tensor is None:
+            continue
+        if tensor.size <= SMALL:
+            if isinstance(tensor, ir.ExternalTensor):
+                # The proto is read without the model's folder: small constants of an
+                # external-data file (as the dynamo exporter writes) must travel inline.
+                value.const_value = ir.tensor(np.array(tensor.numpy()), name=value.name)  # a copy: no view of the mmap
             continue
         graph.initializers.pop(value.name)
         if not value.is_graph_input():

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from sparsec.errors import SparsecError, VerificationError
+from sparsec.errors import PassCrashed, SparsecError, VerificationError
 from sparsec.ir.io import model_bytes, save_model
 from sparsec.ir.printer import print_ir
 from sparsec.numerics import Fidelity, compare, evaluate, sample_inputs
@@ -92,9 +92,9 @@ class PassManager:
                 result = p.run(model, ctx)
             except SparsecError:
                 raise
-            except Exception as e:  # a bug in a pass: name it, keep a reproducer
+            except Exception as e:  # a bug in the pass, not a verification failure: name it, keep a reproducer
                 self._fail(index, p, model, snapshot, ctx, e)
-                raise VerificationError(f"{type(e).__name__}: {e}{self._repro_hint(ctx)}", pass_name=p.name) from e
+                raise PassCrashed(p.name, e, self._repro_hint(ctx)) from e
             seconds = time.perf_counter() - start
             record = PassRecord(p.name, p.to_text(), p.exact, result.changed, seconds, dict(result.stats))
             if result.changed:

@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from sparsec.errors import VerificationError
+from sparsec.errors import PassCrashed, SparsecError, VerificationError
 from sparsec.passes.analysis.cost_model import CostModel
 from sparsec.pm import Pass, PassContext, PassManager, PassResult, parse_pipeline
 from sparsec.pm.instruments import IRDumpDir, PassStatistics, PassTiming, PrintIRAfter
@@ -87,9 +87,13 @@ def test_exact_pass_that_changes_outputs_fails(mlp) -> None:
         PassManager([ScaleWeights()]).run(mlp, PassContext())
 
 
-def test_crashing_pass_is_named(mlp) -> None:
-    with pytest.raises(VerificationError, match="after pass 'test-crash'.*RuntimeError: boom"):
-        PassManager([Crash()]).run(mlp, PassContext())
+def test_crashing_pass_is_named_as_an_internal_error(mlp, tmp_path) -> None:
+    # A crash is a bug in the pass, not a verification failure of the IR (nor a user error).
+    with pytest.raises(PassCrashed, match="pass 'test-crash' crashed: RuntimeError: boom") as info:
+        PassManager([Crash()]).run(mlp, PassContext(repro_dir=tmp_path / "repro"))
+    assert not isinstance(info.value, SparsecError) and info.value.exit_code == 1
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert (tmp_path / "repro" / "input.onnx").exists()
 
 
 def test_invalid_input_is_refused_before_any_pass(mlp) -> None:

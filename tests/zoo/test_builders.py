@@ -23,6 +23,7 @@ SMALL_PARAMS = {
     "efficientnet": 540_722,
     "vit": 1_803_850,
     "gpt_gqa": 2_765_312,
+    "shufflenet_v2_tv": 2_278_604,  # torchvision's ShuffleNetV2 x1.0 has exactly this many
 }
 
 

@@ -22,6 +22,9 @@ EXPECTED = {
     "efficientnet",
     "vit",
     "gpt_gqa",
+    # torchvision's own structures, written out
+    "shufflenet_v2_tv",
+    "vit_b16_tv",
 }
 
 
