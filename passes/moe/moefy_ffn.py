@@ -1,0 +1,190 @@
+"""`moefy-ffn`: split dense FFNs into routed experts (`com.sparsec.MoE`), MoEfication-style.
+
+Each FFN the finder takes (`ffn_finder.py`) has its F intermediate neurons partitioned into
+`experts` equal groups (`partition.py`: by the first layer's weights, or by co-activation on
+calibration data), gets a router (`router.py`: centroid similarity, data-free, or a
+predictor fitted on calibration activations) and becomes one MoE op that runs the `top_k`
+experts a token's router scores highest. With top_k = experts the op equals the dense FFN.
+
+The fidelity of every rewritten FFN (cosine and relative L2 of its output against the
+dense FFN) is measured on the calibration inputs of that FFN when there are some, else on
+standard-normal inputs, and recorded per layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from sparsec.dialect import DOMAIN
+from sparsec.errors import OptionError
+from sparsec.passes.moe.experts import Experts, dense_forward, moe_forward, split_experts
+from sparsec.passes.moe.ffn_finder import FFN, find_ffns
+from sparsec.passes.moe.partition import (
+    expert_permutation,
+    partition_by_coactivation,
+    partition_by_weights,
+)
+from sparsec.passes.moe.router import centroid_router, learned_router
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+
+log = logging.getLogger("sparsec.passes.moe")
+METHODS = ("weights", "coactivation")
+ROUTERS = ("centroid", "learned")
+GATINGS = ("none", "softmax")
+_RANDOM_ROWS = 512
+
+
+def _row_fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    num = np.sum(ref * got, axis=1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = float(np.mean(num / np.maximum(den, 1e-30)))
+    rel = float(np.linalg.norm(ref - got) / max(np.linalg.norm(ref), 1e-30))
+    return {"cosine": round(cos, 6), "rel_l2": round(rel, 6)}
+
+
+def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int) -> dict[str, np.ndarray]:
+    """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration."""
+    from sparsec.activations import ActivationRunner
+    from sparsec.passes.analysis.layer_stats import require_calibration
+
+    calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned}")
+    names = sorted({f.input.name for f in ffns})
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    runner = ActivationRunner(model, [], calib)
+    for outs in runner.values(names, real_rows=True):
+        for n in names:
+            parts[n].append(outs[n].reshape(-1, outs[n].shape[-1]))
+    rows = {n: np.concatenate(p, axis=0).astype(np.float32) for n, p in parts.items()}
+    if samples > 0:
+        rng = np.random.default_rng(ctx.seed)
+        rows = {n: (r if len(r) <= samples else r[np.sort(rng.choice(len(r), samples, replace=False))]) for n, r in rows.items()}
+    return rows
+
+
+def insert_moe(model: ir.Model, ffn: FFN, ex: Experts, router: tuple[np.ndarray, np.ndarray], top_k: int,
+               gating: str) -> ir.Node:
+    """Replace the FFN by one `com.sparsec.MoE` node (the dense layers become dead and go)."""
+    graph = model.graph
+    base = ffn.first.layer.weight.name
+
+    def init(array: np.ndarray, tag: str) -> ir.Value:
+        name = f"{base}.moe_{tag}"
+        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array, dtype=np.float32), name=name))
+        graph.register_initializer(value)
+        return value
+
+    inputs = [ffn.input, init(router[0], "router_weight"), init(router[1], "router_bias"), init(ex.w1, "w1"),
+              init(ex.b1, "b1"), init(ex.w2, "w2"), init(ex.b2, "b2")]
+    if ex.w_up is not None:
+        inputs.append(init(ex.w_up, "w_up"))
+    node = ir.Node(DOMAIN, "MoE", inputs, attributes=[
+        ir.AttrInt64("top_k", top_k), ir.AttrString("activation", ffn.activation), ir.AttrString("gating", gating)],
+        name=f"{ffn.name}/moe", num_outputs=1)
+    graph.insert_before(ffn.down.node, node)
+    out, new = ffn.output, node.outputs[0]
+    new.shape, new.type = out.shape, out.type
+    name = out.name
+    out.replace_all_uses_with(new, replace_graph_outputs=True)
+    out.name = f"{name}.dense"
+    new.name = name
+    return node
+
+
+@register_pass
+@dataclass(frozen=True)
+class MoefyFFN(Pass):
+    name = "moefy-ffn"
+    summary = "Split dense FFNs (Linear-act-Linear, gated too) into routed experts: com.sparsec.MoE."
+    exact = False
+
+    experts: int = option(16, "experts per FFN (must divide its intermediate size)")
+    top_k: int = option(4, "experts each token runs")
+    method: str = option("weights", "neuron partition: weights (balanced k-means, data-free) or coactivation (calibration data)")
+    router: str = option("centroid", "router: centroid (data-free) or learned (fitted on calibration activations)")
+    gating: str = option("none", "none (sum of selected experts, MoEfication) or softmax (router-weighted)")
+    include: tuple[str, ...] = option(("*",), "globs on FFN (down projection) names to convert")
+    exclude: tuple[str, ...] = option((), "globs on FFN names to leave dense")
+    samples: int = option(4096, "most calibration rows per FFN used for partitioning, router and fidelity (0 = all)")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise OptionError(f"moefy-ffn: method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.router not in ROUTERS:
+            raise OptionError(f"moefy-ffn: router must be one of {', '.join(ROUTERS)}, got '{self.router}'")
+        if self.gating not in GATINGS:
+            raise OptionError(f"moefy-ffn: gating must be one of {', '.join(GATINGS)}, got '{self.gating}'")
+        if self.experts < 1 or not 1 <= self.top_k <= self.experts:
+            raise OptionError(f"moefy-ffn: need experts >= 1 and 1 <= top_k <= experts, got experts={self.experts} top_k={self.top_k}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method == "coactivation" or self.router == "learned"
+
+    def _skip_reason(self, ffn: FFN) -> str | None:
+        if not any(fnmatch.fnmatchcase(ffn.name, p) for p in self.include) or any(
+                fnmatch.fnmatchcase(ffn.name, p) for p in self.exclude):
+            return "excluded by include/exclude"
+        if ffn.hidden % self.experts:
+            return f"intermediate size {ffn.hidden} is not a multiple of experts={self.experts}"
+        if ffn.gate is not None and ffn.up.bias is not None:
+            return "gated FFN with a bias on the up projection (MoE takes none there)"
+        if ffn.down.weight.shape[1] != ffn.dim:
+            return f"output width {ffn.down.weight.shape[1]} != input width {ffn.dim}"
+        return None
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        found, misses = find_ffns(model)
+        for miss in misses:
+            ctx.record(self.name, miss.layer, decision="skip", reason=f"not an FFN the finder takes: {miss.reason}")
+        chosen: list[FFN] = []
+        skipped: dict[str, str] = {m.layer: m.reason for m in misses}
+        for ffn in found:
+            reason = self._skip_reason(ffn)
+            if reason is None:
+                chosen.append(ffn)
+            else:
+                skipped[ffn.name] = reason
+                ctx.record(self.name, ffn.name, decision="skip", reason=reason, **ffn.describe())
+        data = calibration_inputs(model, chosen, ctx, self.samples) if chosen and self.needs_data else {}
+        per_layer: dict[str, dict] = {}
+        for i, ffn in enumerate(chosen):
+            x = data.get(ffn.input.name)
+            if x is None:  # data-free: fidelity on standard-normal inputs
+                x_eval = np.random.default_rng(ctx.seed + i).standard_normal((_RANDOM_ROWS, ffn.dim)).astype(np.float32)
+            else:
+                x_eval = x
+            if self.method == "coactivation":
+                from sparsec.passes.moe.experts import hidden_activations
+
+                identity = split_experts(ffn, np.arange(ffn.hidden), 1)
+                labels = partition_by_coactivation(hidden_activations(x, identity, ffn.activation), self.experts, seed=ctx.seed)
+            else:
+                labels = partition_by_weights(ffn.first.weight, self.experts, seed=ctx.seed)
+            ex = split_experts(ffn, expert_permutation(labels, self.experts), self.experts)
+            router = learned_router(x, ex, ffn.activation) if self.router == "learned" else centroid_router(ex)
+            ref = dense_forward(x_eval, ex, ffn.activation)
+            got = moe_forward(x_eval, ex, router[0], router[1], self.top_k, ffn.activation, self.gating)
+            fid = _row_fidelity(ref, got)
+            desc = ffn.describe()
+            insert_moe(model, ffn, ex, router, self.top_k, self.gating)
+            info = {**desc, "experts": self.experts, "top_k": self.top_k, "active_fraction": round(self.top_k / self.experts, 6),
+                    "method": self.method, "router": self.router, "gating": self.gating,
+                    "fidelity_inputs": "calibration" if x is not None else "standard normal", **fid}
+            per_layer[ffn.name] = info
+            ctx.record(self.name, ffn.name, decision=f"moe {self.top_k}/{self.experts}", **info)
+        if chosen:
+            model.opset_imports.setdefault(DOMAIN, 1)
+            RemoveUnusedNodesPass()(model)
+        stats = {"ffns_found": len(found), "ffns_converted": len(chosen), "ffns_skipped": len(skipped),
+                 "skipped": skipped,
+                 "layer_cosine": {k: v["cosine"] for k, v in per_layer.items()},
+                 "mean_layer_cosine": round(float(np.mean([v["cosine"] for v in per_layer.values()])), 6) if per_layer else None}
+        return PassResult(changed=bool(chosen), stats=stats)
