@@ -236,6 +236,7 @@ def _walk(start: ir.Value) -> tuple[list[ir.Node], dict[str, Projection], bool]:
     region: dict[int, ir.Node] = {}
     sources: dict[str, Projection] = {}
     seen_nonlinear = False
+    problems: list[str] = []
     stack = [start]
     visited: set[int] = set()
     while stack:
@@ -243,10 +244,10 @@ def _walk(start: ir.Value) -> tuple[list[ir.Node], dict[str, Projection], bool]:
         if id(v) in visited:
             continue
         visited.add(id(v))
-        if _const(v) is not None:
-            c = _const(v)
-            if c.size != 1:
-                raise _Reject(f"non-scalar constant '{v.name}' inside the activation")
+        c = _const(v)
+        if c is not None:
+            if c.size != 1 and not problems:  # keep walking: is this an FFN at all?
+                problems.append(f"non-scalar constant '{v.name}' inside the activation")
             continue
         proj = _projection_of(v)
         if proj is not None:
@@ -262,6 +263,8 @@ def _walk(start: ir.Value) -> tuple[list[ir.Node], dict[str, Projection], bool]:
         region[id(p)] = p
         # A Reshape's shape input is not data.
         stack.extend(x for x in (p.inputs[:1] if p.op_type in PASS_THROUGH else p.inputs) if x is not None)
+    if problems and seen_nonlinear:
+        raise _Reject(problems[0] + " (seen an activation)")
     return list(region.values()), sources, seen_nonlinear
 
 
@@ -323,7 +326,7 @@ def _match(down_node: ir.Node) -> FFN | Miss | None:
         nodes, sources, nonlinear = _walk(down_node.inputs[0])
     except _Reject as e:
         reason = str(e)
-        return Miss(down.name, reason) if "(seen an activation)" in reason else None
+        return Miss(down.name, reason.replace(" (seen an activation)", "")) if "(seen an activation)" in reason else None
     name = down.name
     if not sources:
         return None
