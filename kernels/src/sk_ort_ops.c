@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe_internal.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
 
@@ -527,6 +528,7 @@ SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
             st = SK_ORT(api, CustomOpDomain_Add)(d, &ops[cap][kind].base);
         }
         if (!st) st = sk_attn_ort_add(api, d, cap); /* SparseAttention (attn_ort_op.c) */
+        if (!st) st = SK_ORT(api, CustomOpDomain_Add)(d, sk_moe_custom_op(cap)); /* moe_ort.c */
         if (!st) domains[cap] = d; /* on failure the half-built domain leaks (never happens) */
     }
     OrtCustomOpDomain *domain = domains[cap];

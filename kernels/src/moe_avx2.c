@@ -1,0 +1,143 @@
+/* MoE FFN panels and activations on AVX2 + FMA: the AVX-512 scheme (moe_avx512.c) on
+ * 8-lane vectors: 6 rows x 16 columns per register block, one row x 32 columns for decode;
+ * column tails through maskload/maskstore. */
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#include "moe_internal.h"
+
+#define MR 6
+
+static inline __m256i lanes(int64_t n) {
+    const int c = n >= 8 ? 8 : n <= 0 ? 0 : (int)n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __attribute__((always_inline)) void block(const float *const *a, const int mr,
+                                                        int64_t k, const float *b, int64_t ldb,
+                                                        int64_t nc, float *const *c,
+                                                        int64_t coff, int accumulate) {
+    const __m256i m0 = lanes(nc), m1 = lanes(nc - 8);
+    __m256 c0[MR], c1[MR];
+    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        const float *br = b + kk * ldb;
+        const __m256 b0 = _mm256_maskload_ps(br, m0), b1 = _mm256_maskload_ps(br + 8, m1);
+        for (int i = 0; i < MR; i++)
+            if (i < mr) {
+                const __m256 av = _mm256_broadcast_ss(a[i] + kk);
+                c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+            }
+    }
+    for (int i = 0; i < MR; i++)
+        if (i < mr) {
+            float *cr = c[i] + coff;
+            if (accumulate) {
+                c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(cr, m0));
+                c1[i] = _mm256_add_ps(c1[i], _mm256_maskload_ps(cr + 8, m1));
+            }
+            _mm256_maskstore_ps(cr, m0, c0[i]);
+            _mm256_maskstore_ps(cr + 8, m1, c1[i]);
+        }
+}
+
+static void row32(const float *a, int64_t k, const float *b, int64_t ldb, int64_t nc, float *cr,
+                  int accumulate) {
+    const __m256i m[4] = {lanes(nc), lanes(nc - 8), lanes(nc - 16), lanes(nc - 24)};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t kk = 0; kk < k; kk++) {
+        const float *br = b + kk * ldb;
+        const __m256 av = _mm256_broadcast_ss(a + kk);
+        for (int v = 0; v < 4; v++)
+            acc[v] = _mm256_fmadd_ps(av, _mm256_maskload_ps(br + 8 * v, m[v]), acc[v]);
+    }
+    for (int v = 0; v < 4; v++) {
+        if (accumulate) acc[v] = _mm256_add_ps(acc[v], _mm256_maskload_ps(cr + 8 * v, m[v]));
+        _mm256_maskstore_ps(cr + 8 * v, m[v], acc[v]);
+    }
+}
+
+void sk_moe_panel_avx2(const float *const *a, int64_t rows, int64_t k, const float *b,
+                       int64_t ldb, int64_t ncols, float *const *c, int64_t coff, int accumulate) {
+    if (rows == 1) {
+        for (int64_t j = 0; j < ncols; j += 32)
+            row32(a[0], k, b + j, ldb, ncols - j, c[0] + coff + j, accumulate);
+        return;
+    }
+    for (int64_t j = 0; j < ncols; j += 16) {
+        const int64_t nc = ncols - j;
+        int64_t r = 0;
+        for (; r + MR <= rows; r += MR) block(a + r, MR, k, b + j, ldb, nc, c + r, coff + j, accumulate);
+        switch (rows - r) {
+        case 5: block(a + r, 5, k, b + j, ldb, nc, c + r, coff + j, accumulate); break;
+        case 4: block(a + r, 4, k, b + j, ldb, nc, c + r, coff + j, accumulate); break;
+        case 3: block(a + r, 3, k, b + j, ldb, nc, c + r, coff + j, accumulate); break;
+        case 2: block(a + r, 2, k, b + j, ldb, nc, c + r, coff + j, accumulate); break;
+        case 1: block(a + r, 1, k, b + j, ldb, nc, c + r, coff + j, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2));
+}
+
+static inline __m256 act256(__m256 v, int act) {
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    switch (act) {
+    case MOE_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
+    case MOE_GELU: {
+        const __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
+        const __m256 az = _mm256_andnot_ps(sign, z);
+        const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(az, _mm256_set1_ps(0.3275911f), one));
+        __m256 q = _mm256_set1_ps(1.061405429f);
+        q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-1.453152027f));
+        q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.421413741f));
+        q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.284496736f));
+        q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.254829592f));
+        q = _mm256_mul_ps(q, t);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+        const __m256 erf = _mm256_or_ps(_mm256_fnmadd_ps(q, e, one), _mm256_and_ps(z, sign));
+        return _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf));
+    }
+    case MOE_GELU_TANH: {
+        const __m256 inner = _mm256_mul_ps(
+            _mm256_set1_ps(0.7978845608028654f),
+            _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(v, v), v), _mm256_set1_ps(0.044715f), v));
+        const __m256 e = exp256(_mm256_add_ps(inner, inner));
+        const __m256 th = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+        return _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, th));
+    }
+    default:
+        return _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    }
+}
+
+void sk_moe_act_avx2(float *h, const float *bias, const float *up, float gate, int64_t n, int act) {
+    const __m256 g = _mm256_set1_ps(gate);
+    for (int64_t j = 0; j < n; j += 8) {
+        const __m256i m = lanes(n - j);
+        __m256 v = act256(_mm256_add_ps(_mm256_maskload_ps(h + j, m), _mm256_maskload_ps(bias + j, m)), act);
+        if (up) v = _mm256_mul_ps(v, _mm256_maskload_ps(up + j, m));
+        _mm256_maskstore_ps(h + j, m, _mm256_mul_ps(v, g));
+    }
+}
+#endif

@@ -1,0 +1,54 @@
+/* MoE FFN kernel (moe_kernel.c, moe_avx512.c, moe_avx2.c, moe_ort.c); not part of sk.h.
+ *
+ * Weights, as com.sparsec.MoE stacks them (fp32, row-major):
+ *   router_weight [D, E], router_bias [E], w1 [E, D, F], b1 [E, F], w2 [E, F, D], b2 [D],
+ *   optional w_up [E, D, F] (gated: act(x w1[e] + b1[e]) * (x w_up[e])).
+ * Y[t] = b2 + sum over the top_k experts e of token t (by router logit) of
+ *        g[t, e] * (act(x w1[e] + b1[e]) [* x w_up[e]]) w2[e],
+ * g = 1 (gating 0, "none") or the softmax of the selected logits (gating 1).
+ */
+#ifndef SPARSEC_MOE_INTERNAL_H
+#define SPARSEC_MOE_INTERNAL_H
+#include <stdint.h>
+
+enum { MOE_RELU = 0, MOE_GELU = 1, MOE_GELU_TANH = 2, MOE_SILU = 3, MOE_ACTS = 4 };
+enum { MOE_GATE_NONE = 0, MOE_GATE_SOFTMAX = 1 };
+
+typedef struct {
+    int64_t d, e, f;
+    int top_k, act, gating;
+    const float *rw, *rb, *w1, *b1, *w2, *b2, *wup; /* wup NULL unless gated */
+} sk_moe_weights;
+
+/* c[r][coff + j] (+)= sum_k a[r][k] * b[k * ldb + j], r < rows, j < ncols. Rows of A and C
+ * are given by pointers: tokens routed to an expert are scattered rows of X and Y. */
+typedef void (*sk_moe_panel_fn)(const float *const *a, int64_t rows, int64_t k, const float *b,
+                                int64_t ldb, int64_t ncols, float *const *c, int64_t coff,
+                                int accumulate);
+/* h[j] = act(h[j] + bias[j]) * (up ? up[j] : 1) * gate, j < n. */
+typedef void (*sk_moe_act_fn)(float *h, const float *bias, const float *up, float gate, int64_t n,
+                              int act);
+
+void sk_moe_panel_scalar(const float *const *a, int64_t rows, int64_t k, const float *b,
+                         int64_t ldb, int64_t ncols, float *const *c, int64_t coff, int accumulate);
+void sk_moe_act_scalar(float *h, const float *bias, const float *up, float gate, int64_t n, int act);
+#if defined(__x86_64__) || defined(_M_X64)
+void sk_moe_panel_avx512(const float *const *a, int64_t rows, int64_t k, const float *b,
+                         int64_t ldb, int64_t ncols, float *const *c, int64_t coff, int accumulate);
+void sk_moe_act_avx512(float *h, const float *bias, const float *up, float gate, int64_t n, int act);
+void sk_moe_panel_avx2(const float *const *a, int64_t rows, int64_t k, const float *b,
+                       int64_t ldb, int64_t ncols, float *const *c, int64_t coff, int accumulate);
+void sk_moe_act_avx2(float *h, const float *bias, const float *up, float gate, int64_t n, int act);
+#endif
+
+/* Checks dims/attributes; 0 when valid. */
+int sk_moe_check(const sk_moe_weights *w);
+/* y[rows, D] = MoE(x[rows, D]); SK_OK or an sk_status. */
+int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, int isa,
+               int threads);
+
+struct OrtCustomOp;
+/* The ORT custom op "MoEFFN" for a kernel thread cap (moe_ort.c); registered by sk_ort_ops.c. */
+struct OrtCustomOp *sk_moe_custom_op(int cap);
+
+#endif

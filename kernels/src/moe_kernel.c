@@ -1,0 +1,241 @@
+/* MoE FFN: routing, grouping of tokens by expert, and the two parallel phases.
+ *
+ * Batch 1 (decode): only the top_k selected experts' w1/w_up/w2 are read, each once.
+ * Many tokens: tokens are grouped by expert and each expert runs one GEMM per projection
+ * on its group (A and C rows addressed through row pointers, so no gather/scatter copies).
+ * Phase A (up): work items are (expert, 64-column chunk of F), split over threads; the
+ * activation, the up branch and the gate are applied to each chunk while it is hot.
+ * Phase B (down): work items are 64-column chunks of D; each item initialises its slice
+ * of Y with b2 and accumulates every expert into it, so threads never write the same
+ * element (no atomics, and the result does not depend on the thread count).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_internal.h"
+#include "sk_internal.h"
+
+#define MOE_CHUNK 64
+#define MOE_MIN_MACS_PER_THREAD (1 << 20)
+
+/* ------------------------------------------------------------------ scalar reference */
+
+void sk_moe_panel_scalar(const float *const *a, int64_t rows, int64_t k, const float *b,
+                         int64_t ldb, int64_t ncols, float *const *c, int64_t coff,
+                         int accumulate) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *cr = c[r] + coff;
+        if (!accumulate) memset(cr, 0, (size_t)ncols * sizeof *cr);
+        for (int64_t kk = 0; kk < k; kk++) {
+            const float av = a[r][kk];
+            const float *br = b + kk * ldb;
+            for (int64_t j = 0; j < ncols; j++) cr[j] += av * br[j];
+        }
+    }
+}
+
+static float act_scalar(float v, int act) {
+    switch (act) {
+    case MOE_RELU: return v > 0.0f ? v : 0.0f;
+    case MOE_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case MOE_GELU_TANH:
+        return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    default: return v / (1.0f + expf(-v));
+    }
+}
+
+void sk_moe_act_scalar(float *h, const float *bias, const float *up, float gate, int64_t n,
+                       int act) {
+    for (int64_t j = 0; j < n; j++) {
+        float v = act_scalar(h[j] + bias[j], act);
+        if (up) v *= up[j];
+        h[j] = v * gate;
+    }
+}
+
+/* ------------------------------------------------------------------ driver */
+
+int sk_moe_check(const sk_moe_weights *w) {
+    if (!w || w->d <= 0 || w->e <= 0 || w->f <= 0 || w->d > INT32_MAX || w->f > INT32_MAX ||
+        w->e > 4096 || w->top_k < 1 || w->top_k > w->e || w->act < 0 || w->act >= MOE_ACTS ||
+        (w->gating != MOE_GATE_NONE && w->gating != MOE_GATE_SOFTMAX))
+        return SK_ERR_SHAPE;
+    if (!w->rw || !w->rb || !w->w1 || !w->b1 || !w->w2 || !w->b2) return SK_ERR_NULL;
+    return SK_OK;
+}
+
+typedef struct {
+    const sk_moe_weights *w;
+    sk_moe_panel_fn panel;
+    sk_moe_act_fn actf;
+    int64_t rows;
+    const int64_t *count, *offset; /* per expert: routed tokens, first slot */
+    const float *const *xrows;      /* per slot: the token's X row */
+    float *const *hrows, *const *urows, *const *yrows; /* per slot */
+    const float *gate;              /* per slot */
+    const int32_t *items;           /* phase A: expert * chunks + chunk */
+    int64_t nitems, chunks_f, chunks_d;
+} moe_job;
+
+static void phase_up(const void *p, int tid, int nth) {
+    const moe_job *j = p;
+    const sk_moe_weights *w = j->w;
+    int64_t begin, end;
+    sk_split(j->nitems, tid, nth, &begin, &end);
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t e = j->items[it] / j->chunks_f, c0 = (j->items[it] % j->chunks_f) * MOE_CHUNK;
+        const int64_t nc = w->f - c0 < MOE_CHUNK ? w->f - c0 : MOE_CHUNK;
+        const int64_t s0 = j->offset[e], n = j->count[e];
+        j->panel(j->xrows + s0, n, w->d, w->w1 + e * w->d * w->f + c0, w->f, nc, j->hrows + s0, c0, 0);
+        if (w->wup)
+            j->panel(j->xrows + s0, n, w->d, w->wup + e * w->d * w->f + c0, w->f, nc, j->urows + s0,
+                     c0, 0);
+        for (int64_t r = 0; r < n; r++)
+            j->actf(j->hrows[s0 + r] + c0, w->b1 + e * w->f + c0,
+                    w->wup ? j->urows[s0 + r] + c0 : NULL, j->gate[s0 + r], nc, w->act);
+    }
+}
+
+static void phase_down(const void *p, int tid, int nth) {
+    const moe_job *j = p;
+    const sk_moe_weights *w = j->w;
+    int64_t begin, end;
+    sk_split(j->chunks_d, tid, nth, &begin, &end);
+    for (int64_t ch = begin; ch < end; ch++) {
+        const int64_t c0 = ch * MOE_CHUNK, nc = w->d - c0 < MOE_CHUNK ? w->d - c0 : MOE_CHUNK;
+        for (int64_t e = 0; e < w->e; e++) {
+            if (!j->count[e]) continue;
+            const int64_t s0 = j->offset[e];
+            j->panel((const float *const *)(j->hrows + s0), j->count[e], w->f,
+                     w->w2 + e * w->f * w->d + c0, w->d, nc, j->yrows + s0, c0, 1);
+        }
+    }
+}
+
+/* Carve n bytes (8-byte aligned) off the workspace. */
+static void *take(char **p, size_t n) {
+    void *out = *p;
+    *p += (n + 7) / 8 * 8;
+    return out;
+}
+
+static int pick_threads(const sk_moe_weights *w, int64_t rows, int threads) {
+    const int64_t macs = rows * w->top_k * w->d * w->f * (w->wup ? 3 : 2);
+    int64_t t = macs / MOE_MIN_MACS_PER_THREAD;
+    if (t > threads) t = threads;
+    return t < 1 ? 1 : (int)t;
+}
+
+int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, int isa,
+               int threads) {
+    int rc = sk_moe_check(w);
+    if (rc != SK_OK) return rc;
+    if (rows < 0) return SK_ERR_SHAPE;
+    if (!sk_isa_supported(isa)) return SK_ERR_ISA;
+    if (rows == 0) return SK_OK;
+    if (!x || !y) return SK_ERR_NULL;
+    sk_moe_panel_fn panel = sk_moe_panel_scalar;
+    sk_moe_act_fn actf = sk_moe_act_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (isa == SK_ISA_AVX512) {
+        panel = sk_moe_panel_avx512;
+        actf = sk_moe_act_avx512;
+    } else if (isa == SK_ISA_AVX2) {
+        panel = sk_moe_panel_avx2;
+        actf = sk_moe_act_avx2;
+    }
+#endif
+    const int64_t d = w->d, e = w->e, f = w->f, k = w->top_k;
+    const int64_t slots = rows * k, chunks_f = (f + MOE_CHUNK - 1) / MOE_CHUNK;
+    /* One allocation for the routing state and the hidden activations. */
+    const size_t bytes = (size_t)rows * e * sizeof(float)         /* logits */
+                         + (size_t)slots * sizeof(int32_t)         /* chosen expert per slot */
+                         + (size_t)slots * sizeof(float)           /* gate per (token, choice) */
+                         + (size_t)2 * e * sizeof(int64_t)         /* count, offset */
+                         + (size_t)slots * 4 * sizeof(void *)      /* xrows, hrows, urows, yrows */
+                         + (size_t)slots * sizeof(float)           /* gate per slot */
+                         + (size_t)e * chunks_f * sizeof(int32_t)  /* phase A items */
+                         + (size_t)rows * sizeof(void *)           /* logits row pointers */
+                         + 64 * 8;
+    const size_t hbytes = (size_t)slots * f * sizeof(float) * (w->wup ? 2 : 1);
+    char *mem = malloc(bytes), *hmem = aligned_alloc(64, (hbytes + 63) / 64 * 64);
+    if (!mem || !hmem) {
+        free(mem);
+        free(hmem);
+        return SK_ERR_SHAPE;
+    }
+    char *p = mem;
+#define TAKE(type, n) ((type *)take(&p, (size_t)(n) * sizeof(type)))
+    float *logits = TAKE(float, rows * e);
+    int32_t *choice = TAKE(int32_t, slots);
+    float *cgate = TAKE(float, slots);
+    int64_t *count = TAKE(int64_t, e), *offset = TAKE(int64_t, e);
+    const float **xrows = TAKE(const float *, slots);
+    float **hrows = TAKE(float *, slots), **urows = TAKE(float *, slots);
+    float **yrows = TAKE(float *, slots);
+    float *sgate = TAKE(float, slots);
+    int32_t *items = TAKE(int32_t, e * chunks_f);
+    float **lrows = TAKE(float *, rows);
+    const float **trows = (const float **)yrows; /* reused below for the router's X rows */
+#undef TAKE
+    /* Router: logits = x @ rw + rb. */
+    for (int64_t t = 0; t < rows; t++) {
+        trows[t] = x + t * d;
+        lrows[t] = logits + t * e;
+    }
+    panel((const float *const *)trows, rows, d, w->rw, e, e, lrows, 0, 0);
+    memset(count, 0, (size_t)e * sizeof *count);
+    for (int64_t t = 0; t < rows; t++) {
+        float *l = logits + t * e;
+        for (int64_t i = 0; i < e; i++) l[i] += w->rb[i];
+        /* top_k by repeated scans (k is small); ties go to the lower index, as TopK. */
+        for (int64_t c = 0; c < k; c++) {
+            int64_t best = -1;
+            for (int64_t i = 0; i < e; i++) {
+                int taken = 0;
+                for (int64_t q = 0; q < c; q++) taken |= choice[t * k + q] == i;
+                if (!taken && (best < 0 || l[i] > l[best])) best = i;
+            }
+            choice[t * k + c] = (int32_t)best;
+            count[best]++;
+        }
+        if (w->gating == MOE_GATE_SOFTMAX) {
+            const float top = l[choice[t * k]];
+            float sum = 0.0f;
+            for (int64_t c = 0; c < k; c++) sum += cgate[t * k + c] = expf(l[choice[t * k + c]] - top);
+            for (int64_t c = 0; c < k; c++) cgate[t * k + c] /= sum;
+        } else {
+            for (int64_t c = 0; c < k; c++) cgate[t * k + c] = 1.0f;
+        }
+    }
+    /* Group (token, choice) slots by expert, tokens in order. */
+    int64_t nitems = 0, acc = 0;
+    for (int64_t i = 0; i < e; i++) {
+        offset[i] = acc;
+        acc += count[i];
+        if (count[i])
+            for (int64_t c = 0; c < chunks_f; c++) items[nitems++] = (int32_t)(i * chunks_f + c);
+    }
+    int64_t *fill = count; /* counts are rebuilt while filling */
+    memset(fill, 0, (size_t)e * sizeof *fill);
+    float *h = (float *)hmem, *u = w->wup ? h + slots * f : NULL;
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t c = 0; c < k; c++) {
+            const int64_t ex = choice[t * k + c], s = offset[ex] + fill[ex]++;
+            xrows[s] = x + t * d;
+            hrows[s] = h + s * f;
+            urows[s] = u ? u + s * f : NULL;
+            yrows[s] = y + t * d;
+            sgate[s] = cgate[t * k + c];
+        }
+    moe_job job = {w, panel, actf, rows, count, offset, (const float *const *)xrows,
+                   hrows, urows, yrows, sgate, items, nitems, chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK};
+    const int nth = pick_threads(w, rows, threads);
+    sk_run_parallel(nth, phase_up, &job);
+    for (int64_t t = 0; t < rows; t++) memcpy(y + t * d, w->b2, (size_t)d * sizeof *y);
+    sk_run_parallel(nth, phase_down, &job);
+    free(mem);
+    free(hmem);
+    return SK_OK;
+}

@@ -1,0 +1,258 @@
+/* ONNX Runtime custom op "MoEFFN" (domain com.sparsec.kernels), calling sk_moe_ffn.
+ *
+ *   MoEFFN(X, router_weight, router_bias, w1, b1, w2, b2[, w_up])
+ *   attrs D, E, F, top_k, activation (0 relu, 1 gelu, 2 gelu_tanh, 3 silu),
+ *         gating (0 none, 1 softmax), gated (1: w_up present)
+ * Same semantics and weight layout as com.sparsec.MoE (moe_internal.h). The weights must be
+ * constant initializers; they are read and checked once at session creation (an aligned
+ * copy where ORT's buffer is not 64-byte aligned), so a malformed model fails there with
+ * a message naming the node. Threads per call: one per ~1M multiply-adds, at most the
+ * session's "sparsec.kernel_threads" cap (as the other kernel ops).
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_internal.h"
+#include "sk_internal.h"
+#include "sk_ort_abi.h"
+
+#define MOE_ORT_MAX_CAP 256
+#define MOE_ORT_MAX_RANK 16
+#define MOE_INPUTS 8
+
+typedef struct {
+    OrtCustomOp base;
+    int cap;
+} moe_op;
+
+typedef struct {
+    const OrtApi *api;
+    sk_moe_weights w;
+    int isa, cap;
+    void *owned[MOE_INPUTS];
+} moe_kernel;
+
+static OrtStatus *status(const OrtApi *api, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
+}
+
+static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
+    OrtStatus *out = status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
+    SK_ORT(api, ReleaseStatus)(st);
+    return out;
+}
+
+static int pick_isa(int *isa, char *bad, size_t len) {
+    static const char *const names[] = {"scalar", "avx2", "avx512", "neon"};
+    const char *env = getenv("SPARSEC_KERNEL_ISA");
+    char name[16] = {0};
+    size_t n = 0;
+    if (env) {
+        while (isspace((unsigned char)*env)) env++;
+        for (; env[n] && !isspace((unsigned char)env[n]) && n + 1 < sizeof name; n++)
+            name[n] = (char)tolower((unsigned char)env[n]);
+    }
+    if (n == 0) {
+        *isa = sk_isa_supported(SK_ISA_AVX512) ? SK_ISA_AVX512
+               : sk_isa_supported(SK_ISA_AVX2) ? SK_ISA_AVX2
+                                               : SK_ISA_SCALAR; /* NEON: scalar MoE panels */
+        return 0;
+    }
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0) {
+            if (!sk_isa_supported(i)) break;
+            *isa = i == SK_ISA_NEON ? SK_ISA_SCALAR : i;
+            return 0;
+        }
+    snprintf(bad, len, "kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here", name);
+    return -1;
+}
+
+static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx,
+                       const char *name, int64_t *out) {
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
+    if (!st) return NULL;
+    SK_ORT(api, ReleaseStatus)(st);
+    return status(api, "%s: missing int attribute '%s'", ctx, name);
+}
+
+/* Constant float input `index` with exactly `count` elements (aligned; copied if needed). */
+static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
+                         const char *what, int64_t count, const float **out) {
+    const OrtApi *api = kr->api;
+    int is_const = 0;
+    const OrtValue *value = NULL;
+    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
+    if (st) return reword(api, st, ctx, what);
+    if (!is_const || !value)
+        return status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
+    int type = 0;
+    size_t n = 0;
+    st = SK_ORT(api, GetTensorElementType)(ti, &type);
+    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
+    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+    if (st) return reword(api, st, ctx, what);
+    if (type != SK_ORT_FLOAT) return status(api, "%s: %s must be float32", ctx, what);
+    if ((int64_t)n != count)
+        return status(api, "%s: %s has %zu elements, expected %lld", ctx, what, n, (long long)count);
+    void *p = NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
+    if (((uintptr_t)p % 64) != 0) {
+        const size_t bytes = n * sizeof(float);
+        void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!copy) return status(api, "%s: out of memory copying %s", ctx, what);
+        memcpy(copy, p, bytes);
+        kr->owned[index] = copy;
+        p = copy;
+    }
+    *out = p;
+    return NULL;
+}
+
+static void destroy(void *p) {
+    moe_kernel *kr = p;
+    if (!kr) return;
+    for (int i = 0; i < MOE_INPUTS; i++) free(kr->owned[i]);
+    free(kr);
+}
+
+static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
+                                     const OrtKernelInfo *info, void **out) {
+    char node[160] = "?", ctx[256], bad[160];
+    size_t size = sizeof node;
+    OrtStatus *st = SK_ORT(api, KernelInfo_GetNodeName)(info, node, &size);
+    if (st) SK_ORT(api, ReleaseStatus)(st);
+    snprintf(ctx, sizeof ctx, "sparsec kernel op MoEFFN (node '%s')", st ? "?" : node);
+    *out = NULL;
+    moe_kernel *kr = calloc(1, sizeof *kr);
+    if (!kr) return status(api, "%s: out of memory", ctx);
+    kr->api = api;
+    kr->cap = ((const moe_op *)base)->cap;
+    if (pick_isa(&kr->isa, bad, sizeof bad)) {
+        destroy(kr);
+        return status(api, "%s: %s", ctx, bad);
+    }
+    int64_t d = 0, e = 0, f = 0, k = 0, act = 0, gating = 0, gated = 0;
+    if ((st = attr(api, info, ctx, "D", &d)) || (st = attr(api, info, ctx, "E", &e)) ||
+        (st = attr(api, info, ctx, "F", &f)) || (st = attr(api, info, ctx, "top_k", &k)) ||
+        (st = attr(api, info, ctx, "activation", &act)) ||
+        (st = attr(api, info, ctx, "gating", &gating)) || (st = attr(api, info, ctx, "gated", &gated)))
+        goto fail;
+    sk_moe_weights *w = &kr->w;
+    w->d = d, w->e = e, w->f = f, w->top_k = (int)k, w->act = (int)act, w->gating = (int)gating;
+    if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 1 || d <= 0 ||
+        e <= 0 || e > 4096 || f <= 0 || d > INT32_MAX || f > INT32_MAX) {
+        st = status(api, "%s: attributes out of range (D=%lld E=%lld F=%lld top_k=%lld)", ctx,
+                    (long long)d, (long long)e, (long long)f, (long long)k);
+        goto fail;
+    }
+    if ((st = weight(kr, info, ctx, 1, "router_weight", d * e, &w->rw)) ||
+        (st = weight(kr, info, ctx, 2, "router_bias", e, &w->rb)) ||
+        (st = weight(kr, info, ctx, 3, "w1", e * d * f, &w->w1)) ||
+        (st = weight(kr, info, ctx, 4, "b1", e * f, &w->b1)) ||
+        (st = weight(kr, info, ctx, 5, "w2", e * f * d, &w->w2)) ||
+        (st = weight(kr, info, ctx, 6, "b2", d, &w->b2)) ||
+        (gated && (st = weight(kr, info, ctx, 7, "w_up", e * d * f, &w->wup))))
+        goto fail;
+    if (sk_moe_check(w) != SK_OK) {
+        st = status(api, "%s: invalid weights", ctx);
+        goto fail;
+    }
+    *out = kr;
+    return NULL;
+fail:
+    destroy(kr);
+    return st;
+}
+
+static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+    const moe_kernel *kr = p;
+    const OrtApi *api = kr->api;
+    const OrtValue *xv = NULL;
+    OrtStatus *st = SK_ORT(api, KernelContext_GetInput)(context, 0, &xv);
+    if (st) return st;
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    if ((st = SK_ORT(api, GetTensorTypeAndShape)(xv, &ti))) return st;
+    size_t rank = 0;
+    int64_t dims[MOE_ORT_MAX_RANK];
+    st = SK_ORT(api, GetDimensionsCount)(ti, &rank);
+    if (!st && (rank < 1 || rank > MOE_ORT_MAX_RANK)) {
+        SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+        return status(api, "sparsec kernel op MoEFFN: X has rank %zu", rank);
+    }
+    if (!st) st = SK_ORT(api, GetDimensions)(ti, dims, rank);
+    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+    if (st) return st;
+    if (dims[rank - 1] != kr->w.d)
+        return status(api, "sparsec kernel op MoEFFN: X has %lld features, D=%lld",
+                      (long long)dims[rank - 1], (long long)kr->w.d);
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < rank; i++) rows *= dims[i];
+    OrtValue *yv = NULL;
+    if ((st = SK_ORT(api, KernelContext_GetOutput)(context, 0, dims, rank, &yv))) return st;
+    if (rows == 0) return NULL;
+    void *x = NULL, *y = NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
+    if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
+    const int threads = kr->cap > 0 ? kr->cap : sk_max_threads();
+    const int rc = sk_moe_ffn(&kr->w, x, rows, y, kr->isa, threads);
+    if (rc != SK_OK) return status(api, "sparsec kernel op MoEFFN: %s", sk_status_string(rc));
+    return NULL;
+}
+
+static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
+static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return "MoEFFN"; }
+static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
+static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return MOE_INPUTS; }
+static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
+static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
+static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    (void)i;
+    return SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    return i == MOE_INPUTS - 1 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
+static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
+
+/* One op per thread cap, initialised under sk_ort_ops.c's registration lock. */
+static moe_op ops[MOE_ORT_MAX_CAP + 1];
+
+struct OrtCustomOp *sk_moe_custom_op(int cap) {
+    if (cap < 0 || cap > MOE_ORT_MAX_CAP) return NULL;
+    moe_op *op = &ops[cap];
+    memset(op, 0, sizeof *op);
+    op->cap = cap;
+    OrtCustomOp *b = &op->base;
+    b->version = SK_ORT_API_VERSION;
+    b->GetName = get_name;
+    b->GetExecutionProviderType = get_ep;
+    b->GetInputType = float_type;
+    b->GetInputTypeCount = input_count;
+    b->GetOutputType = float_type;
+    b->GetOutputTypeCount = output_count;
+    b->KernelDestroy = kernel_destroy;
+    b->GetInputCharacteristic = input_char;
+    b->GetOutputCharacteristic = required;
+    b->GetInputMemoryType = mem_default;
+    b->GetVariadicInputMinArity = one;
+    b->GetVariadicInputHomogeneity = one;
+    b->GetVariadicOutputMinArity = one;
+    b->GetVariadicOutputHomogeneity = one;
+    b->CreateKernelV2 = create;
+    b->KernelComputeV2 = compute;
+    return b;
+}
