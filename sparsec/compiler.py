@@ -42,6 +42,7 @@ class CompileOptions:
     calibration: Any = None  # CalibrationData, an .npz path or an iterable of feeds (data criteria, auto)
     criterion: str | None = None  # magnitude (default), wanda or sparsegpt for an N:M `sparsity`
     min_fidelity: float | None = None  # sparsity="auto": floor on the mean output cosine vs dense
+    moe: str | None = None  # FFNs -> routed experts, e.g. "experts:16,active:0.25" (moefy-ffn)
     pipeline: Pipeline | None = None  # overrides the preset built from `sparsity`
     dims: dict[str, int] = field(default_factory=dict)
     seed: int = 0
@@ -57,7 +58,8 @@ class CompileOptions:
         if self.pipeline is not None:
             return self.pipeline
         return preset_pipeline(
-            target=self.target, sparsity=self.sparsity, criterion=self.criterion, min_fidelity=self.min_fidelity
+            target=self.target, sparsity=self.sparsity, criterion=self.criterion, min_fidelity=self.min_fidelity,
+            moe=self.moe,
         )
 
 

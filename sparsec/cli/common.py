@@ -36,6 +36,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument(
             "--crop-ratio", type=float, metavar="FRACTION", help="like --crop, a fraction of every prunable group's channels"
         )
+        g.add_argument("--moe", metavar="SPEC", help="split FFNs into routed experts, e.g. experts:16,active:0.25 (moefy-ffn)")
         g.add_argument(
             "--criterion",
             choices=("magnitude", "wanda", "sparsegpt"),
@@ -68,6 +69,7 @@ TECHNIQUE_FLAGS = (
     ("--sparsity", "sparsity"),
     ("--crop", "crop"),
     ("--crop-ratio", "crop_ratio"),
+    ("--moe", "moe"),
     ("--criterion", "criterion"),
     ("--min-fidelity", "min_fidelity"),
 )
@@ -92,7 +94,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
         return parse_pipeline(" ".join(line for line in text.splitlines() if not line.strip().startswith("#")))
     if sugar:
         sparsity = args.sparsity
-        if sparsity is None and args.crop is None and args.crop_ratio is None:
+        if sparsity is None and args.crop is None and args.crop_ratio is None and args.moe is None:
             sparsity = "2:4"  # the default technique, only when no other one is asked for
         return preset_pipeline(
             target=args.target,
@@ -102,6 +104,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             criterion=args.criterion,
             min_fidelity=args.min_fidelity,
             attention=args.attention,
+            moe=args.moe,
         )
     return None
 

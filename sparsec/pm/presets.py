@@ -19,6 +19,7 @@ def preset_pipeline(
     criterion: str | None = None,
     min_fidelity: float | None = None,
     attention: str | None = None,
+    moe: str | None = None,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
 
@@ -40,6 +41,10 @@ def preset_pipeline(
             if not 0.0 < value < 1.0:
                 raise OptionError(f"{flag}={value}: expected a fraction between 0 and 1 (e.g. 0.5)")
             passes.append(f"crop-channels{{{key}={value}}}")
+    if moe is not None and moe.strip().lower() not in ("none", ""):  # FFNs -> routed experts
+        from sparsec.passes.moe.spec import moe_pass_text
+
+        passes.append(moe_pass_text(moe))
     if sparsity is not None and sparsity.strip().lower() not in ("none", "dense", ""):
         spec = sparsity.strip().lower()
         if spec == "auto":
