@@ -100,7 +100,7 @@ ffn (float[2, 8] x) => (float[2, 8] y, float[2, 16] a) {
 """
     model = make_model(text, w1=seeded((8, 16), 1), w2=seeded((16, 8), 3))
     ffns, misses = find_ffns(model)
-    assert ffns == [] and len(misses) == 1 and "used outside" in misses[0].reason
+    assert ffns == [] and len(misses) == 1 and "has other users" in misses[0].reason
 
 
 def test_two_linear_layers_are_not_an_ffn() -> None:

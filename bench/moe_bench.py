@@ -1,0 +1,160 @@
+"""MoE FFN bar: a 768 -> 3072 -> 768 GELU FFN with 16 experts, 25% active, vs the dense FFN in
+ONNX Runtime, 2 threads, at batch 1 (decode) and 128 tokens. Prints JSON.
+
+Two residencies: one FFN (18.9 MB of dense weights, may sit in a 32 MB L3) and a chain of
+`--chain` FFN blocks with residuals (x + FFN(x)), whose weights exceed the last-level cache
+(DESIGN.md §5: batch-1 tests must stream weights from DRAM); times are per FFN block.
+Dense and MoE run side by side in one process (blocked round-robin, warm-up, median), both
+through sparsec.runtime sessions (ORT CPU provider, same threads, spinning off). The MoE
+output is checked against its reference lowering (masked dense ONNX) on the same input.
+
+    .venv/bin/python bench/moe_bench.py [--chain 8] [--tokens 1,128] [--threads 2]
+    .venv/bin/python bench/moe_bench.py --minilm [--calib 256] [--eval 500]
+
+`--minilm`: the real MiniLM with every FFN MoE-fied (16 experts), the curve of embedding
+cosine vs dense on held-out sentences at 12.5, 25, 50 and 75% of experts active, for the
+data-free (weights + centroid) and the calibrated (co-activation + learned router, weights +
+learned router) variants; calibration sentences are disjoint from the held-out ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+
+import numpy as np
+
+D, F, E, TOP_K = 768, 3072, 16, 4
+
+
+def ffn_chain(blocks: int, tokens: int, seed: int = 0):  # noqa: ANN201  (an onnx_ir.Model)
+    from sparsec.testing import make_model
+
+    lines, inits = [], {}
+    rng = np.random.default_rng(seed)
+    prev = "x"
+    for i in range(blocks):
+        lines += [f"h{i} = MatMul({prev}, w1_{i})", f"hb{i} = Add(h{i}, b1_{i})", f"s{i} = Div(hb{i}, sqrt2)",
+                  f"e{i} = Erf(s{i})", f"p{i} = Add(e{i}, one)", f"q{i} = Mul(hb{i}, p{i})", f"a{i} = Mul(q{i}, half)",
+                  f"o{i} = MatMul(a{i}, w2_{i})", f"ob{i} = Add(o{i}, b2_{i})", f"r{i} = Add({prev}, ob{i})"]
+        inits |= {f"w1_{i}": (rng.standard_normal((D, F)) / np.sqrt(D)).astype(np.float32),
+                  f"b1_{i}": (0.1 * rng.standard_normal(F)).astype(np.float32),
+                  f"w2_{i}": (rng.standard_normal((F, D)) / np.sqrt(F)).astype(np.float32),
+                  f"b2_{i}": (0.1 * rng.standard_normal(D)).astype(np.float32)}
+        prev = f"r{i}"
+    lines.append(f"y = Identity({prev})")
+    text = (f'<ir_version: 10, opset_import: ["" : 18]>\nffn (float[{tokens}, {D}] x) => (float[{tokens}, {D}] y) {{\n'
+            + "\n".join(lines) + "\n}")
+    consts = {"sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+              "half": np.array(0.5, np.float32)}
+    return make_model(text, **inits, **consts)
+
+
+def machine() -> dict:
+    info = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "L3 cache", "Flags"):
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def run_case(blocks: int, tokens: int, threads: int) -> dict:
+    from sparsec.bench import time_side_by_side
+    from sparsec.ir.io import model_bytes
+    from sparsec.numerics import reference_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+    from sparsec.runtime import make_session
+
+    dense = ffn_chain(blocks, tokens)
+    moe = ffn_chain(blocks, tokens)
+    ctx = PassContext()
+    PassManager(parse_pipeline(f"moefy-ffn{{experts={E} top_k={TOP_K}}}"), verify_numerics=False).run(moe, ctx)
+    reference = reference_bytes(moe)
+    PassManager(parse_pipeline("lower-moe-kernels"), verify_numerics=False).run(moe, ctx)
+    assert sum(n.op_type == "MoEFFN" for n in moe.graph) == blocks
+    x = np.random.default_rng(1).standard_normal((tokens, D)).astype(np.float32)
+    s_dense = make_session(model_bytes(dense), threads)
+    s_moe = make_session(model_bytes(moe), threads)
+    got = s_moe.run(None, {"x": x})[0]
+    want = make_session(reference, threads).run(None, {"x": x})[0]
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    load_before = os.getloadavg()
+    t = time_side_by_side({"dense": lambda: s_dense.run(None, {"x": x}), "moe": lambda: s_moe.run(None, {"x": x})},
+                          min_runs=20, budget_s=15.0, label=f"moe b{tokens}")
+    load_after = os.getloadavg()
+    dense_ms, moe_ms = t["dense"].median_ms / blocks, t["moe"].median_ms / blocks
+    dense_bytes = 2 * D * F * 4
+    moe_bytes = dense_bytes * TOP_K / E  # weights of the selected experts (batch 1); router is 48 KB
+    flops = 2 * 2 * D * F * tokens
+    return {
+        "blocks": blocks, "tokens": tokens, "threads": threads,
+        "weights_mb_dense": round(blocks * dense_bytes / 1e6, 1),
+        "dense_ms_per_ffn": round(dense_ms, 4), "moe_ms_per_ffn": round(moe_ms, 4),
+        "speedup": round(dense_ms / moe_ms, 3),
+        "dense_gbs": round(dense_bytes / dense_ms / 1e6, 1) if tokens == 1 else None,
+        "moe_gbs_selected": round(moe_bytes / moe_ms / 1e6, 1) if tokens == 1 else None,
+        "dense_gflops": round(flops / dense_ms / 1e6, 1),
+        "moe_effective_gflops": round(flops / moe_ms / 1e6, 1),
+        "kernel_vs_reference_rel_l2": rel,
+        "timings": {k: v.to_dict() for k, v in t.items()},
+        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
+    }
+
+
+def minilm_curve(n_calib: int, n_eval: int) -> dict:
+    import copy
+
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+    from sparsec.quality_eval import _embedding_metrics, _run_all, minilm_task
+
+    task = minilm_task(n_calib=n_calib, n_eval=n_eval)
+    dense = _run_all(task.model, task.eval_feeds)
+    rows = []
+    for method, router in (("weights", "centroid"), ("coactivation", "learned"), ("weights", "learned")):
+        for active in (0.125, 0.25, 0.5, 0.75):
+            top_k = round(16 * active)
+            model = copy.deepcopy(task.model)
+            ctx = PassContext(calibration=task.calib)
+            text = f"moefy-ffn{{experts=16 top_k={top_k} method={method} router={router}}}"
+            record = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)[0]
+            got = _run_all(model, task.eval_feeds)
+            layer_cos = [d["cosine"] for d in ctx.decisions if d["pass"] == "moefy-ffn" and "cosine" in d]
+            rows.append({"method": method, "router": router, "active": active, "top_k": top_k,
+                         "ffns": record.stats["ffns_converted"], **_embedding_metrics(dense, got),
+                         "mean_layer_cosine": round(float(np.mean(layer_cos)), 6)})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"benchmark": "moe_minilm_curve", "calib_sentences": n_calib, "eval_sentences": n_eval,
+            "experts": 16, "machine": machine(), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chain", type=int, default=8, help="FFN blocks in the DRAM-resident case")
+    ap.add_argument("--tokens", default="1,128")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--minilm", action="store_true", help="the MiniLM quality curve instead of timings")
+    ap.add_argument("--calib", type=int, default=256, help="--minilm: calibration sentences")
+    ap.add_argument("--eval", type=int, default=500, help="--minilm: held-out sentences")
+    args = ap.parse_args()
+    if args.minilm:
+        print(json.dumps(minilm_curve(args.calib, args.eval), indent=1))
+        return
+    cases = []
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        for blocks in (1, args.chain):
+            cases.append(run_case(blocks, tokens, args.threads))
+    bars = {"batch 1: >= 3x": [c["speedup"] for c in cases if c["tokens"] == 1],
+            "128 tokens: >= 2x": [c["speedup"] for c in cases if c["tokens"] == 128]}
+    print(json.dumps({"benchmark": "moe_ffn", "ffn": f"{D}->{F}->{D} gelu", "experts": E, "top_k": TOP_K,
+                      "machine": machine(), "bars": bars, "cases": cases}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
