@@ -109,8 +109,6 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
 
 
 def minilm_curve(n_calib: int, n_eval: int) -> dict:
-    import copy
-
     from sparsec.pm import PassContext, PassManager, parse_pipeline
     from sparsec.quality_eval import _embedding_metrics, _run_all, minilm_task
 
@@ -120,7 +118,7 @@ def minilm_curve(n_calib: int, n_eval: int) -> dict:
     for method, router in (("weights", "centroid"), ("coactivation", "learned"), ("weights", "learned")):
         for active in (0.125, 0.25, 0.5, 0.75):
             top_k = round(16 * active)
-            model = copy.deepcopy(task.model)
+            model = task.model.clone()
             ctx = PassContext(calibration=task.calib)
             text = f"moefy-ffn{{experts=16 top_k={top_k} method={method} router={router}}}"
             record = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)[0]
