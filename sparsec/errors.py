@@ -6,7 +6,6 @@ line and exits with status 2. Anything else escaping to the CLI is a bug in spar
 
 from __future__ import annotations
 
-
 # Characters that str.splitlines() breaks on, shown escaped so that a message stays one line
 # whatever user text (a pass option, a node name, a file name) it quotes.
 _LINE_BREAKS = {ch: repr(ch)[1:-1] for ch in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from sparsec.dialect.reference import lower_to_reference
+from sparsec.errors import InputError
 from sparsec.ir.io import to_proto
 from sparsec.numerics import concrete_shape
 
@@ -68,7 +69,12 @@ def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError:
+        pass
+    try:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except onnx.shape_inference.InferenceError as e:  # e.g. a declared output type it contradicts
+        first = (str(e).strip().splitlines() or ["InferenceError"])[0]
+        raise InputError(f"ONNX shape inference fails on this model: {first[:300]}") from None
 
 
 def _static_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:

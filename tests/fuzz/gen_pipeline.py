@@ -144,7 +144,7 @@ def pipeline_yaml(seed: int) -> str:
             "- nm-sparsity: &a {include: *a}",
             "a: b", "'x'", "- - - x", "!!python/object:os.system {}", "- !!binary aGk=",
             "".join(f"- nm-sparsity: {{include: &{c} [" + ",".join([f"*{p}"] * 10 if p else ["x"] * 10) + "]}\n"
-                    for c, p in zip("abcdefgh", ["", *"abcdefg"])),
+                    for c, p in zip("abcdefgh", ["", *"abcdefg"], strict=True)),
         ))
     return text
 
