@@ -187,6 +187,9 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
         tensor = init.const_value
         if isinstance(tensor, ir.ExternalTensor):
             location = Path(tensor.base_dir) / tensor.location
+            folder = path.parent.resolve()
+            if folder not in location.resolve().parents:  # '../x', '/etc/x': not the model's data
+                raise InputError(f"{path}: external data file '{tensor.location}' lies outside the model's folder")
             if not location.exists():
                 raise InputError(f"{path}: external data file '{tensor.location}' is missing")
             if tensor.length is not None and tensor.length != tensor.nbytes:

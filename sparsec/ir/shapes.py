@@ -115,7 +115,9 @@ def _fold_shape_values(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     reach through all of them (Range, as in Hugging Face position ids), and one unknown
     shape there leaves the rest of the model without shapes."""
     g = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    # External tensors are weights, never shape constants; onnx would read them relative to
+    # the working folder, not the model's.
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
     folded: list[onnx.NodeProto] = []
     for node in g.node:
         if node.domain not in ("", "ai.onnx") or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):

@@ -80,7 +80,8 @@ def _judge_cli(rc: int, stderr: str, out: Path | None, complete: Sequence[str]) 
     if rc == 0:
         problem = check_output(out, True, complete)
         return Outcome("fail", problem) if problem else Outcome("success")
-    errors = [ln for ln in lines if ln.startswith("sparsec:")]
+    # Log lines also start with "sparsec: "; the error contract is about the error lines.
+    errors = [ln for ln in lines if ln.startswith(("sparsec: error:", "sparsec: internal error"))]
     if rc != 2 or len(errors) != 1 or not errors[0].startswith("sparsec: error: "):
         return Outcome("fail", f"exit {rc}: {(errors or lines or [''])[-1][:300]}")
     problem = check_output(out, False, complete)
