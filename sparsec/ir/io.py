@@ -186,6 +186,8 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
     for init in model.graph.initializers.values():
         tensor = init.const_value
         if isinstance(tensor, ir.ExternalTensor):
+            if "\x00" in tensor.location:
+                raise InputError(f"{path}: external data location {tensor.location!r} holds a NUL byte")
             location = Path(tensor.base_dir) / tensor.location
             folder = path.parent.resolve()
             if folder not in location.resolve().parents:  # '../x', '/etc/x': not the model's data
