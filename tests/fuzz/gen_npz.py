@@ -56,7 +56,7 @@ def write_case(seed: int, path: Path) -> None:
             dt = rng.choice((np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64, "U3", "S2", "datetime64[s]"))
             try:
                 arrays["x"] = np.asarray(x).astype(dt)
-            except (TypeError, ValueError, RuntimeError):
+            except (TypeError, ValueError, RuntimeError, OverflowError):
                 arrays["x"] = np.zeros((samples, 64), np.float64)
         elif r < 0.35:
             arrays["x"] = np.array([object(), 1], dtype=object) if rng.random() < 0.5 else np.zeros((2, 64), dtype=[("a", "<f4")])
