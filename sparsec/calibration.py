@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class CalibrationData:
                     if arr.ndim == 0:
                         raise InputError(f"calibration file {p}: '{k}' is not an array with samples on axis 0")
                     arrays[k] = arr[:max_samples]
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, zlib.error) as e:  # NotImplementedError: a damaged compression method
             raise InputError(f"calibration file {p}: not a readable .npz archive ({_first_line(e)})") from None
         return cls(arrays, batch_size, str(p))
 

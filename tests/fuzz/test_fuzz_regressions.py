@@ -20,7 +20,7 @@ from sparsec.passes.analysis.cost_model import estimate_costs
 from sparsec.pm.pipeline import parse_pipeline, pipeline_from_yaml
 from sparsec.pm.pipeline_text import format_value
 
-from . import gen_onnx
+from . import gen_npz, gen_onnx
 from .gen_models import mlp_proto, tiny_mlp
 from .gen_packed import ort_model
 
@@ -149,6 +149,11 @@ def test_npz_scalar_member_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "c.npz", x=np.float32(1))
     with pytest.raises(InputError, match="not an array with samples"):
         CalibrationData.load(str(tmp_path / "c.npz"))
+
+
+def test_npz_with_a_damaged_compression_method_is_refused() -> None:
+    """Seed 2436 of the npz target: a bit flip in the zip's compression-method field."""
+    assert not gen_npz.npz_case(2436).failed
 
 
 def test_npz_with_nan_is_refused() -> None:
