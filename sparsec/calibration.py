@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,14 @@ class CalibrationData:
             raise InputError(f"calibration file {p}: no such file")
         try:
             with np.load(p, allow_pickle=False) as npz:
-                arrays = {k: np.asarray(npz[k][:max_samples]) for k in npz.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+                arrays = {}
+                for k in npz.files:
+                    _check_npy_header(npz.zip, k, p)
+                    arr = np.asarray(npz[k])
+                    if arr.ndim == 0:
+                        raise InputError(f"calibration file {p}: '{k}' is not an array with samples on axis 0")
+                    arrays[k] = arr[:max_samples]
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, zlib.error) as e:  # NotImplementedError: a damaged compression method
             raise InputError(f"calibration file {p}: not a readable .npz archive ({_first_line(e)})") from None
         return cls(arrays, batch_size, str(p))
 
@@ -162,6 +169,8 @@ class CalibrationData:
             )
         for name, value in inputs.items():
             arr = self.arrays[name]
+            if arr.dtype.kind in "fc" and np.isnan(arr).any():  # would turn every statistic into NaN
+                raise InputError(f"calibration data {self.source}: input '{name}' holds NaN values")
             if value.shape is not None and len(value.shape) != arr.ndim:
                 raise InputError(
                     f"calibration data {self.source}: input '{name}' has rank {arr.ndim}, the model expects {len(value.shape)}"
@@ -187,6 +196,23 @@ def save_npz(path: str | Path, feeds: Mapping[str, np.ndarray]) -> Path:
     p = Path(path)
     np.savez(p, **{k: np.asarray(v) for k, v in feeds.items()})
     return p
+
+
+def _check_npy_header(archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    """Refuse a member whose header declares more data than it holds, before numpy allocates
+    it (a few bytes can declare terabytes); other damage is left to numpy's own checks."""
+    names = archive.namelist()
+    name = key + ".npy" if key + ".npy" in names else key
+    with archive.open(name) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except ValueError:
+            return  # not an .npy member, or a header numpy reads its own way: np.load decides
+    held = archive.getinfo(name).file_size
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) * dtype.itemsize > held:
+        raise InputError(f"calibration file {path}: '{key}' declares shape {tuple(shape)} of {dtype} but holds {held} bytes")
 
 
 def _first_line(e: BaseException) -> str:
