@@ -41,8 +41,8 @@ def render_report(manifest: dict[str, Any]) -> str:
         lines.append("| latency | not measured | not measured | - |")
     lines += [
         "",
-        f"Fidelity against the dense model on {f['samples']} random sample inputs: worst cosine "
-        f"**{f['cosine']:.6f}**, max abs error {f['max_abs']:.4g}, relative L2 error {f['rel_l2']:.4g}.",
+        f"Fidelity against the dense model: **{f['summary']}**, max abs error {f['max_abs']:.4g}, "
+        f"relative L2 error {f['rel_l2']:.4g}.",
         "",
     ]
     if manifest["runtime_ops"]:
@@ -55,7 +55,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         )
     lines += ["", "## Passes", "", "| pass | changed | time (s) | cosine after | notes |", "|---|---|---|---|---|"]
     for r in manifest["passes"]:
-        cos = f"{r['fidelity']['cosine']:.6f}" if "fidelity" in r else "-"
+        cos = f"{r['fidelity']['worst_cosine']:.6f}" if "fidelity" in r else "-"
         notes = ", ".join(f"{k}={v}" for k, v in r["stats"].items() if not isinstance(v, (dict, list)))
         lines.append(f"| `{r['pass']}` | {r['changed']} | {r['seconds']:.3f} | {cos} | {notes} |")
     lines += ["", "## Layers", "", "| layer | op | weight | sparsity | MACs | weight bytes (dense -> packed) |", "|---|---|---|---|---|---|"]

@@ -25,12 +25,13 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner, output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.metrics import cosine_damage
+from sparsec.calib.runner import CalibrationRunner
+from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
 from sparsec.layer_view import bias_of, view_of
 from sparsec.layers import Layer, find_layers
-from sparsec.passes.analysis.layer_stats import dense_stats, model_digest, require_calibration
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
@@ -107,8 +108,9 @@ def scan_sensitivity(
     views = [view_of(layer) for layer in layers]
     stats = dense_stats(model, views, sub, threads=threads) if needs_data(criterion) or metric == "proxy" else {}
     biases = {v.name: b for v in views if criterion == "sparsegpt" and recon.fit_bias and (b := bias_of(v.layer)) is not None}
-    runner = ActivationRunner(model, views, sub, threads, extra=[b.name for b in biases.values()]) if metric == "output" else None
+    runner = CalibrationRunner(model, sub, views=views, params=[b.name for b in biases.values()], threads=threads) if metric == "output" else None
     reference = runner.outputs() if runner is not None else None
+    rows = runner.output_rows() if runner is not None else None
     work = [(v, c) for v in views for c in candidates]
     for view, pattern in tqdm(work, desc="layer sensitivity", unit="trial", disable=not progress):
         table.weights[view.name] = view.layer.weight.name
@@ -123,7 +125,7 @@ def scan_sensitivity(
         new, new_b, outcome = prune_layer(view, w, pattern, criterion, layer_stats, bias=b, recon=recon)
         if runner is not None and reference is not None:
             trial = {view.layer.weight.name: new, **({bias.name: new_b} if bias is not None and new_b is not None else {})}
-            d = output_damage(reference, runner.outputs(trial))
+            d = cosine_damage(reference, runner.outputs(trial), rows)
         else:
             d = (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
         table.damage.setdefault(view.name, {})[str(pattern)] = float(d)

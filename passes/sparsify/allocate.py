@@ -20,18 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import ActivationRunner, output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.calib.metrics import mean_cosine
+from sparsec.calib.runner import CalibrationRunner, output_rows, run_outputs
+from sparsec.calib.stats import require_calibration
 from sparsec.errors import PipelineError
 from sparsec.layer_view import view_of
 from sparsec.layers import Layer, find_layers
-from sparsec.numerics import make_session, reference_bytes
 from sparsec.passes.analysis.cost_model import (
     block_sparse_weight_bytes,
     estimate_costs,
     sparse_weight_bytes,
 )
-from sparsec.passes.analysis.layer_stats import require_calibration
 from sparsec.passes.analysis.sensitivity import (
     NM_CANDIDATES,
     SensitivityTable,
@@ -92,26 +92,24 @@ def _dense_total(cost: _LayerCost, target: str, peak_gflops: float, dram_gbps: f
     return max(2 * cost.macs / (peak_gflops * 1e9), (cost.weight_bytes + cost.act_bytes) / (dram_gbps * 1e9)) * 1e3
 
 
-def _outputs(model: ir.Model, data: CalibrationData) -> list[np.ndarray]:
-    session = make_session(reference_bytes(model))  # one session for all batches
-    outs = [session.run(None, batch) for batch in data.batches()]
-    return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
-
-
 def _fidelity(dense_out: list[np.ndarray], model: ir.Model, data: CalibrationData) -> float:
-    return 1.0 - output_damage(dense_out, _outputs(model, data))
+    """Mean output cosine of `model` against the dense outputs on `data` (held-out samples)."""
+    rows = output_rows(data, data.batches_for(model), len(dense_out))
+    return mean_cosine(dense_out, run_outputs(model, data), rows)
 
 
 def _measured_rows(model: ir.Model, layers: list[Layer], calib: CalibrationData, dims: dict[str, int]) -> dict[str, int]:
-    """Rows of each MatMul/Gemm layer's input for one sample at the cost model's batch size (the
-    `batch` dim, 1 by default), measured on the first calibration sample, padding included: the
-    work a layer does when the shape inference behind the cost model lost the activation shape."""
+    """Rows of each MatMul/Gemm layer's input for one batch at the cost model's batch size (the
+    model's fixed batch, else the `batch` dim, 1 by default), measured on the first calibration
+    samples, padding included: the work a layer does when the shape inference behind the cost
+    model lost the activation shape."""
     views = [v for v in (view_of(layer) for layer in layers) if v.input_name is not None and v.layer.node.op_type in ("MatMul", "Gemm")]
     if not views:
         return {}
-    runner = ActivationRunner(model, views, calib.head(1))
+    fixed = model_batch_size(model)
+    runner = CalibrationRunner(model, calib.head(fixed or 1), views=views)
     values = next(runner.values([v.input_name for v in views]))  # type: ignore[misc]
-    batch = int(dims.get("batch", 1))
+    batch = 1 if fixed else int(dims.get("batch", 1))
     return {v.name: v.rows(values[v.input_name]).shape[0] * batch for v in views}  # type: ignore[index]
 
 
@@ -163,7 +161,7 @@ class Allocate(Pass):
             min_params=self.min_params, include=self.include, exclude=self.exclude, recon=Reconstruction.of(self),
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
-        dense_out = _outputs(model, held)
+        dense_out = run_outputs(model, held)
         rounds: list[dict[str, float]] = []
         if self.min_fidelity > 0:
             picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds)

@@ -16,11 +16,9 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner, SegmentWalk, Store
-from sparsec.calibration import CalibrationData
-from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
-from sparsec.layers import Layer
-from sparsec.passes.analysis.layer_stats import (
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.runner import CalibrationRunner, SegmentWalk, Store
+from sparsec.calib.stats import (
     LayerStats,
     PairedStats,
     accumulate,
@@ -28,8 +26,10 @@ from sparsec.passes.analysis.layer_stats import (
     accumulate_paired_rows,
     accumulate_rows,
     dense_stats,
-    layer_stages,
 )
+from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
+from sparsec.layers import Layer
+from sparsec.passes.analysis.layer_stats import layer_stages
 from sparsec.passes.sparsify.criteria import (
     Reconstruction,
     dense_target,
@@ -157,7 +157,7 @@ def apply_plan(
         upstream = upstream_layers(model, views, norms)
         norms = [n for n in norms if upstream[n.name]]
         extra = [b.name for b in biases.values()] + [p for n in norms for p in (n.scale, n.shift)]
-        runner = ActivationRunner(model, views, calib, threads, extra=extra)  # type: ignore[arg-type]
+        runner = CalibrationRunner(model, calib, views=views, params=extra, threads=threads)  # type: ignore[arg-type]
         stages = layer_stages(model, views)
         walk = SegmentWalk.plan(runner, stages) if segmented else None
         bar = tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False)

@@ -135,7 +135,7 @@ class NMSparsity(Pass):
         self, model: ir.Model, ctx: PassContext, layers: list[Layer], pruned: list[str], total: int, zeros: int
     ) -> tuple[int, int]:
         # Imported here: apply.py builds on this module (skip_reason).
-        from sparsec.passes.analysis.layer_stats import require_calibration
+        from sparsec.calib.stats import require_calibration
         from sparsec.passes.sparsify.apply import apply_plan, record_outcomes
         from sparsec.passes.sparsify.patterns import Pattern
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from sparsec.calib.stats import require_calibration
 from sparsec.layers import Layer, find_layers
-from sparsec.passes.analysis.layer_stats import require_calibration
 from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason, record_outcomes
 from sparsec.passes.sparsify.criteria import (
     Reconstruction,

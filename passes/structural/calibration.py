@@ -7,7 +7,7 @@
 * `sensitivity` (output reconstruction): on small problems a greedy loop measures the
   damage of the joint plan after each candidate step; on larger ones every group is cropped alone to a ladder of kept
   counts on a copy of the model and the damage to the outputs on the calibration samples
-  (1 - mean cosine, `sparsec.activations.output_damage`) is measured; a greedy pass then
+  (`sparsec.calib.metrics.DAMAGES`: 1 - mean cosine, or KL) is measured; a greedy pass then
   spends the MAC budget where damage per MAC saved is smallest (damages taken as additive).
 """
 
@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.metrics import DAMAGES, Damage
+from sparsec.calib.runner import run_outputs, run_values
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
-from sparsec.numerics import make_session, reference_bytes
 from sparsec.passes.structural.allocation import plan_macs, removal_mask, round_keep, uniform_keeps
 from sparsec.passes.structural.apply import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
@@ -36,28 +35,10 @@ if TYPE_CHECKING:
     from sparsec.passes.structural.crop_channels import CropChannels
 
 log = logging.getLogger("sparsec.crop")
-Damage = Callable[[list[np.ndarray], list[np.ndarray]], float]
 MAX_LEVELS = 8  # kept counts tried per group by the sensitivity scan
 # Up to this many steps in all, sensitivity measures the joint plan after every step (exact
 # but quadratic); above it, each group's curve is measured alone and damages are added.
 JOINT_MAX_STEPS = 64
-
-
-def kl_damage(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """Mean KL(softmax(reference) || softmax(candidate)) over rows, worst output: for logits."""
-    worst = 0.0
-    for a, b in zip(reference, candidate, strict=True):
-        a2 = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
-        b2 = np.asarray(b, dtype=np.float64).reshape(a2.shape)
-        la = a2 - a2.max(axis=1, keepdims=True)
-        la -= np.log(np.exp(la).sum(axis=1, keepdims=True))
-        lb = b2 - b2.max(axis=1, keepdims=True)
-        lb -= np.log(np.exp(lb).sum(axis=1, keepdims=True))
-        worst = max(worst, float((np.exp(la) * (la - lb)).sum(axis=1).mean()))
-    return worst
-
-
-DAMAGES = {"cosine": output_damage, "kl": kl_damage}
 
 
 def calibration_of(ctx: PassContext) -> CalibrationData:
@@ -66,31 +47,6 @@ def calibration_of(ctx: PassContext) -> CalibrationData:
             "pass 'crop-channels': criterion=activation and allocation=sensitivity need calibration data"
         )
     return CalibrationData.load(ctx.calibration)
-
-
-def run_values(model: ir.Model, calib: CalibrationData, extra: list[str] = ()) -> dict[str, np.ndarray]:  # type: ignore[assignment]
-    """Graph outputs and the `extra` intermediate values, over all calibration samples."""
-    copy = ir.serde.deserialize_model(to_proto(model))
-    names = [v.name for v in copy.graph.outputs]
-    values = {v.name: v for n in copy.graph for v in n.outputs if v is not None}
-    for name in extra:
-        if name not in names:
-            value = values[name]
-            if value.type is None:  # ORT needs a type on graph outputs
-                value.type = ir.TensorType(ir.DataType.FLOAT)
-            copy.graph.outputs.append(value)
-            names.append(name)
-    session = make_session(reference_bytes(copy))
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in calib.batches():
-        for name, out in zip(names, session.run(names, batch), strict=True):
-            parts[name].append(out)
-    return {n: np.concatenate(p, axis=0) for n, p in parts.items()}
-
-
-def run_outputs(model: ir.Model, calib: CalibrationData) -> list[np.ndarray]:
-    found = run_values(model, calib)
-    return [found[v.name] for v in model.graph.outputs]
 
 
 def activation_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:

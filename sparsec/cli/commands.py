@@ -63,7 +63,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"{t['weight_bytes_sparse'] / 1e6:.2f} MB packed ({t['weight_bytes_dense'] / max(t['weight_bytes_sparse'], 1):.2f}x); "
         f"useful MACs {t['macs'] / max(t['effective_macs'], 1):.2f}x fewer"
     )
-    print(f"fidelity vs dense: cosine {f['cosine']:.6f}, max abs error {f['max_abs']:.4g}")
+    print(f"fidelity vs dense: {f['summary']}, max abs error {f['max_abs']:.4g}")
     if lat.get("measured"):
         print(
             f"latency on {m['backend']} ({lat['threads']} threads): dense {lat['dense_ms']:.3f} ms, "

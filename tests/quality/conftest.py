@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
 from sparsec.testing import make_model
 
 MLP_TEXT = """

@@ -122,7 +122,7 @@ def test_verifier_catches_inconsistent_shapes() -> None:
 
 
 def test_calibration_criterion_and_sensitivity_run() -> None:
-    from sparsec.calibration import CalibrationData
+    from sparsec.calib.data import CalibrationData
 
     calib = CalibrationData({"x": seeded((32, 3, 8, 8), 11)}, batch_size=16)
     for kw in ({"criterion": "activation"}, {"allocation": "sensitivity"}, {"allocation": "sensitivity", "damage": "kl"}):
