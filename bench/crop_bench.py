@@ -36,8 +36,8 @@ from sparsec.ir.io import to_proto
 from sparsec.numerics import evaluate, make_session, reference_bytes, sample_inputs
 from sparsec.passes.analysis.cost_model import estimate_costs
 from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.apply import crop_model, zero_channels
 from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
+from sparsec.passes.structural.cropping import crop_model, zero_channels
 from sparsec.pm.context import PassContext
 from sparsec.verify import verify_model
 

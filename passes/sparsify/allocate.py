@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from sparsec.allocator import LayerOptions, cap_damage, meet_benefit, totals
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.metrics import mean_cosine
 from sparsec.calib.runner import CalibrationRunner, output_rows, run_outputs
@@ -38,7 +39,6 @@ from sparsec.passes.analysis.sensitivity import (
     damage_array,
     scan_sensitivity,
 )
-from sparsec.passes.sparsify.allocation import LayerOptions, cap_damage, meet_benefit, totals
 from sparsec.passes.sparsify.apply import apply_plan
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, reconstruction_option
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern

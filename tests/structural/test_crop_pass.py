@@ -13,8 +13,8 @@ import pytest
 from sparsec.errors import OptionError, PipelineError
 from sparsec.ir.io import save_model
 from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.allocation import round_keep
 from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
+from sparsec.passes.structural.ratios import round_keep
 from sparsec.pm.context import PassContext
 from sparsec.pm.manager import PassManager
 from sparsec.pm.presets import preset_pipeline

@@ -13,22 +13,22 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
+from sparsec.allocator import greedy_steps
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.metrics import DAMAGES, Damage
 from sparsec.calib.runner import run_outputs, run_values
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
-from sparsec.passes.structural.allocation import plan_macs, removal_mask, round_keep, uniform_keeps
-from sparsec.passes.structural.apply import crop_model
+from sparsec.passes.structural.cropping import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import channel_scores, element_scores
+from sparsec.passes.structural.ratios import plan_macs, removal_mask, round_keep, uniform_keeps
 from sparsec.pm.context import PassContext
 
 if TYPE_CHECKING:
@@ -107,36 +107,29 @@ def sensitivity_keeps(
     target: int,
     fixed: dict[int, float],
 ) -> dict[int, int]:
+    """Greedy (`sparsec.allocator.greedy_steps`) on the measured curves: repeatedly take the
+    step of channels with the least extra damage per MAC saved until the target is met."""
     keeps = {g.id: (round_keep(g, fixed[g.id]) if g.id in fixed else g.size) for g in groups}
     by_id = {g.id: g for g in groups}
-    current = plan_macs(dg, removal_mask(dg, keeps, scores))
+    state = {"macs": plan_macs(dg, removal_mask(dg, keeps, scores))}
 
-    def cost(gid: int) -> float | None:
+    def step_cost(gid: int) -> float | None:
         g, k = by_id[gid], keeps[gid]
         if gid in fixed or k - g.multiple < g.multiple:
             return None
         trial = dict(keeps)
         trial[gid] = k - g.multiple
-        saved = current - plan_macs(dg, removal_mask(dg, trial, scores))
+        saved = state["macs"] - plan_macs(dg, removal_mask(dg, trial, scores))
         if saved <= 0:
             return None
         extra = _damage_at(table[gid], k - g.multiple) - _damage_at(table[gid], k)
         return max(extra, 0.0) / saved
 
-    heap = [(c, g.id) for g in groups if (c := cost(g.id)) is not None]
-    heapq.heapify(heap)
-    while heap and current > target:
-        _, gid = heapq.heappop(heap)
-        c = cost(gid)
-        if c is None:
-            continue
-        if heap and c > heap[0][0] * 1.0001:
-            heapq.heappush(heap, (c, gid))
-            continue
+    def take_step(gid: int) -> None:
         keeps[gid] -= by_id[gid].multiple
-        current = plan_macs(dg, removal_mask(dg, keeps, scores))
-        if (nxt := cost(gid)) is not None:
-            heapq.heappush(heap, (nxt, gid))
+        state["macs"] = plan_macs(dg, removal_mask(dg, keeps, scores))
+
+    greedy_steps([g.id for g in groups], step_cost, take_step, lambda: state["macs"] <= target)  # type: ignore[arg-type]
     return keeps
 
 
