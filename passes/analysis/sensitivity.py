@@ -31,11 +31,10 @@ from sparsec.calib.runner import CalibrationRunner
 from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
 from sparsec.layer_view import bias_of, view_of
-from sparsec.layers import Layer, find_layers
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
+from sparsec.passes.sparsify.options import LayerSelection
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
-from sparsec.passes.sparsify.sparsify import selected
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -70,10 +69,6 @@ def _cache_path(key: str) -> Path:
     return base / "sensitivity" / f"{key}.json"
 
 
-def candidate_layers(model: ir.Model, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()) -> list[Layer]:
-    return [layer for layer in find_layers(model) if selected(layer, include, exclude)]
-
-
 def scan_sensitivity(
     model: ir.Model,
     calib: CalibrationData,
@@ -82,21 +77,22 @@ def scan_sensitivity(
     criterion: str = "wanda",
     metric: str = "output",
     samples: int = 16,
-    min_params: int = 1024,
-    include: tuple[str, ...] = ("*",),
-    exclude: tuple[str, ...] = (),
+    selection: LayerSelection | None = None,
     threads: int = 2,
     progress: bool = True,
     use_cache: bool = True,
     recon: Reconstruction | None = None,
 ) -> SensitivityTable:
-    """`recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
+    """`selection`: the layers to scan (default: every MatMul/Gemm/Conv with >= 1024 weights);
+    `recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
     recon = recon or Reconstruction()
+    selection = selection or LayerSelection()
+    min_params = selection.min_params
     if metric not in METRICS:
         raise PipelineError(f"pass 'layer-sensitivity': unknown metric '{metric}' (known: {', '.join(METRICS)})")
     sub = calib.head(samples)
     names = [str(c) for c in candidates]
-    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, min_params, include, exclude, str(recon)])
+    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, repr(selection), str(recon)])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = _cache_path(key)
     if use_cache and path.is_file():
@@ -104,7 +100,7 @@ def scan_sensitivity(
         return SensitivityTable.from_dict(json.loads(path.read_text()))
     start = time.perf_counter()
     table = SensitivityTable(criterion, metric, names, sub.num_samples)
-    layers = candidate_layers(model, include, exclude)
+    layers = selection.selected_layers(model)
     views = [view_of(layer) for layer in layers]
     stats = dense_stats(model, views, sub, threads=threads) if needs_data(criterion) or metric == "proxy" else {}
     biases = {v.name: b for v in views if criterion == "sparsegpt" and recon.fit_bias and (b := bias_of(v.layer)) is not None}
@@ -145,7 +141,7 @@ def last_table(ctx: PassContext) -> SensitivityTable | None:
 
 @register_pass
 @dataclass(frozen=True)
-class LayerSensitivity(Pass):
+class LayerSensitivity(LayerSelection, Pass):
     name = "layer-sensitivity"
     summary = "Measure each layer's output damage for candidate patterns on calibration data (an analysis: changes nothing)."
     exact = True
@@ -154,9 +150,6 @@ class LayerSensitivity(Pass):
     criterion: str = option("wanda", "criterion used for each trial: magnitude, wanda or sparsegpt")
     metric: str = option("output", "output (1 - cosine of final outputs) or proxy (layer output error from its Gram)")
     samples: int = option(16, "calibration samples used")
-    min_params: int = option(1024, "skip weights with fewer parameters")
-    include: tuple[str, ...] = option(("*",), "globs on layer or weight names to scan")
-    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave out")
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -169,7 +162,7 @@ class LayerSensitivity(Pass):
         calib = require_calibration(ctx, "layer-sensitivity")
         table = scan_sensitivity(
             model, calib, [parse_pattern(c) for c in self.candidates], criterion=self.criterion, metric=self.metric,
-            samples=self.samples, min_params=self.min_params, include=self.include, exclude=self.exclude,
+            samples=self.samples, selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params),
         )
         _LAST[id(ctx)] = table
         return table

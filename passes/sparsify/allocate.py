@@ -40,7 +40,8 @@ from sparsec.passes.analysis.sensitivity import (
     scan_sensitivity,
 )
 from sparsec.passes.sparsify.apply import apply_plan
-from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, reconstruction_option
+from sparsec.passes.sparsify.criteria import check_criterion
+from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -115,7 +116,7 @@ def _measured_rows(model: ir.Model, layers: list[Layer], calib: CalibrationData,
 
 @register_pass
 @dataclass(frozen=True)
-class Allocate(Pass):
+class Allocate(LayerSelection, ReconstructionOptions, Pass):
     name = "allocate"
     summary = "Choose a pattern per layer to meet a budget or a fidelity floor, from measured layer sensitivity; apply it."
     exact = False
@@ -129,16 +130,7 @@ class Allocate(Pass):
     metric: str = option("output", "sensitivity metric: output or proxy")
     samples: int = option(16, "calibration samples for the sensitivity scan")
     sequential: bool = option(True, "prune stage by stage on the inputs of already-pruned layers")
-    damp: float = reconstruction_option("damp")
-    correct: bool = reconstruction_option("correct")
-    fit_bias: bool = reconstruction_option("fit_bias")
-    refit_norms: bool = reconstruction_option("refit_norms")
-    refit_kept: bool = reconstruction_option("refit_kept")
-    residual: bool = reconstruction_option("residual")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
-    min_params: int = option(1024, "leave weights with fewer parameters dense")
-    include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
-    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -158,7 +150,7 @@ class Allocate(Pass):
         patterns = [parse_pattern(c) for c in self.candidates]
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
-            min_params=self.min_params, include=self.include, exclude=self.exclude, recon=Reconstruction.of(self),
+            selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params), recon=self.reconstruction,
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
         dense_out = run_outputs(model, held)
@@ -208,7 +200,7 @@ class Allocate(Pass):
         trial = model.clone()
         by_name = {layer.name: layer for layer in find_layers(trial)}
         plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
-        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=Reconstruction.of(self))
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction)
         return trial
 
     def _floor_mode(

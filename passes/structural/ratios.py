@@ -14,13 +14,12 @@ Kept counts are multiples of the group's `multiple` and never zero.
 
 from __future__ import annotations
 
-import fnmatch
-
 import numpy as np
 import onnx_ir as ir
 
 from sparsec.allocator import greedy_steps
 from sparsec.errors import PipelineError
+from sparsec.layers import matches_any
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.targets import Target
 
@@ -82,9 +81,8 @@ def parse_layer_ratios(specs: tuple[str, ...]) -> list[tuple[str, float]]:
 
 
 def matches(group: Group, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(group.name, pattern) or any(
-        fnmatch.fnmatchcase(p.name, pattern) for p in group.params
-    )
+    """Whether the glob names the group or one of its parameters."""
+    return matches_any([group.name, *(p.name for p in group.params)], [pattern])
 
 
 def fit_scale(
