@@ -58,18 +58,19 @@ def digits_task(n_calib: int = 256) -> Task:
     return Task("digits", model, calib, {"input": x_test.numpy()}, y_test.numpy())
 
 
-def minilm_task(n_calib: int = 1000, n_eval: int = 500, packed: bool = False) -> Task:
+def minilm_task(n_calib: int = 1000, n_eval: int = 500, packed: bool = False, static: bool = False) -> Task:
     """`packed`: calibration sentences packed into full sequences (no padding rows in the
     statistics); else one padded sentence per sample, the distribution the evaluation uses
-    (what a fidelity floor should be checked on)."""
+    (what a fidelity floor should be checked on). `static`: the export with batch fixed at 1
+    (what a default export gives; every run then feeds one sentence at a time)."""
     from sparsec.models_zoo import minilm
     from sparsec.models_zoo.sentences import sentence_split
 
-    path = _cache_dir() / "minilm.onnx"
+    path = _cache_dir() / ("minilm_b1.onnx" if static else "minilm.onnx")
     if path.is_file():
         model = ir.load(path)
     else:
-        model = minilm.export_minilm_ir()
+        model = minilm.export_minilm_ir(1, static=True) if static else minilm.export_minilm_ir()
         path.parent.mkdir(parents=True, exist_ok=True)
         ir.save(model, path)
     calib_sentences, eval_sentences = sentence_split(n_calib, n_eval)
