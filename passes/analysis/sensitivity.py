@@ -17,20 +17,21 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from tqdm import tqdm
 
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.metrics import cosine_damage
 from sparsec.calib.runner import CalibrationRunner
+from sparsec.calib.sensitivity import sensitivity_scan
 from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
-from sparsec.layer_view import bias_of, view_of
+from sparsec.layer_view import LayerView, bias_of, view_of
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
 from sparsec.passes.sparsify.options import LayerSelection
@@ -107,24 +108,28 @@ def scan_sensitivity(
     runner = CalibrationRunner(model, sub, views=views, params=[b.name for b in biases.values()], threads=threads) if metric == "output" else None
     reference = runner.outputs() if runner is not None else None
     rows = runner.output_rows() if runner is not None else None
-    work = [(v, c) for v in views for c in candidates]
-    for view, pattern in tqdm(work, desc="layer sensitivity", unit="trial", disable=not progress):
-        table.weights[view.name] = view.layer.weight.name
-        reason = pattern_skip_reason(view.layer, pattern, min_params)
-        if reason is not None:
-            table.skipped.setdefault(view.name, {})[str(pattern)] = reason
-            continue
-        w = view.layer.weight.const_value.numpy()
-        layer_stats = stats.get(view.name)
-        bias = biases.get(view.name)
-        b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
-        new, new_b, outcome = prune_layer(view, w, pattern, criterion, layer_stats, bias=b, recon=recon)
-        if runner is not None and reference is not None:
+
+    def trial(view: LayerView, pattern: Pattern) -> Callable[[], list[np.ndarray] | float | None]:
+        def run() -> list[np.ndarray] | float | None:
+            table.weights[view.name] = view.layer.weight.name
+            reason = pattern_skip_reason(view.layer, pattern, min_params)
+            if reason is not None:
+                table.skipped.setdefault(view.name, {})[str(pattern)] = reason
+                return None
+            w = view.layer.weight.const_value.numpy()
+            bias = biases.get(view.name)
+            b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
+            new, new_b, outcome = prune_layer(view, w, pattern, criterion, stats.get(view.name), bias=b, recon=recon)
+            if runner is None:  # proxy: the layer's own relative output error, squared
+                return (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
             trial = {view.layer.weight.name: new, **({bias.name: new_b} if bias is not None and new_b is not None else {})}
-            d = cosine_damage(reference, runner.outputs(trial), rows)
-        else:
-            d = (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
-        table.damage.setdefault(view.name, {})[str(pattern)] = float(d)
+            return runner.outputs(trial)
+
+        return run
+
+    trials = [(v.name, str(c), trial(v, c)) for v in views for c in candidates]
+    found = sensitivity_scan(trials, reference, cosine_damage, rows, desc="layer sensitivity", progress=progress)
+    table.damage = {str(k): {str(p): d for p, d in curve.items()} for k, curve in found.items()}
     table.seconds = round(time.perf_counter() - start, 3)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

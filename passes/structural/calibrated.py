@@ -23,6 +23,7 @@ from sparsec.allocator import greedy_steps
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.metrics import DAMAGES, Damage
 from sparsec.calib.runner import run_outputs, run_values
+from sparsec.calib.sensitivity import sensitivity_scan
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
 from sparsec.passes.structural.cropping import crop_model
@@ -83,14 +84,17 @@ def sensitivity(
     """group id -> {kept count: output damage when only that group is cropped to it}."""
     reference = run_outputs(model, calib)
     proto = to_proto(model)
-    table: dict[int, dict[int, float]] = {}
-    for g in groups:
-        table[g.id] = {g.size: 0.0}
-        for k in _levels(g):
-            trial = ir.serde.deserialize_model(proto)
-            crop_model(trial, dg, removal_mask(dg, {g.id: k}, scores))
-            table[g.id][k] = damage_fn(reference, run_outputs(trial, calib))
-    return table
+
+    def trial(g: Group, k: int):  # noqa: ANN202
+        def run() -> list[np.ndarray]:
+            cropped = ir.serde.deserialize_model(proto)
+            crop_model(cropped, dg, removal_mask(dg, {g.id: k}, scores))
+            return run_outputs(cropped, calib)
+
+        return run
+
+    found = sensitivity_scan([(g.id, k, trial(g, k)) for g in groups for k in _levels(g)], reference, damage_fn, desc="crop sensitivity")
+    return {g.id: {g.size: 0.0, **found.get(g.id, {})} for g in groups}  # type: ignore[misc]
 
 
 def _damage_at(curve: dict[int, float], k: int) -> float:
