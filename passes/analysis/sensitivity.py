@@ -28,7 +28,7 @@ import onnx_ir as ir
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.metrics import cosine_damage
 from sparsec.calib.runner import CalibrationRunner
-from sparsec.calib.sensitivity import sensitivity_scan
+from sparsec.calib.scan import sensitivity_scan
 from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
 from sparsec.layer_view import LayerView, bias_of, view_of

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from sparsec.layers import Layer
 from sparsec.nm_pattern import validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
-from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion, needs_data
+from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion
 from sparsec.passes.sparsify.marking import mark_nm
 from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
 from sparsec.pm.context import PassContext
@@ -66,34 +66,13 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         # Imported here: apply.py builds on this module (skip_reason).
-        from sparsec.calib.stats import require_calibration
-        from sparsec.passes.sparsify.apply import apply_plan, record_outcomes
+        from sparsec.passes.sparsify.apply import prune_selected
         from sparsec.passes.sparsify.patterns import Pattern
 
-        chosen: list[Layer] = []
-        skipped: dict[str, str] = {}
-        for layer in self.selected_layers(model):
-            reason = skip_reason(layer, self.n, self.m, self.min_params)
-            if reason is not None:
-                skipped[layer.name] = reason
-                ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
-                continue
-            chosen.append(layer)
-        calib = require_calibration(ctx, f"nm-sparsity{{criterion={self.criterion}}}") if needs_data(self.criterion) and chosen else None
-        pattern = Pattern("nm", n=self.n, m=self.m)
-        outcomes = apply_plan(
-            model, [(layer, pattern) for layer in chosen], self.criterion, calib, sequential=self.sequential,
-            recon=self.reconstruction, progress=needs_data(self.criterion),
-        )
-        total, zeros = record_outcomes(ctx, self.name, chosen, outcomes, with_axis=True)
-        stats = {
-            "layers_pruned": len(outcomes),
-            "layers_skipped": len(skipped),
-            "params_pruned": total,
-            "weight_zero_fraction": round(zeros / total, 6) if total else 0.0,
-            "skipped": skipped,
-        }
-        return PassResult(changed=bool(outcomes), stats=stats)
+        def skip(layer: Layer) -> str | None:
+            return skip_reason(layer, self.n, self.m, self.min_params)
+
+        return prune_selected(self, model, ctx, Pattern("nm", n=self.n, m=self.m), skip, with_axis=True)
 
 
 __all__ = ["CRITERIA", "NMSparsity", "CostModel", "mark_nm", "skip_reason"]

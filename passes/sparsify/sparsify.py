@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from sparsec.calib.stats import require_calibration
-from sparsec.passes.sparsify.apply import apply_plan, pattern_skip_reason, record_outcomes
-from sparsec.passes.sparsify.criteria import check_criterion, needs_data
+from sparsec.layers import Layer
+from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_selected
+from sparsec.passes.sparsify.criteria import check_criterion
 from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
@@ -36,22 +36,8 @@ class Sparsify(LayerSelection, ReconstructionOptions, Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         pattern: Pattern = parse_pattern(self.pattern)
-        plan, skipped = [], {}
-        for layer in self.selected_layers(model):
-            reason = pattern_skip_reason(layer, pattern, self.min_params)
-            if reason is not None:
-                skipped[layer.name] = reason
-                ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
-                continue
-            plan.append((layer, pattern))
-        calib = require_calibration(ctx, f"sparsify{{criterion={self.criterion}}}") if needs_data(self.criterion) and plan else None
-        outcomes = apply_plan(model, plan, self.criterion, calib, sequential=self.sequential, recon=self.reconstruction)
-        params, zeros = record_outcomes(ctx, self.name, [layer for layer, _ in plan], outcomes, with_axis=False)
-        stats = {
-            "layers_pruned": len(outcomes),
-            "layers_skipped": len(skipped),
-            "params_pruned": params,
-            "weight_zero_fraction": round(zeros / params, 6) if params else 0.0,
-            "skipped": skipped,
-        }
-        return PassResult(changed=bool(outcomes), stats=stats)
+
+        def skip(layer: Layer) -> str | None:
+            return pattern_skip_reason(layer, pattern, self.min_params)
+
+        return prune_selected(self, model, ctx, pattern, skip, with_axis=False)

@@ -23,7 +23,7 @@ from sparsec.allocator import greedy_steps
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.metrics import DAMAGES, Damage
 from sparsec.calib.runner import run_outputs, run_values
-from sparsec.calib.sensitivity import sensitivity_scan
+from sparsec.calib.scan import sensitivity_scan
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
 from sparsec.passes.structural.cropping import crop_model
