@@ -11,10 +11,11 @@ from typing import Any
 
 import onnx_ir as ir
 
+from sparsec.calib.metrics import Fidelity, compare
 from sparsec.errors import InputError, PassCrashed, SparsecError, VerificationError
 from sparsec.ir.io import model_bytes, save_model
 from sparsec.ir.printer import print_ir
-from sparsec.numerics import Fidelity, compare, evaluate, sample_inputs
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.pm.context import PassContext
 from sparsec.pm.instruments import Instrument
 from sparsec.pm.pass_base import Pass

@@ -23,10 +23,7 @@ from .gen_models import tiny_mlp
 
 
 def _calibration_data():  # the public entry point, wherever the calibration layer lives
-    try:
-        from sparsec.calib import CalibrationData  # type: ignore[import-not-found]
-    except ImportError:
-        from sparsec.calibration import CalibrationData
+    from sparsec.calib.data import CalibrationData
     return CalibrationData
 
 

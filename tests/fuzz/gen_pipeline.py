@@ -163,7 +163,7 @@ def _tiny_mlp_run(p: Pipeline) -> None:
     import tempfile
     from pathlib import Path
 
-    from sparsec.calibration import CalibrationData
+    from sparsec.calib.data import CalibrationData
     from sparsec.pm.context import PassContext
     from sparsec.pm.manager import PassManager
 
