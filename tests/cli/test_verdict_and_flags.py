@@ -65,7 +65,7 @@ def test_nothing_sparsified_says_why(capsys, tmp_path) -> None:
 
 def test_slower_than_dense_is_a_problem() -> None:
     manifest = {
-        "fidelity": {"cosine": 1.0},
+        "fidelity": {"worst_cosine": 1.0},
         "latency": {"measured": True, "dense_ms": 1.971, "compiled_ms": 6.079, "speedup": 0.32},
         "decisions": [],
     }
