@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.errors import OptionError
+from sparsec.plugin_registry import PluginRegistry
 from sparsec.pm.pipeline import Pipeline
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -55,39 +53,19 @@ class Backend(ABC):
         return {}
 
 
-_BACKENDS: dict[str, type[Backend]] = {}
+# Each sub-package of sparsec.backends is one backend; importing it registers its class and
+# its legalization passes.
+_REGISTRY: PluginRegistry[type[Backend]] = PluginRegistry("backend", "sparsec.backends", subpackages_only=True)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
     """Class decorator: make `cls` the backend called `cls.name` (targets name it)."""
-    if not cls.name:
-        raise ValueError(f"backend class {cls.__name__} needs a name")
-    existing = _BACKENDS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"backend '{cls.name}' is registered twice ({existing.__module__} and {cls.__module__})")
-    _BACKENDS[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    # Each sub-package of sparsec.backends is one backend; importing it registers its class
-    # and its legalization passes. A new backend is a new folder, nothing else to edit.
-    import sparsec.backends as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    return _REGISTRY.register(cls)
 
 
 def known_backends() -> list[str]:
-    _discover()
-    return sorted(_BACKENDS)
+    return _REGISTRY.names()
 
 
 def get_backend(name: str) -> Backend:
-    _discover()
-    try:
-        cls = _BACKENDS[name]
-    except KeyError:
-        raise OptionError(f"unknown backend '{name}' (known: {', '.join(sorted(_BACKENDS))})") from None
-    return cls()
+    return _REGISTRY.get(name)()

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
 from sparsec.models_zoo import get
 from sparsec.models_zoo.export import export_ir
 from sparsec.pm import PassContext, PassManager, parse_pipeline

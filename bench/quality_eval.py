@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from sparsec.errors import SparsecError
-from sparsec.quality_eval import (
+from sparsec.eval.quality import (
     METHODS,
     digits_task,
     evaluate_method,

@@ -16,6 +16,7 @@ from .errors import PackedFormatError
 
 TILE = 16
 SUPPORTED_BK = (1, 2, 4, 8, 16)
+INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +73,12 @@ class PackedBlock:
             )
         if kidx.size and (kidx.min() < 0 or kidx.max() > k - bk):
             raise PackedFormatError(f"block row out of range [0, {k - bk}]")
+        # Blocks of a tile rise by at least bk rows (pack_block's canonical form): the kernel
+        # would add overlapping or repeated blocks twice.
+        tile_of_block = np.repeat(np.arange(tiles), np.diff(tile_ptr))
+        same_tile = tile_of_block[1:] == tile_of_block[:-1]
+        if np.any(same_tile & (np.diff(kidx.astype(np.int64)) < bk)):
+            raise PackedFormatError("block rows of a tile overlap or are not increasing")
         return cls(
             bk, k, cols, aligned_copy(tile_ptr, np.int32), aligned_copy(kidx, np.int32),
             aligned_copy(values, np.float32),
@@ -92,6 +99,8 @@ def _check_shape(bk: int, k: int, cols: int) -> None:
         raise PackedFormatError(f"block height must be one of {SUPPORTED_BK}, got {bk}")
     if k <= 0 or cols <= 0 or k % bk:
         raise PackedFormatError(f"K={k} must be a positive multiple of bk={bk}; C={cols} > 0")
+    if k > INT32_MAX or cols > INT32_MAX:  # as the C kernels and the ONNX Runtime ops
+        raise PackedFormatError(f"K={k} and C={cols} must be at most {INT32_MAX}")
 
 
 def _blocks(w: np.ndarray, bk: int) -> np.ndarray:

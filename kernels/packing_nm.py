@@ -19,6 +19,7 @@ from .errors import PackedFormatError
 
 TILE = 16
 SUPPORTED_M = (4, 8, 16)
+INT32_MAX = 2**31 - 1
 META_WORDS = {4: 2, 8: 3, 16: 4}  # uint16 words per (tile, group, slot) record
 _LANE = np.arange(TILE, dtype=np.uint64)
 
@@ -95,6 +96,8 @@ def check_nm_shape(n: int, m: int, k: int, cols: int) -> None:
         raise PackedFormatError(f"N must be in [1, M={m}], got {n}")
     if k <= 0 or cols <= 0 or k % m:
         raise PackedFormatError(f"K={k} must be a positive multiple of M={m}; C={cols} > 0")
+    if k > INT32_MAX or cols > INT32_MAX:  # as the C kernels and the ONNX Runtime ops
+        raise PackedFormatError(f"K={k} and C={cols} must be at most {INT32_MAX}")
 
 
 def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:

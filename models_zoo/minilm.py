@@ -78,12 +78,13 @@ def minilm_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
 
 
-def export_minilm_ir(batch: int = 2):  # noqa: ANN201  (an onnx_ir.Model)
-    """The encoder as an `onnx_ir.Model` with a dynamic batch dim and seq fixed at SEQ_LEN."""
+def export_minilm_ir(batch: int = 2, *, static: bool = False):  # noqa: ANN201  (an onnx_ir.Model)
+    """The encoder as an `onnx_ir.Model` with seq fixed at SEQ_LEN and a dynamic batch dim,
+    or (`static`) the batch fixed at `batch`, as a default export leaves it."""
     from sparsec.ir.torch_cleanup import cleanup
 
     model = build_minilm()
-    args = minilm_inputs(max(batch, 2))
+    args = minilm_inputs(batch if static else max(batch, 2))
     batch_dim = torch.export.Dim("batch")
     program = torch.onnx.export(
         model,
@@ -92,7 +93,7 @@ def export_minilm_ir(batch: int = 2):  # noqa: ANN201  (an onnx_ir.Model)
         opset_version=18,
         input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
-        dynamic_shapes=({0: batch_dim}, {0: batch_dim}),
+        dynamic_shapes=None if static else ({0: batch_dim}, {0: batch_dim}),
         optimize=False,
         verbose=False,
     )

@@ -15,10 +15,13 @@ import sparsec
 from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.bench import time_side_by_side
+from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.calib.metrics import Fidelity, compare
+from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
 from sparsec.input_dims import check_dims
 from sparsec.ir.io import model_bytes
-from sparsec.numerics import Fidelity, compare, make_session, sample_inputs
+from sparsec.numerics import make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
 from sparsec.plots import quality_plots
@@ -46,7 +49,8 @@ class CompileOptions:
     pipeline: Pipeline | None = None  # overrides the preset built from `sparsity`
     dims: dict[str, int] = field(default_factory=dict)
     seed: int = 0
-    fidelity_samples: int = 4
+    fidelity_samples: int = 4  # random sample inputs, when no calibration data is given
+    held_out: int = 32  # with calibration data: samples kept from the passes to measure fidelity on
     bench: bool = True
     threads: int = 2
     verify_each: bool = True
@@ -90,11 +94,12 @@ def compile_model(
     dense_bytes = model_bytes(model)
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
+    calibration, held = _hold_out(options, model)
     ctx = PassContext(
         target=options.target,
         dims=dict(options.dims),
         seed=options.seed,
-        calibration=options.calibration,
+        calibration=calibration,
         repro_dir=default_repro_dir(),
     )
     full = pipeline + legalize
@@ -108,10 +113,10 @@ def compile_model(
     compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
     compiled.files.update(backend.extra_files(model, target))
 
-    log.info("measuring fidelity on %d sample inputs", options.fidelity_samples)
     run_compiled = backend.runner(compiled, options.threads)
     dense_session = make_session(dense_bytes, options.threads)
-    fidelity = _fidelity(model, dense_session, run_compiled, options)
+    fidelity, fidelity_info = _fidelity(model, dense_session, run_compiled, options, held)
+    log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
     latency: dict[str, Any] = {"measured": False}
     if options.bench and not target.measured_here:
@@ -141,7 +146,7 @@ def compile_model(
 
     compiled_bytes = model_bytes(model)
     manifest = _manifest(
-        source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity, latency, compiled
+        source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity_info, latency, compiled
     )
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
@@ -187,16 +192,44 @@ class _CostsBeforeLegalization(Instrument):
             self.costs = estimate_costs(model, target=self.options.target, dims=self.options.dims)
 
 
-def _fidelity(model: ir.Model, dense_session: Any, run_compiled: Any, options: CompileOptions) -> Fidelity:
-    worst: Fidelity | None = None
-    for i in range(options.fidelity_samples):
-        feeds = sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i)
-        f = compare(dense_session.run(None, feeds), run_compiled(feeds))
-        worst = f if worst is None else Fidelity(
-            min(worst.cosine, f.cosine), max(worst.max_abs, f.max_abs), max(worst.rel_l2, f.rel_l2)
-        )
-    assert worst is not None
-    return worst
+def _hold_out(options: CompileOptions, model: ir.Model) -> tuple[CalibrationData | None, CalibrationData | None]:
+    """(data for the passes, held-out samples for the fidelity measurement). The last
+    `held_out` samples (at most a quarter, in whole batches of the model's fixed batch size)
+    are kept from every pass, so the manifest's fidelity is measured on data no decision saw."""
+    if options.calibration is None:
+        return None, None
+    calib = CalibrationData.load(options.calibration)
+    calib.check_against(model)  # a mismatch names the whole data set, before any split
+    n, batch = calib.num_samples, model_batch_size(model) or 1
+    count = min(options.held_out, n // 4) // batch * batch
+    if count < batch or n - count < batch:
+        return calib, None
+    return calib.split((n - count) / n)
+
+
+def _fidelity(
+    model: ir.Model, dense_session: Any, run_compiled: Any, options: CompileOptions, held: CalibrationData | None
+) -> tuple[Fidelity, dict[str, Any]]:
+    """Compiled vs dense outputs: on held-out calibration samples when there are any, else on
+    random sample inputs (which say little about real data; the manifest names which)."""
+    if held is not None:
+        held.check_against(model)
+        dense = run_callable(lambda feeds: dense_session.run(None, feeds), held.batches_for(model))
+        compiled = run_callable(run_compiled, held.batches_for(model))
+        f = compare(dense, compiled, output_rows(held, held.batches_for(model), len(dense)))
+        samples, data = held.samples_used(model), "held-out calibration samples"
+    else:
+        f = None
+        for i in range(options.fidelity_samples):
+            feeds = sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i)
+            one = compare(dense_session.run(None, feeds), run_compiled(feeds))
+            f = one if f is None else f.worst_of(one)
+        assert f is not None
+        samples, data = options.fidelity_samples, "random sample inputs"
+    summary = f"mean cosine {f.mean_cosine:.4f} (worst {f.worst_cosine:.4f}) on {samples} {data}"
+    info = {**f.to_dict(), "metric": "mean_cosine", "samples": samples, "data": data, "summary": summary,
+            "inputs": "calibration" if held is not None else "random", "reference": "dense input model on ORT CPU"}
+    return f, info
 
 
 def _manifest(
@@ -209,7 +242,7 @@ def _manifest(
     ctx: PassContext,
     dense_costs: Any,
     sparse_costs: Any,
-    fidelity: Fidelity,
+    fidelity: dict[str, Any],
     latency: dict[str, Any],
     compiled: CompiledModel,
 ) -> dict[str, Any]:
@@ -252,9 +285,7 @@ def _manifest(
             "predicted_ms_sparse": round(sparse_t["predicted_ms"], 6),
         },
         "fidelity": {
-            **fidelity.to_dict(),
-            "samples": options.fidelity_samples,
-            "reference": "dense input model on ORT CPU",
+            **fidelity,
             **({"compiled": backend_note} if (backend_note := get_backend(compiled.backend).fidelity_note) else {}),
         },
         "latency": latency,

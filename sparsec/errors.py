@@ -7,11 +7,23 @@ line and exits with status 2. Anything else escaping to the CLI is a bug in spar
 
 from __future__ import annotations
 
+# Characters that str.splitlines() breaks on, shown escaped so that a message stays one line
+# whatever user text (a pass option, a node name, a file name) it quotes.
+_LINE_BREAKS = {ch: repr(ch)[1:-1] for ch in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(message: str) -> str:
+    """`message` with line breaks escaped (`\\n`)."""
+    return message.translate(str.maketrans(_LINE_BREAKS))
+
 
 class SparsecError(Exception):
     """An error caused by the input or the options, reported as one line."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(str(message)))
 
 
 class InputError(SparsecError):

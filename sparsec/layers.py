@@ -8,6 +8,8 @@ the initializer's name is the `state_dict` key for models captured from PyTorch.
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -101,3 +103,11 @@ def find_layers(model: ir.Model, op_types: tuple[str, ...] = WEIGHT_OPS) -> list
             if layer is not None:
                 layers.append(layer)
     return layers
+
+
+def matches_any(names: Iterable[str], globs: Iterable[str]) -> bool:
+    """Whether any of `names` (a layer's name, its weight's, a group's parameters') matches
+    any of the shell-style `globs` (case-sensitive). The one glob rule of every option that
+    selects layers or groups by name."""
+    names = list(names)
+    return any(fnmatch.fnmatchcase(name, g) for g in globs for name in names)

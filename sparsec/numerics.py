@@ -1,4 +1,4 @@
-"""Numeric evaluation of IR models with ONNX Runtime, and fidelity metrics.
+"""Numeric evaluation of IR models with ONNX Runtime on sample inputs (metrics: `sparsec.calib.metrics`).
 
 Any IR (including `com.sparsec` ops) is evaluated through its reference lowering, so every
 pass can be checked against the model it started from.
@@ -6,29 +6,20 @@ pass can be checked against the model it started from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
 from sparsec.dialect.reference import lower_to_reference
+from sparsec.errors import InputError
 from sparsec.ir.io import inline_copy, to_proto
 
 DEFAULT_DIM = 1  # value for a symbolic batch dim
 DEFAULT_SEQ = 16  # value for other symbolic dims (sequence lengths)
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """How close one model's outputs are to another's on the same inputs."""
-
-    cosine: float  # worst cosine similarity over outputs (flattened per sample)
-    max_abs: float  # largest absolute difference
-    rel_l2: float  # ||a - b|| / ||a||, worst over outputs
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+# Sample inputs beyond 1 GiB of float32 would exhaust memory before any error is seen.
+MAX_SAMPLE_ELEMENTS = 1 << 28
 
 
 def concrete_shape(value: ir.Value, dims: dict[str, int]) -> list[int]:
@@ -63,6 +54,11 @@ def sample_inputs(
         if value.is_initializer():
             continue
         shape = concrete_shape(value, dims or {})
+        if min(shape, default=0) < 0 or math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise InputError(
+                f"input '{value.name}' has shape {shape}: no sample input of that shape "
+                f"(negative, or more than {MAX_SAMPLE_ELEMENTS} elements)"
+            )
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         if np.issubdtype(dtype, np.integer):
             feeds[value.name] = rng.integers(0, _int_input_high(model, value), size=shape).astype(dtype)
@@ -89,18 +85,3 @@ def make_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSession:
 def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
     session = make_session(reference_bytes(model), threads)
     return session.run(None, feeds)
-
-
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Fidelity:
-    cos, max_abs, rel = 1.0, 0.0, 0.0
-    for a, b in zip(reference, candidate, strict=True):
-        a64 = np.asarray(a, dtype=np.float64).reshape(len(a) if np.ndim(a) else 1, -1)
-        b64 = np.asarray(b, dtype=np.float64).reshape(a64.shape)
-        num = np.sum(a64 * b64, axis=1)
-        den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-        per_row = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
-        cos = min(cos, float(per_row.min()))
-        max_abs = max(max_abs, float(np.max(np.abs(a64 - b64))) if a64.size else 0.0)
-        norm = float(np.linalg.norm(a64))
-        rel = max(rel, float(np.linalg.norm(a64 - b64)) / norm if norm > 0 else 0.0)
-    return Fidelity(cos, max_abs, rel)

@@ -66,8 +66,8 @@ def judge(
         v.warnings.append("nothing was sparsified: " + top_reasons(manifest.get("decisions", [])))
     floor = DEFAULT_MIN_COSINE if min_cosine is None else min_cosine
     fid = manifest["fidelity"]
-    if fid["cosine"] < floor:
-        text = f"fidelity below the floor: worst output cosine vs dense {fid['cosine']:.4f} < {floor:g} (--min-cosine)"
+    if fid["worst_cosine"] < floor:
+        text = f"fidelity below the floor: worst output cosine vs dense {fid['worst_cosine']:.4f} < {floor:g} (--min-cosine)"
         if real_samples or min_cosine is not None:
             v.problems.append(text)
         else:

@@ -15,6 +15,8 @@ buffers at run time (no Python, no copies on the call path).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -30,6 +32,10 @@ RUNTIME_OPS = (NM_OP, BLOCK_OP)
 # (0 = all cores); small products run on one thread regardless.
 THREADS_CONFIG_KEY = "sparsec.kernel_threads"
 _ERROR_MARK = "sparsec kernel op"
+_TYPE_ERROR = re.compile(
+    r"Type '?(?P<type>[^' ]+)'? of input parameter \((?P<input>[^)]*)\) of operator "
+    rf"\((?P<op>{NM_OP}|{BLOCK_OP})\) in node \((?P<node>[^)]*)\) is invalid"
+)
 
 
 def nm_matmul_node(
@@ -122,6 +128,12 @@ def make_session(
         return ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # ORT's pybind exception types are not importable by name
         msg = str(exc)
+        typed = _TYPE_ERROR.search(msg)
+        if typed:  # ORT's own check of an input's element type, before our kernel sees it
+            raise PackedFormatError(
+                f"{_ERROR_MARK} {typed['op']} (node '{typed['node']}'): input {typed['input']} has "
+                f"type {typed['type']}, which the op does not take"
+            ) from exc
         if _ERROR_MARK not in msg:
             raise
         msg = msg[msg.index(_ERROR_MARK):].splitlines()[0]

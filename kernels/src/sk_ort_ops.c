@@ -225,9 +225,13 @@ static OrtStatus *check_nm(sk_kernel *kr, const char *ctx) {
 
 static OrtStatus *check_block(sk_kernel *kr, const char *ctx) {
     const OrtApi *api = kr->api;
-    if (kr->bk < 1 || kr->bk > 16 || kr->k < kr->bk || kr->cols <= 0)
-        return make_status(api, "%s: unsupported block height bk=%d for K=%lld, N=%lld", ctx,
-                           kr->bk, (long long)kr->k, (long long)kr->cols);
+    /* As pack_block: bk in {1, 2, 4, 8, 16} and a divisor of K. */
+    if (kr->bk < 1 || kr->bk > 16 || (kr->bk & (kr->bk - 1)) != 0 || kr->k % kr->bk != 0 ||
+        kr->cols <= 0)
+        return make_status(api,
+                           "%s: unsupported block height bk=%d for K=%lld, N=%lld (bk in {1, 2, "
+                           "4, 8, 16} dividing K)",
+                           ctx, kr->bk, (long long)kr->k, (long long)kr->cols);
     const int64_t tiles = sk_ceil_div(kr->cols, SK_TILE);
     if (kr->tile_ptr_len != tiles + 1)
         return make_status(api, "%s: tile_ptr has %lld entries, expected %lld", ctx,
@@ -245,6 +249,15 @@ static OrtStatus *check_block(sk_kernel *kr, const char *ctx) {
                            "lie in [0, K-bk]",
                            ctx);
     if (rc != SK_OK) return make_status(api, "%s: %s", ctx, sk_status_string(rc));
+    /* The blocks of a tile rise by at least bk rows (the canonical form pack_block writes):
+     * overlapping or repeated blocks would add their rows twice. tile_ptr is valid here. */
+    for (int64_t t = 0; t < tiles; t++)
+        for (int64_t b = (int64_t)kr->tile_ptr[t] + 1; b < kr->tile_ptr[t + 1]; b++)
+            if ((int64_t)kr->kidx[b] < (int64_t)kr->kidx[b - 1] + kr->bk)
+                return make_status(api,
+                                   "%s: block rows of tile %lld overlap or are not increasing "
+                                   "(block %lld)",
+                                   ctx, (long long)t, (long long)b);
     return NULL;
 }
 

@@ -17,24 +17,25 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner, output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.metrics import cosine_damage
+from sparsec.calib.runner import CalibrationRunner
+from sparsec.calib.scan import sensitivity_scan
+from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
-from sparsec.layer_view import bias_of, view_of
-from sparsec.layers import Layer, find_layers
-from sparsec.passes.analysis.layer_stats import dense_stats, model_digest, require_calibration
+from sparsec.layer_view import LayerView, bias_of, view_of
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
+from sparsec.passes.sparsify.options import LayerSelection
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
-from sparsec.passes.sparsify.sparsify import selected
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -69,10 +70,6 @@ def _cache_path(key: str) -> Path:
     return base / "sensitivity" / f"{key}.json"
 
 
-def candidate_layers(model: ir.Model, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()) -> list[Layer]:
-    return [layer for layer in find_layers(model) if selected(layer, include, exclude)]
-
-
 def scan_sensitivity(
     model: ir.Model,
     calib: CalibrationData,
@@ -81,21 +78,22 @@ def scan_sensitivity(
     criterion: str = "wanda",
     metric: str = "output",
     samples: int = 16,
-    min_params: int = 1024,
-    include: tuple[str, ...] = ("*",),
-    exclude: tuple[str, ...] = (),
+    selection: LayerSelection | None = None,
     threads: int = 2,
     progress: bool = True,
     use_cache: bool = True,
     recon: Reconstruction | None = None,
 ) -> SensitivityTable:
-    """`recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
+    """`selection`: the layers to scan (default: every MatMul/Gemm/Conv with >= 1024 weights);
+    `recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
     recon = recon or Reconstruction()
+    selection = selection or LayerSelection()
+    min_params = selection.min_params
     if metric not in METRICS:
         raise PipelineError(f"pass 'layer-sensitivity': unknown metric '{metric}' (known: {', '.join(METRICS)})")
     sub = calib.head(samples)
     names = [str(c) for c in candidates]
-    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, min_params, include, exclude, str(recon)])
+    key_text = json.dumps([model_digest(model), sub.digest(), names, criterion, metric, repr(selection), str(recon)])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = _cache_path(key)
     if use_cache and path.is_file():
@@ -103,30 +101,35 @@ def scan_sensitivity(
         return SensitivityTable.from_dict(json.loads(path.read_text()))
     start = time.perf_counter()
     table = SensitivityTable(criterion, metric, names, sub.num_samples)
-    layers = candidate_layers(model, include, exclude)
+    layers = selection.selected_layers(model)
     views = [view_of(layer) for layer in layers]
     stats = dense_stats(model, views, sub, threads=threads) if needs_data(criterion) or metric == "proxy" else {}
     biases = {v.name: b for v in views if criterion == "sparsegpt" and recon.fit_bias and (b := bias_of(v.layer)) is not None}
-    runner = ActivationRunner(model, views, sub, threads, extra=[b.name for b in biases.values()]) if metric == "output" else None
+    runner = CalibrationRunner(model, sub, views=views, params=[b.name for b in biases.values()], threads=threads) if metric == "output" else None
     reference = runner.outputs() if runner is not None else None
-    work = [(v, c) for v in views for c in candidates]
-    for view, pattern in tqdm(work, desc="layer sensitivity", unit="trial", disable=not progress):
-        table.weights[view.name] = view.layer.weight.name
-        reason = pattern_skip_reason(view.layer, pattern, min_params)
-        if reason is not None:
-            table.skipped.setdefault(view.name, {})[str(pattern)] = reason
-            continue
-        w = view.layer.weight.const_value.numpy()
-        layer_stats = stats.get(view.name)
-        bias = biases.get(view.name)
-        b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
-        new, new_b, outcome = prune_layer(view, w, pattern, criterion, layer_stats, bias=b, recon=recon)
-        if runner is not None and reference is not None:
+    rows = runner.output_rows() if runner is not None else None
+
+    def trial(view: LayerView, pattern: Pattern) -> Callable[[], list[np.ndarray] | float | None]:
+        def run() -> list[np.ndarray] | float | None:
+            table.weights[view.name] = view.layer.weight.name
+            reason = pattern_skip_reason(view.layer, pattern, min_params)
+            if reason is not None:
+                table.skipped.setdefault(view.name, {})[str(pattern)] = reason
+                return None
+            w = view.layer.weight.const_value.numpy()
+            bias = biases.get(view.name)
+            b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
+            new, new_b, outcome = prune_layer(view, w, pattern, criterion, stats.get(view.name), bias=b, recon=recon)
+            if runner is None:  # proxy: the layer's own relative output error, squared
+                return (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
             trial = {view.layer.weight.name: new, **({bias.name: new_b} if bias is not None and new_b is not None else {})}
-            d = output_damage(reference, runner.outputs(trial))
-        else:
-            d = (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
-        table.damage.setdefault(view.name, {})[str(pattern)] = float(d)
+            return runner.outputs(trial)
+
+        return run
+
+    trials = [(v.name, str(c), trial(v, c)) for v in views for c in candidates]
+    found = sensitivity_scan(trials, reference, cosine_damage, rows, desc="layer sensitivity", progress=progress)
+    table.damage = {str(k): {str(p): d for p, d in curve.items()} for k, curve in found.items()}
     table.seconds = round(time.perf_counter() - start, 3)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ def last_table(ctx: PassContext) -> SensitivityTable | None:
 
 @register_pass
 @dataclass(frozen=True)
-class LayerSensitivity(Pass):
+class LayerSensitivity(LayerSelection, Pass):
     name = "layer-sensitivity"
     summary = "Measure each layer's output damage for candidate patterns on calibration data (an analysis: changes nothing)."
     exact = True
@@ -152,9 +155,6 @@ class LayerSensitivity(Pass):
     criterion: str = option("wanda", "criterion used for each trial: magnitude, wanda or sparsegpt")
     metric: str = option("output", "output (1 - cosine of final outputs) or proxy (layer output error from its Gram)")
     samples: int = option(16, "calibration samples used")
-    min_params: int = option(1024, "skip weights with fewer parameters")
-    include: tuple[str, ...] = option(("*",), "globs on layer or weight names to scan")
-    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave out")
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -167,7 +167,7 @@ class LayerSensitivity(Pass):
         calib = require_calibration(ctx, "layer-sensitivity")
         table = scan_sensitivity(
             model, calib, [parse_pattern(c) for c in self.candidates], criterion=self.criterion, metric=self.metric,
-            samples=self.samples, min_params=self.min_params, include=self.include, exclude=self.exclude,
+            samples=self.samples, selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params),
         )
         _LAST[id(ctx)] = table
         return table

@@ -20,27 +20,28 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import ActivationRunner, output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.allocator import LayerOptions, cap_damage, meet_benefit, totals
+from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.calib.metrics import mean_cosine
+from sparsec.calib.runner import CalibrationRunner, output_rows, run_outputs
+from sparsec.calib.stats import require_calibration
 from sparsec.errors import PipelineError
 from sparsec.layer_view import view_of
 from sparsec.layers import Layer, find_layers
-from sparsec.numerics import make_session, reference_bytes
 from sparsec.passes.analysis.cost_model import (
     block_sparse_weight_bytes,
     estimate_costs,
     sparse_weight_bytes,
 )
-from sparsec.passes.analysis.layer_stats import require_calibration
 from sparsec.passes.analysis.sensitivity import (
     NM_CANDIDATES,
     SensitivityTable,
     damage_array,
     scan_sensitivity,
 )
-from sparsec.passes.sparsify.allocation import LayerOptions, cap_damage, meet_benefit, totals
 from sparsec.passes.sparsify.apply import apply_plan
-from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, reconstruction_option
+from sparsec.passes.sparsify.criteria import check_criterion
+from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
 from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -92,32 +93,30 @@ def _dense_total(cost: _LayerCost, target: str, peak_gflops: float, dram_gbps: f
     return max(2 * cost.macs / (peak_gflops * 1e9), (cost.weight_bytes + cost.act_bytes) / (dram_gbps * 1e9)) * 1e3
 
 
-def _outputs(model: ir.Model, data: CalibrationData) -> list[np.ndarray]:
-    session = make_session(reference_bytes(model))  # one session for all batches
-    outs = [session.run(None, batch) for batch in data.batches()]
-    return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
-
-
 def _fidelity(dense_out: list[np.ndarray], model: ir.Model, data: CalibrationData) -> float:
-    return 1.0 - output_damage(dense_out, _outputs(model, data))
+    """Mean output cosine of `model` against the dense outputs on `data` (held-out samples)."""
+    rows = output_rows(data, data.batches_for(model), len(dense_out))
+    return mean_cosine(dense_out, run_outputs(model, data), rows)
 
 
 def _measured_rows(model: ir.Model, layers: list[Layer], calib: CalibrationData, dims: dict[str, int]) -> dict[str, int]:
-    """Rows of each MatMul/Gemm layer's input for one sample at the cost model's batch size (the
-    `batch` dim, 1 by default), measured on the first calibration sample, padding included: the
-    work a layer does when the shape inference behind the cost model lost the activation shape."""
+    """Rows of each MatMul/Gemm layer's input for one batch at the cost model's batch size (the
+    model's fixed batch, else the `batch` dim, 1 by default), measured on the first calibration
+    samples, padding included: the work a layer does when the shape inference behind the cost
+    model lost the activation shape."""
     views = [v for v in (view_of(layer) for layer in layers) if v.input_name is not None and v.layer.node.op_type in ("MatMul", "Gemm")]
     if not views:
         return {}
-    runner = ActivationRunner(model, views, calib.head(1))
+    fixed = model_batch_size(model)
+    runner = CalibrationRunner(model, calib.head(fixed or 1), views=views)
     values = next(runner.values([v.input_name for v in views]))  # type: ignore[misc]
-    batch = int(dims.get("batch", 1))
+    batch = 1 if fixed else int(dims.get("batch", 1))
     return {v.name: v.rows(values[v.input_name]).shape[0] * batch for v in views}  # type: ignore[index]
 
 
 @register_pass
 @dataclass(frozen=True)
-class Allocate(Pass):
+class Allocate(LayerSelection, ReconstructionOptions, Pass):
     name = "allocate"
     summary = "Choose a pattern per layer to meet a budget or a fidelity floor, from measured layer sensitivity; apply it."
     exact = False
@@ -131,16 +130,7 @@ class Allocate(Pass):
     metric: str = option("output", "sensitivity metric: output or proxy")
     samples: int = option(16, "calibration samples for the sensitivity scan")
     sequential: bool = option(True, "prune stage by stage on the inputs of already-pruned layers")
-    damp: float = reconstruction_option("damp")
-    correct: bool = reconstruction_option("correct")
-    fit_bias: bool = reconstruction_option("fit_bias")
-    refit_norms: bool = reconstruction_option("refit_norms")
-    refit_kept: bool = reconstruction_option("refit_kept")
-    residual: bool = reconstruction_option("residual")
     rounds: int = option(4, "floor mode: at most this many apply-and-measure rounds")
-    min_params: int = option(1024, "leave weights with fewer parameters dense")
-    include: tuple[str, ...] = option(("*",), "globs on layer or weight names that may be pruned")
-    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
 
     def __post_init__(self) -> None:
         for c in self.candidates:
@@ -160,10 +150,10 @@ class Allocate(Pass):
         patterns = [parse_pattern(c) for c in self.candidates]
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
-            min_params=self.min_params, include=self.include, exclude=self.exclude, recon=Reconstruction.of(self),
+            selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params), recon=self.reconstruction,
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
-        dense_out = _outputs(model, held)
+        dense_out = run_outputs(model, held)
         rounds: list[dict[str, float]] = []
         if self.min_fidelity > 0:
             picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds)
@@ -210,7 +200,7 @@ class Allocate(Pass):
         trial = model.clone()
         by_name = {layer.name: layer for layer in find_layers(trial)}
         plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
-        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=Reconstruction.of(self))
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction)
         return trial
 
     def _floor_mode(

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from sparsec.activations import ActivationRunner, SegmentWalk, Store
-from sparsec.calibration import CalibrationData
-from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
-from sparsec.layers import Layer
-from sparsec.passes.analysis.layer_stats import (
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.runner import CalibrationRunner, SegmentWalk, Store
+from sparsec.calib.stats import (
     LayerStats,
     PairedStats,
     accumulate,
@@ -28,8 +27,10 @@ from sparsec.passes.analysis.layer_stats import (
     accumulate_paired_rows,
     accumulate_rows,
     dense_stats,
-    layer_stages,
 )
+from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
+from sparsec.layers import Layer, find_layers
+from sparsec.passes.analysis.layer_stats import layer_stages
 from sparsec.passes.sparsify.criteria import (
     Reconstruction,
     dense_target,
@@ -50,6 +51,7 @@ from sparsec.passes.sparsify.norm_refit import (
 )
 from sparsec.passes.sparsify.patterns import Pattern
 from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import PassResult
 
 log = logging.getLogger("sparsec")
 DEFAULT_RECONSTRUCTION = Reconstruction()
@@ -157,7 +159,7 @@ def apply_plan(
         upstream = upstream_layers(model, views, norms)
         norms = [n for n in norms if upstream[n.name]]
         extra = [b.name for b in biases.values()] + [p for n in norms for p in (n.scale, n.shift)]
-        runner = ActivationRunner(model, views, calib, threads, extra=extra)  # type: ignore[arg-type]
+        runner = CalibrationRunner(model, calib, views=views, params=extra, threads=threads)  # type: ignore[arg-type]
         stages = layer_stages(model, views)
         walk = SegmentWalk.plan(runner, stages) if segmented else None
         bar = tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False)
@@ -279,3 +281,36 @@ def record_outcomes(
             **({"note": o.note} if o.note else {}),
         )
     return params, zeros
+
+
+def prune_selected(
+    p: Any, model: ir.Model, ctx: PassContext, pattern: Pattern, skip: Callable[[Layer], str | None], *, with_axis: bool
+) -> PassResult:
+    """The run of a pass that prunes every layer it selects to one `pattern` (nm-sparsity,
+    sparsify): `p` has the `LayerSelection` and `ReconstructionOptions` groups, `criterion`
+    and `sequential`; `skip(layer)` says why a layer cannot take the pattern."""
+    from sparsec.calib.stats import require_calibration
+
+    chosen: list[Layer] = []
+    skipped: dict[str, str] = {}
+    for layer in find_layers(model, p.op_types):
+        reason = p.selection_reason(layer) or skip(layer)
+        if reason is not None:
+            skipped[layer.name] = reason
+            ctx.record(p.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
+            continue
+        chosen.append(layer)
+    calib = require_calibration(ctx, f"{p.name}{{criterion={p.criterion}}}") if needs_data(p.criterion) and chosen else None
+    outcomes = apply_plan(
+        model, [(layer, pattern) for layer in chosen], p.criterion, calib, sequential=p.sequential,
+        recon=p.reconstruction, progress=needs_data(p.criterion),
+    )
+    params, zeros = record_outcomes(ctx, p.name, chosen, outcomes, with_axis=with_axis)
+    stats = {
+        "layers_pruned": len(outcomes),
+        "layers_skipped": len(skipped),
+        "params_pruned": params,
+        "weight_zero_fraction": round(zeros / params, 6) if params else 0.0,
+        "skipped": skipped,
+    }
+    return PassResult(changed=bool(outcomes), stats=stats)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsec.calib.stats import LayerStats
 from sparsec.errors import PipelineError
-from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.patterns import Pattern
 from sparsec.pm.pass_base import option
 

@@ -7,44 +7,19 @@ lower to dense weights or to sparse kernels.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_ir as ir
 
-from sparsec.layers import Layer, find_layers
-from sparsec.nm_pattern import nm_mask, validate_nm
+from sparsec.layers import Layer
+from sparsec.nm_pattern import validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
-from sparsec.passes.sparsify.criteria import (
-    CRITERIA,
-    Reconstruction,
-    check_criterion,
-    needs_data,
-    reconstruction_option,
-)
+from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion
 from sparsec.passes.sparsify.marking import mark_nm
+from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
-
-
-def selection_reason(layer: Layer, include: tuple[str, ...], exclude: tuple[str, ...]) -> str | None:
-    """Why the include/exclude globs leave a layer alone, or None when they select it.
-
-    Recorded as the layer's decision, so an excluded layer is in the manifest with its reason.
-    """
-
-    def hit(patterns: tuple[str, ...]) -> str | None:
-        return next(
-            (p for p in patterns if fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.weight.name, p)),
-            None,
-        )
-
-    if hit(include) is None:
-        return f"not selected by include={list(include)}"
-    glob = hit(exclude)
-    return None if glob is None else f"excluded by exclude glob '{glob}'"
 
 
 def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
@@ -74,7 +49,7 @@ def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
 
 @register_pass
 @dataclass(frozen=True)
-class NMSparsity(Pass):
+class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
     name = "nm-sparsity"
     summary = "Prune weights of MatMul/Gemm/Conv layers to an N:M pattern along the reduction axis."
     exact = False
@@ -82,87 +57,28 @@ class NMSparsity(Pass):
 
     n: int = option(2, "kept weights per group")
     m: int = option(4, "group size along the reduction axis")
-    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv"), "op types to prune")
-    include: tuple[str, ...] = option(("*",), "globs on layer or weight names to prune")
-    exclude: tuple[str, ...] = option((), "globs on layer or weight names to leave dense")
-    min_params: int = option(1024, "skip weights with fewer parameters")
-    k_multiple: int = option(1, "skip layers whose reduction axis is not a multiple of this (a hardware tile: 32 on sparse tensor cores)")
     criterion: str = option("magnitude", "which weights to keep: magnitude, wanda or sparsegpt (these need calibration data)")
     sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
-    damp: float = reconstruction_option("damp")
-    correct: bool = reconstruction_option("correct")
-    fit_bias: bool = reconstruction_option("fit_bias")
-    refit_norms: bool = reconstruction_option("refit_norms")
-    refit_kept: bool = reconstruction_option("refit_kept")
-    residual: bool = reconstruction_option("residual")
+    k_multiple: int = option(1, "skip layers whose reduction axis is not a multiple of this (a hardware tile: 32 on sparse tensor cores)")
 
     def __post_init__(self) -> None:
         validate_nm(self.n, self.m)
         check_criterion(self.criterion, self.name)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        pruned, skipped = [], {}
-        chosen: list[Layer] = []  # for data-driven criteria, pruned together below
-        total = zeros = 0
-        for layer in find_layers(model, self.op_types):
-            reason = selection_reason(layer, self.include, self.exclude) or skip_reason(
-                layer, self.n, self.m, self.min_params
-            )
-            k = layer.weight.const_value.shape[layer.reduction_axis] if layer.weight.const_value is not None else 0
+        # Imported here: apply.py builds on this module (skip_reason).
+        from sparsec.passes.sparsify.apply import prune_selected
+        from sparsec.passes.sparsify.patterns import Pattern
+
+        def skip(layer: Layer) -> str | None:
+            reason = skip_reason(layer, self.n, self.m, self.min_params)
+            k = layer.weight.const_value.shape[layer.reduction_axis]
             if reason is None and self.k_multiple > 1 and k % self.k_multiple:
                 # The target would run it dense anyway: pruning would only cost accuracy.
                 reason = f"reduction axis has {k} elements, not a multiple of the target's tile {self.k_multiple}"
-            if reason is not None:
-                skipped[layer.name] = reason
-                ctx.record(self.name, layer.name, weight=layer.weight.name, decision="skip", reason=reason)
-                continue
-            if needs_data(self.criterion):
-                chosen.append(layer)
-                continue
-            w = layer.weight.const_value.numpy()
-            mask = nm_mask(np.abs(w.astype(np.float32)), self.n, self.m, layer.reduction_axis)
-            new = np.where(mask, w, np.zeros_like(w))
-            err = float(np.linalg.norm((w - new).astype(np.float64)) / max(np.linalg.norm(w.astype(np.float64)), 1e-30))
-            mark_nm(model, layer, new, self.n, self.m)
-            pruned.append(layer.name)
-            total += w.size
-            zeros += int(np.count_nonzero(new == 0))
-            ctx.record(
-                self.name,
-                layer.name,
-                weight=layer.weight.name,
-                op_type=layer.node.op_type,
-                decision=f"{self.n}:{self.m}",
-                axis=layer.reduction_axis,
-                criterion=self.criterion,
-                weight_rel_error=round(err, 6),
-            )
-        if chosen:
-            total, zeros = self._run_data_criterion(model, ctx, chosen, pruned, total, zeros)
-        stats = {
-            "layers_pruned": len(pruned),
-            "layers_skipped": len(skipped),
-            "params_pruned": total,
-            "weight_zero_fraction": round(zeros / total, 6) if total else 0.0,
-            "skipped": skipped,
-        }
-        return PassResult(changed=bool(pruned), stats=stats)
+            return reason
 
-    def _run_data_criterion(
-        self, model: ir.Model, ctx: PassContext, layers: list[Layer], pruned: list[str], total: int, zeros: int
-    ) -> tuple[int, int]:
-        # Imported here: apply.py builds on this module (skip_reason).
-        from sparsec.passes.analysis.layer_stats import require_calibration
-        from sparsec.passes.sparsify.apply import apply_plan, record_outcomes
-        from sparsec.passes.sparsify.patterns import Pattern
-
-        calib = require_calibration(ctx, f"nm-sparsity{{criterion={self.criterion}}}")
-        pattern = Pattern("nm", n=self.n, m=self.m)
-        outcomes = apply_plan(model, [(layer, pattern) for layer in layers], self.criterion, calib, sequential=self.sequential, recon=Reconstruction.of(self))
-        pruned.extend(o.layer for o in outcomes)
-        params, new_zeros = record_outcomes(ctx, self.name, layers, outcomes, with_axis=True)
-        total, zeros = total + params, zeros + new_zeros
-        return total, zeros
+        return prune_selected(self, model, ctx, Pattern("nm", n=self.n, m=self.m), skip, with_axis=True)
 
 
 __all__ = ["CRITERIA", "NMSparsity", "CostModel", "mark_nm", "skip_reason"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import ActivationRunner
+from sparsec.calib.runner import CalibrationRunner
 from sparsec.layer_view import LayerView
 
 
@@ -110,7 +110,7 @@ def solve_affine(
     return g, b
 
 
-def refit_norms(runner: ActivationRunner, norms: Iterable[Norm], params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def refit_norms(runner: CalibrationRunner, norms: Iterable[Norm], params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """New scale/shift per norm (initializer name -> array), fitted on the runner's calibration data:
     the pruned model (`params` overriding the weights) feeds n, the dense model gives the target."""
     norms = list(norms)

@@ -19,7 +19,11 @@ import onnx_ir as ir
 from sparsec.errors import PipelineError
 from sparsec.ir.shapes import infer_concrete_shapes, shape_proto
 from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependency_groups
-from sparsec.passes.structural.allocation import (
+from sparsec.passes.structural.crop_plan import PlanReview, review_plan, shortfall
+from sparsec.passes.structural.cropping import crop_model
+from sparsec.passes.structural.groups import DependencyGraph, Group
+from sparsec.passes.structural.importance import CRITERIA, importance
+from sparsec.passes.structural.ratios import (
     ALLOCATIONS,
     LatencyCost,
     budget_keeps,
@@ -31,10 +35,6 @@ from sparsec.passes.structural.allocation import (
     round_keep,
     uniform_keeps,
 )
-from sparsec.passes.structural.apply import crop_model
-from sparsec.passes.structural.crop_plan import PlanReview, review_plan, shortfall
-from sparsec.passes.structural.groups import DependencyGraph, Group
-from sparsec.passes.structural.importance import CRITERIA, importance
 from sparsec.passes.structural.shape_folding import fold_shape_computations
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -152,7 +152,7 @@ class CropChannels(Pass):
                 if matches(g, pattern):
                     fixed.setdefault(g.id, keep)
         if self.criterion == "activation" or self.allocation == "sensitivity":
-            from sparsec.passes.structural.calibration import calibrated_plan
+            from sparsec.passes.structural.calibrated import calibrated_plan
 
             return calibrated_plan(self, model, dg, groups, fixed, ctx)
         scores = importance(dg, model, self.criterion)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.passes.structural.allocation import plan_macs
 from sparsec.passes.structural.groups import DependencyGraph, Group
+from sparsec.passes.structural.ratios import plan_macs
 
 if TYPE_CHECKING:
     from sparsec.pm.context import PassContext
@@ -113,10 +113,11 @@ def measured_damages(
     model: ir.Model, dg: DependencyGraph, groups: list[Group], removed: np.ndarray, ctx: PassContext
 ) -> dict[int, float]:
     """Output damage of cropping each group alone, on the calibration samples."""
-    from sparsec.activations import output_damage
+    from sparsec.calib.metrics import cosine_damage
+    from sparsec.calib.runner import run_outputs
     from sparsec.ir.io import to_proto
-    from sparsec.passes.structural.apply import crop_model
-    from sparsec.passes.structural.calibration import calibration_of, run_outputs
+    from sparsec.passes.structural.calibrated import calibration_of
+    from sparsec.passes.structural.cropping import crop_model
 
     calib = calibration_of(ctx)
     reference = run_outputs(model, calib)
@@ -124,7 +125,7 @@ def measured_damages(
     for g in groups:
         copy = ir.serde.deserialize_model(to_proto(model))
         crop_model(copy, dg, _only(removed, g))
-        out[g.id] = float(output_damage(reference, run_outputs(copy, calib)))
+        out[g.id] = float(cosine_damage(reference, run_outputs(copy, calib)))
     return out
 
 

@@ -4,7 +4,7 @@
 norm parameters, and those of the channels derived from it, e.g. a head's Q/K/V rows and
 O columns), each parameter normalised by its mean so no single tensor dominates.
 `bn`: the |scale| of BatchNormalization layers in the channel (l2 where there is none).
-`activation`: calibration-based, see calibration.py.
+`activation`: calibration-based, see calibrated.py.
 """
 
 from __future__ import annotations

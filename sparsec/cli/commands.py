@@ -85,8 +85,7 @@ def summary(m: dict, spec: str, out: Path) -> str:
         f"layers sparsified: {pruned}/{len(m['layers'])}; weights {t['weight_bytes_dense'] / 1e6:.2f} MB dense -> "
         f"{t['weight_bytes_sparse'] / 1e6:.2f} MB packed ({t['weight_bytes_dense'] / max(t['weight_bytes_sparse'], 1):.2f}x); "
         f"useful MACs {t['macs'] / max(t['effective_macs'], 1):.2f}x fewer",
-        f"fidelity vs dense: worst cosine {f['cosine']:.6f}, max abs error {f['max_abs']:.4g} "
-        f"({f['samples']} sample inputs)",
+        f"fidelity vs dense: {f['summary']}, max abs error {f['max_abs']:.4g}",
     ]
     if lat.get("measured"):
         lines.append(

@@ -113,7 +113,7 @@ def calibration_from_args(args: argparse.Namespace) -> Any:
     """The --calib data, loaded now so that a bad file fails before any work."""
     if getattr(args, "calib", None) is None:
         return None
-    from sparsec.calibration import CalibrationData
+    from sparsec.calib.data import CalibrationData
 
     return CalibrationData.load(args.calib)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -33,7 +35,7 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise InputError(f"{p}: not a valid ONNX model (cannot parse: {_short(e)})") from None
     _check_is_onnx(proto, str(p))
-    model = ir.serde.deserialize_model(proto)
+    model = _deserialize(proto, str(p), path=p)
     # External tensors are memory-mapped lazily, relative to the model's folder.
     ir.external_data.set_base_dir(model.graph, str(p.parent))
     _check_external_data(model, p)
@@ -44,7 +46,7 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
 
 def model_from_proto(proto: onnx.ModelProto, *, origin: str = "<model>") -> ir.Model:
     _check_is_onnx(proto, origin)
-    model = ir.serde.deserialize_model(proto)
+    model = _deserialize(proto, origin)
     check_supported(model, origin)
     return model
 
@@ -124,15 +126,80 @@ def _check_is_onnx(proto: onnx.ModelProto, origin: str) -> None:
         raise InputError(f"{origin}: ONNX model has an empty graph")
 
 
+def _deserialize(proto: onnx.ModelProto, origin: str, path: Path | None = None) -> ir.Model:
+    # The checker refuses what the IR and ONNX Runtime would trip over later, deep inside a
+    # pass: tensors whose data does not fit their shape and type, values used before they
+    # are defined, malformed attributes (no shape inference: that runs per pass). Given the
+    # file, it resolves external data against the model's folder (given a proto, against
+    # the working folder).
+    try:
+        onnx.checker.check_model(str(path) if path is not None else proto)
+    except (onnx.checker.ValidationError, ValueError) as e:  # ValueError: undecodable text
+        raise InputError(f"{origin}: not a valid ONNX model ({_short(e)})") from None
+    for tensor in _tensors(proto.graph):
+        _check_tensor_data(tensor, origin)
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx_ir's errors for protos the checker lets through
+        raise InputError(f"{origin}: not a valid ONNX model ({_short(e)})") from None
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of `graph`: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [attr.g] if attr.HasField("g") else []:
+                yield from _tensors(sub)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def _check_tensor_data(tensor: onnx.TensorProto, origin: str) -> None:
+    """The checker only refuses data too short for the shape; the IR also trips on too long."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    if tensor.HasField("raw_data"):
+        try:
+            bits = ir.DataType(tensor.data_type).bitwidth
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{origin}: tensor '{tensor.name}' of type {tensor.data_type} cannot hold raw data"
+            ) from None
+        needed = -(-math.prod(tensor.dims) * bits // 8)
+        if len(tensor.raw_data) != needed:
+            raise InputError(
+                f"{origin}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes of data, "
+                f"its shape {list(tensor.dims)} and type need {needed}"
+            )
+        return
+    try:  # data in typed fields: rare and small, so converting it is cheap
+        onnx.numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{origin}: tensor '{tensor.name}' does not fit its shape ({_short(e)})") from None
+
+
 def _check_external_data(model: ir.Model, path: Path) -> None:
     for init in model.graph.initializers.values():
         tensor = init.const_value
         if isinstance(tensor, ir.ExternalTensor):
+            if "\x00" in tensor.location:
+                raise InputError(f"{path}: external data location {tensor.location!r} holds a NUL byte")
             location = Path(tensor.base_dir) / tensor.location
+            folder = path.parent.resolve()
+            if folder not in location.resolve().parents:  # '../x', '/etc/x': not the model's data
+                raise InputError(f"{path}: external data file '{tensor.location}' lies outside the model's folder")
             if not location.exists():
                 raise InputError(f"{path}: external data file '{tensor.location}' is missing")
-            needed = tensor.offset or 0
-            needed += tensor.length if tensor.length is not None else tensor.nbytes
+            if tensor.length is not None and tensor.length != tensor.nbytes:
+                raise InputError(
+                    f"{path}: external data of tensor '{init.name}' is {tensor.length} bytes long, "
+                    f"its shape and type need {tensor.nbytes}"
+                )
+            needed = (tensor.offset or 0) + tensor.nbytes
             if location.stat().st_size < needed:
                 raise InputError(
                     f"{path}: external data file '{tensor.location}' is truncated "

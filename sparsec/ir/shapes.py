@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from sparsec.dialect.reference import lower_to_reference
+from sparsec.errors import InputError
 from sparsec.ir.io import to_proto
 from sparsec.numerics import concrete_shape
 
@@ -74,7 +75,12 @@ def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except onnx.shape_inference.InferenceError:
+        pass
+    try:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except onnx.shape_inference.InferenceError as e:  # e.g. a declared output type it contradicts
+        first = (str(e).strip().splitlines() or ["InferenceError"])[0]
+        raise InputError(f"ONNX shape inference fails on this model: {first[:300]}") from None
 
 
 def _static_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -115,7 +121,9 @@ def _fold_shape_values(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     reach through all of them (Range, as in Hugging Face position ids), and one unknown
     shape there leaves the rest of the model without shapes."""
     g = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    # External tensors are weights, never shape constants; onnx would read them relative to
+    # the working folder, not the model's.
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
     folded: list[onnx.NodeProto] = []
     for node in g.node:
         if node.domain not in ("", "ai.onnx") or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):

@@ -88,7 +88,7 @@ class PassStatistics(Instrument):
             if r.fidelity is not None:  # lossy passes: the error they made, vs their own input
                 f = r.fidelity
                 self.stream.write(
-                    f"  error vs the pass's input (1 sample): cosine {f.cosine:.6f}, max abs {f.max_abs:.4g}, "
+                    f"  error vs the pass's input (1 sample): cosine {f.worst_cosine:.6f}, max abs {f.max_abs:.4g}, "
                     f"rel L2 {f.rel_l2:.4g}\n"
                 )
             for key, value in r.stats.items():

@@ -11,10 +11,11 @@ from typing import Any
 
 import onnx_ir as ir
 
-from sparsec.errors import PassCrashed, SparsecError, VerificationError
+from sparsec.calib.metrics import Fidelity, compare
+from sparsec.errors import InputError, PassCrashed, SparsecError, VerificationError
 from sparsec.ir.io import model_bytes, save_model
 from sparsec.ir.printer import print_ir
-from sparsec.numerics import Fidelity, compare, evaluate, sample_inputs
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.pm.context import PassContext
 from sparsec.pm.instruments import Instrument
 from sparsec.pm.pass_base import Pass
@@ -79,8 +80,14 @@ class PassManager:
             problems = self._problems(model, ctx, None)
             if problems:
                 raise self._error(problems, "input")
-        feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
-        before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None
+        try:
+            feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
+            before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None
+        except SparsecError:
+            raise
+        except Exception as e:  # ONNX Runtime refuses the input itself (types the checker lets by)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"the input model does not run on sample inputs: {first[:300]}") from None
         for index, p in enumerate(self.pipeline):
             for inst in self.instruments:
                 inst.before_pass(index, p, model)

@@ -63,8 +63,12 @@ class Pass:
         from sparsec.pm.context import PassContext
 
         hints = typing.get_type_hints(cls, localns={"PassContext": PassContext})
+        # The pass's own options first, then those of shared option groups it inherits
+        # (dataclasses would list the inherited ones first).
+        own = set(vars(cls).get("__annotations__", {}))
+        fields = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
         infos = []
-        for f in dataclasses.fields(cls):
+        for f in fields:
             default = f.default if f.default is not dataclasses.MISSING else None
             infos.append(OptionInfo(f.name, hints[f.name], default, f.metadata.get("help", "")))
         return infos

@@ -64,12 +64,29 @@ def make_pass(name: str, options: dict[str, Any]) -> Pass:
             valid = ", ".join(infos) or "none"
             raise PipelineError(f"pass '{name}' has no option '{key}' (options: {valid})")
         where = f"pass '{name}' option '{key}'"
-        text = raw if isinstance(raw, str) else format_value(raw)
+        text = raw if isinstance(raw, str) else format_value(_plain_value(raw, where))
         kwargs[key] = parse_value(text, info.type, where)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise PipelineError(f"pass '{name}': {e}") from None
+
+
+_SCALARS = (str, bool, int, float, type(None))
+
+
+def _plain_value(value: Any, where: str) -> Any:
+    """A scalar or a flat list of scalars (what an option can be), else a PipelineError.
+
+    YAML can nest lists and maps without bound, or through aliases exponentially; neither is
+    an option value, so they are refused before anything walks them.
+    """
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value):
+        return value
+    kind = "a nested list" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+    raise PipelineError(f"{where}: expected a value or a list of values, got {kind}")
 
 
 def parse_pipeline(text: str) -> Pipeline:
@@ -85,6 +102,8 @@ def pipeline_from_yaml(text: str) -> Pipeline:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PipelineError(f"pipeline file is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:  # the YAML parser recurses once per level of nesting
+        raise PipelineError("pipeline file nests lists or maps too deeply") from None
     if doc is None:
         return Pipeline()
     if not isinstance(doc, list):

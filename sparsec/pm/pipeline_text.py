@@ -1,11 +1,13 @@
 """The text spelling of pipelines: `name{key=value key=value},name2`.
 
-Values: integers, floats, `true`/`false`, bare or single-quoted strings, and lists written
-`[a,b,c]`. Parsing is driven by each pass's option types, so errors name the pass and option.
+Values: integers, floats, `true`/`false`, bare or single-quoted strings (a quote inside a
+quoted string is doubled: `'it''s'`), and lists written `[a,b,c]`. Parsing is driven by each
+pass's option types, so errors name the pass and option.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -14,6 +16,11 @@ from typing import Any
 from sparsec.errors import PipelineError
 
 _BARE = re.compile(r"[A-Za-z0-9_.:*?/+\-]+")
+# ASCII spellings only: Python's int()/float() also take '1_000', other scripts' digits and
+# 'nan', which would not print back the same.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INT_RANGE = 2**63
 
 
 def split_top_level(text: str, sep: str) -> list[str]:
@@ -85,18 +92,20 @@ def parse_value(text: str, typ: Any, where: str) -> Any:
             return False
         raise PipelineError(f"{where}: expected true or false, got {text!r}{_comma_hint(text)}")
     if typ is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise PipelineError(f"{where}: expected an integer, got {text!r}{_comma_hint(text)}") from None
+        if not _INT.fullmatch(text.strip()):
+            raise PipelineError(f"{where}: expected an integer, got {text!r}{_comma_hint(text)}")
+        value = int(text)
+        if not -_INT_RANGE <= value < _INT_RANGE:
+            raise PipelineError(f"{where}: integer {text!r} is out of range")
+        return value
     if typ is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise PipelineError(f"{where}: expected a number, got {text!r}{_comma_hint(text)}") from None
+        value = float(text) if _FLOAT.fullmatch(text.strip()) else math.nan
+        if not math.isfinite(value):
+            raise PipelineError(f"{where}: expected a finite number, got {text!r}{_comma_hint(text)}")
+        return value
     if typ is str:
         if len(text) >= 2 and text[0] == text[-1] == "'":
-            return text[1:-1]
+            return text[1:-1].replace("''", "'")
         return text
     raise PipelineError(f"{where}: unsupported option type {typ}")
 
@@ -118,4 +127,7 @@ def format_value(value: Any) -> str:
     if value is None:
         return "none"
     text = str(value)
-    return text if _BARE.fullmatch(text) else "'" + text + "'"
+    # 'none' is quoted so that an optional string option keeps it as text, not None.
+    if _BARE.fullmatch(text) and text not in ("none", "None"):
+        return text
+    return "'" + text.replace("'", "''") + "'"

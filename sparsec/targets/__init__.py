@@ -10,13 +10,10 @@ needs editing.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
 from sparsec.errors import OptionError
-
-_TARGETS: dict[str, type[Target]] = {}
+from sparsec.plugin_registry import PluginRegistry
 
 
 class Target:
@@ -52,37 +49,24 @@ class Target:
         return f"<target {self.name}: backend {self.backend}>"
 
 
+_REGISTRY: PluginRegistry[type[Target]] = PluginRegistry("target", __name__)
+
+
 def register_target(cls: type[Target]) -> type[Target]:
     """Class decorator: make `cls` available as `--target=<cls.name>`."""
-    if not cls.name or not cls.backend:
-        raise ValueError(f"target class {cls.__name__} needs a name and a backend")
-    existing = _TARGETS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"target '{cls.name}' is registered twice ({existing.__module__} and {cls.__module__})")
-    _TARGETS[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    # Every module of this package registers its target on import.
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    if not cls.backend:
+        raise ValueError(f"target class {cls.__name__} needs a backend")
+    return _REGISTRY.register(cls)
 
 
 def known_targets() -> list[str]:
-    _discover()
-    return sorted(_TARGETS)
+    return _REGISTRY.names()
 
 
 def get_target(name: str) -> Target:
     """A target by name; `name:variant` (e.g. `cuda:sm_90`) picks one of its variants."""
-    _discover()
     base, _, variant = name.partition(":")
-    try:
-        cls = _TARGETS[base]
-    except KeyError:
-        raise OptionError(f"unknown target '{base}' (known: {', '.join(sorted(_TARGETS))})") from None
-    return cls(variant or None)
+    return _REGISTRY.get(base)(variant or None)
 
 
 __all__ = ["Target", "get_target", "known_targets", "register_target"]

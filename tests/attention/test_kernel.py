@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from sparsec import kernels as sk
+from sparsec.calib.metrics import compare
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.attention import BlockLayout
 from sparsec.ir.io import inline_copy, load_model, model_bytes
 from sparsec.kernels.attention import block_sparse_attention
-from sparsec.numerics import compare, evaluate, sample_inputs
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.runtime import KERNEL_DOMAIN, make_session
 

@@ -41,7 +41,7 @@ def test_fidelity_floor_fails_with_artifact_written(capsys, tmp_path) -> None:
 
 def test_default_floor_warns_on_random_inputs_and_binds_on_real_samples(capsys, tmp_path) -> None:
     rc, out, err, m = compile_(capsys, tmp_path, "--sparsity=1:8")
-    assert m["fidelity"]["cosine"] < 0.9, "the test needs a lossy compile"
+    assert m["fidelity"]["worst_cosine"] < 0.9, "the test needs a lossy compile"
     assert m["fidelity"]["inputs"] == "random"
     assert rc == 0 and m["verdict"]["status"] == "warn"
     assert "warning: fidelity below the floor" in err and out.strip().splitlines()[-1].startswith("verdict: ok with warnings")
@@ -65,7 +65,7 @@ def test_nothing_sparsified_says_why(capsys, tmp_path) -> None:
 
 def test_slower_than_dense_is_a_problem() -> None:
     manifest = {
-        "fidelity": {"cosine": 1.0},
+        "fidelity": {"worst_cosine": 1.0},
         "latency": {"measured": True, "dense_ms": 1.971, "compiled_ms": 6.079, "speedup": 0.32},
         "decisions": [],
     }

@@ -109,7 +109,7 @@ def test_compile_end_to_end(capsys, tmp_path, model_file) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pipeline"].startswith("nm-sparsity{n=2 m=4")
     assert manifest["latency"]["dense_ms"] > 0 and manifest["latency"]["compiled_ms"] > 0
-    assert 0 < manifest["fidelity"]["cosine"] < 1
+    assert 0 < manifest["fidelity"]["worst_cosine"] < 1
     assert {d["weight"] for d in manifest["decisions"]} == {"w1", "w2"}
     model = onnx.load(out / "model.onnx")
     onnx.checker.check_model(model, full_check=True)
@@ -168,4 +168,4 @@ def test_bench_prints_json(capsys, model_file) -> None:
     assert main(["-q", "bench", str(model_file), "-p", "nm-sparsity{min_params=0}"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["latency"]["measured"] and data["latency"]["dense_ms"] > 0
-    assert data["pipeline"].startswith("nm-sparsity{n=2 m=4") and 0 < data["fidelity"]["cosine"] <= 1
+    assert data["pipeline"].startswith("nm-sparsity{n=2 m=4") and 0 < data["fidelity"]["worst_cosine"] <= 1

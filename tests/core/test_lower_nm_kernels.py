@@ -6,8 +6,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from sparsec.calib.metrics import compare
 from sparsec.kernels import kernels_available
-from sparsec.numerics import compare, evaluate, sample_inputs
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.testing import make_model, seeded
 

@@ -61,7 +61,7 @@ def test_runs_and_records_lossy_error(mlp) -> None:
     records = PassManager(parse_pipeline("nm-sparsity{min_params=0},legalize-dense")).run(mlp, PassContext())
     nm, legal = records
     assert nm.changed and not nm.exact
-    assert 0.3 < nm.fidelity.cosine < 1.0  # lossy: error reported, not hidden
+    assert 0.3 < nm.fidelity.worst_cosine < 1.0  # lossy: error reported, not hidden
     assert nm.stats["layers_pruned"] == 2
     assert legal.fidelity.rel_l2 == pytest.approx(0.0, abs=1e-7)  # exact lowering
 
@@ -76,7 +76,7 @@ def test_verify_each_names_pass_and_node_and_writes_reproducer(mlp, tmp_path) ->
     assert info.value.pass_name == "test-drop-relu"
     pipeline_text = (tmp_path / "repro" / "pipeline.txt").read_text().strip()
     # The remaining pipeline with every default spelled out.
-    assert pipeline_text.startswith("test-drop-relu,nm-sparsity{n=1 m=8 op_types=")
+    assert pipeline_text.startswith("test-drop-relu,nm-sparsity{n=1 m=8 criterion=magnitude") and "min_params=1024" in pipeline_text
     # The reproducer holds the model as it was before the failing pass ran.
     repro_input = onnx.load(tmp_path / "repro" / "input.onnx")
     assert [n.op_type for n in repro_input.graph.node] == ["Gemm", "Relu", "MatMul"]

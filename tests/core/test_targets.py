@@ -31,10 +31,10 @@ def scratch_registries():  # noqa: ANN201
     import sparsec.backends.base as backends
     import sparsec.targets as targets
 
-    saved = dict(targets._TARGETS), dict(backends._BACKENDS)
+    saved = dict(targets._REGISTRY._classes), dict(backends._REGISTRY._classes)
     yield
-    targets._TARGETS.clear(), targets._TARGETS.update(saved[0])
-    backends._BACKENDS.clear(), backends._BACKENDS.update(saved[1])
+    targets._REGISTRY._classes.clear(), targets._REGISTRY._classes.update(saved[0])
+    backends._REGISTRY._classes.clear(), backends._REGISTRY._classes.update(saved[1])
 
 
 @pytest.mark.usefixtures("scratch_registries")

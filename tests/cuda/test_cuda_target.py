@@ -103,4 +103,4 @@ def test_compile_cuda_artifact(tmp_path, arch: str) -> None:
             .astype(np.float32) for i in model.graph.input}
     (y,) = sess.run(None, feed)
     assert np.all(np.isfinite(y))
-    assert 0.5 < manifest["fidelity"]["cosine"] <= 1.0
+    assert 0.5 < manifest["fidelity"]["worst_cosine"] <= 1.0

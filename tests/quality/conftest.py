@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
 from sparsec.testing import make_model
 
 MLP_TEXT = """
@@ -52,9 +52,3 @@ def mlp_calib() -> CalibrationData:
 @pytest.fixture
 def correlated():  # noqa: ANN201  (the helper function, for tests that build their own problems)
     return correlated_inputs
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path_factory, monkeypatch) -> None:  # noqa: ANN001
-    # The sensitivity scan caches on disk: a warm cache from an earlier run would skip the code under test.
-    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.calibration import save_npz
+from sparsec.calib.data import save_npz
 from sparsec.cli.main import main
 
 
@@ -64,4 +64,5 @@ def test_bad_npz_contents_named(tmp_path: Path, files, capsys) -> None:  # noqa:
     model_file, _ = files
     bad = save_npz(tmp_path / "bad.npz", {"x": np.zeros((4, 7), np.float32)})
     assert main(["-q", "compile", str(model_file), "--sparsity=auto", "--calib", str(bad), "-o", str(tmp_path / "o"), "--no-bench"]) == 2
-    assert "input 'x' has shape [7] per sample" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.npz: input 'x' has shape [4, 7] (samples on axis 0), the model takes [N, 32]" in err and err.count("\n") == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sparsec.calib.stats import LayerStats
 from sparsec.nm_pattern import nm_violations
-from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.criteria import output_error, prune_2d
 from sparsec.passes.sparsify.patterns import parse_pattern
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sparsec.quality_eval import evaluate_method, minilm_task
+from sparsec.eval.quality import evaluate_method, minilm_task
 
 pytestmark = [
     pytest.mark.slow,

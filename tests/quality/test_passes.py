@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.activations import output_damage
+from sparsec.calib.metrics import cosine_damage
 from sparsec.dialect import verify_node
 from sparsec.errors import OptionError, PipelineError
 from sparsec.layer_view import view_of
@@ -17,7 +17,7 @@ from sparsec.pm import PassContext, PassManager, parse_pipeline
 
 
 def _damage(before: ir.Model, after: ir.Model, x: np.ndarray) -> float:
-    return output_damage(evaluate(before, {"x": x}), evaluate(after, {"x": x}))
+    return cosine_damage(evaluate(before, {"x": x}), evaluate(after, {"x": x}))
 
 
 def _run(model: ir.Model, text: str, calib) -> PassContext:  # noqa: ANN001

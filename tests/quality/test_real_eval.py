@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparsec.quality_eval import digits_task, evaluate_method
+from sparsec.eval.quality import digits_task, evaluate_method
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.stats import LayerStats
 from sparsec.layer_view import bias_of
 from sparsec.layers import find_layers
 from sparsec.nm_pattern import nm_violations
 from sparsec.numerics import evaluate
-from sparsec.passes.analysis.layer_stats import LayerStats
 from sparsec.passes.sparsify.apply import apply_plan
 from sparsec.passes.sparsify.criteria import (
     Reconstruction,
@@ -152,7 +152,7 @@ def test_pass_rewrites_bias_and_norm_and_improves_output(correlated) -> None:  #
 
 
 def test_row_mask_keeps_only_real_token_rows() -> None:
-    from sparsec.activations import ActivationRunner
+    from sparsec.calib.runner import CalibrationRunner
     from sparsec.layer_view import view_of
 
     text = """
@@ -165,23 +165,20 @@ def test_row_mask_keeps_only_real_token_rows() -> None:
     x = np.arange(2 * 4 * 8, dtype=np.float32).reshape(2, 4, 8)
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=np.int64)
     calib = CalibrationData({"x": x, "mask": mask}, batch_size=2, row_mask="mask")
-    runner = ActivationRunner(model, [view_of(find_layers(model)[0])], calib)
+    runner = CalibrationRunner(model, calib, views=[view_of(find_layers(model)[0])])
     rows = next(runner.layer_inputs(runner.views))
     np.testing.assert_array_equal(next(iter(rows.values())), x[mask != 0])
 
 
 def test_segment_walk_matches_prefix_passes(mlp, mlp_calib) -> None:  # noqa: ANN001
-    from sparsec.activations import ActivationRunner, SegmentWalk
+    from sparsec.calib.runner import CalibrationRunner, SegmentWalk
+    from sparsec.calib.stats import accumulate_paired, accumulate_paired_rows
     from sparsec.layer_view import view_of
-    from sparsec.passes.analysis.layer_stats import (
-        accumulate_paired,
-        accumulate_paired_rows,
-        layer_stages,
-    )
+    from sparsec.passes.analysis.layer_stats import layer_stages
 
     views = [view_of(layer) for layer in find_layers(mlp)]
     stages = layer_stages(mlp, views)
-    runner = ActivationRunner(mlp, views, mlp_calib)
+    runner = CalibrationRunner(mlp, mlp_calib, views=views)
     walk = SegmentWalk.plan(runner, stages)
     assert walk is not None
     params: dict[str, np.ndarray] = {}

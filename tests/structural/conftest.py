@@ -6,10 +6,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from sparsec.calib.metrics import compare
 from sparsec.ir.io import to_proto
-from sparsec.numerics import compare, evaluate, sample_inputs
+from sparsec.numerics import evaluate, sample_inputs
 from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.apply import crop_model, zero_channels
+from sparsec.passes.structural.cropping import crop_model, zero_channels
 from sparsec.passes.structural.groups import DependencyGraph, Group
 
 

@@ -323,7 +323,7 @@ def test_crop_rewrites_reshape_targets_per_node() -> None:
     dg = analyse(m)
     heads = next(g for g in dg.prunable_groups() if g.size == 2)
     c = copy(m)
-    from sparsec.passes.structural.apply import crop_model
+    from sparsec.passes.structural.cropping import crop_model
 
     crop_model(c, dg, remove_first(dg, heads, 1))
     targets = {n.outputs[0].name: n.inputs[1].const_value.numpy().tolist() for n in c.graph if n.op_type == "Reshape"}

@@ -13,8 +13,8 @@ import pytest
 from sparsec.errors import OptionError, PipelineError
 from sparsec.ir.io import save_model
 from sparsec.passes.analysis.dependency_groups import dependency_groups
-from sparsec.passes.structural.allocation import round_keep
 from sparsec.passes.structural.crop_channels import CropChannels, check_shapes
+from sparsec.passes.structural.ratios import round_keep
 from sparsec.pm.context import PassContext
 from sparsec.pm.manager import PassManager
 from sparsec.pm.presets import preset_pipeline
@@ -122,7 +122,7 @@ def test_verifier_catches_inconsistent_shapes() -> None:
 
 
 def test_calibration_criterion_and_sensitivity_run() -> None:
-    from sparsec.calibration import CalibrationData
+    from sparsec.calib.data import CalibrationData
 
     calib = CalibrationData({"x": seeded((32, 3, 8, 8), 11)}, batch_size=16)
     for kw in ({"criterion": "activation"}, {"allocation": "sensitivity"}, {"allocation": "sensitivity", "damage": "kl"}):

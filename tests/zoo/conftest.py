@@ -1,8 +1,9 @@
-"""Zoo test fixtures: an isolated weights cache, and the small models' names."""
+"""Zoo test fixtures: exports once per session, and the small models' names (the cache is
+isolated by tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,6 @@ import pytest
 from sparsec.models_zoo import ZOO, export_onnx
 
 SMALL_MODELS = [name for name, entry in ZOO.items() if entry.small]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point the zoo cache at a fresh directory so tests neither read nor write ~/.cache."""
-    path = tmp_path_factory.mktemp("sparsec_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPARSEC_CACHE_DIR", str(path))
-        yield path
 
 
 @pytest.fixture(scope="session")

@@ -7,57 +7,39 @@
 * `sensitivity` (output reconstruction): on small problems a greedy loop measures the
   damage of the joint plan after each candidate step; on larger ones every group is cropped alone to a ladder of kept
   counts on a copy of the model and the damage to the outputs on the calibration samples
-  (1 - mean cosine, `sparsec.activations.output_damage`) is measured; a greedy pass then
+  (`sparsec.calib.metrics.DAMAGES`: 1 - mean cosine, or KL) is measured; a greedy pass then
   spends the MAC budget where damage per MAC saved is smallest (damages taken as additive).
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.activations import output_damage
-from sparsec.calibration import CalibrationData
+from sparsec.allocator import greedy_steps
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.metrics import DAMAGES, Damage
+from sparsec.calib.runner import run_outputs, run_values
+from sparsec.calib.scan import sensitivity_scan
 from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
-from sparsec.numerics import make_session, reference_bytes
-from sparsec.passes.structural.allocation import plan_macs, removal_mask, round_keep, uniform_keeps
-from sparsec.passes.structural.apply import crop_model
+from sparsec.passes.structural.cropping import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import channel_scores, element_scores
+from sparsec.passes.structural.ratios import plan_macs, removal_mask, round_keep, uniform_keeps
 from sparsec.pm.context import PassContext
 
 if TYPE_CHECKING:
     from sparsec.passes.structural.crop_channels import CropChannels
 
 log = logging.getLogger("sparsec.crop")
-Damage = Callable[[list[np.ndarray], list[np.ndarray]], float]
 MAX_LEVELS = 8  # kept counts tried per group by the sensitivity scan
 # Up to this many steps in all, sensitivity measures the joint plan after every step (exact
 # but quadratic); above it, each group's curve is measured alone and damages are added.
 JOINT_MAX_STEPS = 64
-
-
-def kl_damage(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """Mean KL(softmax(reference) || softmax(candidate)) over rows, worst output: for logits."""
-    worst = 0.0
-    for a, b in zip(reference, candidate, strict=True):
-        a2 = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
-        b2 = np.asarray(b, dtype=np.float64).reshape(a2.shape)
-        la = a2 - a2.max(axis=1, keepdims=True)
-        la -= np.log(np.exp(la).sum(axis=1, keepdims=True))
-        lb = b2 - b2.max(axis=1, keepdims=True)
-        lb -= np.log(np.exp(lb).sum(axis=1, keepdims=True))
-        worst = max(worst, float((np.exp(la) * (la - lb)).sum(axis=1).mean()))
-    return worst
-
-
-DAMAGES = {"cosine": output_damage, "kl": kl_damage}
 
 
 def calibration_of(ctx: PassContext) -> CalibrationData:
@@ -66,31 +48,6 @@ def calibration_of(ctx: PassContext) -> CalibrationData:
             "pass 'crop-channels': criterion=activation and allocation=sensitivity need calibration data"
         )
     return CalibrationData.load(ctx.calibration)
-
-
-def run_values(model: ir.Model, calib: CalibrationData, extra: list[str] = ()) -> dict[str, np.ndarray]:  # type: ignore[assignment]
-    """Graph outputs and the `extra` intermediate values, over all calibration samples."""
-    copy = ir.serde.deserialize_model(to_proto(model))
-    names = [v.name for v in copy.graph.outputs]
-    values = {v.name: v for n in copy.graph for v in n.outputs if v is not None}
-    for name in extra:
-        if name not in names:
-            value = values[name]
-            if value.type is None:  # ORT needs a type on graph outputs
-                value.type = ir.TensorType(ir.DataType.FLOAT)
-            copy.graph.outputs.append(value)
-            names.append(name)
-    session = make_session(reference_bytes(copy))
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in calib.batches():
-        for name, out in zip(names, session.run(names, batch), strict=True):
-            parts[name].append(out)
-    return {n: np.concatenate(p, axis=0) for n, p in parts.items()}
-
-
-def run_outputs(model: ir.Model, calib: CalibrationData) -> list[np.ndarray]:
-    found = run_values(model, calib)
-    return [found[v.name] for v in model.graph.outputs]
 
 
 def activation_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:
@@ -127,14 +84,17 @@ def sensitivity(
     """group id -> {kept count: output damage when only that group is cropped to it}."""
     reference = run_outputs(model, calib)
     proto = to_proto(model)
-    table: dict[int, dict[int, float]] = {}
-    for g in groups:
-        table[g.id] = {g.size: 0.0}
-        for k in _levels(g):
-            trial = ir.serde.deserialize_model(proto)
-            crop_model(trial, dg, removal_mask(dg, {g.id: k}, scores))
-            table[g.id][k] = damage_fn(reference, run_outputs(trial, calib))
-    return table
+
+    def trial(g: Group, k: int):  # noqa: ANN202
+        def run() -> list[np.ndarray]:
+            cropped = ir.serde.deserialize_model(proto)
+            crop_model(cropped, dg, removal_mask(dg, {g.id: k}, scores))
+            return run_outputs(cropped, calib)
+
+        return run
+
+    found = sensitivity_scan([(g.id, k, trial(g, k)) for g in groups for k in _levels(g)], reference, damage_fn, desc="crop sensitivity")
+    return {g.id: {g.size: 0.0, **found.get(g.id, {})} for g in groups}  # type: ignore[misc]
 
 
 def _damage_at(curve: dict[int, float], k: int) -> float:
@@ -151,36 +111,29 @@ def sensitivity_keeps(
     target: int,
     fixed: dict[int, float],
 ) -> dict[int, int]:
+    """Greedy (`sparsec.allocator.greedy_steps`) on the measured curves: repeatedly take the
+    step of channels with the least extra damage per MAC saved until the target is met."""
     keeps = {g.id: (round_keep(g, fixed[g.id]) if g.id in fixed else g.size) for g in groups}
     by_id = {g.id: g for g in groups}
-    current = plan_macs(dg, removal_mask(dg, keeps, scores))
+    state = {"macs": plan_macs(dg, removal_mask(dg, keeps, scores))}
 
-    def cost(gid: int) -> float | None:
+    def step_cost(gid: int) -> float | None:
         g, k = by_id[gid], keeps[gid]
         if gid in fixed or k - g.multiple < g.multiple:
             return None
         trial = dict(keeps)
         trial[gid] = k - g.multiple
-        saved = current - plan_macs(dg, removal_mask(dg, trial, scores))
+        saved = state["macs"] - plan_macs(dg, removal_mask(dg, trial, scores))
         if saved <= 0:
             return None
         extra = _damage_at(table[gid], k - g.multiple) - _damage_at(table[gid], k)
         return max(extra, 0.0) / saved
 
-    heap = [(c, g.id) for g in groups if (c := cost(g.id)) is not None]
-    heapq.heapify(heap)
-    while heap and current > target:
-        _, gid = heapq.heappop(heap)
-        c = cost(gid)
-        if c is None:
-            continue
-        if heap and c > heap[0][0] * 1.0001:
-            heapq.heappush(heap, (c, gid))
-            continue
+    def take_step(gid: int) -> None:
         keeps[gid] -= by_id[gid].multiple
-        current = plan_macs(dg, removal_mask(dg, keeps, scores))
-        if (nxt := cost(gid)) is not None:
-            heapq.heappush(heap, (nxt, gid))
+        state["macs"] = plan_macs(dg, removal_mask(dg, keeps, scores))
+
+    greedy_steps([g.id for g in groups], step_cost, take_step, lambda: state["macs"] <= target)  # type: ignore[arg-type]
     return keeps
 
 

@@ -1,15 +1,19 @@
 """Calibration data: the sample inputs that statistics, criteria and sensitivity run on.
 
-One type, `CalibrationData`, built from an `.npz` file (one array per graph input, batch
-first), from any iterable of feed dicts, or from arrays in memory. It holds at most
+One type, `CalibrationData`, built from an `.npz` file (one array per graph input, samples
+on axis 0), from any iterable of feed dicts, or from arrays in memory. It holds at most
 `max_samples` samples (memory stays bounded whatever the source yields), hands them out
-in batches, and has a content hash so analyses can be cached per (model, data).
+in batches of the model's own batch size (`batches_for`: a model exported with a fixed
+batch of 1 or N is fed exactly that), and has a content hash so analyses can be cached per
+(model, data).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,20 @@ import onnx_ir as ir
 
 from sparsec.errors import InputError, OptionError
 
+log = logging.getLogger("sparsec")
 DEFAULT_MAX_SAMPLES = 256
-DEFAULT_BATCH = 16
+DEFAULT_BATCH = 16  # for models whose batch dimension is symbolic
+
+
+def model_batch_size(model: ir.Model) -> int | None:
+    """The batch size the model's graph inputs fix on axis 0 (1 for the common static export),
+    or None when it is symbolic (any batch size runs)."""
+    fixed = {
+        int(v.shape[0])
+        for v in model.graph.inputs
+        if not v.is_initializer() and v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int)
+    }
+    return min(fixed) if fixed else None
 
 
 @dataclass(frozen=True)
@@ -58,8 +74,14 @@ class CalibrationData:
             raise InputError(f"calibration file {p}: no such file")
         try:
             with np.load(p, allow_pickle=False) as npz:
-                arrays = {k: np.asarray(npz[k][:max_samples]) for k in npz.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+                arrays = {}
+                for k in npz.files:
+                    _check_npy_header(npz.zip, k, p)
+                    arr = np.asarray(npz[k])
+                    if arr.ndim == 0:
+                        raise InputError(f"calibration file {p}: '{k}' is not an array with samples on axis 0")
+                    arrays[k] = arr[:max_samples]
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, zlib.error) as e:  # NotImplementedError: a damaged compression method
             raise InputError(f"calibration file {p}: not a readable .npz archive ({_first_line(e)})") from None
         return cls(arrays, batch_size, str(p))
 
@@ -110,9 +132,32 @@ class CalibrationData:
     def num_samples(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
-    def batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.num_samples, self.batch_size):
-            yield {k: v[start : start + self.batch_size] for k, v in self.arrays.items()}
+    def batches(self, size: int | None = None, *, exact: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Feed dicts of `size` samples (default: `batch_size`); `exact`: leave out a shorter
+        last batch (a model with a fixed batch dimension takes no other size)."""
+        size = size or self.batch_size
+        stop = self.num_samples - (self.num_samples % size if exact else 0)
+        for start in range(0, stop, size):
+            yield {k: v[start : start + size] for k, v in self.arrays.items()}
+
+    def batches_for(self, model: ir.Model) -> Iterator[dict[str, np.ndarray]]:
+        """Batches the model accepts: of its own fixed batch size, else of `batch_size`."""
+        fixed = model_batch_size(model)
+        if fixed is None:
+            yield from self.batches()
+            return
+        if self.num_samples < fixed:
+            raise InputError(
+                f"calibration data {self.source}: holds {self.num_samples} samples, the model takes batches of exactly {fixed}"
+            )
+        if self.num_samples % fixed:
+            log.info("calibration: the model's fixed batch is %d; the last %d samples are left out", fixed, self.num_samples % fixed)
+        yield from self.batches(fixed, exact=True)
+
+    def samples_used(self, model: ir.Model) -> int:
+        """How many samples `batches_for(model)` feeds."""
+        fixed = model_batch_size(model)
+        return self.num_samples if fixed is None else self.num_samples - self.num_samples % fixed
 
     def split(self, fraction: float) -> tuple[CalibrationData, CalibrationData]:
         """(first part, held-out rest): for checking a decision on data it was not made on."""
@@ -162,16 +207,9 @@ class CalibrationData:
             )
         for name, value in inputs.items():
             arr = self.arrays[name]
-            if value.shape is not None and len(value.shape) != arr.ndim:
-                raise InputError(
-                    f"calibration data {self.source}: input '{name}' has rank {arr.ndim}, the model expects {len(value.shape)}"
-                )
-            for axis, dim in enumerate(value.shape or ()):
-                if axis > 0 and isinstance(dim, int) and dim != arr.shape[axis]:
-                    raise InputError(
-                        f"calibration data {self.source}: input '{name}' has shape {list(arr.shape[1:])} per sample, "
-                        f"the model expects {[d if isinstance(d, int) else '?' for d in value.shape][1:]}"
-                    )
+            if arr.dtype.kind in "fc" and np.isnan(arr).any():  # would turn every statistic into NaN
+                raise InputError(f"calibration data {self.source}: input '{name}' holds NaN values")
+            arr = self._fit_layout(name, value)
             expected = value.dtype.numpy() if value.dtype is not None else None
             if expected is not None and arr.dtype != expected:
                 if np.can_cast(arr.dtype, expected, casting="same_kind"):
@@ -182,11 +220,53 @@ class CalibrationData:
                     )
 
 
+    def _fit_layout(self, name: str, value: ir.Value) -> np.ndarray:
+        """The samples of input `name` as [samples, *per-sample shape]; data already batched
+        for a fixed-batch model ([batches, N, ...] for model input [N, ...]) is flattened."""
+        arr = self.arrays[name]
+        if value.shape is None:
+            return arr
+        model_shape = [d if isinstance(d, int) else None for d in value.shape]
+        sample = model_shape[1:]
+
+        def fits(per_sample: tuple[int, ...]) -> bool:
+            return len(per_sample) == len(sample) and all(d is None or d == s for d, s in zip(sample, per_sample, strict=True))
+
+        if arr.ndim == len(model_shape) and fits(arr.shape[1:]):
+            return arr
+        if arr.ndim == len(model_shape) + 1 and model_shape and model_shape[0] in (None, arr.shape[1]) and fits(arr.shape[2:]):
+            flat = arr.reshape(arr.shape[0] * arr.shape[1], *arr.shape[2:])
+            self.arrays[name] = flat  # type: ignore[index]
+            return flat
+        spelled = [str(d) if isinstance(d, int) else (d.value or "?") for d in value.shape]
+        raise InputError(
+            f"calibration data {self.source}: input '{name}' has shape [{', '.join(map(str, arr.shape))}] (samples on "
+            f"axis 0), the model takes [{', '.join(spelled)}]: each sample must be [{', '.join(spelled[1:])}]"
+        )
+
+
 def save_npz(path: str | Path, feeds: Mapping[str, np.ndarray]) -> Path:
     """Write feeds (samples on axis 0) as an .npz that `--calib` reads."""
     p = Path(path)
     np.savez(p, **{k: np.asarray(v) for k, v in feeds.items()})
     return p
+
+
+def _check_npy_header(archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    """Refuse a member whose header declares more data than it holds, before numpy allocates
+    it (a few bytes can declare terabytes); other damage is left to numpy's own checks."""
+    names = archive.namelist()
+    name = key + ".npy" if key + ".npy" in names else key
+    with archive.open(name) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except ValueError:
+            return  # not an .npy member, or a header numpy reads its own way: np.load decides
+    held = archive.getinfo(name).file_size
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) * dtype.itemsize > held:
+        raise InputError(f"calibration file {path}: '{key}' declares shape {tuple(shape)} of {dtype} but holds {held} bytes")
 
 
 def _first_line(e: BaseException) -> str:

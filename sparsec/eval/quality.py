@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
+from sparsec.calib.metrics import row_cosines
+from sparsec.calib.runner import run_outputs
 from sparsec.errors import OptionError
-from sparsec.numerics import evaluate
 from sparsec.passes.sparsify.patterns import parse_pattern
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 
@@ -57,18 +58,19 @@ def digits_task(n_calib: int = 256) -> Task:
     return Task("digits", model, calib, {"input": x_test.numpy()}, y_test.numpy())
 
 
-def minilm_task(n_calib: int = 1000, n_eval: int = 500, packed: bool = False) -> Task:
+def minilm_task(n_calib: int = 1000, n_eval: int = 500, packed: bool = False, static: bool = False) -> Task:
     """`packed`: calibration sentences packed into full sequences (no padding rows in the
     statistics); else one padded sentence per sample, the distribution the evaluation uses
-    (what a fidelity floor should be checked on)."""
+    (what a fidelity floor should be checked on). `static`: the export with batch fixed at 1
+    (what a default export gives; every run then feeds one sentence at a time)."""
     from sparsec.models_zoo import minilm
     from sparsec.models_zoo.sentences import sentence_split
 
-    path = _cache_dir() / "minilm.onnx"
+    path = _cache_dir() / ("minilm_b1.onnx" if static else "minilm.onnx")
     if path.is_file():
         model = ir.load(path)
     else:
-        model = minilm.export_minilm_ir()
+        model = minilm.export_minilm_ir(1, static=True) if static else minilm.export_minilm_ir()
         path.parent.mkdir(parents=True, exist_ok=True)
         ir.save(model, path)
     calib_sentences, eval_sentences = sentence_split(n_calib, n_eval)
@@ -101,9 +103,8 @@ def pipeline_for(method: str, pattern: str, *, min_fidelity: float, budget: floa
 
 
 def _run_all(model: ir.Model, feeds: dict[str, np.ndarray], batch: int = 128) -> np.ndarray:
-    n = next(iter(feeds.values())).shape[0]
-    parts = [evaluate(model, {k: v[i : i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
-    return np.concatenate(parts, axis=0)
+    """The first output over every evaluation sample (in the model's own batch size)."""
+    return run_outputs(model, CalibrationData(feeds, batch_size=batch, source="evaluation samples"))[0]
 
 
 def _embedding_metrics(dense: np.ndarray, sparse: np.ndarray) -> dict[str, float]:
@@ -112,7 +113,7 @@ def _embedding_metrics(dense: np.ndarray, sparse: np.ndarray) -> dict[str, float
     eye = 2.0 * np.eye(len(d))
     nn_dense = np.argmax(d @ d.T - eye, axis=1)
     nn_sparse = np.argmax(s @ s.T - eye, axis=1)
-    return {"mean_cosine": float(np.mean(np.sum(d * s, axis=1))), "nn_agreement": float(np.mean(nn_dense == nn_sparse))}
+    return {"mean_cosine": float(np.mean(row_cosines(dense, sparse))), "nn_agreement": float(np.mean(nn_dense == nn_sparse))}
 
 
 def with_options(pipeline: str, options: str) -> str:

@@ -1,101 +1,101 @@
-"""Run any IR on calibration data with chosen weights and read layer inputs out of it.
+"""The one place that runs a model on calibration data.
 
-The model is lowered to reference ONNX once; the prunable weights become graph inputs (so
-trial weights are fed per run, with no session rebuild) and every layer's activation input
-becomes an extra graph output. This is what layer statistics, sequential reconstruction
-and the sensitivity scan run on, for any ONNX graph.
+`CalibrationRunner` lowers the model to reference ONNX once, feeds the chosen initializers
+(the prunable weights, and any `params` such as biases or norm parameters) as graph inputs
+so trial weights need no new session, and exposes any set of intermediate values per
+calibration batch: `values(names)` yields, batch by batch, only what was asked for (a
+session per requested set computes just what those values depend on, so a caller can walk a
+model stage by stage, and later layer by layer). Batches have the model's own batch size
+(`CalibrationData.batches_for`): a static batch-1 export is fed one sample at a time. With
+a row mask (`CalibrationData.row_mask`, e.g. an attention mask) values can be reduced to
+their real rows.
+
+Layer statistics (`sparsec.calib.stats`), sequential reconstruction, the sensitivity scans,
+allocation, crop calibration and the compiler's held-out fidelity all run through here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
 from sparsec.dialect.reference import lower_to_reference
-from sparsec.ir.io import to_proto
+from sparsec.errors import PipelineError
+from sparsec.ir.io import inline_copy, to_proto
 from sparsec.layer_view import LayerView
 from sparsec.numerics import make_session
 
+Feeds = dict[str, np.ndarray]
 
-class ActivationRunner:
+
+class CalibrationRunner:
     def __init__(
-        self, model: ir.Model, views: Sequence[LayerView], calib: CalibrationData, threads: int = 2, extra: Sequence[str] = ()
+        self, model: ir.Model, calib: CalibrationData, *, views: Sequence[LayerView] = (), params: Sequence[str] = (), threads: int = 2
     ) -> None:
-        """`extra`: more initializers (biases, norm parameters) to feed per run like the weights."""
+        """`views`: layers whose weights are fed per run (and whose inputs `layer_inputs`
+        returns); `params`: more initializers (biases, norm parameters) fed per run."""
         calib.check_against(model)
         self.calib = calib
         self.views = list(views)
-        copy = ir.serde.deserialize_model(to_proto(model))
+        copy = inline_copy(model)
         lower_to_reference(copy)
         self.output_names = [v.name for v in copy.graph.outputs]
-        self.weight_names = sorted({v.layer.weight.name for v in self.views} | set(extra))
-        self.base_weights = {
-            name: model.graph.initializers[name].const_value.numpy() for name in self.weight_names
-        }
+        self.weight_names = sorted({v.layer.weight.name for v in self.views} | set(params))
+        self.base_weights = {name: model.graph.initializers[name].const_value.numpy() for name in self.weight_names}
         for name in self.weight_names:
             value = copy.graph.initializers.pop(name)
             value.const_value = None
             copy.graph.inputs.append(value)
-        values = {v.name: v for n in copy.graph for v in n.outputs}
-        values.update({v.name: v for v in copy.graph.inputs})
-        existing = set(self.output_names)
-        for view in self.views:
-            name = view.input_name
-            if name is None or name in existing:
-                continue
-            value = values[name]
-            if value.type is None:  # ORT needs a type on graph outputs
-                value.type = ir.TensorType(ir.DataType.FLOAT)
-            copy.graph.outputs.append(value)
-            existing.add(name)
         self.threads = threads
         self._model = copy
-        self.session = make_session(to_proto(copy).SerializeToString(), threads)
-        self._prefix_sessions: dict[tuple[str, ...], Any] = {}
+        self._source = model
+        self._sessions: dict[tuple[str, ...], Any] = {}
 
-    def _prefix_session(self, names: tuple[str, ...]) -> Any:
-        """A session computing only what `names` depend on (ORT runs the whole graph otherwise).
+    # -- batches -------------------------------------------------------------------------
+    def batches(self) -> Iterator[Feeds]:
+        """The calibration batches, sized for the model (its fixed batch, else the data's)."""
+        return self.calib.batches_for(self._source)
 
-        Sequential pruning asks for the inputs of one stage at a time: early stages then
-        cost a fraction of a full forward pass.
-        """
-        if names not in self._prefix_sessions:
+    def _session(self, names: tuple[str, ...]) -> Any:
+        """A session computing only `names` and what they depend on (ORT runs the whole graph otherwise)."""
+        if names not in self._sessions:
             copy = ir.serde.deserialize_model(to_proto(self._model))
             values = {v.name: v for n in copy.graph for v in n.outputs}
             values.update({v.name: v for v in copy.graph.inputs})
             copy.graph.outputs.clear()
             for n in names:
+                if n not in values:
+                    raise PipelineError(f"calibration: the model has no value named '{n}'")
                 if values[n].type is None:  # ORT needs a type on graph outputs
                     values[n].type = ir.TensorType(ir.DataType.FLOAT)
                 copy.graph.outputs.append(values[n])
             RemoveUnusedNodesPass()(copy)
-            self._prefix_sessions[names] = make_session(to_proto(copy).SerializeToString(), self.threads)
-        return self._prefix_sessions[names]
+            self._sessions[names] = make_session(to_proto(copy).SerializeToString(), self.threads)
+        return self._sessions[names]
 
-    def _feeds(self, batch: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    def _feeds(self, batch: Feeds, weights: dict[str, np.ndarray] | None) -> Feeds:
         feeds = dict(batch)
         for name in self.weight_names:
             w = (weights or {}).get(name)
             feeds[name] = w if w is not None else self.base_weights[name]
         return feeds
 
-    def _run(
-        self, names: Sequence[str], weights: dict[str, np.ndarray] | None
-    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        key = tuple(sorted(set(names)))
+    def _run(self, names: Sequence[str], weights: dict[str, np.ndarray] | None) -> Iterator[tuple[Feeds, dict[str, np.ndarray]]]:
+        key = tuple(dict.fromkeys(names))
         if not key:
             return
-        session = self._prefix_session(key)
+        session = self._session(key)
         needed = {i.name for i in session.get_inputs()}
-        for batch in self.calib.batches():
+        for batch in self.batches():
             feeds = {k: v for k, v in self._feeds(batch, weights).items() if k in needed}
             yield batch, dict(zip(key, session.run(list(key), feeds), strict=True))
 
+    # -- what callers read -----------------------------------------------------------------
     def values(
         self, names: Sequence[str], weights: dict[str, np.ndarray] | None = None, *, real_rows: bool = False
     ) -> Iterator[dict[str, np.ndarray]]:
@@ -111,16 +111,22 @@ class ActivationRunner:
                     outs[name] = x if rows is None else rows
             yield outs
 
-    def layer_inputs(
-        self, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None
-    ) -> Iterator[dict[str, np.ndarray]]:
+    def concatenated(self, names: Sequence[str], weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The named values over all calibration samples (batches concatenated on axis 0)."""
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for outs in self.values(names, weights):
+            for name, x in outs.items():
+                parts[name].append(x)
+        return {n: np.concatenate(p, axis=0) for n, p in parts.items()}
+
+    def layer_inputs(self, views: Sequence[LayerView], weights: dict[str, np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Per calibration batch: layer name -> X2 rows (real tokens only, for a MatMul on
         token activations when the data has a row mask), with `weights` overriding the model's."""
         wanted = [v for v in views if v.input_name is not None]
         for batch, outs in self._run([v.input_name for v in wanted], weights):  # type: ignore[misc]
             yield {v.name: self.view_rows(v, batch, outs[v.input_name]) for v in wanted}  # type: ignore[index]
 
-    def view_rows(self, view: LayerView, batch: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    def view_rows(self, view: LayerView, batch: Feeds, x: np.ndarray) -> np.ndarray:
         """The layer's X2 rows from its input activation `x` (real tokens only where the
         calibration data has a row mask and `x` is a MatMul input with the mask's leading dims)."""
         masked = self.calib.select_rows(batch, x) if view.layer.node.op_type == "MatMul" else None
@@ -128,28 +134,41 @@ class ActivationRunner:
 
     def outputs(self, weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """The model's outputs over all calibration samples (concatenated on axis 0)."""
-        parts: list[list[np.ndarray]] = [[] for _ in self.output_names]
-        for batch in self.calib.batches():
-            for i, out in enumerate(self.session.run(self.output_names, self._feeds(batch, weights))):
-                parts[i].append(out)
-        return [np.concatenate(p, axis=0) for p in parts]
+        found = self.concatenated(self.output_names, weights)
+        return [found[n] for n in self.output_names]
+
+    def output_rows(self) -> list[np.ndarray | None]:
+        """Per graph output: the row mask (real rows) over all samples, for the metrics, or None."""
+        return output_rows(self.calib, self.batches(), len(self.output_names))
 
 
-def output_damage(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """1 - mean cosine similarity over output rows (last axis as the vector), worst output.
+def output_rows(calib: CalibrationData, batches: Iterable[Feeds], count: int) -> list[np.ndarray | None]:
+    if calib.row_mask is None:
+        return [None] * count
+    mask = np.concatenate([np.asarray(b[calib.row_mask]) != 0 for b in batches], axis=0)
+    return [mask] * count
 
-    For small, independent perturbations this adds up over layers (each layer's error adds
-    its squared norm to the output error), which is what allocation relies on.
-    """
-    worst = 0.0
-    for a, b in zip(reference, candidate, strict=True):
-        a2 = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1] if a.ndim else 1)
-        b2 = np.asarray(b, dtype=np.float64).reshape(a2.shape)
-        num = np.sum(a2 * b2, axis=1)
-        den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-        cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
-        worst = max(worst, float(1.0 - cos.mean()))
-    return worst
+
+def run_outputs(model: ir.Model, calib: CalibrationData, *, threads: int = 2) -> list[np.ndarray]:
+    """The outputs of `model` (any IR, reference-lowered) over all calibration samples."""
+    return CalibrationRunner(model, calib, threads=threads).outputs()
+
+
+def run_values(model: ir.Model, calib: CalibrationData, names: Sequence[str], *, threads: int = 2) -> dict[str, np.ndarray]:
+    """Intermediate values of `model` over all calibration samples (batches concatenated)."""
+    return CalibrationRunner(model, calib, threads=threads).concatenated(list(names))
+
+
+def run_callable(run: Callable[[Feeds], list[np.ndarray]], batches: Iterable[Feeds]) -> list[np.ndarray]:
+    """Outputs of an already-built runnable (e.g. a backend's compiled model) over `batches`,
+    concatenated: for models the reference lowering cannot express."""
+    parts: list[list[np.ndarray]] = []
+    for batch in batches:
+        for i, out in enumerate(run(batch)):
+            if i == len(parts):
+                parts.append([])
+            parts[i].append(np.asarray(out))
+    return [np.concatenate(p, axis=0) for p in parts]
 
 
 Store = list[dict[str, np.ndarray]]  # per calibration batch: value name -> array
@@ -166,7 +185,7 @@ class SegmentWalk:
     order; callers then fall back to the runner's prefix passes.
     """
 
-    def __init__(self, runner: ActivationRunner, cuts: list[int]) -> None:
+    def __init__(self, runner: CalibrationRunner, cuts: list[int]) -> None:
         self.runner = runner
         self.cuts = cuts  # node index where each stage's first layer sits; len(nodes) appended
         self.nodes = list(runner._model.graph)
@@ -190,7 +209,7 @@ class SegmentWalk:
         self.data_values = data
 
     @classmethod
-    def plan(cls, runner: ActivationRunner, stages: Sequence[Sequence[LayerView]]) -> SegmentWalk | None:
+    def plan(cls, runner: CalibrationRunner, stages: Sequence[Sequence[LayerView]]) -> SegmentWalk | None:
         position = {}
         for i, node in enumerate(runner._model.graph):
             for out in node.outputs:
@@ -253,7 +272,7 @@ class SegmentWalk:
         session = self._session(segment, outputs, store) if outputs else None
         needed = {i.name for i in session.get_inputs()} if session is not None else set()
         result: Store = []
-        for i, batch in enumerate(self.runner.calib.batches()):
+        for i, batch in enumerate(self.runner.batches()):
             before = store[i] if store else {}
             feeds = {k: v for k, v in {**self.runner._feeds(batch, weights), **before}.items() if k in needed}
             outs = dict(zip(outputs, session.run(list(outputs), feeds), strict=True)) if session is not None else {}
@@ -263,12 +282,12 @@ class SegmentWalk:
 
     def rows(self, store: Store, views: Sequence[LayerView]) -> Iterator[dict[str, np.ndarray]]:
         """Per batch: layer name -> X2 rows of `views` from a frontier that holds their inputs."""
-        for batch, values in zip(self.runner.calib.batches(), store, strict=True):
+        for batch, values in zip(self.runner.batches(), store, strict=True):
             yield {v.name: self.runner.view_rows(v, batch, _lookup(values, batch, v.input_name)) for v in views if v.input_name is not None}
 
     def values(self, store: Store, names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         """Per batch: the real-token rows of the named values."""
-        for batch, values in zip(self.runner.calib.batches(), store, strict=True):
+        for batch, values in zip(self.runner.batches(), store, strict=True):
             out = {}
             for name in names:
                 x = _lookup(values, batch, name)

@@ -14,13 +14,12 @@ Kept counts are multiples of the group's `multiple` and never zero.
 
 from __future__ import annotations
 
-import fnmatch
-import heapq
-
 import numpy as np
 import onnx_ir as ir
 
+from sparsec.allocator import greedy_steps
 from sparsec.errors import PipelineError
+from sparsec.layers import matches_any
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.targets import Target
 
@@ -82,9 +81,8 @@ def parse_layer_ratios(specs: tuple[str, ...]) -> list[tuple[str, float]]:
 
 
 def matches(group: Group, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(group.name, pattern) or any(
-        fnmatch.fnmatchcase(p.name, pattern) for p in group.params
-    )
+    """Whether the glob names the group or one of its parameters."""
+    return matches_any([group.name, *(p.name for p in group.params)], [pattern])
 
 
 def fit_scale(
@@ -162,47 +160,37 @@ def layer_densities(dg: DependencyGraph, model: ir.Model, mac_fraction: float) -
 def budget_keeps(
     dg: DependencyGraph, groups: list[Group], scores: np.ndarray, target: int, fixed: dict[int, float]
 ) -> dict[int, int]:
-    """Greedy: repeatedly drop the cheapest step (importance lost per MAC saved)."""
+    """Greedy (`sparsec.allocator.greedy_steps`): repeatedly drop the cheapest step of
+    channels (normalised importance lost per MAC saved) until the MAC target is met."""
     keeps = {g.id: (round_keep(g, fixed[g.id]) if g.id in fixed else g.size) for g in groups}
     order = {g.id: g.classes[np.argsort(scores[g.classes], kind="stable")] for g in groups}
-    norm = {g.id: scores[g.classes] / max(scores[g.classes].mean(), 1e-12) for g in groups}
+    norm = {g.id: np.sort(scores[g.classes] / max(scores[g.classes].mean(), 1e-12)) for g in groups}
     by_id = {g.id: g for g in groups}
     removed = removal_mask(dg, keeps, scores)
-    current = plan_macs(dg, removed)
+    state = {"macs": plan_macs(dg, removed)}
 
-    def step_cost(gid: int) -> tuple[float, np.ndarray] | None:
-        g = by_id[gid]
-        k = keeps[gid]
+    def next_drop(gid: int) -> np.ndarray | None:
+        g, k = by_id[gid], keeps[gid]
         if gid in fixed or k - g.multiple < g.multiple:
             return None
-        drop = order[gid][g.size - k : g.size - k + g.multiple]
+        return order[gid][g.size - k : g.size - k + g.multiple]
+
+    def step_cost(gid: int) -> float | None:
+        drop = next_drop(gid)
+        if drop is None:
+            return None
         trial = removed.copy()
         trial[drop] = True
-        saved = current - plan_macs(dg, trial)
+        saved = state["macs"] - plan_macs(dg, trial)
         if saved <= 0:
             return None
-        lost = float(np.sort(norm[gid])[g.size - k : g.size - k + g.multiple].sum())
-        return lost / saved, drop
+        g, k = by_id[gid], keeps[gid]
+        return float(norm[gid][g.size - k : g.size - k + g.multiple].sum()) / saved
 
-    heap: list[tuple[float, int]] = []
-    for g in groups:
-        c = step_cost(g.id)
-        if c is not None:
-            heap.append((c[0], g.id))
-    heapq.heapify(heap)
-    while heap and current > target:
-        _, gid = heapq.heappop(heap)
-        c = step_cost(gid)  # costs change as other groups shrink: re-evaluate lazily
-        if c is None:
-            continue
-        if heap and c[0] > heap[0][0] * 1.0001:
-            heapq.heappush(heap, (c[0], gid))
-            continue
-        removed[c[1]] = True
+    def take_step(gid: int) -> None:
+        removed[next_drop(gid)] = True
         keeps[gid] -= by_id[gid].multiple
-        current = plan_macs(dg, removed)
-        nxt = step_cost(gid)
-        if nxt is not None:
-            heapq.heappush(heap, (nxt[0], gid))
-    return keeps
+        state["macs"] = plan_macs(dg, removed)
 
+    greedy_steps([g.id for g in groups], step_cost, take_step, lambda: state["macs"] <= target)  # type: ignore[arg-type]
+    return keeps

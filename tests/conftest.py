@@ -1,0 +1,29 @@
+"""Every test gets its own sparsec cache folder, so no result comes from an earlier run.
+
+Disk caches (the sensitivity tables, ...) would otherwise let a test pass on a warm cache
+without running the code under test. The zoo's trained weights and exports are deterministic
+and slow to make, so one zoo folder is shared by the tests of a session (never ~/.cache).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's cache root whose `zoo/` holds trained zoo weights and exports."""
+    root = tmp_path_factory.mktemp("zoo_cache")
+    (root / "zoo").mkdir()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $SPARSEC_CACHE_DIR for this test (subprocesses inherit it)."""
+    root = tmp_path_factory.mktemp("cache")
+    (root / "zoo").symlink_to(zoo_cache_dir / "zoo", target_is_directory=True)
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(root))
+    return root

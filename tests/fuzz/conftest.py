@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the passes the fuzz cases run
