@@ -109,8 +109,8 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
 
 
 def minilm_curve(n_calib: int, n_eval: int) -> dict:
+    from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
     from sparsec.pm import PassContext, PassManager, parse_pipeline
-    from sparsec.quality_eval import _embedding_metrics, _run_all, minilm_task
 
     task = minilm_task(n_calib=n_calib, n_eval=n_eval)
     dense = _run_all(task.model, task.eval_feeds)

@@ -52,13 +52,13 @@ def _row_fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int) -> dict[str, np.ndarray]:
     """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration."""
-    from sparsec.activations import ActivationRunner
-    from sparsec.passes.analysis.layer_stats import require_calibration
+    from sparsec.calib.runner import CalibrationRunner
+    from sparsec.calib.stats import require_calibration
 
     calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned}")
     names = sorted({f.input.name for f in ffns})
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    runner = ActivationRunner(model, [], calib)
+    runner = CalibrationRunner(model, calib)
     for outs in runner.values(names, real_rows=True):
         for n in names:
             parts[n].append(outs[n].reshape(-1, outs[n].shape[-1]))

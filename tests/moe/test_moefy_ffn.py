@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from sparsec.calibration import CalibrationData
+from sparsec.calib.data import CalibrationData
 from sparsec.dialect import DOMAIN
 from sparsec.errors import OptionError
 from sparsec.passes.moe.partition import balanced_kmeans
