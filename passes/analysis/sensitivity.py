@@ -162,6 +162,8 @@ class LayerSensitivity(LayerSelection, Pass):
         check_criterion(self.criterion, self.name)
         if self.metric not in METRICS:
             raise PipelineError(f"pass '{self.name}': unknown metric '{self.metric}' (known: {', '.join(METRICS)})")
+        if self.samples < 1:  # zero samples would measure nothing (and crashed the scan)
+            raise PipelineError(f"pass '{self.name}': samples must be at least 1, got {self.samples}")
 
     def table(self, model: ir.Model, ctx: PassContext) -> SensitivityTable:
         calib = require_calibration(ctx, "layer-sensitivity")

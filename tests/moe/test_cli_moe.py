@@ -32,7 +32,7 @@ def test_bad_specs_fail_with_one_line(capsys, spec: str, message: str) -> None: 
 def test_compile_with_moe_runs_the_kernel(hf_export, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["-q", "compile", str(hf_export("bert")), "--moe=experts:4,active:0.5", "--sparsity=none",
-                 "-o", str(out)]) == 0
+                 "--no-bench", "-o", str(out)]) == 0  # tiny FFNs: the kernel call costs more than it saves
     manifest = json.loads((out / "manifest.json").read_text())
     assert "moefy-ffn{experts=4 top_k=2" in json.dumps(manifest["pipeline"])
     decisions = [d for d in manifest["decisions"] if d["pass"] == "moefy-ffn"]
