@@ -17,6 +17,7 @@
 #include "sk_attn.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_util.h"
 
 /* OrtApi slot of KernelInfoGetAttribute_float (just before ..._int64, slot 86). */
 #define SK_ORT_KernelInfoGetAttribute_float 85
@@ -39,15 +40,6 @@ typedef struct {
     int32_t *local, *sinks;
     uint8_t *mask;
 } attn_kernel;
-
-static OrtStatus *fail(const OrtApi *api, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
-}
 
 static void attn_destroy(void *p) {
     attn_kernel *kr = p;
@@ -81,7 +73,7 @@ static OrtStatus *read_layout(attn_kernel *kr, const OrtKernelInfo *info, const 
         SK_ORT(api, ReleaseStatus)(st);
         is_const = 0;
     }
-    if (!is_const || !value) return fail(api, "%s: input 3 (layout) must be a constant initializer", ctx);
+    if (!is_const || !value) return sk_ort_status(api, "%s: input 3 (layout) must be a constant initializer", ctx);
     OrtTensorTypeAndShapeInfo *ti = NULL;
     if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return st;
     int type = 0;
@@ -93,33 +85,33 @@ static OrtStatus *read_layout(attn_kernel *kr, const OrtKernelInfo *info, const 
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return st;
     if (type != SK_ORT_INT32 || (rank != 2 && rank != 3))
-        return fail(api, "%s: layout must be int32 [2, H] or [H, query blocks, key blocks]", ctx);
+        return sk_ort_status(api, "%s: layout must be int32 [2, H] or [H, query blocks, key blocks]", ctx);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return st;
     const int32_t *data = p;
     if (rank == 2) {
-        if (dims[0] != 2 || dims[1] < 1) return fail(api, "%s: layout [2, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
+        if (dims[0] != 2 || dims[1] < 1) return sk_ort_status(api, "%s: layout [2, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
         kr->heads = dims[1];
         kr->local = malloc(sizeof(int32_t) * kr->heads);
         kr->sinks = malloc(sizeof(int32_t) * kr->heads);
-        if (!kr->local || !kr->sinks) return fail(api, "%s: out of memory", ctx);
+        if (!kr->local || !kr->sinks) return sk_ort_status(api, "%s: out of memory", ctx);
         for (int64_t h = 0; h < kr->heads; h++) {
             kr->local[h] = data[h];
             kr->sinks[h] = data[kr->heads + h];
             if ((kr->local[h] < 1 && kr->local[h] != -1) || kr->sinks[h] < 0)
-                return fail(api, "%s: head %lld has local window %d, sinks %d (need >= 1 or -1, >= 0)", ctx,
+                return sk_ort_status(api, "%s: head %lld has local window %d, sinks %d (need >= 1 or -1, >= 0)", ctx,
                             (long long)h, kr->local[h], kr->sinks[h]);
         }
     } else {
-        if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1) return fail(api, "%s: empty block mask", ctx);
+        if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1) return sk_ort_status(api, "%s: empty block mask", ctx);
         kr->heads = dims[0];
         kr->mask_q = dims[1];
         kr->mask_k = dims[2];
         const int64_t n = dims[0] * dims[1] * dims[2];
         kr->mask = malloc((size_t)n);
-        if (!kr->mask) return fail(api, "%s: out of memory", ctx);
+        if (!kr->mask) return sk_ort_status(api, "%s: out of memory", ctx);
         for (int64_t i = 0; i < n; i++) {
-            if (data[i] != 0 && data[i] != 1) return fail(api, "%s: block mask holds %d (need 0 or 1)", ctx, data[i]);
+            if (data[i] != 0 && data[i] != 1) return sk_ort_status(api, "%s: block mask holds %d (need 0 or 1)", ctx, data[i]);
             kr->mask[i] = (uint8_t)data[i];
         }
     }
@@ -135,13 +127,13 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
     snprintf(ctx, sizeof ctx, "sparsec kernel op " ATTN_NAME " (node '%s')", node);
     *out = NULL;
     attn_kernel *kr = calloc(1, sizeof *kr);
-    if (!kr) return fail(api, "%s: out of memory", ctx);
+    if (!kr) return sk_ort_status(api, "%s: out of memory", ctx);
     kr->api = api;
     kr->cap = ((const attn_op *)base)->cap;
     kr->isa = pick_isa();
     if (kr->isa < 0) {
         attn_destroy(kr);
-        return fail(api, "%s: kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here", ctx, getenv("SPARSEC_KERNEL_ISA"));
+        return sk_ort_status(api, "%s: kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here", ctx, getenv("SPARSEC_KERNEL_ISA"));
     }
     int64_t causal = 0, has_bias = 0;
     if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "block", &kr->block)) ||
@@ -149,7 +141,7 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
         (st = SK_ORT(api, KernelInfoGetAttribute_float)(info, "scale", &kr->scale))) {
         SK_ORT(api, ReleaseStatus)(st);
         attn_destroy(kr);
-        return fail(api, "%s: needs attributes scale (float), block and causal (int)", ctx);
+        return sk_ort_status(api, "%s: needs attributes scale (float), block and causal (int)", ctx);
     }
     if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_bias", &has_bias))) {
         SK_ORT(api, ReleaseStatus)(st);
@@ -158,7 +150,7 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
     if (kr->block < 1 || kr->block > 1024 || (causal != 0 && causal != 1)) {
         const long long block = (long long)kr->block;
         attn_destroy(kr);
-        return fail(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
+        return sk_ort_status(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
     }
     kr->causal = (int)causal;
     kr->has_bias = has_bias != 0;
@@ -168,16 +160,6 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
     }
     *out = kr;
     return NULL;
-}
-
-static OrtStatus *shape_of(const OrtApi *api, const OrtValue *v, int64_t *dims, size_t *rank) {
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    OrtStatus *st = SK_ORT(api, GetTensorTypeAndShape)(v, &ti);
-    if (st) return st;
-    st = SK_ORT(api, GetDimensionsCount)(ti, rank);
-    if (!st && *rank <= 4) st = SK_ORT(api, GetDimensions)(ti, dims, *rank);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    return st;
 }
 
 static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
@@ -191,16 +173,16 @@ static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
     for (int i = 0; i < n_in; i++) {
         const int idx = i < 3 ? i : 4;
         if ((st = SK_ORT(api, KernelContext_GetInput)(context, (size_t)idx, &in[i]))) return st;
-        if (!in[i]) return fail(api, "sparsec kernel op " ATTN_NAME ": input %d is missing", idx);
-        if ((st = shape_of(api, in[i], dims[i], &rank[i]))) return st;
+        if (!in[i]) return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": input %d is missing", idx);
+        if ((st = sk_ort_shape(api, in[i], dims[i], 4, &rank[i]))) return st;
     }
     if (rank[0] != 4 || rank[1] != 4 || rank[2] != 4 || (kr->has_bias && rank[3] > 4))
-        return fail(api, "sparsec kernel op " ATTN_NAME ": Q, K, V must be 4-D, bias rank <= 4");
+        return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": Q, K, V must be 4-D, bias rank <= 4");
     const int64_t b = dims[0][0], hq = dims[0][1], sq = dims[0][2], d = dims[0][3];
     const int64_t hkv = dims[1][1], sk = dims[1][2], dv = dims[2][3];
     if (dims[1][0] != b || dims[1][3] != d || dims[2][0] != b || dims[2][1] != hkv ||
         dims[2][2] != sk || (kr->heads != 1 && kr->heads != hq))
-        return fail(api, "sparsec kernel op " ATTN_NAME ": Q/K/V shapes or layout heads disagree");
+        return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": Q/K/V shapes or layout heads disagree");
     int64_t bstride[4] = {0, 0, 0, 0};
     const float *bias = NULL;
     if (kr->has_bias) {
@@ -211,7 +193,7 @@ static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
         int64_t s = 1;
         for (int i = 3; i >= 0; i--) {
             if (bd[i] != 1 && bd[i] != full[i])
-                return fail(api, "sparsec kernel op " ATTN_NAME ": bias does not broadcast to the scores");
+                return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": bias does not broadcast to the scores");
             bstride[i] = bd[i] == 1 ? 0 : s;
             s *= bd[i];
         }
@@ -233,7 +215,7 @@ static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
                                 kr->mask_k, bias, bias ? bstride : NULL, kr->isa,
                                 kr->cap > 0 ? kr->cap : sk_max_threads());
     if (rc != SK_OK)
-        return fail(api, "sparsec kernel op " ATTN_NAME ": %s", sk_status_string(rc));
+        return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": %s", sk_status_string(rc));
     return NULL;
 }
 
@@ -256,7 +238,7 @@ static attn_op attn_ops[ATTN_MAX_CAP + 1];
 
 /* Adds SparseAttention (for thread cap `cap`) to `domain`; called once per domain. */
 OrtStatus *sk_attn_ort_add(const OrtApi *api, OrtCustomOpDomain *domain, int cap) {
-    if (cap < 0 || cap > ATTN_MAX_CAP) return fail(api, "sparsec kernels: thread cap %d out of range", cap);
+    if (cap < 0 || cap > ATTN_MAX_CAP) return sk_ort_status(api, "sparsec kernels: thread cap %d out of range", cap);
     attn_op *op = &attn_ops[cap];
     memset(op, 0, sizeof *op);
     op->cap = cap;

@@ -18,6 +18,7 @@
 #include "moe_internal.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_util.h"
 
 #define MOE_ORT_MAX_CAP 256
 #define MOE_ORT_MAX_RANK 16
@@ -35,17 +36,8 @@ typedef struct {
     void *owned[MOE_INPUTS];
 } moe_kernel;
 
-static OrtStatus *status(const OrtApi *api, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
-}
-
 static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
-    OrtStatus *out = status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
+    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
     SK_ORT(api, ReleaseStatus)(st);
     return out;
 }
@@ -81,7 +73,7 @@ static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char 
     OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
     if (!st) return NULL;
     SK_ORT(api, ReleaseStatus)(st);
-    return status(api, "%s: missing int attribute '%s'", ctx, name);
+    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
 }
 
 /* Constant float input `index` with exactly `count` elements (aligned; copied if needed). */
@@ -93,7 +85,7 @@ static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *
     OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
     if (st) return reword(api, st, ctx, what);
     if (!is_const || !value)
-        return status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
+        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
     OrtTensorTypeAndShapeInfo *ti = NULL;
     if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
     int type = 0;
@@ -102,15 +94,15 @@ static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *
     if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return reword(api, st, ctx, what);
-    if (type != SK_ORT_FLOAT) return status(api, "%s: %s must be float32", ctx, what);
+    if (type != SK_ORT_FLOAT) return sk_ort_status(api, "%s: %s must be float32", ctx, what);
     if ((int64_t)n != count)
-        return status(api, "%s: %s has %zu elements, expected %lld", ctx, what, n, (long long)count);
+        return sk_ort_status(api, "%s: %s has %zu elements, expected %lld", ctx, what, n, (long long)count);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
     if (((uintptr_t)p % 64) != 0) {
         const size_t bytes = n * sizeof(float);
         void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!copy) return status(api, "%s: out of memory copying %s", ctx, what);
+        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
         memcpy(copy, p, bytes);
         kr->owned[index] = copy;
         p = copy;
@@ -135,12 +127,12 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     snprintf(ctx, sizeof ctx, "sparsec kernel op MoEFFN (node '%s')", st ? "?" : node);
     *out = NULL;
     moe_kernel *kr = calloc(1, sizeof *kr);
-    if (!kr) return status(api, "%s: out of memory", ctx);
+    if (!kr) return sk_ort_status(api, "%s: out of memory", ctx);
     kr->api = api;
     kr->cap = ((const moe_op *)base)->cap;
     if (pick_isa(&kr->isa, bad, sizeof bad)) {
         destroy(kr);
-        return status(api, "%s: %s", ctx, bad);
+        return sk_ort_status(api, "%s: %s", ctx, bad);
     }
     int64_t d = 0, e = 0, f = 0, k = 0, act = 0, gating = 0, gated = 0;
     if ((st = attr(api, info, ctx, "D", &d)) || (st = attr(api, info, ctx, "E", &e)) ||
@@ -152,7 +144,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     w->d = d, w->e = e, w->f = f, w->top_k = (int)k, w->act = (int)act, w->gating = (int)gating;
     if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 1 || d <= 0 ||
         e <= 0 || e > 4096 || f <= 0 || d > INT32_MAX || f > INT32_MAX) {
-        st = status(api, "%s: attributes out of range (D=%lld E=%lld F=%lld top_k=%lld)", ctx,
+        st = sk_ort_status(api, "%s: attributes out of range (D=%lld E=%lld F=%lld top_k=%lld)", ctx,
                     (long long)d, (long long)e, (long long)f, (long long)k);
         goto fail;
     }
@@ -165,7 +157,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         (gated && (st = weight(kr, info, ctx, 7, "w_up", e * d * f, &w->wup))))
         goto fail;
     if (sk_moe_check(w) != SK_OK) {
-        st = status(api, "%s: invalid weights", ctx);
+        st = sk_ort_status(api, "%s: invalid weights", ctx);
         goto fail;
     }
     *out = kr;
@@ -181,20 +173,13 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
     const OrtValue *xv = NULL;
     OrtStatus *st = SK_ORT(api, KernelContext_GetInput)(context, 0, &xv);
     if (st) return st;
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    if ((st = SK_ORT(api, GetTensorTypeAndShape)(xv, &ti))) return st;
     size_t rank = 0;
     int64_t dims[MOE_ORT_MAX_RANK];
-    st = SK_ORT(api, GetDimensionsCount)(ti, &rank);
-    if (!st && (rank < 1 || rank > MOE_ORT_MAX_RANK)) {
-        SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-        return status(api, "sparsec kernel op MoEFFN: X has rank %zu", rank);
-    }
-    if (!st) st = SK_ORT(api, GetDimensions)(ti, dims, rank);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    if (st) return st;
+    if ((st = sk_ort_shape(api, xv, dims, MOE_ORT_MAX_RANK, &rank))) return st;
+    if (rank < 1 || rank > MOE_ORT_MAX_RANK)
+        return sk_ort_status(api, "sparsec kernel op MoEFFN: X has rank %zu", rank);
     if (dims[rank - 1] != kr->w.d)
-        return status(api, "sparsec kernel op MoEFFN: X has %lld features, D=%lld",
+        return sk_ort_status(api, "sparsec kernel op MoEFFN: X has %lld features, D=%lld",
                       (long long)dims[rank - 1], (long long)kr->w.d);
     int64_t rows = 1;
     for (size_t i = 0; i + 1 < rank; i++) rows *= dims[i];
@@ -206,7 +191,7 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
     if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
     const int threads = kr->cap > 0 ? kr->cap : sk_max_threads();
     const int rc = sk_moe_ffn(&kr->w, x, rows, y, kr->isa, threads);
-    if (rc != SK_OK) return status(api, "sparsec kernel op MoEFFN: %s", sk_status_string(rc));
+    if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op MoEFFN: %s", sk_status_string(rc));
     return NULL;
 }
 

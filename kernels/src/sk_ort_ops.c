@@ -29,6 +29,7 @@
 #include "moe_internal.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_util.h"
 
 OrtStatus *sk_attn_ort_add(const OrtApi *api, OrtCustomOpDomain *domain, int cap);
 
@@ -72,22 +73,13 @@ typedef struct {
 
 /* ------------------------------------------------------------------ helpers */
 
-static OrtStatus *make_status(const OrtApi *api, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
-}
-
 static void release(const OrtApi *api, OrtStatus *st) {
     if (st) SK_ORT(api, ReleaseStatus)(st);
 }
 
 /* A status error from ORT itself, re-worded with our context (and the original released). */
 static OrtStatus *wrap(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
-    OrtStatus *out = make_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
+    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
     release(api, st);
     return out;
 }
@@ -129,7 +121,7 @@ static OrtStatus *get_attr(const OrtApi *api, const OrtKernelInfo *info, const c
     OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
     if (!st) return NULL;
     release(api, st);
-    return make_status(api, "%s: missing int attribute '%s'", ctx, name);
+    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
 }
 
 /* Constant input `index`: its data (aligned; copied if needed) and element count. */
@@ -142,7 +134,7 @@ static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char
     OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
     if (st) return wrap(api, st, ctx, what);
     if (!is_const || !value)
-        return make_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index,
+        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index,
                            what);
     OrtTensorTypeAndShapeInfo *ti = NULL;
     if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return wrap(api, st, ctx, what);
@@ -153,7 +145,7 @@ static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return wrap(api, st, ctx, what);
     if (type != elem_type)
-        return make_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, type,
+        return sk_ort_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, type,
                            elem_type);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p)))
@@ -163,7 +155,7 @@ static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char
     if (n > 0 && ((uintptr_t)p % SK_ALIGN) != 0) {
         const size_t bytes = n * elem_size;
         void *copy = aligned_alloc(SK_ALIGN, (bytes + SK_ALIGN - 1) / SK_ALIGN * SK_ALIGN);
-        if (!copy) return make_status(api, "%s: out of memory copying %s", ctx, what);
+        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
         memcpy(copy, p, bytes);
         for (int i = 0; i < 4; i++)
             if (!kr->owned[i]) {
@@ -188,18 +180,18 @@ static OrtStatus *check_nm(sk_kernel *kr, const char *ctx) {
     const OrtApi *api = kr->api;
     const int n = kr->n, m = kr->m, words = sk_nm_meta_words(m);
     if (words == 0 || n < 1 || n > m)
-        return make_status(api, "%s: unsupported pattern %d:%d (N in [1, M], M in {4, 8, 16})",
+        return sk_ort_status(api, "%s: unsupported pattern %d:%d (N in [1, M], M in {4, 8, 16})",
                            ctx, n, m);
     if (kr->k <= 0 || kr->cols <= 0 || kr->k % m)
-        return make_status(api, "%s: K=%lld must be a positive multiple of M=%d; N=%lld > 0", ctx,
+        return sk_ort_status(api, "%s: K=%lld must be a positive multiple of M=%d; N=%lld > 0", ctx,
                            (long long)kr->k, m, (long long)kr->cols);
     const int64_t tiles = sk_ceil_div(kr->cols, SK_TILE), groups = kr->k / m;
     const int64_t records = tiles * groups * n;
     if (kr->values_len != records * SK_TILE)
-        return make_status(api, "%s: values has %lld elements, expected %lld", ctx,
+        return sk_ort_status(api, "%s: values has %lld elements, expected %lld", ctx,
                            (long long)kr->values_len, (long long)(records * SK_TILE));
     if (kr->meta_len != records * words)
-        return make_status(api, "%s: meta has %lld elements, expected %lld", ctx,
+        return sk_ort_status(api, "%s: meta has %lld elements, expected %lld", ctx,
                            (long long)kr->meta_len, (long long)(records * words));
     /* Positions strictly increasing within a group: a corrupted record cannot alias two
      * slots onto one input (the canonical form pack_nm writes). */
@@ -210,7 +202,7 @@ static OrtStatus *check_nm(sk_kernel *kr, const char *ctx) {
                 const uint16_t *cur = prev + words;
                 for (int lane = 0; lane < SK_TILE; lane++)
                     if (sk_nm_pos(m, cur, lane) <= sk_nm_pos(m, prev, lane))
-                        return make_status(api,
+                        return sk_ort_status(api,
                                            "%s: N:M positions within a group are not strictly "
                                            "increasing (tile %lld, group %lld)",
                                            ctx, (long long)(tg / groups), (long long)(tg % groups));
@@ -219,7 +211,7 @@ static OrtStatus *check_nm(sk_kernel *kr, const char *ctx) {
     float dummy = 0.0f;
     const int rc = sk_nm_matmul(&dummy, kr->k, 0, kr->k, kr->cols, n, m, kr->values,
                                 kr->values_len, kr->meta, kr->meta_len, &dummy, kr->cols, kr->isa, 1);
-    if (rc != SK_OK) return make_status(api, "%s: %s", ctx, sk_status_string(rc));
+    if (rc != SK_OK) return sk_ort_status(api, "%s: %s", ctx, sk_status_string(rc));
     return NULL;
 }
 
@@ -228,33 +220,33 @@ static OrtStatus *check_block(sk_kernel *kr, const char *ctx) {
     /* As pack_block: bk in {1, 2, 4, 8, 16} and a divisor of K. */
     if (kr->bk < 1 || kr->bk > 16 || (kr->bk & (kr->bk - 1)) != 0 || kr->k % kr->bk != 0 ||
         kr->cols <= 0)
-        return make_status(api,
+        return sk_ort_status(api,
                            "%s: unsupported block height bk=%d for K=%lld, N=%lld (bk in {1, 2, "
                            "4, 8, 16} dividing K)",
                            ctx, kr->bk, (long long)kr->k, (long long)kr->cols);
     const int64_t tiles = sk_ceil_div(kr->cols, SK_TILE);
     if (kr->tile_ptr_len != tiles + 1)
-        return make_status(api, "%s: tile_ptr has %lld entries, expected %lld", ctx,
+        return sk_ort_status(api, "%s: tile_ptr has %lld entries, expected %lld", ctx,
                            (long long)kr->tile_ptr_len, (long long)(tiles + 1));
     if (kr->values_len != kr->nblocks * kr->bk * SK_TILE)
-        return make_status(api, "%s: values has %lld elements, expected %lld", ctx,
+        return sk_ort_status(api, "%s: values has %lld elements, expected %lld", ctx,
                            (long long)kr->values_len, (long long)(kr->nblocks * kr->bk * SK_TILE));
     float dummy = 0.0f;
     const int rc = sk_block_matmul(&dummy, kr->k, 0, kr->k, kr->cols, kr->bk, kr->tile_ptr,
                                    kr->tile_ptr_len, kr->kidx, kr->nblocks, kr->values,
                                    kr->values_len, &dummy, kr->cols, kr->isa, 1);
     if (rc == SK_ERR_INDEX)
-        return make_status(api,
+        return sk_ort_status(api,
                            "%s: tile_ptr must rise from 0 to the number of blocks and block rows "
                            "lie in [0, K-bk]",
                            ctx);
-    if (rc != SK_OK) return make_status(api, "%s: %s", ctx, sk_status_string(rc));
+    if (rc != SK_OK) return sk_ort_status(api, "%s: %s", ctx, sk_status_string(rc));
     /* The blocks of a tile rise by at least bk rows (the canonical form pack_block writes):
      * overlapping or repeated blocks would add their rows twice. tile_ptr is valid here. */
     for (int64_t t = 0; t < tiles; t++)
         for (int64_t b = (int64_t)kr->tile_ptr[t] + 1; b < kr->tile_ptr[t + 1]; b++)
             if ((int64_t)kr->kidx[b] < (int64_t)kr->kidx[b - 1] + kr->bk)
-                return make_status(api,
+                return sk_ort_status(api,
                                    "%s: block rows of tile %lld overlap or are not increasing "
                                    "(block %lld)",
                                    ctx, (long long)t, (long long)b);
@@ -280,14 +272,14 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
     *out = NULL;
 
     sk_kernel *kr = calloc(1, sizeof *kr);
-    if (!kr) return make_status(api, "%s: out of memory", ctx);
+    if (!kr) return sk_ort_status(api, "%s: out of memory", ctx);
     kr->api = api;
     kr->kind = op->kind;
     kr->cap = op->cap;
     char bad[160];
     if (isa_from_env(&kr->isa, bad, sizeof bad) != 0) {
         destroy(kr);
-        return make_status(api, "%s: %s", ctx, bad);
+        return sk_ort_status(api, "%s: %s", ctx, bad);
     }
     int64_t a = 0, b = 0, k = 0, cols = 0;
     if (kr->kind == OP_NM) {
@@ -300,7 +292,7 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
         goto fail;
     if (a < 1 || a > 16 || b < 0 || b > 16 || k <= 0 || cols <= 0 || k > INT32_MAX ||
         cols > INT32_MAX) {
-        st = make_status(api, "%s: attributes out of range", ctx);
+        st = sk_ort_status(api, "%s: attributes out of range", ctx);
         goto fail;
     }
     kr->k = k;
@@ -342,7 +334,7 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
         if ((st = get_const(kr, info, ctx, bias_input(kr->kind), "bias", SK_ORT_FLOAT, 4, &p, &len)))
             goto fail;
         if (len != cols) {
-            st = make_status(api, "%s: bias has %lld values, expected N=%lld", ctx, (long long)len,
+            st = sk_ort_status(api, "%s: bias has %lld values, expected N=%lld", ctx, (long long)len,
                              (long long)cols);
             goto fail;
         }
@@ -369,21 +361,14 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
     const OrtValue *xv = NULL;
     OrtStatus *st = SK_ORT(api, KernelContext_GetInput)(context, 0, &xv);
     if (st) return st;
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    if ((st = SK_ORT(api, GetTensorTypeAndShape)(xv, &ti))) return st;
     size_t rank = 0;
     int64_t dims[SK_ORT_MAX_RANK];
-    st = SK_ORT(api, GetDimensionsCount)(ti, &rank);
-    if (!st && (rank < 1 || rank > SK_ORT_MAX_RANK)) {
-        SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-        return make_status(api, "sparsec kernel op %s: X has rank %zu, expected 1..%d",
-                           op_names[kr->kind], rank, SK_ORT_MAX_RANK);
-    }
-    if (!st) st = SK_ORT(api, GetDimensions)(ti, dims, rank);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    if (st) return st;
+    if ((st = sk_ort_shape(api, xv, dims, SK_ORT_MAX_RANK, &rank))) return st;
+    if (rank < 1 || rank > SK_ORT_MAX_RANK)
+        return sk_ort_status(api, "sparsec kernel op %s: X has rank %zu, expected 1..%d",
+                             op_names[kr->kind], rank, SK_ORT_MAX_RANK);
     if (dims[rank - 1] != kr->k)
-        return make_status(api, "sparsec kernel op %s: X has %lld columns, the weight K=%lld",
+        return sk_ort_status(api, "sparsec kernel op %s: X has %lld columns, the weight K=%lld",
                            op_names[kr->kind], (long long)dims[rank - 1], (long long)kr->k);
     int64_t rows = 1;
     for (size_t i = 0; i + 1 < rank; i++) rows *= dims[i];
@@ -404,7 +389,7 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
                              kr->tile_ptr_len, kr->kidx, kr->nblocks, kr->values, kr->values_len,
                              y, kr->cols, kr->isa, threads);
     if (rc != SK_OK)
-        return make_status(api, "sparsec kernel op %s: %s", op_names[kr->kind],
+        return sk_ort_status(api, "sparsec kernel op %s: %s", op_names[kr->kind],
                            sk_status_string(rc));
     if (kr->bias) {
         float *yr = y;
@@ -505,13 +490,13 @@ static OrtStatus *read_cap(const OrtApi *api, const OrtSessionOptions *options, 
     size_t size = sizeof value;
     if ((st = SK_ORT(api, GetSessionConfigEntry)(options, SK_ORT_THREADS_KEY, value, &size))) {
         release(api, st);
-        return make_status(api, "sparsec kernels: session config '%s' is too long",
+        return sk_ort_status(api, "sparsec kernels: session config '%s' is too long",
                            SK_ORT_THREADS_KEY);
     }
     char *end = NULL;
     const long v = strtol(value, &end, 10);
     if (end == value || *end != '\0' || v < 0 || v > SK_ORT_MAX_CAP)
-        return make_status(api,
+        return sk_ort_status(api,
                            "sparsec kernels: session config '%s' = '%s' is not an integer in "
                            "[0, %d] (0 = all cores)",
                            SK_ORT_THREADS_KEY, value, SK_ORT_MAX_CAP);
@@ -525,7 +510,7 @@ SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
     if (!api) {
         /* CreateStatus is slot 0 in every version. */
         const OrtApi *v1 = base->GetApi(1);
-        return v1 ? make_status(v1, "sparsec kernels need ONNX Runtime >= 1.16, this is %s",
+        return v1 ? sk_ort_status(v1, "sparsec kernels need ONNX Runtime >= 1.16, this is %s",
                                 base->GetVersionString())
                   : NULL;
     }
