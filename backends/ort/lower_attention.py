@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.attention import OP_TYPE, BlockLayout
+from sparsec.ir.rewrite import replace_value
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult
 from sparsec.pm.registry import register_pass
@@ -83,13 +84,7 @@ class LowerAttentionKernels(Pass):
                  ir.AttrInt64("has_bias", int(bias is not None))]
         new = ir.Node(KERNEL_DOMAIN, KERNEL_OP, inputs, attributes=attrs, name=f"{base}/kernel", num_outputs=1)
         model.graph.insert_before(node, new)
-        old = node.outputs[0]
-        out = new.outputs[0]
-        out.shape, out.type = old.shape, old.type
-        name = old.name
-        old.replace_all_uses_with(out, replace_graph_outputs=True)
-        model.graph.remove(node, safe=True)
-        out.name = name
+        replace_value(node.outputs[0], new.outputs[0], drop=node)
 
 
 def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
@@ -115,13 +110,7 @@ def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
     inputs = [*node.inputs[:3]] + ([node.inputs[4]] if has_bias and len(node.inputs) > 4 else [])
     new = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=node.name, num_outputs=1)
     model.graph.insert_before(node, new)
-    old = node.outputs[0]
-    out = new.outputs[0]
-    out.shape, out.type = old.shape, old.type
-    name = old.name
-    old.replace_all_uses_with(out, replace_graph_outputs=True)
-    model.graph.remove(node, safe=True)
-    out.name = name
+    replace_value(node.outputs[0], new.outputs[0], drop=node)
     if not layout.uses() and layout.name in model.graph.initializers and not layout.is_graph_output():
         model.graph.initializers.pop(layout.name)
     model.opset_imports.setdefault(DOMAIN, 1)

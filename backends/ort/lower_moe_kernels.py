@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.moe import ACTIVATION_CODES, GATING_CODES, moe_dims
+from sparsec.ir.rewrite import replace_value
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult
 from sparsec.pm.registry import register_pass
@@ -46,12 +47,7 @@ class LowerMoEKernels(Pass):
             kernel = ir.Node(KERNEL_DOMAIN, MOE_OP, list(node.inputs[:8 if gated else 7]), attributes=attrs,
                              name=f"{node.name}/kernel", num_outputs=1)
             model.graph.insert_before(node, kernel)
-            out, new = node.outputs[0], kernel.outputs[0]
-            new.shape, new.type = out.shape, out.type
-            name = out.name
-            out.replace_all_uses_with(new, replace_graph_outputs=True)
-            model.graph.remove(node, safe=True)
-            new.name = name
+            replace_value(node.outputs[0], kernel.outputs[0], drop=node)
             lowered += 1
             ctx.record(self.name, node.name, decision=f"kernel {MOE_OP}", experts=e, top_k=attrs[3].value)
         if lowered:

@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.attention import OP_TYPE
+from sparsec.ir.rewrite import replace_value
 from sparsec.passes.attention.match import AttentionMatch
 
 
@@ -53,11 +54,5 @@ def rewrite(model: ir.Model, match: AttentionMatch, *, block: int, local_blocks:
     ]
     node = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=f"{base}/sparse_attention", num_outputs=1)
     graph.insert_before(anchor, node)
-    out = node.outputs[0]
-    old = match.out
-    out.shape, out.type = old.shape, old.type
-    name = old.name
-    old.replace_all_uses_with(out, replace_graph_outputs=True)
-    old.name = f"{name}.dense"
-    out.name = name
+    replace_value(match.out, node.outputs[0])
     return node

@@ -23,6 +23,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from sparsec.dialect import DOMAIN
 from sparsec.errors import OptionError
+from sparsec.ir.rewrite import replace_value
 from sparsec.passes.moe.experts import Experts, dense_forward, moe_forward, split_experts
 from sparsec.passes.moe.ffn_finder import FFN, find_ffns
 from sparsec.passes.moe.partition import (
@@ -89,12 +90,7 @@ def insert_moe(model: ir.Model, ffn: FFN, ex: Experts, router: tuple[np.ndarray,
         ir.AttrInt64("top_k", top_k), ir.AttrString("activation", ffn.activation), ir.AttrString("gating", gating)],
         name=f"{ffn.name}/moe", num_outputs=1)
     graph.insert_before(ffn.down.node, node)
-    out, new = ffn.output, node.outputs[0]
-    new.shape, new.type = out.shape, out.type
-    name = out.name
-    out.replace_all_uses_with(new, replace_graph_outputs=True)
-    out.name = f"{name}.dense"
-    new.name = name
+    replace_value(ffn.output, node.outputs[0])
     return node
 
 

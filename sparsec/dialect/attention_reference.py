@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout, _static
+from sparsec.ir.rewrite import replace_value
 
 # A window wider than any sequence: "every block".
 _UNBOUNDED = np.int64(1 << 40)
@@ -121,9 +122,4 @@ def lower_sparse_attention(node: ir.Node) -> None:
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
     probs = b.op("Softmax", [masked], axis=-1)
     out = b.op("MatMul", [probs, vx])
-    old = node.outputs[0]
-    out.shape, out.type = old.shape, old.type
-    name = old.name
-    old.replace_all_uses_with(out, replace_graph_outputs=True)
-    node.graph.remove(node, safe=True)
-    out.name = name
+    replace_value(node.outputs[0], out, drop=node)

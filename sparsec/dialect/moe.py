@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from sparsec.dialect.reference import REFERENCE_RULES
 from sparsec.dialect.schema import AttrSpec, OpSchema, register_op
+from sparsec.ir.rewrite import replace_value
 
 MOE_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 MOE_GATINGS = ("none", "softmax")
@@ -181,12 +182,7 @@ def _moe_to_dense(node: ir.Node) -> None:
     a = b.op("Mul", a, mask)
     w2 = b.const(flat_experts(arrays["w2"], rows=True), "w2")
     y = b.op("Add", b.op("MatMul", a, w2), node.inputs[6])
-    out = node.outputs[0]
-    y.shape, y.type = out.shape, out.type
-    name = out.name
-    out.replace_all_uses_with(y, replace_graph_outputs=True)
-    node.graph.remove(node, safe=True)
-    y.name = name
+    replace_value(node.outputs[0], y, drop=node)
 
 
 REFERENCE_RULES["MoE"] = _moe_to_dense
