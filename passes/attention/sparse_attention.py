@@ -1,14 +1,16 @@
-"""`sparse-attention`: rewrite every attention block found to SparseAttention with a static layout."""
+"""`sparse-attention`: rewrite every attention block found to SparseAttention, with one static
+layout for all heads or (`layout=auto`) a layout per head chosen from calibration data."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
-from sparsec.dialect.attention import BlockLayout
+from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout
 from sparsec.errors import OptionError
 from sparsec.passes.attention import mask_analysis
 from sparsec.passes.attention.layout_spec import parse_layout
@@ -28,12 +30,17 @@ class SparseAttentionPass(Pass):
     summary = "Rewrite attention blocks (MatMul-Softmax-MatMul) to com.sparsec.SparseAttention with a block layout."
     exact = False
 
-    layout: str = option("local:256,sinks:4", "static layout: local:TOKENS[,sinks:TOKENS] or dense (sizes round up to blocks)")
+    layout: str = option("local:256,sinks:4", "static layout: local:TOKENS[,sinks:TOKENS] or dense (sizes round up "
+                         "to blocks); auto: per head from calibration data, under `density`")
+    density: float = option(0.25, "with layout=auto: fraction of the block pairs (over all heads) to keep")
     block: int = option(64, "block size in tokens (queries and keys)")
     causal: str = option("auto", "auto (from the mask: constant, or evaluated on sample inputs), true or false")
 
     def __post_init__(self) -> None:
-        parse_layout(self.layout)  # bad text fails when the pipeline is parsed
+        if self.layout.strip().lower() != "auto":
+            parse_layout(self.layout)  # bad text fails when the pipeline is parsed
+        if not 0.0 < self.density <= 1.0:
+            raise OptionError(f"sparse-attention: density must be in (0, 1], got {self.density}")
         if self.block < 1:
             raise OptionError(f"sparse-attention: block must be >= 1, got {self.block}")
         if self.causal not in ("auto", "true", "false"):
@@ -44,30 +51,70 @@ class SparseAttentionPass(Pass):
 
         from sparsec.ir.shapes import infer_concrete_shapes
 
-        spec = parse_layout(self.layout)
-        local, sinks = spec.blocks(self.block)
         shapes = infer_concrete_shapes(model, ctx.dims)
         matches, misses = find_attention(model, shapes)
         sampled = self._sampled_masks(model, matches, ctx)
+        decisions = {m.name: self._mask_decision(m, sampled) for m in matches}
+        if self.layout.strip().lower() == "auto":
+            per_head, auto_stats = self._auto_layouts(model, matches, decisions, ctx)
+        else:
+            local, sinks = parse_layout(self.layout).blocks(self.block)
+            per_head = {m.name: ([local], [sinks], None) for m in matches}
+            auto_stats = {}
         blocks = []
         for m in matches:
-            causal, keep_bias, evidence = self._mask_decision(m, sampled)
-            layout = BlockLayout(self.block, causal, (local,), (sinks,))
-            density = layout.density(1, m.q_shape[2], m.seq_k)
-            rewrite(model, m, block=self.block, local_blocks=[local], sink_blocks=[sinks], causal=causal,
+            causal, keep_bias, evidence = decisions[m.name]
+            local_blocks, sink_blocks, captured = per_head[m.name]
+            layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks))
+            density = layout.density(m.heads if len(local_blocks) > 1 else 1, m.q_shape[2], m.seq_k)
+            rewrite(model, m, block=self.block, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
                     keep_bias=keep_bias)
             info = {"block": m.name, "shape": m.summary(), "causal": causal, "mask": evidence,
-                    "bias_kept": keep_bias, "local_blocks": local, "sink_blocks": sinks,
-                    "density": round(density, 4)}
+                    "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
+                    "sink_blocks": _one_or_all(sink_blocks), "density": round(density, 4)}
+            if captured is not None:
+                info["captured_mass"] = [round(c, 4) for c in captured]
             blocks.append(info)
-            ctx.record(self.name, m.name, decision=f"SparseAttention block={self.block} local={local} "
-                       f"sinks={sinks} causal={int(causal)}", density=round(density, 4))
+            ctx.record(self.name, m.name, decision=f"SparseAttention block={self.block} "
+                       f"local={_one_or_all(local_blocks)} sinks={_one_or_all(sink_blocks)} causal={int(causal)}",
+                       density=round(density, 4), **({"captured_mass": info["captured_mass"]} if captured else {}))
         if matches:
             model.opset_imports.setdefault(DOMAIN, 1)
             RemoveUnusedNodesPass()(model)
-        stats = {"attention_blocks": len(matches), "rewritten": blocks,
+        stats = {"attention_blocks": len(matches), "rewritten": blocks, **auto_stats,
                  "missed": {x.name: f"{x.op}: {x.reason}" for x in misses}}
         return PassResult(changed=bool(matches), stats=stats)
+
+    def _auto_layouts(self, model: ir.Model, matches: list[AttentionMatch], decisions: dict, ctx: PassContext
+                      ) -> tuple[dict[str, tuple[list[int], list[int], list[float] | None]], dict]:
+        """Per block: (local_blocks, sink_blocks, captured mass) per head, profiled on the
+        calibration data and allocated under `density` over all heads."""
+        from sparsec.calib.stats import require_calibration
+        from sparsec.passes.attention.auto_layout import choose_layouts, uniform_layout
+        from sparsec.passes.attention.head_profile import profile_heads
+
+        calib = require_calibration(ctx, "sparse-attention{layout=auto}")
+        profiles, skipped = profile_heads(model, matches, calib, self.block)
+        causal = {name: decisions[name][0] for name in profiles}
+        chosen = choose_layouts(profiles, causal, self.density) if profiles else {}
+        out: dict[str, tuple[list[int], list[int], list[float] | None]] = {}
+        kept = total = 0
+        for m in matches:
+            heads = chosen.get(m.name)
+            if heads is None:  # not profiled: stays dense, with the reason in the stats
+                out[m.name] = ([ALL_BLOCKS], [0], None)
+                continue
+            out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.captured for h in heads])
+            kept += sum(h.kept_blocks for h in heads)
+            total += sum(h.dense_blocks for h in heads)
+        stats: dict = {"auto": {"density_budget": self.density, "density": round(kept / max(total, 1), 4),
+                                "unprofiled": skipped}}
+        if profiles:
+            w, _ = uniform_layout(profiles, causal, self.density)
+            stats["auto"]["uniform_baseline_local_blocks"] = w
+            mean = [h.captured for heads in chosen.values() for h in heads]
+            stats["auto"]["mean_captured_mass"] = round(float(np.mean(mean)), 4)
+        return out, stats
 
     def _sampled_masks(self, model: ir.Model, matches: list[AttentionMatch], ctx: PassContext) -> dict:
         dynamic = []
@@ -95,3 +142,8 @@ class SparseAttentionPass(Pass):
         # A removable mask is exactly "causal" (or nothing): the op's own causal flag replaces it.
         keep = not (facts.removable and causal == facts.causal)
         return causal, keep, facts.evidence
+
+
+def _one_or_all(values: list[int]) -> int | list[int]:
+    """One value when every head has it (the manifest stays short), else the per-head list."""
+    return values[0] if len(set(values)) == 1 else list(values)

@@ -53,7 +53,14 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             "--attention",
             metavar="LAYOUT",
             help="rewrite attention blocks to block-sparse attention with a static layout, e.g. "
-            "local:256,sinks:4 (window and sink tokens, rounded up to 64-token blocks) or dense",
+            "local:256,sinks:4 (window and sink tokens, rounded up to 64-token blocks), dense, or auto "
+            "(a layout per head from the --calib data, keeping --density of the blocks)",
+        )
+        g.add_argument(
+            "--density",
+            type=float,
+            metavar="FRACTION",
+            help="with --attention=auto: fraction of the attention blocks to keep over all heads (default 0.25)",
         )
     g.add_argument(
         "--calib",
@@ -72,6 +79,8 @@ TECHNIQUE_FLAGS = (
     ("--moe", "moe"),
     ("--criterion", "criterion"),
     ("--min-fidelity", "min_fidelity"),
+    ("--attention", "attention"),
+    ("--density", "density"),
 )
 
 
@@ -104,6 +113,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             criterion=args.criterion,
             min_fidelity=args.min_fidelity,
             attention=args.attention,
+            density=args.density,
             moe=args.moe,
         )
     return None

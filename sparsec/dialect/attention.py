@@ -14,8 +14,9 @@ layout of head h:
   query's block (causal), or within distance W - 1 of it either side (non-causal);
 - `sink_blocks[h] = S`: the first S key blocks (attention sinks / global tokens);
 - or an explicit `block_mask` tensor [H or 1, query blocks, key blocks] instead of both.
-A list of one value applies to every head. Rows with no allowed key are undefined: layouts
-from the pass always keep the query's own block.
+A list of one value applies to every head. A row with no allowed key (or whose allowed keys
+the bias masks with -inf, e.g. a padding position whose own block is all padding) outputs
+zeros, as FlashAttention-style kernels do; layouts from the pass always keep the query's own block.
 """
 
 from __future__ import annotations

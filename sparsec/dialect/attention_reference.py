@@ -2,7 +2,8 @@
 
 The layout becomes a boolean mask [H or 1, Sq, Sk] computed from the run-time sequence lengths
 (Range, integer Div, comparisons; an explicit block mask is gathered by block index), the
-scores are masked with Where(-inf) before a standard Softmax. Grouped K/V heads are repeated
+scores are masked with Where(-inf) before a standard Softmax (rows left with no key
+read as zeros, as in the kernels). Grouped K/V heads are repeated
 with Unsqueeze/Expand/Reshape. Any ONNX runtime runs the result; ONNX Runtime folds the mask to
 a constant when the shapes are static.
 """
@@ -121,5 +122,7 @@ def lower_sparse_attention(node: ir.Node) -> None:
     allowed = b.op("Unsqueeze", [_layout_mask(b, layout, q, k), b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
     probs = b.op("Softmax", [masked], axis=-1)
+    # A row whose allowed keys are all masked (-inf bias) is 0/0: zeros, as the kernels give.
+    probs = b.op("Where", [b.op("IsNaN", [probs]), b.const(np.array(0.0, np.float32), "zero_prob"), probs])
     out = b.op("MatMul", [probs, vx])
     replace_value(node.outputs[0], out, drop=node)

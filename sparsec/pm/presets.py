@@ -19,6 +19,7 @@ def preset_pipeline(
     criterion: str | None = None,
     min_fidelity: float | None = None,
     attention: str | None = None,
+    density: float | None = None,
     moe: str | None = None,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
@@ -28,12 +29,15 @@ def preset_pipeline(
     chooses a pattern per layer (`allocate`) to keep a mean output cosine >= `min_fidelity`
     (default 0.99) with the most predicted speedup; it and the data-driven `criterion`s
     (wanda, sparsegpt) need calibration data. `attention` ('local:256,sinks:4', 'dense')
-    rewrites every attention block to SparseAttention with that static layout, first.
+    rewrites every attention block to SparseAttention with that static layout, first;
+    'auto' chooses a layout per head from calibration data, keeping `density` of the blocks.
     """
     spec_target = get_target(target)  # validates the name
     passes: list[str] = []
     if attention is not None and attention.strip().lower() not in ("none", ""):
-        passes.append(_attention_pass(attention))
+        passes.append(_attention_pass(attention, density))
+    elif density is not None:
+        raise OptionError("--density needs --attention=auto")
     if crop is not None and crop_ratio is not None:
         raise OptionError("give either --crop or --crop-ratio, not both")
     for flag, key, value in (("--crop", "macs", crop), ("--crop-ratio", "ratio", crop_ratio)):
@@ -63,14 +67,17 @@ def preset_pipeline(
     return parse_pipeline(",".join(passes))
 
 
-def _attention_pass(spec: str) -> str:
-    """`--attention=local:256,sinks:4` -> the sparse-attention pass text ('auto' needs the
-    calibrated per-head layouts, which do not exist yet)."""
+def _attention_pass(spec: str, density: float | None) -> str:
+    """`--attention=local:256,sinks:4` / `--attention=auto --density=0.25` -> the pass text."""
     from sparsec.passes.attention.layout_spec import parse_layout
 
     text = spec.strip().lower()
     if text == "auto":
-        raise OptionError("--attention=auto (per-head calibrated layouts) is not implemented yet; "
-                          "give a static layout such as local:256,sinks:4")
+        value = 0.25 if density is None else density
+        if not 0.0 < value <= 1.0:
+            raise OptionError(f"--density={value}: expected a fraction of the attention blocks in (0, 1] (e.g. 0.25)")
+        return f"sparse-attention{{layout=auto density={value}}}"
+    if density is not None:
+        raise OptionError("--density needs --attention=auto (a static layout fixes its own density)")
     parse_layout(text)  # one-line OptionError on bad text
     return f"sparse-attention{{layout='{text}'}}"
