@@ -69,22 +69,22 @@ def tokenize(sentences: list[str], seq_len: int = SEQ_LEN) -> dict[str, np.ndarr
     return {name: enc[name].astype(np.int64) for name in INPUT_NAMES}
 
 
-def minilm_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def minilm_inputs(batch: int, seq_len: int = SEQ_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """Real sentences as example inputs (the first `batch` evaluation sentences)."""
     from .sentences import sentence_split
 
     _, sentences = sentence_split(0, batch)
-    feeds = tokenize(sentences)
+    feeds = tokenize(sentences, seq_len)
     return torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
 
 
-def export_minilm_ir(batch: int = 2, *, static: bool = False):  # noqa: ANN201  (an onnx_ir.Model)
-    """The encoder as an `onnx_ir.Model` with seq fixed at SEQ_LEN and a dynamic batch dim,
-    or (`static`) the batch fixed at `batch`, as a default export leaves it."""
+def export_minilm_ir(batch: int = 2, *, static: bool = False, seq_len: int = SEQ_LEN):  # noqa: ANN201  (an onnx_ir.Model)
+    """The encoder as an `onnx_ir.Model` with seq fixed at `seq_len` (up to 512) and a dynamic
+    batch dim, or (`static`) the batch fixed at `batch`, as a default export leaves it."""
     from sparsec.ir.torch_cleanup import cleanup
 
     model = build_minilm()
-    args = minilm_inputs(batch if static else max(batch, 2))
+    args = minilm_inputs(batch if static else max(batch, 2), seq_len)
     batch_dim = torch.export.Dim("batch")
     program = torch.onnx.export(
         model,

@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 import sparsec
 from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
+from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.bench import time_side_by_side
 from sparsec.calib.data import CalibrationData, model_batch_size
@@ -174,6 +175,10 @@ def compile_model(
     if crop is not None:
         files["crop.png"] = crop
         manifest["files"].append("crop.png")
+    layouts = attention_layout_plot(ctx.decisions)
+    if layouts is not None:
+        files["attention_layouts.png"] = layouts
+        manifest["files"].append("attention_layouts.png")
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files, verdict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsec.attention_plot import attention_report
 from sparsec.passes.structural.crop_report import crop_table
 from sparsec.plots import quality_report
 
@@ -77,6 +78,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         )
     lines += crop_table(manifest["decisions"])
     lines += quality_report(manifest)
+    lines += attention_report(manifest)
     if "crop.png" in manifest["files"]:
         lines += ["", "![channels per coupled group](crop.png)"]
     skipped = [d for d in manifest["decisions"] if d.get("decision") == "skip"]

@@ -1,11 +1,11 @@
 """Per-head layouts under a density budget, chosen from calibration profiles (MoA-style).
 
 Every head of every attention block is an item of the shared allocator: its options are
-the dense layout (do nothing) and each candidate (local window W blocks, S sink blocks);
-an option's damage is the softmax mass it drops (1 - captured, from `head_profile`), its
-benefit the block pairs it skips. `meet_benefit` then keeps the most mass while skipping
-(1 - density) of all block pairs, so heads that look far get wide windows and heads that
-look near get narrow ones, instead of one window for all.
+the dense layout (do nothing) and each candidate (local window W blocks, S sink blocks) of
+its profile; an option's damage is the head's relative output error under it
+(`head_profile`), its benefit the block pairs it skips. `meet_benefit` then keeps the
+least total error while skipping (1 - density) of all block pairs, so heads that need far
+keys get wide windows and heads that look near get narrow ones, instead of one window for all.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsec.allocator import LayerOptions, meet_benefit
-from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout
 from sparsec.passes.attention.head_profile import HeadProfile
-
-SINK_CANDIDATES = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -26,82 +23,46 @@ class HeadLayout:
     local: int  # blocks, or ALL_BLOCKS
     sinks: int
     captured: float  # fraction of the dense softmax mass kept on calibration data
+    error: float  # relative squared output error of the head on calibration data
     kept_blocks: int
     dense_blocks: int
 
 
-def window_candidates(nk: int) -> list[int]:
-    """Local windows in blocks: 1, 2, 3, 4, 6, 8, 12, ... below nk (every key block)."""
-    out, w = [], 1
-    while w < nk:
-        out.append(w)
-        w = w + 1 if w < 4 else int(round(w * 1.5))
-    return out
-
-
-def allowed_blocks(local: int, sinks: int, causal: bool, block: int, nk: int) -> np.ndarray:
-    return BlockLayout(block, causal, (local,), (sinks,)).block_allowed(0, nk, nk, 0)
-
-
-def _options(profile: HeadProfile, causal: bool) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate (local, sinks) pairs with the first one dense: per-head captured mass
-    [H, options], kept block pairs [options] (over query blocks that hold rows)."""
-    nk = profile.mass.shape[1]
-    present = profile.rows > 0
-    cands: list[tuple[int, int]] = [(ALL_BLOCKS, 0)]
-    seen: set[bytes] = set()
-    allowed_sets = [allowed_blocks(ALL_BLOCKS, 0, causal, profile.block, nk)]
-    seen.add((allowed_sets[0] & present[:, None]).tobytes())
-    for w in window_candidates(nk):
-        for s in SINK_CANDIDATES:
-            a = allowed_blocks(w, s, causal, profile.block, nk)
-            key = (a & present[:, None]).tobytes()
-            if key in seen:  # same blocks as an earlier candidate
-                continue
-            seen.add(key)
-            cands.append((w, s))
-            allowed_sets.append(a)
-    captured = np.stack([profile.captured(a[None]) for a in allowed_sets], axis=1)
-    kept = np.array([int((a & present[:, None]).sum()) for a in allowed_sets])
-    return cands, captured, kept, allowed_sets[0]
-
-
-def choose_layouts(profiles: dict[str, HeadProfile], causal: dict[str, bool], density: float) -> dict[str, list[HeadLayout]]:
+def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str, list[HeadLayout]]:
     """Per block name: one HeadLayout per head, together keeping about `density` of the
     block pairs of all heads and blocks (the allocator's price search stops at the first
     choice that skips at least 1 - density; the narrowest candidates bound how low it goes)."""
     items: list[LayerOptions] = []
-    index: list[tuple[str, int, list[tuple[int, int]], np.ndarray, np.ndarray]] = []
-    total_dense = 0
+    index: list[tuple[str, int]] = []
     for name, prof in profiles.items():
-        cands, captured, kept, _ = _options(prof, causal[name])
-        for h in range(captured.shape[0]):
-            damage = np.maximum(captured[h, 0] - captured[h], 0.0)
-            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}" for w, s in cands], damage,
-                                      (kept[0] - kept).astype(np.float64)))
-            index.append((name, h, cands, captured[h], kept))
-            total_dense += int(kept[0])
-    budget = (1.0 - density) * total_dense
-    picks = meet_benefit(items, budget) if density < 1.0 else [0] * len(items)
+        benefit = (prof.kept[0] - prof.kept).astype(np.float64)
+        for h in range(prof.error.shape[0]):
+            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}" for w, s in prof.layouts],
+                                      np.maximum(prof.error[h], 0.0), benefit))
+            index.append((name, h))
+    total_dense = sum(int(p.kept[0]) * p.error.shape[0] for p in profiles.values())
+    picks = meet_benefit(items, (1.0 - density) * total_dense) if density < 1.0 else [0] * len(items)
     out: dict[str, list[HeadLayout]] = {name: [] for name in profiles}
-    for (name, _h, cands, cap, kept), pick in zip(index, picks, strict=True):
-        w, s = cands[pick]
-        out[name].append(HeadLayout(w, s, float(cap[pick] / max(cap[0], 1e-12)), int(kept[pick]), int(kept[0])))
+    for (name, h), pick in zip(index, picks, strict=True):
+        prof = profiles[name]
+        w, s = prof.layouts[pick]
+        out[name].append(HeadLayout(w, s, float(prof.captured[h, pick]), float(prof.error[h, pick]),
+                                    int(prof.kept[pick]), int(prof.kept[0])))
     return out
 
 
-def uniform_layout(profiles: dict[str, HeadProfile], causal: dict[str, bool], density: float) -> tuple[int, int]:
-    """The one (local, sinks=0) window for every head whose total density is closest to
-    `density` without exceeding it (the baseline `auto` has to beat)."""
-    best = (1, 0)
-    for w in window_candidates(max(p.mass.shape[1] for p in profiles.values())) or [1]:
+def uniform_window(profiles: dict[str, HeadProfile], density: float) -> int:
+    """The widest single window (no sinks) for every head whose total density stays within
+    `density` (the baseline `auto` has to beat at equal density)."""
+    best = 1
+    widths = sorted({w for p in profiles.values() for w, s in p.layouts if s == 0 and w > 0})
+    for w in widths:
         kept = total = 0
-        for name, prof in profiles.items():
-            _, _, k, _ = _options(prof, causal[name])
-            nk = prof.mass.shape[1]
-            a = allowed_blocks(w, 0, causal[name], prof.block, nk) & (prof.rows > 0)[:, None]
-            kept += int(a.sum()) * prof.mass.shape[0]
-            total += int(k[0]) * prof.mass.shape[0]
+        for prof in profiles.values():
+            heads = prof.error.shape[0]
+            i = prof.layouts.index((w, 0)) if (w, 0) in prof.layouts else 0
+            kept += int(prof.kept[i]) * heads
+            total += int(prof.kept[0]) * heads
         if kept <= density * total:
-            best = (w, 0)
+            best = w
     return best

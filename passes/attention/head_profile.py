@@ -1,9 +1,13 @@
-"""Per-head attention profiles on calibration data: how much softmax mass falls in each block.
+"""Per-head attention profiles on calibration data: what each candidate layout would cost.
 
-The `auto` layouts (MoA-style) are chosen from these profiles: a layout keeps a set of
-(query block, key block) pairs, and the mass it captures is the softmax mass those pairs
-held in the dense model. The mass is read from each block's own Softmax output, so every
-mask the export applies (padding, causal, T5 position bias) is already in it.
+The `auto` layouts (MoA-style) are chosen from these profiles. For every head and every
+candidate layout (local window W blocks + S sink blocks) the profile holds:
+- the softmax mass the layout keeps (what the dense head spent on the blocks it keeps), and
+- the relative output error of the head restricted to the layout (softmax renormalised
+  over the kept keys, as the op computes it): sum ||O' - O||^2 / sum ||O||^2 over rows.
+The error is what the allocator minimises: a diffuse head loses much mass to a narrow
+window yet averages similar values, so mass alone overrates it. Both are read from each
+block's own Softmax output and V, so every mask the export applies is already in them.
 """
 
 from __future__ import annotations
@@ -16,41 +20,67 @@ import onnx_ir as ir
 
 from sparsec.calib.data import CalibrationData
 from sparsec.calib.runner import CalibrationRunner
+from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout
 from sparsec.passes.attention.match import AttentionMatch
 
 log = logging.getLogger("sparsec.passes.attention")
 
+SINK_CANDIDATES = (0, 1, 2)
+
+
+def window_candidates(nk: int) -> list[int]:
+    """Local windows in blocks: 1, 2, 3, 4, 6, 9, 14, ... below nk (every key block)."""
+    out, w = [], 1
+    while w < nk:
+        out.append(w)
+        w = w + 1 if w < 4 else int(round(w * 1.5))
+    return out
+
+
+def allowed_blocks(local: int, sinks: int, causal: bool, block: int, nk: int) -> np.ndarray:
+    """bool [nk, nk] over absolute (query block, key block) pairs."""
+    return BlockLayout(block, causal, (local,), (sinks,)).block_allowed(0, nk, nk, 0)
+
+
+def candidates(nk: int, causal: bool, block: int) -> list[tuple[int, int]]:
+    """(local, sinks) pairs, dense first, without two that keep the same blocks."""
+    out: list[tuple[int, int]] = [(ALL_BLOCKS, 0)]
+    seen = {allowed_blocks(ALL_BLOCKS, 0, causal, block, nk).tobytes()}
+    for w in window_candidates(nk):
+        for s in SINK_CANDIDATES:
+            key = allowed_blocks(w, s, causal, block, nk).tobytes()
+            if key not in seen:
+                seen.add(key)
+                out.append((w, s))
+    return out
+
 
 @dataclass(frozen=True)
 class HeadProfile:
-    """One attention block's profile.
-
-    `mass[h, qb, kb]`: softmax mass per query row of head h, summed over the keys of key
-    block kb and over the (real) query rows whose absolute position lies in block qb;
-    `rows[qb]`: how many query rows contributed to block qb. Blocks are absolute positions:
-    query row i sits at i + Sk - Sq, as in SparseAttention.
-    """
+    """One attention block's profile over `layouts` (dense first)."""
 
     name: str
     block: int
-    mass: np.ndarray  # float64 [H, nk, nk]
-    rows: np.ndarray  # float64 [nk]
-
-    def captured(self, allowed: np.ndarray) -> np.ndarray:
-        """float [H]: the fraction of each head's mass (mean over query rows) that a block
-        layout keeps; `allowed` is bool [H or 1, nk, nk] over absolute blocks."""
-        kept = (self.mass * allowed).sum(axis=(1, 2))
-        return kept / max(float(self.rows.sum()), 1.0)
+    causal: bool
+    layouts: list[tuple[int, int]]
+    captured: np.ndarray  # [H, C] fraction of the softmax mass kept
+    error: np.ndarray  # [H, C] relative squared output error
+    kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows)
 
 
 def _probabilities(x: np.ndarray, m: AttentionMatch) -> np.ndarray | None:
     """The Softmax output as [B, H, Sq, Sk], or None when its layout is not that."""
     _, heads, sq, _ = m.q_shape
-    sk = m.seq_k
-    per_sample = heads * sq * sk
-    if x.size % per_sample or x.shape[-1] != sk:
+    if x.size % (heads * sq * m.seq_k) or x.shape[-1] != m.seq_k:
         return None
-    return x.reshape(-1, heads, sq, sk)
+    return x.reshape(-1, heads, sq, m.seq_k)
+
+
+def _values(x: np.ndarray, b: int, heads: int, sk: int) -> np.ndarray | None:
+    """V as [B, H, Sk, Dv] (grouped K/V heads repeated to the query heads), or None."""
+    if x.ndim != 4 or x.shape[0] != b or x.shape[2] != sk or heads % x.shape[1]:
+        return None
+    return np.repeat(x, heads // x.shape[1], axis=1)
 
 
 def _row_weights(calib: CalibrationData, batch: dict[str, np.ndarray], b: int, sq: int) -> np.ndarray:
@@ -62,43 +92,73 @@ def _row_weights(calib: CalibrationData, batch: dict[str, np.ndarray], b: int, s
     return np.ones((b, sq))
 
 
+class _Accumulator:
+    def __init__(self, m: AttentionMatch, block: int, causal: bool) -> None:
+        self.block, self.causal = block, causal
+        self.nk = -(-m.seq_k // block)
+        self.layouts = candidates(self.nk, causal, block)
+        self.allowed = np.stack([allowed_blocks(w, s, causal, block, self.nk) for w, s in self.layouts])
+        self.mass = self.err = self.norm = None
+        self.rows = np.zeros(self.nk)
+
+    def add(self, p: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+        b, heads, sq, sk = p.shape
+        blk, nk = self.block, self.nk
+        pad = nk * blk - sk
+        pp = np.pad(p, ((0, 0), (0, 0), (0, 0), (0, pad))).reshape(b, heads, sq, nk, blk)
+        vv = np.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, heads, nk, blk, v.shape[-1])
+        y = np.einsum("bhiks,bhksd->bhikd", pp, vv, optimize=True)  # per key block: sum P V
+        mass = pp.sum(-1)  # [B, H, Sq, nk]
+        dense = y.sum(3)
+        qblock = np.clip((np.arange(sq) + sk - sq) // blk, 0, nk - 1)
+        rows_allowed = self.allowed[:, qblock, :].astype(p.dtype)  # [C, Sq, nk]
+        dense_hb = dense.transpose(1, 0, 2, 3)  # [H, B, Sq, D]
+        err = np.zeros((len(self.layouts), heads))
+        kept = np.zeros((len(self.layouts), heads))
+        for c in range(len(self.layouts)):  # one candidate at a time: memory stays ~ one head output
+            kept_mass = np.einsum("bhik,ik->hbi", mass, rows_allowed[c], optimize=True)
+            num = np.einsum("bhikd,ik->hbid", y, rows_allowed[c], optimize=True)
+            out = num / np.maximum(kept_mass, 1e-30)[..., None]
+            err[c] = (((out - dense_hb) ** 2).sum(-1) * w[None]).sum((1, 2))
+            kept[c] = (kept_mass * w[None]).sum((1, 2))
+        norm = ((dense**2).sum(-1) * w[:, None]).sum((0, 2))  # [H]
+        self.rows += np.bincount(qblock, weights=w.sum(0), minlength=nk)
+        if self.err is None:
+            self.err, self.norm, self.mass = err, norm, kept
+        else:
+            self.err, self.norm, self.mass = self.err + err, self.norm + norm, self.mass + kept
+
+    def profile(self, name: str) -> HeadProfile:
+        present = self.rows > 0
+        kept = np.array([int((a & present[:, None]).sum()) for a in self.allowed])
+        total_rows = max(float(self.rows.sum()), 1.0)
+        return HeadProfile(name, self.block, self.causal, self.layouts, (self.mass / total_rows).T,
+                           (self.err / np.maximum(self.norm, 1e-30)[None]).T, kept)
+
+
 def profile_heads(
-    model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int, *, threads: int = 2
+    model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int,
+    causal: dict[str, bool], *, threads: int = 2,
 ) -> tuple[dict[str, HeadProfile], dict[str, str]]:
     """Profiles of `matches` over the calibration batches (one run of the model computing
-    every block's Softmax output), and per unprofiled block the reason."""
-    names = {m.name: m.softmax.outputs[0].name for m in matches}
+    every block's Softmax output and V), and per unprofiled block the reason."""
+    wanted = {m.name: (m.softmax.outputs[0].name, m.v.name) for m in matches}
+    names = sorted({n for pair in wanted.values() for n in pair})
     runner = CalibrationRunner(model, calib, threads=threads)
-    acc: dict[str, list[np.ndarray]] = {}
+    acc = {m.name: _Accumulator(m, block, causal[m.name]) for m in matches}
     skipped: dict[str, str] = {}
-    batches = runner.batches()
-    total = calib.num_samples
     done = 0
-    for batch, outs in zip(batches, runner.values(list(names.values())), strict=False):
+    for batch, outs in zip(runner.batches(), runner.values(names), strict=False):
         for m in matches:
             if m.name in skipped:
                 continue
-            p = _probabilities(outs[names[m.name]], m)
-            if p is None:
-                skipped[m.name] = f"softmax output shape {list(outs[names[m.name]].shape)} is not [B, heads, q, k]"
+            p = _probabilities(outs[wanted[m.name][0]], m)
+            v = None if p is None else _values(outs[wanted[m.name][1]], p.shape[0], p.shape[1], p.shape[3])
+            if p is None or v is None:
+                skipped[m.name] = "softmax output or V is not [batch, heads, q, k] / [batch, heads, k, dim]"
                 continue
-            b, heads, sq, sk = p.shape
-            nk = -(-sk // block)
-            pad = nk * block - sk
-            keys = np.pad(p, ((0, 0), (0, 0), (0, 0), (0, pad))).reshape(b, heads, sq, nk, block).sum(-1)
-            w = _row_weights(calib, batch, b, sq)
-            qblock = (np.arange(sq) + sk - sq) // block  # absolute block of each query row
-            onehot = np.zeros((sq, nk))
-            onehot[np.arange(sq), np.clip(qblock, 0, nk - 1)] = 1.0
-            # mass[h, qb, kb] += sum_b sum_i w[b, i] * onehot[i, qb] * keys[b, h, i, kb]
-            mass = np.einsum("bi,iq,bhik->hqk", w, onehot, keys.astype(np.float64), optimize=True)
-            rows = (w.sum(0)[:, None] * onehot).sum(0)
-            if m.name in acc:
-                acc[m.name][0] += mass
-                acc[m.name][1] += rows
-            else:
-                acc[m.name] = [mass, rows]
+            acc[m.name].add(p.astype(np.float64), v.astype(np.float64), _row_weights(calib, batch, p.shape[0], p.shape[2]))
         done += len(next(iter(batch.values())))
-        log.info("attention profile: %d/%d calibration samples", min(done, total), total)
-    profiles = {name: HeadProfile(name, block, a[0], a[1]) for name, a in acc.items()}
+        log.info("attention profile: %d/%d calibration samples", min(done, calib.num_samples), calib.num_samples)
+    profiles = {name: a.profile(name) for name, a in acc.items() if name not in skipped and a.err is not None}
     return profiles, skipped

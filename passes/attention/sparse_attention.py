@@ -59,12 +59,12 @@ class SparseAttentionPass(Pass):
             per_head, auto_stats = self._auto_layouts(model, matches, decisions, ctx)
         else:
             local, sinks = parse_layout(self.layout).blocks(self.block)
-            per_head = {m.name: ([local], [sinks], None) for m in matches}
+            per_head = {m.name: ([local], [sinks], None, None) for m in matches}
             auto_stats = {}
         blocks = []
         for m in matches:
             causal, keep_bias, evidence = decisions[m.name]
-            local_blocks, sink_blocks, captured = per_head[m.name]
+            local_blocks, sink_blocks, captured, errors = per_head[m.name]
             layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks))
             density = layout.density(m.heads if len(local_blocks) > 1 else 1, m.q_shape[2], m.seq_k)
             rewrite(model, m, block=self.block, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
@@ -72,12 +72,16 @@ class SparseAttentionPass(Pass):
             info = {"block": m.name, "shape": m.summary(), "causal": causal, "mask": evidence,
                     "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
                     "sink_blocks": _one_or_all(sink_blocks), "density": round(density, 4)}
-            if captured is not None:
+            if captured is not None and errors is not None:
                 info["captured_mass"] = [round(c, 4) for c in captured]
+                info["head_error"] = [round(e, 5) for e in errors]
             blocks.append(info)
             ctx.record(self.name, m.name, decision=f"SparseAttention block={self.block} "
                        f"local={_one_or_all(local_blocks)} sinks={_one_or_all(sink_blocks)} causal={int(causal)}",
-                       density=round(density, 4), **({"captured_mass": info["captured_mass"]} if captured else {}))
+                       density=round(density, 4), block=self.block, causal=causal, heads=m.heads,
+                       query_len=m.q_shape[2], key_len=m.seq_k, local_blocks=list(local_blocks),
+                       sink_blocks=list(sink_blocks),
+                       **({k: info[k] for k in ("captured_mass", "head_error")} if captured else {}))
         if matches:
             model.opset_imports.setdefault(DOMAIN, 1)
             RemoveUnusedNodesPass()(model)
@@ -86,34 +90,35 @@ class SparseAttentionPass(Pass):
         return PassResult(changed=bool(matches), stats=stats)
 
     def _auto_layouts(self, model: ir.Model, matches: list[AttentionMatch], decisions: dict, ctx: PassContext
-                      ) -> tuple[dict[str, tuple[list[int], list[int], list[float] | None]], dict]:
+                      ) -> tuple[dict[str, tuple[list[int], list[int], list[float] | None, list[float] | None]], dict]:
         """Per block: (local_blocks, sink_blocks, captured mass) per head, profiled on the
         calibration data and allocated under `density` over all heads."""
         from sparsec.calib.stats import require_calibration
-        from sparsec.passes.attention.auto_layout import choose_layouts, uniform_layout
+        from sparsec.passes.attention.auto_layout import choose_layouts, uniform_window
         from sparsec.passes.attention.head_profile import profile_heads
 
         calib = require_calibration(ctx, "sparse-attention{layout=auto}")
-        profiles, skipped = profile_heads(model, matches, calib, self.block)
-        causal = {name: decisions[name][0] for name in profiles}
-        chosen = choose_layouts(profiles, causal, self.density) if profiles else {}
-        out: dict[str, tuple[list[int], list[int], list[float] | None]] = {}
+        causal = {m.name: decisions[m.name][0] for m in matches}
+        profiles, skipped = profile_heads(model, matches, calib, self.block, causal)
+        chosen = choose_layouts(profiles, self.density) if profiles else {}
+        out: dict[str, tuple[list[int], list[int], list[float] | None, list[float] | None]] = {}
         kept = total = 0
         for m in matches:
             heads = chosen.get(m.name)
             if heads is None:  # not profiled: stays dense, with the reason in the stats
-                out[m.name] = ([ALL_BLOCKS], [0], None)
+                out[m.name] = ([ALL_BLOCKS], [0], None, None)
                 continue
-            out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.captured for h in heads])
+            out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.captured for h in heads],
+                           [h.error for h in heads])
             kept += sum(h.kept_blocks for h in heads)
             total += sum(h.dense_blocks for h in heads)
         stats: dict = {"auto": {"density_budget": self.density, "density": round(kept / max(total, 1), 4),
                                 "unprofiled": skipped}}
         if profiles:
-            w, _ = uniform_layout(profiles, causal, self.density)
-            stats["auto"]["uniform_baseline_local_blocks"] = w
-            mean = [h.captured for heads in chosen.values() for h in heads]
-            stats["auto"]["mean_captured_mass"] = round(float(np.mean(mean)), 4)
+            stats["auto"]["uniform_baseline_local_blocks"] = uniform_window(profiles, self.density)
+            heads = [h for layouts in chosen.values() for h in layouts]
+            stats["auto"]["mean_captured_mass"] = round(float(np.mean([h.captured for h in heads])), 4)
+            stats["auto"]["mean_head_error"] = round(float(np.mean([h.error for h in heads])), 5)
         return out, stats
 
     def _sampled_masks(self, model: ir.Model, matches: list[AttentionMatch], ctx: PassContext) -> dict:

@@ -10,48 +10,66 @@ import pytest
 
 from sparsec.cli.main import main
 from sparsec.dialect.attention import ALL_BLOCKS
-from sparsec.passes.attention.auto_layout import (
-    allowed_blocks,
-    choose_layouts,
-    uniform_layout,
+from sparsec.passes.attention.auto_layout import choose_layouts, uniform_window
+from sparsec.passes.attention.head_profile import (
+    HeadProfile,
+    _Accumulator,
+    candidates,
     window_candidates,
 )
-from sparsec.passes.attention.head_profile import HeadProfile
+from sparsec.passes.attention.match import AttentionMatch
+
+
+def _match(heads: int, seq: int) -> AttentionMatch:
+    return AttentionMatch("blk", None, None, None, None, None, None, 1.0, q_shape=(1, heads, seq, 8), kv_heads=heads,
+                          seq_k=seq)  # type: ignore[arg-type]
 
 
 def _profile(nk: int, block: int = 4) -> HeadProfile:
-    """Two causal heads over nk blocks: head 0 reads only its own block, head 1 only block 0
-    (an attention sink); one row of mass per query block row."""
-    rows = np.full(nk, float(block))
-    mass = np.zeros((2, nk, nk))
-    for q in range(nk):
-        mass[0, q, q] = block
-        mass[1, q, 0] = block
-    return HeadProfile("blk", block, mass, rows)
+    """Two causal heads: head 0 attends only to its own key, head 1 only to key 0 (a sink);
+    every value row is distinct, so a layout that drops the attended key changes the output."""
+    seq = nk * block
+    p = np.zeros((1, 2, seq, seq))
+    p[0, 0, np.arange(seq), np.arange(seq)] = 1.0
+    p[0, 1, :, 0] = 1.0
+    p[0, 1, :, :] = 0.99 * p[0, 1] + 0.01 * np.tril(np.ones((seq, seq))) / np.arange(1, seq + 1)[:, None]
+    v = np.random.default_rng(0).standard_normal((1, 2, seq, 8))
+    acc = _Accumulator(_match(2, seq), block, True)
+    acc.add(p, v, np.ones((1, seq)))
+    return acc.profile("blk")
 
 
 def test_window_candidates_grow_and_stay_below_all_blocks() -> None:
     assert window_candidates(1) == []
     c = window_candidates(40)
     assert c[:4] == [1, 2, 3, 4] and all(a < b for a, b in zip(c, c[1:], strict=False)) and c[-1] < 40
+    assert candidates(6, True, 4)[0] == (ALL_BLOCKS, 0)
+
+
+def test_profile_error_is_zero_for_dense_and_for_layouts_that_keep_the_attended_keys() -> None:
+    prof = _profile(8)
+    assert np.allclose(prof.error[:, 0], 0.0) and np.allclose(prof.captured[:, 0], 1.0)
+    local1 = prof.layouts.index((1, 0))
+    sink1 = prof.layouts.index((1, 1))
+    assert prof.error[0, local1] < 1e-12  # the diagonal head keeps its key
+    assert prof.error[1, local1] > 0.1 and prof.error[1, sink1] < 0.01  # the sink head needs block 0
 
 
 def test_auto_gives_each_head_the_blocks_it_reads() -> None:
     prof = _profile(8)
-    layouts = choose_layouts({"blk": prof}, {"blk": True}, density=0.35)["blk"]
+    layouts = choose_layouts({"blk": prof}, density=0.35)["blk"]
     near, sink = layouts
-    assert near.local == 1 and near.captured == pytest.approx(1.0)
-    assert sink.sinks >= 1 and sink.captured == pytest.approx(1.0)
+    assert near.local == 1 and near.error < 1e-12
+    assert sink.sinks >= 1 and sink.error < 0.01
     kept = sum(h.kept_blocks for h in layouts)
     assert kept <= 0.35 * sum(h.dense_blocks for h in layouts) + 1e-9
     # One window for both heads at that density cannot serve the sink head.
-    w, s = uniform_layout({"blk": prof}, {"blk": True}, 0.35)
-    uniform = prof.captured(allowed_blocks(w, s, True, 4, 8)[None])
-    assert uniform[1] < 0.5 and min(h.captured for h in layouts) > uniform[1]
+    w = uniform_window({"blk": prof}, 0.35)
+    assert prof.error[1, prof.layouts.index((w, 0))] > 10 * sink.error
 
 
 def test_density_one_keeps_everything_dense() -> None:
-    layouts = choose_layouts({"blk": _profile(6)}, {"blk": True}, density=1.0)["blk"]
+    layouts = choose_layouts({"blk": _profile(6)}, density=1.0)["blk"]
     assert [(h.local, h.sinks) for h in layouts] == [(ALL_BLOCKS, 0), (ALL_BLOCKS, 0)]
 
 
@@ -73,10 +91,15 @@ def test_compile_auto_layout_records_per_head_choices(hf_export, tmp_path, capsy
     assert 0.0 < auto["density"] <= 0.5 and auto["unprofiled"] == {}
     for block in stats["stats"]["rewritten"]:
         assert len(block["captured_mass"]) == 4 and all(0.0 < c <= 1.0 + 1e-6 for c in block["captured_mass"])
+        assert len(block["head_error"]) == 4 and all(e >= 0.0 for e in block["head_error"])
     fid = stats["fidelity"]
     assert np.isfinite(fid["max_abs"]) and fid["worst_cosine"] > 0.5  # no NaN from rows left without keys
     ops = {(n.domain, n.op_type) for n in onnx.load(out / "model.onnx").graph.node}
     assert ("com.sparsec.kernels", "SparseAttention") in ops
+    # The report draws the layouts and tabulates them per attention block.
+    assert (out / "attention_layouts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "## Sparse attention" in report and "![attention layouts](attention_layouts.png)" in report
 
 
 @pytest.mark.parametrize(
