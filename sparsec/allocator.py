@@ -51,11 +51,14 @@ def _totals(options: list[LayerOptions], picks: list[int]) -> tuple[float, float
 
 
 def _lambda_range(options: list[LayerOptions]) -> float:
-    # Above this price every layer takes its largest-benefit finite option.
-    ratios = [
-        float(np.max(o.damage[np.isfinite(o.damage)] / np.maximum(o.benefit[np.isfinite(o.damage)], 1e-30)))
-        for o in options
-    ]
+    # Above this price every layer takes its largest-benefit finite option. Options with no
+    # benefit never win at a positive price, so they do not set the range (a tiny damage
+    # over a zero benefit would push it to ~1e30 and starve the bisection).
+    ratios = []
+    for o in options:
+        useful = np.isfinite(o.damage) & (o.benefit > 0)
+        if useful.any():
+            ratios.append(float(np.max(o.damage[useful] / o.benefit[useful])))
     return max(ratios + [1.0]) * 10.0
 
 

@@ -37,8 +37,9 @@ def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str
     for name, prof in profiles.items():
         benefit = (prof.kept[0] - prof.kept).astype(np.float64)
         for h in range(prof.error.shape[0]):
-            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}" for w, s in prof.layouts],
-                                      np.maximum(prof.error[h], 0.0), benefit))
+            # A candidate that skips nothing (it covers every block with rows) is dense in effect.
+            damage = np.where((benefit > 0) | (np.arange(len(benefit)) == 0), np.maximum(prof.error[h], 0.0), np.inf)
+            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}" for w, s in prof.layouts], damage, benefit))
             index.append((name, h))
     total_dense = sum(int(p.kept[0]) * p.error.shape[0] for p in profiles.values())
     picks = meet_benefit(items, (1.0 - density) * total_dense) if density < 1.0 else [0] * len(items)
