@@ -109,19 +109,25 @@ class _Accumulator:
         vv = np.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(b, heads, nk, blk, v.shape[-1])
         y = np.einsum("bhiks,bhksd->bhikd", pp, vv, optimize=True)  # per key block: sum P V
         mass = pp.sum(-1)  # [B, H, Sq, nk]
-        dense = y.sum(3)
+        dense = y.sum(3)  # [B, H, Sq, D]
         qblock = np.clip((np.arange(sq) + sk - sq) // blk, 0, nk - 1)
-        rows_allowed = self.allowed[:, qblock, :].astype(p.dtype)  # [C, Sq, nk]
-        dense_hb = dense.transpose(1, 0, 2, 3)  # [H, B, Sq, D]
+        allowed = self.allowed.astype(p.dtype)  # [C, nk(query), nk(key)]
         err = np.zeros((len(self.layouts), heads))
         kept = np.zeros((len(self.layouts), heads))
-        for c in range(len(self.layouts)):  # one candidate at a time: memory stays ~ one head output
-            kept_mass = np.einsum("bhik,ik->hbi", mass, rows_allowed[c], optimize=True)
-            num = np.einsum("bhikd,ik->hbid", y, rows_allowed[c], optimize=True)
-            out = num / np.maximum(kept_mass, 1e-30)[..., None]
-            err[c] = (((out - dense_hb) ** 2).sum(-1) * w[None]).sum((1, 2))
-            kept[c] = (kept_mass * w[None]).sum((1, 2))
-        norm = ((dense**2).sum(-1) * w[:, None]).sum((0, 2))  # [H]
+        # Rows of one query block share every candidate's allowed key blocks: one GEMM per
+        # query block gives all candidates' renormalised outputs at once.
+        for qb in np.unique(qblock):
+            rows = np.flatnonzero(qblock == qb)
+            a = allowed[:, qb, :]  # [C, nk]
+            yq = y[:, :, rows]  # [B, H, R, nk, D]
+            num = np.einsum("ck,bhrkd->cbhrd", a, yq, optimize=True)
+            km = np.einsum("ck,bhrk->cbhr", a, mass[:, :, rows], optimize=True)
+            out = num / np.maximum(km, 1e-30)[..., None]
+            wr = w[:, rows][None, :, None, :]  # [1, B, 1, R]
+            sq_err = ((out - dense[None, :, :, rows]) ** 2).sum(-1)  # [C, B, H, R]
+            err += (sq_err * wr).sum((1, 3), dtype=np.float64)
+            kept += (km * wr).sum((1, 3), dtype=np.float64)
+        norm = ((dense.astype(np.float64) ** 2).sum(-1) * w[:, None]).sum((0, 2))  # [H]
         self.rows += np.bincount(qblock, weights=w.sum(0), minlength=nk)
         if self.err is None:
             self.err, self.norm, self.mass = err, norm, kept
@@ -157,7 +163,7 @@ def profile_heads(
             if p is None or v is None:
                 skipped[m.name] = "softmax output or V is not [batch, heads, q, k] / [batch, heads, k, dim]"
                 continue
-            acc[m.name].add(p.astype(np.float64), v.astype(np.float64), _row_weights(calib, batch, p.shape[0], p.shape[2]))
+            acc[m.name].add(p.astype(np.float32), v.astype(np.float32), _row_weights(calib, batch, p.shape[0], p.shape[2]))
         done += len(next(iter(batch.values())))
         log.info("attention profile: %d/%d calibration samples", min(done, calib.num_samples), calib.num_samples)
     profiles = {name: a.profile(name) for name, a in acc.items() if name not in skipped and a.err is not None}
