@@ -94,10 +94,15 @@ def run_emulated(argv: Sequence[str], *, lib_dirs: Sequence[Path] = (), **kwargs
     return subprocess.run([qemu(), *argv], env=env, **kwargs)
 
 
-def popen_emulated(argv: Sequence[str], *, lib_dirs: Sequence[Path] = (), **kwargs) -> subprocess.Popen:
+def popen_emulated(argv: Sequence[str], *, lib_dirs: Sequence[Path] = (), guest_env: dict[str, str] | None = None,
+                   **kwargs) -> subprocess.Popen:
+    """Start an aarch64 program under qemu; `guest_env` is set for the program only (QEMU_SET_ENV),
+    so LD_PRELOAD of an aarch64 library never reaches a dynamically linked qemu itself."""
     env = dict(os.environ, QEMU_LD_PREFIX=str(SYSROOT))
     if lib_dirs:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in lib_dirs)
+    if guest_env:
+        env["QEMU_SET_ENV"] = ",".join(f"{k}={v}" for k, v in guest_env.items())
     return subprocess.Popen([qemu(), *argv], env=env, **kwargs)
 
 
@@ -205,8 +210,37 @@ def tvm_runner(runtime_dir: Path) -> Path:
     return exe
 
 
+def ort_runner(ort_dir: Path) -> Path:
+    """kernels/ort_arm/ort_runner.c linked against the aarch64 libonnxruntime.so in `ort_dir`."""
+    require(need_qemu=False)
+    src = Path(__file__).resolve().parent / "ort_arm" / "ort_runner.c"
+    lib = ort_dir / "libonnxruntime.so.1"
+    out_dir = cache_root() / "bin" / _key(C_FLAGS, _compiler_version(cc()), files=[src, lib])
+    exe = out_dir / "sparsec_ort_runner"
+    if not exe.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".sparsec_ort_runner.{os.getpid()}"
+        _check([cc(), "-std=c11", "-O2", str(src), "-o", str(tmp), str(lib), "-Wl,-rpath,$ORIGIN"])
+        _publish(tmp, exe)
+    return exe
+
+
+def qemu_cpuinfo_shim() -> Path:
+    """kernels/ort_arm/qemu_cpuinfo_shim.c as an aarch64 LD_PRELOAD library (ORT under qemu only)."""
+    require(need_qemu=False)
+    src = Path(__file__).resolve().parent / "ort_arm" / "qemu_cpuinfo_shim.c"
+    out_dir = cache_root() / "obj" / _key(C_FLAGS, _compiler_version(cc()), files=[src])
+    lib = out_dir / "qemu_cpuinfo_shim.so"
+    if not lib.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".qemu_cpuinfo_shim.{os.getpid()}"
+        _check([cc(), "-shared", "-fPIC", "-O2", str(src), "-o", str(tmp), "-ldl"])
+        _publish(tmp, lib)
+    return lib
+
+
 __all__ = [
     "KERNEL_LIBRARY", "TRIPLE", "CrossToolchainError", "cache_root", "cc", "cxx", "kernel_library",
-    "kernel_objects", "popen_emulated", "problem", "qemu", "require", "run_emulated", "tvm_ops_object",
+    "kernel_objects", "ort_runner", "popen_emulated", "qemu_cpuinfo_shim", "problem", "qemu", "require", "run_emulated", "tvm_ops_object",
     "tvm_runner",
 ]

@@ -100,11 +100,11 @@ class TvmArm64Backend(Backend):
             }
 
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
-        from sparsec.backends.tvm_arm64.qemu_runner import EmulatedLibrary
+        from sparsec.backends.tvm_arm64.emulated import emulated_library
 
         work = Path(tempfile.mkdtemp(prefix="sparsec-arm64-"))
         (work / LIBRARY).write_bytes(compiled.files[LIBRARY])
-        library = EmulatedLibrary(work / LIBRARY)
+        library = emulated_library(work / LIBRARY)
         names = [v.name for v in compiled.model.graph.inputs]
 
         def run(feeds: dict) -> list:

@@ -1,21 +1,25 @@
-"""Run an aarch64 TVM library under qemu user emulation, from x86 Python.
+"""Drive a model-runner program over a pipe: kernels/tvm_arm/tvm_runner.cc (a TVM library) or
+kernels/ort_arm/ort_runner.c (ONNX Runtime + the kernel op library), typically built for
+aarch64 and run under qemu user emulation from x86 Python.
 
-One `sparsec_tvm_runner` process (kernels/tvm_arm/tvm_runner.cc, linked against the aarch64
-TVM runtime of the `apache-tvm` wheel) serves every call over a pipe, so the library loads
-once. Times it reports are emulated wall time: a sanity check, never a speed claim.
+One process serves every call, so the model loads once (slow under emulation). Times it
+reports are the program's own wall time per call; under qemu they are emulated time: a sanity
+check, never a speed claim.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from sparsec.kernels import aarch64_runtime, cross_build
+from . import cross_build
 
 # numpy dtype <-> DLPack (type code, bits)
 _DL = {np.dtype(np.float32): (2, 32), np.dtype(np.int64): (0, 64), np.dtype(np.int32): (0, 32),
@@ -23,21 +27,21 @@ _DL = {np.dtype(np.float32): (2, 32), np.dtype(np.int64): (0, 64), np.dtype(np.i
 _NP = {v: k for k, v in _DL.items()}
 
 
-class EmulatedLibrary:
-    """A TVM-exported aarch64 library (`main` of its Relax VM) running under qemu."""
+class PipeRunner:
+    """A runner process (`argv`), under qemu when `emulated`; `lib_dirs` go to LD_LIBRARY_PATH."""
 
-    def __init__(self, library: Path) -> None:
-        runtime = aarch64_runtime.runtime_dir()
-        runner = cross_build.tvm_runner(runtime)
-        self.library = Path(library)
+    def __init__(self, argv: Sequence[str], lib_dirs: Sequence[Path] = (), emulated: bool = True,
+                 guest_env: dict[str, str] | None = None) -> None:
         self._lock = threading.Lock()
-        self._proc = cross_build.popen_emulated(
-            [str(runner), str(self.library)], lib_dirs=[runtime],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        if emulated:
+            self._proc = cross_build.popen_emulated(list(argv), lib_dirs=lib_dirs, guest_env=guest_env, **pipes)
+        else:
+            env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(map(str, lib_dirs)), **(guest_env or {}))
+            self._proc = subprocess.Popen(list(argv), env=env, **pipes)
 
     def run(self, inputs: list[np.ndarray], repeat: int = 1) -> tuple[list[np.ndarray], float, float]:
-        """(outputs, median ms, min ms) of `repeat` calls of `main` on `inputs`."""
+        """(outputs, median ms, min ms) of `repeat` calls of the model on `inputs`."""
         request = [struct.pack("<2I", max(repeat, 1), len(inputs))]
         for a in inputs:
             a = np.ascontiguousarray(a)
@@ -54,7 +58,7 @@ class EmulatedLibrary:
                 outputs = [self._read_tensor() for _ in range(count)]
                 median, fastest = struct.unpack("<2d", self._read(16))
             except (BrokenPipeError, EOFError):
-                raise RuntimeError(f"aarch64 runner failed: {self._error()}") from None
+                raise RuntimeError(f"model runner failed: {self._error()}") from None
         return outputs, median, fastest
 
     def _read(self, n: int) -> bytes:
@@ -88,7 +92,7 @@ class EmulatedLibrary:
                 self._proc.kill()
                 self._proc.wait()
 
-    def __enter__(self) -> EmulatedLibrary:
+    def __enter__(self) -> PipeRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -99,4 +103,4 @@ class EmulatedLibrary:
             self.close()
 
 
-__all__ = ["EmulatedLibrary"]
+__all__ = ["PipeRunner"]
