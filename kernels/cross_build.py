@@ -51,10 +51,14 @@ def qemu() -> str:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SPARSEC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sparsec"
-    )
-    return Path(base) / "aarch64"
+    """The user cache for downloaded wheels and cross builds ($SPARSEC_AARCH64_CACHE overrides).
+
+    Deliberately not $SPARSEC_CACHE_DIR (fresh per test): everything here is a download or a
+    content-addressed build (sources, flags and compiler version in the key), so a warm cache
+    can never stand in for code under test."""
+    if os.environ.get("SPARSEC_AARCH64_CACHE"):
+        return Path(os.environ["SPARSEC_AARCH64_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "sparsec" / "aarch64"
 
 
 @functools.lru_cache(maxsize=4)

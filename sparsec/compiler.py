@@ -316,7 +316,8 @@ def compile_file(
     check_output_dir(out, force=force)
     options = options or CompileOptions()
     options.optimisation_pipeline()  # validate options before the (slow) load
-    get_target(options.target).backend_for(options.backend)
+    # Before the (slow) load too: an unknown backend or a missing cross toolchain fails here.
+    get_backend(get_target(options.target).backend_for(options.backend))
     model, source = load_any(str(spec))
     digest = model_hash(spec) if Path(str(spec)).is_file() else _ir_hash(model)
     result = compile_model(model, options, source=str(source), input_hash=digest)
