@@ -6,16 +6,12 @@ Debian packages; the wheels are downloaded from PyPI once into the user cache).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_bert import export_tiny_bert  # noqa: E402
-
-from sparsec.kernels import cross_build  # noqa: E402
+from sparsec.kernels import cross_build
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +46,8 @@ def ort_arm_runtime(arm_toolchain) -> Path:
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT, hidden 128, FFN 512 (transformers, random weights), exported once."""
     pytest.importorskip("transformers")
+    from sparsec.models_zoo.hf_tiny_bert import export_tiny_bert
+
     path = tmp_path_factory.mktemp("arm64_bert") / "tiny_bert.onnx"
     onnx.save(export_tiny_bert(hidden=128), path)
     return path

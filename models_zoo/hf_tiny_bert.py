@@ -1,4 +1,7 @@
-"""A tiny BERT (transformers BertConfig, random weights) exported to ONNX offline."""
+"""A tiny Hugging Face BERT (transformers BertConfig, random weights) exported to ONNX offline.
+
+Not a registered zoo model (it needs transformers): used by the arm64 tests and
+bench/arm64_qemu_bench.py as the small real-architecture transformer."""
 
 from __future__ import annotations
 
