@@ -30,7 +30,9 @@ This artifact was compiled by sparsec for `--target=arm64 --backend=tvm`:
 
 Copy `libtvm_runtime.so` and `libtvm_ffi.so` out of those two wheels (they are zip files:
 `tvm/lib/libtvm_runtime.so`, `tvm_ffi/lib/libtvm_ffi.so`) next to `sparsec_tvm_runner`
-(its rpath is `$ORIGIN`), or link your own program against them and call
+(its rpath is `$ORIGIN`) and `chmod +x sparsec_tvm_runner` (artifact files are written
+without the executable bit); `./sparsec_tvm_runner model.so < requests > responses` then serves
+`main`. Or link your own program against the two libraries and call
 `vm_load_executable`, `vm_initialization(kDLCPU, 0, 2)` and `main` as the runner does.
 The versions must be exactly these: the packed functions were built against tvm-ffi {ffi_version}.
 
