@@ -73,6 +73,25 @@ def test_library_under_qemu_matches_x86(model: str, tvm_arm_runtime, request, tm
                 assert g.shape == e.shape
                 np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * float(np.abs(e).max()))
             assert 0 < fastest <= median
+    if model == "zoo:digits_cnn":
+        check_board_layout(out, tvm_arm_runtime, x86, tmp_path / "board")
+
+
+def check_board_layout(out: Path, runtime: Path, x86: InferenceSession, board: Path) -> None:
+    """DEPLOY.md's no-Python recipe: the artifact's runner and model.so next to the wheel's two
+    libraries (found through the runner's $ORIGIN rpath, no LD_LIBRARY_PATH)."""
+    import shutil
+
+    from sparsec.kernels.pipe_runner import PipeRunner
+
+    board.mkdir()
+    for f in (out / "model.so", out / "sparsec_tvm_runner", runtime / "libtvm_runtime.so", runtime / "libtvm_ffi.so"):
+        shutil.copy(f, board / f.name)
+    (board / "sparsec_tvm_runner").chmod(0o755)
+    feeds = feeds_for(x86, 2, seed=9)
+    with PipeRunner([str(board / "sparsec_tvm_runner"), str(board / "model.so")]) as runner:
+        (got,), _, _ = runner.run(list(feeds.values()))
+    np.testing.assert_allclose(got, x86.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_op_without_tvm_lowering_is_refused_before_the_build(tvm_arm_runtime) -> None:
