@@ -3,7 +3,8 @@
 # kernels build during `pip install`, the sanitizer run compiles the C tests), and the
 # aarch64 cross toolchain *with its C library* (libc6-dev-arm64-cross: gcc-aarch64-linux-gnu
 # alone has no <bits/*.h>, so every #include <stdint.h> fails) + qemu user emulation for the
-# NEON tests. Debian/Ubuntu packages.
+# NEON tests, and the aarch64 C++ compiler (g++-aarch64-linux-gnu) that links the TVM aarch64
+# libraries and runners of --target=arm64. Debian/Ubuntu packages.
 #
 # A toolchain counts as present only when it works: we compile a one-line static aarch64
 # program and run it under qemu, rather than checking that a compiler binary exists.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 probe_arm() {
     command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null \
-        || return 1
+        && command -v aarch64-linux-gnu-g++ >/dev/null || return 1
     local d
     d="$(mktemp -d)"
     printf '#include <stdint.h>\n#include <stdio.h>\nint main(void){uint32_t x=42;printf("%%u\\n",x);return 0;}\n' \
@@ -29,7 +30,7 @@ probe_arm() {
 need=()
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if ! probe_arm 2>/dev/null; then
-    need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+    need+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 fi
 if [ ${#need[@]} -eq 0 ]; then
     echo "kernels/ci_setup.sh: toolchains work, nothing to install"

@@ -42,6 +42,7 @@ log = logging.getLogger("sparsec")
 @dataclass
 class CompileOptions:
     target: str = "cpu"
+    backend: str | None = None  # `--backend`: one of the target's backends (None: its default)
     sparsity: str | None = "2:4"
     calibration: Any = None  # CalibrationData, an .npz path or an iterable of feeds (data criteria, auto)
     criterion: str | None = None  # magnitude (default), wanda or sparsegpt for an N:M `sparsity`
@@ -88,7 +89,7 @@ def compile_model(
     """Run the full compile on an IR model (modified in place) and build the artifact files."""
     options = options or CompileOptions()
     target = get_target(options.target)
-    backend = get_backend(target.backend)
+    backend = get_backend(target.backend_for(options.backend))
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
     check_dims(model, options.dims)
@@ -315,6 +316,8 @@ def compile_file(
     check_output_dir(out, force=force)
     options = options or CompileOptions()
     options.optimisation_pipeline()  # validate options before the (slow) load
+    # Before the (slow) load too: an unknown backend or a missing cross toolchain fails here.
+    get_backend(get_target(options.target).backend_for(options.backend))
     model, source = load_any(str(spec))
     digest = model_hash(spec) if Path(str(spec)).is_file() else _ir_hash(model)
     result = compile_model(model, options, source=str(source), input_hash=digest)

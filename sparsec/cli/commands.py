@@ -30,6 +30,7 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
 
     return CompileOptions(
         target=args.target,
+        backend=getattr(args, "backend", None),
         sparsity=args.sparsity,
         calibration=calibration_from_args(args),
         pipeline=pipeline_from_args(args, sugar=True),
@@ -222,7 +223,7 @@ def cmd_pipeline_show(args: argparse.Namespace) -> int:
         return 0
     print(pipeline.to_text(full=True))
     if args.with_legalization:
-        print(get_backend(get_target(args.target).backend).legalize_pipeline().to_text(full=True))
+        print(get_backend(get_target(args.target).backend_for(getattr(args, "backend", None))).legalize_pipeline().to_text(full=True))
     return 0
 
 

@@ -17,7 +17,8 @@ from sparsec.pm.presets import preset_pipeline
 def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
     g = p.add_argument_group("pipeline")
     if sugar:
-        g.add_argument("--target", default="cpu", help="target machine: cpu or cuda (default: cpu)")
+        g.add_argument("--target", default="cpu", help="target machine: cpu, cuda or arm64 (default: cpu)")
+        g.add_argument("--backend", help="backend for the target (default: the target's own; --target=arm64: ort or tvm)")
         g.add_argument("--arch", help="target variant: for --target=cuda one of sm_80, sm_89, sm_90 (default sm_80)")
         g.add_argument(
             "--sparsity",

@@ -21,6 +21,8 @@ class Target:
 
     name: ClassVar[str] = ""
     backend: ClassVar[str] = ""  # a name registered with `sparsec.backends.register_backend`
+    # `--backend` choices beyond the default: short name -> registered backend (e.g. tvm -> tvm-arm64)
+    backends: ClassVar[dict[str, str]] = {}
     peak_gflops: ClassVar[float] = 0.0  # sustained fp32 GFLOP/s of the dense library
     dram_gbps: ClassVar[float] = 0.0  # sustained memory bandwidth, GB/s
     channel_multiple: ClassVar[int] = 1  # channel counts that keep dense kernels efficient
@@ -40,6 +42,18 @@ class Target:
             choices = ", ".join(self.variants) if self.variants else "none"
             raise OptionError(f"target '{self.name}' has no variant '{variant}' (known: {choices})")
         self.variant = variant if variant is not None else self.default_variant
+
+    def backend_for(self, choice: str | None) -> str:
+        """The registered backend for `--backend=choice` (None: the target's default)."""
+        if choice is None:
+            return self.backend
+        known = {**self.backends, self.backend: self.backend}
+        if choice in known:
+            return known[choice]
+        if choice in known.values():
+            return choice
+        names = ", ".join(sorted(self.backends) or [self.backend])
+        raise OptionError(f"target '{self.name}' has no backend '{choice}' (known: {names})")
 
     def accelerates(self, kind: str) -> bool:
         """Whether a pattern kind (`nm`, `block`, `unstructured`) or a `com.sparsec` op runs faster here."""
