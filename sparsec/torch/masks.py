@@ -54,7 +54,7 @@ def masks_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def remove_masks(module: nn.Module) -> nn.Module:
     """Bake every mask into its parameter (zeros stay zeros) and restore plain state_dict keys."""
-    for name, m in list(module.named_modules()):
+    for m in list(module.modules()):
         if parametrize.is_parametrized(m):
             for attr in list(m.parametrizations):
                 if _mask_module(m, attr) is not None:

@@ -1,0 +1,187 @@
+"""sparsec.torch: an artifact's crops, values and masks back on the original nn.Module.
+
+Real exports from both torch exporters (dynamo via `from_torch`; the legacy TorchScript one
+via `torch.onnx.export(dynamo=False)`), real compiles, ONNX Runtime as the reference.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from sparsec.artifact import write_artifact
+from sparsec.capture import from_onnx, from_torch
+from sparsec.compiler import CompileOptions, compile_model
+from sparsec.errors import ArtifactMismatchError, SparsecError, UnsupportedError
+from sparsec.models_zoo.resnet18_tv import ResNet, resnet18
+from sparsec.nm_pattern import nm_violations
+from sparsec.pm.presets import preset_pipeline
+from sparsec.torch import apply_artifact, masks_of, plain_state_dict, remove_masks, to_semi_structured
+from sparsec.torch.semi_structured import semi_structured_unavailable
+
+X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def _resnet(layers: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = resnet18(num_classes=5) if layers == (2, 2, 2, 2) else ResNet(layers, num_classes=5)
+    with torch.no_grad():  # running stats that are not 0/1, so BatchNorm matters
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.1, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def _compile(model, out: Path) -> Path:
+    options = CompileOptions(pipeline=preset_pipeline(crop=0.3, sparsity="2:4"), bench=False)
+    write_artifact(out, compile_model(model, options).files)
+    return out
+
+
+def _legacy_export(m: torch.nn.Module, path: Path) -> Path:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # No constant folding: the legacy exporter otherwise folds BatchNorm into Conv, and the
+        # folded weights are no state_dict entry.
+        torch.onnx.export(m, (X[:1],), buf, dynamo=False, input_names=["x"], do_constant_folding=False)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    m = _resnet((2, 2, 2, 2))
+    return _compile(from_torch(m, (X[:1],)), tmp_path_factory.mktemp("r18") / "art")
+
+
+@pytest.fixture(scope="module")
+def legacy_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("r10")
+    return _compile(from_onnx(_legacy_export(_resnet((1, 1, 1, 1)), root / "m.onnx")), root / "art")
+
+
+def _ort(artifact: Path, x: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _masked_nonzeros(m: torch.nn.Module) -> int:
+    return sum(int((m.get_submodule(k.rpartition(".")[0]).weight[~mask] != 0).sum()) for k, mask in masks_of(m).items())
+
+
+def test_resnet18_dynamo_outputs_equal_artifact_and_masks_survive_training(dynamo_artifact: Path) -> None:
+    m = _resnet((2, 2, 2, 2))
+    applied = apply_artifact(m, dynamo_artifact)
+    # Deduplicated BatchNorm constants were placed by graph position, not by name.
+    assert applied.mapping["layer1.0.bn1.weight"] == "bn1.weight"
+    assert m.layer1[0].bn1.weight.shape[0] < 64 and m.conv1.out_channels == m.layer1[0].bn1.num_features
+    assert len(applied.masked) == 20 and "conv1.weight" not in applied.masked  # 3 input channels: skipped
+    with torch.no_grad():
+        np.testing.assert_allclose(m(X).numpy(), _ort(dynamo_artifact, X), rtol=1e-4, atol=1e-5)
+    w = m.layer2[0].conv1.weight.detach().numpy()
+    assert nm_violations(w, 2, 4, axis=1) == 0 and np.count_nonzero(w) <= w.size // 2
+
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    m.train()
+    for _ in range(2):
+        opt.zero_grad()
+        m(X).square().mean().backward()
+        opt.step()
+    assert _masked_nonzeros(m) == 0
+    assert nm_violations(m.layer2[0].conv1.weight.detach().numpy(), 2, 4, axis=1) == 0
+
+    # Baked back to plain keys: the state_dict loads into a module with the cropped shapes.
+    state = plain_state_dict(m)
+    assert "layer2.0.conv1.weight" in state and not any("parametrizations" in k for k in state)
+    remove_masks(m)
+    assert not masks_of(m) and set(m.state_dict()) == set(state)
+
+
+def test_legacy_exporter_artifact_applies(legacy_artifact: Path) -> None:
+    m = _resnet((1, 1, 1, 1))
+    applied = apply_artifact(m, legacy_artifact)
+    assert applied.cropped and applied.masked
+    assert any(k != v for k, v in applied.mapping.items())  # the legacy exporter deduplicates too
+    with torch.no_grad():
+        np.testing.assert_allclose(m(X[:1]).numpy(), _ort(legacy_artifact, X[:1]), rtol=1e-4, atol=1e-5)
+
+
+def test_other_weights_are_refused(dynamo_artifact: Path) -> None:
+    m = _resnet((2, 2, 2, 2), seed=7)  # same architecture, different weights
+    with pytest.raises(ArtifactMismatchError, match="does not match this module") as e:
+        apply_artifact(m, dynamo_artifact)
+    assert "\n" not in str(e.value)
+
+
+def test_other_architecture_is_refused(legacy_artifact: Path) -> None:
+    with pytest.raises(ArtifactMismatchError, match="does not match this module"):
+        apply_artifact(_resnet((2, 2, 2, 2)), legacy_artifact)  # the artifact is of a ResNet-10
+
+
+def test_missing_keys_are_refused(dynamo_artifact: Path) -> None:
+    m = _resnet((2, 2, 2, 2))
+    m.head = m.fc  # the classifier under another name: 'fc.weight' is no longer a key
+    del m.fc
+    with pytest.raises(ArtifactMismatchError, match="fc.weight"):
+        apply_artifact(m, dynamo_artifact)
+
+
+def test_folded_legacy_export_is_refused(tmp_path: Path) -> None:
+    """A default legacy export folds BatchNorm into the convolutions: no key holds those values."""
+    m = _resnet((1, 1, 1, 1))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (X[:1],), buf, dynamo=False, input_names=["x"])
+    (tmp_path / "m.onnx").write_bytes(buf.getvalue())
+    options = CompileOptions(pipeline=preset_pipeline(sparsity="2:4"), bench=False)
+    write_artifact(tmp_path / "art", compile_model(from_onnx(tmp_path / "m.onnx"), options).files)
+    with pytest.raises(SparsecError, match="does not match this module"):
+        apply_artifact(m, tmp_path / "art")
+
+
+def test_unsupported_decision_kinds_are_named(dynamo_artifact: Path) -> None:
+    from sparsec.ir.io import load_model
+
+    manifest = json.loads((dynamo_artifact / "manifest.json").read_text())
+    manifest["decisions"].append({"pass": "moefy-ffn", "layer": "fc", "decision": "moe 2/8"})
+    model = load_model(dynamo_artifact / "model.onnx", check_ops=False)
+    with pytest.raises(UnsupportedError, match="moefy-ffn: moe 2/8"):
+        apply_artifact(_resnet((2, 2, 2, 2)), (model, manifest))
+
+
+def test_not_an_artifact(tmp_path: Path) -> None:
+    with pytest.raises(SparsecError, match="not a sparsec artifact"):
+        apply_artifact(_resnet((1, 1, 1, 1)), tmp_path)
+
+
+@pytest.mark.skipif(semi_structured_unavailable() is None, reason="semi-structured sparsity is available here")
+def test_semi_structured_needs_cuda() -> None:
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with pytest.raises(UnsupportedError, match="semi-structured 2:4") as e:
+        to_semi_structured(m)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(semi_structured_unavailable() is not None, reason=str(semi_structured_unavailable()))
+def test_semi_structured_on_cuda() -> None:
+    from sparsec.torch import set_mask
+
+    lin = torch.nn.Linear(128, 128).half().cuda()
+    mask = torch.tensor([1, 1, 0, 0], dtype=torch.bool, device="cuda").repeat(128, 32)
+    set_mask(lin, "weight", mask)
+    dense = lin.weight.detach().clone()
+    x = torch.randn(64, 128, dtype=torch.half, device="cuda")
+    expect = torch.nn.functional.linear(x, dense, lin.bias)
+    assert to_semi_structured(torch.nn.Sequential(lin)) == ["0"]
+    torch.testing.assert_close(lin(x), expect, rtol=1e-2, atol=1e-2)
