@@ -28,6 +28,8 @@ def set_mask(module: nn.Module, key: str, mask: torch.Tensor) -> None:
     existing = _mask_module(owner, attr)
     if existing is not None:
         existing.mask.copy_(mask.to(torch.bool))
+        with torch.no_grad():  # a weight pruned now and let back later starts again from zero
+            owner.parametrizations[attr].original.mul_(existing.mask.to(owner.parametrizations[attr].original.dtype))
         return
     with torch.no_grad():  # start from a masked original, so unmasking later shows zeros there
         getattr(owner, attr).mul_(mask.to(getattr(owner, attr).dtype))
