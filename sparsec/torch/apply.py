@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sparsec.errors import ArtifactMismatchError, InputError, UnsupportedError
-from sparsec.torch.mapping import map_state_dict
+from sparsec.torch.mapping import map_state_dict, match_by_value
 from sparsec.torch.masks import set_mask
 
 log = logging.getLogger("sparsec.torch")
@@ -101,6 +101,7 @@ def apply_artifact(
     state = module.state_dict()
     float_keys = [k for k, v in state.items() if v.is_floating_point()]
     mapping = map_state_dict(model, module, float_keys)
+    mapping.update(match_by_value(model, state, [k for k in float_keys if k not in mapping]))
     _check_coverage(model, decisions, mapping, float_keys)
 
     # Crops: a key reads the crop record of the initializer it maps to (deduplicated ones too).

@@ -7,7 +7,9 @@ by magnitude with the same patterns the passes use (`passes/sparsify/patterns.Pa
 same 2-D view: rows = outputs, columns = the reduction axis moved last), and applied as
 parametrizations (`masks.py`), so the optimizer cannot revive a pruned weight. Kinds:
 
-- `unstructured`: each layer at s_t zeros (Zhu & Gupta's per-layer schedule);
+- `unstructured`: each layer at s_t zeros (Zhu & Gupta's per-layer schedule), or with
+  `scope="global"` one magnitude threshold over all pruned layers (s_t zeros in total; layers
+  whose weights are larger keep more);
 - `nm` with pattern N:M: a ladder of ever stricter patterns following s_t towards 1 - N/M:
   dense, (2M-1):2M, ..., 2N:2M, then N:M at `end_step` (e.g. 2:4: dense -> 7:8 -> 6:8 ->
   5:8 -> 4:8 -> 2:4): each step only removes weights, and 2N:2M -> N:M only restricts where;
@@ -80,7 +82,11 @@ class GradualPruner:
         frequency: int = 1,
         min_params: int = 1024,
         exclude: Sequence[str] = (),
+        scope: str = "layer",
     ) -> None:
+        if scope not in ("layer", "global") or (scope == "global" and kind != "unstructured"):
+            raise OptionError(f"GradualPruner scope '{scope}': 'layer', or 'global' with kind 'unstructured'")
+        self.scope = scope
         if kind not in KINDS:
             raise OptionError(f"GradualPruner kind '{kind}': expected one of {', '.join(KINDS)}")
         if end_step <= start_step or frequency < 1:
@@ -149,6 +155,9 @@ class GradualPruner:
         if (self.kind == "channels" and s <= 0) or (self.kind != "channels" and pattern.is_dense):
             return
         self.pattern_now = str(pattern) if self.kind != "channels" else f"channels:{s:.3f}"
+        if self.scope == "global":
+            self._update_global(pattern)
+            return
         for name in self.layers:
             w = self.module.get_submodule(name).weight  # the masked weight: pruned ones score 0
             scores = np.abs(weight2d(w))
@@ -158,6 +167,16 @@ class GradualPruner:
                 keep = pattern.keep_mask(scores)
             set_mask(self.module, f"{name}.weight", weight_back(keep, w.shape).to(w.device))
         log.debug("gradual pruning step %d: %s", t, self.pattern_now)
+
+    def _update_global(self, pattern: Pattern) -> None:
+        weights = [self.module.get_submodule(name).weight for name in self.layers]
+        scores = [np.abs(weight2d(w)).ravel() for w in weights]
+        keep = pattern.keep_mask(np.concatenate(scores)[None, :])[0]
+        offset = 0
+        for name, w, sc in zip(self.layers, weights, scores, strict=True):
+            part = keep[offset : offset + sc.size].reshape(w.shape[0], -1)
+            offset += sc.size
+            set_mask(self.module, f"{name}.weight", weight_back(part, w.shape).to(w.device))
 
     def sparsity(self) -> float:
         """Fraction of zeros over the pruned layers' weights, as the module holds them now."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 
+import numpy as np
 import onnx_ir as ir
+import torch
 from torch import nn
 
 # Input slot of a module attribute in the ONNX op that module exports to.
@@ -100,4 +102,22 @@ def map_state_dict(model: ir.Model, module: nn.Module, keys: Iterable[str] | Non
             out[key] = positional[key]
         elif key in names:
             out[key] = key
+    return out
+
+
+def match_by_value(model: ir.Model, state: dict[str, torch.Tensor], keys: Iterable[str]) -> dict[str, str]:
+    """Last resort for keys neither position nor name placed: an initializer of the same shape
+    holding exactly the same values (an untouched tensor; identical duplicates are
+    interchangeable, which is why the exporters could merge them)."""
+    by_shape: dict[tuple[int, ...], list[ir.Value]] = {}
+    for value in model.graph.initializers.values():
+        if value.const_value is not None and value.name:
+            by_shape.setdefault(tuple(value.const_value.shape), []).append(value)
+    out = {}
+    for key in keys:
+        t = state[key].detach().cpu().numpy()
+        for value in by_shape.get(tuple(t.shape), []):
+            if np.array_equal(value.const_value.numpy(), t):
+                out[key] = value.name
+                break
     return out

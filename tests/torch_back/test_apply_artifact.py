@@ -203,3 +203,18 @@ def test_semi_structured_on_cuda() -> None:
     expect = torch.nn.functional.linear(x, dense, lin.bias)
     assert to_semi_structured(torch.nn.Sequential(lin)) == ["0"]
     torch.testing.assert_close(lin(x), expect, rtol=1e-2, atol=1e-2)
+
+
+def test_value_match_when_neither_position_nor_name_tells() -> None:
+    """Nodes without scope metadata and initializers with anonymous names: placed by value."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    model = from_torch(m, (torch.randn(2, 16),))
+    for node in model.graph:
+        node.metadata_props.clear()
+    for i, name in enumerate(list(model.graph.initializers)):
+        value = model.graph.initializers.pop(name)
+        value.name = f"anon_{i}"
+        model.graph.register_initializer(value)
+    applied = apply_artifact(m, (model, {"decisions": []}))
+    assert set(applied.mapping) == set(m.state_dict()) and all(v.startswith("anon_") for v in applied.mapping.values())

@@ -91,3 +91,13 @@ def test_bad_options() -> None:
         GradualPruner(model, kind="unstructured", final_sparsity=0.5, start_step=10, end_step=10)
     with pytest.raises(OptionError, match="invalid|N:M|n="):
         GradualPruner(model, kind="nm", pattern="5:4", end_step=10)
+
+
+def test_global_scope_one_threshold() -> None:
+    model, pruner, _ = _train("unstructured", final_sparsity=0.9, scope="global")
+    assert pruner.sparsity() == pytest.approx(0.9, abs=1e-3)
+    per_layer = [float((model.get_submodule(n).weight == 0).float().mean()) for n in pruner.layers]
+    assert max(per_layer) - min(per_layer) > 0.01  # the layers end at different sparsities
+    assert _masked_nonzeros(model) == 0
+    with pytest.raises(OptionError, match="scope"):
+        GradualPruner(model, kind="nm", pattern="2:4", end_step=10, scope="global")
