@@ -29,11 +29,14 @@ from torch import nn
 from sparsec.errors import ArtifactMismatchError, InputError, UnsupportedError
 from sparsec.torch.mapping import map_state_dict, match_by_value
 from sparsec.torch.masks import set_mask
+from sparsec.torch.packed import unpacked_initializers
 
 log = logging.getLogger("sparsec.torch")
 
 # Passes whose per-weight decisions are a zero pattern in the weight (N:M, unstructured, block).
 WEIGHT_PATTERN_PASSES = frozenset({"nm-sparsity", "sparsify", "allocate"})
+# Lowerings of those decisions whose packed weights `packed.py` unpacks.
+UNPACKED_LOWERINGS = frozenset({"lower-nm-kernels"})
 # Records that change nothing in the weights (analyses, refusals, skips).
 NO_CHANGE = frozenset({"skip", "refused", "dense"})
 VALUE_KEEPING_CRITERIA = frozenset({"magnitude", "wanda", None})
@@ -73,7 +76,7 @@ def unsupported_decisions(decisions: list[dict[str, Any]]) -> list[str]:
         p, what = d.get("pass"), d.get("decision")
         if p == "crop-channels" or what is None or str(what) in NO_CHANGE:
             continue
-        if p in WEIGHT_PATTERN_PASSES and "weight" in d:
+        if (p in WEIGHT_PATTERN_PASSES and "weight" in d) or p in UNPACKED_LOWERINGS:
             continue
         bad.append(f"{p}: {what}")
     return sorted(set(bad))
@@ -100,7 +103,8 @@ def apply_artifact(
         )
     state = module.state_dict()
     float_keys = [k for k, v in state.items() if v.is_floating_point()]
-    mapping = map_state_dict(model, module, float_keys)
+    unpacked = unpacked_initializers(model)  # weights the ORT backend packed for its N:M kernels
+    mapping = map_state_dict(model, module, float_keys, extra_names=unpacked)
     mapping.update(match_by_value(model, state, [k for k in float_keys if k not in mapping]))
     _check_coverage(model, decisions, mapping, float_keys)
 
@@ -119,12 +123,15 @@ def apply_artifact(
     pattern_of = {d["weight"]: d for d in decisions if d.get("pass") in WEIGHT_PATTERN_PASSES and "weight" in d
                   and str(d.get("decision")) not in NO_CHANGE}
     inits = model.graph.initializers
+
+    def value_of(name: str) -> np.ndarray:
+        return unpacked[name] if name in unpacked else np.array(inits[name].const_value.numpy())
     applied = Applied(mapping=mapping, cropped=sorted({r["param"] for r in replay}))
     changed_values = _reconstructed_owners(pattern_of, mapping)
     live = module.state_dict()
     with torch.no_grad():
         for key, name in mapping.items():
-            value = torch.from_numpy(np.array(inits[name].const_value.numpy()))
+            value = torch.from_numpy(np.array(value_of(name)))
             target = live[key]
             ref = cropped_ref[key]
             if tuple(value.shape) != tuple(target.shape):
@@ -141,7 +148,7 @@ def apply_artifact(
     if masks:
         for key, name in mapping.items():
             if name in pattern_of:
-                set_mask(module, key, torch.from_numpy(np.array(inits[name].const_value.numpy())) != 0)
+                set_mask(module, key, torch.from_numpy(np.array(value_of(name))) != 0)
                 applied.masked.append(key)
     log.info("sparsec.torch: %d keys placed, %d cropped, %d masked", len(mapping), len(applied.cropped), len(applied.masked))
     return applied

@@ -73,8 +73,11 @@ def source_initializer(value: ir.Value | None) -> ir.Value | None:
     return None
 
 
-def map_state_dict(model: ir.Model, module: nn.Module, keys: Iterable[str] | None = None) -> dict[str, str]:
-    """{state_dict key: name of the initializer holding it} for every key that can be placed."""
+def map_state_dict(
+    model: ir.Model, module: nn.Module, keys: Iterable[str] | None = None, extra_names: Iterable[str] = ()
+) -> dict[str, str]:
+    """{state_dict key: name of the initializer holding it} for every key that can be placed;
+    `extra_names` are tensors known by name only (unpacked kernel weights)."""
     modules = {name for name, _ in module.named_modules() if name}
     positional: dict[str, str] = {}
     for node in model.graph.all_nodes():
@@ -94,7 +97,7 @@ def map_state_dict(model: ir.Model, module: nn.Module, keys: Iterable[str] | Non
             consts = [v for v in inits if v is not None and v.name]
             if len(consts) == 1 and any(v is not None and v.producer() is not None and v.producer().op_type == "MatMul" for v in node.inputs):
                 positional.setdefault(f"{owner}.bias", consts[0].name)
-    names = set(model.graph.initializers)
+    names = set(model.graph.initializers) | set(extra_names)
     wanted = list(keys) if keys is not None else list(module.state_dict().keys())
     out: dict[str, str] = {}
     for key in wanted:

@@ -218,3 +218,26 @@ def test_value_match_when_neither_position_nor_name_tells() -> None:
         model.graph.register_initializer(value)
     applied = apply_artifact(m, (model, {"decisions": []}))
     assert set(applied.mapping) == set(m.state_dict()) and all(v.startswith("anon_") for v in applied.mapping.values())
+
+
+def test_packed_nm_kernel_weights_come_back(tmp_path: Path) -> None:
+    """The ORT backend packs 2:4 Linear weights for its kernels; they are unpacked and placed."""
+    from sparsec.kernels.packing_nm import pack_nm, prune_nm
+    from sparsec.runtime import make_session
+    from sparsec.torch.packed import unpack_nm
+
+    w = prune_nm(np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32), 2, 4)
+    p = pack_nm(w, 2, 4)
+    np.testing.assert_array_equal(unpack_nm(p.values, p.meta, 2, 4, 64, 40), w)  # 40 columns: a partial tile
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)).eval()
+    result = compile_model(from_torch(m, (torch.randn(1, 256),), dynamic_batch=False), CompileOptions(sparsity="2:4", bench=False))
+    assert any(d["pass"] == "lower-nm-kernels" for d in result.manifest["decisions"])  # really packed
+    write_artifact(tmp_path / "art", result.files)
+    applied = apply_artifact(m, tmp_path / "art")
+    assert "0.weight" in applied.masked
+    x = torch.randn(1, 256)
+    sess = make_session((tmp_path / "art" / "model.onnx").read_bytes())
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x).numpy(), sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], rtol=1e-4, atol=1e-5)
