@@ -115,40 +115,42 @@ def apply_artifact(
         axes = crops.get(mapping.get(key, key))
         for axis, removed in (axes or {}).items():
             replay.append({"pass": "crop-channels", "param": key, "axis": axis, "removed": removed})
-    original = {k: v.detach().clone() for k, v in state.items()}
-    if replay:
-        crop_module(module, replay)
-    cropped_ref = _cropped(original, replay)
-
+    # Everything is checked against the cropped state_dict before the module changes, so a
+    # refused artifact leaves the module as it was.
+    cropped_ref = _cropped({k: v.detach() for k, v in state.items()}, replay)
     pattern_of = {d["weight"]: d for d in decisions if d.get("pass") in WEIGHT_PATTERN_PASSES and "weight" in d
                   and str(d.get("decision")) not in NO_CHANGE}
     inits = model.graph.initializers
 
-    def value_of(name: str) -> np.ndarray:
-        return unpacked[name] if name in unpacked else np.array(inits[name].const_value.numpy())
+    def value_of(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.array(unpacked[name] if name in unpacked else inits[name].const_value.numpy()))
+
     applied = Applied(mapping=mapping, cropped=sorted({r["param"] for r in replay}))
     changed_values = _reconstructed_owners(pattern_of, mapping)
+    values = {}
+    for key, name in mapping.items():
+        value, ref = value_of(name), cropped_ref[key]
+        if tuple(value.shape) != tuple(ref.shape):
+            raise ArtifactMismatchError(
+                f"artifact does not match this module: '{key}' has shape {tuple(ref.shape)} after the "
+                f"recorded crops, the artifact's '{name}' has {tuple(value.shape)}"
+            )
+        if key.rpartition(".")[0] in changed_values:
+            applied.reconstructed.append(key)
+        else:
+            _check_values(key, name, ref, value)
+        values[key] = value
+
+    if replay:
+        crop_module(module, replay)
     live = module.state_dict()
     with torch.no_grad():
-        for key, name in mapping.items():
-            value = torch.from_numpy(np.array(value_of(name)))
-            target = live[key]
-            ref = cropped_ref[key]
-            if tuple(value.shape) != tuple(target.shape):
-                raise ArtifactMismatchError(
-                    f"artifact does not match this module: '{key}' has shape {tuple(target.shape)} after the "
-                    f"recorded crops, the artifact's '{name}' has {tuple(value.shape)}"
-                )
-            owner = key.rpartition(".")[0]
-            if owner in changed_values:
-                applied.reconstructed.append(key)
-            else:
-                _check_values(key, name, ref, value)
-            target.copy_(value.to(target.dtype))
+        for key, value in values.items():
+            live[key].copy_(value.to(live[key].dtype))
     if masks:
         for key, name in mapping.items():
             if name in pattern_of:
-                set_mask(module, key, torch.from_numpy(np.array(value_of(name))) != 0)
+                set_mask(module, key, values[key] != 0)
                 applied.masked.append(key)
     log.info("sparsec.torch: %d keys placed, %d cropped, %d masked", len(mapping), len(applied.cropped), len(applied.masked))
     return applied

@@ -137,9 +137,12 @@ def test_legacy_exporter_artifact_applies(legacy_artifact: Path) -> None:
 
 def test_other_weights_are_refused(dynamo_artifact: Path) -> None:
     m = _resnet(R10, seed=7)  # same architecture, different weights
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ArtifactMismatchError, match="does not match this module") as e:
         apply_artifact(m, dynamo_artifact)
     assert "\n" not in str(e.value)
+    after = m.state_dict()  # refused before anything changed: no crop, no mask, same values
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_other_architecture_is_refused(legacy_artifact: Path) -> None:
