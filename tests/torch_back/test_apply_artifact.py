@@ -244,3 +244,37 @@ def test_packed_nm_kernel_weights_come_back(tmp_path: Path) -> None:
     sess = make_session((tmp_path / "art" / "model.onnx").read_bytes())
     with torch.no_grad():
         np.testing.assert_allclose(m(x).numpy(), sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], rtol=1e-4, atol=1e-5)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(64)
+        self.up = torch.nn.Linear(64, 128)
+        self.down = torch.nn.Linear(128, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(self.norm(x))))
+
+
+def test_deduplicated_zero_biases_of_3d_linears() -> None:
+    """Linear on 3-D inputs exports as MatMul(x, Transpose(W)) + Add(b); identical zero biases
+    are merged into one initializer, so each bias is placed by its Add, not its name."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(_Block(), _Block()).eval()
+    with torch.no_grad():
+        for lin in m.modules():
+            if isinstance(lin, torch.nn.Linear):
+                lin.bias.zero_()
+    x = torch.randn(1, 8, 64)
+    model = from_torch(m, (x,), dynamic_batch=False)
+    assert "1.down.bias" not in model.graph.initializers  # merged away by the exporter clean-up
+    result = compile_model(model, CompileOptions(sparsity="2:4", bench=False))
+    applied = apply_artifact(m, (result.model, result.manifest))
+    assert applied.mapping["1.down.bias"] != "1.down.bias" and len(applied.masked) == 4
+    from sparsec.ir.io import model_bytes
+    from sparsec.runtime import make_session
+
+    sess = make_session(model_bytes(result.model))
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x).numpy(), sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], rtol=1e-4, atol=1e-5)
