@@ -278,3 +278,22 @@ def test_deduplicated_zero_biases_of_3d_linears() -> None:
     sess = make_session(model_bytes(result.model))
     with torch.no_grad():
         np.testing.assert_allclose(m(x).numpy(), sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], rtol=1e-4, atol=1e-5)
+
+
+def test_sparsegpt_reconstructed_values_come_back(tmp_path: Path) -> None:
+    """SparseGPT rewrites kept weights and biases: taken from the artifact, not checked."""
+    from sparsec.ir.io import model_bytes
+    from sparsec.runtime import make_session
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 16)).eval()
+    model = from_torch(m, (torch.randn(4, 64),))
+    np.savez(tmp_path / "calib.npz", **{model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)})
+    options = CompileOptions(sparsity="2:4", criterion="sparsegpt", calibration=str(tmp_path / "calib.npz"), bench=False)
+    result = compile_model(model, options)
+    applied = apply_artifact(m, (result.model, result.manifest))
+    assert "0.weight" in applied.reconstructed and "0.weight" in applied.masked
+    x = torch.randn(4, 64)
+    sess = make_session(model_bytes(result.model))
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x).numpy(), sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], rtol=1e-4, atol=1e-5)
