@@ -75,7 +75,7 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def _train(model: nn.Module, cfg: TrainConfig) -> None:
+def _train(model: nn.Module, cfg: TrainConfig, on_step: Callable[[], None] | None = None) -> None:
     x_train, y_train, _, _ = load_digits_split(cfg.test_fraction, cfg.split_seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -91,10 +91,25 @@ def _train(model: nn.Module, cfg: TrainConfig) -> None:
             loss = loss_fn(model(x_train[idx]), y_train[idx])
             loss.backward()
             opt.step()
+            if on_step is not None:  # e.g. a gradual pruner's schedule (sparsec.torch)
+                on_step()
             total += loss.item() * len(idx)
         sched.step()
         log.debug("digits epoch %d: loss %.4f", epoch, total / len(order))
     model.eval()
+
+
+def train_model(model: nn.Module, cfg: TrainConfig, on_step: Callable[[], None] | None = None) -> nn.Module:
+    """Train `model` on the digits training split exactly as the zoo does (seeded,
+    single-threaded), calling `on_step()` after every optimizer step; not cached."""
+    with _single_thread(), torch.random.fork_rng(devices=[]):
+        _train(model, cfg, on_step)
+    return model
+
+
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    n = len(load_digits_split(cfg.test_fraction, cfg.split_seed)[0])
+    return -(-n // cfg.batch_size)
 
 
 def train_digits_cnn(

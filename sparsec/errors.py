@@ -76,3 +76,7 @@ class PassCrashed(InternalError):
     def __init__(self, pass_name: str, error: BaseException, hint: str = ""):
         self.pass_name = pass_name
         super().__init__(f"pass '{pass_name}' crashed: {type(error).__name__}: {error}{hint}")
+
+
+class ArtifactMismatchError(InputError):
+    """An artifact applied to a module it was not compiled from (`sparsec.torch`)."""
