@@ -15,7 +15,13 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsec.backends.ort.conv_ops import CONV_OP, conv_attributes, packed_arrays
-from sparsec.backends.ort.conv_policy import ConvSpec, choose, conv_candidates
+from sparsec.backends.ort.conv_policy import (
+    ConvSpec,
+    choose,
+    conv_candidates,
+    predict_gain_ms,
+    predict_speedup,
+)
 from sparsec.dialect import DOMAIN
 from sparsec.ir.rewrite import replace_value
 from sparsec.kernels.packing_conv import pack_conv
@@ -150,7 +156,8 @@ class LowerConvKernels(Pass):
             spec = ConvSpec(int(cin), int(cout), int(kh), int(kw), int(stride), int(h), int(wd), int(ho), int(wo), density)
             pick = conv_candidates(spec)[1] if self.policy == "always" else choose(spec, self.min_speedup)
             if pick.name == "dense":
-                kept[key] = f"predicted {conv_candidates(spec)[1].predicted_speedup:.2f}x < {self.min_speedup} over dense"
+                kept[key] = (f"predicted {predict_speedup(spec):.2f}x alone (needs {self.min_speedup}), "
+                             f"{predict_gain_ms(spec):.3f} ms gain after NCHWc reorders (needs > 0)")
                 continue
             self._rewrite(model, conv, marker, w, stride, pads, int(h), int(wd), pick.params["kc"])
             lowered += 1
