@@ -13,6 +13,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from sparsec.errors import InputError, UnsupportedError
+from sparsec.ir.file_tensor import adopt_external
 
 # Opsets of the default domain that the passes and ONNX Runtime backend understand.
 MIN_OPSET = 11
@@ -39,6 +40,7 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
     # External tensors are memory-mapped lazily, relative to the model's folder.
     ir.external_data.set_base_dir(model.graph, str(p.parent))
     _check_external_data(model, p)
+    adopt_external(model)  # read weights on demand, never keep a whole-file mapping
     if check_ops:
         check_supported(model, str(p))
     return model
@@ -74,6 +76,48 @@ def model_bytes(model: ir.Model) -> bytes:
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
     """Save with all weights inside the file (deterministic bytes for identical IR)."""
     Path(path).write_bytes(model_bytes(model))
+
+
+# Models with more weight bytes than this are written with an external-data file: protobuf
+# cannot hold more than 2 GB, and a whole serialized copy would double the memory.
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def write_model(model: ir.Model, path: str | os.PathLike, *, external: bool | None = None) -> list[Path]:
+    """Write `model` to `path`; large weights go, streamed one tensor at a time, to
+    `<name>.data` next to it (when `external`, or by default above EXTERNAL_DATA_BYTES).
+    Returns the files written. Deterministic for identical IR."""
+    from sparsec.ir.file_tensor import weight_bytes
+
+    path = Path(path)
+    if external is None:
+        external = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    if not external:
+        path.write_bytes(model_bytes(model))
+        return [path]
+    data_path = path.with_name(path.name + ".data")
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        with open(data_path, "wb") as f:
+            for value in model.graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or tensor.nbytes < 1024 or tensor.dtype.bitwidth < 8:
+                    continue
+                offset = f.tell()
+                array = tensor.numpy()
+                f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+                del array
+                swapped.append((value, tensor))
+                value.const_value = ir.ExternalTensor(
+                    data_path.name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name,
+                    base_dir=str(path.parent),
+                )
+        proto = to_proto(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    path.write_bytes(proto.SerializeToString(deterministic=True))
+    return [path, data_path]
 
 
 def model_hash(path: str | os.PathLike) -> str:
