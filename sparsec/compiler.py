@@ -45,6 +45,9 @@ from sparsec.verdict import Verdict, describe_pipeline, judge
 
 log = logging.getLogger("sparsec")
 
+SPILL_MODEL_BYTES = 64 << 20  # models above this spill rewritten weights of SPILL_TENSOR_BYTES or more
+SPILL_TENSOR_BYTES = 1 << 20
+
 
 @dataclass
 class CompileOptions:
@@ -98,9 +101,12 @@ def compile_model(
     options = options or CompileOptions()
     budget = Budget(options.max_memory)
     streaming = budget.streams(weight_bytes(model))
-    store = SpillStore() if streaming else None
+    # Rewritten weights go to a spill file (written once, read back on demand) whenever the
+    # model is big enough for copies to matter; small models stay entirely in memory.
+    store = SpillStore(threshold=SPILL_TENSOR_BYTES) if streaming or weight_bytes(model) > SPILL_MODEL_BYTES else None
     if store is not None:
         atexit.register(store.close)  # the compiled model's rewritten weights live there until written
+    if streaming:
         log.info(
             "memory: %s of weights > %s (a quarter of the %s budget): streaming stage by stage, rewritten "
             "weights spilled to %s", fmt_bytes(weight_bytes(model)), fmt_bytes(budget.whole_model_bytes),
@@ -148,7 +154,8 @@ def _compile(
         run_dense = _staged_runner(dense_model, budget, options.threads)
         run_compiled = _staged_runner(model, budget, options.threads)
     else:
-        dense_session = session_from_ir(dense_model, options.threads)
+        # Without a latency run, no pre-packed weight copies (they only buy speed).
+        dense_session = session_from_ir(dense_model, options.threads, lean=not options.bench)
         run_dense = _batched(lambda feeds: dense_session.run(None, feeds))
         run_compiled = _batched(backend.runner(compiled, options.threads))
     fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)

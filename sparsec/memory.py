@@ -18,7 +18,7 @@ from sparsec.errors import InputError
 
 DEFAULT_FRACTION = 0.5  # of the machine's (or the cgroup's) memory
 WHOLE_MODEL_SHARE = 0.25  # a whole-model session + dense copy + outputs stay within the budget
-STAGE_SHARE = 0.125
+STAGE_SHARE = 1 / 16  # one LLaMA-7B-width layer (0.8 GB) per stage under a 12 GB budget
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -69,7 +69,7 @@ class Budget:
     def __init__(self, total: int | None = None) -> None:
         self.bytes = int(total) if total is not None else default_budget()
         self.whole_model_bytes = int(self.bytes * WHOLE_MODEL_SHARE)
-        self.stage_bytes = max(1 << 20, int(self.bytes * STAGE_SHARE))
+        self.stage_bytes = max(1 << 16, int(self.bytes * STAGE_SHARE))
 
     def streams(self, weight_bytes: int) -> bool:
         return weight_bytes > self.whole_model_bytes

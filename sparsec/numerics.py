@@ -95,4 +95,4 @@ def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) ->
     budget = current_budget()
     if budget.streams(weight_bytes(copy)):
         return next(StagedModel(copy, budget.stage_bytes, threads).run([feeds]))
-    return session_from_ir(copy, threads).run(None, feeds)
+    return session_from_ir(copy, threads, lean=True).run(None, feeds)

@@ -80,7 +80,7 @@ def save_model(model: ir.Model, path: str | os.PathLike) -> None:
 
 # Models with more weight bytes than this are written with an external-data file: protobuf
 # cannot hold more than 2 GB, and a whole serialized copy would double the memory.
-EXTERNAL_DATA_BYTES = 1 << 30
+EXTERNAL_DATA_BYTES = 256 << 20
 
 
 def write_model(model: ir.Model, path: str | os.PathLike, *, external: bool | None = None) -> list[Path]:
