@@ -153,11 +153,13 @@ def _compile(
     if staged:  # each model run stage by stage: neither is ever whole in memory
         run_dense = _staged_runner(dense_model, budget, options.threads)
         run_compiled = _staged_runner(model, budget, options.threads)
-    else:
-        # Without a latency run, no pre-packed weight copies (they only buy speed).
-        dense_session = session_from_ir(dense_model, options.threads, lean=not options.bench)
+    elif options.bench:  # both sessions stay for the latency run
+        dense_session = session_from_ir(dense_model, options.threads)
         run_dense = _batched(lambda feeds: dense_session.run(None, feeds))
         run_compiled = _batched(backend.runner(compiled, options.threads))
+    else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
+        run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
+        run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
     fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
     if staged:
         fidelity_info["execution"] = "stage by stage (model above the memory budget)"
@@ -279,6 +281,15 @@ Batches = Callable[[list[dict[str, Any]]], list[Any]]  # batches in -> outputs c
 
 def _batched(run: Callable[[dict[str, Any]], list[Any]]) -> Batches:
     return lambda batches: run_callable(run, batches)
+
+
+def _one_at_a_time(make: Callable[[], Callable[[dict[str, Any]], list[Any]]]) -> Batches:
+    """A runner whose session exists only while it runs a set of batches."""
+
+    def run(batches: list[dict[str, Any]]) -> list[Any]:
+        return run_callable(make(), batches)
+
+    return run
 
 
 def _staged_runner(model: ir.Model, budget: Budget, threads: int) -> Batches:

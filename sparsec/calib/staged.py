@@ -140,7 +140,7 @@ class StagedModel:
             session = make_session(data, threads=self.threads, options=opts)
         else:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        session._sparsec_weights = (keep, arrays)  # type: ignore[attr-defined]
+        del keep, arrays  # ORT copied them (sparsec.ir.session)
         return session
 
     def run(self, batches: Iterable[Feeds], outputs: Sequence[str] | None = None) -> Iterator[list[np.ndarray]]:

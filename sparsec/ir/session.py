@@ -3,9 +3,11 @@
 Serializing a model to bytes for `InferenceSession` copies every weight into the proto (and
 protobuf refuses more than 2 GB); ORT then copies them again. Here every initializer above
 `INLINE_BYTES` is written into the proto as a placeholder external reference and handed to
-ORT with `add_external_initializers` as an `OrtValue` over the weight's own array, which
-ORT uses in place: a session costs the weights once, read from their file when they are
-`FileTensor`s, and nothing more when they are already in memory.
+ORT with `add_external_initializers` as an `OrtValue` over the weight's array. ORT 1.32
+copies them into its own buffers (measured: zeroing the arrays after the session is made
+leaves its results unchanged), so the arrays are dropped once the session exists: a
+session costs the weights once, plus one weight array at a time while it is built from
+`FileTensor`s.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def session_from_ir(
         session = make_session(data, threads=threads, kernel_threads=kernel_threads, options=opts)
     else:
         session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    session._sparsec_weights = (keep, arrays)  # type: ignore[attr-defined]  # ORT reads them in place
+    del keep, arrays  # ORT holds its own copy (see the module docstring)
     return session
 
 
