@@ -78,6 +78,34 @@ class Budget:
         return {"max_memory_bytes": self.bytes, "whole_model_bytes": self.whole_model_bytes, "stage_bytes": self.stage_bytes}
 
 
+# Models above this run their checks (pass numerics, fidelity without a latency run) in
+# stages of at most this many weight bytes even within the budget: a whole-model session
+# holds the weights twice while it is built (our arrays + ORT's copy).
+LEAN_STAGE_BYTES = 128 << 20
+
+
+def lean_stage_bytes(budget: Budget, weight_bytes: int) -> int | None:
+    """Stage size for a check run on a model of `weight_bytes`, or None to run it whole."""
+    if budget.streams(weight_bytes):
+        return budget.stage_bytes
+    if weight_bytes > LEAN_STAGE_BYTES:
+        return min(budget.stage_bytes, LEAN_STAGE_BYTES)
+    return None
+
+
+def tune_malloc() -> None:
+    """A fixed mmap threshold (1 MB) for glibc malloc: weight-sized blocks are then returned
+    to the system when freed. glibc's default raises the threshold after each large free, so
+    a freed 600 MB session stayed resident (GPT-2-small: 1.41 GB after a check vs 0.78 GB)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 _CURRENT: list[Budget] = []
 
 

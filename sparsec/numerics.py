@@ -88,11 +88,11 @@ def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) ->
     from sparsec.calib.staged import StagedModel
     from sparsec.ir.file_tensor import weight_bytes
     from sparsec.ir.session import session_from_ir
-    from sparsec.memory import current_budget
+    from sparsec.memory import current_budget, lean_stage_bytes
 
     copy = model.clone()  # shares the weights; the lowering below leaves `model` alone
     lower_to_reference(copy)
-    budget = current_budget()
-    if budget.streams(weight_bytes(copy)):
-        return next(StagedModel(copy, budget.stage_bytes, threads).run([feeds]))
+    stage_bytes = lean_stage_bytes(current_budget(), weight_bytes(copy))
+    if stage_bytes is not None:
+        return next(StagedModel(copy, stage_bytes, threads).run([feeds]))
     return session_from_ir(copy, threads, lean=True).run(None, feeds)
