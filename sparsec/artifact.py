@@ -84,8 +84,8 @@ def check_output_dir(out: Path, *, force: bool = False) -> OutputPlan:
     return OutputPlan(out, False, frozenset(), ())
 
 
-def write_artifact(out: Path, files: dict[str, bytes], *, force: bool = False) -> Path:
-    """Write `files` (plain names -> bytes) as the artifact folder `out`."""
+def write_artifact(out: Path, files: dict[str, bytes | Path], *, force: bool = False) -> Path:
+    """Write `files` (plain names -> bytes, or a staged file to move in) as the artifact folder `out`."""
     out = Path(out)
     bad = [name for name in files if not _plain_name(name)]
     if bad:
@@ -98,7 +98,7 @@ def write_artifact(out: Path, files: dict[str, bytes], *, force: bool = False) -
     return out
 
 
-def _write_new(out: Path, files: dict[str, bytes]) -> None:
+def _write_new(out: Path, files: dict[str, bytes | Path]) -> None:
     parent = out.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def _write_new(out: Path, files: dict[str, bytes]) -> None:
     try:
         os.chmod(tmp, dir_mode())
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            _put(tmp / name, data)
         # rename() onto an empty folder replaces it; one that filled up meanwhile fails.
         os.rename(tmp, out)
     except OSError as e:
@@ -116,7 +116,7 @@ def _write_new(out: Path, files: dict[str, bytes]) -> None:
         raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
 
 
-def _replace_owned(plan: OutputPlan, files: dict[str, bytes]) -> None:
+def _replace_owned(plan: OutputPlan, files: dict[str, bytes | Path]) -> None:
     out = plan.path
     clash = [name for name in files if name in plan.foreign and (out / name).is_dir()]
     if clash:
@@ -128,7 +128,7 @@ def _replace_owned(plan: OutputPlan, files: dict[str, bytes]) -> None:
     try:
         # Every byte is written before anything in `out` changes; then renames only.
         for name, data in files.items():
-            (stage / name).write_bytes(data)
+            _put(stage / name, data)
         for name in files:
             if name != MANIFEST:
                 os.replace(stage / name, out / name)
@@ -144,6 +144,14 @@ def _replace_owned(plan: OutputPlan, files: dict[str, bytes]) -> None:
         raise OutputError(f"cannot write output directory {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # our own staging folder only
+
+
+def _put(dest: Path, data: bytes | Path) -> None:
+    """Bytes are written; a Path (a large file staged on disk, e.g. external weights) is moved."""
+    if isinstance(data, Path):
+        shutil.move(str(data), dest)
+    else:
+        dest.write_bytes(data)
 
 
 def json_bytes(data: Any) -> bytes:

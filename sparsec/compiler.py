@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import platform
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 import sparsec
@@ -21,8 +25,18 @@ from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
 from sparsec.input_dims import check_dims
-from sparsec.ir.io import model_bytes
-from sparsec.numerics import make_session, sample_inputs
+from sparsec.ir.file_tensor import SpillStore, spilling, weight_bytes
+from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
+from sparsec.ir.session import session_from_ir
+from sparsec.memory import (
+    Budget,
+    budget_scope,
+    fmt_bytes,
+    lean_stage_bytes,
+    peak_rss_bytes,
+    tune_malloc,
+)
+from sparsec.numerics import sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
 from sparsec.plots import quality_plots
@@ -37,6 +51,9 @@ from sparsec.targets import get_target
 from sparsec.verdict import Verdict, describe_pipeline, judge
 
 log = logging.getLogger("sparsec")
+
+SPILL_MODEL_BYTES = 64 << 20  # models above this spill rewritten weights of SPILL_TENSOR_BYTES or more
+SPILL_TENSOR_BYTES = 1 << 20
 
 
 @dataclass
@@ -59,6 +76,7 @@ class CompileOptions:
     instruments: Sequence[Instrument] = ()
     min_cosine: float | None = None  # verdict: floor on the worst output cosine (None: DEFAULT_MIN_COSINE)
     strict: bool = False  # verdict: every warning fails the compile
+    max_memory: int | None = None  # bytes; None: a share of the machine (sparsec.memory.default_budget)
 
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
@@ -88,12 +106,36 @@ def compile_model(
 ) -> CompileResult:
     """Run the full compile on an IR model (modified in place) and build the artifact files."""
     options = options or CompileOptions()
+    tune_malloc()
+    budget = Budget(options.max_memory)
+    streaming = budget.streams(weight_bytes(model))
+    # Rewritten weights go to a spill file (written once, read back on demand) whenever the
+    # model is big enough for copies to matter; small models stay entirely in memory.
+    store = SpillStore(threshold=SPILL_TENSOR_BYTES) if streaming or weight_bytes(model) > SPILL_MODEL_BYTES else None
+    if store is not None:
+        atexit.register(store.close)  # the compiled model's rewritten weights live there until written
+    if streaming:
+        log.info(
+            "memory: %s of weights > %s (a quarter of the %s budget): streaming stage by stage, rewritten "
+            "weights spilled to %s", fmt_bytes(weight_bytes(model)), fmt_bytes(budget.whole_model_bytes),
+            fmt_bytes(budget.bytes), store.folder,
+        )
+    with budget_scope(budget), spilling(store):
+        return _compile(model, options, source, input_hash, budget, streaming, store)
+
+
+def _compile(
+    model: ir.Model, options: CompileOptions, source: str, input_hash: str | None, budget: Budget, streaming: bool,
+    store: SpillStore | None,
+) -> CompileResult:
     target = get_target(options.target)
     backend = get_backend(target.backend_for(options.backend))
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
     check_dims(model, options.dims)
-    dense_bytes = model_bytes(model)
+    dense_weight_bytes = weight_bytes(model)
+    # A structural copy sharing the weights: passes replace tensors, never write into them.
+    dense_model = model.clone()
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
@@ -115,19 +157,37 @@ def compile_model(
     compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
     compiled.files.update(backend.extra_files(model, target))
 
-    run_compiled = backend.runner(compiled, options.threads)
-    dense_session = make_session(dense_bytes, options.threads)
-    fidelity, fidelity_info = _fidelity(model, dense_session, run_compiled, options, held)
+    stage_bytes = lean_stage_bytes(budget, dense_weight_bytes)
+    staged = backend.name == "ort" and stage_bytes is not None and (streaming or not options.bench)
+    if staged:  # each model run stage by stage: neither is ever whole in memory
+        run_dense = _staged_runner(dense_model, stage_bytes, options.threads)
+        run_compiled = _staged_runner(model, stage_bytes, options.threads)
+    elif options.bench:  # both sessions stay for the latency run
+        dense_session = session_from_ir(dense_model, options.threads)
+        run_dense = _batched(lambda feeds: dense_session.run(None, feeds))
+        run_compiled = _batched(backend.runner(compiled, options.threads))
+    else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
+        run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
+        run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
+    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+    if staged:
+        fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
     latency: dict[str, Any] = {"measured": False}
-    if options.bench and not target.measured_here:
+    if options.bench and streaming and staged:
+        latency["reason"] = (
+            f"not measured: the model's {fmt_bytes(dense_weight_bytes)} of weights cannot be loaded whole within "
+            f"the memory budget ({fmt_bytes(budget.bytes)}, --max-memory)"
+        )
+        log.info("latency: %s", latency["reason"])
+    elif options.bench and not target.measured_here:
         latency["reason"] = target.not_measured_reason
         log.info("latency: %s", target.not_measured_reason)
     elif options.bench:
         feeds = sample_inputs(model, dims=options.dims, seed=options.seed)
         timings = time_side_by_side(
-            {"dense": lambda: dense_session.run(None, feeds), "compiled": lambda: run_compiled(feeds)},
+            {"dense": lambda: run_dense([feeds])[0], "compiled": lambda: run_compiled([feeds])[0]},
             label="dense vs compiled",
         )
         d, c = timings["dense"], timings["compiled"]
@@ -146,7 +206,10 @@ def compile_model(
             "latency: dense %.3f ms, compiled %.3f ms (%.2fx)", d.median_ms, c.median_ms, latency["speedup"]
         )
 
-    compiled_bytes = model_bytes(model)
+    external = streaming or weight_bytes(model) > EXTERNAL_DATA_BYTES
+    staging = Path(tempfile.mkdtemp(prefix="sparsec-model-"))
+    atexit.register(shutil.rmtree, staging, True)
+    written = write_model(model, staging / "model.onnx", external=external)
     manifest = _manifest(
         source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity_info, latency, compiled
     )
@@ -163,7 +226,9 @@ def compile_model(
     )
     manifest["summary"] = describe_pipeline(pipeline, options.target)
     manifest["verdict"] = verdict.to_dict()
-    files = {"model.onnx": compiled_bytes, **compiled.files}
+    files: dict[str, Any] = {p.name: (p.read_bytes() if p.suffix == ".onnx" else p) for p in written}
+    files.update(compiled.files)
+    manifest["files"].extend(p.name for p in written if p.name != "model.onnx")
     manifest["files"].extend(compiled.files)
     plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
@@ -180,6 +245,13 @@ def compile_model(
     if layouts is not None:
         files["attention_layouts.png"] = layouts
         manifest["files"].append("attention_layouts.png")
+    manifest["memory"] = {
+        **budget.to_dict(), "mode": "streaming" if streaming else "in-memory", "weight_bytes": dense_weight_bytes,
+        "spilled_bytes": store.bytes if store is not None else 0, "external_data": external,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_note": "peak resident set of the compiling process, up to the artifact write",
+    }
+    log.info("memory: peak RSS %s (%s)", fmt_bytes(manifest["memory"]["peak_rss_bytes"]), manifest["memory"]["mode"])
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files, verdict)
@@ -213,22 +285,49 @@ def _hold_out(options: CompileOptions, model: ir.Model) -> tuple[CalibrationData
     return calib.split((n - count) / n)
 
 
+Batches = Callable[[list[dict[str, Any]]], list[Any]]  # batches in -> outputs concatenated over them
+
+
+def _batched(run: Callable[[dict[str, Any]], list[Any]]) -> Batches:
+    return lambda batches: run_callable(run, batches)
+
+
+def _one_at_a_time(make: Callable[[], Callable[[dict[str, Any]], list[Any]]]) -> Batches:
+    """A runner whose session exists only while it runs a set of batches."""
+
+    def run(batches: list[dict[str, Any]]) -> list[Any]:
+        return run_callable(make(), batches)
+
+    return run
+
+
+def _staged_runner(model: ir.Model, stage_bytes: int, threads: int) -> Batches:
+    from sparsec.calib.staged import run_staged
+
+    return lambda batches: run_staged(model, list(batches), stage_bytes, threads)
+
+
 def _fidelity(
-    model: ir.Model, dense_session: Any, run_compiled: Any, options: CompileOptions, held: CalibrationData | None
+    model: ir.Model, run_dense: Batches, run_compiled: Batches, options: CompileOptions, held: CalibrationData | None
 ) -> tuple[Fidelity, dict[str, Any]]:
     """Compiled vs dense outputs: on held-out calibration samples when there are any, else on
     random sample inputs (which say little about real data; the manifest names which)."""
     if held is not None:
         held.check_against(model)
-        dense = run_callable(lambda feeds: dense_session.run(None, feeds), held.batches_for(model))
-        compiled = run_callable(run_compiled, held.batches_for(model))
+        dense = run_dense(list(held.batches_for(model)))
+        compiled = run_compiled(list(held.batches_for(model)))
         f = compare(dense, compiled, output_rows(held, held.batches_for(model), len(dense)))
         samples, data = held.samples_used(model), "held-out calibration samples"
     else:
         f = None
-        for i in range(options.fidelity_samples):
-            feeds = sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i)
-            one = compare(dense_session.run(None, feeds), run_compiled(feeds))
+        samples_in = [sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i) for i in range(options.fidelity_samples)]
+        dense_all, compiled_all = run_dense(samples_in), run_compiled(samples_in)
+        n = len(samples_in)
+        for i in range(n):  # per sample, as before: the worst sample counts
+            one = compare(
+                [np.split(np.asarray(o), n, axis=0)[i] for o in dense_all],
+                [np.split(np.asarray(o), n, axis=0)[i] for o in compiled_all],
+            )
             f = one if f is None else f.worst_of(one)
         assert f is not None
         samples, data = options.fidelity_samples, "random sample inputs"

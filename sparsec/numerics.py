@@ -83,5 +83,16 @@ def make_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSession:
 
 
 def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
-    session = make_session(reference_bytes(model), threads)
-    return session.run(None, feeds)
+    """Outputs of `model` (reference-lowered) on `feeds`; stage by stage when its weights
+    exceed the memory budget (`sparsec.memory`), else in one session sharing its weights."""
+    from sparsec.calib.staged import StagedModel
+    from sparsec.ir.file_tensor import weight_bytes
+    from sparsec.ir.session import session_from_ir
+    from sparsec.memory import current_budget, lean_stage_bytes
+
+    copy = model.clone()  # shares the weights; the lowering below leaves `model` alone
+    lower_to_reference(copy)
+    stage_bytes = lean_stage_bytes(current_budget(), weight_bytes(copy))
+    if stage_bytes is not None:
+        return next(StagedModel(copy, stage_bytes, threads).run([feeds]))
+    return session_from_ir(copy, threads, lean=True).run(None, feeds)

@@ -83,6 +83,19 @@ def _without_dialect_ops(data: bytes, origin: str) -> bytes:
     return to_proto(model).SerializeToString()
 
 
+def _external_data_session(path: Path, threads: int, runtime_ops: Any, kernel_threads: int | None) -> ort.InferenceSession:
+    """A session for a model whose weights sit in `<model>.data`: read through the IR and handed
+    to ORT in place (sparsec.ir.session), so ORT never needs the model's folder."""
+    from sparsec.dialect.reference import lower_to_reference
+    from sparsec.ir.io import load_model
+    from sparsec.ir.session import session_from_ir
+
+    model = load_model(path, check_ops=False)
+    lower_to_reference(model)
+    custom = bool(runtime_ops) if runtime_ops is not None else None
+    return session_from_ir(model, threads, custom_ops=custom, kernel_threads=kernel_threads)
+
+
 class InferenceSession:
     """Runs an artifact folder (or a model file) written by `sparsec compile`."""
 
@@ -96,6 +109,9 @@ class InferenceSession:
         manifest_path = model_path.parent / "manifest.json"
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         runtime_ops = self.manifest.get("runtime_ops")
+        if model_path.with_name(model_path.name + ".data").is_file():  # weights in an external-data file
+            self._session = _external_data_session(model_path, threads, runtime_ops, kernel_threads)
+            return
         self._session = make_session(
             _without_dialect_ops(model_path.read_bytes(), str(model_path)),
             threads,

@@ -14,9 +14,9 @@ import onnx_ir as ir
 
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
 from sparsec.dialect import DOMAIN
-from sparsec.ir.io import model_bytes
+from sparsec.ir.session import session_from_ir
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
-from sparsec.runtime import KERNEL_DOMAIN, make_session
+from sparsec.runtime import KERNEL_DOMAIN
 
 log = logging.getLogger("sparsec.backends.ort")
 
@@ -50,7 +50,8 @@ class OrtBackend(Backend):
         return sorted({n.op_type for n in model.graph if n.domain == KERNEL_DOMAIN})
 
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
-        session = make_session(model_bytes(compiled.model), threads, custom_ops=bool(compiled.runtime_ops))
+        # Weights handed to ORT in place: no serialized copy, no 2 GB protobuf limit.
+        session = session_from_ir(compiled.model, threads, custom_ops=bool(compiled.runtime_ops))
 
         def run(feeds: dict) -> list:
             return session.run(None, feeds)

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from sparsec.backends.ort.sparse_ops import NM_OP
 from sparsec.dialect import DOMAIN
+from sparsec.ir.file_tensor import store_tensor
 from sparsec.kernels import PackedFormatError, pack_nm
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
@@ -170,8 +171,8 @@ class LowerNMKernels(Pass):
     def _rewrite(model: ir.Model, layer: ir.Node, weight: ir.Value, packed, n: int, m: int,
                  fold_bias: bool) -> None:
         graph = model.graph
-        values = ir.Value(name=f"{weight.name}.nm_values", const_value=ir.tensor(np.asarray(packed.values)))
-        meta = ir.Value(name=f"{weight.name}.nm_meta", const_value=ir.tensor(np.asarray(packed.meta)))
+        values = ir.Value(name=f"{weight.name}.nm_values", const_value=store_tensor(np.asarray(packed.values), f"{weight.name}.nm_values"))
+        meta = ir.Value(name=f"{weight.name}.nm_meta", const_value=store_tensor(np.asarray(packed.meta), f"{weight.name}.nm_meta"))
         values.const_value.name, meta.const_value.name = values.name, meta.name
         graph.register_initializer(values)
         graph.register_initializer(meta)

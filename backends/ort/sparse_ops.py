@@ -116,13 +116,14 @@ def make_session(
     threads: int = 2,
     kernel_threads: int | None = None,
     providers: list[str] | None = None,
+    options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
     """An InferenceSession running ``model``; its sparse ops call sparsec.kernels.
 
     Malformed packed weights raise PackedFormatError here (the library checks them when
     ONNX Runtime creates the kernels), never a crash at run time.
     """
-    opts = session_options(threads, kernel_threads)
+    opts = options or session_options(threads, kernel_threads)  # `options`: from session_options, extended
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])

@@ -28,6 +28,7 @@ from sparsec.calib.stats import (
     accumulate_rows,
     dense_stats,
 )
+from sparsec.ir.file_tensor import store_tensor
 from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.layer_stats import layer_stages
@@ -181,10 +182,13 @@ def apply_plan(
         stats = dense_stats(model, data_views, calib, threads=threads) if data_views else {}  # type: ignore[arg-type]
         for view in tqdm(views, desc=criterion, unit="layer", disable=not progress, leave=False):
             _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), None, biases.get(view.name), recon)
+            # Stored at once (spilled to disk when streaming): pruned copies never pile up in memory.
+            mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
     for view in views:
-        mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
+        if view.layer.weight.name in params:
+            mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
     for name, value in params.items():  # biases and norm parameters
-        model.graph.initializers[name].const_value = ir.tensor(value, name=name)
+        model.graph.initializers[name].const_value = store_tensor(value, name=name)
     return [outcomes[v.name] for v in views]
 
 

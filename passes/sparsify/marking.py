@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
 from sparsec.dialect.schema import OPSET_VERSION
+from sparsec.ir.file_tensor import store_tensor
 from sparsec.layers import Layer
 from sparsec.passes.sparsify.patterns import Pattern
 
@@ -17,7 +18,7 @@ def insert_marker(
     """Store the pruned weight (under its original name) and put a `com.sparsec` marker op
     between it and its consumer."""
     weight = layer.weight
-    weight.const_value = ir.tensor(pruned, name=weight.name)
+    weight.const_value = store_tensor(pruned, name=weight.name)  # spilled to disk when streaming
     consumer = layer.path[-1] if layer.path else layer.node
     marked = ir.Value(name=f"{weight.name}__{suffix}", shape=weight.shape, type=weight.type)
     marker = ir.Node(DOMAIN, op_type, [weight], attributes=attributes, outputs=[marked], name=f"{layer.name}/{suffix}")

@@ -26,9 +26,8 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from sparsec.calib.data import CalibrationData
 from sparsec.dialect.reference import lower_to_reference
 from sparsec.errors import PipelineError
-from sparsec.ir.io import inline_copy, to_proto
+from sparsec.ir.session import session_from_ir
 from sparsec.layer_view import LayerView
-from sparsec.numerics import make_session
 
 Feeds = dict[str, np.ndarray]
 
@@ -42,11 +41,14 @@ class CalibrationRunner:
         calib.check_against(model)
         self.calib = calib
         self.views = list(views)
-        copy = inline_copy(model)
+        # A structural copy sharing the weights (file-backed ones stay on disk until a
+        # session reads them): never the whole model loaded at once.
+        copy = model.clone()
         lower_to_reference(copy)
         self.output_names = [v.name for v in copy.graph.outputs]
         self.weight_names = sorted({v.layer.weight.name for v in self.views} | set(params))
-        self.base_weights = {name: model.graph.initializers[name].const_value.numpy() for name in self.weight_names}
+        # Read when a run needs them (one stage's worth at a time), not all up front.
+        self._base_tensors = {name: model.graph.initializers[name].const_value for name in self.weight_names}
         for name in self.weight_names:
             value = copy.graph.initializers.pop(name)
             value.const_value = None
@@ -64,7 +66,7 @@ class CalibrationRunner:
     def _session(self, names: tuple[str, ...]) -> Any:
         """A session computing only `names` and what they depend on (ORT runs the whole graph otherwise)."""
         if names not in self._sessions:
-            copy = ir.serde.deserialize_model(to_proto(self._model))
+            copy = self._model.clone()
             values = {v.name: v for n in copy.graph for v in n.outputs}
             values.update({v.name: v for v in copy.graph.inputs})
             copy.graph.outputs.clear()
@@ -75,15 +77,28 @@ class CalibrationRunner:
                     values[n].type = ir.TensorType(ir.DataType.FLOAT)
                 copy.graph.outputs.append(values[n])
             RemoveUnusedNodesPass()(copy)
-            self._sessions[names] = make_session(to_proto(copy).SerializeToString(), self.threads)
+            self._sessions[names] = session_from_ir(copy, self.threads, lean=True)
         return self._sessions[names]
 
-    def _feeds(self, batch: Feeds, weights: dict[str, np.ndarray] | None) -> Feeds:
-        feeds = dict(batch)
+    @property
+    def base_weights(self) -> dict[str, np.ndarray]:
+        """Every fed weight's original value (reads them all: for small models and tests)."""
+        return {name: self.base_weight(name) for name in self.weight_names}
+
+    def base_weight(self, name: str) -> np.ndarray:
+        return self._base_tensors[name].numpy()
+
+    def weight_feeds(self, needed: set[str], weights: dict[str, np.ndarray] | None) -> Feeds:
+        """The fed weights among `needed`: `weights` where given, else the model's (read now)."""
+        feeds = {}
         for name in self.weight_names:
-            w = (weights or {}).get(name)
-            feeds[name] = w if w is not None else self.base_weights[name]
+            if name in needed:
+                w = (weights or {}).get(name)
+                feeds[name] = w if w is not None else self.base_weight(name)
         return feeds
+
+    def _feeds(self, batch: Feeds, weights: dict[str, np.ndarray] | None) -> Feeds:
+        return {**batch, **self.weight_feeds(set(self.weight_names), weights)}
 
     def _run(self, names: Sequence[str], weights: dict[str, np.ndarray] | None) -> Iterator[tuple[Feeds, dict[str, np.ndarray]]]:
         key = tuple(dict.fromkeys(names))
@@ -91,8 +106,9 @@ class CalibrationRunner:
             return
         session = self._session(key)
         needed = {i.name for i in session.get_inputs()}
+        fed = self.weight_feeds(needed, weights)  # read once for all batches
         for batch in self.batches():
-            feeds = {k: v for k, v in self._feeds(batch, weights).items() if k in needed}
+            feeds = {k: v for k, v in {**batch, **fed}.items() if k in needed}
             yield batch, dict(zip(key, session.run(list(key), feeds), strict=True))
 
     # -- what callers read -----------------------------------------------------------------
@@ -241,7 +257,7 @@ class SegmentWalk:
         key = (segment, outputs)
         if key not in self._sessions:
             start = self.cuts[segment - 1] if segment > 0 else 0
-            copy = ir.serde.deserialize_model(to_proto(self.runner._model))
+            copy = self.runner._model.clone()
             nodes = list(copy.graph)
             copy.graph.outputs.clear()
             sample = store[0] if store else {}
@@ -259,7 +275,7 @@ class SegmentWalk:
                     values[name].type = ir.TensorType(ir.DataType.FLOAT)
                 copy.graph.outputs.append(values[name])
             RemoveUnusedNodesPass()(copy)
-            self._sessions[key] = make_session(to_proto(copy).SerializeToString(), self.runner.threads)
+            self._sessions[key] = session_from_ir(copy, self.runner.threads, lean=True)
         return self._sessions[key]
 
     def run(self, segment: int, store: Store, weights: dict[str, np.ndarray] | None, extra: Sequence[str] = ()) -> Store:
@@ -272,9 +288,10 @@ class SegmentWalk:
         session = self._session(segment, outputs, store) if outputs else None
         needed = {i.name for i in session.get_inputs()} if session is not None else set()
         result: Store = []
+        fed = self.runner.weight_feeds(needed, weights)  # this segment's weights, read once
         for i, batch in enumerate(self.runner.batches()):
             before = store[i] if store else {}
-            feeds = {k: v for k, v in {**self.runner._feeds(batch, weights), **before}.items() if k in needed}
+            feeds = {k: v for k, v in {**batch, **fed, **before}.items() if k in needed}
             outs = dict(zip(outputs, session.run(list(outputs), feeds), strict=True)) if session is not None else {}
             carried = {k: v for k, v in before.items() if k in keep and k not in outs}
             result.append({**carried, **outs})

@@ -27,6 +27,7 @@ log = logging.getLogger("sparsec")
 def compile_options(args: argparse.Namespace) -> CompileOptions:
     """CompileOptions from the flags `compile` and `bench` share (bench has no --no-* flags)."""
     from sparsec.compiler import CompileOptions
+    from sparsec.memory import parse_size
 
     return CompileOptions(
         target=args.target,
@@ -39,6 +40,7 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
         threads=args.threads,
         verify_each=not getattr(args, "no_verify", False),
         instruments=instruments_from_args(args) if hasattr(args, "pass_timing") else [],
+        max_memory=parse_size(args.max_memory) if getattr(args, "max_memory", None) else None,
     )
 
 
@@ -92,6 +94,14 @@ def summary(m: dict, spec: str, out: Path) -> str:
         lines.append(
             f"latency on {m['backend']} ({lat['threads']} threads): dense {lat['dense_ms']:.3f} ms, "
             f"compiled {lat['compiled_ms']:.3f} ms -> {lat['speedup']:.2f}x"
+        )
+    elif lat.get("reason"):
+        lines.append(f"latency: {lat['reason']}")
+    if m.get("memory"):
+        mem = m["memory"]
+        lines.append(
+            f"memory: peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GB ({mem['mode']}, budget "
+            f"{mem['max_memory_bytes'] / 2**30:.1f} GB)"
         )
     v = m["verdict"]
     if v["status"] == "ok":

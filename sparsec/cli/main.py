@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dims_arg(p)
     p.add_argument("--threads", type=int, default=2, help="threads for measurements (default 2)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
+    p.add_argument(
+        "--max-memory", metavar="SIZE",
+        help="memory budget, e.g. 8G (default: half the machine's); bigger models run stage by stage",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
     v = p.add_argument_group("verdict")
     v.add_argument(

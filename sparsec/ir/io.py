@@ -13,6 +13,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from sparsec.errors import InputError, UnsupportedError
+from sparsec.ir.file_tensor import adopt_external
 
 # Opsets of the default domain that the passes and ONNX Runtime backend understand.
 MIN_OPSET = 11
@@ -30,15 +31,26 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
         raise InputError(f"{p}: is a directory, expected an .onnx file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
+    checked = False
+    if p.stat().st_size > CHECK_FIRST_BYTES:
+        # The checker parses its own copy of the file: run it before ours exists (a 0.65 GB
+        # GPT-2 export peaked at 1.95 GB with both alive, 1.26 GB one after the other). A
+        # model it refuses is loaded below as any other, for the usual precise message.
+        try:
+            onnx.checker.check_model(str(p))
+            checked = True
+        except Exception:  # noqa: BLE001 - reported below, with the file's own diagnosis
+            checked = False
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise InputError(f"{p}: not a valid ONNX model (cannot parse: {_short(e)})") from None
     _check_is_onnx(proto, str(p))
-    model = _deserialize(proto, str(p), path=p)
+    model = _deserialize(proto, str(p), path=p, checked=checked)
     # External tensors are memory-mapped lazily, relative to the model's folder.
     ir.external_data.set_base_dir(model.graph, str(p.parent))
     _check_external_data(model, p)
+    adopt_external(model)  # read weights on demand, never keep a whole-file mapping
     if check_ops:
         check_supported(model, str(p))
     return model
@@ -74,6 +86,48 @@ def model_bytes(model: ir.Model) -> bytes:
 def save_model(model: ir.Model, path: str | os.PathLike) -> None:
     """Save with all weights inside the file (deterministic bytes for identical IR)."""
     Path(path).write_bytes(model_bytes(model))
+
+
+# Models with more weight bytes than this are written with an external-data file: protobuf
+# cannot hold more than 2 GB, and a whole serialized copy would double the memory.
+EXTERNAL_DATA_BYTES = 256 << 20
+
+
+def write_model(model: ir.Model, path: str | os.PathLike, *, external: bool | None = None) -> list[Path]:
+    """Write `model` to `path`; large weights go, streamed one tensor at a time, to
+    `<name>.data` next to it (when `external`, or by default above EXTERNAL_DATA_BYTES).
+    Returns the files written. Deterministic for identical IR."""
+    from sparsec.ir.file_tensor import weight_bytes
+
+    path = Path(path)
+    if external is None:
+        external = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    if not external:
+        path.write_bytes(model_bytes(model))
+        return [path]
+    data_path = path.with_name(path.name + ".data")
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        with open(data_path, "wb") as f:
+            for value in model.graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or tensor.nbytes < 1024 or tensor.dtype.bitwidth < 8:
+                    continue
+                offset = f.tell()
+                array = tensor.numpy()
+                f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+                del array
+                swapped.append((value, tensor))
+                value.const_value = ir.ExternalTensor(
+                    data_path.name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name,
+                    base_dir=str(path.parent),
+                )
+        proto = to_proto(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    path.write_bytes(proto.SerializeToString(deterministic=True))
+    return [path, data_path]
 
 
 def model_hash(path: str | os.PathLike) -> str:
@@ -126,16 +180,24 @@ def _check_is_onnx(proto: onnx.ModelProto, origin: str) -> None:
         raise InputError(f"{origin}: ONNX model has an empty graph")
 
 
-def _deserialize(proto: onnx.ModelProto, origin: str, path: Path | None = None) -> ir.Model:
+CHECK_FIRST_BYTES = 64 << 20
+
+
+def _check_model(model: str | onnx.ModelProto, origin: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:  # ValueError: undecodable text
+        raise InputError(f"{origin}: not a valid ONNX model ({_short(e)})") from None
+
+
+def _deserialize(proto: onnx.ModelProto, origin: str, path: Path | None = None, checked: bool = False) -> ir.Model:
     # The checker refuses what the IR and ONNX Runtime would trip over later, deep inside a
     # pass: tensors whose data does not fit their shape and type, values used before they
     # are defined, malformed attributes (no shape inference: that runs per pass). Given the
     # file, it resolves external data against the model's folder (given a proto, against
     # the working folder).
-    try:
-        onnx.checker.check_model(str(path) if path is not None else proto)
-    except (onnx.checker.ValidationError, ValueError) as e:  # ValueError: undecodable text
-        raise InputError(f"{origin}: not a valid ONNX model ({_short(e)})") from None
+    if not checked:
+        _check_model(str(path) if path is not None else proto, origin)
     for tensor in _tensors(proto.graph):
         _check_tensor_data(tensor, origin)
     try:

@@ -1,0 +1,157 @@
+"""Weights that live in files until a pass reads them, and a spill file for rewritten weights.
+
+onnx_ir's `ExternalTensor` memory-maps its whole data file on first use and keeps the
+mapping: every page a pass or session touches stays resident for the rest of the compile,
+so reading a 6 GB model once costs 6 GB of RSS. `FileTensor` reads its bytes with one
+`pread` into a fresh array each time and keeps nothing (small tensors are cached), so a
+weight costs memory only while someone holds its array.
+
+`SpillStore` is where passes put the weights they rewrite: each array is written once to a
+temporary file and replaced by a `FileTensor`, so the pruned copy of a big model lives on
+disk, not in memory, until the artifact writer streams it out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+# Tensors at or below this many bytes are kept in memory once read (norm scales, shapes).
+CACHE_BYTES = 1 << 20
+
+
+class FileTensor(ir.ExternalTensor):
+    """An external-data tensor read on demand with `pread`; never memory-mapped or cached when large."""
+
+    def _read(self) -> np.ndarray:
+        self._check_validity()
+        dtype = self.dtype
+        if dtype.bitwidth < 8 or dtype.bitwidth % 8:  # packed sub-byte types: onnx_ir knows them
+            return super().numpy()
+        if self._array is not None:
+            return self._array
+        shape = self.shape.numpy()
+        count = int(np.prod(shape)) if shape else 1
+        np_dtype = np.dtype(dtype.numpy()).newbyteorder("<")
+        with open(self.path, "rb") as f:
+            data = np.fromfile(f, dtype=np_dtype, count=count, offset=self.offset or 0)
+        if data.size != count:
+            raise OSError(f"external data of tensor '{self.name}' in {self.path} is truncated")
+        array = data.reshape(shape)
+        if array.nbytes <= CACHE_BYTES:
+            self._array = array
+        return array
+
+    def numpy(self) -> np.ndarray:
+        return self._read()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self._read()
+        return array if dtype is None else array.astype(dtype)
+
+    def tobytes(self) -> bytes:
+        return self._read().tobytes()
+
+    def release(self) -> None:
+        self._array = None
+
+
+def as_file_tensor(tensor: ir.ExternalTensor) -> FileTensor:
+    return FileTensor(
+        tensor.location, offset=tensor.offset, length=tensor.length, dtype=tensor.dtype,
+        shape=tensor.shape, name=tensor.name, base_dir=tensor.base_dir,
+    )
+
+
+def adopt_external(model: ir.Model) -> int:
+    """Replace the model's memory-mapped external tensors by `FileTensor`s; returns how many."""
+    count = 0
+    for value in _initializers(model):
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and not isinstance(tensor, FileTensor):
+            value.const_value = as_file_tensor(tensor)
+            count += 1
+    return count
+
+
+def _initializers(model: ir.Model) -> list[ir.Value]:
+    values = list(model.graph.initializers.values())
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                values.extend(attr.value.initializers.values())
+    return values
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of every initializer of the main graph (what a whole-model session holds)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        t = value.const_value
+        if t is not None:
+            total += t.nbytes
+    return total
+
+
+class SpillStore:
+    """An append-only temporary file of rewritten weights (removed by `close`)."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, *, threshold: int = 16 << 20) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="sparsec-spill-", dir=directory))
+        self.threshold = threshold
+        self.path = self.folder / "weights.bin"
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.bytes = 0
+
+    def put(self, array: np.ndarray, name: str | None = None) -> ir.TensorProtocol:
+        """The tensor to store for `array`: a `FileTensor` in the spill file when large."""
+        array = np.ascontiguousarray(array)
+        if array.nbytes < self.threshold or array.dtype == object:
+            return ir.tensor(array, name=name)
+        offset = self._file.tell()
+        self._file.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+        self._file.flush()
+        self.bytes += array.nbytes
+        return FileTensor(
+            self.path.name, offset=offset, length=array.nbytes, dtype=ir.DataType.from_numpy(array.dtype),
+            shape=ir.Shape(array.shape), name=name or "", base_dir=str(self.folder),
+        )
+
+    def close(self) -> None:
+        self._file.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_ACTIVE: list[SpillStore] = []
+
+
+class spilling:  # noqa: N801 - used as a context manager, like contextlib helpers
+    """Within the block, `store_tensor` writes large rewritten weights to a spill file."""
+
+    def __init__(self, store: SpillStore | None) -> None:
+        self.store = store
+
+    def __enter__(self) -> SpillStore | None:
+        if self.store is not None:
+            _ACTIVE.append(self.store)
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        if self.store is not None:
+            _ACTIVE.remove(self.store)
+
+
+def store_tensor(array: np.ndarray, name: str | None = None) -> ir.TensorProtocol:
+    """The tensor a pass stores for a rewritten weight: spilled to disk when a store is active."""
+    if _ACTIVE:
+        return _ACTIVE[-1].put(array, name)
+    return ir.tensor(array, name=name)
+
+
+__all__ = ["FileTensor", "SpillStore", "adopt_external", "as_file_tensor", "spilling", "store_tensor", "weight_bytes"]
