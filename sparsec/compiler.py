@@ -15,13 +15,19 @@ import sparsec
 from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
 from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
-from sparsec.bench import time_side_by_side
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
 from sparsec.input_dims import check_dims
-from sparsec.ir.io import model_bytes
+from sparsec.ir.io import inline_copy, model_bytes
+from sparsec.latency import measure_latency
+from sparsec.never_slower import (
+    fallback_words,
+    kernel_layers_by_gain,
+    lowering_summary,
+    with_dense_layers,
+)
 from sparsec.numerics import make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
@@ -59,13 +65,15 @@ class CompileOptions:
     instruments: Sequence[Instrument] = ()
     min_cosine: float | None = None  # verdict: floor on the worst output cosine (None: DEFAULT_MIN_COSINE)
     strict: bool = False  # verdict: every warning fails the compile
+    prune_all: bool = False  # prune layers the target runs no faster sparse too (preset without only_faster)
+    tune: bool = True  # lowering from per-machine measurements (sparsec.tune); False: fixed thresholds
 
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
             return self.pipeline
         return preset_pipeline(
             target=self.target, sparsity=self.sparsity, criterion=self.criterion, min_fidelity=self.min_fidelity,
-            moe=self.moe,
+            moe=self.moe, prune_all=self.prune_all,
         )
 
 
@@ -86,70 +94,49 @@ class CompileResult:
 def compile_model(
     model: ir.Model, options: CompileOptions | None = None, *, source: str = "<memory>", input_hash: str | None = None
 ) -> CompileResult:
-    """Run the full compile on an IR model (modified in place) and build the artifact files."""
+    """Run the full compile on an IR model (modified in place, unless the never-slower
+    fallback rebuilds it from a copy) and build the artifact files."""
     options = options or CompileOptions()
     target = get_target(options.target)
     backend = get_backend(target.backend_for(options.backend))
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
+    if not options.tune:
+        log.info("tuning is off: layers are lowered by fixed thresholds, not by measurements on this machine")
     check_dims(model, options.dims)
     dense_bytes = model_bytes(model)
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
-    ctx = PassContext(
-        target=options.target,
-        dims=dict(options.dims),
-        seed=options.seed,
-        calibration=calibration,
-        repro_dir=default_repro_dir(),
-    )
-    full = pipeline + legalize
-    snapshot = _CostsBeforeLegalization(len(pipeline), options)
-    instruments = [LogProgress(len(full)), snapshot, *options.instruments]
-    records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
-    sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
-    problems = backend.check(model)
-    if problems:
-        raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
-    compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
-    compiled.files.update(backend.extra_files(model, target))
-
-    run_compiled = backend.runner(compiled, options.threads)
-    dense_session = make_session(dense_bytes, options.threads)
-    fidelity, fidelity_info = _fidelity(model, dense_session, run_compiled, options, held)
-    log.info("fidelity vs dense: %s", fidelity_info["summary"])
+    measure = options.bench and target.measured_here
+    original = inline_copy(model) if measure else None  # the never-slower fallback rebuilds from it
+    build = _build(model, pipeline, legalize, options, backend, target, calibration)
 
     latency: dict[str, Any] = {"measured": False}
+    fallback: dict[str, Any] = {}
     if options.bench and not target.measured_here:
         latency["reason"] = target.not_measured_reason
         log.info("latency: %s", target.not_measured_reason)
     elif options.bench:
         feeds = sample_inputs(model, dims=options.dims, seed=options.seed)
-        timings = time_side_by_side(
-            {"dense": lambda: dense_session.run(None, feeds), "compiled": lambda: run_compiled(feeds)},
-            label="dense vs compiled",
-        )
-        d, c = timings["dense"], timings["compiled"]
-        latency = {
-            "measured": True,
-            "dense_ms": round(d.median_ms, 4),
-            "compiled_ms": round(c.median_ms, 4),
-            "speedup": round(d.median_ms / c.median_ms, 4),
-            "dense": d.to_dict(),
-            "compiled": c.to_dict(),
-            "threads": options.threads,
-            "protocol": "dense vs compiled on ORT CPU, same process and threads, warm-up 3, blocked round-robin (blocks of 4 calls, first discarded), median",
-            "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
-        }
-        log.info(
-            "latency: dense %.3f ms, compiled %.3f ms (%.2fx)", d.median_ms, c.median_ms, latency["speedup"]
-        )
+        latency = _latency(dense_bytes, build, feeds, options)
+        if not latency["faster"]:
+            assert original is not None
+            build, latency, fallback = _never_slower(
+                original, pipeline, legalize, options, backend, target, calibration, build, latency, dense_bytes, feeds
+            )
+    model, ctx, records, compiled = build.model, build.ctx, build.records, build.compiled
+    sparse_costs = build.sparse_costs
+    dense_session = make_session(dense_bytes, options.threads)
+    fidelity, fidelity_info = _fidelity(model, dense_session, build.run, options, held)
+    log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
     compiled_bytes = model_bytes(model)
     manifest = _manifest(
-        source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity_info, latency, compiled
+        source, input_hash, options, build.pipeline, build.legalize, records, ctx, dense_costs, sparse_costs,
+        fidelity_info, latency, compiled
     )
+    manifest["lowering"] = lowering_summary(ctx, tuned=options.tune, fallback=fallback)
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")
@@ -161,7 +148,7 @@ def compile_model(
         real_samples=manifest["fidelity"]["inputs"] == "calibration",
         strict=options.strict,
     )
-    manifest["summary"] = describe_pipeline(pipeline, options.target)
+    manifest["summary"] = describe_pipeline(pipeline, options.target) + fallback_words(fallback)
     manifest["verdict"] = verdict.to_dict()
     files = {"model.onnx": compiled_bytes, **compiled.files}
     manifest["files"].extend(compiled.files)
@@ -183,6 +170,79 @@ def compile_model(
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files, verdict)
+
+
+@dataclass
+class _Build:
+    """One run of the pipelines on a model, with what the measurements need."""
+
+    model: ir.Model
+    pipeline: Pipeline
+    legalize: Pipeline
+    ctx: PassContext
+    records: list[PassRecord]
+    sparse_costs: CostReport
+    compiled: CompiledModel
+    run: Any
+
+
+def _build(
+    model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
+    calibration: CalibrationData | None, tuner: Any = None,
+) -> _Build:
+    ctx = PassContext(
+        target=options.target,
+        dims=dict(options.dims),
+        seed=options.seed,
+        calibration=calibration,
+        repro_dir=default_repro_dir(),
+        threads=options.threads,
+        tune=options.tune,
+        tuner=tuner,
+    )
+    full = pipeline + legalize
+    snapshot = _CostsBeforeLegalization(len(pipeline), options)
+    instruments = [LogProgress(len(full)), snapshot, *options.instruments]
+    records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
+    sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
+    problems = backend.check(model)
+    if problems:
+        raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
+    compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
+    compiled.files.update(backend.extra_files(model, target))
+    run = backend.runner(compiled, options.threads)
+    return _Build(model, pipeline, legalize, ctx, records, sparse_costs, compiled, run)
+
+
+def _latency(dense_bytes: bytes, build: _Build, feeds: dict[str, Any], options: CompileOptions) -> dict[str, Any]:
+    lat = measure_latency(dense_bytes, build.run, feeds, options.threads)
+    log.info("latency: dense %.3f ms (%s), compiled %.3f ms (%.2fx, noise +-%.1f%%)", lat["dense_ms"],
+             lat["baseline"], lat["compiled_ms"], lat["speedup"], 100 * lat["noise"])
+    return lat
+
+
+def _never_slower(
+    original: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
+    calibration: CalibrationData | None, build: _Build, latency: dict[str, Any], dense_bytes: bytes,
+    feeds: dict[str, Any],
+) -> tuple[_Build, dict[str, Any], dict[str, Any]]:
+    """Move kernel layers back to dense, least measured gain first (1, 2, 4, ... at a time),
+    rebuilding from the input model each time, until the compiled model is faster beyond noise."""
+    queue = kernel_layers_by_gain(build.ctx.decisions)
+    steps = [{"layers_moved": 0, "speedup": latency["speedup"], "noise": latency["noise"]}]
+    moved: list[dict[str, Any]] = []
+    take = 1
+    while queue and not latency["faster"]:
+        moved += queue[:take]
+        queue = queue[take:]
+        take *= 2
+        log.info("never slower: %.2fx is not faster than dense beyond noise; moving %d layer(s) back to dense",
+                 latency["speedup"], len(moved))
+        p, lo = with_dense_layers(pipeline, legalize, [m["weight"] for m in moved])
+        build = _build(inline_copy(original), p, lo, options, backend, target, calibration, build.ctx.tuner)
+        latency = _latency(dense_bytes, build, feeds, options)
+        steps.append({"layers_moved": len(moved), "speedup": latency["speedup"], "noise": latency["noise"]})
+    return build, latency, {"moved_to_dense": moved, "steps": steps, "faster_in_the_end": latency["faster"]}
 
 
 class _CostsBeforeLegalization(Instrument):

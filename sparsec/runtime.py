@@ -53,10 +53,7 @@ def make_session(
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 
         return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = plain_session_options(threads)
     try:
         return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -66,6 +63,19 @@ def make_session(
                 f"domain {_LEGACY_DOMAIN}); compile it again"
             ) from exc
         raise
+
+
+def plain_session_options(threads: int = 2, allow_spinning: bool = False) -> ort.SessionOptions:
+    """Session options for a model without sparsec kernels. Spinning is off by default, as in
+    the kernel sessions: a spinning ORT pool holds the cores after a run, and on a 2-core
+    machine that only helps back-to-back runs of one session (measured by the compile beside
+    spinning on; the manifest's latency records both)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return opts
 
 
 def _without_dialect_ops(data: bytes, origin: str) -> bytes:

@@ -39,6 +39,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
         threads=args.threads,
         verify_each=not getattr(args, "no_verify", False),
         instruments=instruments_from_args(args) if hasattr(args, "pass_timing") else [],
+        prune_all=bool(getattr(args, "prune_all", None)),
+        tune=not getattr(args, "no_tune", False),
     )
 
 
