@@ -94,6 +94,7 @@ class Comparison:
     speedups: dict[str, float]  # baseline median / contender median
     noise: dict[str, float]  # relative 95% half-width of each speedup (from per-round ratios)
     rounds: int
+    per_round: dict[str, list[float]]  # each contender's per-round block median, ms
 
     def faster(self, name: str) -> bool:
         """The contender beats the baseline by more than the noise."""
@@ -151,9 +152,17 @@ def compare_interleaved(
         if name == baseline:
             continue
         speedups[name] = timings[baseline].median_ms / timings[name].median_ms
-        logs = [math.log(b / c) for b, c in zip(per_round[baseline], per_round[name], strict=True)]
-        noise[name] = _median_halfwidth(logs)
-    return Comparison(timings, speedups, noise, rounds)
+        noise[name] = _median_halfwidth(_log_ratios(per_round[baseline], per_round[name]))
+    return Comparison(timings, speedups, noise, rounds, per_round)
+
+
+def paired_noise(result: Comparison, a: str, b: str) -> float:
+    """Relative 95% half-width of the ratio a/b from the rounds of an interleaved comparison."""
+    return _median_halfwidth(_log_ratios(result.per_round[a], result.per_round[b]))
+
+
+def _log_ratios(a: list[float], b: list[float]) -> list[float]:
+    return [math.log(x / y) for x, y in zip(a, b, strict=True)]
 
 
 def _median_halfwidth(logs: list[float]) -> float:

@@ -136,6 +136,8 @@ def compile_model(
         source, input_hash, options, build.pipeline, build.legalize, records, ctx, dense_costs, sparse_costs,
         fidelity_info, latency, compiled
     )
+    if latency.get("measured"):  # sparsec.runtime.InferenceSession runs the artifact with these
+        manifest["runtime_settings"] = latency["compiled_settings"]
     manifest["lowering"] = lowering_summary(ctx, tuned=options.tune, fallback=fallback)
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
@@ -215,7 +217,8 @@ def _build(
 
 
 def _latency(dense_bytes: bytes, build: _Build, feeds: dict[str, Any], options: CompileOptions) -> dict[str, Any]:
-    lat = measure_latency(dense_bytes, build.run, feeds, options.threads)
+    runners = get_backend(build.compiled.backend).setting_runners(build.compiled, options.threads)
+    lat = measure_latency(dense_bytes, runners, feeds, options.threads)
     log.info("latency: dense %.3f ms (%s), compiled %.3f ms (%.2fx, noise +-%.1f%%)", lat["dense_ms"],
              lat["baseline"], lat["compiled_ms"], lat["speedup"], 100 * lat["noise"])
     return lat

@@ -42,8 +42,12 @@ def make_session(
     *,
     custom_ops: bool | None = None,
     kernel_threads: int | None = DEFAULT_KERNEL_THREADS,
+    allow_spinning: bool | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels.
+
+    `allow_spinning` (ORT's session.intra_op.allow_spinning): None keeps the defaults, off with
+    kernels (spinning ORT workers steal the kernel pool's cores) and ORT's own (on) without.
 
     Without the compiled kernel library a model using them raises KernelUnavailableError.
     """
@@ -52,8 +56,9 @@ def make_session(
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 
-        return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads)
-    opts = plain_session_options(threads)
+        return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads,
+                                   allow_spinning=bool(allow_spinning))
+    opts = plain_session_options(threads, allow_spinning=True if allow_spinning is None else allow_spinning)
     try:
         return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -65,11 +70,8 @@ def make_session(
         raise
 
 
-def plain_session_options(threads: int = 2, allow_spinning: bool = False) -> ort.SessionOptions:
-    """Session options for a model without sparsec kernels. Spinning is off by default, as in
-    the kernel sessions: a spinning ORT pool holds the cores after a run, and on a 2-core
-    machine that only helps back-to-back runs of one session (measured by the compile beside
-    spinning on; the manifest's latency records both)."""
+def plain_session_options(threads: int = 2, allow_spinning: bool = True) -> ort.SessionOptions:
+    """Session options for a model without sparsec kernels (spinning: ORT's default, on)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -106,11 +108,14 @@ class InferenceSession:
         manifest_path = model_path.parent / "manifest.json"
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         runtime_ops = self.manifest.get("runtime_ops")
+        # The settings the compile measured fastest for this artifact (absent: the defaults).
+        spinning = self.manifest.get("runtime_settings", {}).get("allow_spinning")
         self._session = make_session(
             _without_dialect_ops(model_path.read_bytes(), str(model_path)),
             threads,
             custom_ops=bool(runtime_ops) if runtime_ops is not None else None,
             kernel_threads=kernel_threads,
+            allow_spinning=None if spinning is None else bool(spinning),
         )
 
     def get_inputs(self) -> list:
