@@ -138,7 +138,7 @@ def compile_model(
     )
     if latency.get("measured"):  # sparsec.runtime.InferenceSession runs the artifact with these
         manifest["runtime_settings"] = latency["compiled_settings"]
-    manifest["lowering"] = lowering_summary(ctx, tuned=options.tune, fallback=fallback)
+    manifest["lowering"] = lowering_summary(ctx, records, tuned=options.tune, fallback=fallback)
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")

@@ -40,11 +40,16 @@ def with_dense_layers(pipeline: Pipeline, legalize: Pipeline, weights: list[str]
     return Pipeline([opt(p) for p in pipeline]), Pipeline([low(p) for p in legalize])
 
 
-def lowering_summary(ctx: Any, *, tuned: bool, fallback: dict[str, Any]) -> dict[str, Any]:
+def lowering_summary(ctx: Any, records: list[Any], *, tuned: bool, fallback: dict[str, Any]) -> dict[str, Any]:
     """Per layer: how it runs (sparse kernel, dense with pruned weights, dense unpruned), the
     measured dense and sparse time per call behind the choice, and why."""
     moved = {m["weight"]: m for m in fallback.get("moved_to_dense", [])}
     lowering = {d["weight"]: d for d in ctx.decisions if d.get("pass") == "lower-nm-kernels" and "weight" in d}
+    for r in records:  # layers kept marked (pruned), stored dense by legalize-dense
+        if r.name == "lower-nm-kernels":
+            for weight, reason in r.stats.get("kept_dense", {}).items():
+                lowering.setdefault(weight, {"decision": "dense", "reason": reason,
+                                             "layer": ctx.measured.get(weight, {}).get("layer")})
     layers = []
     for weight in list(dict.fromkeys([*ctx.measured, *lowering, *moved])):
         tuned_info = ctx.measured.get(weight) or moved.get(weight, {})

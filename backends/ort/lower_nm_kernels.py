@@ -161,11 +161,9 @@ class LowerNMKernels(Pass):
             choice = choices.get(weight.name, "no lowering choice for this layer")
             layer, w_kn, _ = found
             name = layer.name or layer.outputs[0].name
-            timing = choice.to_dict() if not isinstance(choice, str) else {}
             if isinstance(choice, str) or not choice.sparse:
                 reason = choice if isinstance(choice, str) else choice.reason
-                skipped[weight.name] = reason
-                ctx.record(self.name, name, weight=weight.name, decision="dense", reason=reason, **_times(timing))
+                skipped[weight.name] = reason  # stays marked: legalize-dense stores it dense
                 continue
             try:
                 packed = pack_nm(w_kn, n, m)
@@ -180,7 +178,7 @@ class LowerNMKernels(Pass):
             packed_bytes += int(packed.nbytes)
             dense_bytes += int(w_kn.nbytes)
             ctx.record(self.name, name, weight=weight.name, decision=f"kernel {NM_OP} {n}:{m} ({choice.variant})",
-                       packed_bytes=int(packed.nbytes), reason=choice.reason, **_times(timing))
+                       packed_bytes=int(packed.nbytes), reason=choice.reason, **_times(choice.to_dict()))
         if lowered:
             model.opset_imports.setdefault(KERNEL_DOMAIN, 1)
             from onnx_ir.passes.common import RemoveUnusedNodesPass
