@@ -75,3 +75,33 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"{r['layer'][:40]:40} {r.get('shape', '-')[:44]:44} {dense:>9} {sparse:>9}  "
               f"{r.get('variant', 'dense')}{' (cached)' if r.get('cached') else ''}: {r.get('reason', '')}")
     return 0
+
+
+def artifact_lowering(spec: str) -> dict[str, Any] | None:
+    """The per-layer lowering choices of an artifact folder's manifest (None for other inputs)."""
+    from pathlib import Path
+
+    manifest = Path(spec) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text()).get("lowering")
+    except (OSError, ValueError):
+        return None
+
+
+def lowering_lines(lowering: dict[str, Any] | None) -> list[str]:
+    """`sparsec inspect ARTIFACT`: how each layer runs on the target and why (measured times)."""
+    if not lowering or not lowering.get("layers"):
+        return []
+    lines = ["", f"lowering ({lowering['choices']}): {lowering['sparse_kernel_layers']} layer(s) on sparse "
+             f"kernels, {lowering['dense_layers']} dense"]
+    for e in lowering["layers"]:
+        times = ""
+        if e.get("dense_us") is not None and e.get("sparse_us") is not None:
+            times = f" dense {e['dense_us']:.1f} us vs sparse {e['sparse_us']:.1f} us;"
+        lines.append(f"  {str(e.get('layer') or e['weight'])[:40]:40} {e['runs']:24}{times} {e.get('reason', '')}")
+    moved = lowering.get("never_slower", {}).get("moved_to_dense", [])
+    if moved:
+        lines.append(f"  never slower: {len(moved)} layer(s) moved back to dense after the end-to-end check")
+    return lines

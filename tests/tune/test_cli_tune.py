@@ -59,3 +59,16 @@ def test_prune_all_is_a_technique_flag(capsys) -> None:
     assert rc == 0 and "only_faster=true" in out
     rc, _, err = run(capsys, ["pipeline", "show", "-p", "nm-sparsity", "--prune-all"])
     assert rc == 2 and "--prune-all" in err
+
+
+@pytest.mark.skipif(not kernels_available(), reason="sparsec kernels are not built")
+def test_inspect_shows_each_layers_lowering_choice(tmp_path, capsys) -> None:
+    model = str(write_two_layers(tmp_path))
+    rc, _, err = run(capsys, ["compile", model, "-o", str(tmp_path / "out"), "--no-bench"])
+    assert rc == 0, err
+    rc, out, _ = run(capsys, ["inspect", str(tmp_path / "out")])
+    assert rc == 0 and "lowering (measured on this machine" in out
+    assert out.count(" us vs sparse ") == 2  # both layers, with their measured times
+    rc, out, _ = run(capsys, ["inspect", str(tmp_path / "out"), "--json"])
+    layers = json.loads(out)["lowering"]["layers"]
+    assert {e["weight"] for e in layers} == {"w1", "w2"} and all(e["dense_us"] > 0 for e in layers)
