@@ -132,6 +132,10 @@ def compile_model(
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
     compiled_bytes = model_bytes(model)
+    if latency.get("measured"):
+        # Nothing changed (no layer runs faster here, so none was pruned): the artifact is the
+        # input model and any measured difference is noise.
+        latency["identical_to_dense"] = compiled_bytes == dense_bytes
     manifest = _manifest(
         source, input_hash, options, build.pipeline, build.legalize, records, ctx, dense_costs, sparse_costs,
         fidelity_info, latency, compiled
