@@ -34,6 +34,7 @@ class Choice:
     noise: float | None  # relative 95% half-width of the speedup
     reason: str
     cached: bool = False
+    variants_us: dict[str, float] | None = None  # every variant timed, per layer call
 
     @property
     def sparse(self) -> bool:
@@ -47,12 +48,13 @@ class Choice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "dense_us": self.dense_us, "sparse_us": self.sparse_us,
-                "sparse_variant": self.sparse_variant, "noise": self.noise, "reason": self.reason}
+                "sparse_variant": self.sparse_variant, "noise": self.noise, "reason": self.reason,
+                **({"variants_us": self.variants_us} if self.variants_us else {})}
 
     @classmethod
     def from_dict(cls, key: str, d: dict[str, Any], cached: bool) -> Choice:
         return cls(key, d["variant"], d.get("dense_us"), d.get("sparse_us"), d.get("sparse_variant"),
-                   d.get("noise"), d.get("reason", ""), cached)
+                   d.get("noise"), d.get("reason", ""), cached, d.get("variants_us"))
 
 
 def budget_from_env() -> float:
@@ -129,7 +131,8 @@ class Tuner:
         else:
             variant, reason = DENSE, f"{best} not faster than dense beyond noise ({dense_us / sparse_us:.2f}x, noise +-{noise:.1%})"
         log.info("tuned %s: dense %.1f us, %s %.1f us -> %s", shape.key, dense_us, best, sparse_us, variant)
-        return Choice(shape.key, variant, dense_us, sparse_us, best, noise, reason)
+        return Choice(shape.key, variant, dense_us, sparse_us, best, noise, reason,
+                      variants_us={name: round(us, 3) for name, us in per_call.items()})
 
 
 def _conclusive(result, names: list[str]) -> bool:

@@ -25,6 +25,9 @@ def test_the_real_tuner_times_dense_and_each_kernel_variant() -> None:
     assert choice.sparse_us is not None and choice.sparse_us > 0
     assert choice.sparse_variant in variants_for("matmul") and choice.sparse_variant != DENSE
     assert choice.variant in (DENSE, choice.sparse_variant)
+    assert choice.variants_us is not None and set(choice.variants_us) == set(variants_for("matmul"))
+    assert choice.variants_us[DENSE] == choice.dense_us
+    assert min(v for k, v in choice.variants_us.items() if k != DENSE) == choice.sparse_us
     # The choice follows the times: sparse only when faster beyond the measured noise.
     if choice.sparse:
         assert choice.dense_us > choice.sparse_us * (1 + choice.noise)
