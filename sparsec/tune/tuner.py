@@ -97,7 +97,11 @@ class Tuner:
             return Choice.from_dict(shape.key, entry, cached=True)
         choice = self._measure(shape)
         if choice.dense_us is not None:  # nothing measured, nothing to remember
-            self.cache.put(shape.key, {**choice.to_dict(), "variants": registered,
+            from sparsec.latency import load_average
+
+            # The load it was measured under: a result from a busy machine is worth re-measuring
+            # (`sparsec tune --retune`) once it is quiet.
+            self.cache.put(shape.key, {**choice.to_dict(), "variants": registered, "load_average": load_average(),
                                        "protocol": PAIRED_PROTOCOL.format(warmup=3), "budget_s": self.budget_s})
             self.measured += 1
         return choice
