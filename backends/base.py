@@ -48,6 +48,11 @@ class Backend(ABC):
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
         """A callable running the compiled model on feeds."""
 
+    def setting_runners(self, compiled: CompiledModel, threads: int = 2) -> dict[str, tuple[dict[str, Any], Runner]]:
+        """Runners of the compiled model under each runtime setting worth measuring
+        (name -> (settings, runner)); the compile keeps the fastest in the manifest."""
+        return {"default": ({}, self.runner(compiled, threads))}
+
     def extra_files(self, model: ir.Model, target: Any) -> dict[str, bytes]:
         """Artifact files beyond model.onnx (e.g. a runtime session configuration)."""
         return {}

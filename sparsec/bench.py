@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -74,3 +75,102 @@ def _summary(samples: list[float]) -> Timing:
         p90_ms=ordered[min(k - 1, int(round(0.9 * (k - 1))))],
         runs=k,
     )
+
+
+# ---- Paired comparison with a noise estimate (the compile's and the tuner's protocol) ----
+
+PAIRED_PROTOCOL = (
+    "interleaved blocks (order alternating each round, a pause before each block so spinning "
+    "pools of the previous contender go idle, first call of each block discarded), warm-up {warmup} "
+    "calls each, median of the rest; noise = 95% half-width of the median per-round log ratio"
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`baseline` vs each contender: medians, per-round paired ratios and their noise."""
+
+    timings: dict[str, Timing]
+    speedups: dict[str, float]  # baseline median / contender median
+    noise: dict[str, float]  # relative 95% half-width of each speedup (from per-round ratios)
+    rounds: int
+    per_round: dict[str, list[float]]  # each contender's per-round block median, ms
+
+    def faster(self, name: str) -> bool:
+        """The contender beats the baseline by more than the noise."""
+        return self.speedups[name] > 1.0 + self.noise[name]
+
+
+def compare_interleaved(
+    baseline: str,
+    fns: dict[str, Callable[[], Any]],
+    *,
+    budget_s: float = 10.0,
+    min_rounds: int = 5,
+    max_rounds: int = 60,
+    block: int = 4,
+    warmup: int = 3,
+    pause_s: float = 0.002,
+    label: str = "benchmark",
+) -> Comparison:
+    """Time `fns` interleaved and compare each with `baseline`.
+
+    Each round runs every callable for a block of calls (the first discarded: it wakes the
+    thread pools); a short pause before each block lets the previous contender's spinning
+    workers (ONNX Runtime spins its pool after a run, the kernels' pool ~60 us) go idle, so
+    they do not steal cores from the next one. Rounds continue until `budget_s` is spent
+    (at least `min_rounds`).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    rounds = 0
+    bar = tqdm(total=max_rounds, desc=label, unit="round", leave=False, disable=None)
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
+        order = names if rounds % 2 == 0 else names[::-1]
+        for name in order:
+            if pause_s:
+                time.sleep(pause_s)
+            block_ms = []
+            for j in range(block):
+                t0 = time.perf_counter()
+                fns[name]()
+                if j:
+                    block_ms.append((time.perf_counter() - t0) * 1e3)
+            samples[name].extend(block_ms)
+            per_round[name].append(statistics.median(block_ms))
+        rounds += 1
+        bar.update(1)
+    bar.close()
+    timings = {n: _summary(s) for n, s in samples.items()}
+    speedups, noise = {}, {}
+    for name in names:
+        if name == baseline:
+            continue
+        speedups[name] = timings[baseline].median_ms / timings[name].median_ms
+        noise[name] = _median_halfwidth(_log_ratios(per_round[baseline], per_round[name]))
+    return Comparison(timings, speedups, noise, rounds, per_round)
+
+
+def paired_noise(result: Comparison, a: str, b: str) -> float:
+    """Relative 95% half-width of the ratio a/b from the rounds of an interleaved comparison."""
+    return _median_halfwidth(_log_ratios(result.per_round[a], result.per_round[b]))
+
+
+def _log_ratios(a: list[float], b: list[float]) -> list[float]:
+    return [math.log(x / y) for x, y in zip(a, b, strict=True)]
+
+
+def _median_halfwidth(logs: list[float]) -> float:
+    """Relative 95% half-width of a median ratio from per-round log ratios (robust sigma from
+    the MAD; the median's standard error is 1.2533 sigma / sqrt(n))."""
+    if len(logs) < 2:
+        return 1.0
+    med = statistics.median(logs)
+    mad = statistics.median(abs(v - med) for v in logs)
+    sigma = 1.4826 * mad
+    return math.expm1(1.96 * 1.2533 * sigma / math.sqrt(len(logs)))

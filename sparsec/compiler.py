@@ -19,7 +19,6 @@ import sparsec
 from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
 from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
-from sparsec.bench import time_side_by_side
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
@@ -28,6 +27,7 @@ from sparsec.input_dims import check_dims
 from sparsec.ir.file_tensor import SpillStore, spilling, weight_bytes
 from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
 from sparsec.ir.session import session_from_ir
+from sparsec.latency import measure_latency
 from sparsec.memory import (
     Budget,
     budget_scope,
@@ -35,6 +35,12 @@ from sparsec.memory import (
     lean_stage_bytes,
     peak_rss_bytes,
     tune_malloc,
+)
+from sparsec.never_slower import (
+    fallback_words,
+    kernel_layers_by_gain,
+    lowering_summary,
+    with_dense_layers,
 )
 from sparsec.numerics import sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
@@ -77,13 +83,15 @@ class CompileOptions:
     min_cosine: float | None = None  # verdict: floor on the worst output cosine (None: DEFAULT_MIN_COSINE)
     strict: bool = False  # verdict: every warning fails the compile
     max_memory: int | None = None  # bytes; None: a share of the machine (sparsec.memory.default_budget)
+    prune_all: bool = False  # prune layers the target runs no faster sparse too (preset without only_faster)
+    tune: bool = True  # lowering from per-machine measurements (sparsec.tune); False: fixed thresholds
 
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
             return self.pipeline
         return preset_pipeline(
             target=self.target, sparsity=self.sparsity, criterion=self.criterion, min_fidelity=self.min_fidelity,
-            moe=self.moe,
+            moe=self.moe, prune_all=self.prune_all,
         )
 
 
@@ -104,7 +112,8 @@ class CompileResult:
 def compile_model(
     model: ir.Model, options: CompileOptions | None = None, *, source: str = "<memory>", input_hash: str | None = None
 ) -> CompileResult:
-    """Run the full compile on an IR model (modified in place) and build the artifact files."""
+    """Run the full compile on an IR model (modified in place, unless the never-slower
+    fallback rebuilds it from a copy) and build the artifact files."""
     options = options or CompileOptions()
     tune_malloc()
     budget = Budget(options.max_memory)
@@ -132,49 +141,23 @@ def _compile(
     backend = get_backend(target.backend_for(options.backend))
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
+    if not options.tune:
+        log.info("tuning is off: layers are lowered by fixed thresholds, not by measurements on this machine")
     check_dims(model, options.dims)
     dense_weight_bytes = weight_bytes(model)
     # A structural copy sharing the weights: passes replace tensors, never write into them.
+    # It is the dense reference, and what the never-slower fallback rebuilds from.
     dense_model = model.clone()
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
-    ctx = PassContext(
-        target=options.target,
-        dims=dict(options.dims),
-        seed=options.seed,
-        calibration=calibration,
-        repro_dir=default_repro_dir(),
-    )
-    full = pipeline + legalize
-    snapshot = _CostsBeforeLegalization(len(pipeline), options)
-    instruments = [LogProgress(len(full)), snapshot, *options.instruments]
-    records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
-    sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
-    problems = backend.check(model)
-    if problems:
-        raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
-    compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
-    compiled.files.update(backend.extra_files(model, target))
-
+    build = _build(model, pipeline, legalize, options, backend, target, calibration)
     stage_bytes = lean_stage_bytes(budget, dense_weight_bytes)
     staged = backend.name == "ort" and stage_bytes is not None and (streaming or not options.bench)
-    if staged:  # each model run stage by stage: neither is ever whole in memory
-        run_dense = _staged_runner(dense_model, stage_bytes, options.threads)
-        run_compiled = _staged_runner(model, stage_bytes, options.threads)
-    elif options.bench:  # both sessions stay for the latency run
-        dense_session = session_from_ir(dense_model, options.threads)
-        run_dense = _batched(lambda feeds: dense_session.run(None, feeds))
-        run_compiled = _batched(backend.runner(compiled, options.threads))
-    else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
-        run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
-        run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
-    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
-    if staged:
-        fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
-    log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
     latency: dict[str, Any] = {"measured": False}
+    fallback: dict[str, Any] = {}
+    dense_bytes: bytes | None = None
     if options.bench and streaming and staged:
         latency["reason"] = (
             f"not measured: the model's {fmt_bytes(dense_weight_bytes)} of weights cannot be loaded whole within "
@@ -186,33 +169,45 @@ def _compile(
         log.info("latency: %s", target.not_measured_reason)
     elif options.bench:
         feeds = sample_inputs(model, dims=options.dims, seed=options.seed)
-        timings = time_side_by_side(
-            {"dense": lambda: run_dense([feeds])[0], "compiled": lambda: run_compiled([feeds])[0]},
-            label="dense vs compiled",
-        )
-        d, c = timings["dense"], timings["compiled"]
-        latency = {
-            "measured": True,
-            "dense_ms": round(d.median_ms, 4),
-            "compiled_ms": round(c.median_ms, 4),
-            "speedup": round(d.median_ms / c.median_ms, 4),
-            "dense": d.to_dict(),
-            "compiled": c.to_dict(),
-            "threads": options.threads,
-            "protocol": "dense vs compiled on ORT CPU, same process and threads, warm-up 3, blocked round-robin (blocks of 4 calls, first discarded), median",
-            "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
-        }
-        log.info(
-            "latency: dense %.3f ms, compiled %.3f ms (%.2fx)", d.median_ms, c.median_ms, latency["speedup"]
-        )
+        dense_bytes = model_bytes(dense_model)
+        latency = _latency(dense_bytes, build, feeds, options)
+        if not latency["faster"]:
+            build, latency, fallback = _never_slower(
+                dense_model, pipeline, legalize, options, backend, target, calibration, build, latency, dense_bytes, feeds
+            )
+    model, ctx, records, compiled = build.model, build.ctx, build.records, build.compiled
+    sparse_costs = build.sparse_costs
+
+    if staged:  # each model run stage by stage: neither is ever whole in memory
+        run_dense = _staged_runner(dense_model, stage_bytes, options.threads)
+        run_compiled = _staged_runner(model, stage_bytes, options.threads)
+    elif options.bench:  # both sessions were built for the latency run anyway
+        dense_session = session_from_ir(dense_model, options.threads)
+        run_dense = _batched(lambda feeds: dense_session.run(None, feeds))
+        run_compiled = _batched(backend.runner(compiled, options.threads))
+    else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
+        run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
+        run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
+    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+    if staged:
+        fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
+    log.info("fidelity vs dense: %s", fidelity_info["summary"])
+    if latency.get("measured") and dense_bytes is not None:
+        # Nothing changed (no layer runs faster here, so none was pruned): the artifact is the
+        # input model and any measured difference is noise.
+        latency["identical_to_dense"] = model_bytes(model) == dense_bytes
 
     external = streaming or weight_bytes(model) > EXTERNAL_DATA_BYTES
     staging = Path(tempfile.mkdtemp(prefix="sparsec-model-"))
     atexit.register(shutil.rmtree, staging, True)
     written = write_model(model, staging / "model.onnx", external=external)
     manifest = _manifest(
-        source, input_hash, options, pipeline, legalize, records, ctx, dense_costs, sparse_costs, fidelity_info, latency, compiled
+        source, input_hash, options, build.pipeline, build.legalize, records, ctx, dense_costs, sparse_costs,
+        fidelity_info, latency, compiled
     )
+    if latency.get("measured"):  # sparsec.runtime.InferenceSession runs the artifact with these
+        manifest["runtime_settings"] = latency["compiled_settings"]
+    manifest["lowering"] = lowering_summary(ctx, records, tuned=options.tune, fallback=fallback)
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")
@@ -224,7 +219,7 @@ def _compile(
         real_samples=manifest["fidelity"]["inputs"] == "calibration",
         strict=options.strict,
     )
-    manifest["summary"] = describe_pipeline(pipeline, options.target)
+    manifest["summary"] = describe_pipeline(pipeline, options.target) + fallback_words(fallback)
     manifest["verdict"] = verdict.to_dict()
     files: dict[str, Any] = {p.name: (p.read_bytes() if p.suffix == ".onnx" else p) for p in written}
     files.update(compiled.files)
@@ -255,6 +250,78 @@ def _compile(
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files, verdict)
+
+
+@dataclass
+class _Build:
+    """One run of the pipelines on a model, with what the measurements need."""
+
+    model: ir.Model
+    pipeline: Pipeline
+    legalize: Pipeline
+    ctx: PassContext
+    records: list[PassRecord]
+    sparse_costs: CostReport
+    compiled: CompiledModel
+
+
+def _build(
+    model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
+    calibration: CalibrationData | None, tuner: Any = None,
+) -> _Build:
+    ctx = PassContext(
+        target=options.target,
+        dims=dict(options.dims),
+        seed=options.seed,
+        calibration=calibration,
+        repro_dir=default_repro_dir(),
+        threads=options.threads,
+        tune=options.tune,
+        tuner=tuner,
+    )
+    full = pipeline + legalize
+    snapshot = _CostsBeforeLegalization(len(pipeline), options)
+    instruments = [LogProgress(len(full)), snapshot, *options.instruments]
+    records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
+    sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
+    problems = backend.check(model)
+    if problems:
+        raise UnsupportedError(f"backend '{backend.name}' cannot run this model: {problems[0]}")
+    compiled = CompiledModel(backend.name, model, runtime_ops=backend.runtime_ops(model))
+    compiled.files.update(backend.extra_files(model, target))
+    return _Build(model, pipeline, legalize, ctx, records, sparse_costs, compiled)
+
+
+def _latency(dense_bytes: bytes, build: _Build, feeds: dict[str, Any], options: CompileOptions) -> dict[str, Any]:
+    runners = get_backend(build.compiled.backend).setting_runners(build.compiled, options.threads)
+    lat = measure_latency(dense_bytes, runners, feeds, options.threads)
+    log.info("latency: dense %.3f ms (%s), compiled %.3f ms (%.2fx, noise +-%.1f%%)", lat["dense_ms"],
+             lat["baseline"], lat["compiled_ms"], lat["speedup"], 100 * lat["noise"])
+    return lat
+
+
+def _never_slower(
+    original: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
+    calibration: CalibrationData | None, build: _Build, latency: dict[str, Any], dense_bytes: bytes,
+    feeds: dict[str, Any],
+) -> tuple[_Build, dict[str, Any], dict[str, Any]]:
+    """Move kernel layers back to dense, least measured gain first (1, 2, 4, ... at a time),
+    rebuilding from the input model each time, until the compiled model is faster beyond noise."""
+    queue = kernel_layers_by_gain(build.ctx.decisions)
+    steps = [{"layers_moved": 0, "speedup": latency["speedup"], "noise": latency["noise"]}]
+    moved: list[dict[str, Any]] = []
+    take = 1
+    while queue and not latency["faster"]:
+        moved += queue[:take]
+        queue = queue[take:]
+        take *= 2
+        log.info("never slower: %.2fx is not faster than dense beyond noise; moving %d layer(s) back to dense",
+                 latency["speedup"], len(moved))
+        p, lo = with_dense_layers(pipeline, legalize, [m["weight"] for m in moved])
+        build = _build(original.clone(), p, lo, options, backend, target, calibration, build.ctx.tuner)
+        latency = _latency(dense_bytes, build, feeds, options)
+        steps.append({"layers_moved": len(moved), "speedup": latency["speedup"], "noise": latency["noise"]})
+    return build, latency, {"moved_to_dense": moved, "steps": steps, "faster_in_the_end": latency["faster"]}
 
 
 class _CostsBeforeLegalization(Instrument):

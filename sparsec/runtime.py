@@ -42,8 +42,12 @@ def make_session(
     *,
     custom_ops: bool | None = None,
     kernel_threads: int | None = DEFAULT_KERNEL_THREADS,
+    allow_spinning: bool | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels.
+
+    `allow_spinning` (ORT's session.intra_op.allow_spinning): None keeps the defaults, off with
+    kernels (spinning ORT workers steal the kernel pool's cores) and ORT's own (on) without.
 
     Without the compiled kernel library a model using them raises KernelUnavailableError.
     """
@@ -52,11 +56,9 @@ def make_session(
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 
-        return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+        return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads,
+                                   allow_spinning=bool(allow_spinning))
+    opts = plain_session_options(threads, allow_spinning=True if allow_spinning is None else allow_spinning)
     try:
         return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -66,6 +68,16 @@ def make_session(
                 f"domain {_LEGACY_DOMAIN}); compile it again"
             ) from exc
         raise
+
+
+def plain_session_options(threads: int = 2, allow_spinning: bool = True) -> ort.SessionOptions:
+    """Session options for a model without sparsec kernels (spinning: ORT's default, on)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return opts
 
 
 def _without_dialect_ops(data: bytes, origin: str) -> bytes:
@@ -109,6 +121,8 @@ class InferenceSession:
         manifest_path = model_path.parent / "manifest.json"
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         runtime_ops = self.manifest.get("runtime_ops")
+        # The settings the compile measured fastest for this artifact (absent: the defaults).
+        spinning = self.manifest.get("runtime_settings", {}).get("allow_spinning")
         if model_path.with_name(model_path.name + ".data").is_file():  # weights in an external-data file
             self._session = _external_data_session(model_path, threads, runtime_ops, kernel_threads)
             return
@@ -117,6 +131,7 @@ class InferenceSession:
             threads,
             custom_ops=bool(runtime_ops) if runtime_ops is not None else None,
             kernel_threads=kernel_threads,
+            allow_spinning=None if spinning is None else bool(spinning),
         )
 
     def get_inputs(self) -> list:

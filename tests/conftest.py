@@ -26,4 +26,9 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path
     root = tmp_path_factory.mktemp("cache")
     (root / "zoo").symlink_to(zoo_cache_dir / "zoo", target_is_directory=True)
     monkeypatch.setenv("SPARSEC_CACHE_DIR", str(root))
+    # The tuner's per-CPU cache (sparsec.tune) lives under $XDG_CACHE_HOME: fresh per test too,
+    # and short measurements (tests tune tiny shapes; the verdicts they check are not about speed).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "xdg"))
+    monkeypatch.setenv("SPARSEC_TUNE_BUDGET_S", "0.05")
+    monkeypatch.setenv("SPARSEC_BENCH_BUDGET_S", "0.3")
     return root

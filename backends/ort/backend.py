@@ -49,11 +49,24 @@ class OrtBackend(Backend):
     def runtime_ops(self, model: ir.Model) -> list[str]:
         return sorted({n.op_type for n in model.graph if n.domain == KERNEL_DOMAIN})
 
-    def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
+    def runner(self, compiled: CompiledModel, threads: int = 2, allow_spinning: bool | None = None) -> Runner:
         # Weights handed to ORT in place: no serialized copy, no 2 GB protobuf limit.
-        session = session_from_ir(compiled.model, threads, custom_ops=bool(compiled.runtime_ops))
+        session = session_from_ir(compiled.model, threads, custom_ops=bool(compiled.runtime_ops),
+                                  allow_spinning=allow_spinning)
 
         def run(feeds: dict) -> list:
             return session.run(None, feeds)
 
         return run
+
+    def setting_runners(self, compiled: CompiledModel, threads: int = 2) -> dict[str, tuple[dict, Runner]]:
+        # ORT's pool spinning helps back-to-back ops of one session (tiny models: no futex wake
+        # per parallel section) and hurts when it holds the cores the kernel pool needs.
+        return {
+            f"spinning {'on' if spin else 'off'}": (
+                {"allow_spinning": int(spin), "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+                 **({"kernel_threads": threads} if compiled.runtime_ops else {})},
+                self.runner(compiled, threads, allow_spinning=spin),
+            )
+            for spin in (False, True)
+        }

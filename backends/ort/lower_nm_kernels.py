@@ -98,18 +98,21 @@ class LowerNMKernels(Pass):
     summary = "Lower N:M-marked MatMul/Gemm layers to sparsec CPU kernels (ONNX Runtime custom ops)."
     exact = True
 
-    min_params: int = option(65536, "keep smaller layers dense (a kernel custom-op call costs a few us beyond its work)")
+    min_params: int = option(65536, "tuning off only: keep smaller layers dense (a kernel custom-op call costs a few us beyond its work)")
     max_rows_half: int = option(
         16,
-        "for patterns keeping half the weights (2:4, 4:8), lower layers with at most this many rows "
-        "per call (the GEMV-like path)",
+        "tuning off only: for patterns keeping half the weights (2:4, 4:8), lower layers with at most "
+        "this many rows per call (the GEMV-like path)",
     )
     min_rows_half_batched: int = option(
         64,
-        "...and layers with at least this many rows per call (the rows-as-lanes batch path); layers "
-        "in between stay dense. With 2 kernel threads (the runtime's default on 2 cores) a "
-        "BERT-base layer chain ran 1.41-1.51x faster than MLAS at 64-128 rows, while at 16-32 rows "
-        "768x768 lost badly (bench/results/bert_block_session.json, bert_shapes_2threads.json)",
+        "tuning off only: ...and layers with at least this many rows per call (the rows-as-lanes batch "
+        "path); layers in between stay dense. Chosen on one AVX-512 EPYC with 2 kernel threads "
+        "(bench/results/bert_block_session.json, bert_shapes_2threads.json); with tuning on (the "
+        "default) each layer shape is timed on the machine at hand instead (sparsec tune)",
+    )
+    dense: tuple[str, ...] = option(
+        (), "globs on layer or weight names to run dense whatever was measured (the compile's never-slower fallback)"
     )
 
     fold_bias: bool = option(
@@ -120,11 +123,12 @@ class LowerNMKernels(Pass):
     )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from sparsec.ir.shapes import infer_concrete_shapes
+        from sparsec.layers import matches_any, trace_weight
+        from sparsec.tune.advisor import Thresholds, plan_layers
 
-        shapes = infer_concrete_shapes(model, ctx.dims)
         lowered, skipped = 0, {}
         packed_bytes = dense_bytes = 0
+        candidates = []  # (marker, n, m, match) that the kernels can take
         for marker in [n for n in model.graph if n.domain == DOMAIN and n.op_type == "NMSparse"]:
             n, m = marker.attributes["n"].as_int(), marker.attributes["m"].as_int()
             weight = marker.inputs[0]
@@ -132,31 +136,50 @@ class LowerNMKernels(Pass):
             reason = found if isinstance(found, str) else None
             if reason is None and m not in KERNEL_GROUP_SIZES:
                 reason = f"kernels take m in {KERNEL_GROUP_SIZES}, not {m}"
-            if reason is None and weight.const_value.size < self.min_params:
-                reason = f"{weight.const_value.size} parameters < min_params={self.min_params}"
             if reason is None and weight.const_value.dtype != ir.DataType.FLOAT:
                 reason = "kernels take fp32 weights"
-            if reason is None and 2 * n >= m:
-                x_shape = shapes.shape(found[0].inputs[0])  # type: ignore[index]
-                rows = int(np.prod(x_shape[:-1])) if x_shape else 1
-                if self.max_rows_half < rows < self.min_rows_half_batched:
-                    reason = (f"{rows} rows per call, between max_rows_half={self.max_rows_half} and "
-                              f"min_rows_half_batched={self.min_rows_half_batched} for {n}:{m} (dense is as fast)")
+            if reason is None and matches_any((weight.name, found[0].name or ""), self.dense):  # type: ignore[index]
+                reason = "kept dense: the compiled model was not faster with it sparse (never-slower fallback)"
             if reason is not None:
                 skipped[weight.name] = reason
                 continue
-            layer, w_kn, _ = found  # type: ignore[misc]
+            candidates.append((marker, n, m, found))
+        # One choice per layer, measured per distinct shape on this machine (or the fixed thresholds).
+        if not ctx.tune:
+            ctx.logger.info("lower-nm-kernels: tuning is off, lowering by fixed thresholds")
+        choices: dict[str, object] = {}
+        for n, m in sorted({(n, m) for _, n, m, _ in candidates}):
+            layers = [trace_weight(f[0]) for _, nn, mm, f in candidates if (nn, mm) == (n, m)]
+            layers = [lay for lay in layers if lay is not None]
+            if ctx.tune:
+                choices.update(plan_layers(model, layers, n, m, ctx))
+            else:
+                rules = Thresholds(self.min_params, self.max_rows_half, self.min_rows_half_batched)
+                choices.update({k: v if isinstance(v, str) else rules.choose_shape(v)
+                                for k, v in _shapes_only(model, layers, n, m, ctx).items()})
+        for marker, n, m, found in candidates:
+            weight = marker.inputs[0]
+            choice = choices.get(weight.name, "no lowering choice for this layer")
+            layer, w_kn, _ = found
+            name = layer.name or layer.outputs[0].name
+            if isinstance(choice, str) or not choice.sparse:
+                reason = choice if isinstance(choice, str) else choice.reason
+                skipped[weight.name] = reason  # stays marked: legalize-dense stores it dense
+                continue
             try:
                 packed = pack_nm(w_kn, n, m)
             except (PackedFormatError, ValueError) as e:
                 skipped[weight.name] = f"cannot pack: {e}"
                 continue
-            self._rewrite(model, layer, weight, packed, n, m, self.fold_bias)
+            from sparsec.tune.variants import variants_for
+
+            chosen = variants_for("matmul").get(choice.variant)
+            self._rewrite(model, layer, weight, packed, n, m, self.fold_bias, chosen.attrs if chosen else ())
             lowered += 1
             packed_bytes += int(packed.nbytes)
             dense_bytes += int(w_kn.nbytes)
-            ctx.record(self.name, layer.name or layer.outputs[0].name, weight=weight.name,
-                       decision=f"kernel {NM_OP} {n}:{m}", packed_bytes=int(packed.nbytes))
+            ctx.record(self.name, name, weight=weight.name, decision=f"kernel {NM_OP} {n}:{m} ({choice.variant})",
+                       packed_bytes=int(packed.nbytes), reason=choice.reason, **_times(choice.to_dict()))
         if lowered:
             model.opset_imports.setdefault(KERNEL_DOMAIN, 1)
             from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -164,12 +187,12 @@ class LowerNMKernels(Pass):
             RemoveUnusedNodesPass()(model)
         stats = {"layers_lowered": lowered, "layers_kept_dense": len(skipped),
                  "packed_weight_bytes": packed_bytes, "dense_weight_bytes": dense_bytes,
-                 "kept_dense": skipped}
+                 "kept_dense": skipped, "choices": "measured" if ctx.tune else "fixed thresholds (tuning off)"}
         return PassResult(changed=bool(lowered), stats=stats)
 
     @staticmethod
     def _rewrite(model: ir.Model, layer: ir.Node, weight: ir.Value, packed, n: int, m: int,
-                 fold_bias: bool) -> None:
+                 fold_bias: bool, extra: tuple[tuple[str, int], ...] = ()) -> None:
         graph = model.graph
         values = ir.Value(name=f"{weight.name}.nm_values", const_value=store_tensor(np.asarray(packed.values), f"{weight.name}.nm_values"))
         meta = ir.Value(name=f"{weight.name}.nm_meta", const_value=store_tensor(np.asarray(packed.meta), f"{weight.name}.nm_meta"))
@@ -178,7 +201,7 @@ class LowerNMKernels(Pass):
         graph.register_initializer(meta)
         out = layer.outputs[0]
         attrs = [ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("K", int(packed.k)),
-                 ir.AttrInt64("N", int(packed.cols))]
+                 ir.AttrInt64("N", int(packed.cols)), *(ir.AttrInt64(k, v) for k, v in extra)]
         base = layer.name or out.name
         inputs = [layer.inputs[0], values, meta]
         bias = layer.inputs[2] if layer.op_type == "Gemm" and len(layer.inputs) > 2 else None
@@ -210,3 +233,17 @@ class LowerNMKernels(Pass):
             graph.remove(out.producer(), safe=True)
         graph.remove(layer, safe=True)
         result.name = name
+
+
+def _times(choice: dict) -> dict:
+    """The measured per-call times of a choice, for the layer's decision record."""
+    keys = ("dense_us", "sparse_us", "sparse_variant", "noise")
+    return {k: choice[k] for k in keys if choice.get(k) is not None}
+
+
+def _shapes_only(model: ir.Model, layers: list, n: int, m: int, ctx: PassContext) -> dict:
+    from sparsec.ir.shapes import infer_concrete_shapes
+    from sparsec.tune.advisor import layer_shape
+
+    shapes = infer_concrete_shapes(model, ctx.dims)
+    return {lay.weight.name: layer_shape(lay, shapes, n, m, ctx.threads) for lay in layers}

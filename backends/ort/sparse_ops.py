@@ -91,7 +91,9 @@ def library_path() -> str:
     return lib._name
 
 
-def session_options(threads: int = 2, kernel_threads: int | None = None) -> ort.SessionOptions:
+def session_options(
+    threads: int = 2, kernel_threads: int | None = None, allow_spinning: bool = False
+) -> ort.SessionOptions:
     """SessionOptions with the sparsec custom ops registered.
 
     ``threads`` sets ONNX Runtime's intra-op pool; ``kernel_threads`` (default: the same)
@@ -102,8 +104,9 @@ def session_options(threads: int = 2, kernel_threads: int | None = None) -> ort.
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    # Spinning ORT workers would steal the cores the sparse kernels' threads need next.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Off by default: spinning ORT workers can steal the cores the sparse kernels' threads need
+    # next. The compile measures both and records the faster (manifest `runtime_settings`).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     # Read when the library is registered: set it first.
     cap = threads if kernel_threads is None else kernel_threads
     opts.add_session_config_entry(THREADS_CONFIG_KEY, str(int(cap)))
@@ -117,13 +120,15 @@ def make_session(
     kernel_threads: int | None = None,
     providers: list[str] | None = None,
     options: ort.SessionOptions | None = None,
+    allow_spinning: bool = False,
 ) -> ort.InferenceSession:
     """An InferenceSession running ``model``; its sparse ops call sparsec.kernels.
 
     Malformed packed weights raise PackedFormatError here (the library checks them when
     ONNX Runtime creates the kernels), never a crash at run time.
     """
-    opts = options or session_options(threads, kernel_threads)  # `options`: from session_options, extended
+    # `options`: from session_options, extended by the caller
+    opts = options or session_options(threads, kernel_threads, allow_spinning)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])

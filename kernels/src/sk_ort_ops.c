@@ -3,7 +3,8 @@
  * Domain "com.sparsec.kernels", opset 1, two ops computing Y[..., N] = X[..., K] @ W:
  *   NMSparseMatMul(X, values, meta[, bias])              attrs n, m, K, N   (W packed by pack_nm)
  *   BlockSparseMatMul(X, tile_ptr, kidx, values[, bias]) attrs bk, K, N     (W packed by pack_block)
- * With attribute has_bias=1 the constant [N] input `bias` is added to every row of Y.
+ * With attribute has_bias=1 the constant [N] input `bias` is added to every row of Y; with
+ * max_threads=T (optional) one call uses at most T threads (below the session's cap).
  * The packed weights must be constant initializers. Each kernel reads them once when the
  * session is created (in place when 64-byte aligned, else an aligned copy), checks them
  * (lengths, shapes, N:M positions, block pointers and rows; the same checks as the Python
@@ -322,6 +323,21 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
         kr->values = p;
         if ((st = check_block(kr, ctx))) goto fail;
     }
+    /* Optional per-node cap on threads (attribute max_threads, chosen per layer by the tuner:
+     * on a busy or small machine a one-thread call can beat waking a worker); 0 or absent:
+     * the session's cap. */
+    int64_t max_threads = 0;
+    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "max_threads", &max_threads))) {
+        release(api, st);
+        st = NULL;
+        max_threads = 0;
+    }
+    if (max_threads < 0 || max_threads > SK_ORT_MAX_CAP) {
+        st = sk_ort_status(api, "%s: max_threads=%lld out of range 0..%d", ctx, (long long)max_threads,
+                           SK_ORT_MAX_CAP);
+        goto fail;
+    }
+    if (max_threads > 0 && (kr->cap == 0 || max_threads < kr->cap)) kr->cap = (int)max_threads;
     /* Optional bias (the layer's Gemm C or the Add after its MatMul): saves an ORT Add per
      * layer, which costs more in dispatch than the adds themselves for batch-1 decoding. */
     int64_t has_bias = 0;

@@ -60,6 +60,11 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
     criterion: str = option("magnitude", "which weights to keep: magnitude, wanda or sparsegpt (these need calibration data)")
     sequential: bool = option(True, "data criteria: collect each layer's inputs with the layers before it already pruned")
     k_multiple: int = option(1, "skip layers whose reduction axis is not a multiple of this (a hardware tile: 32 on sparse tensor cores)")
+    only_faster: bool = option(
+        False,
+        "skip layers the target runs no faster sparse, as measured on this machine by the tuner "
+        "(sparsec tune; fixed thresholds when tuning is off): pruning them would only cost accuracy",
+    )
 
     def __post_init__(self) -> None:
         validate_nm(self.n, self.m)
@@ -76,9 +81,31 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
             if reason is None and self.k_multiple > 1 and k % self.k_multiple:
                 # The target would run it dense anyway: pruning would only cost accuracy.
                 reason = f"reduction axis has {k} elements, not a multiple of the target's tile {self.k_multiple}"
+            if reason is None and self.only_faster:
+                reason = self._slower_reason(model, layer, ctx, plan)
             return reason
 
+        plan: dict[str, object] = {}
         return prune_selected(self, model, ctx, Pattern("nm", n=self.n, m=self.m), skip, with_axis=True)
+
+    def _slower_reason(self, model: ir.Model, layer: Layer, ctx: PassContext, plan: dict[str, object]) -> str | None:
+        """Why the target would not run this layer faster sparse (None: it would)."""
+        if not plan:  # every candidate at once: one measurement per distinct shape
+            from sparsec.layers import find_layers
+            from sparsec.tune.advisor import plan_layers
+
+            candidates = [lay for lay in find_layers(model, self.op_types)
+                          if self.selects(lay) and skip_reason(lay, self.n, self.m, self.min_params) is None]
+            plan.update(plan_layers(model, candidates, self.n, self.m, ctx))
+            plan.setdefault("", "")  # planned, even if empty
+        choice = plan.get(layer.weight.name)
+        if choice is None:
+            return None
+        if isinstance(choice, str):
+            return f"not pruned: the target has no measured faster kernel ({choice})"
+        if not choice.sparse:
+            return f"not pruned: runs no faster sparse on this machine ({choice.reason})"
+        return None
 
 
 __all__ = ["CRITERIA", "NMSparsity", "CostModel", "mark_nm", "skip_reason"]

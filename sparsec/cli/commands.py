@@ -41,6 +41,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
         verify_each=not getattr(args, "no_verify", False),
         instruments=instruments_from_args(args) if hasattr(args, "pass_timing") else [],
         max_memory=parse_size(args.max_memory) if getattr(args, "max_memory", None) else None,
+        prune_all=bool(getattr(args, "prune_all", None)),
+        tune=not getattr(args, "no_tune", False),
     )
 
 
@@ -151,8 +153,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     report = estimate_costs(model, target=args.target, dims=dims_from_args(args))
     attention = _attention_section(model, dims_from_args(args))
+    from sparsec.cli.tune_cmd import artifact_lowering, lowering_lines
+
+    lowering = artifact_lowering(args.model)
     if args.json:
-        print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops, "attention": attention}, indent=2))
+        extra = {"lowering": lowering} if lowering else {}
+        print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops, "attention": attention, **extra}, indent=2))
         return 0
     if kernel_ops:
         print(f"({kernel_ops} sparsec kernel ops are shown as the layers they implement, with their pattern)")
@@ -173,6 +179,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from sparsec.passes.attention.inspect import attention_lines
 
     for line in attention_lines(attention):
+        print(line)
+    for line in lowering_lines(lowering):
         print(line)
     return 0
 

@@ -37,6 +37,13 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument(
             "--crop-ratio", type=float, metavar="FRACTION", help="like --crop, a fraction of every prunable group's channels"
         )
+        g.add_argument(
+            "--prune-all",
+            action="store_true",
+            default=None,
+            help="prune every layer the pattern fits, also those the target runs no faster sparse (by default "
+            "--target=cpu prunes only layers measured faster here), e.g. to ship N:M weights to another runtime",
+        )
         g.add_argument("--moe", metavar="SPEC", help="split FFNs into routed experts, e.g. experts:16,active:0.25 (moefy-ffn)")
         g.add_argument(
             "--criterion",
@@ -82,6 +89,7 @@ TECHNIQUE_FLAGS = (
     ("--min-fidelity", "min_fidelity"),
     ("--attention", "attention"),
     ("--density", "density"),
+    ("--prune-all", "prune_all"),
 )
 
 
@@ -116,6 +124,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             attention=args.attention,
             density=args.density,
             moe=args.moe,
+            prune_all=bool(args.prune_all),
         )
     return None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from sparsec import __version__
 from sparsec.cli import commands
 from sparsec.cli.common import add_dims_arg, add_instrument_args, add_pipeline_args, setup_logging
+from sparsec.cli.tune_cmd import add_tune_parser
 from sparsec.errors import InternalError, SparsecError
 from sparsec.verdict import DEFAULT_MIN_COSINE, VERDICT_EXIT
 
@@ -24,6 +25,7 @@ EPILOG = """examples:
   sparsec compile model.onnx --target=cpu --sparsity=2:4 -o out/
   sparsec opt model.onnx -p 'nm-sparsity{n=1 m=8}' -o sparse.onnx --print-ir-after-all
   sparsec inspect model.onnx                         per-layer MACs, bytes, predicted latency
+  sparsec tune model.onnx                            time dense vs sparse kernels per layer shape here
   sparsec passes list                                every pass and its options
   sparsec pipeline show --sparsity=2:4               what the flags expand to
 
@@ -69,10 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_args(p, sugar=True)
     add_dims_arg(p)
     p.add_argument("--threads", type=int, default=2, help="threads for measurements (default 2)")
-    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
+    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement (and the never-slower fallback)")
     p.add_argument(
         "--max-memory", metavar="SIZE",
         help="memory budget, e.g. 8G (default: half the machine's); bigger models run stage by stage",
+    )
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="lower by fixed thresholds instead of per-layer measurements on this machine (sparsec tune)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
     v = p.add_argument_group("verdict")
@@ -126,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dims_arg(p)
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     p.set_defaults(func=commands.cmd_bench)
+
+    add_tune_parser(sub)
 
     p = sub.add_parser("zoo", help="reference models")
     zsub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND", parser_class=_Parser)

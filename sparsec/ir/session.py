@@ -63,12 +63,13 @@ def options_with_weights(opts: ort.SessionOptions, arrays: dict[str, np.ndarray]
 
 def session_from_ir(
     model: ir.Model, threads: int = 2, *, custom_ops: bool | None = None, lean: bool = False,
-    kernel_threads: int | None = None,
+    kernel_threads: int | None = None, allow_spinning: bool | None = None,
 ) -> ort.InferenceSession:
     """A CPU session for `model` (custom sparsec kernels registered when it uses them).
 
     `lean`: no MatMul weight pre-packing (ORT would keep a packed copy of every weight next
-    to the original); for runs whose memory matters more than their speed.
+    to the original); for runs whose memory matters more than their speed. `allow_spinning`:
+    ORT's session.intra_op.allow_spinning (None: off with custom ops, ORT's default without).
     """
     from sparsec.runtime import KERNEL_DOMAIN
 
@@ -78,12 +79,14 @@ def session_from_ir(
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import session_options
 
-        opts = session_options(threads, kernel_threads)
+        opts = session_options(threads, kernel_threads, bool(allow_spinning))
     else:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if allow_spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     if lean:
         opts.add_session_config_entry("session.disable_prepacking", "1")
     keep = options_with_weights(opts, arrays)

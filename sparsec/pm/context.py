@@ -28,6 +28,10 @@ class PassContext:
     dims: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     calibration: Any = None
+    threads: int = 2  # threads the compiled model runs with (what the tuner measures)
+    tune: bool = True  # lowering choices from measurements on this machine (sparsec.tune), else fixed thresholds
+    tuner: Any = None  # sparsec.tune.Tuner, created on first use
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight -> its tuner choice (manifest)
     repro_dir: Path | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     decisions: list[dict[str, Any]] = field(default_factory=list)

@@ -21,6 +21,7 @@ def preset_pipeline(
     attention: str | None = None,
     density: float | None = None,
     moe: str | None = None,
+    prune_all: bool = False,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
 
@@ -31,6 +32,8 @@ def preset_pipeline(
     (wanda, sparsegpt) need calibration data. `attention` ('local:256,sinks:4', 'dense')
     rewrites every attention block to SparseAttention with that static layout, first;
     'auto' chooses a layout per head from calibration data, keeping `density` of the blocks.
+    On a target that tunes (cpu), a fixed pattern prunes only layers measured to run faster
+    sparse on this machine, unless `prune_all` (e.g. to ship N:M weights to another runtime).
     """
     spec_target = get_target(target)  # validates the name
     passes: list[str] = []
@@ -63,6 +66,8 @@ def preset_pipeline(
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
             if spec_target.sparse_k_multiple > 1:
                 extra += f" k_multiple={spec_target.sparse_k_multiple}"
+            if spec_target.tuned_here and not prune_all:
+                extra += " only_faster=true"
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
     return parse_pipeline(",".join(passes))
 

@@ -34,6 +34,9 @@ class Target:
     not_measured_reason: ClassVar[str] = ""
     # N:M layers whose reduction axis is not a multiple of this run dense on the target.
     sparse_k_multiple: ClassVar[int] = 1
+    # The target times each layer shape dense vs sparse on this machine (sparsec.tune): the
+    # preset then prunes only layers measured faster (`--prune-all` prunes every layer).
+    tuned_here: ClassVar[bool] = False
     variants: ClassVar[tuple[str, ...]] = ()  # e.g. GPU archs: `--target=cuda --arch=sm_90`
     default_variant: ClassVar[str | None] = None
 

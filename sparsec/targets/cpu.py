@@ -16,3 +16,4 @@ class CpuTarget(Target):
     channel_multiple = 16
     patterns = frozenset({"nm"})  # lower-nm-kernels; block-sparse layers still run dense
     ops = frozenset({"NMSparse"})
+    tuned_here = True  # layers are pruned only where a kernel was measured faster (sparsec.tune)

@@ -1,4 +1,8 @@
-"""lower-nm-kernels: N:M layers become kernel custom ops with identical outputs."""
+"""lower-nm-kernels: N:M layers become kernel custom ops with identical outputs.
+
+These tests run with tuning off (`PassContext(tune=False)`): the rewrite and the fixed
+thresholds that decide when nothing was measured. Measured choices: tests/core/test_tune.py.
+"""
 
 from __future__ import annotations
 
@@ -45,10 +49,10 @@ def build():
 def test_lowered_model_matches_the_marked_one(pattern) -> None:
     n, m = map(int, pattern.split(":"))
     model = build()
-    PassManager(parse_pipeline(f"nm-sparsity{{n={n} m={m} min_params=0}}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline(f"nm-sparsity{{n={n} m={m} min_params=0}}")).run(model, PassContext(dims=DIMS, tune=False))
     feeds = sample_inputs(model, dims={"B": 2, "S": 5})
     before = evaluate(model, feeds)
-    ctx = PassContext(dims=DIMS)
+    ctx = PassContext(dims=DIMS, tune=False)
     records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, ctx)
     assert records[0].stats["layers_lowered"] == 3, records[0].stats
     ops = [node.op_type for node in model.graph]
@@ -58,13 +62,13 @@ def test_lowered_model_matches_the_marked_one(pattern) -> None:
 
 def test_small_or_unsupported_layers_stay_dense() -> None:
     model = build()
-    PassManager(parse_pipeline("nm-sparsity{n=1 m=2 min_params=0}")).run(model, PassContext(dims=DIMS))
-    records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("nm-sparsity{n=1 m=2 min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
+    records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, PassContext(dims=DIMS, tune=False))
     assert records[0].stats["layers_lowered"] == 0
     assert all("m in (4, 8, 16)" in r for r in records[0].stats["kept_dense"].values())
     model = build()
-    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
-    records = PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
+    records = PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, PassContext(dims=DIMS, tune=False))
     assert records[0].stats["layers_lowered"] == 0  # all below the default min_params
     assert not any(n.domain for n in model.graph)
 
@@ -74,9 +78,9 @@ def test_half_density_layers_stay_dense_for_many_rows() -> None:
     for pattern, lowered in (("n=2 m=4", 0), ("n=1 m=8", 3)):
         model = build()
         model.graph.initializers["shape3"].const_value = ir.tensor(np.array([2, 16, 32], np.int64), name="shape3")
-        PassManager(parse_pipeline(f"nm-sparsity{{{pattern} min_params=0}}")).run(model, PassContext(dims=rows))
+        PassManager(parse_pipeline(f"nm-sparsity{{{pattern} min_params=0}}")).run(model, PassContext(dims=rows, tune=False))
         records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
-            model, PassContext(dims=rows)
+            model, PassContext(dims=rows, tune=False)
         )
         assert records[0].stats["layers_lowered"] == lowered
         if not lowered:
@@ -90,9 +94,9 @@ def test_half_density_layers_take_the_batch_path_from_min_rows() -> None:
         model.graph.initializers["shape3"].const_value = ir.tensor(
             np.array([batch, 16, 32], np.int64), name="shape3"
         )
-        PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=rows))
+        PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=rows, tune=False))
         records = PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
-            model, PassContext(dims=rows)
+            model, PassContext(dims=rows, tune=False)
         )
         assert records[0].stats["layers_lowered"] == lowered
 
@@ -115,11 +119,11 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
         BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3),
         full=seeded((2, 5, 128), 4),
     )
-    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
     feeds = sample_inputs(model, dims=DIMS)
     before = evaluate(model, feeds)
     PassManager(parse_pipeline("lower-nm-kernels{min_params=0 fold_bias=true},legalize-dense")).run(
-        model, PassContext(dims=DIMS)
+        model, PassContext(dims=DIMS, tune=False)
     )
     kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
     assert len(kernels) == 2
@@ -129,14 +133,14 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
     assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-5
 
     model = build()
-    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
     PassManager(parse_pipeline("lower-nm-kernels{min_params=0 fold_bias=true},legalize-dense")).run(
-        model, PassContext(dims=DIMS)
+        model, PassContext(dims=DIMS, tune=False)
     )
     assert "Add" not in [n.op_type for n in model.graph]
     model = build()  # off by default: Gemm's C stays an Add
-    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS))
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
     PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
-        model, PassContext(dims=DIMS)
+        model, PassContext(dims=DIMS, tune=False)
     )
     assert [n.op_type for n in model.graph].count("Add") == 1

@@ -73,7 +73,8 @@ def test_bad_yaml() -> None:
 
 
 def test_presets_expand_the_cli_sugar() -> None:
-    assert str(preset_pipeline(target="cpu", sparsity="1:8")) == "nm-sparsity{n=1 m=8}"
+    assert str(preset_pipeline(target="cpu", sparsity="1:8")) == "nm-sparsity{n=1 m=8 only_faster=true}"
+    assert str(preset_pipeline(target="cpu", sparsity="1:8", prune_all=True)) == "nm-sparsity{n=1 m=8}"
     assert len(preset_pipeline(target="cpu", sparsity="none")) == 0
     for bad, msg in (("5:4", "smaller"), ("0:4", "at least 1"), ("2:3.5", "two integers"), ("x", "two integers")):
         with pytest.raises(OptionError, match=msg):

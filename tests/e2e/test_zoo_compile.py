@@ -30,7 +30,9 @@ SMALL_ZOO = ["mlp", "resnet", "mobilenet", "bert", "gpt", "digits_cnn"]
 @pytest.mark.parametrize("name", SMALL_ZOO)
 def test_zoo_model_compiles_with_2_4(name, tmp_path) -> None:
     out = tmp_path / name
-    compile_file(f"zoo:{name}", out, CompileOptions(sparsity="2:4", fidelity_samples=2))
+    # prune_all: this test is about the stored format of every pruned layer; by default the cpu
+    # target prunes only layers measured faster here (tests/tune covers that choice).
+    compile_file(f"zoo:{name}", out, CompileOptions(sparsity="2:4", fidelity_samples=2, prune_all=True))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["latency"]["dense_ms"] > 0 and manifest["latency"]["compiled_ms"] > 0
     f = manifest["fidelity"]

@@ -1,0 +1,143 @@
+"""Measure, on this machine, whether a layer shape runs faster through a kernel variant than
+dense ONNX Runtime, and remember the answer (`TuneCache`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved
+from sparsec.errors import OptionError
+from sparsec.tune.cache import TuneCache
+from sparsec.tune.variants import DENSE, LayerShape, variants_for
+
+log = logging.getLogger("sparsec.tune")
+
+BUDGET_ENV = "SPARSEC_TUNE_BUDGET_S"
+DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded compile time
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The tuner's answer for one shape: which variant, with the times behind it (per layer call)."""
+
+    key: str
+    variant: str  # DENSE or the winning kernel variant
+    dense_us: float | None
+    sparse_us: float | None  # the best kernel variant's time, if any ran
+    sparse_variant: str | None
+    noise: float | None  # relative 95% half-width of the speedup
+    reason: str
+    cached: bool = False
+    variants_us: dict[str, float] | None = None  # every variant timed, per layer call
+
+    @property
+    def sparse(self) -> bool:
+        return self.variant != DENSE
+
+    @property
+    def gain_us(self) -> float:
+        if self.dense_us is None or self.sparse_us is None:
+            return 0.0
+        return self.dense_us - self.sparse_us
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "dense_us": self.dense_us, "sparse_us": self.sparse_us,
+                "sparse_variant": self.sparse_variant, "noise": self.noise, "reason": self.reason,
+                **({"variants_us": self.variants_us} if self.variants_us else {})}
+
+    @classmethod
+    def from_dict(cls, key: str, d: dict[str, Any], cached: bool) -> Choice:
+        return cls(key, d["variant"], d.get("dense_us"), d.get("sparse_us"), d.get("sparse_variant"),
+                   d.get("noise"), d.get("reason", ""), cached, d.get("variants_us"))
+
+
+def budget_from_env() -> float:
+    text = os.environ.get(BUDGET_ENV)
+    if not text:
+        return DEFAULT_BUDGET_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds per shape (e.g. 0.5)") from None
+    if not 0.0 < value <= 600.0:
+        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds per shape between 0 and 600")
+    return value
+
+
+def tuning_session_options(threads: int) -> ort.SessionOptions:
+    """The compiled model's session settings (sparsec.runtime), so that a layer is timed as it will run."""
+    from sparsec.kernels import kernels_available
+
+    if kernels_available():
+        from sparsec.backends.ort.sparse_ops import session_options
+
+        return session_options(threads)
+    from sparsec.runtime import plain_session_options
+
+    return plain_session_options(threads)
+
+
+class Tuner:
+    def __init__(self, threads: int = 2, cache: TuneCache | None = None, budget_s: float | None = None) -> None:
+        self.threads = threads
+        self.cache = cache if cache is not None else TuneCache()
+        self.budget_s = budget_from_env() if budget_s is None else budget_s
+        self.measured = 0  # shapes measured (not from the cache) by this tuner
+
+    def choose(self, shape: LayerShape) -> Choice:
+        registered = sorted(variants_for(shape.op))
+        entry = self.cache.get(shape.key)
+        if entry is not None and entry.get("variants") == registered:  # a new variant means a new measurement
+            return Choice.from_dict(shape.key, entry, cached=True)
+        choice = self._measure(shape)
+        if choice.dense_us is not None:  # nothing measured, nothing to remember
+            from sparsec.latency import load_average
+
+            # The load it was measured under: a result from a busy machine is worth re-measuring
+            # (`sparsec tune --retune`) once it is quiet.
+            self.cache.put(shape.key, {**choice.to_dict(), "variants": registered, "load_average": load_average(),
+                                       "protocol": PAIRED_PROTOCOL.format(warmup=3), "budget_s": self.budget_s})
+            self.measured += 1
+        return choice
+
+    def _measure(self, shape: LayerShape) -> Choice:
+        table = variants_for(shape.op)
+        if DENSE not in table:
+            return Choice(shape.key, DENSE, None, None, None, None, f"no variants registered for {shape.op}")
+        skipped = {name: v.skip(shape) for name, v in table.items() if name != DENSE}
+        runnable = [name for name, why in skipped.items() if why is None]
+        if not runnable:
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or f"no kernel variant for {shape.op}"
+            return Choice(shape.key, DENSE, None, None, None, None, why)
+        opts = tuning_session_options(shape.threads)
+        fns = {}
+        for name in [DENSE, *runnable]:
+            model, feeds = table[name].build(shape, np.random.default_rng(0))
+            session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            fns[name] = (lambda s, f: lambda: s.run(None, f))(session, feeds)
+        result = compare_interleaved(DENSE, fns, budget_s=self.budget_s, min_rounds=5, max_rounds=200,
+                                     label=f"tune {shape.key}")
+        if not _conclusive(result, runnable):  # one longer look before calling it a tie
+            result = compare_interleaved(DENSE, fns, budget_s=2 * self.budget_s, min_rounds=5, max_rounds=400,
+                                         label=f"tune {shape.key} (again)")
+        per_call = {name: result.timings[name].median_ms * 1e3 / shape.copies for name in fns}
+        best = max(runnable, key=lambda name: result.speedups[name])
+        dense_us, sparse_us = round(per_call[DENSE], 3), round(per_call[best], 3)
+        noise = round(result.noise[best], 4)
+        if result.faster(best):
+            variant, reason = best, f"{best} {dense_us / sparse_us:.2f}x faster than dense (noise +-{noise:.1%})"
+        else:
+            variant, reason = DENSE, f"{best} not faster than dense beyond noise ({dense_us / sparse_us:.2f}x, noise +-{noise:.1%})"
+        log.info("tuned %s: dense %.1f us, %s %.1f us -> %s", shape.key, dense_us, best, sparse_us, variant)
+        return Choice(shape.key, variant, dense_us, sparse_us, best, noise, reason,
+                      variants_us={name: round(us, 3) for name, us in per_call.items()})
+
+
+def _conclusive(result, names: list[str]) -> bool:
+    return any(abs(result.speedups[n] - 1.0) > result.noise[n] for n in names)

@@ -1,0 +1,74 @@
+"""The tuner: real measurements of tiny shapes in ORT sessions, cached per CPU signature."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sparsec.kernels import kernels_available
+from sparsec.tune import DENSE, LayerShape, TuneCache, Tuner, cpu_signature, variants_for
+from sparsec.tune.signature import cache_dir
+
+pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparsec kernels are not built")
+
+TINY = LayerShape("matmul", (64, 32), rows=1, n=2, m=4, threads=2)
+
+
+def test_the_real_tuner_times_dense_and_each_kernel_variant() -> None:
+    tuner = Tuner(threads=2)
+    choice = tuner.choose(TINY)
+    assert tuner.measured == 1 and not choice.cached
+    assert choice.dense_us is not None and choice.dense_us > 0
+    assert choice.sparse_us is not None and choice.sparse_us > 0
+    assert choice.sparse_variant in variants_for("matmul") and choice.sparse_variant != DENSE
+    assert choice.variant in (DENSE, choice.sparse_variant)
+    assert choice.variants_us is not None and set(choice.variants_us) == set(variants_for("matmul"))
+    assert choice.variants_us[DENSE] == choice.dense_us
+    assert min(v for k, v in choice.variants_us.items() if k != DENSE) == choice.sparse_us
+    # The choice follows the times: sparse only when faster beyond the measured noise.
+    if choice.sparse:
+        assert choice.dense_us > choice.sparse_us * (1 + choice.noise)
+    assert "dense" in choice.reason
+
+
+def test_results_are_cached_per_cpu_signature_and_reused() -> None:
+    first = Tuner(threads=2).choose(TINY)
+    path = TuneCache().path
+    assert path.parent == cache_dir() and str(path).startswith(os.environ["XDG_CACHE_HOME"])
+    data = json.loads(path.read_text())
+    assert data["signature"] == cpu_signature()
+    assert {"cpu", "flags_sha", "cores", "onnxruntime", "sparsec"} <= set(data["signature"])
+    assert TINY.key in data["entries"]
+    again = Tuner(threads=2)  # a new process would read the same file
+    second = again.choose(TINY)
+    assert second.cached and again.measured == 0
+    assert (second.dense_us, second.sparse_us, second.variant) == (first.dense_us, first.sparse_us, first.variant)
+    # Another shape, thread count or copy count is another key.
+    assert LayerShape("matmul", (64, 32), 1, 2, 4, threads=1).key != TINY.key
+    assert LayerShape("matmul", (64, 32), 1, 2, 4, 2, copies=2).key != TINY.key
+
+
+def test_another_machine_signature_does_not_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    Tuner(threads=2).choose(TINY)
+    monkeypatch.setenv("SPARSEC_KERNEL_ISA", "scalar")  # the kernels run other code: other results
+    other = TuneCache()
+    assert other.path != TuneCache(signature={**cpu_signature(), "kernel_env": {}}).path
+    assert other.get(TINY.key) is None
+
+
+def test_a_broken_cache_file_is_measured_again(tmp_path: Path) -> None:
+    cache = TuneCache(directory=tmp_path)
+    cache.path.write_text("{not json")
+    tuner = Tuner(threads=2, cache=TuneCache(directory=tmp_path))
+    assert not tuner.choose(TINY).cached and tuner.measured == 1
+    assert json.loads(cache.path.read_text())["entries"][TINY.key]
+
+
+def test_op_kinds_without_variants_stay_dense_and_are_not_cached() -> None:
+    tuner = Tuner(threads=2)
+    choice = tuner.choose(LayerShape("no-such-op", (8, 8), 1, 2, 4, 2))
+    assert not choice.sparse and "no variants registered" in choice.reason
+    assert tuner.measured == 0 and not tuner.cache.entries
