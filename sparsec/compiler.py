@@ -22,6 +22,7 @@ from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
 from sparsec.input_dims import check_dims
 from sparsec.ir.io import model_bytes
+from sparsec.ir.session_model import session_model
 from sparsec.numerics import make_session, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
@@ -93,7 +94,7 @@ def compile_model(
     pipeline = options.optimisation_pipeline()
     legalize = backend.legalize_pipeline()
     check_dims(model, options.dims)
-    dense_bytes = model_bytes(model)
+    dense_model = session_model(model)  # weights shared, not copied: passes replace tensors
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
@@ -116,7 +117,7 @@ def compile_model(
     compiled.files.update(backend.extra_files(model, target))
 
     run_compiled = backend.runner(compiled, options.threads)
-    dense_session = make_session(dense_bytes, options.threads)
+    dense_session = make_session(dense_model, options.threads)
     fidelity, fidelity_info = _fidelity(model, dense_session, run_compiled, options, held)
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
 
@@ -153,6 +154,7 @@ def compile_model(
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")
+    manifest.update(backend.manifest_entries(compiled))
     verdict = judge(
         manifest,
         changed=any(r.changed for r in records[: len(pipeline)]),

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
 from sparsec.errors import InputError
+
+if TYPE_CHECKING:
+    from sparsec.ir.session_model import SessionModel
 
 # ONNX domain of the sparsec kernel custom ops (kernels/src/sk_ort_ops.c).
 KERNEL_DOMAIN = "com.sparsec.kernels"
@@ -37,35 +40,55 @@ DEFAULT_KERNEL_THREADS: int | None = None
 
 
 def make_session(
-    model_bytes: bytes,
+    model_bytes: bytes | SessionModel,
     threads: int = 2,
     *,
     custom_ops: bool | None = None,
     kernel_threads: int | None = DEFAULT_KERNEL_THREADS,
+    library: str | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime CPU session; `custom_ops` (detected when None) enables sparsec kernels.
 
-    Without the compiled kernel library a model using them raises KernelUnavailableError.
+    `model_bytes` is a serialized model, or a `SessionModel` whose large weights are handed
+    to ONNX Runtime in memory. `library` is the kernel library to register (default: the
+    installed one). Without it a model using the kernels raises KernelUnavailableError.
     """
+    initializers = getattr(model_bytes, "initializers", {})
+    data: bytes = getattr(model_bytes, "graph_bytes", model_bytes)
     if custom_ops is None:
-        custom_ops = KERNEL_DOMAIN.encode() in model_bytes
+        custom_ops = KERNEL_DOMAIN.encode() in data
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 
-        return make_kernel_session(model_bytes, threads=threads, kernel_threads=kernel_threads)
+        return make_kernel_session(
+            data, threads=threads, kernel_threads=kernel_threads, initializers=initializers, library=library
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    keep = add_initializers(opts, initializers)
     try:
-        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        session._sparsec_weights = keep  # ONNX Runtime reads these arrays in place
+        return session
     except Exception as exc:
-        if _LEGACY_DOMAIN.encode() in model_bytes:
+        if _LEGACY_DOMAIN.encode() in data:
             raise InputError(
                 "this model uses the sparse ops of an older sparsec (onnxruntime-extensions "
                 f"domain {_LEGACY_DOMAIN}); compile it again"
             ) from exc
         raise
+
+
+def add_initializers(options: ort.SessionOptions, initializers: dict[str, Any]) -> list[ort.OrtValue]:
+    """Register in-memory weights (name -> contiguous numpy array) with `options`; returns the
+    OrtValues, which must live as long as the session: ONNX Runtime uses their memory in place."""
+    if not initializers:
+        return []
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()]
+    options.add_external_initializers(list(initializers), values)
+    return values
 
 
 def _without_dialect_ops(data: bytes, origin: str) -> bytes:
@@ -96,11 +119,18 @@ class InferenceSession:
         manifest_path = model_path.parent / "manifest.json"
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         runtime_ops = self.manifest.get("runtime_ops")
+        # The artifact's own op library when it ships one (checked against the manifest).
+        self.library: str | None = None
+        if "kernel_library" in self.manifest:
+            from sparsec.backends.ort.op_library import artifact_library
+
+            self.library = artifact_library(model_path.parent, self.manifest)
         self._session = make_session(
             _without_dialect_ops(model_path.read_bytes(), str(model_path)),
             threads,
             custom_ops=bool(runtime_ops) if runtime_ops is not None else None,
             kernel_threads=kernel_threads,
+            library=self.library,
         )
 
     def get_inputs(self) -> list:

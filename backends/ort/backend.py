@@ -9,12 +9,20 @@ the first step is left out and the model is plain ONNX.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import onnx_ir as ir
 
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
+from sparsec.backends.ort.op_library import (
+    LIBRARY_FILE,
+    MANIFEST_KEY,
+    deployable_library,
+    host_arch,
+    manifest_entry,
+)
 from sparsec.dialect import DOMAIN
-from sparsec.ir.io import model_bytes
+from sparsec.ir.session_model import session_model
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
 from sparsec.runtime import KERNEL_DOMAIN, make_session
 
@@ -49,8 +57,20 @@ class OrtBackend(Backend):
     def runtime_ops(self, model: ir.Model) -> list[str]:
         return sorted({n.op_type for n in model.graph if n.domain == KERNEL_DOMAIN})
 
+    def extra_files(self, model: ir.Model, target: Any) -> dict[str, bytes]:
+        # The op library travels with a model that needs it: plain ONNX Runtime (C, C++,
+        # C#, Java, Python without sparsec) registers it and runs the artifact.
+        # Only the host's build is at hand: a target for another architecture ships its own.
+        if not self.runtime_ops(model) or getattr(target, "arch", None) not in (None, host_arch()):
+            return {}
+        return {LIBRARY_FILE: deployable_library()}
+
+    def manifest_entries(self, compiled: CompiledModel) -> dict[str, Any]:
+        data = compiled.files.get(LIBRARY_FILE)
+        return {} if data is None else {MANIFEST_KEY: manifest_entry(data, compiled.runtime_ops)}
+
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
-        session = make_session(model_bytes(compiled.model), threads, custom_ops=bool(compiled.runtime_ops))
+        session = make_session(session_model(compiled.model), threads, custom_ops=bool(compiled.runtime_ops))
 
         def run(feeds: dict) -> list:
             return session.run(None, feeds)
