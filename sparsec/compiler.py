@@ -19,7 +19,7 @@ from sparsec.bench import time_side_by_side
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
-from sparsec.errors import UnsupportedError
+from sparsec.errors import InputError, SparsecError, UnsupportedError
 from sparsec.input_dims import check_dims
 from sparsec.ir.io import model_bytes
 from sparsec.ir.session_model import session_model
@@ -95,6 +95,13 @@ def compile_model(
     legalize = backend.legalize_pipeline()
     check_dims(model, options.dims)
     dense_model = session_model(model)  # weights shared, not copied: passes replace tensors
+    try:
+        dense_session = make_session(dense_model, options.threads)  # also the pass manager's baseline
+    except SparsecError:
+        raise
+    except Exception as e:  # ONNX Runtime refuses the input itself (types the checker lets by)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"the input model does not load in ONNX Runtime: {first[:300]}") from None
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
@@ -117,7 +124,6 @@ def compile_model(
     compiled.files.update(backend.extra_files(model, target))
 
     run_compiled = backend.runner(compiled, options.threads)
-    dense_session = make_session(dense_model, options.threads)
     fidelity, fidelity_info = _fidelity(model, dense_session, run_compiled, options, held)
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
 

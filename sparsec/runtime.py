@@ -57,6 +57,41 @@ def make_session(
     data: bytes = getattr(model_bytes, "graph_bytes", model_bytes)
     if custom_ops is None:
         custom_ops = KERNEL_DOMAIN.encode() in data
+    key = (data, tuple(initializers.values()), threads, custom_ops, kernel_threads, library)
+    if initializers and _last_session is not None and _same_key(_last_session[0], key):
+        return _last_session[1]
+    session = _new_session(data, initializers, threads, custom_ops, kernel_threads, library)
+    if initializers:
+        _remember(key, session)
+    return session
+
+
+# The last session made from in-memory weights, and what it was made from. A compile asks
+# twice for the same model in a row: the dense model (pass-manager baseline, then fidelity)
+# and the compiled one (check after the last changing pass, then fidelity); BERT-base: two
+# of five sessions saved, 1-2 s. One slot: no more memory than the caller holds anyway.
+_last_session: tuple[tuple, ort.InferenceSession] | None = None
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    return (
+        a[0] == b[0] and len(a[1]) == len(b[1]) and all(x is y for x, y in zip(a[1], b[1], strict=True)) and a[2:] == b[2:]
+    )
+
+
+def _remember(key: tuple, session: ort.InferenceSession) -> None:
+    global _last_session
+    _last_session = (key, session)
+
+
+def _new_session(
+    data: bytes,
+    initializers: dict[str, Any],
+    threads: int,
+    custom_ops: bool,
+    kernel_threads: int | None,
+    library: str | None,
+) -> ort.InferenceSession:
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session as make_kernel_session
 

@@ -13,6 +13,8 @@ The artifact's model.onnx is still written in full by `sparsec.ir.io.model_bytes
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,23 @@ _NUMPY_TYPES = frozenset(
 )
 
 
+# tensor -> its array. A tensor read from a file gives its data as a fresh copy on every
+# numpy() call (BERT-base: 0.55 s per model); the IR's clones share tensor objects, so the
+# sessions of one compile share one array per weight.
+_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _array(tensor: ir.TensorProtocol) -> np.ndarray:
+    try:
+        return _ARRAYS[tensor]
+    except (KeyError, TypeError):
+        pass
+    array = np.ascontiguousarray(tensor.numpy())
+    with contextlib.suppress(TypeError):  # a tensor type without weak references: not cached
+        _ARRAYS[tensor] = array
+    return array
+
+
 @dataclass
 class SessionModel:
     """A model as ONNX Runtime takes it: the graph bytes plus its large weights as arrays."""
@@ -52,9 +71,14 @@ def session_model(model: ir.Model) -> SessionModel:
     arrays: dict[str, np.ndarray] = {}
     for name, value in copy.graph.initializers.items():
         tensor = value.const_value
-        if tensor is None or tensor.dtype not in _NUMPY_TYPES or tensor.nbytes < MIN_EXTERNAL_BYTES:
+        if tensor is None:
             continue
-        arrays[name] = np.ascontiguousarray(tensor.numpy())
+        external = isinstance(tensor, ir.ExternalTensor)  # the input's own external data
+        if tensor.dtype not in _NUMPY_TYPES or (tensor.nbytes < MIN_EXTERNAL_BYTES and not external):
+            if external:  # ONNX Runtime would resolve its file against the working folder
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=name)
+            continue
+        arrays[name] = _array(tensor)
         value.const_value = ir.ExternalTensor(
             IN_MEMORY_LOCATION, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name
         )
