@@ -47,7 +47,9 @@ typedef struct OrtApiBase {
 } OrtApiBase;
 extern const OrtApiBase *OrtGetApiBase(void); /* exported by libonnxruntime.so */
 
-#define API_VERSION 16u
+#ifndef API_VERSION
+#define API_VERSION 16u /* -DAPI_VERSION=N to request another C API version */
+#endif
 enum { ORT_LOGGING_LEVEL_WARNING = 2, ORT_ARENA_ALLOCATOR = 1, ORT_MEM_TYPE_DEFAULT = 0 };
 enum { T_FLOAT = 1, T_UINT8 = 2, T_INT8 = 3, T_INT32 = 6, T_INT64 = 7, T_BOOL = 9, T_DOUBLE = 11 };
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -222,3 +223,28 @@ def test_the_library_works_with_the_installed_onnxruntime_abi(artifact: tuple[Pa
     assert lib.sk_ort_abi_selftest(runtime.OrtGetApiBase(), msg, 256) == 0, msg.value
     assert msg.value.decode() == ort.__version__
 
+
+
+def test_a_real_older_onnxruntime_refuses_the_library(artifact: tuple[Path, Path], tmp_path: Path) -> None:
+    """With an unpacked onnxruntime < 1.16 wheel (folder in $SPARSEC_OLD_ORT_DIR, e.g. from
+    `pip download --no-deps onnxruntime==1.15.1` then unzip): registration fails with the
+    library's message, in a process that does not crash."""
+    old = os.environ.get("SPARSEC_OLD_ORT_DIR")
+    if not old:
+        pytest.skip("set SPARSEC_OLD_ORT_DIR to an unpacked onnxruntime<1.16 wheel to run this check")
+    out, _ = artifact
+    script = f"""
+import sys
+sys.path[:0] = [{old!r}]
+sys.path.append({str(Path(np.__file__).resolve().parents[1])!r})
+import onnxruntime as ort
+so = ort.SessionOptions()
+try:
+    so.register_custom_ops_library({str(out / LIBRARY_FILE)!r})
+except Exception as e:
+    print("refused:", ort.__version__, e)
+"""
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused:" in proc.stdout and "need ONNX Runtime >= 1.16 (C API version 16); this runtime is" in proc.stdout
