@@ -10,6 +10,7 @@ Everything here is vectorized numpy: packing a 4096x11008 matrix takes well unde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,25 +134,28 @@ def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
     if np.any(counts > n):
         raise PackedFormatError(f"weight is not {n}:{m} sparse along K (prune it first)")
     # Slots hold the nonzeros, then the lowest zero positions, in increasing position order
-    # (the canonical form from_arrays checks). Without sorting (argsort over tiny groups is
-    # slow): walking the m positions, a member's rank is the count of nonzeros before it
-    # (nonzero) or all nonzeros plus the zeros before it (zero); ranks below n are taken, in
-    # position order, into the next free slot.
-    vals = np.zeros((tiles, groups, n, TILE), dtype=np.float32)
-    pos = np.zeros((tiles, groups, n, TILE), dtype=np.uint8)
-    nz_before = np.zeros_like(counts)
-    taken = np.zeros_like(counts)
+    # (the canonical form from_arrays checks). No sorting (argsort over tiny groups is slow):
+    # each group's nonzero pattern, an m-bit code, indexes a table of its n positions.
+    code = np.zeros(counts.shape, dtype=np.int32)
     for i in range(m):
-        nz = nonzero[:, :, i, :]
-        selected = np.where(nz, nz_before, counts + (i - nz_before)) < n
-        for slot in range(n):
-            hit = selected & (taken == slot)
-            np.copyto(vals[:, :, slot, :], wg[:, :, i, :], where=hit)
-            np.copyto(pos[:, :, slot, :], i, where=hit)
-        taken += selected
-        nz_before += nz
+        code |= nonzero[:, :, i, :].astype(np.int32) << i
+    pos = np.ascontiguousarray(np.moveaxis(_slot_positions(n, m)[code], -1, 2))  # [tiles, groups, n, lane]
+    vals = np.take_along_axis(wg, pos.astype(np.intp), axis=2)
     meta = encode_positions(pos, m)
     return PackedNM(n, m, k, cols, aligned_copy(vals, np.float32), aligned_copy(meta, np.uint16))
+
+
+@functools.cache
+def _slot_positions(n: int, m: int) -> np.ndarray:
+    """[2**m, n] uint8: for each nonzero pattern of a group (bit i = position i), the positions
+    its n slots hold: the nonzeros, then the lowest zeros, in increasing order. Patterns with
+    more than n nonzeros never reach the table (pack_nm refuses them first)."""
+    table = np.zeros((1 << m, n), dtype=np.uint8)
+    for code in range(1 << m):
+        nonzeros = [i for i in range(m) if code >> i & 1]
+        zeros = [i for i in range(m) if not code >> i & 1]
+        table[code] = sorted((nonzeros + zeros)[:n])
+    return table
 
 
 def encode_positions(pos: np.ndarray, m: int) -> np.ndarray:
