@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from sparsec.dialect import DOMAIN
 from sparsec.dialect.reference import lower_to_reference
 from sparsec.errors import InputError
 from sparsec.ir.io import inline_copy, to_proto
@@ -79,6 +80,8 @@ def reference_bytes(model: ir.Model) -> bytes:
 
 def reference_model(model: ir.Model) -> SessionModel:
     """The standard-ONNX form of `model` as ONNX Runtime takes it, weights in memory."""
+    if DOMAIN not in model.opset_imports and all(node.domain != DOMAIN for node in model.graph):
+        return session_model(model)  # already standard ONNX: no copy to lower
     copy = model.clone()
     lower_to_reference(copy)
     return session_model(copy)
