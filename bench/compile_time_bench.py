@@ -8,9 +8,12 @@ TorchScript ONNX exporter at opset 17, cached under --cache-dir. The measured co
 issue's: `sparsec compile bert.onnx --sparsity=2:4 --no-bench -o OUT` (verify-each on), run
 `--runs` times as a subprocess; the JSON holds each run's wall time and the process's CPU time
 (user + sys; other load on the machine disturbs it less than wall time), with the load average
-before and after. Then one in-process compile under cProfile gives the breakdown: cumulative
-seconds in each phase (load, structural verification, numeric verification, ORT session
-creation and runs, serialization, pruning masks, packing, plots, artifact writing).
+before and after. Then one in-process compile under cProfile, clocked in process CPU time,
+gives the breakdown: cumulative CPU seconds in each phase (load, structural verification,
+numeric verification, ORT session creation and runs, serialization, pruning masks, packing,
+plots, artifact writing). `--from-profile FILE` prints the phases of a saved profile.
+To compare with another commit, run this file with PYTHONPATH pointing at that commit's
+packages laid out as `sparsec/` (with passes, backends, kernels, models_zoo inside).
 """
 
 from __future__ import annotations
