@@ -77,7 +77,10 @@ def session_model(model: ir.Model) -> SessionModel:
             if tensor is None:
                 continue
             external = isinstance(tensor, ir.ExternalTensor)  # the input's own external data
-            if tensor.dtype not in _NUMPY_TYPES or (tensor.nbytes < MIN_EXTERNAL_BYTES and not external):
+            # ONNX Runtime drops initializers no node uses before it takes the in-memory ones
+            # (and then refuses those names): unused ones stay inline.
+            unused = not value.uses() and not value.is_graph_output()
+            if tensor.dtype not in _NUMPY_TYPES or unused or (tensor.nbytes < MIN_EXTERNAL_BYTES and not external):
                 if external:  # ONNX Runtime would resolve its file against the working folder
                     swapped.append((value, tensor))
                     value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=name)

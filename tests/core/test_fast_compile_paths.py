@@ -114,3 +114,15 @@ def test_the_last_in_memory_session_is_reused_for_the_same_model_only() -> None:
     assert other is not first
     feeds = sample_inputs(model)
     assert not np.array_equal(other.run(None, feeds)[0], first.run(None, feeds)[0])
+
+
+def test_an_unused_large_initializer_stays_inline() -> None:
+    """ONNX Runtime drops initializers no node uses before taking in-memory weights (and then
+    refuses their names): such an initializer must travel inside the graph bytes."""
+    model = _mlp()
+    spare = ir.Value(name="spare", const_value=ir.tensor(np.ones((64, 64), dtype=np.float32), name="spare"))
+    model.graph.register_initializer(spare)
+    split = session_model(model)
+    assert "spare" not in split.initializers and {"w1", "w2"} <= set(split.initializers)
+    feeds = sample_inputs(model)
+    np.testing.assert_array_equal(make_session(split).run(None, feeds)[0], make_session(model_bytes(model)).run(None, feeds)[0])
