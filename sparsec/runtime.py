@@ -60,7 +60,16 @@ def make_session(
     key = (data, tuple(initializers.values()), threads, custom_ops, kernel_threads, library)
     if initializers and _last_session is not None and _same_key(_last_session[0], key):
         return _last_session[1]
-    session = _new_session(data, initializers, threads, custom_ops, kernel_threads, library)
+    try:
+        session = _new_session(data, initializers, threads, custom_ops, kernel_threads, library)
+    except Exception as exc:
+        # ONNX Runtime drops initializers its graph does not need (a dead node's weight)
+        # before it takes in-memory ones, and then refuses their names: put them back inline.
+        if not initializers or "ReplaceInitializedTensor" not in str(exc):
+            raise
+        from sparsec.ir.session_model import inline_weights
+
+        return _new_session(inline_weights(data, initializers), {}, threads, custom_ops, kernel_threads, library)
     if initializers:
         _remember(key, session)
     return session

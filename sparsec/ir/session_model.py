@@ -95,3 +95,15 @@ def session_model(model: ir.Model) -> SessionModel:
         for value, tensor in swapped:
             value.const_value = tensor
     return SessionModel(graph_bytes, arrays)
+
+
+def inline_weights(graph_bytes: bytes, initializers: dict[str, np.ndarray]) -> bytes:
+    """The full serialized model: `graph_bytes` with its placeholders filled from `initializers`."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(graph_bytes)
+    for tensor in proto.graph.initializer:
+        if tensor.name in initializers:
+            tensor.CopyFrom(numpy_helper.from_array(initializers[tensor.name], tensor.name))
+    return proto.SerializeToString()
