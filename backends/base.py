@@ -57,6 +57,10 @@ class Backend(ABC):
         """Artifact files beyond model.onnx (e.g. a runtime session configuration)."""
         return {}
 
+    def manifest_entries(self, compiled: CompiledModel) -> dict[str, Any]:
+        """Manifest sections describing `compiled.files` (e.g. the op library and its hash)."""
+        return {}
+
 
 # Each sub-package of sparsec.backends is one backend; importing it registers its class and
 # its legalization passes.

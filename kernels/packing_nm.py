@@ -10,6 +10,7 @@ Everything here is vectorized numpy: packing a 4096x11008 matrix takes well unde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,35 +127,57 @@ def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
     tiles, groups = -(-cols // TILE), k // m
     padded = np.zeros((k, tiles * TILE), dtype=np.float32)
     padded[:, :cols] = w
-    # [K, C] -> [tiles, groups, lane, m]
-    wg = padded.reshape(groups, m, tiles, TILE).transpose(2, 0, 3, 1)
+    # [K, C] -> [tiles, groups, m, lane]: the 16 lanes of a tile stay contiguous.
+    wg = np.ascontiguousarray(padded.reshape(groups, m, tiles, TILE).transpose(2, 0, 1, 3))
     nonzero = wg != 0
-    if np.any(nonzero.sum(axis=-1) > n):
+    counts = nonzero.sum(axis=2, dtype=np.int16)  # [tiles, groups, lane]
+    if np.any(counts > n):
         raise PackedFormatError(f"weight is not {n}:{m} sparse along K (prune it first)")
-    # Nonzeros first (in position order), then fill slots with the lowest zero positions;
-    # sorting makes positions strictly increasing, the canonical form from_arrays checks.
-    idx = np.arange(m)
-    key = np.where(nonzero, idx, m + idx)
-    pos = np.sort(np.argsort(key, axis=-1, kind="stable")[..., :n], axis=-1)
-    vals = np.take_along_axis(wg, pos, axis=-1)  # [tiles, groups, lane, n]
-    vals = vals.transpose(0, 1, 3, 2)  # [tiles, groups, n, lane]
-    meta = encode_positions(pos.transpose(0, 1, 3, 2), m)
+    # Slots hold the nonzeros, then the lowest zero positions, in increasing position order
+    # (the canonical form from_arrays checks). No sorting (argsort over tiny groups is slow):
+    # each group's nonzero pattern, an m-bit code, indexes a table of its n positions.
+    code = np.zeros(counts.shape, dtype=np.int32)
+    for i in range(m):
+        code |= nonzero[:, :, i, :].astype(np.int32) << i
+    pos = np.ascontiguousarray(np.moveaxis(_slot_positions(n, m)[code], -1, 2))  # [tiles, groups, n, lane]
+    vals = np.take_along_axis(wg, pos.astype(np.intp), axis=2)
+    meta = encode_positions(pos, m)
     return PackedNM(n, m, k, cols, aligned_copy(vals, np.float32), aligned_copy(meta, np.uint16))
+
+
+@functools.cache
+def _slot_positions(n: int, m: int) -> np.ndarray:
+    """[2**m, n] uint8: for each nonzero pattern of a group (bit i = position i), the positions
+    its n slots hold: the nonzeros, then the lowest zeros, in increasing order. Patterns with
+    more than n nonzeros never reach the table (pack_nm refuses them first)."""
+    table = np.zeros((1 << m, n), dtype=np.uint8)
+    for code in range(1 << m):
+        nonzeros = [i for i in range(m) if code >> i & 1]
+        zeros = [i for i in range(m) if not code >> i & 1]
+        table[code] = sorted((nonzeros + zeros)[:n])
+    return table
 
 
 def encode_positions(pos: np.ndarray, m: int) -> np.ndarray:
     """[..., 16] positions -> [..., META_WORDS[m]] uint16 records (layout in src/sk.h)."""
-    p = pos.astype(np.uint64)
+    p = np.asarray(pos)
+    lanes = [p[..., lane].astype(np.uint64) for lane in range(TILE)]  # one pass per lane: no [..., 16] uint64 temporary
     if m == 4:
-        word = np.sum(p << (2 * _LANE), axis=-1, dtype=np.uint64).astype("<u4")
-        return word[..., None].view("<u2")
+        word = np.zeros(p.shape[:-1], dtype=np.uint64)
+        for lane, q in enumerate(lanes):
+            word |= q << np.uint64(2 * lane)
+        return word.astype("<u4")[..., None].view("<u2")
     if m == 8:
-        lo = np.sum((p & 3) << (2 * _LANE), axis=-1, dtype=np.uint64).astype("<u4")
-        hi = np.sum(((p >> 2) & 1) << _LANE, axis=-1, dtype=np.uint64).astype("<u2")
-        return np.concatenate([lo[..., None].view("<u2"), hi[..., None]], axis=-1)
-    shift = 32 * (_LANE & 1) + 4 * (_LANE >> 1)
-    word = np.sum(p << shift, axis=-1, dtype=np.uint64).astype("<u8")
-    return word[..., None].view("<u2")
+        lo = np.zeros(p.shape[:-1], dtype=np.uint64)
+        hi = np.zeros(p.shape[:-1], dtype=np.uint64)
+        for lane, q in enumerate(lanes):
+            lo |= (q & np.uint64(3)) << np.uint64(2 * lane)
+            hi |= ((q >> np.uint64(2)) & np.uint64(1)) << np.uint64(lane)
+        return np.concatenate([lo.astype("<u4")[..., None].view("<u2"), hi.astype("<u2")[..., None]], axis=-1)
+    word = np.zeros(p.shape[:-1], dtype=np.uint64)
+    for lane, q in enumerate(lanes):
+        word |= q << np.uint64(32 * (lane & 1) + 4 * (lane >> 1))
+    return word.astype("<u8")[..., None].view("<u2")
 
 
 def decode_positions(meta: np.ndarray, n: int, m: int, tiles: int, groups: int) -> np.ndarray:

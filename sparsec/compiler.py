@@ -211,6 +211,7 @@ def _compile(
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")
+    manifest.update(backend.manifest_entries(compiled))
     verdict = judge(
         manifest,
         changed=any(r.changed for r in records[: len(pipeline)]),

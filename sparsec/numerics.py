@@ -12,9 +12,11 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from sparsec.dialect import DOMAIN
 from sparsec.dialect.reference import lower_to_reference
 from sparsec.errors import InputError
 from sparsec.ir.io import inline_copy, to_proto
+from sparsec.ir.session_model import SessionModel, session_model
 
 DEFAULT_DIM = 1  # value for a symbolic batch dim
 DEFAULT_SEQ = 16  # value for other symbolic dims (sequence lengths)
@@ -76,10 +78,19 @@ def reference_bytes(model: ir.Model) -> bytes:
     return to_proto(copy).SerializeToString()
 
 
-def make_session(model_bytes: bytes, threads: int = 2) -> ort.InferenceSession:
+def reference_model(model: ir.Model) -> SessionModel:
+    """The standard-ONNX form of `model` as ONNX Runtime takes it, weights in memory."""
+    if DOMAIN not in model.opset_imports and all(node.domain != DOMAIN for node in model.graph):
+        return session_model(model)  # already standard ONNX: no copy to lower
+    copy = model.clone()
+    lower_to_reference(copy)
+    return session_model(copy)
+
+
+def make_session(model: bytes | SessionModel, threads: int = 2) -> ort.InferenceSession:
     from sparsec.runtime import make_session as runtime_session
 
-    return runtime_session(model_bytes, threads)
+    return runtime_session(model, threads)
 
 
 def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:

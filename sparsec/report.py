@@ -48,7 +48,16 @@ def render_report(manifest: dict[str, Any]) -> str:
         "",
     ]
     if manifest["runtime_ops"]:
-        lines.append(f"Needs the sparsec runtime for: {', '.join(manifest['runtime_ops'])}.")
+        lines.append(f"Needs the sparsec kernel ops: {', '.join(manifest['runtime_ops'])}.")
+        library = manifest.get("kernel_library")
+        if library:
+            lines.append(
+                f"They are in `{library['file']}` ({library['arch']}, sha256 `{library['sha256'][:16]}...`): "
+                "`sparsec.runtime.InferenceSession(folder)` uses it, and plain ONNX Runtime (>= 1.16) "
+                "loads it without sparsec: in Python `so = onnxruntime.SessionOptions(); "
+                f'so.register_custom_ops_library("{library["file"]}")`, in C/C++/C#/Java the same '
+                "`RegisterCustomOpsLibrary` call on the session options."
+            )
     else:
         lines.append(
             "The model is standard ONNX: N:M weights are stored dense (zeros included) and run on "

@@ -7,6 +7,7 @@ each `com.sparsec` op passes its own verifier.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import onnx
@@ -23,6 +24,17 @@ class Problem:
 
     def __str__(self) -> str:
         return f"node '{self.node}': {self.message}" if self.node else self.message
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_onnx_op(op_type: str, opset: int) -> bool:
+    """Whether ONNX defines `op_type` at `opset` (memoised: a model repeats few op types many
+    times, and verification runs after every pass)."""
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def verify_model(model: ir.Model) -> list[Problem]:
@@ -49,11 +61,8 @@ def verify_model(model: ir.Model) -> list[Problem]:
             if DOMAIN not in model.opset_imports:
                 problems.append(Problem(label, f"model does not import the {DOMAIN} opset"))
             problems.extend(Problem(label, p) for p in verify_node(node))
-        elif node.domain in ("", "ai.onnx"):
-            try:
-                onnx.defs.get_schema(node.op_type, opset, "")
-            except onnx.defs.SchemaError:
-                problems.append(Problem(label, f"'{node.op_type}' is not an ONNX op at opset {opset}"))
+        elif node.domain in ("", "ai.onnx") and not _is_onnx_op(node.op_type, opset):
+            problems.append(Problem(label, f"'{node.op_type}' is not an ONNX op at opset {opset}"))
     for out in graph.outputs:
         if id(out) not in defined:
             problems.append(Problem(None, f"graph output %{out.name} is never produced"))

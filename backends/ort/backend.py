@@ -9,10 +9,18 @@ the first step is left out and the model is plain ONNX.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import onnx_ir as ir
 
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
+from sparsec.backends.ort.op_library import (
+    LIBRARY_FILE,
+    MANIFEST_KEY,
+    deployable_library,
+    host_arch,
+    manifest_entry,
+)
 from sparsec.dialect import DOMAIN
 from sparsec.ir.session import session_from_ir
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
@@ -48,6 +56,18 @@ class OrtBackend(Backend):
 
     def runtime_ops(self, model: ir.Model) -> list[str]:
         return sorted({n.op_type for n in model.graph if n.domain == KERNEL_DOMAIN})
+
+    def extra_files(self, model: ir.Model, target: Any) -> dict[str, bytes]:
+        # The op library travels with a model that needs it: plain ONNX Runtime (C, C++,
+        # C#, Java, Python without sparsec) registers it and runs the artifact.
+        # Only the host's build is at hand: a target for another architecture ships its own.
+        if not self.runtime_ops(model) or getattr(target, "arch", None) not in (None, host_arch()):
+            return {}
+        return {LIBRARY_FILE: deployable_library()}
+
+    def manifest_entries(self, compiled: CompiledModel) -> dict[str, Any]:
+        data = compiled.files.get(LIBRARY_FILE)
+        return {} if data is None else {MANIFEST_KEY: manifest_entry(data, compiled.runtime_ops)}
 
     def runner(self, compiled: CompiledModel, threads: int = 2, allow_spinning: bool | None = None) -> Runner:
         # Weights handed to ORT in place: no serialized copy, no 2 GB protobuf limit.

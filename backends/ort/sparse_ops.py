@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from sparsec.kernels import KernelUnavailableError, PackedFormatError, pack_block, pack_nm
-from sparsec.runtime import KERNEL_DOMAIN
+from sparsec.runtime import KERNEL_DOMAIN, add_initializers
 
 NM_OP = "NMSparseMatMul"
 BLOCK_OP = "BlockSparseMatMul"
@@ -92,14 +92,15 @@ def library_path() -> str:
 
 
 def session_options(
-    threads: int = 2, kernel_threads: int | None = None, allow_spinning: bool = False
+    threads: int = 2, kernel_threads: int | None = None, allow_spinning: bool = False, library: str | None = None
 ) -> ort.SessionOptions:
     """SessionOptions with the sparsec custom ops registered.
 
     ``threads`` sets ONNX Runtime's intra-op pool; ``kernel_threads`` (default: the same)
-    caps the threads of one sparse-kernel call (0 = all cores).
+    caps the threads of one sparse-kernel call (0 = all cores). ``library`` is the op library
+    to register (an artifact's own copy); default: the installed one.
     """
-    path = library_path()
+    path = library or library_path()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -121,17 +122,24 @@ def make_session(
     providers: list[str] | None = None,
     options: ort.SessionOptions | None = None,
     allow_spinning: bool = False,
+    *,
+    initializers: dict[str, np.ndarray] | None = None,
+    library: str | None = None,
 ) -> ort.InferenceSession:
     """An InferenceSession running ``model``; its sparse ops call sparsec.kernels.
 
+    ``initializers`` are weights handed over in memory (``sparsec.ir.session_model``).
     Malformed packed weights raise PackedFormatError here (the library checks them when
     ONNX Runtime creates the kernels), never a crash at run time.
     """
     # `options`: from session_options, extended by the caller
-    opts = options or session_options(threads, kernel_threads, allow_spinning)
+    opts = options or session_options(threads, kernel_threads, allow_spinning, library)
+    keep = add_initializers(opts, initializers or {})
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
+        session._sparsec_weights = keep  # ONNX Runtime reads these arrays in place
+        return session
     except Exception as exc:  # ORT's pybind exception types are not importable by name
         msg = str(exc)
         typed = _TYPE_ERROR.search(msg)

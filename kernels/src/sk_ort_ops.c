@@ -521,15 +521,41 @@ static OrtStatus *read_cap(const OrtApi *api, const OrtSessionOptions *options, 
     return NULL;
 }
 
+/* What this library is, for loaders that check an artifact's copy before registering it
+ * (sparsec.runtime compares it with the artifact's manifest) and for people (`strings`).
+ * ops-abi counts incompatible changes to the com.sparsec.kernels ops (inputs, attributes,
+ * packed formats): a model compiled for one ops-abi needs a library of the same. */
+#define SK_OPS_ABI "1"
+#if defined(__x86_64__) || defined(_M_X64)
+#define SK_ARCH "x86_64"
+#elif defined(__aarch64__) || defined(_M_ARM64)
+#define SK_ARCH "aarch64"
+#else
+#define SK_ARCH "unknown"
+#endif
+_Static_assert(SK_ORT_API_VERSION == 16u, "update the ort-api field of sparsec_kernels_info");
+SK_EXPORT const char *sparsec_kernels_info(void) {
+    return "sparsec-kernels ops-abi=" SK_OPS_ABI " ort-api=16 domain=" SK_ORT_DOMAIN
+           " arch=" SK_ARCH;
+}
+
 SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
                                                    const OrtApiBase *base) {
     const OrtApi *api = base->GetApi(SK_ORT_API_VERSION);
     if (!api) {
-        /* CreateStatus is slot 0 in every version. */
+        /* An older runtime: refuse with a status (CreateStatus is slot 0 in every version),
+         * before touching any function it may lack. */
         const OrtApi *v1 = base->GetApi(1);
-        return v1 ? sk_ort_status(v1, "sparsec kernels need ONNX Runtime >= 1.16, this is %s",
-                                base->GetVersionString())
-                  : NULL;
+        if (v1)
+            return sk_ort_status(v1,
+                                 "sparsec kernels (libsparsec_kernels) need ONNX Runtime >= 1.16 "
+                                 "(C API version %u); this runtime is %s",
+                                 SK_ORT_API_VERSION, base->GetVersionString());
+        /* No API table at all: nothing to build a status with. Say so; the session then
+         * fails on the unregistered ops with ONNX Runtime's own message. */
+        fprintf(stderr, "sparsec kernels: ONNX Runtime %s offers no C API table; ops not registered\n",
+                base->GetVersionString());
+        return NULL;
     }
     int cap = SK_ORT_DEFAULT_CAP;
     OrtStatus *st = read_cap(api, options, &cap);

@@ -81,6 +81,14 @@ def pattern_skip_reason(layer: Layer, pattern: Pattern, min_params: int) -> str 
     return pattern.skip_reason(*w2.shape)
 
 
+def _relative_error(ref: np.ndarray, new: np.ndarray) -> float:
+    """||ref - new|| / ||ref||, summed in float64 without float64 copies of the weights."""
+    d = ref - new
+    num = np.einsum("ij,ij->", d, d, dtype=np.float64)
+    den = np.einsum("ij,ij->", ref, ref, dtype=np.float64)
+    return float(np.sqrt(num) / max(np.sqrt(den), 1e-30))
+
+
 def prune_layer(
     view: LayerView,
     w: np.ndarray,
@@ -120,7 +128,7 @@ def prune_layer(
         new_bias = new2[:, -1].astype(bias.dtype)  # type: ignore[union-attr]
         new2, w2 = new2[:, :-1], w2[:, :-1]
     new = view.weight_back(np.ascontiguousarray(new2), w.shape).astype(w.dtype, copy=False)
-    werr = float(np.linalg.norm((w2 - new2).astype(np.float64)) / max(np.linalg.norm(w2.astype(np.float64)), 1e-30))
+    werr = _relative_error(w2, new2)
     new_ref2 = np.concatenate([new2, new_bias[:, None]], axis=1) if new_bias is not None else new2
     oerr = output_error(ref2, new_ref2, stats) if stats is not None else None
     note = None if used == criterion else f"{criterion} needs an input view ({view.reason}); used magnitude"

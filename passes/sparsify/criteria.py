@@ -92,7 +92,7 @@ def prune_2d(
         from sparsec.passes.sparsify.sparsegpt import sparsegpt_prune
 
         return sparsegpt_prune(w2, stats.gram, pattern, damp=damp, keep_last=keep_last)
-    scores = np.abs(w2.astype(np.float32))
+    scores = np.abs(w2.astype(np.float32, copy=False))  # no copy of a float32 weight before abs
     if criterion == "wanda" and stats is not None:
         scores = scores * np.sqrt(np.maximum(stats.col_sq_mean, 0.0))[None, :].astype(np.float32)
         if pattern.kind == "unstructured":  # Wanda compares weights per output row
