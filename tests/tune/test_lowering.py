@@ -98,12 +98,17 @@ def test_never_slower_moves_layers_back_to_dense_worst_first(monkeypatch: pytest
     result = compile_model(two_layers(rows=rows), CompileOptions())
     lowering = result.manifest["lowering"]
     fallback = lowering["never_slower"]
-    assert [m["weight"] for m in fallback["moved_to_dense"]] == ["w1", "w2"]  # equal gains: graph order
-    assert fallback["steps"][0]["layers_moved"] == 0 and fallback["steps"][-1]["layers_moved"] == 2
+    # Equal gains: graph order. After w1 moves back, w2 is one copy of its shape, a tuning key
+    # the cache does not hold: the rebuild measures it itself, and the scalar kernel loses.
+    # So w2 ends dense either as the second layer moved back or by its own measurement.
+    moved = [m["weight"] for m in fallback["moved_to_dense"]]
+    assert moved in (["w1"], ["w1", "w2"]), fallback
+    assert fallback["steps"][0]["layers_moved"] == 0 and fallback["steps"][-1]["layers_moved"] == len(moved)
     assert fallback["steps"][0]["speedup"] < 1.0
     assert "NMSparseMatMul" not in [n.op_type for n in result.model.graph]
     assert lowering["sparse_kernel_layers"] == 0
-    assert all("moved back to dense" in e["reason"] for e in lowering["layers"])
+    reasons = {e["weight"]: e["reason"] for e in lowering["layers"]}
+    assert "moved back to dense" in reasons["w1"]
     assert "moved back to dense" in result.manifest["summary"]
     w1 = result.model.graph.initializers["w1"].const_value.numpy()
     assert np.count_nonzero(w1) == w1.size  # moved back means not pruned either (only_faster)
