@@ -84,7 +84,7 @@ def main() -> int:
     if args.task == "nm":
         pipeline = "nm-sparsity{n=2 m=4 criterion=sparsegpt min_params=1}"
     else:
-        pipeline = f"crop-channels{{macs={args.crop} allocation=uniform criterion=activation}}"
+        pipeline = f"crop-channels{{macs={args.crop} allocation=uniform criterion=activation lossy_groups=false}}"
     result["pipeline"] = pipeline
     sidecar = args.cache.with_suffix(".json") if args.cache is not None else None
     if args.cache is not None and args.cache.is_file() and sidecar is not None and sidecar.is_file():

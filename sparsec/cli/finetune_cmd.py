@@ -90,13 +90,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise OptionError(f"--threads={args.threads}: expected a positive count")
     manifest, files = _read_artifact(args.artifact)
-    out = args.output or args.artifact
-    check_output_dir(out)
     calib = CalibrationData.load(str(args.calib))
     student = load_model(args.artifact / "model.onnx", check_ops=False)
     raise_kernel_ops(student)
-    teacher, teacher_source = _teacher(args.teacher, manifest)
     calib.check_against(student)
+    out = args.output or args.artifact
+    check_output_dir(out)
+    teacher, teacher_source = _teacher(args.teacher, manifest)
     calib.check_against(teacher)
     result = finetune(student, teacher, calib, options)
     target = manifest["target"]

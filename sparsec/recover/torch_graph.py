@@ -6,8 +6,8 @@ initializers as `nn.Parameter`s and everything else as constants. Each parameter
 by its initializer name, so `write_back` puts trained values into the IR by name (for
 models captured from PyTorch that is the `state_dict` key).
 
-Sparsity is kept exactly: every weight behind a `com.sparsec` marker (`NMSparse`, `Sparse`)
-gets a mask of its nonzeros, and the forward pass uses `weight * mask`, so a pruned entry
+Sparsity is kept exactly: every weight behind a `com.sparsec` marker (`NMSparse`, `Sparse`),
+and every layer weight with exact zeros (N:M lowered to a dense op), gets a mask of its nonzeros, and the forward pass uses `weight * mask`, so a pruned entry
 has no gradient and stays zero, and every N:M group keeps its pattern.
 """
 
@@ -47,8 +47,18 @@ class _Step:
 
 
 def sparsity_masks(model: ir.Model) -> dict[str, np.ndarray]:
-    """Initializer name -> boolean mask of its nonzeros, for every weight behind a marker."""
+    """Initializer name -> boolean mask of its nonzeros, for every weight behind a marker and
+    every layer weight holding exact zeros (a pruned weight a backend lowered to a dense op:
+    trained weights have no exact zeros, so this only ever keeps pruned entries pruned)."""
+    from sparsec.layers import find_layers
+
     masks = {}
+    for layer in find_layers(model):
+        w = layer.weight.const_value
+        if w is not None and w.dtype.is_floating_point():
+            array = w.numpy()
+            if not array.all():
+                masks[layer.weight.name] = array != 0
     for node in model.graph:
         if node.domain == DOMAIN and node.op_type in MARKERS and node.inputs and node.inputs[0] is not None:
             w = node.inputs[0]
