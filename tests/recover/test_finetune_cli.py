@@ -23,7 +23,7 @@ def test_finetune_rewrites_the_artifact(tmp_path, mlp):  # noqa: ANN001
     src = tmp_path / "mlp.onnx"
     save_model(mlp, src)
     out = tmp_path / "art"
-    r = sparsec("-q", "compile", str(src), "--sparsity=2:4", "--no-bench", "-o", str(out))
+    r = sparsec("-q", "compile", str(src), "--sparsity=2:4", "--prune-all", "--no-bench", "-o", str(out))
     assert r.returncode == 0, r.stderr
     before = onnx.load(out / "model.onnx")
     data = tmp_path / "calib.npz"
