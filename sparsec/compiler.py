@@ -52,6 +52,7 @@ from sparsec.pm.manager import PassManager, PassRecord, default_repro_dir
 from sparsec.pm.pass_base import Pass
 from sparsec.pm.pipeline import Pipeline
 from sparsec.pm.presets import preset_pipeline
+from sparsec.recover.plot import recovery_plot
 from sparsec.report import render_report, sparsity_plot
 from sparsec.targets import get_target
 from sparsec.verdict import Verdict, describe_pipeline, judge
@@ -233,6 +234,11 @@ def _compile(
     for name, png in quality_plots(ctx.decisions).items():
         files[name] = png
         manifest["files"].append(name)
+    recovery = next((d for d in ctx.decisions if d.get("pass") == "recover"), None)
+    png = recovery_plot(recovery) if recovery is not None else None
+    if png is not None:
+        files["recovery.png"] = png
+        manifest["files"].append("recovery.png")
     crop = crop_plot(ctx.decisions)
     if crop is not None:
         files["crop.png"] = crop

@@ -90,6 +90,8 @@ def render_report(manifest: dict[str, Any]) -> str:
     lines += attention_report(manifest)
     if "crop.png" in manifest["files"]:
         lines += ["", "![channels per coupled group](crop.png)"]
+    if "recovery.png" in manifest["files"]:
+        lines += ["", "## Fine-tuning recovery", "", "![loss and held-out cosine per step](recovery.png)"]
     skipped = [d for d in manifest["decisions"] if d.get("decision") == "skip"]
     if skipped:
         lines += ["", "## Skipped layers", ""]

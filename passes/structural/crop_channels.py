@@ -64,6 +64,8 @@ class CropChannels(Pass):
     min_group_saving: float = option(0.005, "with macs: refuse a group whose crop saves less than this fraction of the MACs (0: off)")
     max_damage_ratio: float = option(10.0, "with macs: refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
     min_achieved: float = option(0.5, "crop nothing when the reviewed plan removes less than this fraction of the asked MACs (0: off)")
+    reconstruct: bool = option(True, "with calibration data: refit the layers consuming cropped channels to the dense outputs (least squares + bias compensation)")
+    reconstruct_damp: float = option(0.01, "ridge damping of the reconstruction, relative to the mean input energy")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.macs < 1.0 or not 0.0 <= self.ratio < 1.0:
@@ -80,6 +82,8 @@ class CropChannels(Pass):
             raise PipelineError("pass 'crop-channels': min_group_saving, max_damage_ratio >= 0 and min_achieved in [0, 1]")
         if self.multiple < 0:
             raise PipelineError("pass 'crop-channels': multiple must be >= 0")
+        if not self.reconstruct_damp > 0:
+            raise PipelineError("pass 'crop-channels': reconstruct_damp must be > 0")
         parse_layer_ratios(self.layer_ratios)
 
     def analyse(self, model: ir.Model, ctx: PassContext) -> DependencyGraph:
@@ -181,7 +185,9 @@ class CropChannels(Pass):
             stats = {"macs_before": macs_before, "macs_after": macs_before, "groups_cropped": 0, "shape_nodes_folded": folded}
             return PassResult(bool(folded), {**stats, **review.stats()})
         target = get_target(ctx.target)
+        dense = model.clone() if self.reconstruct and ctx.calibration is not None else None
         result = crop_model(model, dg, removed)
+        reconstruction = self.refit(dense, model, result.params, ctx)
         by_id = {g.id: g for g in dg.groups}
         review_of = {r.group: r for r in review.groups}
         cropped = 0
@@ -219,10 +225,25 @@ class CropChannels(Pass):
             "channels_removed": int(removed[~dg.derived].sum()),
             "params_cropped": len(result.params),
             "shape_nodes_folded": folded,
+            **reconstruction,
             **review.stats(),
         }
         log.info("crop-channels: MACs %d -> %d (%.2fx), %d groups", macs_before, macs_after, stats["mac_reduction"], cropped)
         return PassResult(True, stats)
+
+    def refit(self, dense: ir.Model | None, model: ir.Model, removed: dict, ctx: PassContext) -> dict:
+        """Crop reconstruction (reconstruct.py) of the layers consuming cropped channels."""
+        if not self.reconstruct:
+            return {"reconstruction": "off"}
+        if dense is None:
+            return {"reconstruction": "off: no calibration data"}
+        from sparsec.passes.structural.calibrated import calibration_of
+        from sparsec.passes.structural.reconstruct import reconstruct_consumers
+
+        refits = reconstruct_consumers(dense, model, removed, calibration_of(ctx), damp=self.reconstruct_damp)
+        for r in refits:
+            ctx.record(self.name, r.layer, decision="reconstruct", **r.to_dict())
+        return {"reconstruction": "least squares to the dense outputs", "layers_reconstructed": len(refits)}
 
     def record_review(self, dg: DependencyGraph, review: PlanReview, ctx: PassContext) -> None:
         """Refused groups and the reason, in the manifest's decisions; the warning in the log."""

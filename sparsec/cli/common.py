@@ -44,6 +44,11 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             help="prune every layer the pattern fits, also those the target runs no faster sparse (by default "
             "--target=cpu prunes only layers measured faster here), e.g. to ship N:M weights to another runtime",
         )
+        g.add_argument(
+            "--recover", metavar="SPEC",
+            help="fine-tune after compressing, with the dense model as teacher (needs --calib), e.g. steps:200 or "
+            "steps:200,lr:3e-4,seconds:600",
+        )
         g.add_argument("--moe", metavar="SPEC", help="split FFNs into routed experts, e.g. experts:16,active:0.25 (moefy-ffn)")
         g.add_argument(
             "--criterion",
@@ -85,6 +90,7 @@ TECHNIQUE_FLAGS = (
     ("--crop", "crop"),
     ("--crop-ratio", "crop_ratio"),
     ("--moe", "moe"),
+    ("--recover", "recover"),
     ("--criterion", "criterion"),
     ("--min-fidelity", "min_fidelity"),
     ("--attention", "attention"),
@@ -125,6 +131,7 @@ def pipeline_from_args(args: argparse.Namespace, *, sugar: bool) -> Pipeline | N
             density=args.density,
             moe=args.moe,
             prune_all=bool(args.prune_all),
+            recover=getattr(args, "recover", None),
         )
     return None
 

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_bench)
 
     add_tune_parser(sub)
+    from sparsec.cli.finetune_cmd import add_finetune_parser
+
+    add_finetune_parser(sub)
 
     p = sub.add_parser("zoo", help="reference models")
     zsub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND", parser_class=_Parser)

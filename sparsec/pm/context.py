@@ -32,6 +32,7 @@ class PassContext:
     tune: bool = True  # lowering choices from measurements on this machine (sparsec.tune), else fixed thresholds
     tuner: Any = None  # sparsec.tune.Tuner, created on first use
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight -> its tuner choice (manifest)
+    dense_model: Any = None  # the model the pipeline started from (the teacher of `recover`); set by PassManager.run
     repro_dir: Path | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     decisions: list[dict[str, Any]] = field(default_factory=list)

@@ -75,6 +75,8 @@ class PassManager:
 
     def run(self, model: ir.Model, ctx: PassContext | None = None) -> list[PassRecord]:
         ctx = ctx or PassContext()
+        if ctx.dense_model is None:  # a structural copy sharing tensors (passes replace tensors, never write into them)
+            ctx.dense_model = model.clone()
         records: list[PassRecord] = []
         if self.verify_each:
             problems = self._problems(model, ctx, None)

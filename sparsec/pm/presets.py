@@ -22,6 +22,7 @@ def preset_pipeline(
     density: float | None = None,
     moe: str | None = None,
     prune_all: bool = False,
+    recover: str | None = None,
 ) -> Pipeline:
     """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
 
@@ -34,6 +35,7 @@ def preset_pipeline(
     'auto' chooses a layout per head from calibration data, keeping `density` of the blocks.
     On a target that tunes (cpu), a fixed pattern prunes only layers measured to run faster
     sparse on this machine, unless `prune_all` (e.g. to ship N:M weights to another runtime).
+    `recover` ('steps:200', 'steps:200,lr:3e-4,seconds:600') fine-tunes last (`recover`).
     """
     spec_target = get_target(target)  # validates the name
     passes: list[str] = []
@@ -69,7 +71,28 @@ def preset_pipeline(
             if spec_target.tuned_here and not prune_all:
                 extra += " only_faster=true"
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
+    if recover is not None and recover.strip().lower() not in ("none", ""):
+        passes.append(recover_pass_text(recover))
     return parse_pipeline(",".join(passes))
+
+
+_RECOVER_KEYS = {"steps": ("steps", int), "lr": ("lr", float), "seconds": ("max_seconds", float),
+                 "batch": ("batch_size", int), "features": ("feature_weight", float)}
+
+
+def recover_pass_text(spec: str) -> str:
+    """`--recover=steps:200,lr:3e-4,seconds:600` -> `recover{steps=200 lr=0.0003 max_seconds=600.0}`."""
+    options = []
+    for item in spec.split(","):
+        key, sep, value = item.strip().partition(":")
+        if not sep or key not in _RECOVER_KEYS:
+            raise OptionError(f"--recover={spec}: expected KEY:VALUE items with keys {', '.join(_RECOVER_KEYS)} (e.g. steps:200)")
+        name, kind = _RECOVER_KEYS[key]
+        try:
+            options.append(f"{name}={kind(value)}")
+        except ValueError:
+            raise OptionError(f"--recover={spec}: '{value}' is not a valid {key}") from None
+    return "recover{" + " ".join(options) + "}"
 
 
 def _attention_pass(spec: str, density: float | None) -> str:

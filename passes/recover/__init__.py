@@ -1,0 +1,1 @@
+"""Recovery passes: fine-tuning the compressed model against the dense one."""

@@ -1,0 +1,64 @@
+"""`recover`: fine-tune the kept weights against the dense model (`sparsec.recover.finetune`).
+
+Runs where it stands in the pipeline (after the compressing passes, before the backend's
+lowering), with the model the pipeline started from as the teacher and the calibration data
+as training set (a held-out part of it decides early stopping). Masks and N:M patterns are
+kept exactly; the loss curve goes into the manifest's decisions and the report's
+`recovery.png`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from sparsec.calib.stats import require_calibration
+from sparsec.errors import PipelineError
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class Recover(Pass):
+    name = "recover"
+    summary = "Fine-tune kept weights with the dense model as teacher (output + per-layer feature distillation); masks kept."
+    exact = False
+
+    steps: int = option(200, "optimizer steps (at most)")
+    lr: float = option(1e-4, "peak learning rate (AdamW, warm-up then cosine decay)")
+    batch_size: int = option(16, "samples per step (gradient accumulation for fixed-batch models)")
+    feature_weight: float = option(1.0, "weight of the per-layer feature distillation (0: outputs only)")
+    max_seconds: float = option(0.0, "stop after this many seconds (0: no limit)")
+    eval_every: int = option(25, "steps between held-out evaluations (early stopping)")
+    patience: int = option(4, "stop after this many evaluations without improvement")
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise PipelineError("pass 'recover': steps, batch_size, eval_every and patience must be >= 1")
+        if not self.lr > 0 or self.feature_weight < 0 or self.max_seconds < 0:
+            raise PipelineError("pass 'recover': lr > 0, feature_weight >= 0 and max_seconds >= 0 are required")
+
+    def options_for_finetune(self, threads: int = 2):  # noqa: ANN201  (FinetuneOptions)
+        from sparsec.recover.finetune import FinetuneOptions
+
+        return FinetuneOptions(
+            steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
+            max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
+        )
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        from sparsec.recover.finetune import finetune
+
+        calib = require_calibration(ctx, "pass 'recover'")
+        teacher = ctx.dense_model
+        if teacher is None:
+            raise PipelineError("pass 'recover' needs the dense model as teacher (run it through a PassManager)")
+        result = finetune(model, teacher, calib, self.options_for_finetune())
+        record = result.to_dict()
+        ctx.record(self.name, "model", decision="finetune", **record)
+        stats = {k: record[k] for k in ("steps_run", "best_step", "stopped", "seconds", "cosine_before", "cosine_after", "params_trained")}
+        stats["feature_points"] = len(result.feature_points)
+        return PassResult(result.best_step > 0, stats)

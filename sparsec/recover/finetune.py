@@ -1,0 +1,248 @@
+"""Fine-tuning recovery: train the kept weights of a compressed IR with the dense IR as teacher.
+
+Loss = output distillation + `feature_weight` x per-layer feature distillation, both as
+normalised MSE (||s - t||^2 / ||t||^2, SquareHead-style, so every point weighs the same
+whatever its scale). Feature points are values of the same name in both graphs: the
+outputs of normalisation nodes (transformer block boundaries), else of weight layers; a
+point whose shape differs (a cropped width) is skipped. With a row mask in the calibration
+data (e.g. an attention mask) only real tokens count. Masks and N:M patterns are kept
+exactly (`TorchGraph`). A held-out part of the calibration data is scored (mean output
+cosine vs the teacher) every `eval_every` steps; the best weights are kept and training
+stops after `patience` evaluations without improvement or when `max_seconds` runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from tqdm import tqdm
+
+from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.errors import OptionError
+from sparsec.layers import find_layers
+from sparsec.recover.torch_graph import TorchGraph
+
+log = logging.getLogger("sparsec.recover")
+NORM_OPS = ("LayerNormalization", "BatchNormalization", "GroupNormalization", "InstanceNormalization")
+MAX_FEATURE_POINTS = 16
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 16
+    feature_weight: float = 1.0
+    weight_decay: float = 0.0
+    warmup: float = 0.05  # fraction of the steps with a linear warm-up, then cosine decay to 10%
+    held_out: float = 0.1  # fraction of the calibration samples kept for early stopping
+    eval_every: int = 25
+    patience: int = 4
+    max_seconds: float = 0.0  # 0: no time limit
+    threads: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise OptionError(f"fine-tuning: steps must be >= 1, got {self.steps}")
+        if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1 are required")
+        if not 0 < self.held_out < 1:
+            raise OptionError(f"fine-tuning: held_out must lie in (0, 1), got {self.held_out}")
+
+
+@dataclass
+class FinetuneResult:
+    steps_run: int
+    best_step: int
+    stopped: str  # why training ended
+    seconds: float
+    cosine_before: float  # held-out mean output cosine vs the teacher
+    cosine_after: float
+    feature_points: list[str]
+    params_trained: int
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
+    held_out_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out cosine)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["losses"] = [[s, round(v, 6)] for s, v in self.losses]
+        d["held_out_curve"] = [[s, round(v, 6)] for s, v in self.held_out_curve]
+        d["seconds"] = round(self.seconds, 2)
+        return d
+
+
+def feature_points(student: ir.Model, teacher: ir.Model) -> list[str]:
+    """Value names to distil at: normalisation outputs (else layer outputs) present in both."""
+    teacher_values = {v.name for n in teacher.graph for v in n.outputs if v is not None}
+    outputs = {v.name for v in student.graph.outputs}
+
+    def common(names: list[str]) -> list[str]:
+        return [n for n in dict.fromkeys(names) if n in teacher_values and n not in outputs]
+
+    points = common([n.outputs[0].name for n in student.graph if n.op_type in NORM_OPS and n.outputs])
+    if len(points) < 2:
+        points = common([layer.node.outputs[0].name for layer in find_layers(student)])
+    if len(points) > MAX_FEATURE_POINTS:
+        picks = np.unique(np.linspace(0, len(points) - 1, MAX_FEATURE_POINTS).round().astype(int))
+        points = [points[i] for i in picks]
+    return points
+
+
+def _nmse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return ((s - t) ** 2).sum() / (t**2).sum().clamp_min(1e-12)
+
+
+def _rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None and x.dim() == mask.dim() + 1 and tuple(x.shape[: mask.dim()]) == tuple(mask.shape):
+        return x[mask]
+    return x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
+
+
+def _mean_cosine(s: torch.Tensor, t: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(s.double(), t.double(), dim=-1, eps=1e-12).mean())
+
+
+class _Batches:
+    """Random micro-batches of the training samples, in the model's own batch size."""
+
+    def __init__(self, calib: CalibrationData, micro: int, seed: int) -> None:
+        self.calib, self.micro = calib, micro
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+
+    def next(self) -> dict[str, np.ndarray]:
+        if len(self.order) < self.micro:
+            self.order += self.rng.permutation(self.calib.num_samples).tolist()
+        take, self.order = self.order[: self.micro], self.order[self.micro :]
+        return {k: v[take] for k, v in self.calib.arrays.items()}
+
+
+def finetune(
+    student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, options: FinetuneOptions | None = None
+) -> FinetuneResult:
+    """Train `student_ir`'s kept weights towards `teacher_ir` on `calib`; writes them back in place."""
+    o = options or FinetuneOptions()
+    torch.manual_seed(o.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, o.threads))
+    try:
+        return _finetune(student_ir, teacher_ir, calib, o)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, o: FinetuneOptions) -> FinetuneResult:
+    start = time.perf_counter()
+    calib.check_against(student_ir)
+    fixed = model_batch_size(student_ir)
+    micro = fixed or o.batch_size
+    accumulate = max(1, o.batch_size // micro)
+    n = calib.num_samples
+    n_held = max(micro, int(round(n * o.held_out)) // micro * micro)
+    if n - n_held < micro:
+        raise OptionError(f"fine-tuning needs more calibration samples: {n} leave fewer than one batch of {micro} for training")
+    train, held = calib.split((n - n_held) / n)
+    student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
+    points = feature_points(student_ir, teacher_ir)
+    params = [p for p in student.params.values()]
+    log.info("fine-tuning %d parameters (%d tensors), %d feature points, %d steps of %d samples",
+             sum(p.numel() for p in params), len(params), len(points), o.steps, micro * accumulate)
+
+    # The held-out teacher outputs, once.
+    held_batches = list(held.batches(micro, exact=fixed is not None))
+    with torch.inference_mode():
+        held_teacher = [teacher(b) for b in held_batches]
+
+    def held_cosine() -> float:
+        student.eval()
+        scores = []
+        with torch.no_grad():
+            for b, t_out in zip(held_batches, held_teacher, strict=True):
+                mask = _row_mask(held, b)
+                s_out = student(b)
+                scores.append(min(_mean_cosine(_rows(s, mask), _rows(t, mask)) for s, t in zip(s_out, t_out, strict=True)))
+        return float(np.mean(scores))
+
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    warm = max(1, int(o.steps * o.warmup))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return o.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, o.steps - warm)
+        return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    batches = _Batches(train, micro, o.seed)
+    cosine_before = held_cosine()
+    best, best_step = cosine_before, 0
+    best_state = {k: p.detach().clone() for k, p in student.params.items()}
+    result = FinetuneResult(0, 0, "steps done", 0.0, cosine_before, cosine_before, points, sum(p.numel() for p in params))
+    result.held_out_curve.append((0, cosine_before))
+    bad_evals = 0
+    bar = tqdm(range(o.steps), desc="fine-tuning", unit="step", disable=not o.progress)
+    for step in bar:
+        student.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(accumulate):
+            b = batches.next()
+            mask = _row_mask(train, b)
+            with torch.no_grad():
+                t_out, t_feat = teacher.run(b, points)
+            s_out, s_feat = student.run(b, points)
+            loss = sum(_nmse(_rows(s, mask), _rows(t, mask)) for s, t in zip(s_out, t_out, strict=True)) / len(s_out)
+            matched = [p for p in points if p in s_feat and p in t_feat and s_feat[p].shape == t_feat[p].shape]
+            if matched and o.feature_weight > 0:
+                feat = sum(_nmse(_rows(s_feat[p], mask), _rows(t_feat[p], mask)) for p in matched) / len(matched)
+                loss = loss + o.feature_weight * feat
+            (loss / accumulate).backward()
+            total += float(loss.detach()) / accumulate
+        optimizer.step()
+        result.losses.append((step + 1, total))
+        result.steps_run = step + 1
+        bar.set_postfix(loss=f"{total:.4g}", held=f"{best:.4f}")
+        out_of_time = o.max_seconds > 0 and time.perf_counter() - start > o.max_seconds
+        if (step + 1) % o.eval_every == 0 or step + 1 == o.steps or out_of_time:
+            score = held_cosine()
+            result.held_out_curve.append((step + 1, score))
+            log.info("fine-tuning step %d: loss %.5f, held-out cosine %.5f", step + 1, total, score)
+            if score > best:
+                best, best_step, bad_evals = score, step + 1, 0
+                best_state = {k: p.detach().clone() for k, p in student.params.items()}
+            else:
+                bad_evals += 1
+            if bad_evals >= o.patience:
+                result.stopped = f"early stop: no held-out improvement in {o.patience} evaluations"
+                break
+        if out_of_time:
+            result.stopped = f"time limit of {o.max_seconds:g} s"
+            break
+    bar.close()
+    with torch.no_grad():
+        for k, p in student.params.items():
+            p.copy_(best_state[k])
+    student.write_back(student_ir)
+    result.best_step, result.cosine_after = best_step, best
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _row_mask(calib: CalibrationData, batch: Mapping[str, np.ndarray]) -> torch.Tensor | None:
+    if calib.row_mask is None:
+        return None
+    return torch.from_numpy(np.asarray(batch[calib.row_mask]) != 0)
+
+
+__all__ = ["FinetuneOptions", "FinetuneResult", "feature_points", "finetune"]
