@@ -71,9 +71,13 @@ def _lift(mod: Any) -> tuple[Any, Any]:
     from tvm import relax
 
     lifted = relax.transform.LiftTransformParams()(mod)
-    deploy = tvm.IRModule({MAIN: lifted[MAIN]})
-    transform = tvm.IRModule({TRANSFORM: lifted[TRANSFORM]})
-    return deploy, transform
+
+    def only(name: str) -> Any:  # keeps the PrimFuncs the importer already emitted (emit_te)
+        other = TRANSFORM if name == MAIN else MAIN
+        kept = tvm.IRModule({gv: f for gv, f in lifted.functions_items() if gv.name_hint != other})
+        return relax.transform.DeadCodeElimination(entry_functions=[name])(kept)
+
+    return only(MAIN), only(TRANSFORM)
 
 
 def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarray]:

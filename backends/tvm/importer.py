@@ -3,7 +3,7 @@
 Standard ops go through `tvm.relax.frontend.onnx` (its converters, unchanged). The kernel
 ops that `lower-nm-kernels` leaves in the domain `com.sparsec.kernels` become
 `R.call_dps_packed("sparsec_nm_matmul", ...)`: calls into sparsec's C kernels, which
-`backends/tvm/kernel_objects.py` links into the model library (kernels/tvm/sk_tvm_ffi.c).
+`backends/tvm/kernel_objects.py` links into the model library (kernels/tvm_packed/sk_tvm_ffi.c).
 Weights stay graph inputs (`keep_params_in_input`) so they ship as a parameter file, not
 inside the library.
 """

@@ -1,13 +1,13 @@
 """sparsec's C kernels as object files for linking into a TVM model.so.
 
-Deployment choice: the kernels and their TVM FFI entry points (kernels/tvm/sk_tvm_ffi.c)
+Deployment choice: the kernels and their TVM FFI entry points (kernels/tvm_packed/sk_tvm_ffi.c)
 are compiled with the target's C compiler and linked into the exported model library, so a
 model.so is self-contained: it needs the TVM runtime only, not sparsec, Python or a second
 library next to it. Kernel symbols are hidden (`-fvisibility=hidden`) so they cannot clash
 with the ONNX Runtime op library loaded in the same process; only the `__tvm_ffi_sparsec_*`
 entry points are exported, which is where the Relax VM finds `call_dps_packed` targets.
 
-Objects are cached per (compiler, flags, source hash) under ~/.cache/sparsec/tvm-kernels.
+Objects are cached per (compiler, flags, source hash), see `_cache_root`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sparsec.backends.tvm.target_spec import TvmTargetSpec
 from sparsec.errors import UnsupportedError
 
-# Custom-op front ends for ONNX Runtime: not needed inside a TVM library.
-_ORT_ONLY = ("sk_ort_ops.c", "sk_ort_util.c", "attn_ort_op.c", "moe_ort.c")
+# The matmul kernels (N:M and block) with their dispatch, scalar paths and thread pool; the
+# attention/MoE kernels and the ONNX Runtime op front ends are not called from TVM.
+_SOURCES = ("sk_api.c", "sk_pool.c", "sk_scalar.c", "nm_*.c", "block_*.c")
 
 
 def _kernels_dir() -> Path:
-    """kernels/ of the installed package (a wheel ships src/ and tvm/ as package data)."""
+    """kernels/ of the installed package (a wheel ships src/ and tvm_packed/ as package data)."""
     import sparsec.kernels as k
 
     return Path(k.__file__).resolve().parent
@@ -36,8 +38,8 @@ def _kernels_dir() -> Path:
 
 def kernel_sources() -> list[Path]:
     src = _kernels_dir() / "src"
-    found = sorted(p for p in src.glob("*.c") if p.name not in _ORT_ONLY)
-    glue = _kernels_dir() / "tvm" / "sk_tvm_ffi.c"
+    found = sorted({p for pattern in _SOURCES for p in src.glob(pattern)})
+    glue = _kernels_dir() / "tvm_packed" / "sk_tvm_ffi.c"
     if not found or not glue.is_file():
         raise UnsupportedError(f"backend 'tvm': kernel sources not found under {src.parent} (needed to link model.so)")
     return [*found, glue]
@@ -47,6 +49,14 @@ def _ffi_include() -> str:
     import tvm_ffi.libinfo
 
     return str(tvm_ffi.libinfo.find_include_path())
+
+
+def _cache_root() -> Path:
+    """$SPARSEC_TVM_KERNEL_CACHE, else $SPARSEC_CACHE_DIR/tvm-kernels, else ~/.cache/sparsec/tvm-kernels."""
+    if os.environ.get("SPARSEC_TVM_KERNEL_CACHE"):
+        return Path(os.environ["SPARSEC_TVM_KERNEL_CACHE"])
+    base = os.environ.get("SPARSEC_CACHE_DIR")
+    return Path(base) / "tvm-kernels" if base else Path.home() / ".cache" / "sparsec" / "tvm-kernels"
 
 
 def kernel_objects(spec: TvmTargetSpec, cache: Path | None = None) -> list[str]:
@@ -60,7 +70,7 @@ def kernel_objects(spec: TvmTargetSpec, cache: Path | None = None) -> list[str]:
     digest.update(" ".join([spec.cc, *flags]).encode())
     for src in sorted(sources) + sorted((sources[0].parent).glob("*.h")):
         digest.update(src.name.encode() + src.read_bytes())
-    root = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparsec" / "tvm-kernels"
+    root = cache or _cache_root()
     out = root / f"{spec.name}-{digest.hexdigest()[:16]}"
     objects = [str(out / (src.stem + ".o")) for src in sources]
     if all(Path(o).is_file() for o in objects):
@@ -68,9 +78,13 @@ def kernel_objects(spec: TvmTargetSpec, cache: Path | None = None) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        for src in sources:
+        def compile_one(src: Path) -> subprocess.CompletedProcess:
             cmd = [spec.cc, *flags, "-c", str(src), "-o", str(tmp / (src.stem + ".o"))]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            return subprocess.run(cmd, capture_output=True, text=True)
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            results = list(pool.map(compile_one, sources))
+        for src, done in zip(sources, results, strict=True):
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
                 raise UnsupportedError(f"backend 'tvm': compiling {src.name} with {spec.cc} failed: {first}")
