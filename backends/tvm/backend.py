@@ -40,6 +40,7 @@ def spec_for(target: Any) -> TvmTargetSpec:
 class TvmBackend(Backend):
     name = "tvm"
     fidelity_note = "model.so run by the TVM Relax VM on this machine"
+    _spec: TvmTargetSpec | None = None  # the spec of the last build (its runner, for cross builds)
 
     def legalize_pipeline(self) -> Pipeline:
         return parse_pipeline("static-input-shapes,lower-nm-kernels,legalize-dense")
@@ -59,7 +60,7 @@ class TvmBackend(Backend):
 
         from sparsec.backends.tvm.build import build_model
 
-        spec = spec_for(target)
+        spec = self._spec = spec_for(target)
         proto = to_proto(model)
         built = build_model(proto, spec)
         inits = {i.name for i in proto.graph.initializer}
@@ -84,6 +85,9 @@ class TvmBackend(Backend):
     def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
         signature = json.loads(compiled.files[SIGNATURE])
         if not signature.get("runs_here", True):
+            spec = self._spec
+            if spec is not None and spec.make_runner is not None:
+                return spec.make_runner(compiled.files, threads)
             raise UnsupportedError(f"backend 'tvm': a {signature['build']['arch']} build does not run on this machine")
         session = TvmSession(compiled.files, threads)
         return session.run

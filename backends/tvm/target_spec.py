@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ class TvmTargetSpec:
     cc: str = "gcc"  # compiles the kernel sources and links model.so
     kernel_cflags: tuple[str, ...] = field(default=("-O3", "-std=c11", "-pthread", "-fno-strict-aliasing"))
     runs_here: bool = True  # False for cross builds: fidelity and latency are measured elsewhere
+    # For builds that do not run here: (artifact files, threads) -> run(feeds) -> outputs, e.g.
+    # a runner that executes model.so under qemu. None: such a build cannot be run by compile.
+    make_runner: Callable[[dict[str, bytes], int], Callable[[dict], list]] | None = None
 
     def tvm_target(self) -> Any:
         import tvm

@@ -164,8 +164,8 @@ g (float[1,8] x) => (float[1,8] y) {
     rc = main(["compile", str(tmp_path / "celu.onnx"), "--backend=tvm", "--sparsity=none", "--no-bench", "-o", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0
-    assert err[-1] == ("sparsec: error: backend 'tvm' cannot run this model: op ai.onnx.Celu (node "
-                       "'node_Celu_1') has no TVM importer converter") or "op ai.onnx.Celu" in err[-1]
+    assert err[-1].startswith("sparsec: error: backend 'tvm' cannot run this model: op ai.onnx.Celu (node ")
+    assert err[-1].endswith("has no TVM importer converter")
     assert "Traceback" not in "\n".join(err)
     assert not out.exists()
 
