@@ -105,7 +105,8 @@ def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
     try:
         ex = tvm.compile(deploy, target, relax_pipeline=relax_pipeline(target))
     except Exception as e:
-        text = (str(e).strip().splitlines() or [""])[-1]
+        log.debug("TVM compile failed", exc_info=True)
+        text = (str(e).strip().splitlines() or [""])[-1] or _innermost_frame(e)
         raise UnsupportedError(f"backend 'tvm': TVM could not compile the model: {type(e).__name__}: {text}") from None
     t2 = time.perf_counter()
     objects = kernel_objects(spec)
@@ -134,3 +135,11 @@ def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
         output_names=[o.name for o in model.graph.output],
         info=info,
     )
+
+
+def _innermost_frame(e: BaseException) -> str:
+    """Where an exception without a message was raised (TVM asserts carry none)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"raised in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""

@@ -18,7 +18,10 @@ compile time), which is what makes these fixed tile sizes safe.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger("sparsec.backends.tvm")
 
 VECTOR_LANES = 16  # fp32 lanes of one AVX-512 register (2 AVX2/NEON registers)
 UNROLL_VECTORS = 4  # vectors per output row of a register tile
@@ -144,8 +147,24 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(iv.iter_type == IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
+def _guarded(rule: Any) -> Any:
+    """`rule`, declining (None) where it raises: dlight's CPU rules assert on some shapes
+    (GPT-2's batch-1 decode step), and a failing rule must fall through to the next."""
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    class Guarded(ScheduleRule):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            try:
+                return rule.apply(func, target, tunable)
+            except Exception as e:
+                log.debug("schedule rule %s declined: %s", type(rule).__name__, e)
+                return None
+
+    return Guarded()
+
+
 def schedule_pass() -> Any:
     """The module pass applying GEMV, Reduction (dlight CPU rules) and LoopNestCPU."""
     from tvm.s_tir import dlight as dl
 
-    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction(), loop_nest_rule())
+    return dl.ApplyDefaultSchedule(*(_guarded(r) for r in (dl.cpu.GEMV(), dl.cpu.Reduction(), loop_nest_rule())))
