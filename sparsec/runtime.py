@@ -217,3 +217,32 @@ class InferenceSession:
 
     def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list:
         return self._session.run(output_names, feeds)
+
+
+class _OrtArtifact:
+    """An ONNX Runtime artifact behind the backend-neutral `run(feeds)` of `load`."""
+
+    def __init__(self, artifact: str | Path, threads: int) -> None:
+        self.session = InferenceSession(artifact, threads)
+        self.manifest = self.session.manifest
+
+    def run(self, feeds: dict[str, Any]) -> list:
+        return self.session.run(None, feeds)
+
+
+def load(artifact: str | Path, threads: int = 2) -> Any:
+    """An artifact folder ready to run: `load("out/").run({"input": x})` -> list of outputs.
+
+    The manifest's `backend` picks the runtime: ONNX Runtime (model.onnx, sparsec custom ops)
+    or TVM (model.so with the kernels linked in, params.bin; needs `sparsec[tvm]`).
+    """
+    path = Path(artifact)
+    manifest_path = path / "manifest.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("backend") == "tvm":
+        from sparsec.backends.tvm.session import TvmSession
+
+        session = TvmSession(path, threads)
+        session.manifest = manifest  # type: ignore[attr-defined]
+        return session
+    return _OrtArtifact(path, threads)

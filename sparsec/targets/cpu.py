@@ -9,6 +9,7 @@ from sparsec.targets import Target, register_target
 class CpuTarget(Target):
     name = "cpu"
     backend = "ort"
+    backends = {"ort": "ort", "tvm": "tvm"}  # --backend=tvm: Apache TVM with the kernels linked in
     # 2 cores with AVX-512 FMA at ~2.5 GHz; MLAS sustains about half of the 320 GFLOP/s peak.
     peak_gflops = 150.0
     dram_gbps = 12.0

@@ -1,0 +1,93 @@
+"""`tvm`: Apache TVM (Relax) with sparsec's sparse kernels and explicit CPU schedules.
+
+`sparsec compile --target=cpu --backend=tvm` legalizes as the ORT backend does (N:M layers to
+`com.sparsec.kernels.NMSparseMatMul` on packed weights, everything else to standard ONNX),
+imports the result into Relax (backends/tvm/importer.py: the kernel ops become
+`call_dps_packed` calls into the C kernels), schedules the dense TIR (schedules.py) and
+exports `model.so` with the kernels linked in (kernel_objects.py), plus `params.bin` (the
+weights, TVM's param-dict format) and `tvm_signature.json` (inputs, outputs, target).
+
+Targets choose the machine through `tvm_spec()` (a `TvmTargetSpec`: LLVM target, C
+compiler, whether it runs here); a target without one builds for this host.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import onnx_ir as ir
+
+from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
+from sparsec.backends.tvm.session import LIBRARY, PARAMS, SIGNATURE, TvmSession
+from sparsec.backends.tvm.target_spec import TvmTargetSpec, host_spec
+from sparsec.dialect import DOMAIN
+from sparsec.errors import UnsupportedError
+from sparsec.ir.io import to_proto
+from sparsec.pm.pipeline import Pipeline, parse_pipeline
+
+# ONNX element types -> numpy dtype names, for the signature file
+_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+
+
+def spec_for(target: Any) -> TvmTargetSpec:
+    """The TVM build spec of a sparsec target (`target.tvm_spec()`), else this host."""
+    make = getattr(target, "tvm_spec", None)
+    return make() if callable(make) else host_spec()
+
+
+@register_backend
+class TvmBackend(Backend):
+    name = "tvm"
+    fidelity_note = "model.so run by the TVM Relax VM on this machine"
+    _spec: TvmTargetSpec | None = None  # the spec of the last build (its runner, for cross builds)
+
+    def legalize_pipeline(self) -> Pipeline:
+        return parse_pipeline("static-input-shapes,lower-nm-kernels,legalize-dense")
+
+    def check(self, model: ir.Model) -> list[str]:
+        try:
+            import tvm  # noqa: F401
+        except ImportError:
+            return ["apache-tvm is not installed (pip install 'sparsec[tvm]')"]
+        from sparsec.backends.tvm.importer import unsupported_ops
+
+        left = [f"op {n.domain}.{n.op_type} (node '{n.name}') has no TVM lowering" for n in model.graph if n.domain == DOMAIN]
+        return left + unsupported_ops(to_proto(model))
+
+    def extra_files(self, model: ir.Model, target: Any) -> dict[str, bytes]:
+        import tvm
+
+        from sparsec.backends.tvm.build import build_model
+
+        spec = self._spec = spec_for(target)
+        proto = to_proto(model)
+        built = build_model(proto, spec)
+        inits = {i.name for i in proto.graph.initializer}
+        inputs = []
+        for vi in proto.graph.input:
+            if vi.name in inits:
+                continue
+            t = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if any(d is None for d in dims):
+                raise UnsupportedError(f"backend 'tvm': input '{vi.name}' has a symbolic dimension; give it a value with --dim")
+            inputs.append({"name": vi.name, "shape": dims, "dtype": _DTYPES.get(t.elem_type, str(t.elem_type))})
+        signature = {"inputs": inputs, "outputs": built.output_names, "build": built.info,
+                     "runs_here": spec.runs_here}
+        params = tvm.runtime.save_param_dict({f"p{i}": tvm.runtime.tensor(p) for i, p in enumerate(built.params)})
+        return {
+            LIBRARY: built.library,
+            PARAMS: bytes(params),
+            SIGNATURE: json.dumps(signature, indent=2).encode() + b"\n",
+        }
+
+    def runner(self, compiled: CompiledModel, threads: int = 2) -> Runner:
+        signature = json.loads(compiled.files[SIGNATURE])
+        if not signature.get("runs_here", True):
+            spec = self._spec
+            if spec is not None and spec.make_runner is not None:
+                return spec.make_runner(compiled.files, threads)
+            raise UnsupportedError(f"backend 'tvm': a {signature['build']['arch']} build does not run on this machine")
+        session = TvmSession(compiled.files, threads)
+        return session.run

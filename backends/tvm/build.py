@@ -1,0 +1,145 @@
+"""Build a legalized ONNX model into a TVM library: import, lift weight transforms, schedule,
+compile, export model.so with the sparse kernels linked in, and the parameter file.
+
+    lib, params, info = build_model(onnx_model, spec)
+
+Weights are `main`'s trailing parameters (not constants baked into the library). Work that
+depends on weights only (Gemm's transposed B, constant reshapes) is lifted into a separate
+`transform_params` function (`LiftTransformParams`), built for *this* machine and run once at
+compile time, so the deployed library gets the transformed weights and does no weight work
+per call, and a cross build still runs its transform here.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from sparsec.backends.tvm.importer import import_onnx
+from sparsec.backends.tvm.kernel_objects import kernel_objects
+from sparsec.backends.tvm.schedules import schedule_pass
+from sparsec.backends.tvm.target_spec import TvmTargetSpec, host_spec
+from sparsec.errors import UnsupportedError
+
+log = logging.getLogger("sparsec.backends.tvm")
+
+MAIN = "main"
+TRANSFORM = "main_transform_params"
+
+
+@dataclass
+class TvmBuild:
+    library: bytes  # model.so
+    params: list[np.ndarray]  # main's trailing arguments, in order
+    input_names: list[str]
+    output_names: list[str]
+    info: dict[str, Any]  # for the manifest
+
+
+def relax_pipeline(target: Any) -> Any:
+    """The CPU pipeline of tvm.relax.backend.cpu_generic with the schedules inserted after
+    fusion (where TIR PrimFuncs exist) and before lowering."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    passes = [
+        *cpu.library_dispatch_passes(target),
+        *cpu.legalize_passes(target),
+        schedule_pass(),
+        *cpu.dataflow_lower_passes(target),
+        *cpu.finalize_passes(target),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0, name="SparsecCPUPipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def _lift(mod: Any) -> tuple[Any, Any]:
+    """(deploy module with `main`, module whose `main` transforms the weights)."""
+    import tvm
+    from tvm import relax
+
+    lifted = relax.transform.LiftTransformParams()(mod)
+
+    def only(name: str) -> Any:  # keeps the PrimFuncs the importer already emitted (emit_te)
+        other = TRANSFORM if name == MAIN else MAIN
+        kept = tvm.IRModule({gv: f for gv, f in lifted.functions_items() if gv.name_hint != other})
+        return relax.transform.DeadCodeElimination(entry_functions=[name])(kept)
+
+    return only(MAIN), only(TRANSFORM)
+
+
+def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarray]:
+    import tvm
+    from tvm import relax
+
+    host = host_spec()
+    ex = tvm.compile(transform, host.tvm_target(), relax_pipeline=relax_pipeline(host.tvm_target()))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    dev = tvm.cpu()
+    out = vm[TRANSFORM]([tvm.runtime.tensor(p, dev) for p in params])
+    return [np.asarray(t.numpy()) for t in out]
+
+
+def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
+    import tvm
+    from tvm.support import cc
+
+    t0 = time.perf_counter()
+    mod, named = import_onnx(model)
+    deploy, transform = _lift(mod)
+    params = _transform_params(transform, [v for _, v in named])
+    target = spec.tvm_target()
+    t1 = time.perf_counter()
+    try:
+        ex = tvm.compile(deploy, target, relax_pipeline=relax_pipeline(target))
+    except Exception as e:
+        log.debug("TVM compile failed", exc_info=True)
+        text = (str(e).strip().splitlines() or [""])[-1] or _innermost_frame(e)
+        raise UnsupportedError(f"backend 'tvm': TVM could not compile the model: {type(e).__name__}: {text}") from None
+    t2 = time.perf_counter()
+    objects = kernel_objects(spec)
+    with tempfile.TemporaryDirectory(prefix="sparsec-tvm-") as tmp:
+        path = Path(tmp) / "model.so"
+        fcompile = cc.cross_compiler(spec.cc, options=[*objects, "-pthread"])
+        ex.export_library(str(path), fcompile=fcompile)
+        library = path.read_bytes()
+    t3 = time.perf_counter()
+    inits = {i.name for i in model.graph.initializer}
+    info = {
+        "target": spec.llvm,
+        "arch": spec.name,
+        "cc": spec.cc,
+        "params": len(params),
+        "import_s": round(t1 - t0, 2),
+        "compile_s": round(t2 - t1, 2),
+        "link_s": round(t3 - t2, 2),
+        "schedules": "dlight CPU GEMV/Reduction, then sparsec LoopNestCPU (backends/tvm/schedules.py)",
+        "sparse_kernels": "sparsec C kernels linked into model.so (packed functions sparsec_nm_matmul, sparsec_block_matmul)",
+    }
+    return TvmBuild(
+        library=library,
+        params=params,
+        input_names=[i.name for i in model.graph.input if i.name not in inits],
+        output_names=[o.name for o in model.graph.output],
+        info=info,
+    )
+
+
+def _innermost_frame(e: BaseException) -> str:
+    """Where an exception without a message was raised (TVM asserts carry none)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"raised in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""

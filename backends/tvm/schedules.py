@@ -1,0 +1,170 @@
+"""Dense CPU schedules for the TIR that Relax's `LegalizeOps` produces (TVM schedules nothing
+by default: unscheduled TIR is one serial scalar loop nest, ~100x slower than ONNX Runtime).
+
+Rules, first match wins per PrimFunc (dlight's `ApplyDefaultSchedule`):
+1. dlight's CPU `GEMV` (inner reduction, weight [N, K]) and `Reduction` (softmax/norm rows);
+2. `LoopNestCPU` below, an explicit schedule for every other loop nest, block by block:
+   - reduction blocks (matmul, batch matmul, conv): the last spatial axis is split into
+     `vector` lanes x `unroll` vectors, the one before it into `rows` register rows; loops
+     run (parallel outer spatial, reduction, rows, unroll, lanes) so one weight vector
+     feeds `rows` accumulators and each output tile stays in registers across the
+     reduction; the init is split off (`decompose_reduction`) and vectorized as well;
+   - spatial blocks (elementwise, transpose, pad, concat): all loops fused, split into a
+     parallel outer loop and a vectorized inner loop.
+Every step is tried and skipped when TIR refuses it (non-divisible extents, opaque blocks),
+so a nest always keeps a valid, if slower, schedule. Extents are static (shapes are fixed at
+compile time), which is what makes these fixed tile sizes safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("sparsec.backends.tvm")
+
+VECTOR_LANES = 16  # fp32 lanes of one AVX-512 register (2 AVX2/NEON registers)
+UNROLL_VECTORS = 4  # vectors per output row of a register tile
+REGISTER_ROWS = 4  # output rows per register tile
+MIN_PARALLEL = 2  # outer loops shorter than this run serially
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if hasattr(ext, "value") or isinstance(ext, int) else None
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    for f in range(min(limit, extent), 0, -1):
+        if extent % f == 0:
+            return f
+    return 1
+
+
+def _try(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except Exception:  # a schedule primitive TIR refuses here: keep the nest as it is
+        return None
+
+
+def _schedule_spatial(sch: Any, block: Any) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = loops[0] if len(loops) == 1 else _try(sch.fuse, *loops)
+    if fused is None:
+        _try(sch.parallel, loops[0])
+        return
+    ext = _extent(sch, fused)
+    if ext is None:
+        return
+    lanes = _largest_divisor(ext, VECTOR_LANES)
+    if lanes > 1 and ext // lanes >= 1:
+        outer, inner = sch.split(fused, factors=[None, lanes])
+        if ext // lanes >= MIN_PARALLEL:
+            _try(sch.parallel, outer)
+        if _try(sch.vectorize, inner) is None:
+            pass
+    elif ext >= MIN_PARALLEL:
+        _try(sch.parallel, fused)
+
+
+def _schedule_reduction(sch: Any, block: Any) -> None:
+    from tvm.tirx import IterVar
+
+    loops = sch.get_loops(block)
+    iter_vars = sch.get(block).iter_vars
+    if len(loops) != len(iter_vars):
+        return  # loops and block iterators not one to one (already transformed): leave it
+    spatial = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == IterVar.DataPar]
+    reduce = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == IterVar.CommReduce]
+    if not spatial or not reduce or len(spatial) + len(reduce) != len(loops):
+        return
+    last = spatial[-1]
+    ext = _extent(sch, last) or 1
+    lanes = _largest_divisor(ext, VECTOR_LANES)
+    vecs = _largest_divisor(ext // lanes, UNROLL_VECTORS)
+    j_outer, j_unroll, j_lanes = sch.split(last, factors=[None, vecs, lanes])
+    row_tile: list[Any] = []
+    outer = spatial[:-1]
+    if outer:
+        rows_ext = _extent(sch, outer[-1]) or 1
+        rows = _largest_divisor(rows_ext, REGISTER_ROWS)
+        if rows > 1:
+            r_outer, r_inner = sch.split(outer[-1], factors=[None, rows])
+            outer = [*outer[:-1], r_outer]
+            row_tile = [r_inner]
+    sch.reorder(*outer, j_outer, *reduce, *row_tile, j_unroll, j_lanes)
+    par = [*outer, j_outer]
+    fused = par[0] if len(par) == 1 else _try(sch.fuse, *par)
+    init = _try(sch.decompose_reduction, block, reduce[0])
+    if fused is not None and (_extent(sch, fused) or 0) >= MIN_PARALLEL:
+        _try(sch.parallel, fused)
+    for lp in [*row_tile, j_unroll]:
+        _try(sch.unroll, lp)
+    _try(sch.vectorize, j_lanes)
+    if init is not None:
+        init_loops = sch.get_loops(init)
+        if init_loops:
+            _try(sch.vectorize, init_loops[-1])
+
+
+def loop_nest_rule() -> Any:
+    """The `LoopNestCPU` schedule rule (a dlight ScheduleRule instance)."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.base import ScheduleRule
+    from tvm.tirx import PrimFunc
+
+    class LoopNestCPU(ScheduleRule):
+        def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+            if not isinstance(func, PrimFunc) or target.kind.name != "llvm":
+                return None
+            sch = s_tir.Schedule(func)
+            root = sch.get_sblock("root") if _has_root(sch) else None
+            blocks = sch.get_child_blocks(root) if root is not None else []
+            for block in blocks:
+                if _is_reduction(sch, block):
+                    _schedule_reduction(sch, block)
+                else:
+                    _schedule_spatial(sch, block)
+            return sch
+
+    return LoopNestCPU()
+
+
+def _has_root(sch: Any) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
+
+
+def _is_reduction(sch: Any, block: Any) -> bool:
+    from tvm.tirx import IterVar
+
+    return any(iv.iter_type == IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _guarded(rule: Any) -> Any:
+    """`rule`, declining (None) where it raises: dlight's CPU rules assert on some shapes
+    (GPT-2's batch-1 decode step), and a failing rule must fall through to the next."""
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    class Guarded(ScheduleRule):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            try:
+                return rule.apply(func, target, tunable)
+            except Exception as e:
+                log.debug("schedule rule %s declined: %s", type(rule).__name__, e)
+                return None
+
+    return Guarded()
+
+
+def schedule_pass() -> Any:
+    """The module pass applying GEMV, Reduction (dlight CPU rules) and LoopNestCPU."""
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(*(_guarded(r) for r in (dl.cpu.GEMV(), dl.cpu.Reduction(), loop_nest_rule())))
