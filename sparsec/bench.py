@@ -174,3 +174,22 @@ def _median_halfwidth(logs: list[float]) -> float:
     mad = statistics.median(abs(v - med) for v in logs)
     sigma = 1.4826 * mad
     return math.expm1(1.96 * 1.2533 * sigma / math.sqrt(len(logs)))
+
+
+def seconds_from_env(name: str, default: float, limit: float) -> float:
+    """A time budget in seconds from environment variable `name` (`default` when unset);
+    OptionError (one line) when it is not a number in (0, limit]."""
+    import os
+
+    from sparsec.errors import OptionError
+
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"${name}={text!r}: expected seconds (e.g. {default:g})") from None
+    if not 0.0 < value <= limit:
+        raise OptionError(f"${name}={text!r}: expected seconds between 0 and {limit:g}")
+    return value

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved, paired_noise
-from sparsec.errors import OptionError
+from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved, paired_noise, seconds_from_env
 from sparsec.runtime import plain_session_options
 
 BUDGET_ENV = "SPARSEC_BENCH_BUDGET_S"
@@ -26,16 +25,7 @@ DENSE_SPIN, DENSE_NOSPIN, COMPILED = "dense (ORT default, spinning)", "dense (sp
 
 
 def budget_from_env() -> float:
-    text = os.environ.get(BUDGET_ENV)
-    if not text:
-        return DEFAULT_BUDGET_S
-    try:
-        value = float(text)
-    except ValueError:
-        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds (e.g. 4)") from None
-    if not 0.0 < value <= 3600.0:
-        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds between 0 and 3600")
-    return value
+    return seconds_from_env(BUDGET_ENV, DEFAULT_BUDGET_S, 3600.0)
 
 
 def load_average() -> list[float] | None:

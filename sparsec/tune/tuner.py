@@ -4,15 +4,13 @@ dense ONNX Runtime, and remember the answer (`TuneCache`)."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved
-from sparsec.errors import OptionError
+from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved, seconds_from_env
 from sparsec.tune.cache import TuneCache
 from sparsec.tune.variants import DENSE, LayerShape, variants_for
 
@@ -58,16 +56,7 @@ class Choice:
 
 
 def budget_from_env() -> float:
-    text = os.environ.get(BUDGET_ENV)
-    if not text:
-        return DEFAULT_BUDGET_S
-    try:
-        value = float(text)
-    except ValueError:
-        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds per shape (e.g. 0.5)") from None
-    if not 0.0 < value <= 600.0:
-        raise OptionError(f"${BUDGET_ENV}={text!r}: expected seconds per shape between 0 and 600")
-    return value
+    return seconds_from_env(BUDGET_ENV, DEFAULT_BUDGET_S, 600.0)
 
 
 def tuning_session_options(threads: int) -> ort.SessionOptions:
