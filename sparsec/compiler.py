@@ -208,7 +208,7 @@ def _compile(
     )
     if latency.get("measured"):  # sparsec.runtime.InferenceSession runs the artifact with these
         manifest["runtime_settings"] = latency["compiled_settings"]
-    manifest["lowering"] = lowering_summary(ctx, records, tuned=options.tune, fallback=fallback)
+    manifest["lowering"] = lowering_summary(ctx, records, tuned=ctx.tune, fallback=fallback)
     # The verdict's floor is binding on real samples only; the fidelity measurement says which
     # inputs it used ("calibration" for held-out calibration samples).
     manifest["fidelity"].setdefault("inputs", "random")
@@ -283,7 +283,8 @@ def _build(
         calibration=calibration,
         repro_dir=default_repro_dir(),
         threads=options.threads,
-        tune=options.tune,
+        # Measured only where the target runs here and on ORT (the tuner times ORT sessions).
+        tune=options.tune and target.tuned_here and backend.name == "ort",
         tuner=tuner,
     )
     full = pipeline + legalize

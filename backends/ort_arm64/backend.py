@@ -9,9 +9,11 @@ compile); `sparsec.backends.ort_arm64.check_library` loads it under qemu when as
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx_ir as ir
 
-from sparsec.backends.base import register_backend
+from sparsec.backends.base import CompiledModel, register_backend
 from sparsec.backends.ort.backend import OrtBackend
 from sparsec.backends.ort.sparse_ops import NM_OP
 from sparsec.backends.ort_arm64.deploy import deploy_md
@@ -42,6 +44,15 @@ class OrtArm64Backend(OrtBackend):
             raise UnsupportedError(str(e)) from None
         layers = sum(1 for n in model.graph if n.domain == KERNEL_DOMAIN and n.op_type == NM_OP)
         return {LIBRARY: lib.read_bytes(), DEPLOY: deploy_md(layers)}
+
+    def manifest_entries(self, compiled: CompiledModel) -> dict[str, Any]:
+        # The shipped library is the aarch64 build: the x86 runtime must not load it (it
+        # falls back to the installed x86 kernels), and its identity is not the host's.
+        entries = super().manifest_entries(compiled)
+        entry = entries.get("kernel_library")
+        if entry is not None:
+            entry.update(arch="aarch64", isa="NEON (aarch64-linux-gnu)", info=None)
+        return entries
 
 
 __all__ = ["OrtArm64Backend"]
