@@ -63,7 +63,7 @@ def options_with_weights(opts: ort.SessionOptions, arrays: dict[str, np.ndarray]
 
 def session_from_ir(
     model: ir.Model, threads: int = 2, *, custom_ops: bool | None = None, lean: bool = False,
-    kernel_threads: int | None = None, allow_spinning: bool | None = None,
+    kernel_threads: int | None = None, allow_spinning: bool | None = None, retry: bool = True,
 ) -> ort.InferenceSession:
     """A CPU session for `model` (custom sparsec kernels registered when it uses them).
 
@@ -92,14 +92,39 @@ def session_from_ir(
     keep = options_with_weights(opts, arrays)
     data = proto.SerializeToString()
     del proto
+    try:
+        session = _session(data, opts, custom_ops, threads, kernel_threads)
+    except Exception as exc:
+        # ORT drops initializers no node needs (a dead branch's weight) before it takes the
+        # in-memory ones, then refuses their names: such a model goes in with inline weights.
+        if not retry or not arrays or "ReplaceInitializedTensor" not in str(exc):
+            raise
+        del keep
+        return session_from_ir(_without_external(model), threads, custom_ops=custom_ops, lean=lean,
+                               kernel_threads=kernel_threads, allow_spinning=allow_spinning, retry=False)
+    del keep, arrays  # ORT holds its own copy (see the module docstring)
+    return session
+
+
+def _session(data: bytes, opts: ort.SessionOptions, custom_ops: bool, threads: int, kernel_threads: int | None
+             ) -> ort.InferenceSession:
     if custom_ops:
         from sparsec.backends.ort.sparse_ops import make_session
 
-        session = make_session(data, threads=threads, kernel_threads=kernel_threads, options=opts)
-    else:
-        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    del keep, arrays  # ORT holds its own copy (see the module docstring)
-    return session
+        return make_session(data, threads=threads, kernel_threads=kernel_threads, options=opts)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _without_external(model: ir.Model) -> ir.Model:
+    """A copy of `model` without the initializers no node reads (ORT would drop them)."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    copy = model.clone()
+    RemoveUnusedNodesPass()(copy)
+    used = {v.name for n in copy.graph for v in n.inputs if v is not None} | {v.name for v in copy.graph.outputs}
+    for name in [n for n in copy.graph.initializers if n not in used]:
+        copy.graph.initializers.pop(name)
+    return copy
 
 
 __all__ = ["proto_with_external_weights", "session_from_ir"]

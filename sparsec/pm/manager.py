@@ -75,13 +75,13 @@ class PassManager:
 
     def run(self, model: ir.Model, ctx: PassContext | None = None) -> list[PassRecord]:
         ctx = ctx or PassContext()
-        if ctx.dense_model is None:  # a structural copy sharing tensors (passes replace tensors, never write into them)
-            ctx.dense_model = model.clone()
         records: list[PassRecord] = []
         if self.verify_each:
             problems = self._problems(model, ctx, None)
             if problems:
                 raise self._error(problems, "input")
+        if ctx.dense_model is None:  # a structural copy sharing tensors (passes replace tensors, never write into them)
+            ctx.dense_model = model.clone()  # after the check: a broken graph cannot be cloned
         try:
             feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
             before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None

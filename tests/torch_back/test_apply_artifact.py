@@ -47,7 +47,7 @@ def _resnet(layers: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
 
 
 def _compile(model, out: Path) -> Path:
-    options = CompileOptions(pipeline=preset_pipeline(crop=0.3, sparsity="2:4"), bench=False)
+    options = CompileOptions(pipeline=preset_pipeline(crop=0.3, sparsity="2:4", prune_all=True), bench=False)
     write_artifact(out, compile_model(model, options).files)
     return out
 
@@ -235,7 +235,7 @@ def test_packed_nm_kernel_weights_come_back(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)).eval()
-    result = compile_model(from_torch(m, (torch.randn(1, 256),), dynamic_batch=False), CompileOptions(sparsity="2:4", bench=False))
+    result = compile_model(from_torch(m, (torch.randn(1, 256),), dynamic_batch=False), CompileOptions(sparsity="2:4", bench=False, prune_all=True))
     assert any(d["pass"] == "lower-nm-kernels" for d in result.manifest["decisions"])  # really packed
     write_artifact(tmp_path / "art", result.files)
     applied = apply_artifact(m, tmp_path / "art")
@@ -269,7 +269,7 @@ def test_deduplicated_zero_biases_of_3d_linears() -> None:
     x = torch.randn(1, 8, 64)
     model = from_torch(m, (x,), dynamic_batch=False)
     assert "1.down.bias" not in model.graph.initializers  # merged away by the exporter clean-up
-    result = compile_model(model, CompileOptions(sparsity="2:4", bench=False))
+    result = compile_model(model, CompileOptions(sparsity="2:4", bench=False, prune_all=True))
     applied = apply_artifact(m, (result.model, result.manifest))
     assert applied.mapping["1.down.bias"] != "1.down.bias" and len(applied.masked) == 4
     from sparsec.ir.io import model_bytes
@@ -289,7 +289,7 @@ def test_sparsegpt_reconstructed_values_come_back(tmp_path: Path) -> None:
     m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 16)).eval()
     model = from_torch(m, (torch.randn(4, 64),))
     np.savez(tmp_path / "calib.npz", **{model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)})
-    options = CompileOptions(sparsity="2:4", criterion="sparsegpt", calibration=str(tmp_path / "calib.npz"), bench=False)
+    options = CompileOptions(sparsity="2:4", criterion="sparsegpt", calibration=str(tmp_path / "calib.npz"), bench=False, prune_all=True)
     result = compile_model(model, options)
     applied = apply_artifact(m, (result.model, result.manifest))
     assert "0.weight" in applied.reconstructed and "0.weight" in applied.masked
