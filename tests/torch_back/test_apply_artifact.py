@@ -47,7 +47,7 @@ def _resnet(layers: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
 
 
 def _compile(model, out: Path) -> Path:
-    options = CompileOptions(pipeline=preset_pipeline(crop=0.3, sparsity="2:4", prune_all=True), bench=False)
+    options = CompileOptions(pipeline=preset_pipeline(crop=0.3, sparsity="2:4", prune_all=True), bench=False, tune=False)
     write_artifact(out, compile_model(model, options).files)
     return out
 
