@@ -26,7 +26,7 @@ from .helpers import run, write_deep_chain, write_mlp, write_wide_mlp
 def test_inspect_reads_an_artifact_with_kernel_ops(capsys, tmp_path) -> None:
     model = write_wide_mlp(tmp_path)
     out = tmp_path / "art"
-    rc, _, err = run(capsys, ["compile", str(model), "-o", str(out), "--no-bench", "--min-cosine=-1"])
+    rc, _, err = run(capsys, ["compile", str(model), "-o", str(out), "--no-bench", "--no-tune", "--min-cosine=-1"])
     assert rc == 0, err
     assert json.loads((out / "manifest.json").read_text())["runtime_ops"] == ["NMSparseMatMul"]
     for target in (out, out / "model.onnx"):

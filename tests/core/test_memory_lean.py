@@ -73,8 +73,8 @@ def test_staged_run_equals_whole_model(external_model):
 
 
 def test_streaming_compile_equals_in_memory(external_model, tmp_path):
-    whole = compile_file(external_model, tmp_path / "whole", CompileOptions(bench=False))
-    streamed = compile_file(external_model, tmp_path / "streamed", CompileOptions(max_memory=100_000))
+    whole = compile_file(external_model, tmp_path / "whole", CompileOptions(bench=False, tune=False))
+    streamed = compile_file(external_model, tmp_path / "streamed", CompileOptions(max_memory=100_000, tune=False))
     assert whole.manifest["memory"]["mode"] == "in-memory"
     assert streamed.manifest["memory"]["mode"] == "streaming"
     assert streamed.manifest["memory"]["peak_rss_bytes"] > 0

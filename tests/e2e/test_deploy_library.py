@@ -47,7 +47,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     source = tmp / "wide.onnx"
     save_model(make_model(WIDE_MLP, w1=seeded((256, 256), 4), w2=seeded((256, 256), 5), b2=seeded((256,), 6)), source)
     out = tmp / "art"
-    result = compile_file(source, out, CompileOptions(sparsity="2:4", bench=False, min_cosine=-1.0))
+    result = compile_file(source, out, CompileOptions(sparsity="2:4", bench=False, min_cosine=-1.0, tune=False))
     assert result.manifest["runtime_ops"] == ["NMSparseMatMul"]
     # The same optimisation pipeline, legalized to standard ONNX: pruned weights stored dense.
     dense = from_onnx(str(source))
