@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._buffers import aligned_copy
+from ._buffers import aligned_copy, aligned_empty
 from .errors import PackedFormatError
 
 TILE = 16
@@ -125,10 +125,33 @@ def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
     k, cols = w.shape
     check_nm_shape(n, m, k, cols)
     tiles, groups = -(-cols // TILE), k // m
+    values = aligned_empty(tiles * groups * n * TILE, np.float32)
+    meta = aligned_empty(tiles * groups * n * META_WORDS[m], np.uint16)
+    # Tiles are independent and contiguous in both outputs: pack a few at a time, so the
+    # temporaries (several times the weight's size) stay small for LM-head-sized weights.
+    step = max(1, _CHUNK_ELEMENTS // (k * TILE))
+    for t0 in range(0, tiles, step):
+        t1 = min(tiles, t0 + step)
+        vals, codes = _pack_tiles(w[:, t0 * TILE : min(cols, t1 * TILE)], n, m, t1 - t0, groups)
+        values[t0 * groups * n * TILE : t1 * groups * n * TILE] = vals.reshape(-1)
+        words = META_WORDS[m]
+        meta[t0 * groups * n * words : t1 * groups * n * words] = codes.reshape(-1)
+    values.flags.writeable = False
+    meta.flags.writeable = False
+    return PackedNM(n, m, k, cols, values, meta)
+
+
+_CHUNK_ELEMENTS = 1 << 22  # weights per packing step (16 MB of fp32)
+
+
+def _pack_tiles(w: np.ndarray, n: int, m: int, tiles: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values [tiles, groups, n, 16] and meta records for the columns of `tiles` tiles."""
+    k, cols = w.shape
     padded = np.zeros((k, tiles * TILE), dtype=np.float32)
     padded[:, :cols] = w
     # [K, C] -> [tiles, groups, m, lane]: the 16 lanes of a tile stay contiguous.
     wg = np.ascontiguousarray(padded.reshape(groups, m, tiles, TILE).transpose(2, 0, 1, 3))
+    del padded
     nonzero = wg != 0
     counts = nonzero.sum(axis=2, dtype=np.int16)  # [tiles, groups, lane]
     if np.any(counts > n):
@@ -141,8 +164,7 @@ def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
         code |= nonzero[:, :, i, :].astype(np.int32) << i
     pos = np.ascontiguousarray(np.moveaxis(_slot_positions(n, m)[code], -1, 2))  # [tiles, groups, n, lane]
     vals = np.take_along_axis(wg, pos.astype(np.intp), axis=2)
-    meta = encode_positions(pos, m)
-    return PackedNM(n, m, k, cols, aligned_copy(vals, np.float32), aligned_copy(meta, np.uint16))
+    return vals, encode_positions(pos, m)
 
 
 @functools.cache

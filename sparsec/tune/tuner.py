@@ -109,6 +109,7 @@ class Tuner:
         for name in [DENSE, *runnable]:
             model, feeds = table[name].build(shape, np.random.default_rng(0))
             session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            del model  # the session holds the weights; the proto's copy goes before the next one is built
             fns[name] = (lambda s, f: lambda: s.run(None, f))(session, feeds)
         result = compare_interleaved(DENSE, fns, budget_s=self.budget_s, min_rounds=5, max_rounds=200,
                                      label=f"tune {shape.key}")

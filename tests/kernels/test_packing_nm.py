@@ -30,6 +30,21 @@ def test_round_trip(pattern: tuple[int, int], groups: int, cols: int, seed: int)
         assert np.all(np.diff(packed.positions().astype(int), axis=2) > 0)
 
 
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 8), (3, 16)])
+def test_packing_in_tile_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch, n: int, m: int) -> None:
+    """Large weights are packed a few tiles at a time (bounded temporaries): same bytes."""
+    import sparsec.kernels.packing_nm as packing
+
+    w = prune_nm(np.random.default_rng(3).standard_normal((4 * m, 16 * 7 + 5)), n, m)  # 8 tiles, the last partial
+    whole = pack_nm(w, n, m)
+    monkeypatch.setattr(packing, "_CHUNK_ELEMENTS", 4 * m * 16 * 3)  # 3 tiles per step: 3 + 3 + 2
+    chunked = pack_nm(w.T.copy().T, n, m)  # a strided (transposed-view) weight, as lowered Gemm weights are
+    np.testing.assert_array_equal(chunked.values, whole.values)
+    np.testing.assert_array_equal(chunked.meta, whole.meta)
+    assert not chunked.values.flags.writeable and chunked.values.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(chunked.to_dense(), w)
+
+
 def test_prune_keeps_largest_magnitudes() -> None:
     w = np.array([[1.0], [-5.0], [3.0], [0.5]], dtype=np.float32)
     np.testing.assert_array_equal(prune_nm(w, 2, 4)[:, 0], [0.0, -5.0, 3.0, 0.0])
