@@ -32,12 +32,14 @@ def _attr(node: ir.Node, name: str, default: float) -> float:
     return default if a is None else a.value
 
 
-def _match(marker: ir.Node) -> tuple[ir.Node, np.ndarray, list[ir.Node]] | str:
-    """(layer node, weight as [K, N], nodes between) or the reason the layer does not fit."""
+def _match(marker: ir.Node) -> tuple[ir.Node, bool, list[ir.Node]] | str:
+    """(layer node, whether the stored weight is [N, K], nodes between) or the reason the layer
+    does not fit. Reads no weight data: a streamed model's weights are read one at a time."""
     axis = marker.attributes["axis"].as_int()
-    w = marker.inputs[0].const_value.numpy()
-    if w.ndim != 2:
-        return f"weight has rank {w.ndim}, kernels take 2-D weights"
+    rank = len(marker.inputs[0].const_value.shape)
+    transposed = False
+    if rank != 2:
+        return f"weight has rank {rank}, kernels take 2-D weights"
     uses = marker.outputs[0].uses()
     if len(uses) != 1:
         return "marked weight has several users"
@@ -51,19 +53,25 @@ def _match(marker: ir.Node) -> tuple[ir.Node, np.ndarray, list[ir.Node]] | str:
         if len(t_uses) != 1:
             return "transposed weight has several users"
         between, (user, index) = [user], t_uses[0]
-        w, axis = w.T, 1 - axis
+        transposed, axis = not transposed, 1 - axis
     if index != 1 or user.domain not in ("", "ai.onnx"):
         return "weight is not the right-hand input of a MatMul/Gemm"
     if user.op_type == "Gemm":
         if _attr(user, "transA", 0) or _attr(user, "alpha", 1.0) != 1.0 or _attr(user, "beta", 1.0) != 1.0:
             return "Gemm with transA, alpha or beta != default"
         if _attr(user, "transB", 0):
-            w, axis = w.T, 1 - axis
+            transposed, axis = not transposed, 1 - axis
     elif user.op_type != "MatMul":
         return f"weight feeds {user.op_type}, not MatMul/Gemm"
     if axis != 0:
         return "N:M groups do not run along the reduction axis"
-    return user, np.ascontiguousarray(w), between
+    return user, transposed, between
+
+
+def _weight_kn(weight: ir.Value, transposed: bool) -> np.ndarray:
+    """The weight as [K, N] (a transposed view where stored [N, K]: the packer reads strided)."""
+    w = weight.const_value.numpy()
+    return w.T if transposed else w
 
 
 def _trailing_bias_add(out: ir.Value, cols: int) -> tuple[ir.Value | None, ir.Node | None]:
@@ -160,12 +168,13 @@ class LowerNMKernels(Pass):
         for marker, n, m, found in candidates:
             weight = marker.inputs[0]
             choice = choices.get(weight.name, "no lowering choice for this layer")
-            layer, w_kn, _ = found
+            layer, transposed, _ = found
             name = layer.name or layer.outputs[0].name
             if isinstance(choice, str) or not choice.sparse:
                 reason = choice if isinstance(choice, str) else choice.reason
                 skipped[weight.name] = reason  # stays marked: legalize-dense stores it dense
                 continue
+            w_kn = _weight_kn(weight, transposed)
             try:
                 packed = pack_nm(w_kn, n, m)
             except (PackedFormatError, ValueError) as e:
@@ -180,6 +189,7 @@ class LowerNMKernels(Pass):
             dense_bytes += int(w_kn.nbytes)
             ctx.record(self.name, name, weight=weight.name, decision=f"kernel {NM_OP} {n}:{m} ({choice.variant})",
                        packed_bytes=int(packed.nbytes), reason=choice.reason, **_times(choice.to_dict()))
+            del w_kn, packed  # streamed models: one layer's weight in memory at a time
         if lowered:
             model.opset_imports.setdefault(KERNEL_DOMAIN, 1)
             from onnx_ir.passes.common import RemoveUnusedNodesPass
