@@ -68,6 +68,18 @@ def _match(marker: ir.Node) -> tuple[ir.Node, bool, list[ir.Node]] | str:
     return user, transposed, between
 
 
+def _drop_marker(model: ir.Model, marker: ir.Node, between: list[ir.Node]) -> None:
+    """Remove a lowered layer's marker (and the Transpose between) and, once nothing uses it,
+    the pruned weight, so its memory or spilled bytes are freed now, not after the last layer."""
+    graph = model.graph
+    weight = marker.inputs[0]
+    for node in [*reversed(between), marker]:
+        if all(not out.uses() and not out.is_graph_output() for out in node.outputs):
+            graph.remove(node, safe=True)
+    if weight is not None and not weight.uses() and graph.initializers.get(weight.name) is weight and not weight.is_graph_output():
+        graph.initializers.pop(weight.name)
+
+
 def _weight_kn(weight: ir.Value, transposed: bool) -> np.ndarray:
     """The weight as [K, N] (a transposed view where stored [N, K]: the packer reads strided)."""
     w = weight.const_value.numpy()
@@ -165,7 +177,8 @@ class LowerNMKernels(Pass):
                 rules = Thresholds(self.min_params, self.max_rows_half, self.min_rows_half_batched)
                 choices.update({k: v if isinstance(v, str) else rules.choose_shape(v)
                                 for k, v in _shapes_only(model, layers, n, m, ctx).items()})
-        for marker, n, m, found in candidates:
+        while candidates:  # popped: a lowered layer's pruned weight is dropped as soon as it is packed
+            marker, n, m, found = candidates.pop(0)
             weight = marker.inputs[0]
             choice = choices.get(weight.name, "no lowering choice for this layer")
             layer, transposed, _ = found
@@ -184,6 +197,7 @@ class LowerNMKernels(Pass):
 
             chosen = variants_for("matmul").get(choice.variant)
             self._rewrite(model, layer, weight, packed, n, m, self.fold_bias, chosen.attrs if chosen else ())
+            _drop_marker(model, marker, found[2])
             lowered += 1
             packed_bytes += int(packed.nbytes)
             dense_bytes += int(w_kn.nbytes)

@@ -8,14 +8,19 @@ weight costs memory only while someone holds its array.
 
 `SpillStore` is where passes put the weights they rewrite: each array is written once to a
 temporary file and replaced by a `FileTensor`, so the pruned copy of a big model lives on
-disk, not in memory, until the artifact writer streams it out.
+disk, not in memory, until the artifact writer streams it out. When such a tensor is
+dropped (a later pass replaced it), its bytes are punched out of the file, so a 26 GB model
+pruned and then packed does not leave 26 GB of dead pruned weights on the disk.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +123,37 @@ class SpillStore:
         self._file.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
         self._file.flush()
         self.bytes += array.nbytes
-        return FileTensor(
+        tensor = FileTensor(
             self.path.name, offset=offset, length=array.nbytes, dtype=ir.DataType.from_numpy(array.dtype),
             shape=ir.Shape(array.shape), name=name or "", base_dir=str(self.folder),
         )
+        weakref.finalize(tensor, _punch_hole, str(self.path), offset, array.nbytes)
+        return tensor
 
     def close(self) -> None:
         self._file.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
+
+
+def _punch_hole(path: str, offset: int, length: int) -> None:
+    """Free the disk blocks of a dropped spilled tensor (Linux; elsewhere the bytes stay until close).
+    Exactly [offset, offset + length) is zeroed, so neighbours sharing a block are untouched."""
+    fallocate = getattr(_LIBC, "fallocate", None)
+    if fallocate is None or not os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)  # best effort: errors ignored
+    finally:
+        os.close(fd)
 
 
 _ACTIVE: list[SpillStore] = []
