@@ -151,6 +151,7 @@ class Allocate(LayerSelection, ReconstructionOptions, Pass):
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
             selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params), recon=self.reconstruction,
+            executor=ctx.executor,
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
         dense_out = run_outputs(model, held)
