@@ -118,6 +118,7 @@ def scan_sensitivity(
         if state.runner is not None:
             job.reference = executor.share((state.runner.outputs(), state.runner.output_rows()))
         tasks = [_LayerTask(job, v.name, stats.get(v.name)) for v in views]
+        log.info("layer sensitivity: %d layers x %d candidates on executor %s", len(tasks), len(names), executor.name)
         results = executor.map(_scan_layer, tasks, desc="layer sensitivity", progress=progress)
     finally:
         _STATES.pop(job.key, None)

@@ -49,6 +49,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.task_cpus = task_cpus
         self._started = False  # this executor called ray.init (and shuts it down in close)
+        self._remote: Any = None  # `_apply` as a Ray remote function
 
     def _connect(self) -> Any:
         ray = self._ray
@@ -68,8 +69,9 @@ class RayExecutor:
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], *, desc: str = "", progress: bool = False) -> list[R]:
         ray = self._connect()
-        remote = ray.remote(num_cpus=self.task_cpus)(fn)
-        refs = [remote.remote(task) for task in tasks]
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=self.task_cpus)(_apply)
+        refs = [self._remote.remote(fn, task) for task in tasks]
         with tqdm(total=len(refs), desc=desc or None, unit="task", disable=not progress) as bar:
             pending = list(refs)
             while pending:
@@ -90,6 +92,12 @@ class RayExecutor:
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
         self._started = False
+        self._remote = None
+
+
+def _apply(fn: Callable[[T], R], task: T) -> R:
+    """The one remote function: `fn` travels by reference (a module-level function)."""
+    return fn(task)
 
 
 __all__ = ["RAY_MISSING", "RayExecutor", "RayShared", "import_ray"]
