@@ -29,6 +29,10 @@ class Executor(Protocol):
         """`fn(task)` for every task, results in task order. `fn` must be a module-level function."""
         ...
 
+    def parallelism(self) -> int:
+        """How many tasks run at once (for callers that cut work into chunks: one per worker)."""
+        ...
+
     def share(self, value: Any) -> Shared:
         """A handle to `value` that tasks can carry cheaply."""
         ...

@@ -26,6 +26,9 @@ class LocalExecutor:
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], *, desc: str = "", progress: bool = False) -> list[R]:
         return [fn(task) for task in tqdm(tasks, desc=desc or None, unit="task", disable=not progress)]
 
+    def parallelism(self) -> int:
+        return 1
+
     def share(self, value: Any) -> LocalShared:
         return LocalShared(value)
 

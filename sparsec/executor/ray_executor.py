@@ -11,6 +11,7 @@ parallel work never starts it.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,7 +71,10 @@ class RayExecutor:
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], *, desc: str = "", progress: bool = False) -> list[R]:
         ray = self._connect()
         if self._remote is None:
-            self._remote = ray.remote(num_cpus=self.task_cpus)(_apply)
+            # Ray gives a 1-CPU task one BLAS thread; OpenBLAS's threaded and single-threaded
+            # factorizations round differently, so tasks get this process's thread count.
+            env = {"env_vars": {k: str(blas_threads()) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+            self._remote = ray.remote(num_cpus=self.task_cpus, runtime_env=env)(_apply)
         refs = [self._remote.remote(fn, task) for task in tasks]
         with tqdm(total=len(refs), desc=desc or None, unit="task", disable=not progress) as bar:
             pending = list(refs)
@@ -85,6 +89,10 @@ class RayExecutor:
                 raise cause from None
             raise
 
+    def parallelism(self) -> int:
+        cpus = self._connect().cluster_resources().get("CPU", 1)
+        return max(1, int(cpus // self.task_cpus))
+
     def share(self, value: Any) -> RayShared:
         return RayShared(self._connect().put(value))
 
@@ -93,6 +101,21 @@ class RayExecutor:
             self._ray.shutdown()
         self._started = False
         self._remote = None
+
+
+def blas_threads() -> int:
+    """The BLAS threads numpy uses in this process."""
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl inspects)
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+        if counts:
+            return counts[0]
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
 def _apply(fn: Callable[[T], R], task: T) -> R:

@@ -96,6 +96,66 @@ def test_pass_uses_context_executor(ray_executor: RayExecutor, tmp_path: Path, m
     assert len(records[0]) == 3 and records[0] == records[1]
 
 
+PARALLEL = """
+<ir_version: 10, opset_import: ["" : 18]>
+par (float[N, 32] x) => (float[N, 16] y) {
+    h1 = Gemm <transB = 1> (x, w1, b1)
+    h2 = MatMul(x, w2)
+    s = Add(h1, h2)
+    r = Relu(s)
+    y = MatMul(r, w3)
+}
+"""
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_reconstruction_is_exactly_local(ray_executor: RayExecutor, sequential: bool) -> None:
+    """sparsegpt: the two layers of the first stage are pruned as Ray tasks."""
+    pipeline = f"nm-sparsity{{criterion=sparsegpt min_params=1 sequential={int(sequential)}}}"
+    models = []
+    for executor in (LocalExecutor(), ray_executor):
+        model = make_model(PARALLEL, w1=seeded((64, 32), 1), b1=seeded((64,), 2), w2=seeded((32, 64), 3), w3=seeded((64, 16), 4))
+        ctx = PassContext(calibration=_calib(), executor=executor)
+        PassManager(parse_pipeline(pipeline)).run(model, ctx)
+        decisions = [d for d in ctx.decisions if d["pass"] == "nm-sparsity"]
+        models.append((decisions, {n: v.const_value.numpy() for n, v in model.graph.initializers.items()}))
+    (local_decisions, local_weights), (ray_decisions, ray_weights) = models
+    assert [d["decision"] for d in local_decisions] == ["2:4"] * 3 and local_decisions == ray_decisions
+    assert local_weights.keys() == ray_weights.keys()
+    assert all(np.array_equal(local_weights[n], ray_weights[n]) for n in local_weights)
+    assert not np.array_equal(local_weights["b1"], seeded((64,), 2))  # the bias was refitted (in a task)
+
+
+def _attention_export(path: Path) -> Path:
+    """The attention tests' tiny GPT-2 export (static batch 1: one calibration sample per batch)."""
+    import importlib.util
+
+    import onnx
+
+    spec = importlib.util.spec_from_file_location("_attention_fixtures", Path(__file__).parents[1] / "attention" / "conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(fixtures)  # type: ignore[union-attr]
+    onnx.save(fixtures.export("gpt2", "legacy"), path)
+    return path
+
+
+def test_head_profiles_are_exactly_local(ray_executor: RayExecutor, tmp_path: Path) -> None:
+    from sparsec.ir.io import load_model
+
+    path = _attention_export(tmp_path / "gpt2.onnx")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 100, (6, 16))
+    calib = CalibrationData({"input_ids": ids, "attention_mask": np.ones((6, 16), np.int64)}, batch_size=1)
+    assert ray_executor.parallelism() == 2  # so the 6 samples go out as 2 chunks of 3 batches
+    found = []
+    for executor in (LocalExecutor(), ray_executor):
+        ctx = PassContext(calibration=calib, executor=executor)
+        PassManager(parse_pipeline("sparse-attention{layout=auto density=0.5 block=4}")).run(load_model(str(path)), ctx)
+        found.append([d for d in ctx.decisions if d["pass"] == "sparse-attention"])
+    assert len(found[0]) == 2 and all(len(d["head_error"]) == 4 for d in found[0])
+    assert found[0] == found[1]  # the same per-head errors and layouts, bit for bit
+
+
 def test_cli_opt_runs_the_scan_on_ray(ray_executor: RayExecutor, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from sparsec.cli.main import main
