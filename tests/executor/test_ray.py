@@ -108,12 +108,33 @@ par (float[N, 32] x) => (float[N, 16] y) {
 """
 
 
+class _Counting:
+    """The module's Ray executor, noting which task functions it ran and how many tasks."""
+
+    def __init__(self, inner: RayExecutor) -> None:
+        self.inner, self.name, self.ran = inner, inner.name, []
+
+    def map(self, fn, tasks, **kw):  # noqa: ANN001, ANN003, ANN201
+        self.ran.append((fn.__name__, len(tasks)))
+        return self.inner.map(fn, tasks, **kw)
+
+    def parallelism(self) -> int:
+        return self.inner.parallelism()
+
+    def share(self, value):  # noqa: ANN001, ANN201
+        return self.inner.share(value)
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("sequential", [True, False])
 def test_reconstruction_is_exactly_local(ray_executor: RayExecutor, sequential: bool) -> None:
     """sparsegpt: the two layers of the first stage are pruned as Ray tasks."""
     pipeline = f"nm-sparsity{{criterion=sparsegpt min_params=1 sequential={int(sequential)}}}"
     models = []
-    for executor in (LocalExecutor(), ray_executor):
+    counting = _Counting(ray_executor)
+    for executor in (LocalExecutor(), counting):
         model = make_model(PARALLEL, w1=seeded((64, 32), 1), b1=seeded((64,), 2), w2=seeded((32, 64), 3), w3=seeded((64, 16), 4))
         ctx = PassContext(calibration=_calib(), executor=executor)
         PassManager(parse_pipeline(pipeline)).run(model, ctx)
@@ -124,6 +145,8 @@ def test_reconstruction_is_exactly_local(ray_executor: RayExecutor, sequential: 
     assert local_weights.keys() == ray_weights.keys()
     assert all(np.array_equal(local_weights[n], ray_weights[n]) for n in local_weights)
     assert not np.array_equal(local_weights["b1"], seeded((64,), 2))  # the bias was refitted (in a task)
+    # Sequential: the first stage's two layers as tasks (the last stage has one: pruned here).
+    assert counting.ran == ([("_prune_task", 2)] if sequential else [("_prune_task", 3)])
 
 
 def _attention_export(path: Path) -> Path:
@@ -148,12 +171,14 @@ def test_head_profiles_are_exactly_local(ray_executor: RayExecutor, tmp_path: Pa
     calib = CalibrationData({"input_ids": ids, "attention_mask": np.ones((6, 16), np.int64)}, batch_size=1)
     assert ray_executor.parallelism() == 2  # so the 6 samples go out as 2 chunks of 3 batches
     found = []
-    for executor in (LocalExecutor(), ray_executor):
+    counting = _Counting(ray_executor)
+    for executor in (LocalExecutor(), counting):
         ctx = PassContext(calibration=calib, executor=executor)
         PassManager(parse_pipeline("sparse-attention{layout=auto density=0.5 block=4}")).run(load_model(str(path)), ctx)
         found.append([d for d in ctx.decisions if d["pass"] == "sparse-attention"])
     assert len(found[0]) == 2 and all(len(d["head_error"]) == 4 for d in found[0])
     assert found[0] == found[1]  # the same per-head errors and layouts, bit for bit
+    assert ("_profile_chunk", 2) in counting.ran
 
 
 def test_cli_opt_runs_the_scan_on_ray(ray_executor: RayExecutor, tmp_path: Path, capsys: pytest.CaptureFixture[str],

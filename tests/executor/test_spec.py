@@ -94,3 +94,40 @@ def test_cli_bogus_executor(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     assert rc == 2
     assert err.strip().splitlines() == ["sparsec: error: unknown executor 'bogus' (known: local, ray, ray:ADDRESS)"]
     assert not out.exists()
+
+
+class _Recording(LocalExecutor):
+    """A local executor that notes what it ran (any object with the interface will do)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def map(self, fn, tasks, *, desc: str = "", progress: bool = False):  # noqa: ANN001, ANN201
+        self.ran.append(fn.__name__)
+        return super().map(fn, tasks, desc=desc, progress=progress)
+
+
+def test_compile_options_executor_reaches_the_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from sparsec.calib.data import CalibrationData
+    from sparsec.compiler import CompileOptions, compile_model
+    from sparsec.pm import parse_pipeline
+
+    text = """
+<ir_version: 10, opset_import: ["" : 18]>
+m (float[N,64] x) => (float[N,32] y) {
+  h = MatMul(x, w1)
+  y = MatMul(h, w2)
+}
+"""
+    model = make_model(text, w1=seeded((64, 64), 1), w2=seeded((64, 32), 2))
+    calib = CalibrationData({"x": np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)})
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path))  # no cached table from an earlier run
+    executor = _Recording()
+    options = CompileOptions(
+        pipeline=parse_pipeline("layer-sensitivity{candidates=2:4 samples=8 criterion=magnitude}"), calibration=calib,
+        bench=False, tune=False, executor=executor, held_out=4,
+    )
+    compile_model(model, options)
+    assert executor.ran == ["_scan_layer"]
