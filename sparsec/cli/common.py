@@ -17,7 +17,8 @@ from sparsec.pm.presets import preset_pipeline
 def add_executor_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--executor", default="local", metavar="local|ray[:ADDRESS]",
-        help="where sensitivity trials run: local (default, in process), ray (a local Ray instance) or "
+        help="where parallel work (sensitivity trials, attention head profiles, sparsegpt stages) runs: local (default, "
+        "in process), ray (a local Ray instance) or "
         "ray:ADDRESS for a cluster (auto, HOST:6379, ray://HOST:10001); needs pip install 'sparsec[ray]'",
     )
 

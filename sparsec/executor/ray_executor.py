@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,6 +61,7 @@ class RayExecutor:
                 kwargs["num_cpus"] = self.num_cpus
             else:
                 kwargs["address"] = self.address
+                check_reachable(self.address, self.name)
             try:
                 ray.init(**kwargs)
             except Exception as exc:  # unreachable address, bad client URL, ...
@@ -101,6 +103,19 @@ class RayExecutor:
             self._ray.shutdown()
         self._started = False
         self._remote = None
+
+
+def check_reachable(address: str, name: str, timeout: float = 5.0) -> None:
+    """A one-line error now for a HOST:PORT (or ray://HOST:PORT) nobody listens on: Ray
+    itself retries such an address for minutes."""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `auto`, or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise OptionError(f"--executor={name}: cannot reach Ray at {hostport}: {exc.strerror or exc}") from None
 
 
 def blas_threads() -> int:

@@ -131,3 +131,17 @@ m (float[N,64] x) => (float[N,32] y) {
     )
     compile_model(model, options)
     assert executor.ran == ["_scan_layer"]
+
+
+def test_unreachable_ray_address_fails_fast() -> None:
+    import socket
+
+    from sparsec.executor.ray_executor import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(OptionError, match=f"cannot reach Ray at 127.0.0.1:{port}"):
+            check_reachable(address, f"ray:{address}")
+    check_reachable("auto", "ray:auto")  # left to Ray
