@@ -73,8 +73,8 @@ class RayExecutor:
     def map(self, fn: Callable[[T], R], tasks: Sequence[T], *, desc: str = "", progress: bool = False) -> list[R]:
         ray = self._connect()
         if self._remote is None:
-            # Ray gives a 1-CPU task one BLAS thread; OpenBLAS's threaded and single-threaded
-            # factorizations round differently, so tasks get this process's thread count.
+            # Ray gives a 1-CPU task one BLAS thread, and threaded and single-threaded
+            # OpenBLAS routines need not round alike: tasks get this process's thread count.
             env = {"env_vars": {k: str(blas_threads()) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
             self._remote = ray.remote(num_cpus=self.task_cpus, runtime_env=env)(_apply)
         refs = [self._remote.remote(fn, task) for task in tasks]
