@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,6 @@ def _calib() -> CalibrationData:
 
 @pytest.fixture(scope="module")
 def ray_executor():  # noqa: ANN201
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield RayExecutor()  # joins the running instance (and leaves it running)
