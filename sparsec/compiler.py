@@ -8,7 +8,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
+from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
 from sparsec.ir.file_tensor import SpillStore, spilling, weight_bytes
 from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
@@ -86,6 +87,7 @@ class CompileOptions:
     max_memory: int | None = None  # bytes; None: a share of the machine (sparsec.memory.default_budget)
     prune_all: bool = False  # prune layers the target runs no faster sparse too (preset without only_faster)
     tune: bool = True  # lowering from per-machine measurements (sparsec.tune); False: fixed thresholds
+    executor: Any = None  # where sensitivity trials run: "local" (None), "ray", "ray:ADDRESS" or an Executor
 
     def optimisation_pipeline(self) -> Pipeline:
         if self.pipeline is not None:
@@ -130,8 +132,13 @@ def compile_model(
             "weights spilled to %s", fmt_bytes(weight_bytes(model)), fmt_bytes(budget.whole_model_bytes),
             fmt_bytes(budget.bytes), store.folder,
         )
-    with budget_scope(budget), spilling(store):
-        return _compile(model, options, source, input_hash, budget, streaming, store)
+    executor = make_executor(options.executor)  # Ray, if asked for, connects on first use
+    try:
+        with budget_scope(budget), spilling(store):
+            return _compile(model, replace(options, executor=executor), source, input_hash, budget, streaming, store)
+    finally:
+        if executor is not options.executor:  # made here: release what it started
+            executor.close()
 
 
 def _compile(
@@ -286,6 +293,7 @@ def _build(
         # Measured only where the target runs here and on ORT (the tuner times ORT sessions).
         tune=options.tune and target.tuned_here and backend.name == "ort",
         tuner=tuner,
+        executor=make_executor(options.executor),
     )
     full = pipeline + legalize
     snapshot = _CostsBeforeLegalization(len(pipeline), options)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from sparsec.calib.runner import CalibrationRunner
 from sparsec.calib.scan import sensitivity_scan
 from sparsec.calib.stats import dense_stats, model_digest, require_calibration
 from sparsec.errors import PipelineError
+from sparsec.executor import Executor, LocalExecutor, Shared
+from sparsec.executor.shipping import share_model, shared_model
 from sparsec.layer_view import LayerView, bias_of, view_of
 from sparsec.passes.sparsify.apply import pattern_skip_reason, prune_layer
 from sparsec.passes.sparsify.criteria import Reconstruction, check_criterion, needs_data
@@ -83,12 +86,16 @@ def scan_sensitivity(
     progress: bool = True,
     use_cache: bool = True,
     recon: Reconstruction | None = None,
+    executor: Executor | None = None,
 ) -> SensitivityTable:
     """`selection`: the layers to scan (default: every MatMul/Gemm/Conv with >= 1024 weights);
-    `recon` (sparsegpt trials): how the kept weights (and the bias) are corrected."""
+    `recon` (sparsegpt trials): how the kept weights (and the bias) are corrected;
+    `executor`: where the trials run (default: in process). One task per layer runs all its
+    candidates on one session; results are reduced in layer order, so every executor gives
+    the same table."""
     recon = recon or Reconstruction()
     selection = selection or LayerSelection()
-    min_params = selection.min_params
+    executor = executor or LocalExecutor()
     if metric not in METRICS:
         raise PipelineError(f"pass 'layer-sensitivity': unknown metric '{metric}' (known: {', '.join(METRICS)})")
     sub = calib.head(samples)
@@ -101,25 +108,111 @@ def scan_sensitivity(
         return SensitivityTable.from_dict(json.loads(path.read_text()))
     start = time.perf_counter()
     table = SensitivityTable(criterion, metric, names, sub.num_samples)
-    layers = selection.selected_layers(model)
-    views = [view_of(layer) for layer in layers]
+    views = [view_of(layer) for layer in selection.selected_layers(model)]
     stats = dense_stats(model, views, sub, threads=threads) if needs_data(criterion) or metric == "proxy" else {}
-    biases = {v.name: b for v in views if criterion == "sparsegpt" and recon.fit_bias and (b := bias_of(v.layer)) is not None}
-    runner = CalibrationRunner(model, sub, views=views, params=[b.name for b in biases.values()], threads=threads) if metric == "output" else None
-    reference = runner.outputs() if runner is not None else None
-    rows = runner.output_rows() if runner is not None else None
+    job = _ScanJob(
+        uuid.uuid4().hex, share_model(executor, model), executor.share(sub), selection, names, criterion, metric, recon, threads
+    )
+    try:
+        state = _state(job)  # the caller's runner gives the reference (and serves the local executor's tasks)
+        if state.runner is not None:
+            job.reference = executor.share((state.runner.outputs(), state.runner.output_rows()))
+        tasks = [_LayerTask(job, v.name, stats.get(v.name)) for v in views]
+        log.info("layer sensitivity: %d layers x %d candidates on executor %s", len(tasks), len(names), executor.name)
+        results = executor.map(_scan_layer, tasks, desc="layer sensitivity", progress=progress)
+    finally:
+        _STATES.pop(job.key, None)
+    for view, result in zip(views, results, strict=True):  # layer order: the same table on every executor
+        table.weights[view.name] = view.layer.weight.name
+        if result.damage:
+            table.damage[view.name] = result.damage
+        if result.skipped:
+            table.skipped[view.name] = result.skipped
+    table.seconds = round(time.perf_counter() - start, 3)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table.to_dict()))
+    return table
 
-    def trial(view: LayerView, pattern: Pattern) -> Callable[[], list[np.ndarray] | float | None]:
+
+@dataclass
+class _ScanJob:
+    """What every trial task of one scan shares (picklable: the model and data are handles)."""
+
+    key: str
+    model: Shared
+    calib: Shared
+    selection: LayerSelection
+    candidates: list[str]
+    criterion: str
+    metric: str
+    recon: Reconstruction
+    threads: int  # the same ORT threads everywhere: the same outputs, bit for bit
+    reference: Shared | None = None  # (reference outputs, output rows) for metric=output
+
+
+@dataclass(frozen=True)
+class _LayerTask:
+    job: _ScanJob
+    layer: str
+    stats: Any  # the layer's dense statistics (criteria that need data), or None
+
+
+@dataclass
+class _LayerResult:
+    damage: dict[str, float]
+    skipped: dict[str, str]
+
+
+@dataclass
+class _ScanState:
+    """One process's view of a scan: the model, its layers and (metric=output) its runner."""
+
+    model: ir.Model
+    views: dict[str, LayerView]
+    biases: dict[str, ir.Value]
+    runner: CalibrationRunner | None
+
+
+_STATES: dict[str, _ScanState] = {}  # scan key -> state; a worker keeps only its latest scan
+
+
+def _state(job: _ScanJob) -> _ScanState:
+    state = _STATES.get(job.key)
+    if state is None:
+        _STATES.clear()  # a long-lived worker holds one scan's model at a time
+        model = shared_model(job.model)
+        views = [view_of(layer) for layer in job.selection.selected_layers(model)]
+        biases = {
+            v.name: b for v in views if job.criterion == "sparsegpt" and job.recon.fit_bias and (b := bias_of(v.layer)) is not None
+        }
+        runner = None
+        if job.metric == "output":
+            params = [b.name for b in biases.values()]
+            runner = CalibrationRunner(model, job.calib.get(), views=views, params=params, threads=job.threads)
+        state = _STATES[job.key] = _ScanState(model, {v.name: v for v in views}, biases, runner)
+    return state
+
+
+def _scan_layer(task: _LayerTask) -> _LayerResult:
+    """Every candidate of one layer (an executor task: module-level, picklable in and out)."""
+    job = task.job
+    state = _state(job)
+    view = state.views[task.layer]
+    runner = state.runner
+    reference, rows = job.reference.get() if job.reference is not None else (None, None)
+    skipped: dict[str, str] = {}
+
+    def trial(pattern: Pattern) -> Callable[[], list[np.ndarray] | float | None]:
         def run() -> list[np.ndarray] | float | None:
-            table.weights[view.name] = view.layer.weight.name
-            reason = pattern_skip_reason(view.layer, pattern, min_params)
+            reason = pattern_skip_reason(view.layer, pattern, job.selection.min_params)
             if reason is not None:
-                table.skipped.setdefault(view.name, {})[str(pattern)] = reason
+                skipped[str(pattern)] = reason
                 return None
             w = view.layer.weight.const_value.numpy()
-            bias = biases.get(view.name)
+            bias = state.biases.get(view.name)
             b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
-            new, new_b, outcome = prune_layer(view, w, pattern, criterion, stats.get(view.name), bias=b, recon=recon)
+            new, new_b, outcome = prune_layer(view, w, pattern, job.criterion, task.stats, bias=b, recon=job.recon)
             if runner is None:  # proxy: the layer's own relative output error, squared
                 return (outcome.output_rel_error if outcome.output_rel_error is not None else outcome.weight_rel_error) ** 2
             trial = {view.layer.weight.name: new, **({bias.name: new_b} if bias is not None and new_b is not None else {})}
@@ -127,14 +220,9 @@ def scan_sensitivity(
 
         return run
 
-    trials = [(v.name, str(c), trial(v, c)) for v in views for c in candidates]
-    found = sensitivity_scan(trials, reference, cosine_damage, rows, desc="layer sensitivity", progress=progress)
-    table.damage = {str(k): {str(p): d for p, d in curve.items()} for k, curve in found.items()}
-    table.seconds = round(time.perf_counter() - start, 3)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table.to_dict()))
-    return table
+    trials = [(view.name, c, trial(parse_pattern(c))) for c in job.candidates]
+    found = sensitivity_scan(trials, reference, cosine_damage, rows, progress=False)
+    return _LayerResult({str(p): d for p, d in found.get(view.name, {}).items()}, skipped)
 
 
 _LAST: dict[int, SensitivityTable] = {}  # ctx id -> table of the last layer-sensitivity run
@@ -170,6 +258,7 @@ class LayerSensitivity(LayerSelection, Pass):
         table = scan_sensitivity(
             model, calib, [parse_pattern(c) for c in self.candidates], criterion=self.criterion, metric=self.metric,
             samples=self.samples, selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params),
+            executor=ctx.executor,
         )
         _LAST[id(ctx)] = table
         return table

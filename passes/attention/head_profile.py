@@ -13,14 +13,16 @@ block's own Softmax output and V, so every mask the export applies is already in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
 
-from sparsec.calib.data import CalibrationData
+from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.runner import CalibrationRunner
 from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout
+from sparsec.executor import Executor, LocalExecutor, Shared
+from sparsec.executor.shipping import share_model, shared_model
 from sparsec.passes.attention.match import AttentionMatch
 
 log = logging.getLogger("sparsec.passes.attention")
@@ -68,7 +70,7 @@ class HeadProfile:
     kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows)
 
 
-def _probabilities(x: np.ndarray, m: AttentionMatch) -> np.ndarray | None:
+def _probabilities(x: np.ndarray, m: AttentionMatch | _Block) -> np.ndarray | None:
     """The Softmax output as [B, H, Sq, Sk], or None when its layout is not that."""
     _, heads, sq, _ = m.q_shape
     if x.size % (heads * sq * m.seq_k) or x.shape[-1] != m.seq_k:
@@ -92,8 +94,29 @@ def _row_weights(calib: CalibrationData, batch: dict[str, np.ndarray], b: int, s
     return np.ones((b, sq))
 
 
+@dataclass(frozen=True)
+class _Contribution:
+    err: np.ndarray  # [C, H]
+    norm: np.ndarray  # [H]
+    kept: np.ndarray  # [C, H]
+    rows: np.ndarray  # [nk]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """What profiling needs of an `AttentionMatch` (picklable: no IR nodes), for executor tasks."""
+
+    name: str
+    softmax: str  # the Softmax output's value name
+    v: str  # V's value name
+    q_shape: tuple[int, ...]
+    seq_k: int
+    block: int
+    causal: bool
+
+
 class _Accumulator:
-    def __init__(self, m: AttentionMatch, block: int, causal: bool) -> None:
+    def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool) -> None:
         self.block, self.causal = block, causal
         self.nk = -(-m.seq_k // block)
         self.layouts = candidates(self.nk, causal, block)
@@ -102,6 +125,10 @@ class _Accumulator:
         self.rows = np.zeros(self.nk)
 
     def add(self, p: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+        self.fold(self.contribution(p, v, w))
+
+    def contribution(self, p: np.ndarray, v: np.ndarray, w: np.ndarray) -> _Contribution:
+        """One batch's (error, norm, kept mass, rows per query block): what `fold` adds up."""
         b, heads, sq, sk = p.shape
         blk, nk = self.block, self.nk
         pad = nk * blk - sk
@@ -128,11 +155,17 @@ class _Accumulator:
             err += (sq_err * wr).sum((1, 3), dtype=np.float64)
             kept += (km * wr).sum((1, 3), dtype=np.float64)
         norm = ((dense.astype(np.float64) ** 2).sum(-1) * w[:, None]).sum((0, 2))  # [H]
-        self.rows += np.bincount(qblock, weights=w.sum(0), minlength=nk)
+        rows_per_block = np.bincount(qblock, weights=w.sum(0), minlength=nk)
+        return _Contribution(err, norm, kept, rows_per_block)
+
+    def fold(self, c: _Contribution) -> None:
+        """Add one batch's contribution (batches folded in calibration order: the same sums
+        wherever each batch was computed)."""
+        self.rows += c.rows
         if self.err is None:
-            self.err, self.norm, self.mass = err, norm, kept
+            self.err, self.norm, self.mass = c.err, c.norm, c.kept
         else:
-            self.err, self.norm, self.mass = self.err + err, self.norm + norm, self.mass + kept
+            self.err, self.norm, self.mass = self.err + c.err, self.norm + c.norm, self.mass + c.kept
 
     def profile(self, name: str) -> HeadProfile:
         present = self.rows > 0
@@ -144,27 +177,79 @@ class _Accumulator:
 
 def profile_heads(
     model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int,
-    causal: dict[str, bool], *, threads: int = 2,
+    causal: dict[str, bool], *, threads: int = 2, executor: Executor | None = None,
 ) -> tuple[dict[str, HeadProfile], dict[str, str]]:
     """Profiles of `matches` over the calibration batches (one run of the model computing
-    every block's Softmax output and V), and per unprofiled block the reason."""
-    wanted = {m.name: (m.softmax.outputs[0].name, m.v.name) for m in matches}
-    names = sorted({n for pair in wanted.values() for n in pair})
-    runner = CalibrationRunner(model, calib, threads=threads)
-    acc = {m.name: _Accumulator(m, block, causal[m.name]) for m in matches}
+    every block's Softmax output and V), and per unprofiled block the reason.
+
+    `executor`: where the runs go; the calibration samples are cut into contiguous chunks of
+    whole batches (one per worker of the executor; one in process), each task returns every
+    batch's contribution, and they are folded here in calibration order: the same profiles
+    on every executor."""
+    executor = executor or LocalExecutor()
+    blocks = [_Block(m.name, m.softmax.outputs[0].name, m.v.name, tuple(m.q_shape), m.seq_k, block, causal[m.name])
+              for m in matches]
+    batch = model_batch_size(model) or calib.batch_size
+    batches = -(-calib.num_samples // batch)
+    per_chunk = -(-batches // max(1, min(executor.parallelism(), batches))) * batch
+    chunks = [_slice(calib, a, min(a + per_chunk, calib.num_samples)) for a in range(0, calib.num_samples, per_chunk)]
+    shared = share_model(executor, model)
+    tasks = [_ProfileTask(shared, chunk, blocks, threads) for chunk in chunks]
+    acc = {b.name: _Accumulator(b, block, b.causal) for b in blocks}
     skipped: dict[str, str] = {}
     done = 0
-    for batch, outs in zip(runner.batches(), runner.values(names), strict=False):
-        for m in matches:
-            if m.name in skipped:
-                continue
-            p = _probabilities(outs[wanted[m.name][0]], m)
-            v = None if p is None else _values(outs[wanted[m.name][1]], p.shape[0], p.shape[1], p.shape[3])
-            if p is None or v is None:
-                skipped[m.name] = "softmax output or V is not [batch, heads, q, k] / [batch, heads, k, dim]"
-                continue
-            acc[m.name].add(p.astype(np.float32), v.astype(np.float32), _row_weights(calib, batch, p.shape[0], p.shape[2]))
-        done += len(next(iter(batch.values())))
-        log.info("attention profile: %d/%d calibration samples", min(done, calib.num_samples), calib.num_samples)
+    for result in executor.map(_profile_chunk, tasks, desc="attention profile"):
+        skipped.update({k: r for k, r in result.skipped.items() if k not in skipped})
+        for samples, contributions in result.batches:
+            for name, c in contributions.items():
+                if name not in skipped:
+                    acc[name].fold(c)
+            done += samples
+            log.info("attention profile: %d/%d calibration samples", min(done, calib.num_samples), calib.num_samples)
     profiles = {name: a.profile(name) for name, a in acc.items() if name not in skipped and a.err is not None}
     return profiles, skipped
+
+
+def _slice(calib: CalibrationData, start: int, stop: int) -> CalibrationData:
+    if (start, stop) == (0, calib.num_samples):
+        return calib
+    arrays = {k: v[start:stop] for k, v in calib.arrays.items()}
+    return replace(calib, arrays=arrays, source=f"{calib.source}[{start}:{stop}]", _hash=[])
+
+
+@dataclass(frozen=True)
+class _ProfileTask:
+    model: Shared
+    calib: CalibrationData  # this task's samples (whole batches)
+    blocks: list[_Block]
+    threads: int
+
+
+@dataclass(frozen=True)
+class _ProfileResult:
+    batches: list[tuple[int, dict[str, _Contribution]]]  # per batch: (samples, block -> contribution)
+    skipped: dict[str, str]
+
+
+def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
+    """Every batch of one chunk of calibration samples (an executor task)."""
+    calib = task.calib
+    names = sorted({n for b in task.blocks for n in (b.softmax, b.v)})
+    runner = CalibrationRunner(shared_model(task.model), calib, threads=task.threads)
+    accs = {b.name: _Accumulator(b, b.block, b.causal) for b in task.blocks}
+    skipped: dict[str, str] = {}
+    out: list[tuple[int, dict[str, _Contribution]]] = []
+    for batch, outs in zip(runner.batches(), runner.values(names), strict=False):
+        found: dict[str, _Contribution] = {}
+        for b in task.blocks:
+            if b.name in skipped:
+                continue
+            p = _probabilities(outs[b.softmax], b)
+            v = None if p is None else _values(outs[b.v], p.shape[0], p.shape[1], p.shape[3])
+            if p is None or v is None:
+                skipped[b.name] = "softmax output or V is not [batch, heads, q, k] / [batch, heads, k, dim]"
+                continue
+            w = _row_weights(calib, batch, p.shape[0], p.shape[2])
+            found[b.name] = accs[b.name].contribution(p.astype(np.float32), v.astype(np.float32), w)
+        out.append((len(next(iter(batch.values()))), found))
+    return _ProfileResult(out, skipped)

@@ -99,7 +99,7 @@ class SparseAttentionPass(Pass):
 
         calib = require_calibration(ctx, "sparse-attention{layout=auto}")
         causal = {m.name: decisions[m.name][0] for m in matches}
-        profiles, skipped = profile_heads(model, matches, calib, self.block, causal)
+        profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor)
         chosen = choose_layouts(profiles, self.density) if profiles else {}
         out: dict[str, tuple[list[int], list[int], list[float] | None, list[float] | None]] = {}
         kept = total = 0

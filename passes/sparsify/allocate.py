@@ -26,6 +26,7 @@ from sparsec.calib.metrics import mean_cosine
 from sparsec.calib.runner import CalibrationRunner, output_rows, run_outputs
 from sparsec.calib.stats import require_calibration
 from sparsec.errors import PipelineError
+from sparsec.executor import Executor
 from sparsec.layer_view import view_of
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.cost_model import (
@@ -151,17 +152,18 @@ class Allocate(LayerSelection, ReconstructionOptions, Pass):
         table = scan_sensitivity(
             model, fit, patterns, criterion=self.scan_criterion, metric=self.metric, samples=self.samples,
             selection=LayerSelection(self.op_types, self.include, self.exclude, self.min_params), recon=self.reconstruction,
+            executor=ctx.executor,
         )
         options, layers, grand_total = self._options(model, ctx, table, fit)
         dense_out = run_outputs(model, held)
         rounds: list[dict[str, float]] = []
         if self.min_fidelity > 0:
-            picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds)
+            picks, trial = self._floor_mode(model, options, layers, fit, held, dense_out, rounds, ctx.executor)
         else:
             picks = meet_benefit(options, self.budget * grand_total)
             # Budget mode holds nothing out for a decision: reconstruct on every sample (the
             # fidelity below is then measured on samples the reconstruction also saw).
-            trial = self._apply(model, options, layers, picks, calib)
+            trial = self._apply(model, options, layers, picks, calib, ctx.executor)
             rounds.append({"fidelity": _fidelity(dense_out, trial, held), **totals(options, picks)})
         model.graph = trial.graph
         model.opset_imports.update(trial.opset_imports)
@@ -196,16 +198,19 @@ class Allocate(LayerSelection, ReconstructionOptions, Pass):
             layers.append(layer)
         return options, layers, grand_total
 
-    def _apply(self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], picks: list[int], fit: CalibrationData) -> ir.Model:
+    def _apply(
+        self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], picks: list[int], fit: CalibrationData,
+        executor: Executor | None = None,
+    ) -> ir.Model:
         trial = model.clone()
         by_name = {layer.name: layer for layer in find_layers(trial)}
         plan = [(by_name[o.name], parse_pattern(o.patterns[i])) for o, i in zip(options, picks, strict=True) if i > 0]
-        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction)
+        apply_plan(trial, plan, self.criterion, fit, sequential=self.sequential, recon=self.reconstruction, executor=executor)
         return trial
 
     def _floor_mode(
         self, model: ir.Model, options: list[LayerOptions], layers: list[Layer], fit: CalibrationData,
-        held: CalibrationData, dense_out: list[np.ndarray], rounds: list[dict[str, float]],
+        held: CalibrationData, dense_out: list[np.ndarray], rounds: list[dict[str, float]], executor: Executor | None = None,
     ) -> tuple[list[int], ir.Model]:
         """Search the damage allowance: grow it while the measured fidelity has slack, shrink it
         when the floor is missed (by the observed ratio, then by bisection); keep the best passing."""
@@ -218,7 +223,7 @@ class Allocate(LayerSelection, ReconstructionOptions, Pass):
             if tuple(picks) in tried:
                 break  # the allowance no longer changes the choice
             tried.add(tuple(picks))
-            trial = self._apply(model, options, layers, picks, fit)
+            trial = self._apply(model, options, layers, picks, fit, executor)
             fid = _fidelity(dense_out, trial, held)
             rounds.append({"allowance": allowance, "fidelity": fid, **totals(options, picks)})
             log.info("allocate: allowance %.3g -> fidelity %.5f (floor %.4f)", allowance, fid, self.min_fidelity)

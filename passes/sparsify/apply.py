@@ -28,6 +28,7 @@ from sparsec.calib.stats import (
     accumulate_rows,
     dense_stats,
 )
+from sparsec.executor import Executor
 from sparsec.ir.file_tensor import store_tensor
 from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
 from sparsec.layers import Layer, find_layers
@@ -50,7 +51,7 @@ from sparsec.passes.sparsify.norm_refit import (
     refit_norms,
     upstream_layers,
 )
-from sparsec.passes.sparsify.patterns import Pattern
+from sparsec.passes.sparsify.patterns import Pattern, parse_pattern
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import PassResult
 
@@ -146,12 +147,15 @@ def apply_plan(
     threads: int = 2,
     progress: bool = True,
     segmented: bool = True,
+    executor: Executor | None = None,
 ) -> list[Outcome]:
     """Prune every (layer, pattern) of `plan` in `model` (in place); returns what was done.
 
     sparsegpt also rewrites the layers' biases and the LayerNormalization parameters when
     `recon` asks for it (see `Reconstruction`). `segmented`: run the sequential loop as one
     forward sweep (`SegmentWalk`) where the graph allows; else one prefix pass per stage.
+    `executor`: where the layers of one stage are pruned (they are independent given the
+    stage's statistics); the activations are collected here, stage after stage.
     """
     work = [(view_of(layer), pattern) for layer, pattern in plan if not pattern.is_dense]
     if not work:
@@ -163,6 +167,7 @@ def apply_plan(
     data_views = [v for v in views if v.input_name is not None] if needs_data(criterion) and calib is not None else []
     reconstruct = criterion == "sparsegpt"
     biases = {v.name: b for v in views if reconstruct and recon.fit_bias and (b := bias_of(v.layer)) is not None}
+    remote = _remote(executor, criterion)
     if data_views and sequential:
         norms = find_norms(model) if reconstruct and recon.refit_norms else []
         upstream = upstream_layers(model, views, norms)
@@ -173,25 +178,27 @@ def apply_plan(
         walk = SegmentWalk.plan(runner, stages) if segmented else None
         bar = tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False)
         if walk is not None:
-            _walk_stages(walk, bar, norms, upstream, params, outcomes, patterns, criterion, biases, recon)
+            _walk_stages(walk, bar, norms, upstream, params, outcomes, patterns, criterion, biases, recon, remote)
         else:  # stages interleave in graph order: one prefix pass per stage
             done: set[str] = set()
             for stage in bar:
                 paired = accumulate_paired(runner, stage, params) if params else {}
                 stats = {k: v.stats for k, v in paired.items()} if paired else accumulate(runner, stage, params)
-                for view in stage:
-                    _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), paired.get(view.name), biases.get(view.name), recon)
-                    done.add(view.name)
+                _prune_stage(remote, stage, params, outcomes, patterns, criterion, stats, paired, biases, recon)
+                done.update(v.name for v in stage)
                 ready = [n for n in norms if upstream[n.name] <= done]
                 if ready:
                     params.update(refit_norms(runner, ready, params))
                     norms = [n for n in norms if n not in ready]
     else:
         stats = dense_stats(model, data_views, calib, threads=threads) if data_views else {}  # type: ignore[arg-type]
-        for view in tqdm(views, desc=criterion, unit="layer", disable=not progress, leave=False):
-            _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), None, biases.get(view.name), recon)
-            # Stored at once (spilled to disk when streaming): pruned copies never pile up in memory.
-            mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
+        step = 1 if remote is None else 2 * remote.parallelism()  # a few layers in flight at a time
+        for i in tqdm(range(0, len(views), step), desc=criterion, unit="layer", disable=not progress, leave=False):
+            chunk = views[i:i + step]
+            _prune_stage(remote, chunk, params, outcomes, patterns, criterion, stats, {}, biases, recon)
+            for view in chunk:
+                # Stored at once (spilled to disk when streaming): pruned copies never pile up in memory.
+                mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
     for view in views:
         if view.layer.weight.name in params:
             mark_pattern(model, view.layer, params.pop(view.layer.weight.name), patterns[view.name])
@@ -203,7 +210,7 @@ def apply_plan(
 def _walk_stages(
     walk: SegmentWalk, stages: Iterable[list[LayerView]], norms: list[Norm], upstream: dict[str, frozenset[str]],
     params: dict[str, np.ndarray], outcomes: dict[str, Outcome], patterns: dict[str, Pattern], criterion: str,
-    biases: dict[str, ir.Value], recon: Reconstruction,
+    biases: dict[str, ir.Value], recon: Reconstruction, remote: Executor | None = None,
 ) -> None:
     """The sequential loop in one forward sweep (see `SegmentWalk`): frontiers of the dense
     and the pruned model advance one segment per stage; norms are refitted in the segment
@@ -223,9 +230,8 @@ def _walk_stages(
             stats = {name: p.stats for name, p in paired.items()}
         else:
             paired, stats = {}, accumulate_rows(walk.rows(dense, stage))
-        for view in stage:
-            _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), paired.get(view.name), biases.get(view.name), recon)
-            done.add(view.name)
+        _prune_stage(remote, stage, params, outcomes, patterns, criterion, stats, paired, biases, recon)
+        done.update(v.name for v in stage)
         start, stop = walk.cuts[k], walk.cuts[k + 1]
         ready = [n for n in norms if upstream[n.name] <= done and start <= norm_at[n.name] < stop]
         if k + 1 == count and not ready:
@@ -261,6 +267,73 @@ def _with_residuals(
         name: (dataclasses.replace(p, resid_cross=cross[name], resid_sum=sums[name]) if name in cross else p)
         for name, p in paired.items()
     }
+
+
+def _prune_stage(
+    remote: Executor | None, stage: Sequence[LayerView], params: dict[str, np.ndarray], outcomes: dict[str, Outcome],
+    patterns: dict[str, Pattern], criterion: str, stats: dict[str, LayerStats], paired: dict[str, PairedStats],
+    biases: dict[str, ir.Value], recon: Reconstruction,
+) -> None:
+    """Prune the (independent) layers of one stage, in process or as executor tasks; the
+    results are stored in stage order either way."""
+    if remote is None or len(stage) < 2:
+        for view in stage:
+            _prune_into(params, outcomes, view, patterns[view.name], criterion, stats.get(view.name), paired.get(view.name), biases.get(view.name), recon)
+        return
+    tasks = []
+    for v in stage:
+        bias = biases.get(v.name)
+        b = bias.const_value.numpy() if bias is not None else None  # type: ignore[union-attr]
+        tasks.append(_PruneTask(_detached(v), v.layer.weight.const_value.numpy(), b, str(patterns[v.name]), criterion,
+                                stats.get(v.name), paired.get(v.name), recon))
+    for view, (new_w, new_b, outcome) in zip(stage, remote.map(_prune_task, tasks), strict=True):
+        params[view.layer.weight.name] = new_w
+        bias = biases.get(view.name)
+        if new_b is not None and bias is not None:
+            params[bias.name] = new_b
+        outcomes[view.name] = outcome
+
+
+def _remote(executor: Executor | None, criterion: str) -> Executor | None:
+    """The executor that prunes the layers of a stage: only for sparsegpt (the costly
+    reconstruction) on a non-local executor; None prunes in the loop, as it always did."""
+    return executor if executor is not None and executor.name != "local" and criterion == "sparsegpt" else None
+
+
+@dataclass(frozen=True)
+class _DetachedWeight:
+    name: str
+
+
+@dataclass(frozen=True)
+class _DetachedLayer:
+    """What `prune_layer` reads of a `Layer`, without its IR nodes (picklable)."""
+
+    name: str
+    reduction_axis: int
+    weight: _DetachedWeight
+
+
+def _detached(view: LayerView) -> LayerView:
+    layer = _DetachedLayer(view.name, view.layer.reduction_axis, _DetachedWeight(view.layer.weight.name))
+    return LayerView(layer, view.input_name, view.reason)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _PruneTask:
+    view: LayerView  # detached
+    weight: np.ndarray
+    bias: np.ndarray | None
+    pattern: str
+    criterion: str
+    stats: LayerStats | None
+    paired: PairedStats | None
+    recon: Reconstruction
+
+
+def _prune_task(t: _PruneTask) -> tuple[np.ndarray, np.ndarray | None, Outcome]:
+    """One layer of a stage (an executor task)."""
+    return prune_layer(t.view, t.weight, parse_pattern(t.pattern), t.criterion, t.stats, t.paired, bias=t.bias, recon=t.recon)
 
 
 def _prune_into(
@@ -315,7 +388,7 @@ def prune_selected(
     calib = require_calibration(ctx, f"{p.name}{{criterion={p.criterion}}}") if needs_data(p.criterion) and chosen else None
     outcomes = apply_plan(
         model, [(layer, pattern) for layer in chosen], p.criterion, calib, sequential=p.sequential,
-        recon=p.reconstruction, progress=needs_data(p.criterion),
+        recon=p.reconstruction, progress=needs_data(p.criterion), executor=ctx.executor,
     )
     params, zeros = record_outcomes(ctx, p.name, chosen, outcomes, with_axis=with_axis)
     stats = {

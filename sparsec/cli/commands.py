@@ -16,6 +16,7 @@ from sparsec.cli.common import (
     pipeline_from_args,
 )
 from sparsec.errors import OptionError
+from sparsec.executor import check_executor, make_executor
 from sparsec.output_files import check_file_writable, write_file_atomically
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
         max_memory=parse_size(args.max_memory) if getattr(args, "max_memory", None) else None,
         prune_all=bool(getattr(args, "prune_all", None)),
         tune=not getattr(args, "no_tune", False),
+        executor=check_executor(args.executor) if getattr(args, "executor", None) else None,
     )
 
 
@@ -128,13 +130,17 @@ def cmd_opt(args: argparse.Namespace) -> int:
         check_file_writable(out)
     from sparsec.input_dims import check_dims
 
+    executor = make_executor(check_executor(args.executor))
     model = load_model(args.model)
     dims = dims_from_args(args)
     check_dims(model, dims)
     log.info("pipeline: %s", pipeline.to_text(full=True))
-    ctx = PassContext(dims=dims, calibration=calibration_from_args(args), repro_dir=default_repro_dir())
+    ctx = PassContext(dims=dims, calibration=calibration_from_args(args), repro_dir=default_repro_dir(), executor=executor)
     manager = PassManager(pipeline, verify_each=not args.no_verify, instruments=instruments_from_args(args))
-    manager.run(model, ctx)
+    try:
+        manager.run(model, ctx)
+    finally:
+        executor.close()
     if out is not None:
         write_file_atomically(out, model_bytes(model))
         log.info("wrote %s", out)

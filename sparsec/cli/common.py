@@ -14,6 +14,15 @@ from sparsec.pm.pipeline import Pipeline, parse_pipeline, pipeline_from_yaml
 from sparsec.pm.presets import preset_pipeline
 
 
+def add_executor_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor", default="local", metavar="local|ray[:ADDRESS]",
+        help="where parallel work (sensitivity trials, attention head profiles, sparsegpt stages) runs: local (default, "
+        "in process), ray (a local Ray instance) or "
+        "ray:ADDRESS for a cluster (auto, HOST:6379, ray://HOST:10001); needs pip install 'sparsec[ray]'",
+    )
+
+
 def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
     g = p.add_argument_group("pipeline")
     if sugar:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from sparsec import __version__
 from sparsec.cli import commands
-from sparsec.cli.common import add_dims_arg, add_instrument_args, add_pipeline_args, setup_logging
+from sparsec.cli.common import (
+    add_dims_arg,
+    add_executor_arg,
+    add_instrument_args,
+    add_pipeline_args,
+    setup_logging,
+)
 from sparsec.cli.tune_cmd import add_tune_parser
 from sparsec.errors import InternalError, SparsecError
 from sparsec.verdict import DEFAULT_MIN_COSINE, VERDICT_EXIT
@@ -82,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower by fixed thresholds instead of per-layer measurements on this machine (sparsec tune)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
+    add_executor_arg(p)
     v = p.add_argument_group("verdict")
     v.add_argument(
         "--min-cosine",
@@ -100,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_args(p, sugar=False)
     add_dims_arg(p)
     p.add_argument("--no-verify", action="store_true", help="skip verification after each pass")
+    add_executor_arg(p)
     add_instrument_args(p)
     p.set_defaults(func=commands.cmd_opt)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
+from sparsec.executor import Executor, LocalExecutor
 from sparsec.pm.analysis import AnalysisManager
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class PassContext:
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight -> its tuner choice (manifest)
     dense_model: Any = None  # the model the pipeline started from (the teacher of `recover`); set by PassManager.run
     repro_dir: Path | None = None
+    executor: Executor = field(default_factory=LocalExecutor)  # where parallel work (sensitivity trials) runs
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("sparsec"))
