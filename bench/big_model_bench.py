@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "sparsec.cli", "compile", str(model), "-o", str(out), "--force",
            "--sparsity=2:4", f"--criterion={args.criterion}", "--no-bench", f"--threads={args.threads}"]
     if args.criterion != "magnitude" and not args.gpt2_small:
-        cmd.append(f"--calibration={calibration(folder, args.samples, args.seq)}")
+        cmd.append(f"--calib={calibration(folder, args.samples, args.seq)}")
     if args.max_memory:
         cmd.append(f"--max-memory={args.max_memory}")
     cmd += args.extra

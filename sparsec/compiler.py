@@ -261,6 +261,7 @@ def _compile(
         "peak_rss_note": "peak resident set of the compiling process, up to the artifact write",
     }
     log.info("memory: peak RSS %s (%s)", fmt_bytes(manifest["memory"]["peak_rss_bytes"]), manifest["memory"]["mode"])
+    manifest["executor"] = getattr(options.executor, "name", None) or "local"  # where the parallel calibration work ran
     files["report.md"] = render_report(manifest).encode()
     files[MANIFEST] = json_bytes(manifest)
     return CompileResult(compiled, records, manifest, fidelity, files, verdict)

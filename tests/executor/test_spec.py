@@ -129,8 +129,9 @@ m (float[N,64] x) => (float[N,32] y) {
         pipeline=parse_pipeline("layer-sensitivity{candidates=2:4 samples=8 criterion=magnitude}"), calibration=calib,
         bench=False, tune=False, executor=executor, held_out=4,
     )
-    compile_model(model, options)
+    result = compile_model(model, options)
     assert executor.ran == ["_scan_layer"]
+    assert result.manifest["executor"] == "local"  # the recording executor is a local one
 
 
 def test_unreachable_ray_address_fails_fast() -> None:
