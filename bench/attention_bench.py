@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,20 +30,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsec.bench import machine_info
+
 HEADS, DIM, BLOCK, THREADS = 8, 64, 64, 2
 
-
-def _cpu() -> dict:
-    info = {"machine": platform.machine()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "Flags"):
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=21, extra_opsets=()) -> bytes:
@@ -171,7 +159,7 @@ def main() -> int:
     result: dict = {"case": {"seq": seq, "heads": HEADS, "dim": DIM, "block": BLOCK, "causal": True,
                              "threads": THREADS, "local_blocks": args.local, "sink_blocks": args.sinks,
                              "density_of_causal_blocks": round(density, 4)},
-                    "cpu": _cpu(), "load_before": os.getloadavg(), "variants": {}}
+                    "cpu": machine_info(), "load_before": os.getloadavg(), "variants": {}}
     dense_ref = None
     for name, (data, layout) in dense_variants(seq).items():
         try:

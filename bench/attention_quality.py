@@ -21,23 +21,13 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 import onnx_ir as ir
 
-
-def _cpu() -> dict:
-    info = {"machine": platform.machine(), "cpus": os.cpu_count()}
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["model"] = value.strip()
-    return info
+from sparsec.bench import machine_info
 
 
 def _sequences(n_calib: int, n_eval: int, seq: int) -> tuple[dict, dict]:
@@ -131,7 +121,7 @@ def main() -> int:
         "auto": results["auto"], "equal_density_comparisons": comparisons,
         "bar": {"auto_mean_cosine_ge_0.98": results["auto"]["mean_cosine"] >= 0.98,
                 "auto_beats_uniform_at_equal_density": all(c["auto_better"] for c in comparisons)},
-        "cpu": _cpu(), "load_average": os.getloadavg(), "seconds": round(time.time() - start, 1),
+        "cpu": machine_info(), "load_average": os.getloadavg(), "seconds": round(time.time() - start, 1),
     }
     print(json.dumps(doc, indent=2))
     return 0

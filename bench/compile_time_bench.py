@@ -35,6 +35,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sparsec.bench import machine_info
+
 # (label, file suffix, function name) of the profile's phases; cumulative time, so they overlap
 # (numeric verification includes its session creation, for example).
 PHASES = [
@@ -89,18 +91,6 @@ def export_bert_base(path: Path, seq: int) -> None:
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"])
     os.replace(tmp, path)
 
-
-def cpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "Flags"):
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
 
 
 def timed_cli_run(model: Path, out: Path) -> dict[str, Any]:
@@ -195,7 +185,7 @@ def main() -> None:
             "model": str(model),
             "model_bytes": model.stat().st_size,
             "bar_s": 5.0,
-            "cpu": cpu_info(),
+            "cpu": machine_info(),
             "python": platform.python_version(),
             "import_s": import_time(),
             "runs": [],

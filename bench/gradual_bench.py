@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from sparsec.bench import machine_info
 from sparsec.capture import from_torch
 from sparsec.compiler import CompileOptions, compile_model
 from sparsec.ir.io import model_bytes
@@ -52,15 +51,6 @@ from sparsec.torch import GradualPruner, remove_masks
 SPARSITY = 0.9
 BAR_POINTS = 0.5
 
-
-def _cpu() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine()}
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("Model name", "Flags"):
-            info[key.strip()] = value.strip()
-    return info
 
 
 def _onnx_accuracy(onnx_bytes: bytes, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -160,7 +150,7 @@ def main() -> None:
             "gradual_beats_sparsegpt_mean": None if sparsegpt is None or gradual is None else gradual > sparsegpt,
         },
         "runs": runs,
-        "cpu": _cpu(), "threads": torch.get_num_threads(), "training_threads": 1,
+        "cpu": machine_info(), "threads": torch.get_num_threads(), "training_threads": 1,
         "torch": torch.__version__, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "note": "timings under whatever load the machine had (see load averages); accuracies do not depend on it",
     }

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_time_bench import cpu_info, export_bert_base  # noqa: E402
+from compile_time_bench import export_bert_base  # noqa: E402
 
+from sparsec.bench import machine_info  # noqa: E402
 from sparsec.calib.data import CalibrationData  # noqa: E402
 from sparsec.executor import LocalExecutor, make_executor  # noqa: E402
 from sparsec.ir.io import load_model  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
         "layers": len(local.damage), "trials": sum(len(c) for c in local.damage.values()),
         "identical": identical, "max_abs_difference": max_difference(local, remote),
         "local": local_run, "ray": {**ray_run, "num_cpus": args.num_cpus},
-        "cpu": cpu_info().get("Model name", platform.processor()), "cores": os.cpu_count(),
+        "machine": machine_info(),
         "versions": {"ray": ray.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "local_table": local.damage, "ray_table": remote.damage, "skipped": local.skipped,
     }

@@ -193,3 +193,23 @@ def seconds_from_env(name: str, default: float, limit: float) -> float:
     if not 0.0 < value <= limit:
         raise OptionError(f"${name}={text!r}: expected seconds between 0 and {limit:g}")
     return value
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """What every benchmark JSON records about the machine: lscpu's model name, caches and
+    flags, the core count and the load average now (a timing means little without them)."""
+    import os
+    import platform
+    import subprocess
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(),
+                            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Model name", "L2 cache", "L3 cache", "Flags"):
+            info[key.strip()] = value.strip()
+    return {**info, **extra}
