@@ -34,11 +34,13 @@ from sparsec.layer_view import LayerView, bias_of, residual_of, view_of
 from sparsec.layers import Layer, find_layers
 from sparsec.passes.analysis.layer_stats import layer_stages
 from sparsec.passes.sparsify.criteria import (
+    REFIT_MAX_FLOPS,
     Reconstruction,
     dense_target,
     needs_data,
     output_error,
     prune_2d,
+    refit_flops,
     refit_kept_weights,
     with_bias_column,
 )
@@ -122,8 +124,12 @@ def prune_layer(
             resid = np.vstack([resid, paired.resid_sum[None, :]])  # type: ignore[union-attr,index]
     target2 = dense_target(w2, stats, cross, recon.damp, resid) if (cross is not None and stats is not None and used == "sparsegpt") else w2
     new2 = prune_2d(target2, pattern, used, stats, damp=recon.damp, keep_last=keep_last)
+    refit_note = None
     if used == "sparsegpt" and stats is not None and recon.refit_kept:
-        new2 = refit_kept_weights(new2, target2, stats, damp=recon.damp, keep_last=keep_last)
+        if (flops := refit_flops(new2)) <= REFIT_MAX_FLOPS:
+            new2 = refit_kept_weights(new2, target2, stats, damp=recon.damp, keep_last=keep_last)
+        else:
+            refit_note = f"kept weights not refitted row by row ({flops:.1e} flops > {REFIT_MAX_FLOPS:.0e}): the OBS updates stand"
     new_bias = None
     if keep_last:
         new_bias = new2[:, -1].astype(bias.dtype)  # type: ignore[union-attr]
@@ -133,6 +139,7 @@ def prune_layer(
     new_ref2 = np.concatenate([new2, new_bias[:, None]], axis=1) if new_bias is not None else new2
     oerr = output_error(ref2, new_ref2, stats) if stats is not None else None
     note = None if used == criterion else f"{criterion} needs an input view ({view.reason}); used magnitude"
+    note = "; ".join(n for n in (note, refit_note) if n) or None
     return new, new_bias, Outcome(view.name, view.layer.weight.name, str(pattern), used, werr, oerr, note)
 
 
@@ -178,7 +185,11 @@ def apply_plan(
         walk = SegmentWalk.plan(runner, stages) if segmented else None
         bar = tqdm(stages, desc=f"{criterion} (sequential)", unit="stage", disable=not progress, leave=False)
         if walk is not None:
-            _walk_stages(walk, bar, norms, upstream, params, outcomes, patterns, criterion, biases, recon, remote)
+            retired: dict[str, ir.TensorProtocol] = {}
+            _walk_stages(walk, bar, norms, upstream, params, outcomes, patterns, criterion, biases, recon, remote, retired)
+            for view in views:  # weights the sweep no longer needed went to disk (streaming) as it went
+                if (tensor := retired.pop(view.layer.weight.name, None)) is not None:
+                    mark_pattern(model, view.layer, tensor.numpy(), patterns[view.name])
         else:  # stages interleave in graph order: one prefix pass per stage
             done: set[str] = set()
             for stage in bar:
@@ -211,10 +222,13 @@ def _walk_stages(
     walk: SegmentWalk, stages: Iterable[list[LayerView]], norms: list[Norm], upstream: dict[str, frozenset[str]],
     params: dict[str, np.ndarray], outcomes: dict[str, Outcome], patterns: dict[str, Pattern], criterion: str,
     biases: dict[str, ir.Value], recon: Reconstruction, remote: Executor | None = None,
+    retired: dict[str, ir.TensorProtocol] | None = None,
 ) -> None:
     """The sequential loop in one forward sweep (see `SegmentWalk`): frontiers of the dense
     and the pruned model advance one segment per stage; norms are refitted in the segment
-    that holds them once every layer upstream of them is pruned."""
+    that holds them once every layer upstream of them is pruned. A pruned weight whose
+    segment the pruned frontier has passed moves from `params` to `retired` (spilled to disk
+    when streaming), so a 7B-width model never holds all its pruned weights in memory."""
     count = len(walk.cuts) - 1
     position = {id(node): i for i, node in enumerate(walk.nodes)}
     by_output = {n.outputs[0].name: i for n in walk.nodes for i in [position[id(n)]] if n.outputs}
@@ -222,7 +236,9 @@ def _walk_stages(
     dense = walk.run(0, [], None)
     pruned = dense
     done: set[str] = set()
+    stages_seen: list[list[LayerView]] = []
     for k, stage in enumerate(stages):
+        stages_seen.append(stage)
         if params:
             paired = accumulate_paired_rows(zip(walk.rows(dense, stage), walk.rows(pruned, stage), strict=True))
             if criterion == "sparsegpt" and recon.correct and recon.residual:
@@ -243,6 +259,11 @@ def _walk_stages(
             params.update(refit_from(ready, pairs))
             after = walk.run(k + 1, pruned, params)
         pruned = after
+        if retired is not None:
+            for view in [v for s in stages_seen for v in s]:
+                name = view.layer.weight.name
+                if name in params and max(position.get(id(n), count) for n in (view.layer.node, *view.layer.path)) < walk.cuts[k + 1]:
+                    retired[name] = store_tensor(params.pop(name), name=name)
 
 
 def _with_residuals(
