@@ -2,7 +2,10 @@
 by default: unscheduled TIR is one serial scalar loop nest, ~100x slower than ONNX Runtime).
 
 Rules, first match wins per PrimFunc (dlight's `ApplyDefaultSchedule`):
-1. dlight's CPU `GEMV` (inner reduction, weight [N, K]) and `Reduction` (softmax/norm rows);
+1. dlight's CPU `GEMV` (inner reduction, weight [N, K]) and `Reduction` (softmax/norm rows),
+   the latter only where its parallel loop runs over the rows (`RowReduction` below: with
+   unit leading axes, as in a batch-1 decode step, it parallelizes the normalized axis and
+   recomputes the row's mean and variance per element, 2.3 ms per 768-wide LayerNorm);
 2. `LoopNestCPU` below, an explicit schedule for every other loop nest, block by block:
    - reduction blocks (matmul, batch matmul, conv): the last spatial axis is split into
      `vector` lanes x `unroll` vectors, the one before it into `rows` register rows; loops
@@ -11,7 +14,9 @@ Rules, first match wins per PrimFunc (dlight's `ApplyDefaultSchedule`):
      reduction; the init is split off (`decompose_reduction`) and vectorized as well;
    - spatial blocks (elementwise, transpose, pad, concat): all loops fused, split into a
      parallel outer loop and a vectorized inner loop.
-Every step is tried and skipped when TIR refuses it (non-divisible extents, opaque blocks),
+Loops run in parallel only over nests of at least `MIN_PARALLEL_WORK` iterations: waking
+TVM's thread pool costs microseconds, more than a whole batch-1 elementwise op or LayerNorm
+(a decode step has hundreds of them). Every step is tried and skipped when TIR refuses it (non-divisible extents, opaque blocks),
 so a nest always keeps a valid, if slower, schedule. Extents are static (shapes are fixed at
 compile time), which is what makes these fixed tile sizes safe.
 """
@@ -27,11 +32,20 @@ VECTOR_LANES = 16  # fp32 lanes of one AVX-512 register (2 AVX2/NEON registers)
 UNROLL_VECTORS = 4  # vectors per output row of a register tile
 REGISTER_ROWS = 4  # output rows per register tile
 MIN_PARALLEL = 2  # outer loops shorter than this run serially
+MIN_PARALLEL_WORK = 1 << 16  # loop nests with fewer innermost iterations run serially
 
 
 def _extent(sch: Any, loop: Any) -> int | None:
     ext = sch.get(loop).extent
     return int(ext) if hasattr(ext, "value") or isinstance(ext, int) else None
+
+
+def _work(sch: Any, block: Any) -> int:
+    """Iterations of `block`'s innermost body (product of its static loop extents)."""
+    total = 1
+    for loop in sch.get_loops(block):
+        total *= _extent(sch, loop) or 1
+    return total
 
 
 def _largest_divisor(extent: int, limit: int) -> int:
@@ -52,9 +66,11 @@ def _schedule_spatial(sch: Any, block: Any) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    parallel = _work(sch, block) >= MIN_PARALLEL_WORK
     fused = loops[0] if len(loops) == 1 else _try(sch.fuse, *loops)
     if fused is None:
-        _try(sch.parallel, loops[0])
+        if parallel:
+            _try(sch.parallel, loops[0])
         return
     ext = _extent(sch, fused)
     if ext is None:
@@ -62,11 +78,10 @@ def _schedule_spatial(sch: Any, block: Any) -> None:
     lanes = _largest_divisor(ext, VECTOR_LANES)
     if lanes > 1 and ext // lanes >= 1:
         outer, inner = sch.split(fused, factors=[None, lanes])
-        if ext // lanes >= MIN_PARALLEL:
+        if parallel and ext // lanes >= MIN_PARALLEL:
             _try(sch.parallel, outer)
-        if _try(sch.vectorize, inner) is None:
-            pass
-    elif ext >= MIN_PARALLEL:
+        _try(sch.vectorize, inner)
+    elif parallel and ext >= MIN_PARALLEL:
         _try(sch.parallel, fused)
 
 
@@ -81,6 +96,7 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
     reduce = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == IterVar.CommReduce]
     if not spatial or not reduce or len(spatial) + len(reduce) != len(loops):
         return
+    parallel = _work(sch, block) >= MIN_PARALLEL_WORK
     last = spatial[-1]
     ext = _extent(sch, last) or 1
     lanes = _largest_divisor(ext, VECTOR_LANES)
@@ -99,7 +115,7 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
     par = [*outer, j_outer]
     fused = par[0] if len(par) == 1 else _try(sch.fuse, *par)
     init = _try(sch.decompose_reduction, block, reduce[0])
-    if fused is not None and (_extent(sch, fused) or 0) >= MIN_PARALLEL:
+    if parallel and fused is not None and (_extent(sch, fused) or 0) >= MIN_PARALLEL:
         _try(sch.parallel, fused)
     for lp in [*row_tile, j_unroll]:
         _try(sch.unroll, lp)
@@ -163,8 +179,59 @@ def _guarded(rule: Any) -> Any:
     return Guarded()
 
 
+def row_reduction_rule() -> Any:
+    """dlight's CPU `Reduction`, declined where its parallel loop is not the row loop.
+
+    It parallelizes the leading spatial loops of the last (injective) block and computes
+    the reductions under them; with unit leading axes the leading loop it finds is the
+    normalized axis itself, so each output element recomputes the whole row's reductions.
+    Accepted only when every reduction block sits under a loop whose extent is its number of
+    rows (the product of its spatial extents) and the nest is big enough to run in parallel.
+    """
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.base import ScheduleRule
+    from tvm.tirx import IterVar
+
+    reduction = dl.cpu.Reduction()
+
+    class RowReduction(ScheduleRule):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            sch = reduction.apply(func, target, tunable)
+            if sch is None or isinstance(sch, list):
+                return None
+            root = sch.get_sblock("root") if _has_root(sch) else None
+            blocks = sch.get_child_blocks(root) if root is not None else []
+            work = 0
+            for block in _all_blocks(sch, blocks):
+                ivs = sch.get(block).iter_vars
+                if not any(iv.iter_type == IterVar.CommReduce for iv in ivs):
+                    continue
+                rows = 1
+                for iv in ivs:
+                    if iv.iter_type == IterVar.DataPar:
+                        rows *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else 0
+                loops = sch.get_loops(block)
+                if not loops or _extent(sch, loops[0]) != rows:
+                    return None
+                work += _work(sch, block)
+            return sch if work >= MIN_PARALLEL_WORK else None
+
+    return RowReduction()
+
+
+def _all_blocks(sch: Any, blocks: list[Any]) -> list[Any]:
+    """`blocks` and the blocks nested under their loops (compute_at moves blocks there)."""
+    out: list[Any] = []
+    todo = list(blocks)
+    while todo:
+        block = todo.pop()
+        out.append(block)
+        todo.extend(sch.get_child_blocks(block))
+    return out
+
+
 def schedule_pass() -> Any:
-    """The module pass applying GEMV, Reduction (dlight CPU rules) and LoopNestCPU."""
+    """The module pass applying GEMV, RowReduction (dlight CPU rules) and LoopNestCPU."""
     from tvm.s_tir import dlight as dl
 
-    return dl.ApplyDefaultSchedule(*(_guarded(r) for r in (dl.cpu.GEMV(), dl.cpu.Reduction(), loop_nest_rule())))
+    return dl.ApplyDefaultSchedule(*(_guarded(r) for r in (dl.cpu.GEMV(), row_reduction_rule(), loop_nest_rule())))
