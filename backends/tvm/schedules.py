@@ -183,10 +183,14 @@ def row_reduction_rule() -> Any:
     """dlight's CPU `Reduction`, declined where its parallel loop is not the row loop.
 
     It parallelizes the leading spatial loops of the last (injective) block and computes
-    the reductions under them; with unit leading axes the leading loop it finds is the
-    normalized axis itself, so each output element recomputes the whole row's reductions.
-    Accepted only when every reduction block sits under a loop whose extent is its number of
-    rows (the product of its spatial extents) and the nest is big enough to run in parallel.
+    the reductions under them. That is right for row patterns (softmax, norms: a few row
+    statistics broadcast over each row) and wrong in two cases it also matches: with unit
+    leading axes the loop it finds is the normalized axis itself (each element recomputes
+    its row's mean and variance), and a matmul with a fused epilogue becomes one scalar dot
+    product per output element, reading the weight column-wise (2 ms for a 256x1024 GEMV).
+    Accepted only when every reduction block has fewer rows (product of its spatial extents)
+    than the last block has elements, sits under a loop of exactly that many iterations, and
+    the nest is big enough to run in parallel.
     """
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.dlight.base import ScheduleRule
@@ -201,22 +205,33 @@ def row_reduction_rule() -> Any:
                 return None
             root = sch.get_sblock("root") if _has_root(sch) else None
             blocks = sch.get_child_blocks(root) if root is not None else []
+            if not blocks:
+                return None
+            elements = _spatial_size(sch, blocks[-1])
             work = 0
             for block in _all_blocks(sch, blocks):
                 ivs = sch.get(block).iter_vars
                 if not any(iv.iter_type == IterVar.CommReduce for iv in ivs):
                     continue
-                rows = 1
-                for iv in ivs:
-                    if iv.iter_type == IterVar.DataPar:
-                        rows *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else 0
+                rows = _spatial_size(sch, block)
                 loops = sch.get_loops(block)
-                if not loops or _extent(sch, loops[0]) != rows:
+                if not loops or rows >= elements or _extent(sch, loops[0]) != rows:
                     return None
                 work += _work(sch, block)
             return sch if work >= MIN_PARALLEL_WORK else None
 
     return RowReduction()
+
+
+def _spatial_size(sch: Any, block: Any) -> int:
+    """Product of `block`'s spatial iterator extents (0 when one is not static)."""
+    from tvm.tirx import IterVar
+
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        if iv.iter_type == IterVar.DataPar:
+            size *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else 0
+    return size
 
 
 def _all_blocks(sch: Any, blocks: list[Any]) -> list[Any]:
