@@ -30,6 +30,7 @@ log = logging.getLogger("sparsec.backends.tvm")
 
 VECTOR_LANES = 16  # fp32 lanes of one AVX-512 register (2 AVX2/NEON registers)
 UNROLL_VECTORS = 4  # vectors per output row of a register tile
+GEMV_VECTORS = 16  # vectors per output tile of a one-row matmul (1 KB weight row segments)
 REGISTER_ROWS = 4  # output rows per register tile
 MIN_PARALLEL = 2  # outer loops shorter than this run serially
 MIN_PARALLEL_WORK = 1 << 16  # loop nests with fewer innermost iterations run serially
@@ -100,7 +101,10 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
     last = spatial[-1]
     ext = _extent(sch, last) or 1
     lanes = _largest_divisor(ext, VECTOR_LANES)
-    vecs = _largest_divisor(ext // lanes, UNROLL_VECTORS)
+    rows_total = 1
+    for lp in spatial[:-1]:
+        rows_total *= _extent(sch, lp) or 1
+    vecs = _largest_divisor(ext // lanes, GEMV_VECTORS if rows_total == 1 else UNROLL_VECTORS)
     j_outer, j_unroll, j_lanes = sch.split(last, factors=[None, vecs, lanes])
     row_tile: list[Any] = []
     outer = spatial[:-1]
@@ -114,12 +118,14 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
     sch.reorder(*outer, j_outer, *reduce, *row_tile, j_unroll, j_lanes)
     par = [*outer, j_outer]
     fused = par[0] if len(par) == 1 else _try(sch.fuse, *par)
-    init = _try(sch.decompose_reduction, block, reduce[0])
+    # Loop kinds first: once the init is split off, the update block is no longer a
+    # reduction block with an init and TIR refuses to parallelize or vectorize its loops.
     if parallel and fused is not None and (_extent(sch, fused) or 0) >= MIN_PARALLEL:
         _try(sch.parallel, fused)
     for lp in [*row_tile, j_unroll]:
         _try(sch.unroll, lp)
     _try(sch.vectorize, j_lanes)
+    init = _try(sch.decompose_reduction, block, reduce[0])
     if init is not None:
         init_loops = sch.get_loops(init)
         if init_loops:

@@ -74,6 +74,32 @@ def test_layer_norm_reductions_run_once_per_row(shape: tuple[int, ...]) -> None:
         assert "T.parallel" not in func.script()
 
 
+def test_matmul_with_fused_epilogue_keeps_the_vectorized_loop_nest() -> None:
+    """dlight's Reduction rule also matches matmul + bias + GELU after fusion and turns it
+    into one scalar dot product per output element; the matmul must stay vectorized over N."""
+    from tvm import relax, s_tir
+    from tvm.script import relax as R
+    from tvm.tirx import ForKind, IterVar
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 1, 256), "float32"))
+    w = relax.Var("w", R.Tensor((256, 1024), "float32"))
+    b = relax.Var("b", R.Tensor((1024,), "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(relax.op.matmul(x, w), b))
+            y = bb.emit_output(relax.op.nn.gelu(h))
+        bb.emit_func_output(y)
+    funcs = _scheduled(bb.get)
+    (func,) = [f for name, f in funcs.items() if "matmul" in name]
+    sch = s_tir.Schedule(func)
+    reductions = [blk for blk in sch.get_child_blocks(sch.get_sblock("root"))
+                  if any(iv.iter_type == IterVar.CommReduce for iv in sch.get(blk).iter_vars)]
+    assert reductions
+    for blk in reductions:
+        assert sch.get(sch.get_loops(blk)[-1]).kind == ForKind.VECTORIZED
+
+
 def test_layer_norm_decode_shape_matches_numpy() -> None:
     import tvm
     from tvm import relax
