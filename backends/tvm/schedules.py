@@ -11,14 +11,16 @@ Rules, first match wins per PrimFunc (dlight's `ApplyDefaultSchedule`):
      `vector` lanes x `unroll` vectors, the one before it into `rows` register rows; loops
      run (parallel outer spatial, reduction, rows, unroll, lanes) so one weight vector
      feeds `rows` accumulators and each output tile stays in registers across the
-     reduction; the init is split off (`decompose_reduction`) and vectorized as well;
+     reduction (one-row matmuls, the decode case: `GEMV_VECTORS` vectors, so each thread
+     streams 1 KB weight row segments); loops are parallelized and vectorized, then the
+     init is split off (`decompose_reduction`) and vectorized as well;
    - spatial blocks (elementwise, transpose, pad, concat): all loops fused, split into a
      parallel outer loop and a vectorized inner loop.
 Loops run in parallel only over nests of at least `MIN_PARALLEL_WORK` iterations: waking
 TVM's thread pool costs microseconds, more than a whole batch-1 elementwise op or LayerNorm
-(a decode step has hundreds of them). Every step is tried and skipped when TIR refuses it (non-divisible extents, opaque blocks),
-so a nest always keeps a valid, if slower, schedule. Extents are static (shapes are fixed at
-compile time), which is what makes these fixed tile sizes safe.
+(a decode step has hundreds of them). Every step is tried and skipped when TIR refuses it
+(non-divisible extents, opaque blocks), so a nest always keeps a valid, if slower, schedule.
+Extents are static (shapes are fixed at compile time), which makes these fixed tiles safe.
 """
 
 from __future__ import annotations
