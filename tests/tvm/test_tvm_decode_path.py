@@ -100,6 +100,27 @@ def test_matmul_with_fused_epilogue_keeps_the_vectorized_loop_nest() -> None:
         assert sch.get(sch.get_loops(blk)[-1]).kind == ForKind.VECTORIZED
 
 
+def test_batch1_pointwise_conv_has_no_vector_loop_around_its_reduction() -> None:
+    """dlight's GEMV rule vectorized 128 outputs around mobilenet's whole squeeze-excite
+    reduction (1x1 conv 96 -> 384 at batch 1), which LLVM did not compile in minutes."""
+    from tvm import relax, s_tir
+    from tvm.script import relax as R
+    from tvm.tirx import ForKind
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 96, 1, 1), "float32"))
+    w = relax.Var("w", R.Tensor((384, 96, 1, 1), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.sigmoid(relax.op.nn.conv2d(x, w)))
+        bb.emit_func_output(y)
+    (func,) = [f for name, f in _scheduled(bb.get).items() if "conv2d" in name]
+    sch = s_tir.Schedule(func)
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(blk)
+        assert all(sch.get(lp).kind != ForKind.VECTORIZED for lp in loops[:-1])
+
+
 def test_layer_norm_decode_shape_matches_numpy() -> None:
     import tvm
     from tvm import relax
