@@ -1,7 +1,8 @@
 """TVM backend checks on this machine; prints JSON.
 
 Modes (`--mode`, comma-separated):
-- zoo: every zoo model (or --models) compiled 2:4 for `--backend=ort` and `--backend=tvm`;
+- zoo: every zoo model (or --models) compiled 2:4 for `--backend=ort` and `--backend=tvm`
+  (both with tuning off, so both prune and lower the same layers);
   both artifacts run on the same sample inputs; the bar is max|tvm - ort| / max|ort| <= 1e-4
   per output.
 - gpt_step: GPT-2-small-sized zoo decoder, one decode step at batch 1 (as bench/model_bench.py):
@@ -48,12 +49,16 @@ def _copy(model: Any) -> Any:
     return model_from_proto(to_proto(model))
 
 
-def _compile(model: Any, backend: str, sparsity: str, threads: int) -> Any:
+def _compile(model: Any, backend: str, sparsity: str, threads: int, prune_all: bool = False) -> Any:
+    """(compile result, runner). Tuning is off: the TVM backend prunes and lowers by the fixed
+    thresholds (the tuner times ORT sessions), so the ORT build must too for both to compile
+    the same graph. `prune_all`: every linear layer pruned."""
     from sparsec.backends.base import get_backend
     from sparsec.compiler import CompileOptions, compile_model
 
     result = compile_model(_copy(model), CompileOptions(backend=backend, sparsity=sparsity, bench=False,
-                                                        fidelity_samples=1, threads=threads))
+                                                        fidelity_samples=1, threads=threads,
+                                                        tune=False, prune_all=prune_all))
     return result, get_backend(backend).runner(result.compiled, threads)
 
 
@@ -121,13 +126,14 @@ def gpt_step(threads: int, size: str = "small") -> dict[str, Any]:
     for backend in ("tvm", "ort"):
         for sparsity in ("none", "2:4"):
             key = f"{backend}_{'dense' if sparsity == 'none' else '2of4'}"
-            results[key], runs[key] = _compile(model, backend, sparsity, threads)
+            results[key], runs[key] = _compile(model, backend, sparsity, threads, prune_all=True)
     feeds = sample_inputs(results["tvm_2of4"].model, seed=3)
     out = {k: r(feeds) for k, r in runs.items()}
     timings = time_side_by_side({k: (lambda r=r: r(feeds)) for k, r in runs.items()}, label="gpt step", budget_s=40)
     ms = {k: t.median_ms for k, t in timings.items()}
     return {
         "case": f"{'gpt2-small' if size == 'small' else 'zoo gpt (4 layers, hidden 256)'} decode step, batch 1, 2:4 on all linear layers",
+        "options": "tune=False, prune_all=True on both backends (the same lowered graph: every linear layer 2:4 on the C kernels)",
         "timings": _timing_row(timings),
         "tvm_sparse_speedup_over_tvm_dense": round(ms["tvm_dense"] / ms["tvm_2of4"], 3),
         "tvm_2of4_over_ort_2of4": round(ms["tvm_2of4"] / ms["ort_2of4"], 3),

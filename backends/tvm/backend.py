@@ -23,7 +23,7 @@ from sparsec.backends.tvm.session import LIBRARY, PARAMS, SIGNATURE, TvmSession
 from sparsec.backends.tvm.target_spec import TvmTargetSpec, host_spec
 from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import inline_copy, to_proto
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
 
 # ONNX element types -> numpy dtype names, for the signature file
@@ -61,7 +61,9 @@ class TvmBackend(Backend):
         from sparsec.backends.tvm.build import build_model
 
         spec = self._spec = spec_for(target)
-        proto = to_proto(model)
+        # TVM's importer reads weights from the proto: spilled (external-data) weights of a
+        # big model are loaded into memory first (GPT-2 small failed to import without this).
+        proto = to_proto(inline_copy(model))
         built = build_model(proto, spec)
         inits = {i.name for i in proto.graph.initializer}
         inputs = []

@@ -125,7 +125,7 @@ def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
         "import_s": round(t1 - t0, 2),
         "compile_s": round(t2 - t1, 2),
         "link_s": round(t3 - t2, 2),
-        "schedules": "dlight CPU GEMV/Reduction, then sparsec LoopNestCPU (backends/tvm/schedules.py)",
+        "schedules": "dlight CPU GEMV, RowReduction (dlight Reduction where it parallelizes rows), then sparsec LoopNestCPU (backends/tvm/schedules.py)",
         "sparse_kernels": "sparsec C kernels linked into model.so (packed functions sparsec_nm_matmul, sparsec_block_matmul)",
     }
     return TvmBuild(
