@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from sparsec.calib.stats import LayerStats
 from sparsec.errors import PipelineError
@@ -111,13 +112,24 @@ def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: flo
     `resid` (X~^T (R - R~), [K, N]): the target also makes up the error the skip connection
     the output is added to carries (minimises ||X~ W'^T + R~ - (X W^T + R)||).
     """
+    # Few [K, K] float64 copies alive at once (each ~1 GB for an 11008-wide LLM FFN input):
+    # the difference is formed in place, damping goes on the diagonal, the solve factors in place.
     h = stats.gram.astype(np.float64)
     lam = damp * float(np.mean(np.diag(h))) or 1e-8
     w = w2.astype(np.float64)
-    rhs = w @ (cross.T.astype(np.float64) - h)  # [rows, K]
+    diff = cross.T.astype(np.float64)
+    diff -= h
+    rhs = w @ diff  # [rows, K]
+    del diff
     if resid is not None:
-        rhs = rhs + resid.T.astype(np.float64)
-    correction = np.linalg.solve(h + lam * np.eye(h.shape[0]), rhs.T).T
+        rhs += resid.T.astype(np.float64)
+    h[np.diag_indices_from(h)] += lam
+    try:
+        correction = scipy.linalg.solve(h, rhs.T, assume_a="pos", overwrite_a=True, overwrite_b=True, check_finite=False).T
+    except np.linalg.LinAlgError:  # not positive definite after all (degenerate inputs): a general solve
+        h = stats.gram.astype(np.float64)
+        h[np.diag_indices_from(h)] += lam
+        correction = np.linalg.solve(h, (w @ (cross.T.astype(np.float64) - stats.gram) + (0 if resid is None else resid.T)).T).T
     return (w + correction).astype(w2.dtype)
 
 

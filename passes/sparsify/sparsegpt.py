@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 
 from sparsec.passes.sparsify.patterns import Pattern
 
@@ -18,28 +19,36 @@ BLOCK = 128  # columns per lazy-update block (as in the reference implementation
 
 
 def _inverse_cholesky(gram: np.ndarray, damp: float) -> tuple[torch.Tensor, np.ndarray]:
-    # In place where it can be: for an 11008-wide FFN input each float64 [K, K] copy is ~1 GB,
-    # so damping is added on the diagonal (no identity matrix) and every factor is freed as
-    # soon as the next one exists (same values as h + damp * I, fewer copies alive).
-    h = torch.from_numpy(np.array(gram, dtype=np.float64))
-    dead = torch.diag(h) == 0
+    """The upper Cholesky factor of (H + damping)^-1, in float32, and H's dead columns.
+
+    All in one float64 [K, K] buffer (each copy is ~1 GB for an 11008-wide FFN input): LAPACK
+    factors, inverts and factors again in place (H is symmetric, so its C-ordered buffer read
+    as Fortran order is H itself and nothing is copied)."""
+    h = np.array(gram, dtype=np.float64)
+    dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    mean_diag = float(torch.diag(h).mean())
-    diagonal = h.diagonal()
-    base = diagonal.clone()
+    diagonal = np.diag(h).copy()
+    mean_diag = float(diagonal.mean())
+    a = h.T  # Fortran-ordered view of the same memory
     for scale in (1.0, 10.0, 100.0, 1000.0):  # more damping until H is positive definite
-        diagonal.copy_(base + damp * scale * mean_diag)
-        chol, info = torch.linalg.cholesky_ex(h)
-        if int(info) == 0:
+        if scale > 1.0:  # a failed factorisation overwrote part of the buffer: rebuild H
+            a[...] = np.asarray(gram, dtype=np.float64).T
+            a[dead, dead] = 1.0
+        np.fill_diagonal(a, diagonal + damp * scale * mean_diag)
+        chol, info = lapack.dpotrf(a, lower=0, clean=0, overwrite_a=1)  # upper U, H = U^T U
+        if info == 0:
             break
     else:
         raise np.linalg.LinAlgError("input Gram matrix is not positive definite even with damping")
-    del h, diagonal
-    hinv = torch.cholesky_inverse(chol)
-    del chol
-    upper = torch.linalg.cholesky(hinv, upper=True)
-    del hinv
-    return upper.to(torch.float32), dead.numpy()
+    inv, info = lapack.dpotri(chol, lower=0, overwrite_c=1)  # upper triangle of H^-1
+    if info != 0:
+        raise np.linalg.LinAlgError("inverting the damped Gram matrix failed")
+    upper, info = lapack.dpotrf(inv, lower=0, clean=0, overwrite_a=1)  # H^-1 = U'^T U'
+    if info != 0:
+        raise np.linalg.LinAlgError("the inverse Gram matrix is not positive definite")
+    for i in range(1, upper.shape[0]):  # clear the stale lower triangle row by row (no index arrays)
+        upper[i, :i] = 0.0
+    return torch.from_numpy(upper.astype(np.float32)), dead
 
 
 def sparsegpt_prune(
