@@ -1,10 +1,31 @@
-"""The CLI's `--moe=experts:16,active:0.25[,method:weights,router:centroid]` -> moefy-ffn text."""
+"""The CLI's `--moe=...` -> pass text: `experts:16,active:0.25[,method:weights,router:centroid]`
+splits dense FFNs (moefy-ffn); `prune-experts:0.5` and/or `top-k:1` slim routed models
+(prune-experts, moe-top-k; exported MoE blocks are lifted first)."""
 
 from __future__ import annotations
 
 from sparsec.errors import OptionError
 
 _KEYS = ("experts", "active", "method", "router", "gating")
+_SLIM_KEYS = ("prune-experts", "top-k")
+
+
+def _slim_pass_text(spec: str, fields: dict[str, str]) -> str:
+    passes = []
+    if "prune-experts" in fields:
+        try:
+            keep = float(fields["prune-experts"])
+        except ValueError:
+            keep = -1.0
+        if not 0.0 < keep <= 1.0:
+            raise OptionError(f"--moe={spec}: prune-experts takes the fraction of experts to keep, in (0, 1] (e.g. 0.5)")
+        passes.append(f"prune-experts{{keep={keep:g}}}")
+    if "top-k" in fields:
+        value = fields["top-k"]
+        if not value.isdigit() or int(value) < 1:
+            raise OptionError(f"--moe={spec}: top-k takes a positive whole number of experts (e.g. 1)")
+        passes.append(f"moe-top-k{{k={int(value)}}}")
+    return ",".join(passes)
 
 
 def moe_pass_text(spec: str) -> str:
@@ -13,10 +34,14 @@ def moe_pass_text(spec: str) -> str:
     for part in spec.strip().split(","):
         key, sep, value = part.partition(":")
         key, value = key.strip().lower(), value.strip()
-        if not sep or key not in _KEYS or not value:
-            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G], "
-                              f"got '{part}'")
+        if not sep or key not in (*_KEYS, *_SLIM_KEYS) or not value:
+            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G] "
+                              f"or prune-experts:FRACTION[,top-k:K], got '{part}'")
         fields[key] = value
+    if any(k in fields for k in _SLIM_KEYS):
+        if any(k in fields for k in _KEYS):
+            raise OptionError(f"--moe={spec}: prune-experts/top-k slim routed models; they do not mix with experts/active")
+        return _slim_pass_text(spec, fields)
     if spec.strip().lower() == "auto" or "experts" not in fields or "active" not in fields:
         raise OptionError(f"--moe={spec}: give experts:E and active:FRACTION (e.g. experts:16,active:0.25)")
     try:
