@@ -109,6 +109,8 @@ class MoefyFFN(Pass):
     include: tuple[str, ...] = option(("*",), "globs on FFN (down projection) names to convert")
     exclude: tuple[str, ...] = option((), "globs on FFN names to leave dense")
     samples: int = option(4096, "most calibration rows per FFN used for partitioning, router and fidelity (0 = all)")
+    active: float = option(0.0, "> 0: choose top_k per FFN from calibration data so this fraction of all FFN neurons is "
+                                "active (shared allocator; sensitive layers keep more experts); top_k is then unused")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -117,12 +119,14 @@ class MoefyFFN(Pass):
             raise OptionError(f"moefy-ffn: router must be one of {', '.join(ROUTERS)}, got '{self.router}'")
         if self.gating not in GATINGS:
             raise OptionError(f"moefy-ffn: gating must be one of {', '.join(GATINGS)}, got '{self.gating}'")
+        if not 0.0 <= self.active <= 1.0:
+            raise OptionError(f"moefy-ffn: active must be a fraction in (0, 1] (0: uniform top_k), got {self.active}")
         if self.experts < 1 or not 1 <= self.top_k <= self.experts:
             raise OptionError(f"moefy-ffn: need experts >= 1 and 1 <= top_k <= experts, got experts={self.experts} top_k={self.top_k}")
 
     @property
     def needs_data(self) -> bool:
-        return self.method == "coactivation" or self.router == "learned"
+        return self.method == "coactivation" or self.router == "learned" or self.active > 0
 
     def _skip_reason(self, ffn: FFN) -> str | None:
         if not any(fnmatch.fnmatchcase(ffn.name, p) for p in self.include) or any(
@@ -151,6 +155,7 @@ class MoefyFFN(Pass):
                 ctx.record(self.name, ffn.name, decision="skip", reason=reason, **ffn.describe())
         data = calibration_inputs(model, chosen, ctx, self.samples) if chosen and self.needs_data else {}
         per_layer: dict[str, dict] = {}
+        built = []
         for i, ffn in enumerate(chosen):
             x = data.get(ffn.input.name)
             if x is None:  # data-free: fidelity on standard-normal inputs
@@ -166,21 +171,32 @@ class MoefyFFN(Pass):
                 labels = partition_by_weights(ffn.first.weight, self.experts, seed=ctx.seed)
             ex = split_experts(ffn, expert_permutation(labels, self.experts), self.experts)
             router = learned_router(x, ex, ffn.activation) if self.router == "learned" else centroid_router(ex)
+            built.append((ffn, x, x_eval, ex, router))
+        top_ks = [self.top_k] * len(built)
+        allocation: dict[str, float] = {}
+        if self.active > 0 and built:
+            from sparsec.passes.moe.per_layer_k import choose_top_k
+
+            top_ks, allocation = choose_top_k([(f.name, xe, ex, r, f.activation) for f, _, xe, ex, r in built],
+                                              self.experts, self.active, self.gating)
+        for (ffn, x, x_eval, ex, router), top_k in zip(built, top_ks, strict=True):
             ref = dense_forward(x_eval, ex, ffn.activation)
-            got = moe_forward(x_eval, ex, router[0], router[1], self.top_k, ffn.activation, self.gating)
+            got = moe_forward(x_eval, ex, router[0], router[1], top_k, ffn.activation, self.gating)
             fid = _row_fidelity(ref, got)
             desc = ffn.describe()
-            insert_moe(model, ffn, ex, router, self.top_k, self.gating)
-            info = {**desc, "experts": self.experts, "top_k": self.top_k, "active_fraction": round(self.top_k / self.experts, 6),
+            insert_moe(model, ffn, ex, router, top_k, self.gating)
+            info = {**desc, "experts": self.experts, "top_k": top_k, "active_fraction": round(top_k / self.experts, 6),
                     "method": self.method, "router": self.router, "gating": self.gating,
+                    "top_k_choice": "per layer (calibration, allocator)" if self.active > 0 else "uniform",
                     "fidelity_inputs": "calibration" if x is not None else "standard normal", **fid}
             per_layer[ffn.name] = info
-            ctx.record(self.name, ffn.name, decision=f"moe {self.top_k}/{self.experts}", **info)
+            ctx.record(self.name, ffn.name, decision=f"moe {top_k}/{self.experts}", **info)
         if chosen:
             model.opset_imports.setdefault(DOMAIN, 1)
             RemoveUnusedNodesPass()(model)
         stats = {"ffns_found": len(found), "ffns_converted": len(chosen), "ffns_skipped": len(skipped),
                  "skipped": skipped,
                  "layer_cosine": {k: v["cosine"] for k, v in per_layer.items()},
-                 "mean_layer_cosine": round(float(np.mean([v["cosine"] for v in per_layer.values()])), 6) if per_layer else None}
+                 "mean_layer_cosine": round(float(np.mean([v["cosine"] for v in per_layer.values()])), 6) if per_layer else None,
+                 "layer_top_k": {k: v["top_k"] for k, v in per_layer.items()}, **allocation}
         return PassResult(changed=bool(chosen), stats=stats)

@@ -1,12 +1,13 @@
-"""The CLI's `--moe=...` -> pass text: `experts:16,active:0.25[,method:weights,router:centroid]`
-splits dense FFNs (moefy-ffn); `prune-experts:0.5` and/or `top-k:1` slim routed models
+"""The CLI's `--moe=...` -> pass text: `experts:16,active:0.25[,method:weights,router:centroid,
+k:per-layer]` splits dense FFNs (moefy-ffn; `k:per-layer` chooses top_k per FFN from calibration
+data at the same average); `prune-experts:0.5` and/or `top-k:1` slim routed models
 (prune-experts, moe-top-k; exported MoE blocks are lifted first)."""
 
 from __future__ import annotations
 
 from sparsec.errors import OptionError
 
-_KEYS = ("experts", "active", "method", "router", "gating")
+_KEYS = ("experts", "active", "method", "router", "gating", "k")
 _SLIM_KEYS = ("prune-experts", "top-k")
 
 
@@ -35,7 +36,7 @@ def moe_pass_text(spec: str) -> str:
         key, sep, value = part.partition(":")
         key, value = key.strip().lower(), value.strip()
         if not sep or key not in (*_KEYS, *_SLIM_KEYS) or not value:
-            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G] "
+            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G,k:K] "
                               f"or prune-experts:FRACTION[,top-k:K], got '{part}'")
         fields[key] = value
     if any(k in fields for k in _SLIM_KEYS):
@@ -54,4 +55,9 @@ def moe_pass_text(spec: str) -> str:
     if top_k < 1 or abs(top_k - active * experts) > 1e-6:
         raise OptionError(f"--moe={spec}: active={active:g} of {experts} experts is not a whole number of experts")
     extra = "".join(f" {k}={fields[k]}" for k in ("method", "router", "gating") if k in fields)
+    choice = fields.get("k", "uniform").lower()
+    if choice not in ("uniform", "per-layer"):
+        raise OptionError(f"--moe={spec}: k is uniform (every FFN runs active x experts) or per-layer (calibrated)")
+    if choice == "per-layer":  # the allocator picks each FFN's top_k; the average stays at `active`
+        extra += f" active={active:g}"
     return f"moefy-ffn{{experts={experts} top_k={top_k}{extra}}}"
