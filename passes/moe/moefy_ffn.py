@@ -51,22 +51,33 @@ def _row_fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"cosine": round(cos, 6), "rel_l2": round(rel, 6)}
 
 
-def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int) -> dict[str, np.ndarray]:
-    """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration."""
+def residual_stream(ffn: FFN) -> ir.Value | None:
+    """What the FFN's output is added to (the other input of its residual Add), if found."""
+    if ffn.residual is None:
+        return None
+    others = [v for v in ffn.residual.inputs if v is not None and v is not ffn.output]
+    return others[0] if len(others) == 1 else None
+
+
+def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int,
+                       extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration;
+    `extra` values with the same rows come along, subsampled at the same rows."""
     from sparsec.calib.runner import CalibrationRunner
     from sparsec.calib.stats import require_calibration
 
-    calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned}")
-    names = sorted({f.input.name for f in ffns})
+    calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned} / {active=...}")
+    names = sorted({f.input.name for f in ffns} | set(extra))
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     runner = CalibrationRunner(model, calib)
     for outs in runner.values(names, real_rows=True):
         for n in names:
             parts[n].append(outs[n].reshape(-1, outs[n].shape[-1]))
     rows = {n: np.concatenate(p, axis=0).astype(np.float32) for n, p in parts.items()}
-    if samples > 0:
-        rng = np.random.default_rng(ctx.seed)
-        rows = {n: (r if len(r) <= samples else r[np.sort(rng.choice(len(r), samples, replace=False))]) for n, r in rows.items()}
+    count = len(next(iter(rows.values())))
+    if 0 < samples < count:
+        keep = np.sort(np.random.default_rng(ctx.seed).choice(count, samples, replace=False))
+        rows = {n: r[keep] if len(r) == count else r for n, r in rows.items()}
     return rows
 
 
@@ -153,7 +164,9 @@ class MoefyFFN(Pass):
             else:
                 skipped[ffn.name] = reason
                 ctx.record(self.name, ffn.name, decision="skip", reason=reason, **ffn.describe())
-        data = calibration_inputs(model, chosen, ctx, self.samples) if chosen and self.needs_data else {}
+        streams = {f.name: residual_stream(f) for f in chosen} if self.active > 0 else {}
+        extra = tuple(v.name for v in streams.values() if v is not None)
+        data = calibration_inputs(model, chosen, ctx, self.samples, extra) if chosen and self.needs_data else {}
         per_layer: dict[str, dict] = {}
         built = []
         for i, ffn in enumerate(chosen):
@@ -177,8 +190,9 @@ class MoefyFFN(Pass):
         if self.active > 0 and built:
             from sparsec.passes.moe.per_layer_k import choose_top_k
 
-            top_ks, allocation = choose_top_k([(f.name, xe, ex, r, f.activation) for f, _, xe, ex, r in built],
-                                              self.experts, self.active, self.gating)
+            top_ks, allocation = choose_top_k(
+                [(f.name, xe, ex, r, f.activation, data.get(streams[f.name].name) if streams[f.name] is not None else None)
+                 for f, _, xe, ex, r in built], self.experts, self.active, self.gating)
         for (ffn, x, x_eval, ex, router), top_k in zip(built, top_ks, strict=True):
             ref = dense_forward(x_eval, ex, ffn.activation)
             got = moe_forward(x_eval, ex, router[0], router[1], top_k, ffn.activation, self.gating)

@@ -2,9 +2,11 @@
 FFN neurons where calibration data says it matters.
 
 Each FFN is an item whose options are top_k = E, E-1, ..., 1 (the first: all experts, no
-change); an option's damage is 1 - mean cosine of the FFN's output against the dense FFN on
-the layer's calibration rows, its benefit the neurons it leaves inactive per token
-((E - k) * F / E). `meet_benefit` finds the least total damage that leaves at least
+change); an option's damage is the squared error it adds to the residual stream, relative to
+that stream (||FFN_k(x) - FFN(x)||^2 / ||r + FFN(x)||^2 summed over the layer's calibration
+rows, r what the FFN's output is added to; the FFN's own output where no residual was
+found): an FFN whose output is small next to the stream it joins can lose more experts. Its
+benefit is the neurons it leaves inactive per token ((E - k) * F / E). `meet_benefit` finds the least total damage that leaves at least
 (1 - active) of all FFN neurons inactive, so sensitive layers keep more experts.
 """
 
@@ -24,8 +26,10 @@ def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
-def k_curve(x: np.ndarray, ex: Experts, router: tuple[np.ndarray, np.ndarray], activation: str, gating: str) -> np.ndarray:
-    """Mean cosine vs the dense FFN for top_k = 1..E (index k-1), from one pass over the experts."""
+def k_curve(x: np.ndarray, ex: Experts, router: tuple[np.ndarray, np.ndarray], activation: str, gating: str,
+            stream: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For top_k = 1..E (index k-1): mean cosine vs the dense FFN, and the squared error
+    relative to the residual stream (stream + dense output; the dense output alone if None)."""
     x = x[:_ROWS]
     e, _, f = ex.w1.shape
     h = hidden_activations(x, ex, activation).astype(np.float32)  # [T, E*F]
@@ -33,25 +37,29 @@ def k_curve(x: np.ndarray, ex: Experts, router: tuple[np.ndarray, np.ndarray], a
     per_expert = np.stack([h[:, i * f:(i + 1) * f] @ ex.w2[i] for i in range(e)])
     dense = per_expert.sum(axis=0) + ex.b2
     logits = x.astype(np.float64) @ router[0] + router[1]
-    out = np.empty(e)
+    joined = dense if stream is None else dense + stream[:_ROWS]
+    scale = max(float(np.sum(joined.astype(np.float64) ** 2)), 1e-30)
+    cos, err = np.empty(e), np.empty(e)
     for k in range(1, e + 1):
         g = gates(logits, k, gating).astype(np.float32)  # [T, E]
-        out[k - 1] = _cosine(dense, np.einsum("te,etd->td", g, per_expert) + ex.b2)
-    return out
+        got = np.einsum("te,etd->td", g, per_expert) + ex.b2
+        cos[k - 1] = _cosine(dense, got)
+        err[k - 1] = float(np.sum((got - dense).astype(np.float64) ** 2)) / scale
+    return cos, err
 
 
-def choose_top_k(layers: list[tuple[str, np.ndarray, Experts, tuple[np.ndarray, np.ndarray], str]], experts: int,
-                 active: float, gating: str) -> tuple[list[int], dict]:
-    """top_k per layer (name, rows, experts, router, activation) so that `active` of all
-    FFN neurons run per token, and what the allocator predicted."""
+def choose_top_k(layers: list[tuple[str, np.ndarray, Experts, tuple[np.ndarray, np.ndarray], str, np.ndarray | None]],
+                 experts: int, active: float, gating: str) -> tuple[list[int], dict]:
+    """top_k per layer (name, rows, experts, router, activation, residual-stream rows or None)
+    so that `active` of all FFN neurons run per token, and what the allocator predicted."""
     options, curves, total = [], {}, 0.0
-    for name, x, ex, router, act in layers:
-        cos = k_curve(x, ex, router, act, gating)
+    for name, x, ex, router, act, stream in layers:
+        cos, err = k_curve(x, ex, router, act, gating, stream)
         curves[name] = [round(float(c), 6) for c in cos]
         f_total = ex.w1.shape[0] * ex.w1.shape[2]
         total += f_total
         ks = list(range(experts, 0, -1))
-        options.append(LayerOptions(name, [f"top_k={k}" for k in ks], np.array([1.0 - cos[k - 1] for k in ks]),
+        options.append(LayerOptions(name, [f"top_k={k}" for k in ks], np.array([err[k - 1] for k in ks]),
                                     np.array([(experts - k) * f_total / experts for k in ks], dtype=np.float64)))
     picks = meet_benefit(options, (1.0 - active) * total) if experts > 1 else [0] * len(options)
     top_ks = [experts - i for i in picks]

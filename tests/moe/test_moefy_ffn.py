@@ -117,6 +117,6 @@ def test_per_layer_top_k_gives_sensitive_layers_more_experts() -> None:
     # Router: expert 0 first for every token. Layer a: expert 0 carries nearly all the output
     # (one expert suffices); layer b: all experts matter equally.
     router = (np.zeros((d, e), np.float32), np.array([3.0, 2.0, 1.0, 0.0], np.float32))
-    layers = [("a", x, layer([1.0, 1e-3, 1e-3, 1e-3]), router, "relu"), ("b", x, layer([1.0] * 4), router, "relu")]
+    layers = [("a", x, layer([1.0, 1e-3, 1e-3, 1e-3]), router, "relu", None), ("b", x, layer([1.0] * 4), router, "relu", None)]
     top_ks, info = choose_top_k(layers, e, 0.5, "none")
     assert top_ks == [1, 3] and info["allocation"]["active_reached"] == 0.5
