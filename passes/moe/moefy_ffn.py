@@ -40,6 +40,7 @@ log = logging.getLogger("sparsec.passes.moe")
 METHODS = ("weights", "coactivation")
 ROUTERS = ("centroid", "learned")
 GATINGS = ("none", "softmax")
+SCANS = ("output", "layer")
 _RANDOM_ROWS = 512
 
 
@@ -122,8 +123,13 @@ class MoefyFFN(Pass):
     samples: int = option(4096, "most calibration rows per FFN used for partitioning, router and fidelity (0 = all)")
     active: float = option(0.0, "> 0: choose top_k per FFN from calibration data so this fraction of all FFN neurons is "
                                 "active (shared allocator; sensitive layers keep more experts); top_k is then unused")
+    scan: str = option("output", "active > 0: damage of each FFN's top_k measured on the model's output (one FFN at a "
+                                 "time) or on the FFN's own layer (residual-stream error, cheaper)")
+    scan_samples: int = option(64, "scan=output: calibration samples the scan runs")
 
     def __post_init__(self) -> None:
+        if self.scan not in SCANS:
+            raise OptionError(f"moefy-ffn: scan must be one of {', '.join(SCANS)}, got '{self.scan}'")
         if self.method not in METHODS:
             raise OptionError(f"moefy-ffn: method must be one of {', '.join(METHODS)}, got '{self.method}'")
         if self.router not in ROUTERS:
@@ -187,18 +193,31 @@ class MoefyFFN(Pass):
             built.append((ffn, x, x_eval, ex, router))
         top_ks = [self.top_k] * len(built)
         allocation: dict[str, float] = {}
-        if self.active > 0 and built:
+        descs = [ffn.describe() for ffn, *_ in built]
+        nodes: list[ir.Node | None] = [None] * len(built)
+        if self.active > 0 and built and self.scan == "output":
+            from sparsec.calib.stats import require_calibration
+            from sparsec.passes.moe.per_layer_k import choose_top_k_by_output
+
+            # Every FFN as MoE with all experts (exact), then each one's top_k scanned alone.
+            nodes = [insert_moe(model, ffn, ex, router, self.experts, self.gating) for ffn, _, _, ex, router in built]
+            calib = require_calibration(ctx, "moefy-ffn{active=...}")
+            top_ks, allocation = choose_top_k_by_output(model, nodes, self.experts, self.active,
+                                                        calib.head(self.scan_samples))
+        elif self.active > 0 and built:
             from sparsec.passes.moe.per_layer_k import choose_top_k
 
             top_ks, allocation = choose_top_k(
                 [(f.name, xe, ex, r, f.activation, data.get(streams[f.name].name) if streams[f.name] is not None else None)
                  for f, _, xe, ex, r in built], self.experts, self.active, self.gating)
-        for (ffn, x, x_eval, ex, router), top_k in zip(built, top_ks, strict=True):
+        for (ffn, x, x_eval, ex, router), top_k, node, desc in zip(built, top_ks, nodes, descs, strict=True):
             ref = dense_forward(x_eval, ex, ffn.activation)
             got = moe_forward(x_eval, ex, router[0], router[1], top_k, ffn.activation, self.gating)
             fid = _row_fidelity(ref, got)
-            desc = ffn.describe()
-            insert_moe(model, ffn, ex, router, top_k, self.gating)
+            if node is None:
+                insert_moe(model, ffn, ex, router, top_k, self.gating)
+            else:
+                node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
             info = {**desc, "experts": self.experts, "top_k": top_k, "active_fraction": round(top_k / self.experts, 6),
                     "method": self.method, "router": self.router, "gating": self.gating,
                     "top_k_choice": "per layer (calibration, allocator)" if self.active > 0 else "uniform",

@@ -1,6 +1,11 @@
 """Per-layer top_k for `moefy-ffn{active=...}`: the shared allocator spends a budget of active
 FFN neurons where calibration data says it matters.
 
+`scan=output` (default): every FFN is MoE-fied with all experts (exact); then each FFN alone
+runs at top_k on a grid of values and the damage is 1 - mean cosine of the model's outputs
+against the dense model on calibration samples (errors compound through later layers, which
+layer-local measures miss). `scan=layer`, below, measures each FFN on its own rows.
+
 Each FFN is an item whose options are top_k = E, E-1, ..., 1 (the first: all experts, no
 change); an option's damage is the squared error it adds to the residual stream, relative to
 that stream (||FFN_k(x) - FFN(x)||^2 / ||r + FFN(x)||^2 summed over the layer's calibration
@@ -13,6 +18,7 @@ benefit is the neurons it leaves inactive per token ((E - k) * F / E). `meet_ben
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from sparsec.allocator import LayerOptions, meet_benefit, totals
 from sparsec.passes.moe.experts import Experts, gates, hidden_activations
@@ -65,5 +71,47 @@ def choose_top_k(layers: list[tuple[str, np.ndarray, Experts, tuple[np.ndarray, 
     top_ks = [experts - i for i in picks]
     t = totals(options, picks)
     info = {"allocation": {"active_target": active, "active_reached": round(1.0 - t["benefit"] / total, 6) if total else 1.0,
-                           "predicted_damage": round(t["predicted_damage"], 6), "layer_cosine_by_k": curves}}
+                           "predicted_damage": round(t["predicted_damage"], 6), "scan": "layer", "layer_cosine_by_k": curves}}
+    return top_ks, info
+
+
+def _grid(experts: int, points: int = 8) -> list[int]:
+    """top_k values scanned (all of them for small E), largest first."""
+    if experts <= points + 1:
+        return list(range(experts, 0, -1))
+    return sorted({experts, *np.unique(np.round(np.linspace(1, experts - 1, points)).astype(int)).tolist()}, reverse=True)
+
+
+def choose_top_k_by_output(model: ir.Model, nodes: list[ir.Node], experts: int, active: float, calib) -> tuple[list[int], dict]:  # noqa: ANN001
+    """top_k per MoE node (inserted with top_k = E) from the output damage of each alone."""
+    from sparsec.calib.metrics import mean_cosine
+    from sparsec.calib.runner import CalibrationRunner
+
+    def outputs() -> list[np.ndarray]:
+        return CalibrationRunner(model, calib).outputs()
+
+    reference = outputs()
+    rows = CalibrationRunner(model, calib).output_rows()
+    ks = _grid(experts)
+    options, curves, total = [], {}, 0.0
+    for node in nodes:
+        damage = []
+        for k in ks:
+            if k == experts:
+                damage.append(0.0)
+                continue
+            node.attributes["top_k"] = ir.AttrInt64("top_k", k)
+            damage.append(1.0 - float(mean_cosine(reference, outputs(), rows)))
+        node.attributes["top_k"] = ir.AttrInt64("top_k", experts)
+        f_total = node.inputs[3].const_value.shape[0] * node.inputs[3].const_value.shape[2]
+        total += f_total
+        curves[node.name] = {str(k): round(1.0 - d, 6) for k, d in zip(ks, damage, strict=True)}
+        options.append(LayerOptions(node.name, [f"top_k={k}" for k in ks], np.array(damage),
+                                    np.array([(experts - k) * f_total / experts for k in ks], dtype=np.float64)))
+    picks = meet_benefit(options, (1.0 - active) * total) if experts > 1 else [0] * len(options)
+    top_ks = [ks[i] for i in picks]
+    t = totals(options, picks)
+    info = {"allocation": {"active_target": active, "active_reached": round(1.0 - t["benefit"] / total, 6) if total else 1.0,
+                           "predicted_damage": round(t["predicted_damage"], 6), "scan": "output",
+                           "output_cosine_by_k": curves, "scan_samples": calib.num_samples}}
     return top_ks, info
