@@ -32,8 +32,9 @@ def export(path: Path, layers: int, experts: int, hidden: int, form: str) -> Non
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
+    # Equal query and key/value heads: the TorchScript exporter cannot convert grouped-query SDPA.
     cfg = T.MixtralConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=experts,
+                          num_attention_heads=4, num_key_value_heads=4, num_local_experts=experts,
                           num_experts_per_tok=2, max_position_embeddings=64)
     inner = T.MixtralModel(cfg).eval()
     inner.set_experts_implementation(form)
