@@ -7,8 +7,9 @@ so the block is found by structure that all share and matched by numerics:
 
 - the router: a MatMul / Gemm of the block input X with a constant [D, E] (or [E, D]) weight
   whose logits reach a TopK (the experts each token runs; K is that TopK's constant);
-- the block output: the first node after the TopK that every path from it to the graph
-  outputs goes through (its post-dominator) and whose inputs come only from X and constants;
+- the block output: one of the TopK's first post-dominators (values every path from it to
+  the graph outputs goes through) computed from X and constants only; data picks the last
+  of them that holds one row per token of X (the first may still be per token and expert);
 - the experts: 3-D constants with E leading between X and that output ([E, 2F, D] gate and up
   stacked, [E, D, F] down in transformers' layout; transposed or split layouts are tried too).
 
@@ -245,7 +246,6 @@ def expert_readings(block: ExportedBlock) -> list[tuple[str, Experts]]:
     d = block.router_weight.shape[0]
     arrays = [_const(v) for v in block.expert_tensors]
     e = block.router_weight.shape[1]
-    zeros_b1 = None
     out: list[tuple[str, Experts]] = []
     for perm in itertools.permutations(range(len(arrays))):
         ordered = [arrays[i] for i in perm]
