@@ -9,7 +9,7 @@ through sparsec.runtime sessions (ORT CPU provider, same threads, spinning off).
 output is checked against its reference lowering (masked dense ONNX) on the same input.
 
     .venv/bin/python bench/moe_bench.py [--chain 8] [--tokens 1,128] [--threads 2]
-    .venv/bin/python bench/moe_bench.py --minilm [--calib 256] [--eval 500]
+    .venv/bin/python bench/moe_bench.py --minilm [--calib 256] [--eval 500] [--k uniform,per-layer]
 
 `--minilm`: the real MiniLM with every FFN MoE-fied (16 experts), the curve of embedding
 cosine vs dense on held-out sentences at 12.5, 25, 50 and 75% of experts active, for the
@@ -108,26 +108,34 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
     }
 
 
-def minilm_curve(n_calib: int, n_eval: int) -> dict:
+VARIANTS = (("weights", "centroid"), ("coactivation", "learned"), ("weights", "learned"))
+
+
+def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0.25, 0.5, 0.75),  # noqa: ANN001
+                 k_choices=("uniform",)) -> dict:
     from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
     from sparsec.pm import PassContext, PassManager, parse_pipeline
 
     task = minilm_task(n_calib=n_calib, n_eval=n_eval)
     dense = _run_all(task.model, task.eval_feeds)
     rows = []
-    for method, router in (("weights", "centroid"), ("coactivation", "learned"), ("weights", "learned")):
-        for active in (0.125, 0.25, 0.5, 0.75):
-            top_k = round(16 * active)
-            model = task.model.clone()
-            ctx = PassContext(calibration=task.calib)
-            text = f"moefy-ffn{{experts=16 top_k={top_k} method={method} router={router}}}"
-            record = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)[0]
-            got = _run_all(model, task.eval_feeds)
-            layer_cos = [d["cosine"] for d in ctx.decisions if d["pass"] == "moefy-ffn" and "cosine" in d]
-            rows.append({"method": method, "router": router, "active": active, "top_k": top_k,
-                         "ffns": record.stats["ffns_converted"], **_embedding_metrics(dense, got),
-                         "mean_layer_cosine": round(float(np.mean(layer_cos)), 6)})
-            print(json.dumps(rows[-1]), flush=True)
+    for method, router in variants:
+        for active in actives:
+            for k_choice in k_choices:
+                top_k = round(16 * active)
+                model = task.model.clone()
+                ctx = PassContext(calibration=task.calib)
+                per_layer = f" active={active}" if k_choice == "per-layer" else ""
+                text = f"moefy-ffn{{experts=16 top_k={top_k} method={method} router={router}{per_layer}}}"
+                record = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)[0]
+                got = _run_all(model, task.eval_feeds)
+                moe = [d for d in ctx.decisions if d["pass"] == "moefy-ffn" and "cosine" in d]
+                rows.append({"method": method, "router": router, "active": active, "k": k_choice,
+                             "layer_top_k": [d["top_k"] for d in moe],
+                             "active_reached": round(float(np.mean([d["top_k"] for d in moe])) / 16, 6),
+                             "ffns": record.stats["ffns_converted"], **_embedding_metrics(dense, got),
+                             "mean_layer_cosine": round(float(np.mean([d["cosine"] for d in moe])), 6)})
+                print(json.dumps(rows[-1]), flush=True)
     return {"benchmark": "moe_minilm_curve", "calib_sentences": n_calib, "eval_sentences": n_eval,
             "experts": 16, "machine": machine(), "rows": rows}
 
@@ -140,9 +148,14 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="the MiniLM quality curve instead of timings")
     ap.add_argument("--calib", type=int, default=256, help="--minilm: calibration sentences")
     ap.add_argument("--eval", type=int, default=500, help="--minilm: held-out sentences")
+    ap.add_argument("--variants", default=",".join(f"{m}:{r}" for m, r in VARIANTS), help="--minilm: method:router,...")
+    ap.add_argument("--active", default="0.125,0.25,0.5,0.75", help="--minilm: active fractions")
+    ap.add_argument("--k", default="uniform", help="--minilm: uniform and/or per-layer (calibrated top_k per FFN)")
     args = ap.parse_args()
     if args.minilm:
-        print(json.dumps(minilm_curve(args.calib, args.eval), indent=1))
+        variants = [tuple(v.split(":")) for v in args.variants.split(",")]
+        actives = [float(a) for a in args.active.split(",")]
+        print(json.dumps(minilm_curve(args.calib, args.eval, variants, actives, args.k.split(",")), indent=1))
         return
     cases = []
     for tokens in (int(t) for t in args.tokens.split(",")):

@@ -6,7 +6,10 @@ from sparsec.passes.analysis import (
 )
 from sparsec.passes.attention import sparse_attention  # noqa: F401
 from sparsec.passes.lower import legalize_dense  # noqa: F401
-from sparsec.passes.moe import moefy_ffn  # noqa: F401
+from sparsec.passes.moe import (
+    moefy_ffn,  # noqa: F401
+    slim_experts,  # noqa: F401
+)
 from sparsec.passes.recover import recover  # noqa: F401
 from sparsec.passes.sparsify import (
     allocate,  # noqa: F401

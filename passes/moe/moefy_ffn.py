@@ -40,6 +40,7 @@ log = logging.getLogger("sparsec.passes.moe")
 METHODS = ("weights", "coactivation")
 ROUTERS = ("centroid", "learned")
 GATINGS = ("none", "softmax")
+SCANS = ("output", "layer")
 _RANDOM_ROWS = 512
 
 
@@ -51,22 +52,33 @@ def _row_fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"cosine": round(cos, 6), "rel_l2": round(rel, 6)}
 
 
-def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int) -> dict[str, np.ndarray]:
-    """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration."""
+def residual_stream(ffn: FFN) -> ir.Value | None:
+    """What the FFN's output is added to (the other input of its residual Add), if found."""
+    if ffn.residual is None:
+        return None
+    others = [v for v in ffn.residual.inputs if v is not None and v is not ffn.output]
+    return others[0] if len(others) == 1 else None
+
+
+def calibration_inputs(model: ir.Model, ffns: list[FFN], ctx: PassContext, samples: int,
+                       extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """FFN input rows [T, D] (real tokens only) per FFN input value name, from ctx.calibration;
+    `extra` values with the same rows come along, subsampled at the same rows."""
     from sparsec.calib.runner import CalibrationRunner
     from sparsec.calib.stats import require_calibration
 
-    calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned}")
-    names = sorted({f.input.name for f in ffns})
+    calib = require_calibration(ctx, "moefy-ffn{method=coactivation} / {router=learned} / {active=...}")
+    names = sorted({f.input.name for f in ffns} | set(extra))
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     runner = CalibrationRunner(model, calib)
     for outs in runner.values(names, real_rows=True):
         for n in names:
             parts[n].append(outs[n].reshape(-1, outs[n].shape[-1]))
     rows = {n: np.concatenate(p, axis=0).astype(np.float32) for n, p in parts.items()}
-    if samples > 0:
-        rng = np.random.default_rng(ctx.seed)
-        rows = {n: (r if len(r) <= samples else r[np.sort(rng.choice(len(r), samples, replace=False))]) for n, r in rows.items()}
+    count = len(next(iter(rows.values())))
+    if 0 < samples < count:
+        keep = np.sort(np.random.default_rng(ctx.seed).choice(count, samples, replace=False))
+        rows = {n: r[keep] if len(r) == count else r for n, r in rows.items()}
     return rows
 
 
@@ -109,20 +121,29 @@ class MoefyFFN(Pass):
     include: tuple[str, ...] = option(("*",), "globs on FFN (down projection) names to convert")
     exclude: tuple[str, ...] = option((), "globs on FFN names to leave dense")
     samples: int = option(4096, "most calibration rows per FFN used for partitioning, router and fidelity (0 = all)")
+    active: float = option(0.0, "> 0: choose top_k per FFN from calibration data so this fraction of all FFN neurons is "
+                                "active (shared allocator; sensitive layers keep more experts); top_k is then unused")
+    scan: str = option("output", "active > 0: damage of each FFN's top_k measured on the model's output (one FFN at a "
+                                 "time) or on the FFN's own layer (residual-stream error, cheaper)")
+    scan_samples: int = option(64, "scan=output: calibration samples the scan runs")
 
     def __post_init__(self) -> None:
+        if self.scan not in SCANS:
+            raise OptionError(f"moefy-ffn: scan must be one of {', '.join(SCANS)}, got '{self.scan}'")
         if self.method not in METHODS:
             raise OptionError(f"moefy-ffn: method must be one of {', '.join(METHODS)}, got '{self.method}'")
         if self.router not in ROUTERS:
             raise OptionError(f"moefy-ffn: router must be one of {', '.join(ROUTERS)}, got '{self.router}'")
         if self.gating not in GATINGS:
             raise OptionError(f"moefy-ffn: gating must be one of {', '.join(GATINGS)}, got '{self.gating}'")
+        if not 0.0 <= self.active <= 1.0:
+            raise OptionError(f"moefy-ffn: active must be a fraction in (0, 1] (0: uniform top_k), got {self.active}")
         if self.experts < 1 or not 1 <= self.top_k <= self.experts:
             raise OptionError(f"moefy-ffn: need experts >= 1 and 1 <= top_k <= experts, got experts={self.experts} top_k={self.top_k}")
 
     @property
     def needs_data(self) -> bool:
-        return self.method == "coactivation" or self.router == "learned"
+        return self.method == "coactivation" or self.router == "learned" or self.active > 0
 
     def _skip_reason(self, ffn: FFN) -> str | None:
         if not any(fnmatch.fnmatchcase(ffn.name, p) for p in self.include) or any(
@@ -149,8 +170,11 @@ class MoefyFFN(Pass):
             else:
                 skipped[ffn.name] = reason
                 ctx.record(self.name, ffn.name, decision="skip", reason=reason, **ffn.describe())
-        data = calibration_inputs(model, chosen, ctx, self.samples) if chosen and self.needs_data else {}
+        streams = {f.name: residual_stream(f) for f in chosen} if self.active > 0 else {}
+        extra = tuple(v.name for v in streams.values() if v is not None)
+        data = calibration_inputs(model, chosen, ctx, self.samples, extra) if chosen and self.needs_data else {}
         per_layer: dict[str, dict] = {}
+        built = []
         for i, ffn in enumerate(chosen):
             x = data.get(ffn.input.name)
             if x is None:  # data-free: fidelity on standard-normal inputs
@@ -166,21 +190,46 @@ class MoefyFFN(Pass):
                 labels = partition_by_weights(ffn.first.weight, self.experts, seed=ctx.seed)
             ex = split_experts(ffn, expert_permutation(labels, self.experts), self.experts)
             router = learned_router(x, ex, ffn.activation) if self.router == "learned" else centroid_router(ex)
+            built.append((ffn, x, x_eval, ex, router))
+        top_ks = [self.top_k] * len(built)
+        allocation: dict[str, float] = {}
+        descs = [ffn.describe() for ffn, *_ in built]
+        nodes: list[ir.Node | None] = [None] * len(built)
+        if self.active > 0 and built and self.scan == "output":
+            from sparsec.calib.stats import require_calibration
+            from sparsec.passes.moe.per_layer_k import choose_top_k_by_output
+
+            # Every FFN as MoE with all experts (exact), then each one's top_k scanned alone.
+            nodes = [insert_moe(model, ffn, ex, router, self.experts, self.gating) for ffn, _, _, ex, router in built]
+            calib = require_calibration(ctx, "moefy-ffn{active=...}")
+            top_ks, allocation = choose_top_k_by_output(model, nodes, self.experts, self.active,
+                                                        calib.head(self.scan_samples))
+        elif self.active > 0 and built:
+            from sparsec.passes.moe.per_layer_k import choose_top_k
+
+            top_ks, allocation = choose_top_k(
+                [(f.name, xe, ex, r, f.activation, data.get(streams[f.name].name) if streams[f.name] is not None else None)
+                 for f, _, xe, ex, r in built], self.experts, self.active, self.gating)
+        for (ffn, x, x_eval, ex, router), top_k, node, desc in zip(built, top_ks, nodes, descs, strict=True):
             ref = dense_forward(x_eval, ex, ffn.activation)
-            got = moe_forward(x_eval, ex, router[0], router[1], self.top_k, ffn.activation, self.gating)
+            got = moe_forward(x_eval, ex, router[0], router[1], top_k, ffn.activation, self.gating)
             fid = _row_fidelity(ref, got)
-            desc = ffn.describe()
-            insert_moe(model, ffn, ex, router, self.top_k, self.gating)
-            info = {**desc, "experts": self.experts, "top_k": self.top_k, "active_fraction": round(self.top_k / self.experts, 6),
+            if node is None:
+                insert_moe(model, ffn, ex, router, top_k, self.gating)
+            else:
+                node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
+            info = {**desc, "experts": self.experts, "top_k": top_k, "active_fraction": round(top_k / self.experts, 6),
                     "method": self.method, "router": self.router, "gating": self.gating,
+                    "top_k_choice": "per layer (calibration, allocator)" if self.active > 0 else "uniform",
                     "fidelity_inputs": "calibration" if x is not None else "standard normal", **fid}
             per_layer[ffn.name] = info
-            ctx.record(self.name, ffn.name, decision=f"moe {self.top_k}/{self.experts}", **info)
+            ctx.record(self.name, ffn.name, decision=f"moe {top_k}/{self.experts}", **info)
         if chosen:
             model.opset_imports.setdefault(DOMAIN, 1)
             RemoveUnusedNodesPass()(model)
         stats = {"ffns_found": len(found), "ffns_converted": len(chosen), "ffns_skipped": len(skipped),
                  "skipped": skipped,
                  "layer_cosine": {k: v["cosine"] for k, v in per_layer.items()},
-                 "mean_layer_cosine": round(float(np.mean([v["cosine"] for v in per_layer.values()])), 6) if per_layer else None}
+                 "mean_layer_cosine": round(float(np.mean([v["cosine"] for v in per_layer.values()])), 6) if per_layer else None,
+                 "layer_top_k": {k: v["top_k"] for k, v in per_layer.items()}, **allocation}
         return PassResult(changed=bool(chosen), stats=stats)

@@ -1,10 +1,32 @@
-"""The CLI's `--moe=experts:16,active:0.25[,method:weights,router:centroid]` -> moefy-ffn text."""
+"""The CLI's `--moe=...` -> pass text: `experts:16,active:0.25[,method:weights,router:centroid,
+k:per-layer]` splits dense FFNs (moefy-ffn; `k:per-layer` chooses top_k per FFN from calibration
+data at the same average); `prune-experts:0.5` and/or `top-k:1` slim routed models
+(prune-experts, moe-top-k; exported MoE blocks are lifted first)."""
 
 from __future__ import annotations
 
 from sparsec.errors import OptionError
 
-_KEYS = ("experts", "active", "method", "router", "gating")
+_KEYS = ("experts", "active", "method", "router", "gating", "k")
+_SLIM_KEYS = ("prune-experts", "top-k")
+
+
+def _slim_pass_text(spec: str, fields: dict[str, str]) -> str:
+    passes = []
+    if "prune-experts" in fields:
+        try:
+            keep = float(fields["prune-experts"])
+        except ValueError:
+            keep = -1.0
+        if not 0.0 < keep <= 1.0:
+            raise OptionError(f"--moe={spec}: prune-experts takes the fraction of experts to keep, in (0, 1] (e.g. 0.5)")
+        passes.append(f"prune-experts{{keep={keep:g}}}")
+    if "top-k" in fields:
+        value = fields["top-k"]
+        if not value.isdigit() or int(value) < 1:
+            raise OptionError(f"--moe={spec}: top-k takes a positive whole number of experts (e.g. 1)")
+        passes.append(f"moe-top-k{{k={int(value)}}}")
+    return ",".join(passes)
 
 
 def moe_pass_text(spec: str) -> str:
@@ -13,10 +35,14 @@ def moe_pass_text(spec: str) -> str:
     for part in spec.strip().split(","):
         key, sep, value = part.partition(":")
         key, value = key.strip().lower(), value.strip()
-        if not sep or key not in _KEYS or not value:
-            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G], "
-                              f"got '{part}'")
+        if not sep or key not in (*_KEYS, *_SLIM_KEYS) or not value:
+            raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G,k:K] "
+                              f"or prune-experts:FRACTION[,top-k:K], got '{part}'")
         fields[key] = value
+    if any(k in fields for k in _SLIM_KEYS):
+        if any(k in fields for k in _KEYS):
+            raise OptionError(f"--moe={spec}: prune-experts/top-k slim routed models; they do not mix with experts/active")
+        return _slim_pass_text(spec, fields)
     if spec.strip().lower() == "auto" or "experts" not in fields or "active" not in fields:
         raise OptionError(f"--moe={spec}: give experts:E and active:FRACTION (e.g. experts:16,active:0.25)")
     try:
@@ -29,4 +55,9 @@ def moe_pass_text(spec: str) -> str:
     if top_k < 1 or abs(top_k - active * experts) > 1e-6:
         raise OptionError(f"--moe={spec}: active={active:g} of {experts} experts is not a whole number of experts")
     extra = "".join(f" {k}={fields[k]}" for k in ("method", "router", "gating") if k in fields)
+    choice = fields.get("k", "uniform").lower()
+    if choice not in ("uniform", "per-layer"):
+        raise OptionError(f"--moe={spec}: k is uniform (every FFN runs active x experts) or per-layer (calibrated)")
+    if choice == "per-layer":  # the allocator picks each FFN's top_k; the average stays at `active`
+        extra += f" active={active:g}"
     return f"moefy-ffn{{experts={experts} top_k={top_k}{extra}}}"

@@ -83,3 +83,47 @@ def test_balanced_kmeans_is_balanced_and_groups_clusters() -> None:
     assert np.bincount(labels).tolist() == [16] * 4
     # every true cluster lands in one expert
     assert all(len(set(labels[i * 16:(i + 1) * 16])) == 1 for i in range(4))
+
+
+@pytest.mark.parametrize("scan", ["output", "layer"])
+def test_per_layer_top_k_meets_the_active_budget(hf_export, scan: str) -> None:
+    path = str(hf_export("bert"))
+    model = ir.load(path)
+    name = model.graph.inputs[0].name
+    calib = CalibrationData({name: np.random.default_rng(0).integers(0, 100, (16, 8)).astype(np.int64)}, batch_size=1)
+    record, ctx = _run(model, f"moefy-ffn{{experts=4 top_k=2 router=learned active=0.5 scan={scan} scan_samples=8}}",
+                       PassContext(calibration=calib))
+    decisions = [d for d in ctx.decisions if d["pass"] == "moefy-ffn"]
+    ks = [d["top_k"] for d in decisions]
+    assert len(ks) == 2 and sum(ks) <= 4 and all(d["top_k_choice"].startswith("per layer") for d in decisions)
+    assert [n.attributes["top_k"].as_int() for n in model.graph if n.op_type == "MoE"] == ks
+    alloc = record.stats["allocation"]
+    assert alloc["scan"] == scan and alloc["active_reached"] <= 0.5 + 1e-9 and alloc["active_reached"] == sum(ks) / 8
+    for d in decisions:
+        if scan == "layer":  # the scanned curve: exact with every expert, and the pass's own measurement at its k
+            curve = alloc["layer_cosine_by_k"][d["layer"]]
+            assert len(curve) == 4 and curve[-1] > 0.99999 and abs(curve[d["top_k"] - 1] - d["cosine"]) < 1e-3
+        else:  # output cosine per scanned k: 1 with every expert, below with fewer
+            curve = next(c for n, c in alloc["output_cosine_by_k"].items() if n.startswith(d["layer"]))
+            assert curve["4"] == 1.0 and curve["1"] < 1.0
+
+
+def test_per_layer_top_k_gives_sensitive_layers_more_experts() -> None:
+    from sparsec.passes.moe.experts import Experts
+    from sparsec.passes.moe.per_layer_k import choose_top_k
+
+    rng = np.random.default_rng(0)
+    d, e, f = 8, 4, 4
+    x = rng.standard_normal((256, d)).astype(np.float32)
+
+    def layer(weights: list[float]) -> Experts:  # expert i's output scaled by weights[i]
+        w2 = rng.standard_normal((e, f, d)).astype(np.float32) * np.array(weights, np.float32)[:, None, None]
+        return Experts(w1=rng.standard_normal((e, d, f)).astype(np.float32), b1=np.zeros((e, f), np.float32), w2=w2,
+                       b2=np.zeros(d, np.float32), w_up=None)
+
+    # Router: expert 0 first for every token. Layer a: expert 0 carries nearly all the output
+    # (one expert suffices); layer b: all experts matter equally.
+    router = (np.zeros((d, e), np.float32), np.array([3.0, 2.0, 1.0, 0.0], np.float32))
+    layers = [("a", x, layer([1.0, 1e-3, 1e-3, 1e-3]), router, "relu", None), ("b", x, layer([1.0] * 4), router, "relu", None)]
+    top_ks, info = choose_top_k(layers, e, 0.5, "none")
+    assert top_ks == [1, 3] and info["allocation"]["active_reached"] == 0.5
