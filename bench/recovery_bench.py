@@ -1,13 +1,19 @@
 """Recovery on the real MiniLM: one-shot compression, then crop reconstruction and/or
 fine-tuning with the dense model as teacher; held-out sentences. Prints one JSON object.
 
-    python bench/recovery_bench.py --task nm --calib 256 --max-seconds 600       # SparseGPT 2:4 + fine-tuning
+    python bench/recovery_bench.py --task nm --calib 1000 --budget-cpu 1200      # SparseGPT 2:4 + fine-tuning, 10 min x 2 cores
     python bench/recovery_bench.py --task crop --calib 256 --max-seconds 600     # crop 30% MACs + reconstruction + fine-tuning
+
+Three disjoint sentence sets: `--calib` (compression and fine-tuning), `--val` (early
+stopping only) and `--eval` (the numbers reported; the same sentences `minilm_task` and
+bench/quality_eval.py hold out). `--packed` adds the calibration sentences packed back to
+back into full sequences to the training set (more real tokens per step, same sentences).
 
 The JSON records the CPU model, threads, load average before/after, wall and process CPU
 seconds of every stage, and the fidelity (mean embedding cosine, nearest-neighbour
 agreement) after each stage on held-out sentences. The machine may be shared: the load
-average says how much of it this run had.
+average says how much of it this run had, and `--budget-cpu` limits compression +
+fine-tuning by process CPU seconds (CPU-s / threads estimates the wall time on idle cores).
 """
 
 from __future__ import annotations
@@ -24,10 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import torch
 
+from sparsec.calib.data import CalibrationData
 from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
+from sparsec.layers import find_layers
+from sparsec.models_zoo import minilm
+from sparsec.models_zoo.sentences import sentence_split
+from sparsec.nm_pattern import nm_violations
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.recover.finetune import FinetuneOptions, finetune
 
@@ -54,16 +66,33 @@ def timed(fn, *args, **kw):  # noqa: ANN001, ANN201
                  "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
+def nm_check(model: ir.Model, n: int = 2, m: int = 4) -> dict[str, int]:
+    """Layers holding the N:M pattern and groups breaking it (must be 0 after fine-tuning)."""
+    layers, bad = 0, 0
+    for layer in find_layers(model):
+        w = layer.weight.const_value
+        if w is None:
+            continue
+        layers += 1
+        bad += nm_violations(w.numpy(), n, m, layer.reduction_axis)
+    return {"layers": layers, "groups_violating": bad}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("nm", "crop"), required=True)
     p.add_argument("--calib", type=int, default=256, help="calibration sentences (<= 1000 for the bar)")
     p.add_argument("--eval", type=int, default=500, help="held-out evaluation sentences")
+    p.add_argument("--val", type=int, default=128, help="validation sentences for early stopping (disjoint from both)")
+    p.add_argument("--packed", action="store_true", help="also train on the calibration sentences packed into full sequences")
     p.add_argument("--crop", type=float, default=0.3, help="crop: fraction of MACs to remove")
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-seconds", type=float, default=600.0, help="fine-tuning wall-clock budget (0: none)")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="fine-tuning wall-clock budget (0: none)")
+    p.add_argument("--budget-cpu", type=float, default=0.0,
+                   help="process CPU seconds for compression + fine-tuning together (0: none; 1200 = 10 min on 2 cores)")
+    p.add_argument("--eval-every", type=int, default=25, help="fine-tuning steps between validation checks")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
@@ -77,7 +106,18 @@ def main() -> int:
         "machine": machine(), "threads": args.threads, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     task = minilm_task(n_calib=args.calib, n_eval=args.eval)
+    calib_sentences, rest = sentence_split(args.calib, args.eval + args.val)
+    validation = CalibrationData(minilm.tokenize(rest[args.eval :]), batch_size=32, source="pydoc validation sentences",
+                                 row_mask="attention_mask")
+    assert np.array_equal(minilm.tokenize(rest[: args.eval])["input_ids"], task.eval_feeds["input_ids"])  # the same held-out set
+    train = task.calib
+    if args.packed:
+        packed = minilm.packed_calibration(calib_sentences)
+        train = CalibrationData({k: np.concatenate([v, packed[k]]) for k, v in task.calib.arrays.items()}, batch_size=32,
+                                source="calibration sentences, one per sample and packed", row_mask="attention_mask")
     result["calibration"] = f"{task.calib.num_samples} sentences, one per sample, padding rows masked"
+    result["training"] = f"{train.num_samples} samples ({train.source})"
+    result["validation_sentences"] = args.val
     result["eval_sentences"] = args.eval
     dense = _run_all(task.model, task.eval_feeds)
     model = task.model.clone()
@@ -100,11 +140,21 @@ def main() -> int:
     result["one_shot"] = _embedding_metrics(dense, _run_all(model, task.eval_feeds))
     print(json.dumps({"one_shot": result["one_shot"]}), flush=True)
     if not args.no_finetune:
+        cpu_left = 0.0
+        if args.budget_cpu > 0:
+            cpu_left = args.budget_cpu - result["compress"]["cpu_s"]
+            if cpu_left <= 0:
+                raise SystemExit(f"recovery_bench: compression alone used {result['compress']['cpu_s']} CPU-s of --budget-cpu")
         options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
-                                  threads=args.threads, progress=False)
-        ft, result["finetune"] = timed(finetune, model, task.model, task.calib, options)
+                                  max_cpu_seconds=cpu_left, eval_every=args.eval_every, threads=args.threads, progress=False)
+        ft, result["finetune"] = timed(finetune, model, task.model, train, options, validation=validation)
         result["finetune"]["result"] = ft.to_dict()
         result["finetuned"] = _embedding_metrics(dense, _run_all(model, task.eval_feeds))
+        if args.task == "nm":
+            result["nm_2_4_after_finetune"] = nm_check(model)
+            assert result["nm_2_4_after_finetune"]["groups_violating"] == 0, "fine-tuning broke the 2:4 pattern"
+        result["total"] = {k: round(result["compress"][k] + result["finetune"][k], 2) for k in ("wall_s", "cpu_s")}
+        result["total"]["idle_2core_wall_estimate_s"] = round(result["total"]["cpu_s"] / 2, 1)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(result, indent=1)
     print(text)

@@ -29,8 +29,10 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("artifact", type=Path, help="an artifact folder written by sparsec compile")
     p.add_argument("--calib", required=True, metavar="FILE.npz", help="training samples: one array per model input, samples on axis 0")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps at most (default 200)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (default 3e-5)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
+    p.add_argument("--val", metavar="FILE.npz",
+                   help="validation samples for early stopping, unseen by compression and training (default: a tenth of --calib)")
     p.add_argument("--max-seconds", type=float, default=0.0, help="stop after this many seconds (default: no limit)")
     p.add_argument("--teacher", help="the dense model (.onnx or zoo:NAME; default: the artifact's recorded input, if unchanged)")
     p.add_argument("-o", "--output", type=Path, help="write the fine-tuned artifact here (default: in place)")
@@ -98,12 +100,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_output_dir(out)
     teacher, teacher_source = _teacher(args.teacher, manifest)
     calib.check_against(teacher)
-    result = finetune(student, teacher, calib, options)
+    validation = CalibrationData.load(str(args.val)) if args.val else None
+    result = finetune(student, teacher, calib, options, validation=validation)
     target = manifest["target"]
     backend = get_backend(get_target(target).backend)
     PassManager(backend.legalize_pipeline(), verify_numerics=False).run(student, PassContext(target=target))
     record = {**result.to_dict(), "teacher": teacher_source, "calibration": f"{calib.num_samples} samples from {args.calib}",
-              "options": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "max_seconds": args.max_seconds}}
+              "options": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "max_seconds": args.max_seconds,
+                          "validation": str(args.val) if args.val else None}}
     manifest["recovery"] = record
     manifest["decisions"] = [*manifest.get("decisions", []), {"pass": "recover", "layer": "model", "decision": "finetune", **record}]
     files["model.onnx"] = model_bytes(student)

@@ -6,9 +6,20 @@ whatever its scale). Feature points are values of the same name in both graphs: 
 outputs of normalisation nodes (transformer block boundaries), else of weight layers; a
 point whose shape differs (a cropped width) is skipped. With a row mask in the calibration
 data (e.g. an attention mask) only real tokens count. Masks and N:M patterns are kept
-exactly (`TorchGraph`). A held-out part of the calibration data is scored (mean output
-cosine vs the teacher) every `eval_every` steps; the best weights are kept and training
-stops after `patience` evaluations without improvement or when `max_seconds` runs out.
+exactly (`TorchGraph`) and checked after write-back. The teacher's targets on the training
+samples are computed once with ONNX Runtime (`_TeacherTargets`) where they fit in memory.
+
+Early stopping scores a validation set (mean output cosine vs the teacher) every
+`eval_every` steps; the best weights are kept (the starting weights included, so the result
+is never worse on it than the start) and training stops after `patience` evaluations
+without improvement or when a time limit runs out. Give `validation` samples that neither
+the compression nor the training saw: a held-out part of the calibration data, the
+fallback, was usually fitted by the compression (SparseGPT, crop reconstruction), so it
+rates the starting weights too well and stops training that helps on new data.
+
+The learning rate warms up linearly, then decays by a cosine to 10% over the run's length,
+measured in steps, `max_seconds` or `max_cpu_seconds`, whichever runs out first (a
+time-limited run still ends at a low rate).
 """
 
 from __future__ import annotations
@@ -26,27 +37,34 @@ import torch
 from tqdm import tqdm
 
 from sparsec.calib.data import CalibrationData, model_batch_size
-from sparsec.errors import OptionError
+from sparsec.errors import InternalError, OptionError
 from sparsec.layers import find_layers
 from sparsec.recover.torch_graph import TorchGraph
 
 log = logging.getLogger("sparsec.recover")
 NORM_OPS = ("LayerNormalization", "BatchNormalization", "GroupNormalization", "InstanceNormalization")
 MAX_FEATURE_POINTS = 16
+# The teacher's targets on the training samples are computed once (with ONNX Runtime, much
+# faster than the torch graph) and kept when they fit in this many bytes (fp16 features);
+# else the teacher runs in torch every step.
+TEACHER_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 3e-5
     batch_size: int = 16
     feature_weight: float = 1.0
     weight_decay: float = 0.0
-    warmup: float = 0.05  # fraction of the steps with a linear warm-up, then cosine decay to 10%
-    held_out: float = 0.1  # fraction of the calibration samples kept for early stopping
+    warmup: float = 0.05  # fraction of the run with a linear warm-up, then cosine decay to 10%
+    held_out: float = 0.1  # without a validation set: fraction of the calibration samples kept for it
     eval_every: int = 25
     patience: int = 4
     max_seconds: float = 0.0  # 0: no time limit
+    # Process CPU seconds (all threads), 0: no limit. On a shared machine wall time depends on
+    # the load; CPU seconds / threads estimates the wall time on idle cores.
+    max_cpu_seconds: float = 0.0
     threads: int = 2
     seed: int = 0
     progress: bool = True
@@ -54,8 +72,8 @@ class FinetuneOptions:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise OptionError(f"fine-tuning: steps must be >= 1, got {self.steps}")
-        if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
-            raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1 are required")
+        if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1 or min(self.max_seconds, self.max_cpu_seconds) < 0:
+            raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits >= 0 are required")
         if not 0 < self.held_out < 1:
             raise OptionError(f"fine-tuning: held_out must lie in (0, 1), got {self.held_out}")
 
@@ -66,10 +84,11 @@ class FinetuneResult:
     best_step: int
     stopped: str  # why training ended
     seconds: float
-    cosine_before: float  # held-out mean output cosine vs the teacher
+    cosine_before: float  # validation mean output cosine vs the teacher
     cosine_after: float
     feature_points: list[str]
     params_trained: int
+    validation: str = ""  # what early stopping scored
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
     held_out_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out cosine)
 
@@ -120,38 +139,102 @@ class _Batches:
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
 
-    def next(self) -> dict[str, np.ndarray]:
+    def next(self) -> tuple[list[int], dict[str, np.ndarray]]:
         if len(self.order) < self.micro:
             self.order += self.rng.permutation(self.calib.num_samples).tolist()
         take, self.order = self.order[: self.micro], self.order[self.micro :]
-        return {k: v[take] for k, v in self.calib.arrays.items()}
+        return take, {k: v[take] for k, v in self.calib.arrays.items()}
+
+
+class _TeacherTargets:
+    """The teacher's outputs and feature-point rows per training sample (real rows only),
+    computed once with ONNX Runtime; `get(indices)` concatenates them in batch order, the
+    order `_rows` gives the student's values of that batch."""
+
+    def __init__(self, teacher: ir.Model, train: CalibrationData, outputs: list[str], points: list[str]) -> None:
+        from sparsec.calib.runner import CalibrationRunner
+
+        self.outputs, self.points = outputs, points
+        self.per_sample: dict[str, list[torch.Tensor]] = {n: [] for n in outputs + points}
+        runner = CalibrationRunner(teacher, train)
+        for batch, values in zip(runner.batches(), runner.values(outputs + points), strict=True):
+            mask = _row_mask(train, batch)
+            for name, x in values.items():
+                dtype = torch.float32 if name in outputs else torch.float16
+                t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+                for i in range(t.shape[0]):
+                    rows = _rows(t[i : i + 1], None if mask is None else mask[i : i + 1])
+                    self.per_sample[name].append(rows.to(dtype))
+
+    @staticmethod
+    def fits(teacher: ir.Model, train: CalibrationData, points: list[str]) -> bool:
+        width = 0
+        for v in teacher.graph:
+            for out in v.outputs:
+                if out is not None and out.name in points and out.shape is not None:
+                    dims = [d for d in out.shape.dims if isinstance(d, int)]
+                    width += int(np.prod(dims)) if dims else 0
+        return train.num_samples * width * 2 <= TEACHER_CACHE_BYTES
+
+    def get(self, indices: list[int]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([self.per_sample[name][i] for i in indices]).float()
+
+        return [cat(n) for n in self.outputs], {p: cat(p) for p in self.points}
 
 
 def finetune(
-    student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, options: FinetuneOptions | None = None
+    student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, options: FinetuneOptions | None = None,
+    *, validation: CalibrationData | None = None,
 ) -> FinetuneResult:
-    """Train `student_ir`'s kept weights towards `teacher_ir` on `calib`; writes them back in place."""
+    """Train `student_ir`'s kept weights towards `teacher_ir` on `calib`; writes them back in
+    place. `validation`: samples for early stopping (default: a held-out part of `calib`)."""
     o = options or FinetuneOptions()
     torch.manual_seed(o.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, o.threads))
     try:
-        return _finetune(student_ir, teacher_ir, calib, o)
+        return _finetune(student_ir, teacher_ir, calib, o, validation)
     finally:
         torch.set_num_threads(threads)
 
 
-def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, o: FinetuneOptions) -> FinetuneResult:
-    start = time.perf_counter()
-    calib.check_against(student_ir)
-    fixed = model_batch_size(student_ir)
-    micro = fixed or o.batch_size
-    accumulate = max(1, o.batch_size // micro)
+def _split(calib: CalibrationData, validation: CalibrationData | None, micro: int, o: FinetuneOptions,
+           ) -> tuple[CalibrationData, CalibrationData, str]:
     n = calib.num_samples
+    if validation is not None:
+        if n < micro or validation.num_samples < micro:
+            raise OptionError(f"fine-tuning needs at least one batch of {micro} samples for training and for validation")
+        return calib, validation, f"{validation.num_samples} separate samples ({validation.source})"
     n_held = max(micro, int(round(n * o.held_out)) // micro * micro)
     if n - n_held < micro:
         raise OptionError(f"fine-tuning needs more calibration samples: {n} leave fewer than one batch of {micro} for training")
     train, held = calib.split((n - n_held) / n)
+    return train, held, f"{held.num_samples} held-out calibration samples (seen by the compression, if it was calibrated)"
+
+
+def check_masks(model: ir.Model, masks: Mapping[str, np.ndarray]) -> None:
+    """Every entry outside its sparsity mask is still exactly zero (so N:M groups keep their pattern)."""
+    for name, mask in masks.items():
+        value = model.graph.initializers.get(name)
+        if value is None or value.const_value is None:
+            continue
+        w = value.const_value.numpy()
+        if w.shape != mask.shape or np.any(w[~mask] != 0):
+            raise InternalError(f"fine-tuning broke the sparsity mask of '{name}'")
+
+
+def _finetune(
+    student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData, o: FinetuneOptions, validation: CalibrationData | None,
+) -> FinetuneResult:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    calib.check_against(student_ir)
+    if validation is not None:
+        validation.check_against(student_ir)
+    fixed = model_batch_size(student_ir)
+    micro = fixed or o.batch_size
+    accumulate = max(1, o.batch_size // micro)
+    train, held, held_source = _split(calib, validation, micro, o)
     student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     points = feature_points(student_ir, teacher_ir)
     params = [p for p in student.params.values()]
@@ -174,19 +257,33 @@ def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData
         return float(np.mean(scores))
 
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    warm = max(1, int(o.steps * o.warmup))
+
+    def budget_used() -> float:
+        """Fraction of the time limits used (0 without one)."""
+        used = 0.0
+        if o.max_seconds > 0:
+            used = (time.perf_counter() - start) / o.max_seconds
+        if o.max_cpu_seconds > 0:
+            used = max(used, (time.process_time() - cpu_start) / o.max_cpu_seconds)
+        return used
 
     def lr_at(step: int) -> float:
-        if step < warm:
-            return o.lr * (step + 1) / warm
-        progress = (step - warm) / max(1, o.steps - warm)
+        # Fraction of the run done, by steps or by the time limits, whichever is further.
+        done = min(1.0, max((step + 1) / o.steps, budget_used()))
+        if done < o.warmup:
+            return o.lr * done / o.warmup
+        progress = (done - o.warmup) / max(1e-9, 1 - o.warmup)
         return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     batches = _Batches(train, micro, o.seed)
+    cached: _TeacherTargets | None = None
+    if _TeacherTargets.fits(teacher_ir, train, points):
+        cached = _TeacherTargets(teacher_ir, train, [v.name for v in teacher_ir.graph.outputs], points)
     cosine_before = held_cosine()
     best, best_step = cosine_before, 0
     best_state = {k: p.detach().clone() for k, p in student.params.items()}
-    result = FinetuneResult(0, 0, "steps done", 0.0, cosine_before, cosine_before, points, sum(p.numel() for p in params))
+    result = FinetuneResult(0, 0, "steps done", 0.0, cosine_before, cosine_before, points, sum(p.numel() for p in params),
+                            validation=held_source)
     result.held_out_curve.append((0, cosine_before))
     bad_evals = 0
     bar = tqdm(range(o.steps), desc="fine-tuning", unit="step", disable=not o.progress)
@@ -197,15 +294,20 @@ def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(accumulate):
-            b = batches.next()
+            take, b = batches.next()
             mask = _row_mask(train, b)
-            with torch.no_grad():
-                t_out, t_feat = teacher.run(b, points)
             s_out, s_feat = student.run(b, points)
-            loss = sum(_nmse(_rows(s, mask), _rows(t, mask)) for s, t in zip(s_out, t_out, strict=True)) / len(s_out)
+            s_out, s_feat = [_rows(s, mask) for s in s_out], {p: _rows(v, mask) for p, v in s_feat.items()}
+            if cached is not None:
+                t_out, t_feat = cached.get(take)
+            else:
+                with torch.no_grad():
+                    t_out, t_feat = teacher.run(b, points)
+                t_out, t_feat = [_rows(t, mask) for t in t_out], {p: _rows(v, mask) for p, v in t_feat.items()}
+            loss = sum(_nmse(s, t) for s, t in zip(s_out, t_out, strict=True)) / len(s_out)
             matched = [p for p in points if p in s_feat and p in t_feat and s_feat[p].shape == t_feat[p].shape]
             if matched and o.feature_weight > 0:
-                feat = sum(_nmse(_rows(s_feat[p], mask), _rows(t_feat[p], mask)) for p in matched) / len(matched)
+                feat = sum(_nmse(s_feat[p], t_feat[p]) for p in matched) / len(matched)
                 loss = loss + o.feature_weight * feat
             (loss / accumulate).backward()
             total += float(loss.detach()) / accumulate
@@ -213,7 +315,7 @@ def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData
         result.losses.append((step + 1, total))
         result.steps_run = step + 1
         bar.set_postfix(loss=f"{total:.4g}", held=f"{best:.4f}")
-        out_of_time = o.max_seconds > 0 and time.perf_counter() - start > o.max_seconds
+        out_of_time = budget_used() >= 1.0
         if (step + 1) % o.eval_every == 0 or step + 1 == o.steps or out_of_time:
             score = held_cosine()
             result.held_out_curve.append((step + 1, score))
@@ -227,13 +329,15 @@ def _finetune(student_ir: ir.Model, teacher_ir: ir.Model, calib: CalibrationData
                 result.stopped = f"early stop: no held-out improvement in {o.patience} evaluations"
                 break
         if out_of_time:
-            result.stopped = f"time limit of {o.max_seconds:g} s"
+            result.stopped = "time limit" + (f" of {o.max_seconds:g} s" if o.max_seconds > 0 else "") + (
+                f" of {o.max_cpu_seconds:g} CPU-s" if o.max_cpu_seconds > 0 else "")
             break
     bar.close()
     with torch.no_grad():
         for k, p in student.params.items():
             p.copy_(best_state[k])
     student.write_back(student_ir)
+    check_masks(student_ir, student.masks_np)
     result.best_step, result.cosine_after = best_step, best
     result.seconds = time.perf_counter() - start
     return result
@@ -245,4 +349,4 @@ def _row_mask(calib: CalibrationData, batch: Mapping[str, np.ndarray]) -> torch.
     return torch.from_numpy(np.asarray(batch[calib.row_mask]) != 0)
 
 
-__all__ = ["FinetuneOptions", "FinetuneResult", "feature_points", "finetune"]
+__all__ = ["FinetuneOptions", "FinetuneResult", "check_masks", "feature_points", "finetune"]

@@ -28,11 +28,14 @@ def test_finetune_rewrites_the_artifact(tmp_path, mlp):  # noqa: ANN001
     before = onnx.load(out / "model.onnx")
     data = tmp_path / "calib.npz"
     np.savez(data, x=correlated(128, 16, seed=1))
-    r = sparsec("finetune", str(out), "--calib", str(data), "--steps", "20", "--lr", "0.003")
+    val = tmp_path / "val.npz"
+    np.savez(val, x=correlated(32, 16, seed=5))
+    r = sparsec("finetune", str(out), "--calib", str(data), "--val", str(val), "--steps", "20", "--lr", "0.003")
     assert r.returncode == 0, r.stderr
     assert "held-out cosine vs dense" in r.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recovery"]["steps_run"] > 0 and "recovery.png" in manifest["files"]
+    assert manifest["recovery"]["validation"].startswith("32 separate samples")
     assert (out / "recovery.png").is_file()
     after = onnx.load(out / "model.onnx")
     # Lowered again the same way (kernel ops where the backend chose them, else dense ops).
