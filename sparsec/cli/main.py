@@ -165,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "arch", None):
         # `--target=cuda --arch=sm_90` is the target `cuda:sm_90`; get_target validates it.
         args.target = f"{args.target}:{args.arch}"
+    _terminate_cleanly()
     try:
         return int(args.func(args) or 0)
+    except _Terminated:
+        sys.stderr.write("sparsec: terminated\n")
+        return 143  # 128 + SIGTERM
     except SparsecError as e:
         sys.stderr.write(f"sparsec: error: {e}\n")
         return e.exit_code
@@ -186,6 +190,22 @@ def main(argv: list[str] | None = None) -> int:
         kind = "" if isinstance(e, InternalError) else f"{type(e).__name__}: "  # its message names the cause
         sys.stderr.write(f"sparsec: internal error: {kind}{first} (rerun with --debug)\n")
         return 1
+
+
+class _Terminated(BaseException):
+    """SIGTERM as an exception: `finally` blocks and atexit hooks run (temporary spill and
+    staging folders are removed, a half-written artifact never replaces the old one)."""
+
+
+def _terminate_cleanly() -> None:
+    import signal
+    import threading
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _silence_stdout() -> None:

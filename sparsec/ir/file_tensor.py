@@ -15,6 +15,7 @@ pruned and then packed does not leave 26 GB of dead pruned weights on the disk.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
@@ -109,6 +110,7 @@ class SpillStore:
 
     def __init__(self, directory: str | os.PathLike | None = None, *, threshold: int = 16 << 20) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="sparsec-spill-", dir=directory))
+        atexit.register(shutil.rmtree, self.folder, True)  # also on SIGTERM (the CLI turns it into an exit)
         self.threshold = threshold
         self.path = self.folder / "weights.bin"
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
