@@ -77,6 +77,7 @@ class CalibrationRunner:
                     values[n].type = ir.TensorType(ir.DataType.FLOAT)
                 copy.graph.outputs.append(values[n])
             RemoveUnusedNodesPass()(copy)
+            _drop_unused_inputs(copy)
             self._sessions[names] = session_from_ir(copy, self.threads, lean=True)
         return self._sessions[names]
 
@@ -275,6 +276,7 @@ class SegmentWalk:
                     values[name].type = ir.TensorType(ir.DataType.FLOAT)
                 copy.graph.outputs.append(values[name])
             RemoveUnusedNodesPass()(copy)
+            _drop_unused_inputs(copy)
             self._sessions[key] = session_from_ir(copy, self.runner.threads, lean=True)
         return self._sessions[key]
 
@@ -316,3 +318,14 @@ class SegmentWalk:
 def _lookup(values: dict[str, np.ndarray], batch: dict[str, np.ndarray], name: str) -> np.ndarray:
     """A frontier value, or a graph input (graph inputs are fed, never part of a frontier)."""
     return values[name] if name in values else batch[name]
+
+
+def _drop_unused_inputs(model: ir.Model) -> None:
+    """Remove graph inputs nothing reads: the fed weights are graph inputs, and ORT wants
+    every declared input fed, so a session for one segment would otherwise read (and hold)
+    every weight of the model on each run."""
+    graph = model.graph
+    keep = [v for v in graph.inputs if v.uses() or v.is_graph_output()]
+    if len(keep) != len(graph.inputs):
+        graph.inputs.clear()
+        graph.inputs.extend(keep)
