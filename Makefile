@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sparsec compile --demo -o $(OUT)
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sparsec passes backends kernels models_zoo tests bench

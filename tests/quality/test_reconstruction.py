@@ -198,6 +198,28 @@ def test_segment_walk_matches_prefix_passes(mlp, mlp_calib) -> None:  # noqa: AN
     assert params  # every stage was pruned and walked
 
 
+def test_segment_sessions_read_only_their_own_weights(mlp, mlp_calib, monkeypatch) -> None:  # noqa: ANN001
+    """A segment of the sequential sweep reads the weights of its layers, not the model's:
+    on a 7B-width stack reading them all made every segment run hold 6 GB."""
+    from sparsec.calib.runner import CalibrationRunner, SegmentWalk
+    from sparsec.layer_view import view_of
+    from sparsec.passes.analysis.layer_stats import layer_stages
+
+    views = [view_of(layer) for layer in find_layers(mlp)]
+    stages = layer_stages(mlp, views)
+    runner = CalibrationRunner(mlp, mlp_calib, views=views)
+    walk = SegmentWalk.plan(runner, stages)
+    assert walk is not None and len(stages) >= 2
+    read: list[str] = []
+    original = runner.base_weight
+    monkeypatch.setattr(runner, "base_weight", lambda name: read.append(name) or original(name))
+    store = walk.run(0, [], None)
+    for k, stage in enumerate(stages[:-1]):
+        read.clear()
+        store = walk.run(k + 1, store, None)
+        assert sorted(read) == sorted(v.layer.weight.name for v in stage), k
+
+
 def test_segmented_and_prefix_apply_agree(correlated) -> None:  # noqa: ANN001
     calib = CalibrationData({"x": _shifted_inputs(correlated, 512, seed=1)}, batch_size=128)
     results = []
