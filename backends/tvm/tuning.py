@@ -64,9 +64,8 @@ def tune(model: onnx.ModelProto, spec: TvmTargetSpec, trials: int, database_dir:
             work_dir=work,
             max_trials_global=trials,
             num_trials_per_iter=min(trials, 16),
-            builder=ms.builder.LocalBuilder(max_workers=1),
-            runner=ms.runner.LocalRunner(
-                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)),
+            builder=_in_process_builder(),
+            runner=_in_process_runner(),
             database=ms.database.JSONDatabase(
                 path_workload=str(Path(work) / WORKLOAD), path_tuning_record=str(Path(work) / RECORDS)),
             cost_model="random",  # xgboost is not a dependency; with a few trials it would not learn anyway
@@ -75,6 +74,52 @@ def tune(model: onnx.ModelProto, spec: TvmTargetSpec, trials: int, database_dir:
         for name in DATABASE_FILES:
             shutil.copyfile(Path(work) / name, database_dir / name)
     return {"tasks": len(tasks), "task_names": [t.task_name for t in tasks], "trials": trials, "records": records}
+
+
+def _in_process_builder() -> Any:
+    """Builds candidates in this process. MetaSchedule's LocalBuilder starts a worker process
+    per batch; here (TVM 0.27, ffi 0.1.14) its results came back empty (no artifact, no
+    error), and each worker spends tens of seconds importing TVM on a loaded machine."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            out = []
+            for b in build_inputs:
+                try:
+                    out.append(BuilderResult(default_export(default_build(b.mod, b.target, None)), None))
+                except Exception as e:  # a candidate that does not compile is a failed trial
+                    out.append(BuilderResult(None, f"build failed: {type(e).__name__}: {e}"))
+            return out
+
+    return InProcessBuilder()
+
+
+def _in_process_runner() -> Any:
+    """Times candidates in this process (3 runs each), for the builder's reasons."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, _worker_func
+
+    config = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            out = []
+            for r in runner_inputs:
+                try:
+                    costs = _worker_func(None, None, None, config, 1, str(r.artifact_path), str(r.device_type),
+                                         tuple(a.as_json() for a in r.args_info))
+                    out.append(LocalRunnerFuture(res=costs, error_message=None))
+                except Exception as e:
+                    out.append(LocalRunnerFuture(res=None, error_message=f"run failed: {type(e).__name__}: {e}"))
+            return out
+
+    return InProcessRunner()
 
 
 def _contexts(tasks: list[Any], work: str, seed: int) -> tuple[list[Any], list[float]]:
@@ -90,7 +135,8 @@ def _contexts(tasks: list[Any], work: str, seed: int) -> tuple[list[Any], list[f
         if task.mod.attrs.get("tirx.is_scheduled", False):
             continue
         contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
-                                       search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                                       search_strategy=ms.search_strategy.EvolutionarySearch(
+                                           population_size=64, init_min_unmeasured=16, genetic_num_iters=2), task_name=task.task_name, logger=logger,
                                        rand_state=rand, num_threads=1).clone())
         weights.append(task.weight)
     return contexts, weights
@@ -109,3 +155,68 @@ def load_database(files: dict[str, bytes]) -> tuple[Any, tempfile.TemporaryDirec
     db = ms.database.JSONDatabase(path_workload=str(Path(tmp.name) / WORKLOAD),
                                   path_tuning_record=str(Path(tmp.name) / RECORDS), allow_missing=False)
     return db, tmp
+
+
+def _median_ms(files: dict[str, bytes], threads: int, budget_s: float = 0.5) -> float:
+    """Median latency of one run of the artifact `files` on seeded random inputs."""
+    import time
+
+    import numpy as np
+
+    from sparsec.backends.tvm.session import TvmSession
+
+    session = TvmSession(files, threads)
+    rng = np.random.default_rng(0)
+    feeds = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) if "float" in i["dtype"]
+             else np.zeros(i["shape"], i["dtype"]) for i in session.inputs}
+    session.run(feeds)  # warm-up
+    times: list[float] = []
+    end = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < end and len(times) < 1000):
+        t0 = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return round(float(np.median(times)) * 1e3, 4)
+
+
+def tune_artifact(folder: Path, trials: int, threads: int = 2) -> dict[str, Any]:
+    """`sparsec tune ARTIFACT --backend=tvm --trials N`: tune the artifact's dense TIR, rebuild
+    model.so with the database and write both (and the manifest's `tvm_tuning`) back into it."""
+    import json
+    import os
+
+    from sparsec.artifact import MANIFEST, artifact_files, write_artifact
+    from sparsec.backends.tvm.build import build_model
+    from sparsec.backends.tvm.session import LIBRARY, SIGNATURE
+    from sparsec.backends.tvm.target_spec import host_spec
+    from sparsec.errors import InputError
+
+    owned = artifact_files(folder) or set()
+    manifest = json.loads((folder / MANIFEST).read_text())
+    files = {name: (folder / name).read_bytes() for name in sorted(owned) if (folder / name).is_file()}
+    signature = json.loads(files[SIGNATURE])
+    if not signature.get("runs_here", True):
+        raise InputError(f"{folder}: a {signature['build']['arch']} build cannot be tuned on this machine")
+    model = onnx.load_from_string(files["model.onnx"])
+    spec = host_spec()
+    before_ms = _median_ms(files, threads)
+    with tempfile.TemporaryDirectory(prefix="sparsec-ms-out-") as out:
+        search = tune(model, spec, trials, Path(out))
+        for name in DATABASE_FILES:
+            files[name] = (Path(out) / name).read_bytes()
+    db, keep = load_database(files)  # type: ignore[misc]
+    with keep:
+        built = build_model(model, spec, db)
+    files[LIBRARY] = built.library
+    signature["build"] = built.info
+    files[SIGNATURE] = json.dumps(signature, indent=2).encode() + b"\n"
+    after_ms = _median_ms(files, threads)
+    manifest["files"] = sorted(set(manifest["files"]) | set(DATABASE_FILES))
+    manifest["tvm_tuning"] = {
+        **search, "database": list(DATABASE_FILES), "functions_from_database": built.info.get("tuned_functions", 0),
+        "latency_ms_before": before_ms, "latency_ms_after": after_ms, "threads": threads,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    files[MANIFEST] = json.dumps(manifest, indent=2).encode() + b"\n"
+    write_artifact(folder, files)
+    return manifest["tvm_tuning"]
