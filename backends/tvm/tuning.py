@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,21 @@ def _contexts(tasks: list[Any], work: str, seed: int) -> tuple[list[Any], list[f
                                        rand_state=rand, num_threads=1).clone())
         weights.append(task.weight)
     return contexts, weights
+
+
+# Set by compile_file when it writes over a tuned TVM artifact: that artifact's database files,
+# which the new build applies and keeps (a recompile keeps what `sparsec tune` found).
+PRIOR_DATABASE: ContextVar[dict[str, bytes] | None] = ContextVar("sparsec_tvm_prior_database", default=None)
+
+
+def database_in(folder: Path) -> dict[str, bytes] | None:
+    """The MetaSchedule database files of the TVM artifact in `folder`, if it has them."""
+    from sparsec.artifact import artifact_files
+
+    owned = artifact_files(folder) or set()
+    if not all(name in owned and (folder / name).is_file() for name in DATABASE_FILES):
+        return None
+    return {name: (folder / name).read_bytes() for name in DATABASE_FILES}
 
 
 def load_database(files: dict[str, bytes]) -> tuple[Any, tempfile.TemporaryDirectory] | None:

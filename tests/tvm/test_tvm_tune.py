@@ -40,16 +40,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparsec.cli", *args], capture_output=True, text=True)
 
 
+def _compile(src: Path, out: Path) -> None:
+    done = _cli("compile", str(src), "--target=cpu", "--backend=tvm", "--sparsity=none", "--no-tune", "--no-bench",
+                "-o", str(out))
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tvm_tune")
     src = folder / "two.onnx"
     save_model(make_model(TWO, w1=seeded((64, 64), 1), w2=seeded((64, 32), 2)), src)
-    out = folder / "out"
-    done = _cli("compile", str(src), "--target=cpu", "--backend=tvm", "--sparsity=none", "--no-tune", "--no-bench",
-                "-o", str(out))
-    assert done.returncode == 0, done.stderr
-    return out
+    _compile(src, folder / "out")
+    return folder / "out"
 
 
 @pytest.mark.slow
@@ -79,3 +82,14 @@ def test_bad_trials_and_non_tvm_artifact_are_one_line_errors(tmp_path: Path) -> 
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "'ort' artifact" in done.stderr
     done = _cli("tune", "zoo:mlp", "--trials", "4")
     assert done.returncode == 2 and "--backend=tvm only" in done.stderr
+
+
+@pytest.mark.slow
+def test_recompile_into_a_tuned_artifact_applies_and_keeps_its_database(artifact: Path) -> None:
+    if not (artifact / "tvm_ms_records.json").is_file():
+        pytest.skip("needs the tuned artifact of the test above")
+    records = (artifact / "tvm_ms_records.json").read_bytes()
+    _compile(artifact.parent / "two.onnx", artifact)
+    assert (artifact / "tvm_ms_records.json").read_bytes() == records
+    assert "tvm_ms_records.json" in json.loads((artifact / "manifest.json").read_text())["files"]
+    assert json.loads((artifact / "tvm_signature.json").read_text())["build"]["tuned_functions"] >= 1
