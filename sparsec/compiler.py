@@ -503,7 +503,16 @@ def compile_file(
     get_backend(get_target(options.target).backend_for(options.backend))
     model, source = load_any(str(spec))
     digest = model_hash(spec) if Path(str(spec)).is_file() else _ir_hash(model)
-    result = compile_model(model, options, source=str(source), input_hash=digest)
+    prior = None
+    if get_target(options.target).backend_for(options.backend) == "tvm":
+        from sparsec.backends.tvm.tuning import PRIOR_DATABASE, database_in
+
+        prior = PRIOR_DATABASE.set(database_in(out))  # a tuned artifact's database is applied, and kept
+    try:
+        result = compile_model(model, options, source=str(source), input_hash=digest)
+    finally:
+        if prior is not None:
+            PRIOR_DATABASE.reset(prior)
     write_artifact(out, result.files, force=force)
     return result
 

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
 from sparsec.backends.tvm.session import LIBRARY, PARAMS, SIGNATURE, TvmSession
 from sparsec.backends.tvm.target_spec import TvmTargetSpec, host_spec
+from sparsec.backends.tvm.tuning import PRIOR_DATABASE, load_database
 from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.ir.io import inline_copy, to_proto
@@ -64,7 +65,13 @@ class TvmBackend(Backend):
         # TVM's importer reads weights from the proto: spilled (external-data) weights of a
         # big model are loaded into memory first (GPT-2 small failed to import without this).
         proto = to_proto(inline_copy(model))
-        built = build_model(proto, spec)
+        prior = PRIOR_DATABASE.get() if spec.runs_here else None  # tuned here: only for this machine's build
+        loaded = load_database(prior) if prior else None
+        if loaded is not None:
+            with loaded[1]:
+                built = build_model(proto, spec, loaded[0])
+        else:
+            built = build_model(proto, spec)
         inits = {i.name for i in proto.graph.initializer}
         inputs = []
         for vi in proto.graph.input:
@@ -79,6 +86,7 @@ class TvmBackend(Backend):
                      "runs_here": spec.runs_here}
         params = tvm.runtime.save_param_dict({f"p{i}": tvm.runtime.tensor(p) for i, p in enumerate(built.params)})
         return {
+            **(prior if loaded is not None else {}),
             LIBRARY: built.library,
             PARAMS: bytes(params),
             SIGNATURE: json.dumps(signature, indent=2).encode() + b"\n",

@@ -43,26 +43,52 @@ class TvmBuild:
     info: dict[str, Any]  # for the manifest
 
 
-def relax_pipeline(target: Any) -> Any:
+def relax_pipeline(target: Any, database: Any = None, stats: dict[str, Any] | None = None) -> Any:
     """The CPU pipeline of tvm.relax.backend.cpu_generic with the schedules inserted after
-    fusion (where TIR PrimFuncs exist) and before lowering."""
+    fusion (where TIR PrimFuncs exist) and before lowering. With a MetaSchedule `database`
+    (backends/tvm/tuning.py) its schedules are applied first; the explicit schedules then
+    take the functions it does not cover. `stats` receives how many functions each got."""
     import tvm
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    passes = [
-        *cpu.library_dispatch_passes(target),
-        *cpu.legalize_passes(target),
-        schedule_pass(),
-        *cpu.dataflow_lower_passes(target),
-        *cpu.finalize_passes(target),
-    ]
+    def count(key: str) -> Any:
+        @tvm.transform.module_pass(opt_level=0, name=f"SparsecCount_{key}")
+        def _count(mod: Any, _ctx: Any) -> Any:
+            if stats is not None:
+                stats[key] = sum(1 for _, f in mod.functions_items() if _is_scheduled(f))
+            return mod
+
+        return _count
+
+    def passes() -> list[Any]:  # made under the target: MetaScheduleApplyDatabase reads it when made
+        return [
+            *cpu.library_dispatch_passes(target),
+            *cpu.legalize_passes(target),
+            count("prim_funcs_scheduled_before"),
+            *([relax.transform.MetaScheduleApplyDatabase(enable_warning=False), count("from_database")]
+              if database is not None else []),
+            schedule_pass(),
+            count("scheduled"),
+            *cpu.dataflow_lower_passes(target),
+            *cpu.finalize_passes(target),
+        ]
 
     @tvm.transform.module_pass(opt_level=0, name="SparsecCPUPipeline")
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         with target:
-            return tvm.transform.Sequential(passes)(mod)
+            if database is None:
+                return tvm.transform.Sequential(passes())(mod)
+            with database:
+                return tvm.transform.Sequential(passes())(mod)
 
     return _pipeline
+
+
+def _is_scheduled(func: Any) -> bool:
+    from tvm.tirx import PrimFunc
+
+    return isinstance(func, PrimFunc) and bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
 
 
 def _lift(mod: Any) -> tuple[Any, Any]:
@@ -92,18 +118,25 @@ def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarr
     return [np.asarray(t.numpy()) for t in out]
 
 
-def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
+def import_and_lift(model: onnx.ModelProto) -> tuple[Any, list[np.ndarray]]:
+    """(deploy module, its weights after the lifted weight transforms)."""
+    mod, named = import_onnx(model)
+    deploy, transform = _lift(mod)
+    return deploy, _transform_params(transform, [v for _, v in named])
+
+
+def build_model(model: onnx.ModelProto, spec: TvmTargetSpec, database: Any = None) -> TvmBuild:
+    """Build `model`; `database`: a MetaSchedule database to apply before the explicit schedules."""
     import tvm
     from tvm.support import cc
 
     t0 = time.perf_counter()
-    mod, named = import_onnx(model)
-    deploy, transform = _lift(mod)
-    params = _transform_params(transform, [v for _, v in named])
+    deploy, params = import_and_lift(model)
     target = spec.tvm_target()
     t1 = time.perf_counter()
+    stats: dict[str, Any] = {}
     try:
-        ex = tvm.compile(deploy, target, relax_pipeline=relax_pipeline(target))
+        ex = tvm.compile(deploy, target, relax_pipeline=relax_pipeline(target, database, stats))
     except Exception as e:
         log.debug("TVM compile failed", exc_info=True)
         text = (str(e).strip().splitlines() or [""])[-1] or _innermost_frame(e)
@@ -126,6 +159,8 @@ def build_model(model: onnx.ModelProto, spec: TvmTargetSpec) -> TvmBuild:
         "compile_s": round(t2 - t1, 2),
         "link_s": round(t3 - t2, 2),
         "schedules": "dlight CPU GEMV, RowReduction (dlight Reduction where it parallelizes rows), then sparsec LoopNestCPU (backends/tvm/schedules.py)",
+        **({"tuned_functions": stats.get("from_database", 0) - stats.get("prim_funcs_scheduled_before", 0)}
+           if database is not None else {}),
         "sparse_kernels": "sparsec C kernels linked into model.so (packed functions sparsec_nm_matmul, sparsec_block_matmul)",
     }
     return TvmBuild(

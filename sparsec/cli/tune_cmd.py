@@ -17,7 +17,12 @@ def add_tune_parser(sub: Any) -> None:
         "tune",
         help="measure dense vs sparse kernels per layer shape on this machine (cached; compile uses it)",
     )
-    p.add_argument("model", help="an .onnx file, or zoo:NAME")
+    p.add_argument("model", help="an .onnx file, or zoo:NAME; with --backend=tvm a TVM artifact folder")
+    p.add_argument("--backend", choices=("ort", "tvm"), default="ort",
+                   help="ort (default): dense vs sparse kernels per layer shape; tvm: MetaSchedule search on a "
+                   "TVM artifact's dense functions, stored in the artifact and applied to its model.so")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="--backend=tvm: MetaSchedule trials in all (a whole model wants thousands: hours on 2 cores)")
     p.add_argument("--sparsity", default="2:4", help="N:M pattern to tune for (default 2:4)")
     p.add_argument("--threads", type=int, default=2, help="threads the model will run with (default 2)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="measuring time per shape (default 1; $SPARSEC_TUNE_BUDGET_S)")
@@ -28,6 +33,10 @@ def add_tune_parser(sub: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    if args.backend == "tvm":
+        return cmd_tune_tvm(args)
+    if args.trials is not None:
+        raise OptionError("--trials applies to --backend=tvm only")
     from sparsec.cli.common import dims_from_args
     from sparsec.nm_pattern import parse_nm
 
@@ -74,6 +83,39 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sparse = f"{r['sparse_us']:.1f}" if r.get("sparse_us") is not None else "-"
         print(f"{r['layer'][:40]:40} {r.get('shape', '-')[:44]:44} {dense:>9} {sparse:>9}  "
               f"{r.get('variant', 'dense')}{' (cached)' if r.get('cached') else ''}: {r.get('reason', '')}")
+    return 0
+
+
+def cmd_tune_tvm(args: argparse.Namespace) -> int:
+    """MetaSchedule on a `--backend=tvm` artifact (backends/tvm/tuning.py)."""
+    from pathlib import Path
+
+    if args.trials is None or not 1 <= args.trials <= 1_000_000:
+        raise OptionError(f"--backend=tvm needs --trials N with N from 1 to 1000000 (got {args.trials})")
+    if not 1 <= args.threads <= 256:
+        raise OptionError(f"--threads={args.threads}: expected 1 to 256")
+    folder = Path(args.model)
+    manifest = folder / "manifest.json"
+    try:
+        backend = json.loads(manifest.read_text()).get("backend") if manifest.is_file() else None
+    except (OSError, ValueError):
+        backend = None
+    if backend != "tvm":
+        what = f"a '{backend}' artifact" if backend else "not an artifact folder"
+        raise OptionError(f"--backend=tvm tunes a TVM artifact (sparsec compile --backend=tvm -o DIR); {args.model} is {what}")
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        raise OptionError("--backend=tvm: apache-tvm is not installed (pip install 'sparsec[tvm]')") from None
+    from sparsec.backends.tvm.tuning import tune_artifact
+
+    result = tune_artifact(folder, args.trials, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{folder}: {result['trials']} trial(s) over {result['tasks']} task(s), {result['records']} record(s); "
+          f"{result['functions_from_database']} function(s) now use the tuned schedule; latency "
+          f"{result['latency_ms_before']:.4f} ms -> {result['latency_ms_after']:.4f} ms (load {result['loadavg'][0]})")
     return 0
 
 
