@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import onnx
 
 from sparsec.errors import UnsupportedError
@@ -58,7 +59,7 @@ def _nm_tir_call(bb: Any, x: Any, inputs: list[Any], n: int, m: int, cols: int, 
     for d in lead:
         rows_expr = rows_expr * d
     static = all(isinstance(d, tirx.IntImm) for d in lead)
-    rows: Any = int(tvm_int(rows_expr)) if static else tirx.Var("rows", "int64")
+    rows: Any = int(np.prod([int(d) for d in lead])) if static else tirx.Var("rows", "int64")
     name = f"sparsec_nm_tir_{n}of{m}_{k}x{cols}" + ("" if static else "_dyn")
     gv = bb.add_func(nm_matmul_primfunc(rows, k, cols, n, m).with_attr("global_symbol", name), name)
     x2 = x if len(shape) == 2 else bb.normalize(relax.op.reshape(x, [rows_expr, k]))
@@ -66,12 +67,6 @@ def _nm_tir_call(bb: Any, x: Any, inputs: list[Any], n: int, m: int, cols: int, 
     if len(shape) != 2:
         y = bb.normalize(relax.op.reshape(y, [*lead, cols]))
     return relax.op.add(y, inputs[3]) if has_bias else y
-
-
-def tvm_int(expr: Any) -> int:
-    from tvm import arith
-
-    return int(arith.Analyzer().simplify(expr)) if not isinstance(expr, int) else expr
 
 
 def _kernel_call(op_type: str, inputs: list[Any], attrs: dict[str, Any], bb: Any = None,

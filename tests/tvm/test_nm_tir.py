@@ -42,23 +42,24 @@ def test_supports_only_m4_and_whole_tiles() -> None:
         nm_matmul_primfunc(1, 64, 40, 2)
 
 
-def _one_op_model(k: int, cols: int, bias: np.ndarray) -> tuple[object, np.ndarray]:
+def _one_op_model(k: int, cols: int, bias: np.ndarray, batch: str | int = "b") -> tuple[object, np.ndarray]:
     rng = np.random.default_rng(7)
     w = prune_nm(rng.standard_normal((k, cols)).astype(np.float32), 2, 4)
     node, inits = nm_matmul_node("x", "y", w, 2, 4, "nm", bias=bias)
-    graph = helper.make_graph([node], "nm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, cols])], inits)
+    graph = helper.make_graph([node], "nm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, cols])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.sparsec.kernels", 1)])
     return model, w
 
 
-def test_importer_tir_lowering_matches_dense() -> None:
+@pytest.mark.parametrize("batch", ["b", 3])  # symbolic and static rows
+def test_importer_tir_lowering_matches_dense(batch: str | int) -> None:
     from tvm import relax
 
     k, cols = 32, 32
     bias = np.linspace(-1, 1, cols).astype(np.float32)
-    model, w = _one_op_model(k, cols, bias)
+    model, w = _one_op_model(k, cols, bias, batch)
     deploy, params = import_and_lift(model, nm_lowering="tir")
     assert "call_dps_packed" not in deploy.script() and "call_tir" in deploy.script()
     target = host_spec().tvm_target()
