@@ -28,7 +28,7 @@ def supports(n: int, m: int, cols: int) -> bool:
 def nm_matmul_primfunc(rows: Any, k: int, cols: int, n: int, m: int = TIR_M) -> Any:
     """Scheduled PrimFunc (x [rows, k] f32, values f32, meta u16) -> y [rows, cols] f32.
     `rows` is an int or a tirx.Var (a symbolic batch)."""
-    from tvm import s_tir, te
+    from tvm import s_tir, te, tirx
 
     if not supports(n, m, cols) or k % m:
         raise ValueError(f"TIR N:M matmul needs M={TIR_M}, K % M == 0 and C % {TILE} == 0 (got n={n}, m={m}, K={k}, C={cols})")
@@ -45,7 +45,12 @@ def nm_matmul_primfunc(rows: Any, k: int, cols: int, n: int, m: int = TIR_M) -> 
         rec = (t * groups + g) * n + j
         word = meta[rec * words + lane // 8].astype("int32")
         pos = (word >> ((lane % 8) * 2)) & 3
-        return te.sum(vals[rec * TILE + lane] * x[r, g * m + pos], axis=[g, j])
+        # x[r, g*M + pos] as a select over the group's M inputs (broadcast scalars): vectorizes
+        # to compares and blends, where an indexed load becomes a per-lane gather.
+        xg = x[r, g * m + m - 1]
+        for i in range(m - 2, -1, -1):
+            xg = tirx.Select(pos == i, x[r, g * m + i], xg)
+        return te.sum(vals[rec * TILE + lane] * xg, axis=[g, j])
 
     y = te.compute((rows, cols), body, name="y")
     sch = s_tir.Schedule(te.create_prim_func([x, vals, meta, y]))
