@@ -118,20 +118,22 @@ def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarr
     return [np.asarray(t.numpy()) for t in out]
 
 
-def import_and_lift(model: onnx.ModelProto) -> tuple[Any, list[np.ndarray]]:
+def import_and_lift(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[Any, list[np.ndarray]]:
     """(deploy module, its weights after the lifted weight transforms)."""
-    mod, named = import_onnx(model)
+    mod, named = import_onnx(model, nm_lowering)
     deploy, transform = _lift(mod)
     return deploy, _transform_params(transform, [v for _, v in named])
 
 
-def build_model(model: onnx.ModelProto, spec: TvmTargetSpec, database: Any = None) -> TvmBuild:
-    """Build `model`; `database`: a MetaSchedule database to apply before the explicit schedules."""
+def build_model(model: onnx.ModelProto, spec: TvmTargetSpec, database: Any = None,
+                nm_lowering: str = "packed") -> TvmBuild:
+    """Build `model`; `database`: a MetaSchedule database to apply before the explicit schedules;
+    `nm_lowering`: N:M layers as the packed C kernel (default) or TIR (backends/tvm/importer.py)."""
     import tvm
     from tvm.support import cc
 
     t0 = time.perf_counter()
-    deploy, params = import_and_lift(model)
+    deploy, params = import_and_lift(model, nm_lowering)
     target = spec.tvm_target()
     t1 = time.perf_counter()
     stats: dict[str, Any] = {}
@@ -161,7 +163,8 @@ def build_model(model: onnx.ModelProto, spec: TvmTargetSpec, database: Any = Non
         "schedules": "dlight CPU GEMV, RowReduction (dlight Reduction where it parallelizes rows), then sparsec LoopNestCPU (backends/tvm/schedules.py)",
         **({"tuned_functions": stats.get("from_database", 0) - stats.get("prim_funcs_scheduled_before", 0)}
            if database is not None else {}),
-        "sparse_kernels": "sparsec C kernels linked into model.so (packed functions sparsec_nm_matmul, sparsec_block_matmul)",
+        "sparse_kernels": "sparsec C kernels linked into model.so (packed functions sparsec_nm_matmul, sparsec_block_matmul)"
+        + ("; N:M (M=4) layers as TIR PrimFuncs (nm_lowering=tir)" if nm_lowering == "tir" else ""),
     }
     return TvmBuild(
         library=library,

@@ -4,6 +4,9 @@ Standard ops go through `tvm.relax.frontend.onnx` (its converters, unchanged). T
 ops that `lower-nm-kernels` leaves in the domain `com.sparsec.kernels` become
 `R.call_dps_packed("sparsec_nm_matmul", ...)`: calls into sparsec's C kernels, which
 `backends/tvm/kernel_objects.py` links into the model library (kernels/tvm_packed/sk_tvm_ffi.c).
+With `nm_lowering="tir"`, 2:4-style (M=4, C a multiple of 16) NMSparseMatMul becomes
+`R.call_tir` of a scheduled TIR PrimFunc on the same packed buffers (backends/tvm/nm_tir.py)
+instead; the packed call stays the default (faster here: bench/tvm_bench.py --mode tir).
 Weights stay graph inputs (`keep_params_in_input`) so they ship as a parameter file, not
 inside the library.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import onnx
 
 from sparsec.errors import UnsupportedError
@@ -22,6 +26,7 @@ NM_FUNC = "sparsec_nm_matmul"
 NM_BIAS_FUNC = "sparsec_nm_matmul_bias"
 BLOCK_FUNC = "sparsec_block_matmul"
 KERNEL_OPS = ("NMSparseMatMul", "BlockSparseMatMul")
+NM_LOWERINGS = ("packed", "tir")
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -41,13 +46,41 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     return [f"op {d}.{op} (node '{name}') has no TVM importer converter" for (d, op), name in sorted(seen.items())]
 
 
-def _kernel_call(op_type: str, inputs: list[Any], attrs: dict[str, Any]) -> Any:
+def _nm_tir_call(bb: Any, x: Any, inputs: list[Any], n: int, m: int, cols: int, has_bias: bool) -> Any:
+    """NMSparseMatMul as call_tir of the TIR PrimFunc: x flattened to [rows, K] and back."""
+    from tvm import relax, tirx
+
+    from sparsec.backends.tvm.nm_tir import nm_matmul_primfunc
+
+    shape = list(x.ty.shape)
+    k = int(shape[-1])
+    lead = shape[:-1]
+    rows_expr = 1
+    for d in lead:
+        rows_expr = rows_expr * d
+    static = all(isinstance(d, tirx.IntImm) for d in lead)
+    rows: Any = int(np.prod([int(d) for d in lead])) if static else tirx.Var("rows", "int64")
+    name = f"sparsec_nm_tir_{n}of{m}_{k}x{cols}" + ("" if static else "_dyn")
+    gv = bb.add_func(nm_matmul_primfunc(rows, k, cols, n, m).with_attr("global_symbol", name), name)
+    x2 = x if len(shape) == 2 else bb.normalize(relax.op.reshape(x, [rows_expr, k]))
+    y = bb.normalize(relax.call_tir(gv, [x2, inputs[1], inputs[2]], relax.TensorType([rows_expr, cols], "float32")))
+    if len(shape) != 2:
+        y = bb.normalize(relax.op.reshape(y, [*lead, cols]))
+    return relax.op.add(y, inputs[3]) if has_bias else y
+
+
+def _kernel_call(op_type: str, inputs: list[Any], attrs: dict[str, Any], bb: Any = None,
+                 nm_lowering: str = "packed") -> Any:
     from tvm import relax
+
+    from sparsec.backends.tvm.nm_tir import supports
 
     x = inputs[0]
     shape = list(x.ty.shape)
     cols = int(attrs["N"])
     out = relax.TensorType([*shape[:-1], cols], "float32")
+    if op_type == "NMSparseMatMul" and nm_lowering == "tir" and supports(int(attrs["n"]), int(attrs["m"]), cols):
+        return _nm_tir_call(bb, x, inputs, int(attrs["n"]), int(attrs["m"]), cols, bool(int(attrs.get("has_bias", 0))))
     if op_type == "NMSparseMatMul":
         n, m = relax.prim_value(int(attrs["n"])), relax.prim_value(int(attrs["m"]))
         if int(attrs.get("has_bias", 0)):
@@ -59,10 +92,14 @@ def _kernel_call(op_type: str, inputs: list[Any], attrs: dict[str, Any]) -> Any:
     return relax.call_dps_packed(BLOCK_FUNC, relax.Tuple([x, *inputs[1:4], relax.prim_value(int(attrs["bk"]))]), out)
 
 
-def import_onnx(model: onnx.ModelProto) -> tuple[Any, list[tuple[str, Any]]]:
+def import_onnx(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[Any, list[tuple[str, Any]]]:
     """(Relax IRModule whose `main` takes the model inputs then the weights, [(weight name,
-    numpy value)] in that order). Unsupported ops raise UnsupportedError naming them."""
+    numpy value)] in that order). Unsupported ops raise UnsupportedError naming them.
+    `nm_lowering`: "packed" (the C kernel, default) or "tir" (backends/tvm/nm_tir.py)."""
     from tvm.relax.frontend.onnx import onnx_frontend as f
+
+    if nm_lowering not in NM_LOWERINGS:
+        raise UnsupportedError(f"backend 'tvm': nm_lowering must be one of {NM_LOWERINGS}, got {nm_lowering!r}")
 
     problems = unsupported_ops(model)
     if problems:
@@ -74,7 +111,7 @@ def import_onnx(model: onnx.ModelProto) -> tuple[Any, list[tuple[str, Any]]]:
 
         def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
             if op_name in KERNEL_OPS:
-                return self.bb.normalize(_kernel_call(op_name, list(inputs), attrs))
+                return self.bb.normalize(_kernel_call(op_name, list(inputs), attrs, self.bb, nm_lowering))
             return super()._convert_operator(op_name, inputs, attrs, opset)
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
