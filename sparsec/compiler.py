@@ -25,7 +25,7 @@ from sparsec.calib.runner import output_rows, run_callable
 from sparsec.errors import UnsupportedError
 from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
-from sparsec.ir.file_tensor import SpillStore, spilling, weight_bytes
+from sparsec.ir.file_tensor import SpillStore, spilling, spilling_active, weight_bytes
 from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
 from sparsec.ir.session import session_from_ir
 from sparsec.latency import measure_latency
@@ -289,7 +289,9 @@ def _build(
         dims=dict(options.dims),
         seed=options.seed,
         calibration=calibration,
-        repro_dir=default_repro_dir(),
+        # A reproducer snapshot keeps every weight a pass replaces alive until the pass ends:
+        # not for models big enough to spill (a 26 GB model's pruned copy would stay on disk).
+        repro_dir=None if spilling_active() else default_repro_dir(),
         threads=options.threads,
         # Measured only where the target runs here and on ORT (the tuner times ORT sessions).
         tune=options.tune and target.tuned_here and backend.name == "ort",

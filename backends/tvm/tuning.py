@@ -58,7 +58,7 @@ def tune(model: onnx.ModelProto, spec: TvmTargetSpec, trials: int, database_dir:
     if not tasks:
         return {"tasks": 0, "trials": 0, "records": 0}
     with tempfile.TemporaryDirectory(prefix="sparsec-ms-") as work:
-        contexts, weights = _contexts(tasks, work, seed)
+        contexts, weights = _contexts(tasks, work, seed, trials)
         database = ms.tune_tasks(
             tasks=contexts,
             task_weights=weights,
@@ -123,7 +123,7 @@ def _in_process_runner() -> Any:
     return InProcessRunner()
 
 
-def _contexts(tasks: list[Any], work: str, seed: int) -> tuple[list[Any], list[float]]:
+def _contexts(tasks: list[Any], work: str, seed: int, trials: int) -> tuple[list[Any], list[float]]:
     """Tune contexts as `extracted_tasks_to_tune_contexts` makes them, but with one search
     thread: its default asks psutil (not a dependency) for the core count, and the cores are
     shared anyway."""
@@ -132,12 +132,14 @@ def _contexts(tasks: list[Any], work: str, seed: int) -> tuple[list[Any], list[f
 
     names = [t.task_name for t in tasks]
     contexts, weights = [], []
+    # A population far above the trial budget only costs sampling time (a tiny budget is a smoke run).
+    population = min(64, max(8, 4 * trials))
     for task, logger, rand in zip(tasks, get_loggers_from_work_dir(work, names), fork_seed(seed, n=len(tasks)), strict=True):
         if task.mod.attrs.get("tirx.is_scheduled", False):
             continue
         contexts.append(ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
                                        search_strategy=ms.search_strategy.EvolutionarySearch(
-                                           population_size=64, init_min_unmeasured=16, genetic_num_iters=2), task_name=task.task_name, logger=logger,
+                                           population_size=population, init_min_unmeasured=min(16, population), genetic_num_iters=2), task_name=task.task_name, logger=logger,
                                        rand_state=rand, num_threads=1).clone())
         weights.append(task.weight)
     return contexts, weights

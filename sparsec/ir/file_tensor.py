@@ -177,6 +177,12 @@ class spilling:  # noqa: N801 - used as a context manager, like contextlib helpe
             _ACTIVE.remove(self.store)
 
 
+def spilling_active() -> bool:
+    """Whether rewritten weights currently go to a spill file (the model is big enough that
+    keeping an extra reference to its old weights would cost memory or disk)."""
+    return bool(_ACTIVE)
+
+
 def store_tensor(array: np.ndarray, name: str | None = None) -> ir.TensorProtocol:
     """The tensor a pass stores for a rewritten weight: spilled to disk when a store is active."""
     if _ACTIVE:
@@ -184,4 +190,4 @@ def store_tensor(array: np.ndarray, name: str | None = None) -> ir.TensorProtoco
     return ir.tensor(array, name=name)
 
 
-__all__ = ["FileTensor", "SpillStore", "adopt_external", "as_file_tensor", "spilling", "store_tensor", "weight_bytes"]
+__all__ = ["FileTensor", "SpillStore", "adopt_external", "as_file_tensor", "spilling", "spilling_active", "store_tensor", "weight_bytes"]

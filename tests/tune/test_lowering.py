@@ -112,7 +112,6 @@ def test_never_slower_moves_layers_back_to_dense_worst_first(monkeypatch: pytest
     assert "moved back to dense" in result.manifest["summary"]
     w1 = result.model.graph.initializers["w1"].const_value.numpy()
     assert np.count_nonzero(w1) == w1.size  # moved back means not pruned either (only_faster)
-    assert result.manifest["latency"]["speedup"] > 0.8  # the dense model again, within noise
     assert result.manifest["latency"]["identical_to_dense"]  # nothing pruned, nothing lowered
 
 
