@@ -22,7 +22,6 @@ per-layer and global): seed 0 is biased in its favour, seeds 1 and 2 are not.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from sparsec.bench import machine_info
+from sparsec.bench import emit_json, machine_info
 from sparsec.capture import from_torch
 from sparsec.compiler import CompileOptions, compile_model
 from sparsec.ir.io import model_bytes
@@ -154,11 +153,7 @@ def main() -> None:
         "torch": torch.__version__, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "note": "timings under whatever load the machine had (see load averages); accuracies do not depend on it",
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ load average (the machine may be shared: times are under that load, the tables a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compile_time_bench import export_bert_base  # noqa: E402
 
-from sparsec.bench import machine_info  # noqa: E402
+from sparsec.bench import emit_json, machine_info  # noqa: E402
 from sparsec.calib.data import CalibrationData  # noqa: E402
 from sparsec.executor import LocalExecutor, make_executor  # noqa: E402
 from sparsec.ir.io import load_model  # noqa: E402
@@ -103,11 +102,7 @@ def main() -> None:
         "versions": {"ray": ray.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "local_table": local.damage, "ray_table": remote.damage, "skipped": local.skipped,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from sparsec.bench import emit_json
 from sparsec.calib.data import CalibrationData
 from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
 from sparsec.layers import find_layers
@@ -156,11 +157,7 @@ def main() -> int:
         result["total"] = {k: round(result["compress"][k] + result["finetune"][k], 2) for k in ("wall_s", "cpu_s")}
         result["total"]["idle_2core_wall_estimate_s"] = round(result["total"]["cpu_s"] / 2, 1)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
     return 0
 
 

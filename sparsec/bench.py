@@ -213,3 +213,17 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         if key.strip() in ("Model name", "L2 cache", "L3 cache", "Flags"):
             info[key.strip()] = value.strip()
     return {**info, **extra}
+
+
+def emit_json(result: Any, out: Any = None) -> str:
+    """Print a benchmark's JSON and, when `out` (a path) is given, write it there too."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return text
