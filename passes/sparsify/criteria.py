@@ -149,7 +149,8 @@ def with_bias_column(
     g[:k, :k] = stats.gram
     g[:k, k] = g[k, :k] = stats.col_sum
     g[k, k] = stats.count
-    stats_a = LayerStats(g.astype(np.float32), stats.count, np.append(stats.col_sum, stats.count))
+    rows_a = None if stats.rows is None else np.hstack([stats.rows, np.ones((stats.rows.shape[0], 1), np.float32)])
+    stats_a = LayerStats(g.astype(np.float32), stats.count, np.append(stats.col_sum, stats.count), rows_a)
     cross_a = None
     if cross is not None and dense_sum is not None:
         c = np.empty((k + 1, k + 1), dtype=np.float64)
@@ -208,7 +209,13 @@ def refit_kept_weights(new2: np.ndarray, target2: np.ndarray, stats: LayerStats,
 
 
 def output_error(w2: np.ndarray, new2: np.ndarray, stats: LayerStats) -> float:
-    """Relative layer-output error ||X (W - W')^T|| / ||X W^T|| from the Gram matrix alone."""
+    """Relative layer-output error ||X (W - W')^T|| / ||X W^T||: from the kept rows when the
+    statistics have them (count*K flops per output row), else from the Gram matrix (K*K)."""
+    if stats.rows is not None and stats.rows.shape[1] == w2.shape[1]:
+        x = stats.rows
+        num = float(np.sum(np.square(x @ (w2 - new2).astype(np.float32, copy=False).T, dtype=np.float64)))
+        den = float(np.sum(np.square(x @ w2.astype(np.float32, copy=False).T, dtype=np.float64)))
+        return float(np.sqrt(num / den)) if den > 0 else 0.0
     d = (w2 - new2).astype(np.float64)
     w = w2.astype(np.float64)
     g = stats.gram.astype(np.float64)

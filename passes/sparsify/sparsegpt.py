@@ -19,36 +19,37 @@ BLOCK = 128  # columns per lazy-update block (as in the reference implementation
 
 
 def _inverse_cholesky(gram: np.ndarray, damp: float) -> tuple[torch.Tensor, np.ndarray]:
-    """The upper Cholesky factor of (H + damping)^-1, in float32, and H's dead columns.
+    """The upper Cholesky factor V of (H + damping)^-1 (H^-1 = V^T V), in float32, and H's
+    dead columns.
 
-    All in one float64 [K, K] buffer (each copy is ~1 GB for an 11008-wide FFN input): LAPACK
-    factors, inverts and factors again in place (H is symmetric, so its C-ordered buffer read
-    as Fortran order is H itself and nothing is copied)."""
-    h = np.array(gram, dtype=np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    diagonal = np.diag(h).copy()
+    With J the index reversal, the lower factor of J H J = L L^T gives H = U U^T with
+    U = J L J upper, so V = U^-1 = J L^-1 J: one factorisation and one triangular inverse
+    (2/3 K^3 flops) instead of factor, invert, factor again (4/3 K^3). All in one float64
+    [K, K] buffer (~1 GB for an 11008-wide FFN input), filled already reversed; LAPACK works
+    in place (the buffer read as Fortran order is its transpose, the same symmetric matrix).
+    """
+    k = gram.shape[0]
+    dead = np.diag(gram) == 0
+    h = np.empty((k, k), dtype=np.float64)
+    diagonal = np.where(dead, 1.0, np.diag(gram).astype(np.float64))[::-1].copy()
     mean_diag = float(diagonal.mean())
     a = h.T  # Fortran-ordered view of the same memory
     for scale in (1.0, 10.0, 100.0, 1000.0):  # more damping until H is positive definite
-        if scale > 1.0:  # a failed factorisation overwrote part of the buffer: rebuild H
-            a[...] = np.asarray(gram, dtype=np.float64).T
-            a[dead, dead] = 1.0
-        np.fill_diagonal(a, diagonal + damp * scale * mean_diag)
-        chol, info = lapack.dpotrf(a, lower=0, clean=0, overwrite_a=1)  # upper U, H = U^T U
+        h[...] = gram[::-1, ::-1]  # a failed factorisation overwrote part of the buffer: refill
+        np.fill_diagonal(h, diagonal + damp * scale * mean_diag)
+        chol, info = lapack.dpotrf(a, lower=1, clean=0, overwrite_a=1)  # J H J = L L^T
         if info == 0:
             break
     else:
         raise np.linalg.LinAlgError("input Gram matrix is not positive definite even with damping")
-    inv, info = lapack.dpotri(chol, lower=0, overwrite_c=1)  # upper triangle of H^-1
+    inv, info = lapack.dtrtri(chol, lower=1, overwrite_c=1)  # L^-1, lower (in Fortran order)
     if info != 0:
-        raise np.linalg.LinAlgError("inverting the damped Gram matrix failed")
-    upper, info = lapack.dpotrf(inv, lower=0, clean=0, overwrite_a=1)  # H^-1 = U'^T U'
-    if info != 0:
-        raise np.linalg.LinAlgError("the inverse Gram matrix is not positive definite")
-    for i in range(1, upper.shape[0]):  # clear the stale lower triangle row by row (no index arrays)
-        upper[i, :i] = 0.0
-    return torch.from_numpy(upper.astype(np.float32)), dead
+        raise np.linalg.LinAlgError("inverting the Cholesky factor of the damped Gram matrix failed")
+    # `h` now holds (L^-1)^T in its upper triangle (C order); its lower triangle is stale.
+    for i in range(1, k):  # row by row: no index arrays of K^2 entries
+        h[i, :i] = 0.0
+    upper = np.ascontiguousarray(h[::-1, ::-1].T, dtype=np.float32)  # J L^-1 J
+    return torch.from_numpy(upper), dead
 
 
 def sparsegpt_prune(
@@ -61,14 +62,7 @@ def sparsegpt_prune(
     """
     if pattern.is_dense:
         return w2.copy()
-    threads = torch.get_num_threads()
-    # The column loop is a chain of small rank-1 updates: one thread avoids per-op sync costs
-    # (measured 2x faster on 2 cores).
-    torch.set_num_threads(1)
-    try:
-        return _prune(w2, gram, pattern, damp, block, keep_last)
-    finally:
-        torch.set_num_threads(threads)
+    return _prune(w2, gram, pattern, damp, block, keep_last)
 
 
 def _prune(w2: np.ndarray, gram: np.ndarray, pattern: Pattern, damp: float, block: int, keep_last: int) -> np.ndarray:
@@ -95,18 +89,35 @@ def _prune(w2: np.ndarray, gram: np.ndarray, pattern: Pattern, damp: float, bloc
             if width:
                 saliency = (w1[:width] ** 2 / d1[:width, None] ** 2).T.numpy()
                 prune1[:width] = torch.from_numpy(np.ascontiguousarray(~pattern.keep_mask(saliency).T))
-        for i in range(i2 - i1):
-            if pattern.kind == "nm" and i % pattern.m == 0 and i1 + i < prunable:
-                group = w1[i : i + pattern.m] ** 2 / d1[i : i + pattern.m, None] ** 2
-                drop = torch.topk(group, pattern.m - pattern.n, dim=0, largest=False).indices
-                prune1[i : i + pattern.m].scatter_(0, drop, True)
-            col = w1[i]
-            q = col.masked_fill(prune1[i], 0.0)
-            q1[i] = q
-            e = (col - q) / h1[i, i]
-            w1[i:] -= torch.outer(h1[i, i:], e)
-            err1[i] = e
+        # The column loop is a chain of small rank-1 updates: one thread avoids per-op sync
+        # costs (measured 2x faster on 2 cores); the block update after it is one big GEMM.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _obs_columns(w1, q1, err1, prune1, h1, d1, pattern, i1, prunable)
+        finally:
+            torch.set_num_threads(threads)
         w[:, i1:i2] = q1.T
         if i2 < cols:
             w[:, i2:] -= err1.T @ hinv[i1:i2, i2:]
     return w.numpy().astype(w2.dtype, copy=False)
+
+
+def _obs_columns(
+    w1: torch.Tensor, q1: torch.Tensor, err1: torch.Tensor, prune1: torch.Tensor, h1: torch.Tensor, d1: torch.Tensor,
+    pattern: Pattern, i1: int, prunable: int,
+) -> None:
+    """Prune the columns of one block in order (rows of the transposed block `w1`), each
+    error compensated in the block's later columns; `q1`/`err1` receive the pruned columns
+    and their scaled errors."""
+    for i in range(w1.shape[0]):
+        if pattern.kind == "nm" and i % pattern.m == 0 and i1 + i < prunable:
+            group = w1[i : i + pattern.m] ** 2 / d1[i : i + pattern.m, None] ** 2
+            drop = torch.topk(group, pattern.m - pattern.n, dim=0, largest=False).indices
+            prune1[i : i + pattern.m].scatter_(0, drop, True)
+        col = w1[i]
+        q = col.masked_fill(prune1[i], 0.0)
+        q1[i] = q
+        e = (col - q) / h1[i, i]
+        w1[i:] -= torch.outer(h1[i, i:], e)
+        err1[i] = e

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,9 @@ class LayerStats:
     gram: np.ndarray  # [K, K] float32, sum over calibration rows of x x^T
     count: int  # calibration rows
     col_sum: np.ndarray | None = None  # [K] float64, sum over calibration rows of x (for bias fitting)
+    # The rows themselves [count, K] when there are few of them (see `RowKeeper`): quantities
+    # like ||X D^T|| then cost count*K per output row instead of K*K through the Gram.
+    rows: np.ndarray | None = None
 
     @property
     def col_sq_mean(self) -> np.ndarray:
@@ -47,9 +50,11 @@ def accumulate_rows(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, Layer
     grams: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    kept = RowKeeper()
     for rows_by_layer in batches:
+        products = _SharedProducts()
         for name, x2 in rows_by_layer.items():
-            g = x2.T @ x2
+            g, _ = products.get(x2, x2, lambda x=x2: x.T @ x)
             s = x2.sum(axis=0, dtype=np.float64)
             if name in grams:
                 grams[name] += g
@@ -57,7 +62,51 @@ def accumulate_rows(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, Layer
             else:
                 grams[name], sums[name] = g.astype(np.float32), s
             counts[name] = counts.get(name, 0) + x2.shape[0]
-    return {name: LayerStats(grams[name], counts[name], sums[name]) for name in grams}
+            kept.add(name, x2)
+    return {name: LayerStats(grams[name], counts[name], sums[name], kept.rows(name)) for name in grams}
+
+
+class _SharedProducts:
+    """Per batch: layers that read the same activation (q/k/v, gate/up) share one product."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple, np.ndarray] = {}
+
+    def get(self, a: np.ndarray, b: np.ndarray, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """(the product, whether it was computed by this call: only then may it be adopted
+        as an accumulator; a shared one must be copied first)."""
+        key = (_identity(a), _identity(b))
+        if key in self._done:
+            return self._done[key], False
+        self._done[key] = compute()
+        return self._done[key], True
+
+
+def _identity(x: np.ndarray) -> tuple:
+    return (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+
+
+class RowKeeper:
+    """Keeps each layer's input rows while they are few: at most half the input width (below
+    that, row-based error measures beat Gram-based ones) and `max_bytes` per layer."""
+
+    def __init__(self, max_bytes: int = 1 << 28) -> None:
+        self.max_bytes = max_bytes
+        self._parts: dict[str, list[np.ndarray] | None] = {}
+
+    def add(self, name: str, x2: np.ndarray) -> None:
+        parts = self._parts.setdefault(name, [])
+        if parts is None:
+            return
+        count = sum(p.shape[0] for p in parts) + x2.shape[0]
+        if 2 * count > x2.shape[1] or count * x2.shape[1] * 4 > self.max_bytes:
+            self._parts[name] = None  # too many: the Gram is the cheaper summary
+            return
+        parts.append(np.array(x2, dtype=np.float32))
+
+    def rows(self, name: str) -> np.ndarray | None:
+        parts = self._parts.get(name)
+        return np.concatenate(parts, axis=0) if parts else None
 
 
 @dataclass(frozen=True)
@@ -90,10 +139,14 @@ def accumulate_paired_rows(pairs: Iterable[tuple[dict[str, np.ndarray], dict[str
     sums: dict[str, np.ndarray] = {}
     dsums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    kept = RowKeeper()
     for dense_rows, pruned_rows in pairs:
+        products = _SharedProducts()
         for name, xp in pruned_rows.items():
             xd = dense_rows[name]
-            g, c = (xp.T @ xp).astype(np.float32), (xp.T @ xd).astype(np.float32)
+            g, g_new = products.get(xp, xp, lambda x=xp: (x.T @ x).astype(np.float32))
+            c, c_new = products.get(xp, xd, lambda x=xp, y=xd: (x.T @ y).astype(np.float32))
+            kept.add(name, xp)
             s, ds = xp.sum(axis=0, dtype=np.float64), xd.sum(axis=0, dtype=np.float64)
             if name in grams:
                 grams[name] += g
@@ -101,9 +154,10 @@ def accumulate_paired_rows(pairs: Iterable[tuple[dict[str, np.ndarray], dict[str
                 sums[name] += s
                 dsums[name] += ds
             else:
-                grams[name], cross[name], sums[name], dsums[name] = g, c, s, ds
+                grams[name], cross[name] = (g if g_new else g.copy()), (c if c_new else c.copy())
+                sums[name], dsums[name] = s, ds
             counts[name] = counts.get(name, 0) + xp.shape[0]
-    return {name: PairedStats(LayerStats(grams[name], counts[name], sums[name]), cross[name], dsums[name]) for name in grams}
+    return {name: PairedStats(LayerStats(grams[name], counts[name], sums[name], kept.rows(name)), cross[name], dsums[name]) for name in grams}
 
 
 def model_digest(model: ir.Model) -> str:
