@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+from sparsec.bench import emit_json, machine_info
 
 CPU_TIME = False  # --cpu-time: time with the calling thread's CPU clock (1 thread only)
 
@@ -44,20 +45,11 @@ MOBILENETV2_LAYERS = [  # 1x1 expand / project / head convs
 
 
 def machine(threads: int) -> dict:
-    info = {"threads": threads, "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "L2 cache", "L3 cache", "Flags"):
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
+    """sparsec.bench.machine_info with the thread count and the kernels' instruction sets."""
     from sparsec.kernels import available_isas
 
-    info["kernel_isas"] = available_isas()
-    info["kernel_isa_forced"] = os.environ.get("SPARSEC_KERNEL_ISA")
-    return info
+    return machine_info(threads=threads, kernel_isas=available_isas(),
+                        kernel_isa_forced=os.environ.get("SPARSEC_KERNEL_ISA"))
 
 
 def prune(w: np.ndarray, pattern: str, rng: np.random.Generator) -> np.ndarray:
@@ -236,11 +228,7 @@ def main() -> int:
     if not args.layers_only:
         result["models"] = [bench_model(n, args.threads) for n in args.models.split(",")]
     result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit_json(result, args.out)
     return 0
 
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 
 import numpy as np
+
+from sparsec.bench import emit_json, machine_info
 
 D, F, E, TOP_K = 768, 3072, 16, 4
 
@@ -50,19 +51,6 @@ def ffn_chain(blocks: int, tokens: int, seed: int = 0):  # noqa: ANN201  (an onn
     consts = {"sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
               "half": np.array(0.5, np.float32)}
     return make_model(text, **inits, **consts)
-
-
-def machine() -> dict:
-    info = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "L3 cache", "Flags"):
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
 
 
 def run_case(blocks: int, tokens: int, threads: int) -> dict:
@@ -137,7 +125,7 @@ def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0
                              "mean_layer_cosine": round(float(np.mean([d["cosine"] for d in moe])), 6)})
                 print(json.dumps(rows[-1]), flush=True)
     return {"benchmark": "moe_minilm_curve", "calib_sentences": n_calib, "eval_sentences": n_eval,
-            "experts": 16, "machine": machine(), "rows": rows}
+            "experts": 16, "machine": machine_info(), "rows": rows}
 
 
 def main() -> None:
@@ -155,7 +143,7 @@ def main() -> None:
     if args.minilm:
         variants = [tuple(v.split(":")) for v in args.variants.split(",")]
         actives = [float(a) for a in args.active.split(",")]
-        print(json.dumps(minilm_curve(args.calib, args.eval, variants, actives, args.k.split(",")), indent=1))
+        emit_json(minilm_curve(args.calib, args.eval, variants, actives, args.k.split(",")))
         return
     cases = []
     for tokens in (int(t) for t in args.tokens.split(",")):
@@ -163,8 +151,8 @@ def main() -> None:
             cases.append(run_case(blocks, tokens, args.threads))
     bars = {"batch 1: >= 3x": [c["speedup"] for c in cases if c["tokens"] == 1],
             "128 tokens: >= 2x": [c["speedup"] for c in cases if c["tokens"] == 128]}
-    print(json.dumps({"benchmark": "moe_ffn", "ffn": f"{D}->{F}->{D} gelu", "experts": E, "top_k": TOP_K,
-                      "machine": machine(), "bars": bars, "cases": cases}, indent=1))
+    emit_json({"benchmark": "moe_ffn", "ffn": f"{D}->{F}->{D} gelu", "experts": E, "top_k": TOP_K,
+               "machine": machine_info(), "bars": bars, "cases": cases})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import logging
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from sparsec.bench import emit_json
+from sparsec.bench import emit_json, machine_info
 from sparsec.calib.data import CalibrationData
 from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
 from sparsec.layers import find_layers
@@ -43,21 +42,6 @@ from sparsec.models_zoo.sentences import sentence_split
 from sparsec.nm_pattern import nm_violations
 from sparsec.pm import PassContext, PassManager, parse_pipeline
 from sparsec.recover.finetune import FinetuneOptions, finetune
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                info["cpu"] = value.strip()
-            if key.strip() == "Flags":
-                info["avx512"] = "avx512f" in value
-    except OSError:
-        pass
-    return info
 
 
 def timed(fn, *args, **kw):  # noqa: ANN001, ANN201
@@ -104,7 +88,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {
         "command": "python bench/recovery_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": machine(), "threads": args.threads, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_info(python=platform.python_version(), torch_threads=torch.get_num_threads()),
+        "threads": args.threads, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     task = minilm_task(n_calib=args.calib, n_eval=args.eval)
     calib_sentences, rest = sentence_split(args.calib, args.eval + args.val)

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,17 +34,7 @@ from typing import Any
 
 import numpy as np
 
-
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    return {
-        "cpu": info.get("Model name", "").strip(),
-        "flags": info.get("Flags", "").strip(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
+from sparsec.bench import emit_json, machine_info
 
 
 def _copy(model: Any) -> Any:
@@ -262,7 +251,7 @@ def main() -> int:
     os.environ.setdefault("SPARSEC_KERNEL_THREADS", str(args.threads))
     from sparsec.models_zoo import ZOO
 
-    report: dict[str, Any] = {"machine": machine(), "threads": args.threads}
+    report: dict[str, Any] = {"machine": machine_info(python=platform.python_version()), "threads": args.threads}
     for mode in args.mode.split(","):
         if mode == "zoo":
             names = args.models.split(",") if args.models else list(ZOO)
@@ -279,7 +268,7 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     report["load_average_end"] = os.getloadavg()
-    print(json.dumps(report, indent=2))
+    emit_json(report)
     return 0
 
 

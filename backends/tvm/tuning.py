@@ -15,8 +15,10 @@ The sparse kernels are packed calls into C, not TIR: they are never tuned.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
+import sys
 import tempfile
 from contextvars import ContextVar
 from pathlib import Path
@@ -57,6 +59,7 @@ def tune(model: onnx.ModelProto, spec: TvmTargetSpec, trials: int, database_dir:
     tasks = ms.relax_integration.extract_tasks(mod, target)
     if not tasks:
         return {"tasks": 0, "trials": 0, "records": 0}
+    import_tensor_intrinsics()
     with tempfile.TemporaryDirectory(prefix="sparsec-ms-") as work:
         contexts, weights = _contexts(tasks, work, seed, trials)
         database = ms.tune_tasks(
@@ -75,6 +78,40 @@ def tune(model: onnx.ModelProto, spec: TvmTargetSpec, trials: int, database_dir:
         for name in DATABASE_FILES:
             shutil.copyfile(Path(work) / name, database_dir / name)
     return {"tasks": len(tasks), "task_names": [t.task_name for t in tasks], "trials": trials, "records": records}
+
+
+def import_tensor_intrinsics() -> None:
+    """Import `tvm.s_tir.tensor_intrin` (TuneContext imports it on first use) without the
+    rescans of sys.modules that made it ~90% of `sparsec tune --backend=tvm` on a small model.
+
+    The module parses the TVMScript intrinsics of every target; each `T.prim_func` calls
+    `inspect.stack()`, which asks `inspect.getmodule` about every frame on the stack. For a frame
+    whose file does not exist ("<frozen importlib._bootstrap>", "<frozen runpy>", "<string>":
+    every import and `python -m` has them) getmodule answers None, but only after rescanning all
+    of sys.modules (thousands of modules: TVM imports torch), twice per frame. While importing,
+    such frames get None at once. That is the scan's own answer when no module's __file__ is a
+    "<...>" name (checked first; otherwise the import runs unchanged); a frame, code object or
+    traceback has no __name__, so getmodule's last resort (a __main__ or builtins attribute of
+    that name) never matches it.
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    pseudo_files = [m for m in list(sys.modules.values())
+                    if Path(str(getattr(m, "__file__", None) or "x")).name.startswith("<")]
+    original = inspect.getmodule
+
+    def getmodule(obj: Any, _filename: str | None = None) -> Any:
+        if (_filename is not None and _filename.startswith("<") and _filename.endswith(">")
+                and (inspect.isframe(obj) or inspect.iscode(obj) or inspect.istraceback(obj))):
+            return None
+        return original(obj, _filename)
+
+    if not pseudo_files:
+        inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = original
 
 
 def _in_process_builder() -> Any:

@@ -64,21 +64,9 @@ class CalibrationRunner:
         return self.calib.batches_for(self._source)
 
     def _session(self, names: tuple[str, ...]) -> Any:
-        """A session computing only `names` and what they depend on (ORT runs the whole graph otherwise)."""
+        """A session computing only `names` and what they depend on."""
         if names not in self._sessions:
-            copy = self._model.clone()
-            values = {v.name: v for n in copy.graph for v in n.outputs}
-            values.update({v.name: v for v in copy.graph.inputs})
-            copy.graph.outputs.clear()
-            for n in names:
-                if n not in values:
-                    raise PipelineError(f"calibration: the model has no value named '{n}'")
-                if values[n].type is None:  # ORT needs a type on graph outputs
-                    values[n].type = ir.TensorType(ir.DataType.FLOAT)
-                copy.graph.outputs.append(values[n])
-            RemoveUnusedNodesPass()(copy)
-            _drop_unused_inputs(copy)
-            self._sessions[names] = session_from_ir(copy, self.threads, lean=True)
+            self._sessions[names] = _partial_session(self._model, names, self.threads)
         return self._sessions[names]
 
     @property
@@ -258,26 +246,9 @@ class SegmentWalk:
         key = (segment, outputs)
         if key not in self._sessions:
             start = self.cuts[segment - 1] if segment > 0 else 0
-            copy = self.runner._model.clone()
-            nodes = list(copy.graph)
-            copy.graph.outputs.clear()
-            sample = store[0] if store else {}
-            for node in nodes[:start]:
-                for value in node.outputs:
-                    if value.name not in sample:
-                        continue
-                    fresh = ir.Value(name=value.name, type=ir.TensorType(ir.DataType.from_numpy(sample[value.name].dtype)))
-                    value.name = f"{value.name}__before_cut"
-                    value.replace_all_uses_with(fresh)
-                    copy.graph.inputs.append(fresh)
-            values = {v.name: v for n in copy.graph for v in n.outputs}
-            for name in outputs:
-                if values[name].type is None:
-                    values[name].type = ir.TensorType(ir.DataType.FLOAT)
-                copy.graph.outputs.append(values[name])
-            RemoveUnusedNodesPass()(copy)
-            _drop_unused_inputs(copy)
-            self._sessions[key] = session_from_ir(copy, self.runner.threads, lean=True)
+            carried = {name: x.dtype for name, x in (store[0] if store else {}).items()}
+            self._sessions[key] = _partial_session(self.runner._model, outputs, self.runner.threads,
+                                                   start=start, carried=carried)
         return self._sessions[key]
 
     def run(self, segment: int, store: Store, weights: dict[str, np.ndarray] | None, extra: Sequence[str] = ()) -> Store:
@@ -318,6 +289,34 @@ class SegmentWalk:
 def _lookup(values: dict[str, np.ndarray], batch: dict[str, np.ndarray], name: str) -> np.ndarray:
     """A frontier value, or a graph input (graph inputs are fed, never part of a frontier)."""
     return values[name] if name in values else batch[name]
+
+
+def _partial_session(model: ir.Model, outputs: Sequence[str], threads: int, *, start: int = 0,
+                     carried: dict[str, np.dtype] | None = None) -> Any:
+    """A session on a copy of `model` computing only `outputs` and what they depend on (ORT
+    runs the whole graph otherwise). Values made by the first `start` nodes that are named in
+    `carried` (name -> dtype) become graph inputs, so a segment runs from a stored frontier."""
+    copy = model.clone()
+    for node in list(copy.graph)[:start]:
+        for value in node.outputs:
+            if value.name not in (carried or {}):
+                continue
+            fresh = ir.Value(name=value.name, type=ir.TensorType(ir.DataType.from_numpy(carried[value.name])))
+            value.name = f"{value.name}__before_cut"
+            value.replace_all_uses_with(fresh)
+            copy.graph.inputs.append(fresh)
+    values = {v.name: v for n in copy.graph for v in n.outputs}
+    values.update({v.name: v for v in copy.graph.inputs})
+    copy.graph.outputs.clear()
+    for name in outputs:
+        if name not in values:
+            raise PipelineError(f"calibration: the model has no value named '{name}'")
+        if values[name].type is None:  # ORT needs a type on graph outputs
+            values[name].type = ir.TensorType(ir.DataType.FLOAT)
+        copy.graph.outputs.append(values[name])
+    RemoveUnusedNodesPass()(copy)
+    _drop_unused_inputs(copy)
+    return session_from_ir(copy, threads, lean=True)
 
 
 def _drop_unused_inputs(model: ir.Model) -> None:

@@ -6,22 +6,14 @@ from pathlib import Path
 
 from sparsec.cli.main import main
 from sparsec.ir.io import save_model
-from sparsec.testing import make_model, seeded
-
-# Big enough that 2:4 applies with the default min_params=1024, small enough to compile in ~1 s.
-MLP = """
-<ir_version: 10, opset_import: ["" : 18]>
-mlp (float[batch,64] x) => (float[batch,32] y) {
-  h = Gemm <transB = 1> (x, w1, b1)
-  r = Relu(h)
-  y = MatMul(r, w2)
-}
-"""
+from sparsec.testing import make_model, mlp_model, seeded
 
 
 def write_mlp(folder: Path, name: str = "m.onnx") -> Path:
+    """Gemm 64->64, Relu, MatMul 64->32 on a dynamic batch: big enough that 2:4 applies with the
+    default min_params=1024, small enough to compile in ~1 s."""
     path = folder / name
-    save_model(make_model(MLP, w1=seeded((64, 64), 1), b1=seeded((64,), 2), w2=seeded((64, 32), 3)), path)
+    save_model(mlp_model("batch", (64, 64, 32), gemm_first=True), path)
     return path
 
 

@@ -10,21 +10,12 @@ import time
 from pathlib import Path
 
 from sparsec.ir.io import write_model
-from sparsec.testing import make_model, seeded
-
-BIG_MLP = """
-<ir_version: 10, opset_import: ["" : 18]>
-big (float[1,2048] x) => (float[1,2048] y) {
-  h = MatMul(x, w1)
-  r = Relu(h)
-  y = MatMul(r, w2)
-}
-"""
+from sparsec.testing import mlp_model
 
 
 def test_sigterm_removes_spill_folders_and_writes_nothing(tmp_path: Path) -> None:
     model = tmp_path / "big.onnx"  # 32 MB of weights: above a quarter of a 64M budget
-    write_model(make_model(BIG_MLP, w1=seeded((2048, 2048), 1), w2=seeded((2048, 2048), 2)), model, external=True)
+    write_model(mlp_model(1, (2048, 2048, 2048), name="big"), model, external=True)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     out = tmp_path / "art"

@@ -15,27 +15,18 @@ from sparsec.passes.analysis.sensitivity import scan_sensitivity
 from sparsec.passes.sparsify.options import LayerSelection
 from sparsec.passes.sparsify.patterns import parse_pattern
 from sparsec.pm import PassContext, PassManager, parse_pipeline
-from sparsec.testing import make_model, seeded
+from sparsec.testing import make_model, mlp_model, seeded
 
 ray = pytest.importorskip("ray")
 
 from sparsec.executor.ray_executor import RayExecutor  # noqa: E402  (needs ray)
 
-TEXT = """
-<ir_version: 10, opset_import: ["" : 18]>
-mlp (float[N, 32] x) => (float[N, 16] y) {
-    h = Gemm <transB = 1> (x, w1, b1)
-    r = Relu(h)
-    h2 = MatMul(r, w2)
-    r2 = Relu(h2)
-    y = MatMul(r2, w3)
-}
-"""
 CANDIDATES = ["2:4", "1:4", "4:8", "u:0.5"]
 
 
 def _model() -> ir.Model:
-    return make_model(TEXT, w1=seeded((64, 32), 1), b1=seeded((64,), 2), w2=seeded((64, 64), 3), w3=seeded((64, 16), 4))
+    """Gemm 32->64, Relu, MatMul 64->64, Relu, MatMul 64->16: layers h, h2, y."""
+    return mlp_model("N", (32, 64, 64, 16), gemm_first=True)
 
 
 def _calib() -> CalibrationData:

@@ -22,18 +22,9 @@ pytest.importorskip("psutil", reason="MetaSchedule needs psutil (pip install 'sp
 from sparsec.ir.io import save_model  # noqa: E402
 from sparsec.kernels import kernels_available  # noqa: E402
 from sparsec.runtime import load, make_session  # noqa: E402
-from sparsec.testing import make_model, seeded  # noqa: E402
+from sparsec.testing import mlp_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparsec C kernels are not built")
-
-TWO = """
-<ir_version: 10, opset_import: ["" : 18]>
-two (float[4,64] x) => (float[4,32] y) {
-  h = MatMul(x, w1)
-  r = Relu(h)
-  y = MatMul(r, w2)
-}
-"""
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -50,7 +41,7 @@ def _compile(src: Path, out: Path) -> None:
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tvm_tune")
     src = folder / "two.onnx"
-    save_model(make_model(TWO, w1=seeded((64, 64), 1), w2=seeded((64, 32), 2)), src)
+    save_model(mlp_model(4, (64, 64, 32), name="two"), src)
     _compile(src, folder / "out")
     return folder / "out"
 
