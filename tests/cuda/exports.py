@@ -49,8 +49,8 @@ def build(family: str):  # noqa: ANN201  (module, example inputs, input names)
     raise ValueError(f"unknown family {family!r}")
 
 
-def export(family: str, exporter: str, path: Path) -> Path:
-    """Write the family's ONNX file with the exporter's default opset."""
+def export(family: str, exporter: str, path: Path, opset: int | None = None) -> Path:
+    """Write the family's ONNX file; opset None: the exporter's default (20 in torch 2.13)."""
     import torch
 
     module, args, names = build(family)
@@ -64,12 +64,13 @@ def export(family: str, exporter: str, path: Path) -> Path:
             out = self.m(**dict(zip(names, xs, strict=True))) if family != "resnet18" else self.m(*xs)
             return out if isinstance(out, torch.Tensor) else out[0]
 
+    extra = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(Plain().eval(), args, path, dynamo=False, input_names=names)
+            torch.onnx.export(Plain().eval(), args, path, dynamo=False, input_names=names, **extra)
         elif exporter == "dynamo":
-            torch.onnx.export(Plain().eval(), args, dynamo=True, input_names=names, verbose=False).save(path)
+            torch.onnx.export(Plain().eval(), args, dynamo=True, input_names=names, verbose=False, **extra).save(path)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
     return path

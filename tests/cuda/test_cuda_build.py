@@ -55,8 +55,9 @@ def test_sass_of_a_missing_cuobjdump_is_a_clear_error(tmp_path) -> None:
         cuda_build.sass_text(tmp_path / "none.cubin", "/bin/false")
 
 
-def test_shared_library_exports_the_entry_point(nvcc: str) -> None:
-    lib = cuda_build.build("sm_80", kinds=("so",), nvcc=nvcc).files["so"]
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_shared_library_exports_the_entry_point(nvcc: str, arch: str) -> None:
+    lib = cuda_build.build(arch, kinds=("so",), nvcc=nvcc).files["so"]
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not found")
