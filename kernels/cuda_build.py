@@ -9,6 +9,7 @@ renamed). No GPU is needed to build; running the library needs one.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -54,6 +55,54 @@ def find_nvcc() -> str | None:
     home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
     candidate = Path(home) / "bin" / "nvcc"
     return str(candidate) if candidate.is_file() else None
+
+
+def find_cuobjdump() -> str | None:
+    """$SPARSEC_CUOBJDUMP, else cuobjdump on PATH or in $CUDA_HOME/bin, else the one the pip
+    package `nvidia-cuda-cuobjdump` installs (nvidia/cu*/bin/, e.g. nvidia/cu13/bin/): the
+    toolkit here ships nvcc and ptxas without it. It needs nvdisasm for -sass (see sass_text)."""
+    explicit = os.environ.get("SPARSEC_CUOBJDUMP")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    home = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda")
+    candidates = [home / "bin" / "cuobjdump", *_pip_tool_paths("cuobjdump")]
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
+def _pip_tool_paths(tool: str) -> list[Path]:
+    """`tool` in the bin folders of NVIDIA's pip wheels (namespace package `nvidia`): CUDA 13
+    wheels put it in nvidia/cu13/bin/, CUDA 12 ones in nvidia/cuda_<name>/bin/."""
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or spec.submodule_search_locations is None:
+        return []
+    found: list[Path] = []
+    for root in spec.submodule_search_locations:
+        found.extend(sorted(Path(root).glob(f"*/bin/{tool}"), reverse=True))  # newest cuNN first
+    return found
+
+
+def sass_text(cubin: str | Path, cuobjdump: str | None = None) -> str:
+    """`cuobjdump -sass` of a cubin. cuobjdump calls nvdisasm, found on PATH or through
+    $NVDISASM_PATH: pointed at the pip package's (nvidia-cuda-nvdisasm) when PATH has none.
+    Raises CudaToolkitUnavailableError without cuobjdump, KernelUnavailableError when it fails."""
+    tool = cuobjdump or find_cuobjdump()
+    if tool is None:
+        raise CudaToolkitUnavailableError(
+            "cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm, or set SPARSEC_CUOBJDUMP)")
+    env = dict(os.environ)
+    if shutil.which("nvdisasm") is None and "NVDISASM_PATH" not in env:
+        beside = Path(tool).with_name("nvdisasm")
+        nvdisasm = beside if beside.is_file() else next(iter(_pip_tool_paths("nvdisasm")), None)
+        if nvdisasm is not None:
+            env["NVDISASM_PATH"] = str(nvdisasm.parent)
+    proc = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KernelUnavailableError(f"cuobjdump -sass failed on {Path(cubin).name}: {last.strip()}")
+    return proc.stdout
 
 
 def nvcc_version(nvcc: str) -> str:
@@ -146,5 +195,7 @@ __all__ = [
     "CudaBuild",
     "CudaToolkitUnavailableError",
     "build",
+    "find_cuobjdump",
     "find_nvcc",
+    "sass_text",
 ]

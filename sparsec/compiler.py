@@ -458,7 +458,7 @@ def _manifest(
     return {
         "sparsec_version": sparsec.__version__,
         "input": {"source": source, "sha256": input_hash},
-        "target": options.target,
+        "target": get_target(options.target).spec,
         "backend": compiled.backend,
         "pipeline": pipeline.to_text(full=True),
         "legalization": legalize.to_text(full=True),

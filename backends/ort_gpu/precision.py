@@ -10,12 +10,14 @@ stay fp32, so this is a lower bound on the rounding a full-fp16 engine adds.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.kernels.packing_sparse_tc import round_to
 
 ROUNDED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+_LARGEST = {"float16": 65504.0, "bfloat16": float(np.array(0x7F7F0000, dtype=np.uint32).view(np.float32))}
 _ONNX_TYPE = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 
 
@@ -26,7 +28,7 @@ def emulate_precision(model_bytes: bytes, dtype: str = "float16") -> bytes:
     low = _ONNX_TYPE[dtype]
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(round_to(numpy_helper.to_array(init), dtype), init.name))
+            init.CopyFrom(numpy_helper.from_array(round_weight(numpy_helper.to_array(init), dtype), init.name))
     initializers = {i.name for i in graph.initializer}
     renamed: dict[str, str] = {}
     head: list[onnx.NodeProto] = []
@@ -47,6 +49,17 @@ def emulate_precision(model_bytes: bytes, dtype: str = "float16") -> bytes:
     del graph.node[:]
     graph.node.extend(head + nodes)
     return model.SerializeToString()
+
+
+def round_weight(w: np.ndarray, dtype: str = "float16") -> np.ndarray:
+    """`w` rounded to fp16/bf16, finite values out of the type's range clamped to its largest
+    finite value first (+-65504 for fp16), as TensorRT clamps such weights: exporters write
+    attention masks' fill value as float32's minimum (-3.4e38), which a plain cast turns into
+    -inf (in bf16 too: it rounds up past bf16's largest) and a NaN where a row is fully
+    masked. Infinities and NaNs stay what they are."""
+    w = np.asarray(w, dtype=np.float32)
+    top = _LARGEST[dtype]
+    return round_to(np.where(np.isfinite(w), np.clip(w, -top, top), w).astype(np.float32), dtype)
 
 
 def _round_trip(src: str, dst: str, low: int) -> list[onnx.NodeProto]:

@@ -46,6 +46,12 @@ class Target:
             raise OptionError(f"target '{self.name}' has no variant '{variant}' (known: {choices})")
         self.variant = variant if variant is not None else self.default_variant
 
+    @property
+    def spec(self) -> str:
+        """`name:variant` with the default variant filled in (`cuda` -> `cuda:sm_80`): what
+        an artifact was compiled for, even when the command line left the variant out."""
+        return f"{self.name}:{self.variant}" if self.variant else self.name
+
     def backend_for(self, choice: str | None) -> str:
         """The registered backend for `--backend=choice` (None: the target's default)."""
         if choice is None:

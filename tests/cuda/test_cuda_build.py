@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -34,18 +33,31 @@ def test_cubin_is_elf_for_the_arch(cuda_objects: cuda_build.CudaBuild) -> None:
 
 
 def test_sass_has_sparse_hmma(cuda_objects: cuda_build.CudaBuild) -> None:
-    tool = os.environ.get("SPARSEC_CUOBJDUMP") or shutil.which("cuobjdump")
+    """The SASS for each arch holds the sparse HMMAs (ptxas kept mma.sp, fp16 and bf16)."""
+    tool = cuda_build.find_cuobjdump()
     if tool is None:
-        pytest.skip("cuobjdump not found (CUDA toolkit without it; pip package nvidia-cuda-cuobjdump has it)")
-    out = subprocess.run([tool, "-sass", str(cuda_objects.files["cubin"])], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cuobjdump cannot disassemble here: {out.stderr.strip().splitlines()[-1:]}")
-    ops = set(re.findall(r"HMMA\.SP\.16832\.F32(?:\.BF16)?", out.stdout))
+        pytest.skip("cuobjdump not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm (dev extras)")
+    sass = cuda_build.sass_text(cuda_objects.files["cubin"], tool)
+    assert f"code for {cuda_objects.arch}" in sass
+    ops = set(re.findall(r"HMMA\.SP\.16832\.F32(?:\.BF16)?", sass))
     assert ops == {"HMMA.SP.16832.F32", "HMMA.SP.16832.F32.BF16"}, ops
 
 
-def test_shared_library_exports_the_entry_point(nvcc: str) -> None:
-    lib = cuda_build.build("sm_80", kinds=("so",), nvcc=nvcc).files["so"]
+def test_both_required_archs_are_built(nvcc: str) -> None:
+    """Issue 14 asks for sm_80 and sm_90: the parametrized fixture must cover both."""
+    assert {"sm_80", "sm_90"} <= set(cuda_build.ARCHS)
+    ptx = {arch: cuda_build.build(arch, kinds=("ptx",), nvcc=nvcc).ptx_text() for arch in ("sm_80", "sm_90")}
+    assert ".target sm_80" in ptx["sm_80"] and ".target sm_90" in ptx["sm_90"]
+
+
+def test_sass_of_a_missing_cuobjdump_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(KernelUnavailableError, match="cuobjdump -sass failed"):
+        cuda_build.sass_text(tmp_path / "none.cubin", "/bin/false")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_shared_library_exports_the_entry_point(nvcc: str, arch: str) -> None:
+    lib = cuda_build.build(arch, kinds=("so",), nvcc=nvcc).files["so"]
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not found")

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.backends import get_backend
 from sparsec.backends.ort_gpu.backend import is_2_4
-from sparsec.backends.ort_gpu.precision import emulate_precision
+from sparsec.backends.ort_gpu.precision import emulate_precision, round_weight
 from sparsec.cli.main import main
 from sparsec.errors import OptionError
 from sparsec.kernels.packing_sparse_tc import round_to
@@ -104,3 +104,13 @@ def test_compile_cuda_artifact(tmp_path, arch: str) -> None:
     (y,) = sess.run(None, feed)
     assert np.all(np.isfinite(y))
     assert 0.5 < manifest["fidelity"]["worst_cosine"] <= 1.0
+
+
+def test_emulated_weights_clamp_to_the_fp16_range() -> None:
+    """A mask fill value of float32's minimum (both exporters write one) becomes -65504 as
+    TensorRT clamps it, not -inf; infinities written as such stay infinite."""
+    w = np.array([-3.4028235e38, 1e5, 1.0 + 2**-12, -np.inf, 70000.0], dtype=np.float32)
+    assert round_weight(w).tolist() == [-65504.0, 65504.0, 1.0, -np.inf, 65504.0]
+    assert np.isneginf(round_to(w, "bfloat16")[0])  # float32's minimum rounds past bf16's largest
+    bf16 = round_weight(w, "bfloat16")
+    assert np.isfinite(bf16[0]) and bf16[0] < -3.38e38 and bf16[1:].tolist() == [99840.0, 1.0, -np.inf, 70144.0]
