@@ -168,7 +168,9 @@ def test_streaming_sparsegpt_equals_in_memory(external_model, tmp_path, monkeypa
     monkeypatch.setattr("sparsec.compiler.SPILL_TENSOR_BYTES", 1024)  # spill these 256 KB weights
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((2, 256)).astype(np.float32)} for _ in range(4)]
-    options = {"criterion": "sparsegpt", "calibration": calib, "bench": False, "held_out": 2}
+    # tune=False: the per-machine tuner may judge these small layers slower sparse under load
+    # and leave them dense (nothing pruned, nothing spilled).
+    options = {"criterion": "sparsegpt", "calibration": calib, "bench": False, "held_out": 2, "tune": False}
     whole = compile_file(external_model, tmp_path / "whole", CompileOptions(**options))
     streamed = compile_file(external_model, tmp_path / "streamed", CompileOptions(**options, max_memory=100_000))
     assert streamed.manifest["memory"]["mode"] == "streaming" and streamed.manifest["memory"]["spilled_bytes"] > 0
