@@ -25,7 +25,11 @@ log = logging.getLogger("sparsec.kernels.cuda")
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
 MAIN_SOURCE = "sp24_kernels.cu"
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
-KINDS = ("ptx", "cubin", "so")
+KINDS = ("ptx", "cubin", "so")  # what build() makes by default
+# "ort": the ONNX Runtime custom-op library for the CUDA EP (sp24_ort_op.cu + the kernels);
+# built only when asked for.
+ORT_SOURCE = "sp24_ort_op.cu"
+ALL_KINDS = (*KINDS, "ort")
 FLAGS = ("-O3", "-std=c++17")
 LIB_SYMBOL = "sk_cuda_sp24_matmul"
 
@@ -117,7 +121,8 @@ def cache_root() -> Path:
 
 
 def _sources() -> list[Path]:
-    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh"))
+    # sk_ort_abi.h: the ORT ABI subset the custom-op library (kind "ort") includes.
+    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh")) + [SOURCE_DIR.parent / "src" / "sk_ort_abi.h"]
 
 
 def build_key(arch: str, nvcc: str) -> str:
@@ -138,7 +143,8 @@ def _command(nvcc: str, arch: str, kind: str, out: Path) -> list[str]:
         return [nvcc, *FLAGS, f"-arch={arch}", "-cubin", src, "-o", str(out)]
     # The shared library embeds SASS for the arch and PTX for JIT on newer GPUs.
     gencode = f"-gencode=arch=compute_{number},code=[sm_{number},compute_{number}]"
-    return [nvcc, *FLAGS, gencode, "-shared", "-Xcompiler", "-fPIC", src, "-o", str(out)]
+    sources = [src, str(SOURCE_DIR / ORT_SOURCE)] if kind == "ort" else [src]
+    return [nvcc, *FLAGS, gencode, "-shared", "-Xcompiler", "-fPIC", *sources, "-o", str(out)]
 
 
 def build(
@@ -154,15 +160,16 @@ def build(
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown CUDA arch {arch!r} (known: {', '.join(ARCHS)})")
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(ALL_KINDS)
     if unknown:
-        raise ValueError(f"unknown output kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
+        raise ValueError(f"unknown output kinds {sorted(unknown)} (known: {', '.join(ALL_KINDS)})")
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise CudaToolkitUnavailableError("nvcc not found (install the CUDA toolkit or set SPARSEC_NVCC)")
     directory = Path(out_dir) if out_dir is not None else cache_root() / f"{arch}-{build_key(arch, nvcc)}"
     directory.mkdir(parents=True, exist_ok=True)
-    names = {"ptx": f"sp24_{arch}.ptx", "cubin": f"sp24_{arch}.cubin", "so": f"libsparsec_cuda_{arch}.so"}
+    names = {"ptx": f"sp24_{arch}.ptx", "cubin": f"sp24_{arch}.cubin", "so": f"libsparsec_cuda_{arch}.so",
+             "ort": f"libsparsec_cuda_ort_{arch}.so"}
     files: dict[str, Path] = {}
     for kind in kinds:
         target = directory / names[kind]
@@ -190,6 +197,7 @@ def _compile(nvcc: str, arch: str, kind: str, target: Path) -> None:
 
 
 __all__ = [
+    "ALL_KINDS",
     "ARCHS",
     "KINDS",
     "CudaBuild",

@@ -5,7 +5,8 @@ fp16/bf16 operands with fp32 accumulation (`mma.sp`; TensorRT's sparse weights; 
 own kernels in kernels/cuda/). Other N:M patterns and block sparsity have no hardware path
 and run dense. K must be a multiple of the sparse tile: 32 for one `mma.sp.m16n8k32`, 64 for
 sparsec's kernels (one metadata register spans two tiles), so crops keep widths in multiples
-of 64 as well. Deployment today goes through ONNX Runtime's TensorRT EP (backend `ort-gpu`).
+of 64 as well. Deployment today goes through ONNX Runtime's TensorRT EP (backend `ort-gpu`, the default);
+`--backend=tvm` builds a CUDA model.so with TVM and sparsec's 2:4 kernel (`tvm-cuda`).
 
 Roofline constants are nominal datasheet values derated to what dense cuBLAS fp16 sustains
 (about 80% of tensor-core peak, 85% of DRAM bandwidth); they feed the predicted-latency
@@ -32,6 +33,7 @@ KERNEL_K_MULTIPLE = 64  # sparsec's CUDA kernels: one metadata register per two 
 class CudaTarget(Target):
     name = "cuda"
     backend = "ort-gpu"
+    backends: ClassVar[dict[str, str]] = {"ort": "ort-gpu", "tvm": "tvm-cuda"}
     variants = tuple(ROOFLINE)
     default_variant = "sm_80"
     channel_multiple = KERNEL_K_MULTIPLE
