@@ -11,25 +11,15 @@ Run by bench/gpu_check.sh; needs torch with CUDA and nvcc.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 
 import numpy as np
 
 
-def _time(torch, fn, runs: int = 50, warmup: int = 10) -> float:  # noqa: ANN001
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def _time(torch, fn) -> float:  # noqa: ANN001
+    from sparsec.bench import cuda_median_ms
+
+    return cuda_median_ms(torch, fn, runs=50, warmup=10)
 
 
 def case(torch, lib, name: str, k: int, c: int, batch: int) -> dict:  # noqa: ANN001

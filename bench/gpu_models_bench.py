@@ -24,7 +24,6 @@ Timing: CUDA events, median of 30 runs after 5 warm-ups, one process, one stream
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from typing import Any
 
@@ -39,19 +38,10 @@ def skip(case: str, reason: str) -> None:
     emit(case=case, skipped=True, reason=reason)
 
 
-def _time(torch: Any, fn: Any, runs: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def _time(torch, fn) -> float:  # noqa: ANN001
+    from sparsec.bench import cuda_median_ms
+
+    return cuda_median_ms(torch, fn, runs=30, warmup=5)
 
 
 def sparsify(torch: Any, lib: Any, model: Any) -> tuple[list[tuple[Any, str, Any]], int]:

@@ -227,3 +227,20 @@ def emit_json(result: Any, out: Any = None) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
     return text
+
+
+def cuda_median_ms(torch: Any, fn: Callable[[], object], runs: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of `fn` on the current CUDA stream, timed with CUDA events
+    (`torch` passed in: this module must not import it)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

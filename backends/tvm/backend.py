@@ -20,15 +20,13 @@ import onnx_ir as ir
 
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
 from sparsec.backends.tvm.session import LIBRARY, PARAMS, SIGNATURE, TvmSession
+from sparsec.backends.tvm.signature import input_signature
 from sparsec.backends.tvm.target_spec import TvmTargetSpec, host_spec
 from sparsec.backends.tvm.tuning import PRIOR_DATABASE, load_database
 from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.ir.io import inline_copy, to_proto
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
-
-# ONNX element types -> numpy dtype names, for the signature file
-_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
 
 def spec_for(target: Any) -> TvmTargetSpec:
@@ -72,16 +70,7 @@ class TvmBackend(Backend):
                 built = build_model(proto, spec, loaded[0])
         else:
             built = build_model(proto, spec)
-        inits = {i.name for i in proto.graph.initializer}
-        inputs = []
-        for vi in proto.graph.input:
-            if vi.name in inits:
-                continue
-            t = vi.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            if any(d is None for d in dims):
-                raise UnsupportedError(f"backend 'tvm': input '{vi.name}' has a symbolic dimension; give it a value with --dim")
-            inputs.append({"name": vi.name, "shape": dims, "dtype": _DTYPES.get(t.elem_type, str(t.elem_type))})
+        inputs = input_signature(proto, "tvm")
         signature = {"inputs": inputs, "outputs": built.output_names, "build": built.info,
                      "runs_here": spec.runs_here}
         params = tvm.runtime.save_param_dict({f"p{i}": tvm.runtime.tensor(p) for i, p in enumerate(built.params)})

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from sparsec.backends.base import Backend, CompiledModel, Runner, register_backend
 from sparsec.backends.ort_gpu.backend import OrtGpuBackend
+from sparsec.backends.tvm.signature import input_signature
 from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.ir.io import inline_copy, to_proto
@@ -31,7 +32,6 @@ from sparsec.pm.pipeline import Pipeline, parse_pipeline
 LIBRARY = "model.so"
 PARAMS = "params.bin"
 SIGNATURE = "tvm_signature.json"
-_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
 
 
 def toolchain_problem() -> str | None:
@@ -70,16 +70,7 @@ class TvmCudaBackend(Backend):
         from sparsec.backends.tvm_cuda.build import build_cuda_model
 
         proto = to_proto(inline_copy(model))
-        inputs = []
-        inits = {i.name for i in proto.graph.initializer}
-        for vi in proto.graph.input:
-            if vi.name in inits:
-                continue
-            t = vi.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            if any(d is None for d in dims):
-                raise UnsupportedError(f"backend 'tvm-cuda': input '{vi.name}' has a symbolic dimension; give it a value with --dim")
-            inputs.append({"name": vi.name, "shape": dims, "dtype": _DTYPES.get(t.elem_type, str(t.elem_type))})
+        inputs = input_signature(proto, "tvm-cuda")
         built = build_cuda_model(proto, getattr(target, "arch", None) or "sm_80")
         signature = {
             "inputs": inputs,
