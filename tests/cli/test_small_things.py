@@ -28,7 +28,10 @@ def test_excluded_layers_are_recorded_and_report_labels_its_cosines(capsys, tmp_
     rc, _, err = run(capsys, ["compile", str(model), "-o", str(out), "--no-bench", "-p", "nm-sparsity{exclude=[w2]}"])
     assert rc == 0, err
     decisions = json.loads((out / "manifest.json").read_text())["decisions"]
-    assert {d["weight"]: d["decision"] for d in decisions} == {"w1": "2:4", "w2": "skip"}
+    by_weight = {d["weight"]: d["decision"] for d in decisions}
+    assert by_weight.keys() == {"w1", "w2"} and by_weight["w2"] == "skip"
+    # w1 is "2:4", or "kernel NMSparseMatMul 2:4 (...)" where this machine's tuner measured the kernel faster.
+    assert by_weight["w1"] == "2:4" or by_weight["w1"].startswith("kernel NMSparseMatMul 2:4 "), by_weight
     assert "excluded by exclude glob 'w2'" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "| cosine vs the pass's input (1 sample) |" in report
