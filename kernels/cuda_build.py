@@ -48,32 +48,29 @@ class CudaBuild:
         return self.files["ptx"].read_text()
 
 
-def find_nvcc() -> str | None:
-    """$SPARSEC_NVCC, else nvcc on PATH, else $CUDA_HOME/bin/nvcc."""
-    explicit = os.environ.get("SPARSEC_NVCC")
+def _find_tool(tool: str, env_var: str, extra: list[Path]) -> str | None:
+    """$env_var when set (None if it names no file), else `tool` on PATH, in $CUDA_HOME/bin
+    (default /usr/local/cuda), or at the first of `extra` that exists."""
+    explicit = os.environ.get(env_var)
     if explicit:
         return explicit if Path(explicit).is_file() else None
-    found = shutil.which("nvcc")
+    found = shutil.which(tool)
     if found:
         return found
-    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
-    candidate = Path(home) / "bin" / "nvcc"
-    return str(candidate) if candidate.is_file() else None
+    home = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda")
+    return next((str(c) for c in [home / "bin" / tool, *extra] if c.is_file()), None)
+
+
+def find_nvcc() -> str | None:
+    """$SPARSEC_NVCC, else nvcc on PATH, else $CUDA_HOME/bin/nvcc."""
+    return _find_tool("nvcc", "SPARSEC_NVCC", [])
 
 
 def find_cuobjdump() -> str | None:
     """$SPARSEC_CUOBJDUMP, else cuobjdump on PATH or in $CUDA_HOME/bin, else the one the pip
     package `nvidia-cuda-cuobjdump` installs (nvidia/cu*/bin/, e.g. nvidia/cu13/bin/): the
     toolkit here ships nvcc and ptxas without it. It needs nvdisasm for -sass (see sass_text)."""
-    explicit = os.environ.get("SPARSEC_CUOBJDUMP")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    home = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda")
-    candidates = [home / "bin" / "cuobjdump", *_pip_tool_paths("cuobjdump")]
-    return next((str(c) for c in candidates if c.is_file()), None)
+    return _find_tool("cuobjdump", "SPARSEC_CUOBJDUMP", _pip_tool_paths("cuobjdump"))
 
 
 def _pip_tool_paths(tool: str) -> list[Path]:
