@@ -29,6 +29,8 @@ KINDS = ("ptx", "cubin", "so")  # what build() makes by default
 # "ort": the ONNX Runtime custom-op library for the CUDA EP (sp24_ort_op.cu + the kernels);
 # built only when asked for.
 ORT_SOURCE = "sp24_ort_op.cu"
+# Status and shape helpers shared with the CPU op library (C, compiled by nvcc's host compiler).
+ORT_UTIL = SOURCE_DIR.parent / "src" / "sk_ort_util.c"
 ALL_KINDS = (*KINDS, "ort")
 FLAGS = ("-O3", "-std=c++17")
 LIB_SYMBOL = "sk_cuda_sp24_matmul"
@@ -118,8 +120,9 @@ def cache_root() -> Path:
 
 
 def _sources() -> list[Path]:
-    # sk_ort_abi.h: the ORT ABI subset the custom-op library (kind "ort") includes.
-    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh")) + [SOURCE_DIR.parent / "src" / "sk_ort_abi.h"]
+    # sk_ort_abi.h and sk_ort_util.*: the ORT ABI subset and helpers the custom-op library (kind "ort") uses.
+    src = SOURCE_DIR.parent / "src"
+    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cu", ".cuh")) + [src / "sk_ort_abi.h", src / "sk_ort_util.h", ORT_UTIL]
 
 
 def build_key(arch: str, nvcc: str) -> str:
@@ -140,7 +143,7 @@ def _command(nvcc: str, arch: str, kind: str, out: Path) -> list[str]:
         return [nvcc, *FLAGS, f"-arch={arch}", "-cubin", src, "-o", str(out)]
     # The shared library embeds SASS for the arch and PTX for JIT on newer GPUs.
     gencode = f"-gencode=arch=compute_{number},code=[sm_{number},compute_{number}]"
-    sources = [src, str(SOURCE_DIR / ORT_SOURCE)] if kind == "ort" else [src]
+    sources = [src, str(SOURCE_DIR / ORT_SOURCE), str(ORT_UTIL)] if kind == "ort" else [src]
     return [nvcc, *FLAGS, gencode, "-shared", "-Xcompiler", "-fPIC", *sources, "-o", str(out)]
 
 

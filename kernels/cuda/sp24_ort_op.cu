@@ -15,12 +15,11 @@
 //
 // Status: compiled and checked here (symbols, registration in ONNX Runtime's CPU build); it has
 // never run: this machine has no GPU.
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "../src/sk_ort_abi.h"
+#include "../src/sk_ort_util.h"
 
 extern "C" int sk_cuda_sp24_matmul(int dtype, const void* vals, const void* meta, const void* x, void* y,
                                    int rows, int k, int batch, void* stream);
@@ -37,22 +36,13 @@ constexpr int kFloat16 = 10;  // ONNX TensorProto.FLOAT16
 constexpr int kUint32 = 12;   // ONNX TensorProto.UINT32
 constexpr size_t kMaxRank = 8;
 
-OrtStatus* status(const OrtApi* api, const char* fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return SK_ORT(api, CreateStatus)(SK_ORT_FAIL, msg);
-}
-
+// X, values and meta: rank (at most kMaxRank), dims and element type.
 OrtStatus* shape_of(const OrtApi* api, const OrtValue* v, int64_t* dims, size_t* rank, int* type) {
-    OrtTensorTypeAndShapeInfo* ti = nullptr;
-    OrtStatus* st = SK_ORT(api, GetTensorTypeAndShape)(v, &ti);
+    OrtStatus* st = sk_ort_shape(api, v, dims, kMaxRank, rank);
+    if (!st && *rank > kMaxRank) st = sk_ort_status(api, "Sp24MatMul: rank %zu above %zu", *rank, kMaxRank);
     if (st) return st;
-    st = SK_ORT(api, GetDimensionsCount)(ti, rank);
-    if (!st && *rank > kMaxRank) st = status(api, "Sp24MatMul: rank %zu above %zu", *rank, kMaxRank);
-    if (!st) st = SK_ORT(api, GetDimensions)(ti, dims, *rank);
+    OrtTensorTypeAndShapeInfo* ti = nullptr;
+    st = SK_ORT(api, GetTensorTypeAndShape)(v, &ti);
     if (!st) st = SK_ORT(api, GetTensorElementType)(ti, type);
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     return st;
@@ -68,7 +58,7 @@ OrtStatus* SK_ORT_CALL create_kernel(const OrtCustomOp*, const OrtApi* api, cons
     OrtStatus* st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "K", &k);
     if (!st) st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "N", &n);
     if (st) return st;
-    if (k <= 0 || k % 64 || n <= 0) return status(api, "Sp24MatMul: K=%lld must be a positive multiple of 64, N=%lld positive",
+    if (k <= 0 || k % 64 || n <= 0) return sk_ort_status(api, "Sp24MatMul: K=%lld must be a positive multiple of 64, N=%lld positive",
                                                   (long long)k, (long long)n);
     *out = new Kernel{api, k, n};
     return nullptr;
@@ -87,11 +77,11 @@ OrtStatus* SK_ORT_CALL compute(void* self, OrtKernelContext* ctx) {
         if (OrtStatus* st = shape_of(api, in[i], dims[i], &rank[i], &type[i])) return st;
     const int64_t k = kernel->k, n = kernel->n, mt = (n + 15) / 16;
     if (type[0] != kFloat16 || type[1] != kUint32 || type[2] != kUint32)
-        return status(api, "Sp24MatMul: X must be float16, values and meta uint32");
-    if (rank[0] < 1 || dims[0][rank[0] - 1] != k) return status(api, "Sp24MatMul: X's last dimension must be K=%lld", (long long)k);
+        return sk_ort_status(api, "Sp24MatMul: X must be float16, values and meta uint32");
+    if (rank[0] < 1 || dims[0][rank[0] - 1] != k) return sk_ort_status(api, "Sp24MatMul: X's last dimension must be K=%lld", (long long)k);
     if (rank[1] != 4 || dims[1][0] != mt || dims[1][1] != k / 32 || dims[1][2] != 32 || dims[1][3] != 4 || rank[2] != 3 ||
         dims[2][0] != mt || dims[2][1] != k / 64 || dims[2][2] != 32)
-        return status(api, "Sp24MatMul: packed weight shapes do not match K=%lld, N=%lld (kernels/packing_sparse_tc.py)",
+        return sk_ort_status(api, "Sp24MatMul: packed weight shapes do not match K=%lld, N=%lld (kernels/packing_sparse_tc.py)",
                       (long long)k, (long long)n);
     int64_t rows = 1;
     int64_t out_dims[kMaxRank];
@@ -111,7 +101,7 @@ OrtStatus* SK_ORT_CALL compute(void* self, OrtKernelContext* ctx) {
         reinterpret_cast<const sk_ort_any_fn*>(static_cast<const void*>(api))[kGetGPUComputeStream]);
     if ((st = get_stream(ctx, &stream))) return st;
     const int rc = sk_cuda_sp24_matmul(0, pv, pm, px, py, static_cast<int>(n), static_cast<int>(k), static_cast<int>(rows), stream);
-    if (rc != 0) return status(api, "Sp24MatMul: CUDA error %d (buffers must be 16-byte aligned)", rc);
+    if (rc != 0) return sk_ort_status(api, "Sp24MatMul: CUDA error %d (buffers must be 16-byte aligned)", rc);
     return nullptr;
 }
 
@@ -163,7 +153,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* SK_ORT_CALL Registe
     const OrtApi* api = base->GetApi(SK_ORT_API_VERSION);
     if (!api) {
         const OrtApi* v1 = base->GetApi(1);
-        if (v1) return status(v1, "sparsec CUDA ops need ONNX Runtime >= 1.16; this runtime is %s", base->GetVersionString());
+        if (v1) return sk_ort_status(v1, "sparsec CUDA ops need ONNX Runtime >= 1.16; this runtime is %s", base->GetVersionString());
         return nullptr;
     }
     static int once = 0;  // ORT serializes session creation per options; a second registration reuses the domain

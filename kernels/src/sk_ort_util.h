@@ -8,6 +8,10 @@
 
 #include "sk_ort_abi.h"
 
+#ifdef __cplusplus
+extern "C" {  /* also linked into the CUDA op library (kernels/cuda/sp24_ort_op.cu) */
+#endif
+
 /* A failed OrtStatus with a printf-formatted message (truncated at 511 bytes). */
 OrtStatus *sk_ort_status(const OrtApi *api, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -16,5 +20,9 @@ OrtStatus *sk_ort_status(const OrtApi *api, const char *fmt, ...)
  * rank leaves `dims` untouched so the caller can report it. */
 OrtStatus *sk_ort_shape(const OrtApi *api, const OrtValue *v, int64_t *dims, size_t max_rank,
                         size_t *rank);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
