@@ -29,7 +29,7 @@ from sparsec.ir.io import to_proto
 from sparsec.passes.structural.cropping import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
 from sparsec.passes.structural.importance import channel_scores, element_scores
-from sparsec.passes.structural.ratios import plan_macs, removal_mask, round_keep, uniform_keeps
+from sparsec.passes.structural.ratios import plan_macs, removal_mask, round_keep
 from sparsec.pm.context import PassContext
 
 if TYPE_CHECKING:
@@ -189,15 +189,13 @@ def calibrated_plan(
     from sparsec.passes.structural.importance import importance
 
     scores = activation_scores(dg, model, calib) if p.criterion == "activation" else importance(dg, model, p.criterion)
-    if p.macs <= 0:
-        keeps = {g.id: round_keep(g, fixed.get(g.id, 1.0 - p.ratio)) for g in groups}
-    elif p.allocation == "sensitivity" and sum(g.size // g.multiple for g in groups) <= JOINT_MAX_STEPS:
+    if p.macs <= 0 or p.allocation != "sensitivity":  # activation scores, any other allocation
+        keeps = p.keeps_from_scores(dg, model, groups, scores, fixed)
+    elif sum(g.size // g.multiple for g in groups) <= JOINT_MAX_STEPS:
         keeps = joint_keeps(dg, model, groups, scores, calib, int(dg.macs() * (1.0 - p.macs)), fixed, DAMAGES[p.damage])
-    elif p.allocation == "sensitivity":
+    else:
         table = sensitivity(dg, model, groups, scores, calib, DAMAGES[p.damage])
         for gid, curve in table.items():
             ctx.record(p.name, next(g.name for g in groups if g.id == gid), sensitivity={str(k): round(v, 6) for k, v in sorted(curve.items())})
         keeps = sensitivity_keeps(dg, groups, scores, table, int(dg.macs() * (1.0 - p.macs)), fixed)
-    else:
-        keeps = uniform_keeps(dg, groups, scores, int(dg.macs() * (1.0 - p.macs)), fixed)
     return removal_mask(dg, keeps, scores), keeps

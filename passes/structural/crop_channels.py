@@ -160,17 +160,22 @@ class CropChannels(Pass):
 
             return calibrated_plan(self, model, dg, groups, fixed, ctx)
         scores = importance(dg, model, self.criterion)
-        if self.macs > 0:
-            target = int(dg.macs() * (1.0 - self.macs))
-            if self.allocation == "budget":
-                keeps = budget_keeps(dg, groups, scores, target, fixed)
-            elif self.allocation == "precrop":
-                keeps = precrop_keeps(dg, model, groups, scores, target, fixed)
-            else:
-                keeps = uniform_keeps(dg, groups, scores, target, fixed)
-        else:
-            keeps = {g.id: round_keep(g, fixed.get(g.id, 1.0 - self.ratio)) for g in groups}
+        keeps = self.keeps_from_scores(dg, model, groups, scores, fixed)
         return removal_mask(dg, keeps, scores), keeps
+
+    def keeps_from_scores(
+        self, dg: DependencyGraph, model: ir.Model, groups: list, scores: np.ndarray, fixed: dict[int, float]
+    ) -> dict[int, int]:
+        """Channels kept per group for the uniform, budget and precrop allocations (or a fixed
+        ratio without a MAC target), whatever criterion produced `scores`."""
+        if self.macs <= 0:
+            return {g.id: round_keep(g, fixed.get(g.id, 1.0 - self.ratio)) for g in groups}
+        target = int(dg.macs() * (1.0 - self.macs))
+        if self.allocation == "budget":
+            return budget_keeps(dg, groups, scores, target, fixed)
+        if self.allocation == "precrop":
+            return precrop_keeps(dg, model, groups, scores, target, fixed)
+        return uniform_keeps(dg, groups, scores, target, fixed)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         folded = fold_shape_computations(model)

@@ -164,3 +164,23 @@ def test_cli_compile_with_crop_and_sparsity(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--crop=2" in bad.stderr
+
+
+def test_activation_criterion_honours_the_allocation() -> None:
+    """criterion=activation with allocation=budget/precrop allocates with those rules on the
+    activation scores (it used to fall back to uniform silently)."""
+    from sparsec.calib.data import CalibrationData
+    from sparsec.passes.structural.calibrated import activation_scores, calibration_of
+    from sparsec.passes.structural.ratios import budget_keeps
+
+    calib = CalibrationData({"x": seeded((32, 3, 8, 8), 11)}, batch_size=16)
+    plans = {}
+    for allocation in ("uniform", "budget", "precrop"):
+        m, ctx = cnn(), PassContext(calibration=calib)
+        p = CropChannels(macs=0.5, criterion="activation", allocation=allocation)
+        dg = p.analyse(m, ctx)
+        plans[allocation] = p.allocate(m, dg, ctx)[1]
+        if allocation == "budget":
+            scores = activation_scores(dg, m, calibration_of(ctx))
+            assert plans[allocation] == budget_keeps(dg, p.candidates(dg, set()), scores, int(dg.macs() * 0.5), {})
+    assert plans["budget"] != plans["uniform"]
