@@ -72,7 +72,7 @@ def _writes_bool(sch: Any, block: Any) -> bool:
     """Whether `block` stores into a bool buffer: LLVM codegen cannot vectorize those stores
     (the vector value is int8xN, the buffer bool: "dtype mismatch on BufferStore"), as in the
     attention masks of Hugging Face exports. Such nests keep scalar inner loops."""
-    return any(str(region.buffer.dtype) == "bool" for region in sch.get(block).writes)
+    return any(str(region.source.dtype) == "bool" for region in sch.get(block).writes)  # source: the buffer
 
 
 def _schedule_spatial(sch: Any, block: Any) -> None:

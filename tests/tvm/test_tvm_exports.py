@@ -161,11 +161,15 @@ def test_constant_of_shape_with_a_constant_scalar_shape_is_a_constant() -> None:
 
 def test_bool_stores_stay_scalar_and_compile() -> None:
     """A fused nest of bool buffers (a mask reshaped and combined with a constant mask, as in
-    GPT-2's TorchScript export): LoopNestCPU keeps its stores scalar, so LLVM compiles it."""
+    GPT-2's TorchScript export) under a float output: LoopNestCPU vectorizes the float stores
+    and keeps the bool ones scalar, so LLVM compiles it."""
     import tvm
-    from tvm import relax
+    from tvm import relax, s_tir
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.tirx import ForKind
 
     from sparsec.backends.tvm.build import relax_pipeline
+    from sparsec.backends.tvm.schedules import schedule_pass
     from sparsec.backends.tvm.target_spec import host_spec
 
     causal = np.tril(np.ones((64, 64), bool))
@@ -175,10 +179,23 @@ def test_bool_stores_stay_scalar_and_compile() -> None:
         with bb.dataflow():
             negative = bb.emit(relax.op.less(x, relax.const(0.0, "float32")))
             row = bb.emit(relax.op.reshape(negative, (1, 64)))
-            out = bb.emit_output(relax.op.logical_and(row, relax.const(causal, "bool")))
+            mask = bb.emit(relax.op.logical_and(row, relax.const(causal, "bool")))
+            out = bb.emit_output(relax.op.where(mask, relax.const(1.0, "float32"), relax.const(0.0, "float32")))
         bb.emit_func_output(out)
     target = host_spec().tvm_target()
+    with target:
+        scheduled = tvm.transform.Sequential([*cpu.legalize_passes(target), schedule_pass()])(bb.get())
+    kinds: dict[str, list[bool]] = {"bool": [], "float32": []}
+    for _, func in scheduled.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        sch = s_tir.Schedule(func)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            dtype = str(sch.get(block).writes[0].source.dtype)
+            kinds[dtype].append(any(sch.get(lp).kind == ForKind.VECTORIZED for lp in sch.get_loops(block)))
+    assert kinds["bool"] and not any(kinds["bool"])
+    assert kinds["float32"] and all(kinds["float32"])  # the rule ran: the float stores are vectorized
     ex = tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(target))
     data = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
-    assert np.array_equal(got, (data < 0).reshape(1, 64) & causal)
+    assert np.array_equal(got, ((data < 0).reshape(1, 64) & causal).astype(np.float32))
