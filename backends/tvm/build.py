@@ -106,7 +106,10 @@ def _lift(mod: Any) -> tuple[Any, Any]:
     return only(MAIN), only(TRANSFORM)
 
 
-def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarray]:
+def _transform_params(transform: Any, params: list[np.ndarray]) -> list[Any]:
+    """Run the lifted weight transform here: one value per trailing `main` parameter, an
+    array for a tensor, a tuple of ints for a shape (a weight-only shape computation:
+    a Reshape target stored as a big integer initializer), a number for a PrimValue."""
     import tvm
     from tvm import relax
 
@@ -115,14 +118,44 @@ def _transform_params(transform: Any, params: list[np.ndarray]) -> list[np.ndarr
     vm = relax.VirtualMachine(ex, tvm.cpu())
     dev = tvm.cpu()
     out = vm[TRANSFORM]([tvm.runtime.tensor(p, dev) for p in params])
-    return [np.asarray(t.numpy()) for t in out]
+    return [_host_value(v) for v in out]
+
+
+def _host_value(value: Any) -> Any:
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    if isinstance(value, int | float):
+        return value
+    return tuple(int(d) for d in value)  # a shape (tvm.runtime.Shape)
+
+
+def _bind_non_tensors(deploy: Any, values: list[Any]) -> tuple[Any, list[np.ndarray]]:
+    """(deploy module with its non-tensor weight values bound as constants, the tensors).
+
+    Shapes and scalars cannot ship in the parameter file and, bound, let the shape
+    computations that use them fold (CanonicalizeBindings resolves their match_casts)."""
+    from tvm import relax
+
+    if all(isinstance(v, np.ndarray) for v in values):
+        return deploy, values
+    main = deploy[MAIN]
+    trailing = list(main.params)[len(main.params) - len(values):]
+    bound: dict[Any, Any] = {}
+    for var, value in zip(trailing, values, strict=True):
+        if isinstance(value, tuple):
+            bound[var] = relax.ShapeExpr(list(value))
+        elif not isinstance(value, np.ndarray):
+            bound[var] = relax.PrimValue(value)
+    deploy[MAIN] = main.bind_params(bound)
+    deploy = relax.transform.CanonicalizeBindings()(deploy)
+    return deploy, [v for v in values if isinstance(v, np.ndarray)]
 
 
 def import_and_lift(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[Any, list[np.ndarray]]:
     """(deploy module, its weights after the lifted weight transforms)."""
     mod, named = import_onnx(model, nm_lowering)
     deploy, transform = _lift(mod)
-    return deploy, _transform_params(transform, [v for _, v in named])
+    return _bind_non_tensors(deploy, _transform_params(transform, [v for _, v in named]))
 
 
 def build_model(model: onnx.ModelProto, spec: TvmTargetSpec, database: Any = None,

@@ -27,6 +27,11 @@ NM_BIAS_FUNC = "sparsec_nm_matmul_bias"
 BLOCK_FUNC = "sparsec_block_matmul"
 KERNEL_OPS = ("NMSparseMatMul", "BlockSparseMatMul")
 NM_LOWERINGS = ("packed", "tir")
+# Integer/bool initializers up to this many elements are imported as constants, not weights:
+# exporters store Reshape/Expand/Slice targets, axes and small masks as initializers, and as
+# weights (`keep_params_in_input`) they would make those shapes run-time values (dynamic-shape
+# ops, shape outputs of the lifted weight transform) instead of folding at import.
+SHAPE_CONSTANT_MAX = 64
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -92,12 +97,40 @@ def _kernel_call(op_type: str, inputs: list[Any], attrs: dict[str, Any], bb: Any
     return relax.call_dps_packed(BLOCK_FUNC, relax.Tuple([x, *inputs[1:4], relax.prim_value(int(attrs["bk"]))]), out)
 
 
+def importer_base() -> type:
+    """TVM's ONNX importer with sparsec's changes, the base of the tvm and tvm-cuda importers:
+    unsupported ops are checked before (`unsupported_ops`, naming nodes), small integer/bool
+    initializers are constants (SHAPE_CONSTANT_MAX), ConstantOfShape of a constant shape is
+    a constant."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as f
+
+    class SparsecImporter(f.ONNXGraphImporter):
+        def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
+            pass  # done before, with node names
+
+        def _parse_graph_initializers(self, graph: onnx.GraphProto) -> None:
+            super()._parse_graph_initializers(graph)  # all as weights (keep_params_in_input) ...
+            for init in graph.initializer:  # ... then the small integer ones become constants
+                if _is_shape_constant(init):
+                    _, array = self._params.pop(init.name.removeprefix("onnx::"))  # the key TVM's parser uses
+                    array = array.numpy()
+                    self._nodes[init.name] = relax.const(array, str(array.dtype))  # relax.const alone makes int64 int32
+
+        def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
+            if op_name == "ConstantOfShape":
+                folded = _constant_of_shape(inputs[0], attrs.get("value"))
+                if folded is not None:
+                    return self.bb.normalize(folded)
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    return SparsecImporter
+
+
 def import_onnx(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[Any, list[tuple[str, Any]]]:
     """(Relax IRModule whose `main` takes the model inputs then the weights, [(weight name,
     numpy value)] in that order). Unsupported ops raise UnsupportedError naming them.
     `nm_lowering`: "packed" (the C kernel, default) or "tir" (backends/tvm/nm_tir.py)."""
-    from tvm.relax.frontend.onnx import onnx_frontend as f
-
     if nm_lowering not in NM_LOWERINGS:
         raise UnsupportedError(f"backend 'tvm': nm_lowering must be one of {NM_LOWERINGS}, got {nm_lowering!r}")
 
@@ -105,10 +138,7 @@ def import_onnx(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[An
     if problems:
         raise UnsupportedError(f"backend 'tvm' cannot import this model: {problems[0]}")
 
-    class _Importer(f.ONNXGraphImporter):
-        def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-            pass  # done above, with node names
-
+    class _Importer(importer_base()):
         def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
             if op_name in KERNEL_OPS:
                 return self.bb.normalize(_kernel_call(op_name, list(inputs), attrs, self.bb, nm_lowering))
@@ -126,6 +156,28 @@ def import_onnx(model: onnx.ModelProto, nm_lowering: str = "packed") -> tuple[An
             raise UnsupportedError(f"backend 'tvm': TVM's ONNX importer failed: {_first_line(e)}") from None
     params = [(name, value.numpy()) for name, (_, value) in importer._params.items()]
     return mod, params
+
+
+def _is_shape_constant(init: onnx.TensorProto) -> bool:
+    """A small integer or bool initializer (a shape, axes, indices, a mask): a constant."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+    return np.dtype(dtype).kind in "iub" and int(np.prod(init.dims)) <= SHAPE_CONSTANT_MAX
+
+
+def _constant_of_shape(shape: Any, value: Any) -> Any:
+    """ConstantOfShape of a constant shape as a Relax constant; None when the shape is not
+    constant. TVM's converter folds only 1-D outputs and fails on the scalar case (shape [])
+    that the TorchScript exporter emits for HF attention masks."""
+    from tvm import ir, relax, tirx
+
+    if isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tirx.IntImm) for d in shape.values):
+        dims = [int(d) for d in shape.values]
+    elif isinstance(shape, ir.GenericConst):
+        dims = [int(d) for d in shape.value.numpy().reshape(-1)]
+    else:
+        return None
+    fill = onnx.numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
+    return relax.const(np.full(dims, fill, dtype=fill.dtype), str(fill.dtype))
 
 
 def _first_line(e: BaseException) -> str:

@@ -16,7 +16,9 @@ Rules, first match wins per PrimFunc (dlight's `ApplyDefaultSchedule`):
      streams 1 KB weight row segments); loops are parallelized and vectorized, then the
      init is split off (`decompose_reduction`) and vectorized as well;
    - spatial blocks (elementwise, transpose, pad, concat): all loops fused, split into a
-     parallel outer loop and a vectorized inner loop.
+     parallel outer loop and a vectorized inner loop;
+   - blocks that write bool buffers (masks) stay scalar: LLVM codegen rejects vector bool
+     stores.
 Loops run in parallel only over nests of at least `MIN_PARALLEL_WORK` iterations: waking
 TVM's thread pool costs microseconds, more than a whole batch-1 elementwise op or LayerNorm
 (a decode step has hundreds of them). Every step is tried and skipped when TIR refuses it
@@ -66,11 +68,22 @@ def _try(fn: Any, *args: Any, **kw: Any) -> Any:
         return None
 
 
+def _writes_bool(sch: Any, block: Any) -> bool:
+    """Whether `block` stores into a bool buffer: LLVM codegen cannot vectorize those stores
+    (the vector value is int8xN, the buffer bool: "dtype mismatch on BufferStore"), as in the
+    attention masks of Hugging Face exports. Such nests keep scalar inner loops."""
+    return any(str(region.source.dtype) == "bool" for region in sch.get(block).writes)  # source: the buffer
+
+
 def _schedule_spatial(sch: Any, block: Any) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
     parallel = _work(sch, block) >= MIN_PARALLEL_WORK
+    if _writes_bool(sch, block):
+        if parallel:
+            _try(sch.parallel, loops[0])
+        return
     fused = loops[0] if len(loops) == 1 else _try(sch.fuse, *loops)
     if fused is None:
         if parallel:
@@ -98,7 +111,7 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
         return  # loops and block iterators not one to one (already transformed): leave it
     spatial = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == IterVar.DataPar]
     reduce = [lp for lp, iv in zip(loops, iter_vars, strict=True) if iv.iter_type == IterVar.CommReduce]
-    if not spatial or not reduce or len(spatial) + len(reduce) != len(loops):
+    if not spatial or not reduce or len(spatial) + len(reduce) != len(loops) or _writes_bool(sch, block):
         return
     parallel = _work(sch, block) >= MIN_PARALLEL_WORK
     last = spatial[-1]

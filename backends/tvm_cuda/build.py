@@ -132,18 +132,13 @@ def _cudart_dir() -> str:
 
 def import_model(model: onnx.ModelProto) -> tuple[Any, list[tuple[str, np.ndarray]]]:
     """Relax module (main takes the inputs, then the weights) with Sp24MatMul as kernel calls."""
-    from tvm.relax.frontend.onnx import onnx_frontend as f
-
-    from sparsec.backends.tvm.importer import _first_line, unsupported_ops
+    from sparsec.backends.tvm.importer import _first_line, importer_base, unsupported_ops
 
     problems = [p for p in unsupported_ops(model) if f"{sp24_layers.DOMAIN}.{sp24_layers.OP}" not in p]
     if problems:
         raise UnsupportedError(f"backend 'tvm-cuda' cannot import this model: {problems[0]}")
 
-    class _Importer(f.ONNXGraphImporter):
-        def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-            pass
-
+    class _Importer(importer_base()):
         def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
             if op_name == sp24_layers.OP:
                 return self.bb.normalize(sp24_layers.relax_call(self.bb, list(inputs), attrs))
@@ -168,17 +163,18 @@ def build_cuda_model(model: onnx.ModelProto, arch: str) -> CudaTvmBuild:
     from tvm.runtime import _ffi_api
     from tvm.support import cc
 
-    from sparsec.backends.tvm.build import _innermost_frame, _lift, _transform_params
+    from sparsec.backends.tvm.build import (
+        _bind_non_tensors,
+        _innermost_frame,
+        _lift,
+        _transform_params,
+    )
 
     t0 = time.perf_counter()
     rewritten, plan = sp24_layers.rewrite(model)
     mod, named = import_model(rewritten)
     deploy, transform = _lift(mod)
-    try:
-        params = _transform_params(transform, [v for _, v in named])
-    except AttributeError as e:  # a lifted output that is a shape value, not a tensor (Llama dynamo exports)
-        raise UnsupportedError(f"backend 'tvm-cuda': TVM's lifted weight transform returned a non-tensor ({e}); "
-                               "the same model fails --target=cpu --backend=tvm") from None
+    deploy, params = _bind_non_tensors(deploy, _transform_params(transform, [v for _, v in named]))
     target = tvm_target(arch)
     t1 = time.perf_counter()
     try:
