@@ -62,10 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    # The same flags after a command (`sparsec compile m.onnx -q`); SUPPRESS keeps the values
+    # given before the command when they are not repeated after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only errors")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("compile", help="optimise, lower and export a model to an artifact folder")
+    p = sub.add_parser("compile", parents=[common], help="optimise, lower and export a model to an artifact folder")
     p.add_argument("model", nargs="?", help="an .onnx file, or zoo:NAME for a models_zoo entry")
     p.add_argument("-o", "--output", required=True, type=Path, help="artifact folder to write")
     p.add_argument("--demo", action="store_true", help="compile the embedded default zoo model")
@@ -101,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_args(p)
     p.set_defaults(func=commands.cmd_compile)
 
-    p = sub.add_parser("opt", help="run a pass pipeline on a model (IR to IR)")
+    p = sub.add_parser("opt", parents=[common], help="run a pass pipeline on a model (IR to IR)")
     p.add_argument("model", help="input .onnx file")
     p.add_argument("-o", "--output", help="write the resulting model (with com.sparsec ops) here")
     add_pipeline_args(p, sugar=False)
@@ -111,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_instrument_args(p)
     p.set_defaults(func=commands.cmd_opt)
 
-    p = sub.add_parser("inspect", help="per-layer cost table of a model")
+    p = sub.add_parser("inspect", parents=[common], help="per-layer cost table of a model")
     p.add_argument(
         "model", help="an .onnx file (also one written by sparsec opt), an artifact folder, or zoo:NAME"
     )
@@ -121,21 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_dims_arg(p)
     p.set_defaults(func=commands.cmd_inspect)
 
-    p = sub.add_parser("passes", help="list the registered passes")
+    p = sub.add_parser("passes", parents=[common], help="list the registered passes")
     psub = p.add_subparsers(dest="passes_command", metavar="SUBCOMMAND", parser_class=_Parser)
     psub.required = True
-    psub.add_parser("list", help="every pass with its options").set_defaults(func=commands.cmd_passes_list)
+    psub.add_parser("list", parents=[common], help="every pass with its options").set_defaults(func=commands.cmd_passes_list)
 
-    p = sub.add_parser("pipeline", help="show what flags or a pipeline expand to")
+    p = sub.add_parser("pipeline", parents=[common], help="show what flags or a pipeline expand to")
     psub = p.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", parser_class=_Parser)
     psub.required = True
-    show = psub.add_parser("show", help="print the pipeline with every default spelled out")
+    show = psub.add_parser("show", parents=[common], help="print the pipeline with every default spelled out")
     add_pipeline_args(show, sugar=True)
     show.add_argument("--yaml", action="store_true", help="print as YAML")
     show.add_argument("--with-legalization", action="store_true", help="also print the backend's legalization")
     show.set_defaults(func=commands.cmd_pipeline_show)
 
-    p = sub.add_parser("bench", help="benchmark dense vs compiled side by side; prints JSON")
+    p = sub.add_parser("bench", parents=[common], help="benchmark dense vs compiled side by side; prints JSON")
     p.add_argument("model", help="an .onnx file, or zoo:NAME")
     add_pipeline_args(p, sugar=True)
     add_dims_arg(p)
@@ -147,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_parser(sub)
 
-    p = sub.add_parser("zoo", help="reference models")
+    p = sub.add_parser("zoo", parents=[common], help="reference models")
     zsub = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND", parser_class=_Parser)
     zsub.required = True
-    zsub.add_parser("list", help="list zoo models").set_defaults(func=commands.cmd_zoo_list)
-    ze = zsub.add_parser("export", help="export a zoo model to ONNX")
+    zsub.add_parser("list", parents=[common], help="list zoo models").set_defaults(func=commands.cmd_zoo_list)
+    ze = zsub.add_parser("export", parents=[common], help="export a zoo model to ONNX")
     ze.add_argument("name")
     ze.add_argument("-o", "--output", required=True)
     ze.set_defaults(func=commands.cmd_zoo_export)

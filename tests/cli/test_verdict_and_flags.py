@@ -88,6 +88,13 @@ def test_quiet_prints_only_errors(capsys, tmp_path) -> None:
     assert rc == 0 and out == "" and err == ""
     rc, out, err = run(capsys, [*argv, "--strict"])
     assert rc == VERDICT_EXIT and out == "" and err.startswith("sparsec: error: fidelity below the floor")
+    # The flag after the command works the same; -v before it is not undone by the command.
+    rc, out, err = run(capsys, [*argv[1:3], "-q", *argv[3:]])
+    assert rc == 0 and out == "" and err == ""
+    assert main(["pipeline", "show", "--sparsity=2:4", "-q"]) == 0 and capsys.readouterr().out
+    from sparsec.cli.main import build_parser
+
+    assert build_parser().parse_args(["-v", "zoo", "list"]).verbose == 1
 
 
 def test_crop_alone_crops_only(capsys) -> None:
