@@ -81,9 +81,23 @@ def _summary(samples: list[float]) -> Timing:
 
 PAIRED_PROTOCOL = (
     "interleaved blocks (order alternating each round, a pause before each block so spinning "
-    "pools of the previous contender go idle, first call of each block discarded), warm-up {warmup} "
-    "calls each, median of the rest; noise = 95% half-width of the median per-round log ratio"
+    "pools of the previous contender go idle; each block at least 20 ms and 4 calls long, its first "
+    "quarter discarded as the pools and caches warm up again), warm-up {warmup} calls each, median of "
+    "the rest; noise = 95% half-width of the median per-round log ratio"
 )
+# Calls after a pause run slow for a while (idle cores wake, caches refill), and more so for
+# the sparse kernels' pool: with blocks of 4 calls (1 discarded) the demo's digits_mlp compile
+# measured itself 0.95x dense three times and fell back to dense, while blocks of >= 20 ms
+# give 1.70x, as a plain back-to-back loop does (bench/results/latency_protocol_blocks.json).
+BLOCK_MS = 20.0
+MIN_BLOCK, MAX_BLOCK = 4, 256
+
+
+def block_calls(call_ms: float, block_ms: float = BLOCK_MS) -> int:
+    """Calls per block so that a block lasts at least `block_ms` (within MIN_BLOCK..MAX_BLOCK)."""
+    if call_ms <= 0:
+        return MAX_BLOCK
+    return max(MIN_BLOCK, min(MAX_BLOCK, math.ceil(block_ms / call_ms)))
 
 
 @dataclass(frozen=True)
@@ -108,22 +122,28 @@ def compare_interleaved(
     budget_s: float = 10.0,
     min_rounds: int = 5,
     max_rounds: int = 60,
-    block: int = 4,
+    block: int | None = None,
     warmup: int = 3,
     pause_s: float = 0.002,
     label: str = "benchmark",
 ) -> Comparison:
     """Time `fns` interleaved and compare each with `baseline`.
 
-    Each round runs every callable for a block of calls (the first discarded: it wakes the
-    thread pools); a short pause before each block lets the previous contender's spinning
-    workers (ONNX Runtime spins its pool after a run, the kernels' pool ~60 us) go idle, so
-    they do not steal cores from the next one. Rounds continue until `budget_s` is spent
-    (at least `min_rounds`).
+    Each round runs every callable for a block of calls; a short pause before each block lets
+    the previous contender's spinning workers (ONNX Runtime spins its pool after a run, the
+    kernels' pool ~60 us) go idle, so they do not steal cores from the next one. The first
+    quarter of each block (at least one call) is discarded: after the pause the first calls
+    run slow. `block`: calls per block; None sizes each contender's block from its warm-up
+    time (`block_calls`). Rounds continue until `budget_s` is spent (at least `min_rounds`).
     """
-    for fn in fns.values():
+    blocks: dict[str, int] = {}
+    for name, fn in fns.items():
+        call_ms = math.inf  # the fastest warm-up call (the first ones pay for first-run set-up)
         for _ in range(warmup):
+            t0 = time.perf_counter()
             fn()
+            call_ms = min(call_ms, (time.perf_counter() - t0) * 1e3)
+        blocks[name] = block if block is not None else block_calls(call_ms if warmup else 0.0)
     names = list(fns)
     per_round: dict[str, list[float]] = {n: [] for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -136,10 +156,11 @@ def compare_interleaved(
             if pause_s:
                 time.sleep(pause_s)
             block_ms = []
-            for j in range(block):
+            skip = max(1, blocks[name] // 4)
+            for j in range(blocks[name]):
                 t0 = time.perf_counter()
                 fns[name]()
-                if j:
+                if j >= skip:
                     block_ms.append((time.perf_counter() - t0) * 1e3)
             samples[name].extend(block_ms)
             per_round[name].append(statistics.median(block_ms))
