@@ -18,6 +18,7 @@ log = logging.getLogger("sparsec.tune")
 
 BUDGET_ENV = "SPARSEC_TUNE_BUDGET_S"
 DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded compile time
+PROTOCOL = PAIRED_PROTOCOL.format(warmup=3)  # recorded with each measurement; a change re-tunes
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Tuner:
     def choose(self, shape: LayerShape) -> Choice:
         registered = sorted(variants_for(shape.op))
         entry = self.cache.get(shape.key)
-        if entry is not None and entry.get("variants") == registered:  # a new variant means a new measurement
+        # A new variant, or a changed timing protocol, means a new measurement.
+        if entry is not None and entry.get("variants") == registered and entry.get("protocol") == PROTOCOL:
             return Choice.from_dict(shape.key, entry, cached=True)
         choice = self._measure(shape)
         if choice.dense_us is not None:  # nothing measured, nothing to remember
@@ -91,7 +93,7 @@ class Tuner:
             # The load it was measured under: a result from a busy machine is worth re-measuring
             # (`sparsec tune --retune`) once it is quiet.
             self.cache.put(shape.key, {**choice.to_dict(), "variants": registered, "load_average": load_average(),
-                                       "protocol": PAIRED_PROTOCOL.format(warmup=3), "budget_s": self.budget_s})
+                                       "protocol": PROTOCOL, "budget_s": self.budget_s})
             self.measured += 1
         return choice
 

@@ -22,10 +22,11 @@ SHAPE = LayerShape("matmul", (256, 256), rows=1, n=2, m=4, threads=2, copies=2)
 def _remember(shape: LayerShape, variant: str, dense_us: float, sparse_us: float) -> None:
     """Put an answer in this machine's cache (as a past `sparsec tune` would have)."""
     from sparsec.tune import variants_for
+    from sparsec.tune.tuner import PROTOCOL
 
     TuneCache().put(shape.key, {"variant": variant, "dense_us": dense_us, "sparse_us": sparse_us,
                                 "sparse_variant": "nm-kernel", "noise": 0.01, "reason": f"given {variant}",
-                                "variants": sorted(variants_for(shape.op))})
+                                "variants": sorted(variants_for(shape.op)), "protocol": PROTOCOL})
 
 
 def test_lowering_follows_the_real_measurement_of_each_shape() -> None:

@@ -59,6 +59,14 @@ def test_another_machine_signature_does_not_reuse(monkeypatch: pytest.MonkeyPatc
     assert other.get(TINY.key) is None
 
 
+def test_an_entry_timed_under_another_protocol_is_measured_again() -> None:
+    Tuner(threads=2).choose(TINY)
+    cache = TuneCache()
+    cache.put(TINY.key, {**cache.get(TINY.key), "protocol": "blocks of 4 calls, the first discarded"})
+    tuner = Tuner(threads=2)
+    assert not tuner.choose(TINY).cached and tuner.measured == 1
+
+
 def test_a_broken_cache_file_is_measured_again(tmp_path: Path) -> None:
     cache = TuneCache(directory=tmp_path)
     cache.path.write_text("{not json")
