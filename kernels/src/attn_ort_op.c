@@ -17,6 +17,7 @@
 #include "sk_attn.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_pool.h"
 #include "sk_ort_util.h"
 
 /* OrtApi slot of KernelInfoGetAttribute_float (just before ..._int64, slot 86). */
@@ -162,7 +163,7 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
     return NULL;
 }
 
-static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
+static OrtStatus *attn_compute_op(void *p, OrtKernelContext *context) {
     const attn_kernel *kr = p;
     const OrtApi *api = kr->api;
     const OrtValue *in[5] = {NULL, NULL, NULL, NULL, NULL};
@@ -217,6 +218,14 @@ static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
     if (rc != SK_OK)
         return sk_ort_status(api, "sparsec kernel op " ATTN_NAME ": %s", sk_status_string(rc));
     return NULL;
+}
+
+/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
+static OrtStatus *SK_ORT_CALL attn_compute(void *p, OrtKernelContext *context) {
+    sk_ort_pool_enter(context);
+    OrtStatus *st = attn_compute_op(p, context);
+    sk_ort_pool_leave();
+    return st;
 }
 
 static void SK_ORT_CALL attn_kernel_destroy(void *p) { attn_destroy(p); }

@@ -18,6 +18,7 @@
 #include "moe_internal.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_pool.h"
 #include "sk_ort_util.h"
 
 #define MOE_ORT_MAX_CAP 256
@@ -167,7 +168,7 @@ fail:
     return st;
 }
 
-static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     const moe_kernel *kr = p;
     const OrtApi *api = kr->api;
     const OrtValue *xv = NULL;
@@ -193,6 +194,14 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
     const int rc = sk_moe_ffn(&kr->w, x, rows, y, kr->isa, threads);
     if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op MoEFFN: %s", sk_status_string(rc));
     return NULL;
+}
+
+/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
+static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+    sk_ort_pool_enter(context);
+    OrtStatus *st = compute_op(p, context);
+    sk_ort_pool_leave();
+    return st;
 }
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }

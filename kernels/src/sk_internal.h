@@ -54,6 +54,13 @@ static inline int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b
  * tid 0; sk_split gives thread tid its contiguous share of n items. */
 typedef void (*sk_body_fn)(const void *args, int tid, int nth);
 void sk_run_parallel(int threads, sk_body_fn fn, const void *args);
+/* A host pool for the calling thread's parallel regions (NULL: sparsec's own pool). Inside an
+ * ONNX Runtime op it is ORT's intra-op pool (sk_ort_pool.c): two pools on the same cores steal
+ * them from each other. `run` runs task(data, i) for i in [0, total) and returns 0, or returns
+ * nonzero having run none (the region then runs on sparsec's pool). */
+typedef int (*sk_host_run_fn)(void *host, void (*task)(void *, size_t), size_t total, void *data);
+void sk_set_host_pool(sk_host_run_fn run, void *host);
+long long sk_host_pool_regions(void); /* regions run on a host pool so far (tests) */
 static inline void sk_split(int64_t n, int tid, int nth, int64_t *begin, int64_t *end) {
     *begin = n * tid / nth;
     *end = n * (tid + 1) / nth;

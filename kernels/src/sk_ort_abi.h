@@ -80,6 +80,8 @@ enum sk_ort_slot {
     SK_ORT_KernelInfo_GetNodeName = 244,
     SK_ORT_KernelInfoGetConstantInput_tensor = 249,
     SK_ORT_GetBuildInfoString = 254, /* only for the ABI self-test */
+    /* API version 17 (ONNX Runtime 1.17): used only when GetApi(17) answers (sk_ort_pool.c). */
+    SK_ORT_KernelContext_ParallelFor = 274,
 };
 
 typedef OrtStatus *(SK_ORT_CALL *sk_ort_CreateStatus_fn)(int code, const char *msg);
@@ -118,6 +120,9 @@ typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelInfo_GetNodeName_fn)(const OrtKern
 typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelInfoGetConstantInput_tensor_fn)(
     const OrtKernelInfo *info, size_t index, int *is_constant, const OrtValue **out);
 typedef const char *(SK_ORT_CALL *sk_ort_GetBuildInfoString_fn)(void);
+typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelContext_ParallelFor_fn)(
+    const OrtKernelContext *context, void (*fn)(void *, size_t), size_t total, size_t num_batch,
+    void *usr_data);
 
 /* The function in slot `slot` of `api`, as type sk_ort_<name>_fn. */
 typedef void (*sk_ort_any_fn)(void);

@@ -30,6 +30,7 @@
 #include "moe_internal.h"
 #include "sk_internal.h"
 #include "sk_ort_abi.h"
+#include "sk_ort_pool.h"
 #include "sk_ort_util.h"
 
 OrtStatus *sk_attn_ort_add(const OrtApi *api, OrtCustomOpDomain *domain, int cap);
@@ -372,7 +373,7 @@ static int pick_threads(const sk_kernel *kr, int64_t rows) {
     return t < 1 ? 1 : (int)t;
 }
 
-static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     const sk_kernel *kr = p;
     const OrtApi *api = kr->api;
     const OrtValue *xv = NULL;
@@ -414,6 +415,14 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
             for (int64_t c = 0; c < kr->cols; c++) yr[c] += kr->bias[c];
     }
     return NULL;
+}
+
+/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
+static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+    sk_ort_pool_enter(context);
+    OrtStatus *st = compute_op(p, context);
+    sk_ort_pool_leave();
+    return st;
 }
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
@@ -557,6 +566,7 @@ SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
                 base->GetVersionString());
         return NULL;
     }
+    sk_ort_pool_init(base);
     int cap = SK_ORT_DEFAULT_CAP;
     OrtStatus *st = read_cap(api, options, &cap);
     if (st) return st;

@@ -11,6 +11,8 @@
  * holds a core for longer than that window and does not steal cores from ONNX Runtime or
  * torch between sparse ops. The caller likewise spins briefly for the workers to finish.
  * One parallel call runs at a time; a concurrent caller runs its call on its own thread.
+ * Inside ONNX Runtime ops the regions go to ORT's own pool instead (sk_set_host_pool,
+ * sk_ort_pool.c); this pool serves the kernels' C API, TVM and runtimes without that hook.
  */
 #define _GNU_SOURCE /* sysconf(_SC_NPROCESSORS_ONLN) under -std=c11 */
 #include <pthread.h>
@@ -118,6 +120,29 @@ static void after_fork_child(void) {
 
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
+/* The calling thread's host pool (sk_set_host_pool). */
+static _Thread_local sk_host_run_fn host_run;
+static _Thread_local void *host_ctx;
+static atomic_llong host_regions;
+
+typedef struct {
+    sk_body_fn fn;
+    const void *args;
+    int nth;
+} host_job;
+
+static void host_task(void *data, size_t i) {
+    const host_job *j = data;
+    j->fn(j->args, (int)i, j->nth);
+}
+
+void sk_set_host_pool(sk_host_run_fn run, void *host) {
+    host_run = run;
+    host_ctx = host;
+}
+
+long long sk_host_pool_regions(void) { return atomic_load(&host_regions); }
+
 int sk_max_threads(void) {
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (n > SK_MAX_THREADS ? SK_MAX_THREADS : (int)n);
@@ -125,6 +150,13 @@ int sk_max_threads(void) {
 
 void sk_run_parallel(int threads, sk_body_fn fn, const void *args) {
     if (threads > SK_MAX_THREADS) threads = SK_MAX_THREADS;
+    if (threads > 1 && host_run) {
+        host_job job = {fn, args, threads};
+        if (host_run(host_ctx, host_task, (size_t)threads, &job) == 0) {
+            atomic_fetch_add(&host_regions, 1);
+            return;
+        }
+    }
     if (threads <= 1 || pthread_mutex_trylock(&call_lock) != 0) {
         fn(args, 0, 1);
         return;

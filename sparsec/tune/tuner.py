@@ -18,7 +18,9 @@ log = logging.getLogger("sparsec.tune")
 
 BUDGET_ENV = "SPARSEC_TUNE_BUDGET_S"
 DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded compile time
-PROTOCOL = PAIRED_PROTOCOL.format(warmup=3)  # recorded with each measurement; a change re-tunes
+# Recorded with each measurement; a change re-tunes. The kernels' parallel regions run on ORT's
+# intra-op pool inside sessions (kernels/src/sk_ort_pool.c): timings from before that differ.
+PROTOCOL = PAIRED_PROTOCOL.format(warmup=3) + "; kernel regions on ONNX Runtime's intra-op pool"
 
 
 @dataclass(frozen=True)
