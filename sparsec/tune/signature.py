@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # Environment variables that change what the kernels do, hence what a measurement means.
-_KERNEL_ENV = ("SPARSEC_KERNEL_ISA", "SPARSEC_POOL_SPIN_US", "SPARSEC_NM_ROWVEC_MIN_ROWS")
+_KERNEL_ENV = ("SPARSEC_KERNEL_ISA", "SPARSEC_POOL_SPIN_US", "SPARSEC_NM_ROWVEC_MIN_ROWS", "SPARSEC_KERNEL_POOL")
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
