@@ -17,11 +17,12 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from sparsec.bench import compare_interleaved, emit_json, machine_info
 from sparsec.compiler import CompileOptions, compile_file
+from sparsec.ir.io import load_model
+from sparsec.numerics import sample_inputs
 from sparsec.runtime import plain_session_options
 
 
@@ -41,6 +42,7 @@ def main() -> None:
         compile_file(f"zoo:{args.model}", Path(work) / "art", CompileOptions(sparsity="2:4", bench=False, threads=args.threads))
         dense = dense_path.read_bytes()
         compiled = (Path(work) / "art" / "model.onnx").read_bytes()
+        feeds = sample_inputs(load_model(dense_path))
     sessions = {
         f"dense spin={spin}": ort.InferenceSession(dense, plain_session_options(args.threads, allow_spinning=spin),
                                                    providers=["CPUExecutionProvider"])
@@ -49,10 +51,6 @@ def main() -> None:
         f"compiled spin={spin}": make_session(compiled, threads=args.threads, options=session_options(args.threads, None, spin))
         for spin in (True, False)
     }
-    first = next(iter(sessions.values()))
-    rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-             for i in first.get_inputs()}
     fns = {k: (lambda sess: lambda: sess.run(None, feeds))(s) for k, s in sessions.items()}
     result = {"bench": "latency_protocol_blocks", "model": f"zoo:{args.model}, dense vs its --sparsity=2:4 compile",
               "command": f"python bench/latency_protocol_bench.py --model {args.model} --threads {args.threads} --budget {args.budget}",

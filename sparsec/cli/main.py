@@ -51,6 +51,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, verbose: object, flag: object) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=verbose, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag, help="print only errors")
+    parser.add_argument("--debug", action="store_true", default=flag, help="show tracebacks of internal errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sparsec",
@@ -59,15 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sparsec {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    _add_global_flags(parser, verbose=0, flag=False)
     # The same flags after a command (`sparsec compile m.onnx -q`); SUPPRESS keeps the values
     # given before the command when they are not repeated after it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print only errors")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of internal errors")
+    _add_global_flags(common, verbose=argparse.SUPPRESS, flag=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
