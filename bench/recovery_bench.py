@@ -71,6 +71,9 @@ def main() -> int:
     p.add_argument("--val", type=int, default=128, help="validation sentences for early stopping (disjoint from both)")
     p.add_argument("--packed", action="store_true", help="also train on the calibration sentences packed into full sequences")
     p.add_argument("--crop", type=float, default=0.3, help="crop: fraction of MACs to remove")
+    p.add_argument("--criterion", default="activation", help="crop: which channels go (crop-channels' criterion)")
+    p.add_argument("--crop-options", default="", help="crop: more crop-channels options, e.g. 'exclude=...'")
+    p.add_argument("--patience", type=int, default=4, help="validation checks without improvement before stopping")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--batch", type=int, default=16)
@@ -78,6 +81,8 @@ def main() -> int:
     p.add_argument("--budget-cpu", type=float, default=0.0,
                    help="process CPU seconds for compression + fine-tuning together (0: none; 1200 = 10 min on 2 cores)")
     p.add_argument("--eval-every", type=int, default=25, help="fine-tuning steps between validation checks")
+    p.add_argument("--augment", action="store_true", help="fine-tune on augmented copies of the samples too (sparsec.recover.augment)")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the per-layer feature distillation")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
@@ -110,7 +115,8 @@ def main() -> int:
     if args.task == "nm":
         pipeline = "nm-sparsity{n=2 m=4 criterion=sparsegpt min_params=1}"
     else:
-        pipeline = f"crop-channels{{macs={args.crop} allocation=uniform criterion=activation lossy_groups=false}}"
+        extra = f" {args.crop_options}" if args.crop_options else ""
+        pipeline = f"crop-channels{{macs={args.crop} allocation=uniform criterion={args.criterion} lossy_groups=false{extra}}}"
     result["pipeline"] = pipeline
     sidecar = args.cache.with_suffix(".json") if args.cache is not None else None
     if args.cache is not None and args.cache.is_file() and sidecar is not None and sidecar.is_file():
@@ -132,7 +138,9 @@ def main() -> int:
             if cpu_left <= 0:
                 raise SystemExit(f"recovery_bench: compression alone used {result['compress']['cpu_s']} CPU-s of --budget-cpu")
         options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
-                                  max_cpu_seconds=cpu_left, eval_every=args.eval_every, threads=args.threads, progress=False)
+                                  max_cpu_seconds=cpu_left, eval_every=args.eval_every, threads=args.threads, progress=False,
+                                  augment=args.augment, feature_weight=args.feature_weight,
+                                  patience=args.patience)
         ft, result["finetune"] = timed(finetune, model, task.model, train, options, validation=validation)
         result["finetune"]["result"] = ft.to_dict()
         result["finetuned"] = _embedding_metrics(dense, _run_all(model, task.eval_feeds))

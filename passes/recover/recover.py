@@ -34,6 +34,7 @@ class Recover(Pass):
     max_seconds: float = option(0.0, "stop after this many seconds (0: no limit)")
     eval_every: int = option(25, "steps between held-out evaluations (early stopping)")
     patience: int = option(4, "stop after this many evaluations without improvement")
+    augment: bool = option(False, "also train on perturbed copies of the samples (token replacement, mixup)")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -47,6 +48,7 @@ class Recover(Pass):
         return FinetuneOptions(
             steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
             max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
+            augment=self.augment,
         )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:

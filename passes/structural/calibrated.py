@@ -28,7 +28,7 @@ from sparsec.errors import PipelineError
 from sparsec.ir.io import to_proto
 from sparsec.passes.structural.cropping import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
-from sparsec.passes.structural.importance import channel_scores, element_scores
+from sparsec.passes.structural.importance import CALIBRATED_CRITERIA, channel_scores, element_scores
 from sparsec.passes.structural.ratios import plan_macs, removal_mask, round_keep
 from sparsec.pm.context import PassContext
 
@@ -51,6 +51,16 @@ def calibration_of(ctx: PassContext) -> CalibrationData:
 
 
 def activation_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:
+    return channel_scores(dg, activation_element_scores(dg, model, calib))
+
+
+def obs_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:
+    from sparsec.passes.structural.obs import obs_element_scores
+
+    return channel_scores(dg, obs_element_scores(dg, model, calib, activation_element_scores(dg, model, calib)))
+
+
+def activation_element_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:
     b = dg.builder
     acts = [a for a in sorted(b.contracted) if b.axes[a].value is not None and b.axes[a].value not in model.graph.initializers]
     names = sorted({b.axes[a].value for a in acts})
@@ -67,7 +77,7 @@ def activation_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationDa
         rms = np.sqrt((x**2).mean(axis=1))
         mean = rms.mean()
         scores[info.base : info.base + info.size] += rms / mean if mean > 0 else rms
-    return channel_scores(dg, scores)
+    return scores
 
 
 def _levels(group: Group) -> list[int]:
@@ -188,8 +198,11 @@ def calibrated_plan(
     calib = calibration_of(ctx)
     from sparsec.passes.structural.importance import importance
 
-    scores = activation_scores(dg, model, calib) if p.criterion == "activation" else importance(dg, model, p.criterion)
-    if p.macs <= 0 or p.allocation != "sensitivity":  # activation scores, any other allocation
+    if p.criterion in CALIBRATED_CRITERIA:
+        scores = (obs_scores if p.criterion == "obs" else activation_scores)(dg, model, calib)
+    else:
+        scores = importance(dg, model, p.criterion)
+    if p.macs <= 0 or p.allocation != "sensitivity":  # calibrated scores, any other allocation
         keeps = p.keeps_from_scores(dg, model, groups, scores, fixed)
     elif sum(g.size // g.multiple for g in groups) <= JOINT_MAX_STEPS:
         keeps = joint_keeps(dg, model, groups, scores, calib, int(dg.macs() * (1.0 - p.macs)), fixed, DAMAGES[p.damage])

@@ -22,7 +22,7 @@ from sparsec.passes.analysis.dependency_groups import DependencyGroups, dependen
 from sparsec.passes.structural.crop_plan import PlanReview, review_plan, shortfall
 from sparsec.passes.structural.cropping import crop_model
 from sparsec.passes.structural.groups import DependencyGraph, Group
-from sparsec.passes.structural.importance import CRITERIA, importance
+from sparsec.passes.structural.importance import CALIBRATED_CRITERIA, CRITERIA, importance
 from sparsec.passes.structural.ratios import (
     ALLOCATIONS,
     LatencyCost,
@@ -54,7 +54,7 @@ class CropChannels(Pass):
     macs: float = option(0.0, "fraction of MACs to remove, 0 < macs < 1 (0: use ratio)")
     ratio: float = option(0.0, "fraction of channels to remove from every prunable group (when macs=0)")
     allocation: str = option("uniform", "ratios for a MAC target: uniform, budget, precrop, sensitivity")
-    criterion: str = option("l2", "which channels go: l1, l2, bn, activation")
+    criterion: str = option("l2", "which channels go: l1, l2, bn, activation, obs (least output error after refitting the consumer)")
     multiple: int = option(0, "kept channel counts are multiples of this (0: the target's)")
     layer_ratios: tuple[str, ...] = option((), "GLOB=KEEP layer-wise keep ratios (group or parameter globs)")
     exclude: tuple[str, ...] = option((), "globs of group or parameter names to leave uncropped")
@@ -65,7 +65,8 @@ class CropChannels(Pass):
     max_damage_ratio: float = option(10.0, "with macs: refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
     min_achieved: float = option(0.5, "crop nothing when the reviewed plan removes less than this fraction of the asked MACs (0: off)")
     reconstruct: bool = option(True, "with calibration data: refit the layers consuming cropped channels to the dense outputs (least squares + bias compensation)")
-    reconstruct_damp: float = option(0.01, "ridge damping of the reconstruction, relative to the mean input energy")
+    reconstruct_damp: float = option(0.01, "ridge damping of the reconstruction, relative to the mean input energy (0: chosen per layer by cross-validation)")
+    reconstruct_target: str = option("layer", "what a refit reproduces: layer (the dense layer's output) or residual (also the crop's error upstream in the residual stream the layer adds to)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.macs < 1.0 or not 0.0 <= self.ratio < 1.0:
@@ -82,8 +83,10 @@ class CropChannels(Pass):
             raise PipelineError("pass 'crop-channels': min_group_saving, max_damage_ratio >= 0 and min_achieved in [0, 1]")
         if self.multiple < 0:
             raise PipelineError("pass 'crop-channels': multiple must be >= 0")
-        if not self.reconstruct_damp > 0:
-            raise PipelineError("pass 'crop-channels': reconstruct_damp must be > 0")
+        if self.reconstruct_target not in ("layer", "residual"):
+            raise PipelineError(f"pass 'crop-channels': unknown reconstruct_target '{self.reconstruct_target}' (known: layer, residual)")
+        if not self.reconstruct_damp >= 0:
+            raise PipelineError("pass 'crop-channels': reconstruct_damp must be >= 0")
         parse_layer_ratios(self.layer_ratios)
 
     def analyse(self, model: ir.Model, ctx: PassContext) -> DependencyGraph:
@@ -112,7 +115,7 @@ class CropChannels(Pass):
         """Allocate, review (crop_plan.py), and allocate again without the refused groups."""
         refused: set[int] = set()
         reviews: dict[int, object] = {}
-        scores = importance(dg, model, "l2" if self.criterion == "activation" else self.criterion)
+        scores = importance(dg, model, "l2" if self.criterion in CALIBRATED_CRITERIA else self.criterion)
         cost = LatencyCost(dg, get_target(ctx.target)) if self.cost == "latency" else dg
         for _ in range(4):  # refusals only grow, so this settles; a few rounds suffice
             removed, keeps = self.allocate(model, dg, ctx, refused)
@@ -155,7 +158,7 @@ class CropChannels(Pass):
             for g in groups:
                 if matches(g, pattern):
                     fixed.setdefault(g.id, keep)
-        if self.criterion == "activation" or self.allocation == "sensitivity":
+        if self.criterion in CALIBRATED_CRITERIA or self.allocation == "sensitivity":
             from sparsec.passes.structural.calibrated import calibrated_plan
 
             return calibrated_plan(self, model, dg, groups, fixed, ctx)
@@ -245,10 +248,12 @@ class CropChannels(Pass):
         from sparsec.passes.structural.calibrated import calibration_of
         from sparsec.passes.structural.reconstruct import reconstruct_consumers
 
-        refits = reconstruct_consumers(dense, model, removed, calibration_of(ctx), damp=self.reconstruct_damp)
+        refits = reconstruct_consumers(dense, model, removed, calibration_of(ctx), damp=self.reconstruct_damp,
+                                      target=self.reconstruct_target)
         for r in refits:
             ctx.record(self.name, r.layer, decision="reconstruct", **r.to_dict())
-        return {"reconstruction": "least squares to the dense outputs", "layers_reconstructed": len(refits)}
+        what = "the dense outputs" if self.reconstruct_target == "layer" else "the dense outputs plus the residual stream's crop error"
+        return {"reconstruction": f"least squares to {what}", "layers_reconstructed": len(refits)}
 
     def record_review(self, dg: DependencyGraph, review: PlanReview, ctx: PassContext) -> None:
         """Refused groups and the reason, in the manifest's decisions; the warning in the log."""

@@ -4,7 +4,7 @@
 norm parameters, and those of the channels derived from it, e.g. a head's Q/K/V rows and
 O columns), each parameter normalised by its mean so no single tensor dominates.
 `bn`: the |scale| of BatchNormalization layers in the channel (l2 where there is none).
-`activation`: calibration-based, see calibrated.py.
+`activation`, `obs`: calibration-based, see calibrated.py and obs.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import onnx_ir as ir
 from sparsec.errors import PipelineError
 from sparsec.passes.structural.groups import DependencyGraph
 
-CRITERIA = ("l1", "l2", "bn", "activation")
+CRITERIA = ("l1", "l2", "bn", "activation", "obs")
+CALIBRATED_CRITERIA = ("activation", "obs")
 
 
 def _param_axes(dg: DependencyGraph, model: ir.Model) -> list[tuple[int, np.ndarray]]:

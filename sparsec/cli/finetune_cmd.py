@@ -37,6 +37,8 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("--teacher", help="the dense model (.onnx or zoo:NAME; default: the artifact's recorded input, if unchanged)")
     p.add_argument("-o", "--output", type=Path, help="write the fine-tuned artifact here (default: in place)")
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
+    p.add_argument("--augment", action="store_true",
+                   help="also train on perturbed copies of the samples (token replacement, mixup)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -88,7 +90,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsec.targets import get_target
 
     options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                              threads=args.threads)
+                              threads=args.threads, augment=args.augment)
     if args.threads < 1:
         raise OptionError(f"--threads={args.threads}: expected a positive count")
     manifest, files = _read_artifact(args.artifact)

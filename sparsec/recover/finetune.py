@@ -39,6 +39,7 @@ from tqdm import tqdm
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.errors import InternalError, OptionError
 from sparsec.layers import find_layers
+from sparsec.recover.augment import Augmenter
 from sparsec.recover.torch_graph import TorchGraph
 
 log = logging.getLogger("sparsec.recover")
@@ -68,6 +69,8 @@ class FinetuneOptions:
     threads: int = 2
     seed: int = 0
     progress: bool = True
+    # Train on augmented copies of the samples too (augment.py); the teacher then runs every step.
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -276,8 +279,12 @@ def _finetune(
         return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     batches = _Batches(train, micro, o.seed)
+    augmenter = Augmenter(train.arrays, train.row_mask, o.seed) if o.augment else None
+    if augmenter is not None and not augmenter.active:
+        log.info("fine-tuning: no input to augment (no float inputs, no token inputs with a row mask)")
+        augmenter = None
     cached: _TeacherTargets | None = None
-    if _TeacherTargets.fits(teacher_ir, train, points):
+    if augmenter is None and _TeacherTargets.fits(teacher_ir, train, points):
         cached = _TeacherTargets(teacher_ir, train, [v.name for v in teacher_ir.graph.outputs], points)
     cosine_before = held_cosine()
     best, best_step = cosine_before, 0
@@ -295,6 +302,8 @@ def _finetune(
         total = 0.0
         for _ in range(accumulate):
             take, b = batches.next()
+            if augmenter is not None:
+                b = augmenter(b)
             mask = _row_mask(train, b)
             s_out, s_feat = student.run(b, points)
             s_out, s_feat = [_rows(s, mask) for s in s_out], {p: _rows(v, mask) for p, v in s_feat.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sparsec.calib.data import CalibrationData
@@ -40,8 +41,39 @@ def test_without_calibration_data_it_is_recorded_off(mlp):  # noqa: ANN001
     assert records[-1].stats["reconstruction"] == "off: no calibration data"
 
 
-def test_damp_must_be_positive():
+def test_damp_must_not_be_negative():
     from sparsec.errors import PipelineError
 
     with pytest.raises(PipelineError, match="reconstruct_damp"):
-        parse_pipeline("crop-channels{ratio=0.5 reconstruct_damp=0}")
+        parse_pipeline("crop-channels{ratio=0.5 reconstruct_damp=-0.1}")
+    parse_pipeline("crop-channels{ratio=0.5 reconstruct_damp=0}")  # 0: cross-validated
+
+
+def _folds(rows: int, noise: float):  # noqa: ANN202
+    from sparsec.passes.structural.reconstruct import _Fold
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((24, 4))
+    folds = [_Fold(24, 4), _Fold(24, 4)]
+    for i in range(8):
+        x = rng.standard_normal((rows, 24)) * np.linspace(0.05, 1, 24)
+        y = x @ w + noise * rng.standard_normal((rows, 4))
+        folds[i % 2].add(x.T @ x, x.T @ y, float((y**2).sum()))
+    return folds
+
+
+def test_cross_validation_damps_noisy_few_rows_more_than_clean_many():
+    from sparsec.passes.structural.reconstruct import DAMP_GRID, _cross_validated_damp
+
+    clean, noisy = _cross_validated_damp(_folds(400, 0.01)), _cross_validated_damp(_folds(4, 3.0))
+    assert clean == DAMP_GRID[0] and noisy >= 0.1, (clean, noisy)
+
+
+def test_auto_damp_is_recorded_per_layer(mlp, mlp_calib):  # noqa: ANN001
+    from sparsec.passes.structural.reconstruct import DAMP_GRID
+
+    m = mlp.clone()
+    ctx = PassContext(calibration=mlp_calib)
+    PassManager(parse_pipeline("crop-channels{ratio=0.5 multiple=1 reconstruct_damp=0}"), verify_numerics=False).run(m, ctx)
+    refit = next(d for d in ctx.decisions if d.get("decision") == "reconstruct")
+    assert refit["damp"] in DAMP_GRID

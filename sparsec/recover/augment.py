@@ -1,0 +1,81 @@
+"""Input augmentation for distillation: more distinct inputs from the same calibration samples.
+
+Distillation needs no labels: the teacher scores whatever the student sees. With a few hundred
+or thousand samples, fine-tuning on them alone overfits (the training loss falls while the
+held-out fidelity barely moves); perturbed copies keep the inputs near the data while the
+student sees a new set every step ("function matching" with consistent, aggressive
+augmentation, Beyer et al. 2022; TinyBERT's augmented distillation). Generic rules, by input:
+
+* integer token inputs (shaped like the row mask, more than two distinct values): a fraction
+  of the real tokens is replaced by tokens drawn from the calibration samples' own token
+  frequencies; the first and last real token of a row are kept (BERT-style special tokens);
+* float inputs: mixup with another sample of the batch, weight drawn from [MIX_LOW, 1];
+* everything else (masks, type ids, shapes) as it is.
+
+Each sample is augmented with probability `AUGMENTED_SHARE`; the rest stay as they are, so the
+training distribution still holds the clean samples the model will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+TOKEN_RATE = 0.15
+MIX_LOW = 0.5
+AUGMENTED_SHARE = 0.5
+
+
+class Augmenter:
+    """Draws augmented copies of batches of `arrays` (the training samples)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], row_mask: str | None, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed + 7919)
+        self.row_mask = row_mask
+        self.tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (values, probabilities)
+        mask = arrays.get(row_mask) if row_mask is not None else None
+        for name, a in arrays.items():
+            if name == row_mask or mask is None or a.shape != mask.shape or not np.issubdtype(a.dtype, np.integer):
+                continue
+            real = a[np.asarray(mask) != 0]
+            values, counts = np.unique(real, return_counts=True)
+            if len(values) > 2:
+                self.tokens[name] = (values, counts / counts.sum())
+        self.floats = [n for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating) and n != row_mask]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tokens or self.floats)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: np.array(v, copy=True) for k, v in batch.items()}
+        n = next(iter(out.values())).shape[0]
+        chosen = self.rng.random(n) < AUGMENTED_SHARE
+        if not chosen.any():
+            return out
+        if self.tokens:
+            assert self.row_mask is not None
+            real = np.asarray(out[self.row_mask]) != 0
+            editable = real.copy()
+            # Keep the first and last real position of every row (special tokens).
+            first = real.argmax(axis=1)
+            last = real.shape[1] - 1 - real[:, ::-1].argmax(axis=1)
+            rows = np.arange(n)
+            editable[rows, first] = False
+            editable[rows, last] = False
+            editable &= chosen[:, None]
+            for name, (values, probs) in self.tokens.items():
+                hit = editable & (self.rng.random(editable.shape) < TOKEN_RATE)
+                out[name][hit] = self.rng.choice(values, size=int(hit.sum()), p=probs).astype(out[name].dtype)
+        if self.floats and n > 1:
+            partner = self.rng.permutation(n)
+            lam = np.where(chosen, self.rng.uniform(MIX_LOW, 1.0, n), 1.0)
+            for name in self.floats:
+                a = out[name]
+                shape = (n,) + (1,) * (a.ndim - 1)
+                out[name] = (lam.reshape(shape) * a + (1 - lam).reshape(shape) * a[partner]).astype(a.dtype)
+        return out
+
+
+__all__ = ["Augmenter"]

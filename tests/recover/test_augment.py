@@ -1,0 +1,57 @@
+"""Augmented distillation inputs: what changes, what never does."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.calib.metrics import mean_cosine
+from sparsec.calib.runner import run_outputs
+from sparsec.pm import PassContext, PassManager, parse_pipeline
+from sparsec.recover.augment import AUGMENTED_SHARE, TOKEN_RATE, Augmenter
+from sparsec.recover.finetune import FinetuneOptions, finetune
+
+from .conftest import token_feeds
+
+
+def test_tokens_are_replaced_inside_real_rows_only_from_the_samples_vocabulary():
+    feeds = token_feeds(400, seed=3)
+    feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    aug = Augmenter(feeds, "attention_mask", seed=0)
+    assert set(aug.tokens) == {"input_ids"}  # type ids (two values at most) and the mask stay
+    out = aug(feeds)
+    ids, new, mask = feeds["input_ids"], out["input_ids"], feeds["attention_mask"] != 0
+    np.testing.assert_array_equal(out["attention_mask"], feeds["attention_mask"])
+    np.testing.assert_array_equal(out["token_type_ids"], feeds["token_type_ids"])
+    changed = new != ids
+    assert not changed[~mask].any()  # padding untouched
+    rows = np.arange(len(ids))
+    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+    assert not changed[rows, 0].any() and not changed[rows, last].any()  # first and last real tokens kept
+    assert set(np.unique(new[changed])) <= set(np.unique(ids[mask]))
+    inner = mask.sum() - 2 * len(ids)
+    rate = changed.sum() / inner
+    expected = TOKEN_RATE * AUGMENTED_SHARE * (1 - 1 / 100)  # a draw may repeat the token it replaces
+    assert 0.6 * expected < rate < 1.4 * expected, rate
+    assert not np.array_equal(aug(feeds)["input_ids"], new)  # a new draw every call
+
+
+def test_float_inputs_are_mixed_within_the_batch():
+    x = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+    aug = Augmenter({"x": x}, None, seed=1)
+    out = aug({"x": x})["x"]
+    assert out.dtype == np.float32 and out.shape == x.shape
+    moved = np.abs(out - x).max(axis=1) > 1e-6
+    assert 0.2 < moved.mean() < 0.8
+    assert (out.min(axis=1) >= x.min() - 1e-5).all() and (out.max(axis=1) <= x.max() + 1e-5).all()
+
+
+def test_finetuning_on_augmented_inputs_keeps_masks_and_helps(mlp, mlp_calib):  # noqa: ANN001
+    sparse = mlp.clone()
+    PassManager(parse_pipeline("nm-sparsity{n=2 m=4 min_params=1}"), verify_numerics=False).run(sparse, PassContext())
+    zeros = {n: v.const_value.numpy() == 0 for n, v in sparse.graph.initializers.items() if n.startswith("w")}
+    before = mean_cosine(run_outputs(mlp, mlp_calib), run_outputs(sparse, mlp_calib))
+    result = finetune(sparse, mlp, mlp_calib, FinetuneOptions(steps=60, lr=3e-3, eval_every=20, progress=False, augment=True))
+    assert result.steps_run > 0 and result.cosine_after > result.cosine_before
+    for name, zero in zeros.items():
+        assert (sparse.graph.initializers[name].const_value.numpy()[zero] == 0).all()
+    assert mean_cosine(run_outputs(mlp, mlp_calib), run_outputs(sparse, mlp_calib)) > before
