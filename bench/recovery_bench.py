@@ -118,7 +118,8 @@ def main() -> int:
         extra = f" {args.crop_options}" if args.crop_options else ""
         pipeline = f"crop-channels{{macs={args.crop} allocation=uniform criterion={args.criterion} lossy_groups=false{extra}}}"
     result["pipeline"] = pipeline
-    sidecar = args.cache.with_suffix(".json") if args.cache is not None else None
+    # Not CACHE.json: that is a natural --out name and would overwrite the compression record.
+    sidecar = args.cache.with_suffix(".compress.json") if args.cache is not None else None
     if args.cache is not None and args.cache.is_file() and sidecar is not None and sidecar.is_file():
         model = ir.load(args.cache)
         result["compress"] = {**json.loads(sidecar.read_text()), "reused_from": str(args.cache)}

@@ -66,7 +66,7 @@ class CropChannels(Pass):
     min_achieved: float = option(0.5, "crop nothing when the reviewed plan removes less than this fraction of the asked MACs (0: off)")
     reconstruct: bool = option(True, "with calibration data: refit the layers consuming cropped channels to the dense outputs (least squares + bias compensation)")
     reconstruct_damp: float = option(0.01, "ridge damping of the reconstruction, relative to the mean input energy (0: chosen per layer by cross-validation)")
-    reconstruct_target: str = option("layer", "what a refit reproduces: layer (the dense layer's output) or residual (also the crop's error upstream in the residual stream the layer adds to)")
+    reconstruct_target: str = option("residual", "what a refit reproduces: layer (the dense layer's output) or residual (also the crop's error upstream in the residual stream the layer adds to)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.macs < 1.0 or not 0.0 <= self.ratio < 1.0:
