@@ -60,6 +60,7 @@ class CropChannels(Pass):
     exclude: tuple[str, ...] = option((), "globs of group or parameter names to leave uncropped")
     cost: str = option("macs", "what the `macs` fraction is of: macs, or latency (the cost model's roofline per layer)")
     damage: str = option("cosine", "sensitivity's output damage: cosine (any output) or kl (outputs are logits)")
+    head_dims: bool = option(True, "also crop within-head dims (the inner factor of a reshape into heads); false: whole heads only")
     lossy_groups: bool = option(True, "also crop channels that a norm over channels sees (LayerNorm, GroupNorm)")
     min_group_saving: float = option(0.005, "with macs: refuse a group whose crop saves less than this fraction of the MACs (0: off)")
     max_damage_ratio: float = option(10.0, "with macs: refuse a group whose damage per MAC saved exceeds this multiple of the plan's median (0: off)")
@@ -96,8 +97,9 @@ class CropChannels(Pass):
 
     def candidates(self, dg: DependencyGraph, skip: set[int] = frozenset()) -> list[Group]:  # type: ignore[assignment]
         out = []
+        inner = inner_factor_channels(dg) if not self.head_dims else np.zeros(0, dtype=np.int64)
         for g in dg.prunable_groups():
-            if g.id in skip:
+            if g.id in skip or np.isin(g.classes, inner).any():
                 continue
             if any(matches(g, pat) for pat in self.exclude):
                 continue
@@ -267,6 +269,12 @@ class CropChannels(Pass):
 
     def verify(self, model: ir.Model, ctx: PassContext) -> list[str]:
         return check_shapes(model, ctx.dims)
+
+
+def inner_factor_channels(dg: DependencyGraph) -> np.ndarray:
+    """Channels of the innermost factor of every product axis (the dims within each head)."""
+    parts = [dg.labels[p.factors[-1]] for p in dg.products if len(p.factors) > 1]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
 def check_shapes(model: ir.Model, dims: dict[str, int]) -> list[str]:

@@ -113,3 +113,17 @@ def test_the_residual_target_repairs_the_upstream_error():
         out = run_outputs(m, held)[0]
         errors[target] = float(np.linalg.norm(out - dense[0]) / np.linalg.norm(dense[0]))
     assert errors["residual"] < 0.98 * errors["layer"], errors
+
+
+def test_head_dims_false_crops_whole_heads_only():
+    from sparsec.capture import load_any
+
+    bert, _ = load_any("zoo:bert")  # 4 heads x 64 dims
+    q = next(n for n in bert.graph.initializers if n.endswith("layers.0.attn.q_proj.weight"))
+    for text, whole_heads in (("crop-channels{ratio=0.25 head_dims=false}", True), ("crop-channels{ratio=0.25}", False)):
+        m = bert.clone()
+        PassManager(parse_pipeline(text), verify_numerics=False).run(m, PassContext())
+        kept = m.graph.initializers[q].const_value.shape[0]
+        assert kept < 256
+        # Whole heads of 64 rows go, or (head dims cropped too) a count no multiple of 64 remains.
+        assert (kept % 64 == 0) == whole_heads, (text, kept)
