@@ -57,7 +57,7 @@ def activation_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationDa
 def obs_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:
     from sparsec.passes.structural.obs import obs_element_scores
 
-    return channel_scores(dg, obs_element_scores(dg, model, calib, activation_element_scores(dg, model, calib)))
+    return channel_scores(dg, obs_element_scores(dg, model, calib, lambda: activation_element_scores(dg, model, calib)))
 
 
 def activation_element_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData) -> np.ndarray:

@@ -17,6 +17,7 @@ score, scaled far below the OBS scores' range so it only orders them among thems
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -76,18 +77,21 @@ def prunable_elements(dg: DependencyGraph) -> np.ndarray:
     return mask
 
 
-# The allocation may run a few times on one plan (crop_plan's review): score once per graph.
-_LAST: list[tuple[DependencyGraph, CalibrationData, np.ndarray]] = []
+# The allocation may run a few times on one plan (crop_plan's review): score once per graph
+# and calibration set. Keyed by the data's source and size, not the object: a calibration
+# file is loaded anew for every allocation.
+_LAST: list[tuple[DependencyGraph, tuple[str, int], np.ndarray]] = []
 
 
-def obs_element_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData, fallback: np.ndarray,
-                       threads: int = 2) -> np.ndarray:
-    """Per element of `dg`: OBS positions on weight layers' reduction axes; `fallback` x
-    TIE_BREAK elsewhere (see module doc)."""
-    if _LAST and _LAST[0][0] is dg and _LAST[0][1] is calib:
+def obs_element_scores(dg: DependencyGraph, model: ir.Model, calib: CalibrationData,
+                       fallback: Callable[[], np.ndarray], threads: int = 2) -> np.ndarray:
+    """Per element of `dg`: OBS positions on weight layers' reduction axes; `fallback()` (the
+    activation element scores, computed only on a miss) x TIE_BREAK elsewhere (module doc)."""
+    key = (calib.source, calib.num_samples)
+    if _LAST and _LAST[0][0] is dg and _LAST[0][1] == key:
         return _LAST[0][2].copy()
-    scores = _obs_element_scores(dg, model, calib, fallback, threads)
-    _LAST[:] = [(dg, calib, scores)]
+    scores = _obs_element_scores(dg, model, calib, fallback(), threads)
+    _LAST[:] = [(dg, key, scores)]
     return scores.copy()
 
 
