@@ -13,7 +13,14 @@ layout of head h:
 - `local_blocks[h] = W` (W >= 1, or -1 for every block): the W key blocks ending at the
   query's block (causal), or within distance W - 1 of it either side (non-causal);
 - `sink_blocks[h] = S`: the first S key blocks (attention sinks / global tokens);
-- or an explicit `block_mask` tensor [H or 1, query blocks, key blocks] instead of both.
+- or an explicit `block_mask` tensor [H or 1, query blocks, key blocks] instead of both;
+- plus, dynamically, `topk_blocks[h] = T` more key blocks per query block, chosen at run time
+  from the data (block top-k, as in Sparsifiner / SVG2 / Sparse Frontier): for batch b, head h
+  and absolute query block qb, with q^ = the sum of this call's query rows in block qb and
+  k^[kb] = the mean of the key rows in key block kb (of head g(h)), the T key blocks with the
+  highest q^ . k^[kb] among those the static layout above leaves out (and causally allowed,
+  kb <= qb) are added; ties go to the lower kb, fewer are added when fewer remain. Scale and
+  bias play no part in the choice. The cost of the estimate is one pooled product per block pair.
 A list of one value applies to every head. A row with no allowed key (or whose allowed keys
 the bias masks with -inf, e.g. a padding position whose own block is all padding) outputs
 zeros, as FlashAttention-style kernels do; layouts from the pass always keep the query's own block.
@@ -41,6 +48,7 @@ class BlockLayout:
     local_blocks: tuple[int, ...] = (ALL_BLOCKS,)
     sink_blocks: tuple[int, ...] = (0,)
     block_mask: np.ndarray | None = None  # bool [H or 1, query blocks, key blocks]
+    topk_blocks: tuple[int, ...] = (0,)  # per head: key blocks chosen at run time
 
     @classmethod
     def of(cls, node: ir.Node) -> BlockLayout:
@@ -48,26 +56,38 @@ class BlockLayout:
         mask = a.get("block_mask")
         local = a.get("local_blocks")
         sinks = a.get("sink_blocks")
+        topk = a.get("topk_blocks")
         return cls(
             block=a["block"].as_int(),
             causal=bool(a["causal"].as_int()),
             local_blocks=tuple(local.as_ints()) if local is not None else (ALL_BLOCKS,),
             sink_blocks=tuple(sinks.as_ints()) if sinks is not None else (0,),
             block_mask=None if mask is None else mask.as_tensor().numpy().astype(bool),
+            topk_blocks=tuple(topk.as_ints()) if topk is not None else (0,),
         )
+
+    @property
+    def dynamic(self) -> bool:
+        return any(t > 0 for t in self.topk_blocks)
+
+    def topk(self, head: int) -> int:
+        return self.topk_blocks[head if len(self.topk_blocks) > 1 else 0]
 
     def heads(self) -> int:
         """Heads the layout names explicitly (1: the same layout for every head)."""
         if self.block_mask is not None:
-            return int(self.block_mask.shape[0])
-        return max(len(self.local_blocks), len(self.sink_blocks))
+            return max(int(self.block_mask.shape[0]), len(self.topk_blocks))
+        return max(len(self.local_blocks), len(self.sink_blocks), len(self.topk_blocks))
 
     def block_allowed(self, head: int, q_blocks: int, k_blocks: int, offset_blocks: int = 0) -> np.ndarray:
         """bool [q_blocks, k_blocks]: which block pairs head `head` reads (query block i is at
         absolute block i + offset_blocks)."""
         if self.block_mask is not None:
             m = self.block_mask[head if self.block_mask.shape[0] > 1 else 0]
-            return m[offset_blocks:offset_blocks + q_blocks, :k_blocks].copy()
+            out = m[offset_blocks:offset_blocks + q_blocks, :k_blocks].copy()
+            if self.causal:
+                out &= np.arange(k_blocks)[None, :] <= np.arange(q_blocks)[:, None] + offset_blocks
+            return out
         w = self.local_blocks[head if len(self.local_blocks) > 1 else 0]
         s = self.sink_blocks[head if len(self.sink_blocks) > 1 else 0]
         qb = np.arange(q_blocks)[:, None] + offset_blocks
@@ -83,15 +103,53 @@ class BlockLayout:
         return out
 
     def density(self, heads: int, sq: int, sk: int) -> float:
-        """Fraction of the (causal, if causal) block pairs the layout keeps, over all heads."""
-        nq, nk = -(-sq // self.block), -(-sk // self.block)
-        off = (sk - sq) // self.block
+        """Fraction of the (causal, if causal) block pairs the layout keeps, over all heads
+        (top-k blocks count as kept: their number per query block does not depend on the data)."""
+        nk = -(-sk // self.block)
+        q0 = (sk - sq) // self.block
+        nq = (sk - 1) // self.block - q0 + 1
         kept = total = 0
+        full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         for h in range(heads):
-            kept += int(self.block_allowed(h if self.heads() > 1 else 0, nq, nk, off).sum())
-            full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, off)
+            static = self.block_allowed(h if self.heads() > 1 else 0, nq, nk, q0)
+            extra = np.minimum((full & ~static).sum(axis=1), self.topk(h if self.heads() > 1 else 0))
+            kept += int(static.sum() + extra.sum())
             total += int(full.sum())
         return kept / max(total, 1)
+
+    def dynamic_blocks(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """bool [B, Hq, query blocks, key blocks]: the block pairs the op reads for these
+        Q [B, Hq, Sq, D] and K [B, Hkv, Sk, D], static layout and run-time top-k together;
+        query block i is absolute block (Sk - Sq) // block + i."""
+        bsz, hq, sq, _ = q.shape
+        hkv, sk = k.shape[1], k.shape[2]
+        blk = self.block
+        q0 = (sk - sq) // blk
+        nq, nk = (sk - 1) // blk - q0 + 1, -(-sk // blk)
+        qrow_block = (np.arange(sq) + sk - sq) // blk - q0
+        qsum = np.zeros((bsz, hq, nq, q.shape[3]), np.float64)
+        np.add.at(qsum, (slice(None), slice(None), qrow_block), q.astype(np.float64))
+        kpad = np.zeros((bsz, hkv, nk * blk, k.shape[3]), np.float64)
+        kpad[:, :, :sk] = k
+        counts = np.minimum(blk, sk - np.arange(nk) * blk).astype(np.float64)
+        kmean = kpad.reshape(bsz, hkv, nk, blk, -1).sum(axis=3) / counts[:, None]
+        full = BlockLayout(blk, self.causal).block_allowed(0, nq, nk, q0)
+        out = np.zeros((bsz, hq, nq, nk), bool)
+        for h in range(hq):
+            lh = h if self.heads() > 1 else 0
+            static = self.block_allowed(lh, nq, nk, q0)
+            out[:, h] = static
+            t = self.topk(lh)
+            if t <= 0:
+                continue
+            scores = qsum[:, h] @ kmean[:, h // (hq // hkv)].transpose(0, 2, 1)  # [B, nq, nk]
+            scores = np.where(full & ~static, scores, -np.inf)
+            # Highest first, ties to the lower block: a stable sort of the negated scores.
+            order = np.argsort(-scores, axis=-1, kind="stable")[..., :t]
+            picked = np.take_along_axis(scores, order, axis=-1) > -np.inf
+            bi, qi, _ = np.nonzero(picked)
+            out[bi, h, qi, order[picked]] = True
+        return out
 
     def element_mask(self, head: int, sq: int, sk: int) -> np.ndarray:
         """bool [sq, sk]: which keys each query row of head `head` reads (the op's semantics)."""
@@ -126,6 +184,9 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
     if causal not in (0, 1):
         problems.append(f"causal must be 0 or 1, got {causal}")
     local, sinks = _ints(node, "local_blocks"), _ints(node, "sink_blocks")
+    topk = _ints(node, "topk_blocks")
+    if topk is not None and (not topk or any(t < 0 for t in topk)):
+        problems.append(f"topk_blocks must be >= 0, got {topk}")
     mask_attr = node.attributes.get("block_mask")
     if mask_attr is not None and (local is not None or sinks is not None):
         problems.append("give either block_mask or local_blocks/sink_blocks, not both")
@@ -135,7 +196,7 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
         problems.append(f"local_blocks must be >= 1 (or {ALL_BLOCKS} for all), got {local}")
     if sinks is not None and (not sinks or any(s < 0 for s in sinks)):
         problems.append(f"sink_blocks must be >= 0, got {sinks}")
-    layout_heads = {len(x) for x in (local, sinks) if x is not None}
+    layout_heads = {len(x) for x in (local, sinks, topk) if x is not None}
     if mask_attr is not None:
         mask = mask_attr.as_tensor().numpy()
         if mask.ndim != 3:
@@ -186,6 +247,8 @@ SPARSE_ATTENTION = register_op(
                                      doc="per head: local window in blocks (-1: all)"),
             "sink_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
                                     doc="per head: leading key blocks every query reads"),
+            "topk_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
+                                    doc="per head: key blocks picked at run time by pooled Q.K (0: none)"),
             "block_mask": AttrSpec(ir.AttributeType.TENSOR, required=False,
                                    doc="explicit layout, uint8 [heads or 1, query blocks, key blocks]"),
         },
