@@ -2,7 +2,7 @@
 
 Every head of every attention block is an item of the shared allocator: its options are
 the dense layout (do nothing) and each candidate (local window W blocks, S sink blocks) of
-its profile; an option's damage is the head's relative output error under it
+its profile (static windows, and narrow windows plus run-time top-k blocks); an option's damage is the head's relative output error under it
 (`head_profile`), its benefit the block pairs it skips. `meet_benefit` then keeps the
 least total error while skipping (1 - density) of all block pairs, so heads that need far
 keys get wide windows and heads that look near get narrow ones, instead of one window for all.
@@ -22,6 +22,7 @@ from sparsec.passes.attention.head_profile import HeadProfile
 class HeadLayout:
     local: int  # blocks, or ALL_BLOCKS
     sinks: int
+    topk: int  # key blocks picked at run time (0: static layout)
     captured: float  # fraction of the dense softmax mass kept on calibration data
     error: float  # relative squared output error of the head on calibration data
     kept_blocks: int
@@ -39,15 +40,15 @@ def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str
         for h in range(prof.error.shape[0]):
             # A candidate that skips nothing (it covers every block with rows) is dense in effect.
             damage = np.where((benefit > 0) | (np.arange(len(benefit)) == 0), np.maximum(prof.error[h], 0.0), np.inf)
-            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}" for w, s in prof.layouts], damage, benefit))
+            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}/{t}" for w, s, t in prof.layouts], damage, benefit))
             index.append((name, h))
     total_dense = sum(int(p.kept[0]) * p.error.shape[0] for p in profiles.values())
     picks = meet_benefit(items, (1.0 - density) * total_dense) if density < 1.0 else [0] * len(items)
     out: dict[str, list[HeadLayout]] = {name: [] for name in profiles}
     for (name, h), pick in zip(index, picks, strict=True):
         prof = profiles[name]
-        w, s = prof.layouts[pick]
-        out[name].append(HeadLayout(w, s, float(prof.captured[h, pick]), float(prof.error[h, pick]),
+        w, s, t = prof.layouts[pick]
+        out[name].append(HeadLayout(w, s, t, float(prof.captured[h, pick]), float(prof.error[h, pick]),
                                     int(prof.kept[pick]), int(prof.kept[0])))
     return out
 
@@ -56,12 +57,12 @@ def uniform_window(profiles: dict[str, HeadProfile], density: float) -> int:
     """The widest single window (no sinks) for every head whose total density stays within
     `density` (the baseline `auto` has to beat at equal density)."""
     best = 1
-    widths = sorted({w for p in profiles.values() for w, s in p.layouts if s == 0 and w > 0})
+    widths = sorted({w for p in profiles.values() for w, s, t in p.layouts if s == 0 and t == 0 and w > 0})
     for w in widths:
         kept = total = 0
         for prof in profiles.values():
             heads = prof.error.shape[0]
-            i = prof.layouts.index((w, 0)) if (w, 0) in prof.layouts else 0
+            i = prof.layouts.index((w, 0, 0)) if (w, 0, 0) in prof.layouts else 0
             kept += int(prof.kept[i]) * heads
             total += int(prof.kept[0]) * heads
         if kept <= density * total:

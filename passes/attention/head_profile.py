@@ -1,13 +1,15 @@
 """Per-head attention profiles on calibration data: what each candidate layout would cost.
 
 The `auto` layouts (MoA-style) are chosen from these profiles. For every head and every
-candidate layout (local window W blocks + S sink blocks) the profile holds:
+candidate layout (local window W blocks + S sink blocks, static; or a narrow static part + T
+key blocks picked at run time by the op's pooled top-k, dynamic) the profile holds:
 - the softmax mass the layout keeps (what the dense head spent on the blocks it keeps), and
 - the relative output error of the head restricted to the layout (softmax renormalised
   over the kept keys, as the op computes it): sum ||O' - O||^2 / sum ||O||^2 over rows.
 The error is what the allocator minimises: a diffuse head loses much mass to a narrow
 window yet averages similar values, so mass alone overrates it. Both are read from each
-block's own Softmax output and V, so every mask the export applies is already in them.
+block's own Softmax output and V, so every mask the export applies is already in them; the
+dynamic candidates also read Q and K, to make exactly the op's run-time choice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import onnx_ir as ir
 
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.runner import CalibrationRunner
-from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout
+from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout, pooled_scores
 from sparsec.executor import Executor, LocalExecutor, Shared
 from sparsec.executor.shipping import share_model, shared_model
 from sparsec.passes.attention.match import AttentionMatch
@@ -28,6 +30,8 @@ from sparsec.passes.attention.match import AttentionMatch
 log = logging.getLogger("sparsec.passes.attention")
 
 SINK_CANDIDATES = (0, 1, 2)
+# The static part of dynamic candidates: the query's own block (and its neighbour), a sink or not.
+DYNAMIC_STATIC = ((1, 0), (1, 1), (2, 0), (2, 1))
 
 
 def window_candidates(nk: int) -> list[int]:
@@ -44,16 +48,22 @@ def allowed_blocks(local: int, sinks: int, causal: bool, block: int, nk: int) ->
     return BlockLayout(block, causal, (local,), (sinks,)).block_allowed(0, nk, nk, 0)
 
 
-def candidates(nk: int, causal: bool, block: int) -> list[tuple[int, int]]:
-    """(local, sinks) pairs, dense first, without two that keep the same blocks."""
-    out: list[tuple[int, int]] = [(ALL_BLOCKS, 0)]
+def candidates(nk: int, causal: bool, block: int, topk: bool = True) -> list[tuple[int, int, int]]:
+    """(local, sinks, topk) triples, dense first, without two static ones that keep the same
+    blocks; dynamic ones (topk > 0) only where they leave blocks out."""
+    out: list[tuple[int, int, int]] = [(ALL_BLOCKS, 0, 0)]
     seen = {allowed_blocks(ALL_BLOCKS, 0, causal, block, nk).tobytes()}
     for w in window_candidates(nk):
         for s in SINK_CANDIDATES:
             key = allowed_blocks(w, s, causal, block, nk).tobytes()
             if key not in seen:
                 seen.add(key)
-                out.append((w, s))
+                out.append((w, s, 0))
+    if topk:
+        for w, s in DYNAMIC_STATIC:
+            for t in window_candidates(nk):
+                if w + s + t < nk:
+                    out.append((w, s, t))
     return out
 
 
@@ -64,10 +74,10 @@ class HeadProfile:
     name: str
     block: int
     causal: bool
-    layouts: list[tuple[int, int]]
+    layouts: list[tuple[int, int, int]]  # (local, sinks, topk) blocks
     captured: np.ndarray  # [H, C] fraction of the softmax mass kept
     error: np.ndarray  # [H, C] relative squared output error
-    kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows)
+    kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows; top-k counted)
 
 
 def _probabilities(x: np.ndarray, m: AttentionMatch | _Block) -> np.ndarray | None:
@@ -109,25 +119,57 @@ class _Block:
     name: str
     softmax: str  # the Softmax output's value name
     v: str  # V's value name
+    q: str  # Q's and K's value names (dynamic candidates); K = K.transpose(k_perm) when set
+    k: str
+    k_perm: tuple[int, ...] | None
     q_shape: tuple[int, ...]
     seq_k: int
     block: int
     causal: bool
+    topk: bool = True
 
 
 class _Accumulator:
-    def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool) -> None:
+    def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool, topk: bool = True) -> None:
         self.block, self.causal = block, causal
         self.nk = -(-m.seq_k // block)
-        self.layouts = candidates(self.nk, causal, block)
-        self.allowed = np.stack([allowed_blocks(w, s, causal, block, self.nk) for w, s in self.layouts])
+        self.layouts = candidates(self.nk, causal, block, topk)
+        self.allowed = np.stack([allowed_blocks(w, s, causal, block, self.nk) for w, s, _ in self.layouts])
+        full = allowed_blocks(ALL_BLOCKS, 0, causal, block, self.nk)
+        # Blocks each candidate reads per query block: static ones, plus min(T, what is left).
+        self.counts = np.stack([a.sum(1) + np.minimum(t, (full & ~a).sum(1))
+                                for a, (_, _, t) in zip(self.allowed, self.layouts, strict=True)])
         self.mass = self.err = self.norm = None
         self.rows = np.zeros(self.nk)
 
-    def add(self, p: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
-        self.fold(self.contribution(p, v, w))
+    def add(self, p: np.ndarray, v: np.ndarray, w: np.ndarray, q: np.ndarray | None = None,
+            k: np.ndarray | None = None) -> None:
+        self.fold(self.contribution(p, v, w, q, k))
 
-    def contribution(self, p: np.ndarray, v: np.ndarray, w: np.ndarray) -> _Contribution:
+    def _dynamic(self, q: np.ndarray | None, k: np.ndarray | None, sq: int, sk: int) -> np.ndarray | None:
+        """bool [C, B, H, nk(query, absolute), nk(key)]: each candidate's blocks per batch row and
+        head, the op's run-time top-k included (None: no dynamic candidate, or no Q/K)."""
+        if q is None or k is None or not any(t for _, _, t in self.layouts):
+            return None
+        scores = pooled_scores(q, k, self.block)  # [B, H, nq (from q0), nk]
+        q0 = (sk - sq) // self.block
+        full = allowed_blocks(ALL_BLOCKS, 0, self.causal, self.block, self.nk)
+        out = np.broadcast_to(self.allowed[:, None, None], (len(self.layouts), *scores.shape[:2], self.nk, self.nk)).copy()
+        ranks: dict[tuple[int, int], np.ndarray] = {}
+        for c, (w, s, t) in enumerate(self.layouts):
+            if not t:
+                continue
+            if (w, s) not in ranks:  # one sort per static part; each T takes a prefix of it
+                cand = (full & ~self.allowed[c])[q0:q0 + scores.shape[2]]
+                masked = np.where(cand, scores, -np.inf)
+                # The op's order (select_topk): highest first, ties to the lower block.
+                rank = np.argsort(np.argsort(-masked, axis=-1, kind="stable"), axis=-1, kind="stable")
+                ranks[(w, s)] = np.where(masked > -np.inf, rank, self.nk)
+            out[c, :, :, q0:q0 + scores.shape[2]] |= ranks[(w, s)] < t
+        return out
+
+    def contribution(self, p: np.ndarray, v: np.ndarray, w: np.ndarray, q: np.ndarray | None = None,
+                     k: np.ndarray | None = None) -> _Contribution:
         """One batch's (error, norm, kept mass, rows per query block): what `fold` adds up."""
         b, heads, sq, sk = p.shape
         blk, nk = self.block, self.nk
@@ -139,16 +181,22 @@ class _Accumulator:
         dense = y.sum(3)  # [B, H, Sq, D]
         qblock = np.clip((np.arange(sq) + sk - sq) // blk, 0, nk - 1)
         allowed = self.allowed.astype(p.dtype)  # [C, nk(query), nk(key)]
+        dynamic = self._dynamic(q, k, sq, sk)
         err = np.zeros((len(self.layouts), heads))
         kept = np.zeros((len(self.layouts), heads))
         # Rows of one query block share every candidate's allowed key blocks: one GEMM per
         # query block gives all candidates' renormalised outputs at once.
         for qb in np.unique(qblock):
             rows = np.flatnonzero(qblock == qb)
-            a = allowed[:, qb, :]  # [C, nk]
             yq = y[:, :, rows]  # [B, H, R, nk, D]
-            num = np.einsum("ck,bhrkd->cbhrd", a, yq, optimize=True)
-            km = np.einsum("ck,bhrk->cbhr", a, mass[:, :, rows], optimize=True)
+            if dynamic is None:
+                a = allowed[:, qb, :]  # [C, nk]
+                num = np.einsum("ck,bhrkd->cbhrd", a, yq, optimize=True)
+                km = np.einsum("ck,bhrk->cbhr", a, mass[:, :, rows], optimize=True)
+            else:
+                ad = dynamic[:, :, :, qb, :].astype(p.dtype)  # [C, B, H, nk]
+                num = np.einsum("cbhk,bhrkd->cbhrd", ad, yq, optimize=True)
+                km = np.einsum("cbhk,bhrk->cbhr", ad, mass[:, :, rows], optimize=True)
             out = num / np.maximum(km, 1e-30)[..., None]
             wr = w[:, rows][None, :, None, :]  # [1, B, 1, R]
             sq_err = ((out - dense[None, :, :, rows]) ** 2).sum(-1)  # [C, B, H, R]
@@ -169,7 +217,7 @@ class _Accumulator:
 
     def profile(self, name: str) -> HeadProfile:
         present = self.rows > 0
-        kept = np.array([int((a & present[:, None]).sum()) for a in self.allowed])
+        kept = np.array([int(c[present].sum()) for c in self.counts])
         total_rows = max(float(self.rows.sum()), 1.0)
         return HeadProfile(name, self.block, self.causal, self.layouts, (self.mass / total_rows).T,
                            (self.err / np.maximum(self.norm, 1e-30)[None]).T, kept)
@@ -177,7 +225,7 @@ class _Accumulator:
 
 def profile_heads(
     model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int,
-    causal: dict[str, bool], *, threads: int = 2, executor: Executor | None = None,
+    causal: dict[str, bool], *, threads: int = 2, executor: Executor | None = None, topk: bool = True,
 ) -> tuple[dict[str, HeadProfile], dict[str, str]]:
     """Profiles of `matches` over the calibration batches (one run of the model computing
     every block's Softmax output and V), and per unprofiled block the reason.
@@ -185,17 +233,18 @@ def profile_heads(
     `executor`: where the runs go; the calibration samples are cut into contiguous chunks of
     whole batches (one per worker of the executor; one in process), each task returns every
     batch's contribution, and they are folded here in calibration order: the same profiles
-    on every executor."""
+    on every executor. `topk`: also profile dynamic (run-time top-k) candidates, from Q and K."""
     executor = executor or LocalExecutor()
-    blocks = [_Block(m.name, m.softmax.outputs[0].name, m.v.name, tuple(m.q_shape), m.seq_k, block, causal[m.name])
-              for m in matches]
+    blocks = [_Block(m.name, m.softmax.outputs[0].name, m.v.name, m.q.name, m.k.name,
+                     tuple(m.k_perm) if m.k_perm is not None else None, tuple(m.q_shape), m.seq_k, block,
+                     causal[m.name], topk) for m in matches]
     batch = model_batch_size(model) or calib.batch_size
     batches = -(-calib.num_samples // batch)
     per_chunk = -(-batches // max(1, min(executor.parallelism(), batches))) * batch
     chunks = [_slice(calib, a, min(a + per_chunk, calib.num_samples)) for a in range(0, calib.num_samples, per_chunk)]
     shared = share_model(executor, model)
     tasks = [_ProfileTask(shared, chunk, blocks, threads) for chunk in chunks]
-    acc = {b.name: _Accumulator(b, block, b.causal) for b in blocks}
+    acc = {b.name: _Accumulator(b, block, b.causal, topk) for b in blocks}
     skipped: dict[str, str] = {}
     done = 0
     for result in executor.map(_profile_chunk, tasks, desc="attention profile"):
@@ -234,9 +283,9 @@ class _ProfileResult:
 def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
     """Every batch of one chunk of calibration samples (an executor task)."""
     calib = task.calib
-    names = sorted({n for b in task.blocks for n in (b.softmax, b.v)})
+    names = sorted({n for b in task.blocks for n in (b.softmax, b.v, *((b.q, b.k) if b.topk else ()))})
     runner = CalibrationRunner(shared_model(task.model), calib, threads=task.threads)
-    accs = {b.name: _Accumulator(b, b.block, b.causal) for b in task.blocks}
+    accs = {b.name: _Accumulator(b, b.block, b.causal, b.topk) for b in task.blocks}
     skipped: dict[str, str] = {}
     out: list[tuple[int, dict[str, _Contribution]]] = []
     for batch, outs in zip(runner.batches(), runner.values(names), strict=False):
@@ -250,6 +299,13 @@ def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
                 skipped[b.name] = "softmax output or V is not [batch, heads, q, k] / [batch, heads, k, dim]"
                 continue
             w = _row_weights(calib, batch, p.shape[0], p.shape[2])
-            found[b.name] = accs[b.name].contribution(p.astype(np.float32), v.astype(np.float32), w)
+            q = k = None
+            if b.topk:
+                q, k = outs[b.q], outs[b.k]
+                k = k.transpose(b.k_perm) if b.k_perm is not None else k
+                if q.shape[:3] != p.shape[:3] or k.ndim != 4 or k.shape[2] != p.shape[3] or q.shape[1] % k.shape[1]:
+                    skipped[b.name] = "Q or K is not [batch, heads, seq, dim]"
+                    continue
+            found[b.name] = accs[b.name].contribution(p.astype(np.float32), v.astype(np.float32), w, q, k)
         out.append((len(next(iter(batch.values()))), found))
     return _ProfileResult(out, skipped)

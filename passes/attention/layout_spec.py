@@ -1,8 +1,10 @@
-"""The text form of a static attention layout: `local:256,sinks:4`, `dense`.
+"""The text form of an attention layout: `local:256,sinks:4`, `local:64,topk:8`, `topk:8`, `dense`.
 
 Sizes are in tokens and round up to whole blocks: `local:W` keeps the ceil(W / block) key
 blocks ending at each query's block (or either side of it, non-causal), `sinks:S` the first
 ceil(S / block) key blocks (attention sinks, global tokens); `dense` keeps every block.
+`topk:K` (in blocks, not tokens) adds per query block the K key blocks with the highest pooled
+query-key score, chosen at run time from the data; alone it keeps the query's own block too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sparsec.errors import OptionError
 class LayoutSpec:
     local_tokens: int | None  # None: every block
     sink_tokens: int = 0
+    topk_blocks: int = 0
 
     def blocks(self, block: int) -> tuple[int, int]:
         """(local_blocks, sink_blocks) for one block size."""
@@ -25,16 +28,16 @@ class LayoutSpec:
 
 
 def parse_layout(text: str) -> LayoutSpec:
-    """Parse 'local:256,sinks:4' / 'dense'; OptionError (one line) on anything else."""
+    """Parse 'local:256,sinks:4,topk:8' / 'dense'; OptionError (one line) on anything else."""
     spec = text.strip().lower()
     if spec in ("dense", "all", ""):
         return LayoutSpec(None, 0)
     local: int | None = None
-    sinks = 0
+    sinks = topk = 0
     for part in spec.split(","):
         key, sep, value = part.strip().partition(":")
         if not sep or not value.strip().isdigit():
-            raise OptionError(f"attention layout '{text}': expected items like local:256,sinks:4, got '{part}'")
+            raise OptionError(f"attention layout '{text}': expected items like local:256,sinks:4,topk:8, got '{part}'")
         n = int(value)
         if key == "local":
             if n < 1:
@@ -42,8 +45,12 @@ def parse_layout(text: str) -> LayoutSpec:
             local = n
         elif key in ("sinks", "sink", "global"):
             sinks = n
+        elif key == "topk":
+            if n < 1:
+                raise OptionError(f"attention layout '{text}': topk must be >= 1 block")
+            topk = n
         else:
-            raise OptionError(f"attention layout '{text}': unknown item '{key}' (known: local, sinks, dense)")
-    if local is None:
-        raise OptionError(f"attention layout '{text}': give a local window (local:TOKENS) or 'dense'")
-    return LayoutSpec(local, sinks)
+            raise OptionError(f"attention layout '{text}': unknown item '{key}' (known: local, sinks, topk, dense)")
+    if local is None and not topk:
+        raise OptionError(f"attention layout '{text}': give a local window (local:TOKENS), topk:BLOCKS or 'dense'")
+    return LayoutSpec(1 if local is None else local, sinks, topk)

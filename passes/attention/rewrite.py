@@ -18,7 +18,7 @@ def _insert(graph: ir.Graph, before: ir.Node, node: ir.Node) -> ir.Value:
 
 
 def rewrite(model: ir.Model, match: AttentionMatch, *, block: int, local_blocks: list[int],
-            sink_blocks: list[int], causal: bool, keep_bias: bool) -> ir.Node:
+            sink_blocks: list[int], causal: bool, keep_bias: bool, topk_blocks: list[int] | None = None) -> ir.Node:
     """Replace the block by SparseAttention(Q, K, V[, bias]); the old nodes become dead (the
     caller removes them). Returns the new node."""
     graph = model.graph
@@ -52,6 +52,8 @@ def rewrite(model: ir.Model, match: AttentionMatch, *, block: int, local_blocks:
         ir.AttrInt64s("local_blocks", local_blocks),
         ir.AttrInt64s("sink_blocks", sink_blocks),
     ]
+    if topk_blocks and any(topk_blocks):
+        attrs.append(ir.AttrInt64s("topk_blocks", topk_blocks))
     node = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=f"{base}/sparse_attention", num_outputs=1)
     graph.insert_before(anchor, node)
     replace_value(match.out, node.outputs[0])

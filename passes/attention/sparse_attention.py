@@ -30,9 +30,11 @@ class SparseAttentionPass(Pass):
     summary = "Rewrite attention blocks (MatMul-Softmax-MatMul) to com.sparsec.SparseAttention with a block layout."
     exact = False
 
-    layout: str = option("local:256,sinks:4", "static layout: local:TOKENS[,sinks:TOKENS] or dense (sizes round up "
-                         "to blocks); auto: per head from calibration data, under `density`")
+    layout: str = option("local:256,sinks:4", "layout: local:TOKENS[,sinks:TOKENS][,topk:BLOCKS] or dense (sizes "
+                         "round up to blocks; topk adds the BLOCKS key blocks of highest pooled query-key score, "
+                         "chosen at run time); auto: per head from calibration data, under `density`")
     density: float = option(0.25, "with layout=auto: fraction of the block pairs (over all heads) to keep")
+    topk: bool = option(True, "with layout=auto: candidates include run-time block top-k (topk:BLOCKS) per head")
     block: int = option(64, "block size in tokens (queries and keys)")
     causal: str = option("auto", "auto (from the mask: constant, or evaluated on sample inputs), true or false")
 
@@ -58,29 +60,32 @@ class SparseAttentionPass(Pass):
         if self.layout.strip().lower() == "auto":
             per_head, auto_stats = self._auto_layouts(model, matches, decisions, ctx)
         else:
-            local, sinks = parse_layout(self.layout).blocks(self.block)
-            per_head = {m.name: ([local], [sinks], None, None) for m in matches}
+            spec = parse_layout(self.layout)
+            local, sinks = spec.blocks(self.block)
+            per_head = {m.name: ([local], [sinks], [spec.topk_blocks], None, None) for m in matches}
             auto_stats = {}
         blocks = []
         for m in matches:
             causal, keep_bias, evidence = decisions[m.name]
-            local_blocks, sink_blocks, captured, errors = per_head[m.name]
-            layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks))
-            density = layout.density(m.heads if len(local_blocks) > 1 else 1, m.q_shape[2], m.seq_k)
+            local_blocks, sink_blocks, topk_blocks, captured, errors = per_head[m.name]
+            layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks), None, tuple(topk_blocks))
+            density = layout.density(m.heads if layout.heads() > 1 else 1, m.q_shape[2], m.seq_k)
             rewrite(model, m, block=self.block, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
-                    keep_bias=keep_bias)
+                    keep_bias=keep_bias, topk_blocks=topk_blocks)
             info = {"block": m.name, "shape": m.summary(), "causal": causal, "mask": evidence,
                     "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
-                    "sink_blocks": _one_or_all(sink_blocks), "density": round(density, 4)}
+                    "sink_blocks": _one_or_all(sink_blocks), "topk_blocks": _one_or_all(topk_blocks),
+                    "density": round(density, 4)}
             if captured is not None and errors is not None:
                 info["captured_mass"] = [round(c, 4) for c in captured]
                 info["head_error"] = [round(e, 5) for e in errors]
             blocks.append(info)
+            topk_text = f" topk={_one_or_all(topk_blocks)}" if any(topk_blocks) else ""
             ctx.record(self.name, m.name, decision=f"SparseAttention block={self.block} "
-                       f"local={_one_or_all(local_blocks)} sinks={_one_or_all(sink_blocks)} causal={int(causal)}",
+                       f"local={_one_or_all(local_blocks)} sinks={_one_or_all(sink_blocks)}{topk_text} causal={int(causal)}",
                        density=round(density, 4), block=self.block, causal=causal, heads=m.heads,
                        query_len=m.q_shape[2], key_len=m.seq_k, local_blocks=list(local_blocks),
-                       sink_blocks=list(sink_blocks),
+                       sink_blocks=list(sink_blocks), topk_blocks=list(topk_blocks),
                        **({k: info[k] for k in ("captured_mass", "head_error")} if captured else {}))
         if matches:
             model.opset_imports.setdefault(DOMAIN, 1)
@@ -90,8 +95,9 @@ class SparseAttentionPass(Pass):
         return PassResult(changed=bool(matches), stats=stats)
 
     def _auto_layouts(self, model: ir.Model, matches: list[AttentionMatch], decisions: dict, ctx: PassContext
-                      ) -> tuple[dict[str, tuple[list[int], list[int], list[float] | None, list[float] | None]], dict]:
-        """Per block: (local_blocks, sink_blocks, captured mass) per head, profiled on the
+                      ) -> tuple[dict[str, tuple[list[int], list[int], list[int], list[float] | None,
+                                             list[float] | None]], dict]:
+        """Per block: (local_blocks, sink_blocks, topk_blocks, captured mass, error) per head, profiled on the
         calibration data and allocated under `density` over all heads."""
         from sparsec.calib.stats import require_calibration
         from sparsec.passes.attention.auto_layout import choose_layouts, uniform_window
@@ -99,16 +105,18 @@ class SparseAttentionPass(Pass):
 
         calib = require_calibration(ctx, "sparse-attention{layout=auto}")
         causal = {m.name: decisions[m.name][0] for m in matches}
-        profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor)
+        profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor,
+                                          topk=self.topk)
         chosen = choose_layouts(profiles, self.density) if profiles else {}
-        out: dict[str, tuple[list[int], list[int], list[float] | None, list[float] | None]] = {}
+        out: dict[str, tuple[list[int], list[int], list[int], list[float] | None, list[float] | None]] = {}
         kept = total = 0
         for m in matches:
             heads = chosen.get(m.name)
             if heads is None:  # not profiled: stays dense, with the reason in the stats
-                out[m.name] = ([ALL_BLOCKS], [0], None, None)
+                out[m.name] = ([ALL_BLOCKS], [0], [0], None, None)
                 continue
-            out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.captured for h in heads],
+            out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.topk for h in heads],
+                           [h.captured for h in heads],
                            [h.error for h in heads])
             kept += sum(h.kept_blocks for h in heads)
             total += sum(h.dense_blocks for h in heads)

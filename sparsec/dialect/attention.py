@@ -122,33 +122,18 @@ class BlockLayout:
         Q [B, Hq, Sq, D] and K [B, Hkv, Sk, D], static layout and run-time top-k together;
         query block i is absolute block (Sk - Sq) // block + i."""
         bsz, hq, sq, _ = q.shape
-        hkv, sk = k.shape[1], k.shape[2]
-        blk = self.block
-        q0 = (sk - sq) // blk
-        nq, nk = (sk - 1) // blk - q0 + 1, -(-sk // blk)
-        qrow_block = (np.arange(sq) + sk - sq) // blk - q0
-        qsum = np.zeros((bsz, hq, nq, q.shape[3]), np.float64)
-        np.add.at(qsum, (slice(None), slice(None), qrow_block), q.astype(np.float64))
-        kpad = np.zeros((bsz, hkv, nk * blk, k.shape[3]), np.float64)
-        kpad[:, :, :sk] = k
-        counts = np.minimum(blk, sk - np.arange(nk) * blk).astype(np.float64)
-        kmean = kpad.reshape(bsz, hkv, nk, blk, -1).sum(axis=3) / counts[:, None]
-        full = BlockLayout(blk, self.causal).block_allowed(0, nq, nk, q0)
+        sk = k.shape[2]
+        q0 = (sk - sq) // self.block
+        nq, nk = (sk - 1) // self.block - q0 + 1, -(-sk // self.block)
+        scores = pooled_scores(q, k, self.block) if self.dynamic else None
+        full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         out = np.zeros((bsz, hq, nq, nk), bool)
         for h in range(hq):
             lh = h if self.heads() > 1 else 0
             static = self.block_allowed(lh, nq, nk, q0)
             out[:, h] = static
-            t = self.topk(lh)
-            if t <= 0:
-                continue
-            scores = qsum[:, h] @ kmean[:, h // (hq // hkv)].transpose(0, 2, 1)  # [B, nq, nk]
-            scores = np.where(full & ~static, scores, -np.inf)
-            # Highest first, ties to the lower block: a stable sort of the negated scores.
-            order = np.argsort(-scores, axis=-1, kind="stable")[..., :t]
-            picked = np.take_along_axis(scores, order, axis=-1) > -np.inf
-            bi, qi, _ = np.nonzero(picked)
-            out[bi, h, qi, order[picked]] = True
+            if scores is not None and self.topk(lh) > 0:
+                out[:, h] |= select_topk(scores[:, h], full & ~static, self.topk(lh))
         return out
 
     def element_mask(self, head: int, sq: int, sk: int) -> np.ndarray:
@@ -174,6 +159,33 @@ class BlockLayout:
         if self.causal:
             out &= np.arange(sk)[None, :] <= pos[:, None]
         return out
+
+
+def pooled_scores(q: np.ndarray, k: np.ndarray, block: int) -> np.ndarray:
+    """float64 [B, Hq, query blocks, key blocks]: the top-k estimate q^ . k^ (sum of the query
+    rows of each absolute query block, mean of the key rows of each key block)."""
+    bsz, hq, sq, _ = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    q0 = (sk - sq) // block
+    nq, nk = (sk - 1) // block - q0 + 1, -(-sk // block)
+    qsum = np.zeros((bsz, hq, nq, q.shape[3]), np.float64)
+    np.add.at(qsum, (slice(None), slice(None), (np.arange(sq) + sk - sq) // block - q0), q.astype(np.float64))
+    kpad = np.zeros((bsz, hkv, nk * block, k.shape[3]), np.float64)
+    kpad[:, :, :sk] = k
+    counts = np.minimum(block, sk - np.arange(nk) * block).astype(np.float64)
+    kmean = kpad.reshape(bsz, hkv, nk, block, -1).sum(axis=3) / counts[:, None]
+    return qsum @ np.repeat(kmean, hq // hkv, axis=1).transpose(0, 1, 3, 2)
+
+
+def select_topk(scores: np.ndarray, candidates: np.ndarray, t: int) -> np.ndarray:
+    """bool, the shape of `scores` [..., query blocks, key blocks]: per query block the `t`
+    highest-scoring key blocks among `candidates` (broadcast), ties to the lower block."""
+    masked = np.where(candidates, scores, -np.inf)
+    order = np.argsort(-masked, axis=-1, kind="stable")[..., :t]  # stable: lower block first on ties
+    keep = np.take_along_axis(masked, order, axis=-1) > -np.inf
+    out = np.zeros(masked.shape, bool)
+    np.put_along_axis(out, order, keep, axis=-1)
+    return out
 
 
 def _ints(node: ir.Node, name: str) -> list[int] | None:

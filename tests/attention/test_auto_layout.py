@@ -34,7 +34,7 @@ def _profile(nk: int, block: int = 4) -> HeadProfile:
     p[0, 1, :, 0] = 1.0
     p[0, 1, :, :] = 0.99 * p[0, 1] + 0.01 * np.tril(np.ones((seq, seq))) / np.arange(1, seq + 1)[:, None]
     v = np.random.default_rng(0).standard_normal((1, 2, seq, 8))
-    acc = _Accumulator(_match(2, seq), block, True)
+    acc = _Accumulator(_match(2, seq), block, True, topk=False)
     acc.add(p, v, np.ones((1, seq)))
     return acc.profile("blk")
 
@@ -43,14 +43,17 @@ def test_window_candidates_grow_and_stay_below_all_blocks() -> None:
     assert window_candidates(1) == []
     c = window_candidates(40)
     assert c[:4] == [1, 2, 3, 4] and all(a < b for a, b in zip(c, c[1:], strict=False)) and c[-1] < 40
-    assert candidates(6, True, 4)[0] == (ALL_BLOCKS, 0)
+    assert candidates(6, True, 4)[0] == (ALL_BLOCKS, 0, 0)
+    dynamic = [c for c in candidates(6, True, 4) if c[2]]
+    assert dynamic and all(w + s + t < 6 for w, s, t in dynamic)
+    assert not any(c[2] for c in candidates(6, True, 4, topk=False))
 
 
 def test_profile_error_is_zero_for_dense_and_for_layouts_that_keep_the_attended_keys() -> None:
     prof = _profile(8)
     assert np.allclose(prof.error[:, 0], 0.0) and np.allclose(prof.captured[:, 0], 1.0)
-    local1 = prof.layouts.index((1, 0))
-    sink1 = prof.layouts.index((1, 1))
+    local1 = prof.layouts.index((1, 0, 0))
+    sink1 = prof.layouts.index((1, 1, 0))
     assert prof.error[0, local1] < 1e-12  # the diagonal head keeps its key
     assert prof.error[1, local1] > 0.1 and prof.error[1, sink1] < 0.01  # the sink head needs block 0
 
@@ -65,7 +68,36 @@ def test_auto_gives_each_head_the_blocks_it_reads() -> None:
     assert kept <= 0.35 * sum(h.dense_blocks for h in layouts) + 1e-9
     # One window for both heads at that density cannot serve the sink head.
     w = uniform_window({"blk": prof}, 0.35)
-    assert prof.error[1, prof.layouts.index((w, 0))] > 10 * sink.error
+    assert prof.error[1, prof.layouts.index((w, 0, 0))] > 10 * sink.error
+
+
+def test_dynamic_candidates_follow_the_ops_run_time_choice() -> None:
+    """Each head reads one far key block whose keys match its queries; the profile's top-k
+    candidates must find it (error ~0 at topk=1) and count their blocks as the op keeps them."""
+    from sparsec.dialect.attention import BlockLayout
+
+    nk, block, d = 8, 4, 8
+    seq = nk * block
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 2, seq, d)) * 0.05
+    k = rng.standard_normal((1, 2, seq, d)) * 0.05
+    q[..., 0] += 1.0
+    k[0, 0, 4:8, 0] = 6.0  # head 0 reads block 1
+    k[0, 1, 12:16, 0] = 6.0  # head 1 reads block 3
+    s = np.einsum("bhid,bhjd->bhij", q, k) + np.triu(np.full((seq, seq), -np.inf), 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    v = rng.standard_normal((1, 2, seq, d))
+    acc = _Accumulator(_match(2, seq), block, True)
+    acc.add(p, v, np.ones((1, seq)), q, k)
+    prof = acc.profile("blk")
+    c = prof.layouts.index((1, 0, 1))
+    assert prof.error[:, c].max() < 0.05 < prof.error[:, prof.layouts.index((1, 0, 0))].min()
+    layout = BlockLayout(block, True, (1,), (0,), None, (1,))
+    assert prof.kept[c] == round(layout.density(1, seq, seq) * prof.kept[0])
+    # The profile's blocks are the op's: rebuild them from the run-time rule.
+    dyn = acc._dynamic(q, k, seq, seq)
+    assert (dyn[c] == layout.dynamic_blocks(q, k)).all()
 
 
 def test_density_one_keeps_everything_dense() -> None:
