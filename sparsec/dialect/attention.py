@@ -163,6 +163,18 @@ class BlockLayout:
             out &= k <= p
         return out
 
+    def element_masks(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """bool [B, Hq, Sq, Sk]: which keys each query row reads, top-k included (the op's
+        semantics for these inputs)."""
+        sq, sk = q.shape[2], k.shape[2]
+        blocks = self.dynamic_blocks(q, k)
+        pos = np.arange(sq) + sk - sq
+        rows = blocks[:, :, pos // self.block - (sk - sq) // self.block]  # [B, Hq, Sq, nk]
+        out = rows[..., np.arange(sk) // self.block]
+        if self.causal:
+            out &= np.arange(sk)[None, :] <= pos[:, None]
+        return out
+
 
 def _ints(node: ir.Node, name: str) -> list[int] | None:
     a = node.attributes.get(name)

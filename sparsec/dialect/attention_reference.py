@@ -70,8 +70,85 @@ def _repeat_kv(b: _Builder, kv: ir.Value, q: ir.Value) -> ir.Value:
     return b.op("Reshape", [expanded, b.op("Concat", [batch, hq, tail], axis=0)])
 
 
+def _static_blocks(b: _Builder, layout: BlockLayout, qb: ir.Value, kb: ir.Value) -> ir.Value:
+    """bool [H or 1, len(qb), len(kb)]: the static layout's rule for absolute query blocks `qb`
+    and key blocks `kb` (1-D int64; one entry per row/key, or per block)."""
+    if layout.block_mask is not None:
+        mask = b.const(layout.block_mask.astype(bool), "block_mask")
+        rows = b.op("Gather", [mask, qb], axis=1)  # [H, len(qb), key blocks]
+        return b.op("Gather", [rows, kb], axis=2)
+    heads = max(len(layout.local_blocks), len(layout.sink_blocks))
+    w = np.broadcast_to(np.array(layout.local_blocks, np.int64), (heads,)).copy()
+    w[w == ALL_BLOCKS] = _UNBOUNDED
+    s = np.broadcast_to(np.array(layout.sink_blocks, np.int64), (heads,)).copy()
+    qcol = b.op("Unsqueeze", [qb, b.const(np.array([1]), "axes")])  # [n, 1]
+    krow = b.op("Unsqueeze", [kb, b.const(np.array([0]), "axes")])  # [1, m]
+    diff = b.op("Sub", [qcol, krow])
+    if not layout.causal:
+        diff = b.op("Abs", [diff])
+    local = b.op("Less", [diff, b.const(w.reshape(-1, 1, 1), "local_blocks")])  # [H, n, m]
+    sink = b.op("Less", [krow, b.const(s.reshape(-1, 1, 1), "sink_blocks")])  # [H, 1, m]
+    return b.op("Or", [local, sink])
+
+
+def _topk_blocks(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, qb_rel: ir.Value,
+                 kb: ir.Value, sq: ir.Value, sk: ir.Value) -> ir.Value:
+    """bool [B, Hq, query blocks, key blocks]: static layout OR the run-time top-k blocks
+    (pooled Q sums x key block means; see the op's doc). Pooling is a MatMul with a 0/1
+    block-membership matrix, so partial first/last blocks need no padding."""
+    one = b.const(np.array(1, np.int64), "one")
+    zero = b.const(np.array(0, np.int64), "zero")
+    blk = b.const(np.array(layout.block, np.int64), "block")
+    q0 = b.op("Div", [b.op("Sub", [sk, sq]), blk])
+    last = b.op("Div", [b.op("Sub", [sk, one]), blk])
+    nq = b.op("Add", [b.op("Sub", [last, q0]), one])
+    nk = b.op("Add", [last, one])
+    axes0, axes1 = b.const(np.array([0]), "axes"), b.const(np.array([1]), "axes")
+    qidx, kidx = b.op("Range", [zero, nq, one]), b.op("Range", [zero, nk, one])
+
+    def membership(index: ir.Value, of: ir.Value) -> ir.Value:  # float [blocks, rows]
+        eq = b.op("Equal", [b.op("Unsqueeze", [index, axes1]), b.op("Unsqueeze", [of, axes0])])
+        return b.op("Cast", [eq], to=int(ir.DataType.FLOAT))
+
+    qsum = b.op("MatMul", [membership(qidx, qb_rel), q])  # [B, Hq, nq, D]
+    kmem = membership(kidx, kb)
+    kmean = b.op("MatMul", [b.op("Div", [kmem, b.op("ReduceSum", [kmem, axes1], keepdims=1)]), k])
+    kmean = _repeat_kv(b, kmean, q)  # [B, Hq, nk, D]
+    scores = b.op("MatMul", [qsum, b.op("Transpose", [kmean], perm=[0, 1, 3, 2])])  # [B, Hq, nq, nk]
+    static = _static_blocks(b, layout, b.op("Add", [qidx, q0]), kidx)  # [H or 1, nq, nk]
+    candidate = b.op("Not", [static])
+    if layout.causal:
+        causal = b.op("LessOrEqual", [b.op("Unsqueeze", [kidx, axes0]),
+                                      b.op("Unsqueeze", [b.op("Add", [qidx, q0]), axes1])])
+        candidate = b.op("And", [candidate, causal])
+    neg_inf = b.const(np.array(-np.inf, np.float32), "neg_inf")
+    masked = b.op("Where", [candidate, scores, neg_inf])
+    t = np.array(layout.topk_blocks, np.int64)
+    kmax = b.const(np.array([max(int(t.max()), 1)], np.int64), "kmax")
+    kk = b.op("Min", [kmax, b.op("Unsqueeze", [nk, axes0])])
+    vals, idx = _topk(b, masked, kk)
+    rank = b.op("Range", [zero, b.op("Squeeze", [kk, axes0]), one])  # [kk]
+    per_head = b.const(t.reshape(-1, 1, 1), "topk")  # [H or 1, 1, 1] against [B, Hq, nq, kk]
+    chosen = b.op("And", [b.op("Less", [rank, per_head]), b.op("Greater", [vals, neg_inf])])  # [B, Hq, nq, kk]
+    zeros = b.op("Mul", [scores, b.const(np.array(0.0, np.float32), "zero_f")])
+    picked = b.op("ScatterElements", [zeros, idx, b.op("Cast", [chosen], to=int(ir.DataType.FLOAT))], axis=3)
+    return b.op("Or", [b.op("Greater", [picked, b.const(np.array(0.5, np.float32), "half")]), static])
+
+
+def _topk(b: _Builder, x: ir.Value, k: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """TopK along the last axis, largest first (ties: lower index first, as the op wants)."""
+    b.count += 1
+    node = ir.Node("", "TopK", [x, k], attributes=[ir.AttrInt64("axis", -1), ir.AttrInt64("largest", 1),
+                                                    ir.AttrInt64("sorted", 1)],
+                   name=f"{b.prefix}/TopK_{b.count}", num_outputs=2)
+    node.outputs[0].name, node.outputs[1].name = f"{node.name}/values", f"{node.name}/indices"
+    b.anchor.graph.insert_before(b.anchor, node)
+    return node.outputs[0], node.outputs[1]
+
+
 def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value) -> ir.Value:
-    """bool [H or 1, Sq, Sk]: the op's allowed (query, key) pairs."""
+    """bool [H or 1, Sq, Sk] (static layout) or [B, Hq, Sq, Sk] (with top-k): the op's allowed
+    (query, key) pairs."""
     one = b.const(np.array(1, np.int64), "one")
     zero = b.const(np.array(0, np.int64), "zero")
     axes0 = b.const(np.array([0]), "axes")
@@ -82,23 +159,12 @@ def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value) -> 
     blk = b.const(np.array(layout.block, np.int64), "block")
     qb = b.op("Div", [qpos, blk])
     kb = b.op("Div", [kpos, blk])
-    qcol = b.op("Unsqueeze", [qb, b.const(np.array([1]), "axes")])  # [Sq, 1]
-    krow = b.op("Unsqueeze", [kb, axes0])  # [1, Sk]
-    if layout.block_mask is not None:
-        mask = b.const(layout.block_mask.astype(bool), "block_mask")
-        rows = b.op("Gather", [mask, qb], axis=1)  # [H, Sq, key blocks]
-        allowed = b.op("Gather", [rows, kb], axis=2)  # [H, Sq, Sk]
+    if layout.dynamic:
+        qb_rel = b.op("Sub", [qb, b.op("Div", [b.op("Sub", [sk, sq]), blk])])
+        blocks = _topk_blocks(b, layout, q, k, qb_rel, kb, sq, sk)
+        allowed = b.op("Gather", [b.op("Gather", [blocks, qb_rel], axis=2), kb], axis=3)
     else:
-        heads = max(len(layout.local_blocks), len(layout.sink_blocks))
-        w = np.broadcast_to(np.array(layout.local_blocks, np.int64), (heads,)).copy()
-        w[w == ALL_BLOCKS] = _UNBOUNDED
-        s = np.broadcast_to(np.array(layout.sink_blocks, np.int64), (heads,)).copy()
-        diff = b.op("Sub", [qcol, krow])
-        if not layout.causal:
-            diff = b.op("Abs", [diff])
-        local = b.op("Less", [diff, b.const(w.reshape(-1, 1, 1), "local_blocks")])  # [H, Sq, Sk]
-        sink = b.op("Less", [krow, b.const(s.reshape(-1, 1, 1), "sink_blocks")])  # [H, 1, Sk]
-        allowed = b.op("Or", [local, sink])
+        allowed = _static_blocks(b, layout, qb, kb)
     if layout.causal:
         pcol = b.op("Unsqueeze", [qpos, b.const(np.array([1]), "axes")])
         krow_pos = b.op("Unsqueeze", [kpos, axes0])
@@ -119,7 +185,9 @@ def lower_sparse_attention(node: ir.Node) -> None:
         scores = b.op("Mul", [scores, b.const(np.array(scale, np.float32), "scale")])
     if bias is not None:
         scores = b.op("Add", [scores, bias])
-    allowed = b.op("Unsqueeze", [_layout_mask(b, layout, q, k), b.const(np.array([0]), "axes")])
+    allowed = _layout_mask(b, layout, q, k)
+    if not layout.dynamic:
+        allowed = b.op("Unsqueeze", [allowed, b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
     probs = b.op("Softmax", [masked], axis=-1)
     # A row whose allowed keys are all masked (-inf bias) is 0/0: zeros, as the kernels give.

@@ -46,15 +46,17 @@ def numpy_attention(q, k, v, layout: BlockLayout, scale: float, bias=None) -> np
     b, hq, sq, _ = q.shape
     hkv, sk = k.shape[1], k.shape[2]
     out = np.zeros((b, hq, sq, v.shape[3]))
+    masks = layout.element_masks(q, k)
     for i in range(b):
         for h in range(hq):
             g = h // (hq // hkv)
             s = scale * q[i, h].astype(np.float64) @ k[i, g].T.astype(np.float64)
             if bias is not None:
                 s = s + np.broadcast_to(bias, (b, hq, sq, sk))[i, h]
-            s = np.where(layout.element_mask(h if layout.heads() > 1 else 0, sq, sk), s, -np.inf)
+            s = np.where(masks[i, h], s, -np.inf)
             p = np.exp(s - s.max(-1, keepdims=True))
             out[i, h] = (p / p.sum(-1, keepdims=True)) @ v[i, g]
+            assert masks[i, h].any(axis=-1).all()  # every row keeps a key in these cases
     return out
 
 
@@ -71,6 +73,18 @@ CASES = [
     ((1, 2, 8, 8), (1, 2, 24, 8), {"block": 4, "causal": 1, "local_blocks": [2], "sink_blocks": [1]}, False),
     ((1, 3, 16, 4), (1, 1, 16, 4), {"block": 4, "causal": 0,
                                     "block_mask": (np.random.default_rng(3).random((3, 4, 4)) < 0.5) | np.eye(4, dtype=bool)}, False),
+    # block top-k: GQA with per-head k (0 = static only), partial last block
+    ((1, 4, 37, 8), (1, 2, 37, 8), {"block": 4, "causal": 1, "local_blocks": [1], "sink_blocks": [1],
+                                    "topk_blocks": [2, 0, 1, 3]}, False),
+    # non-causal, with bias, one k for all heads
+    ((2, 2, 33, 16), (2, 2, 33, 16), {"block": 8, "causal": 0, "local_blocks": [1], "sink_blocks": [0],
+                                      "topk_blocks": [2]}, True),
+    # a prefill after a cache: partial first query block
+    ((1, 2, 10, 8), (1, 2, 26, 8), {"block": 4, "causal": 1, "local_blocks": [1], "sink_blocks": [0],
+                                    "topk_blocks": [2]}, False),
+    # top-k on top of an explicit block mask
+    ((1, 3, 16, 4), (1, 1, 16, 4), {"block": 4, "causal": 0, "block_mask": np.eye(4, dtype=bool)[None].repeat(3, 0),
+                                    "topk_blocks": [1]}, False),
 ]
 
 
@@ -91,6 +105,23 @@ def test_reference_lowering_matches_numpy(q_shape, kv_shape, attrs, with_bias) -
     got = run_reference(model, feeds)
     want = numpy_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.3, feeds.get("bias"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_picks_the_blocks_of_largest_pooled_score() -> None:
+    # Key block 2 holds keys aligned with the queries, so every query block past it picks it.
+    q = np.zeros((1, 1, 16, 2), np.float32)
+    q[..., 0] = 1.0
+    k = np.zeros((1, 1, 16, 2), np.float32)
+    k[0, 0, 8:12, 0] = 5.0
+    k[0, 0, 4:8, 0] = -1.0
+    layout = BlockLayout(block=4, causal=True, local_blocks=(1,), sink_blocks=(0,), topk_blocks=(1,))
+    blocks = layout.dynamic_blocks(q, k)[0, 0]
+    assert blocks[3].tolist() == [False, False, True, True]
+    assert blocks[1].tolist() == [True, True, False, False]  # the only other causal block
+    assert layout.density(1, 16, 16) == pytest.approx(7 / 10)
+    # Top-k over the whole causal triangle is dense attention.
+    wide = BlockLayout(block=4, causal=True, local_blocks=(1,), sink_blocks=(0,), topk_blocks=(8,))
+    assert wide.element_masks(q, k)[0, 0].tolist() == BlockLayout(4, True).element_mask(0, 16, 16).tolist()
 
 
 def test_dense_layout_is_full_attention() -> None:
@@ -115,6 +146,8 @@ def test_dense_layout_is_full_attention() -> None:
                                       "block_mask": np.ones((1, 2, 2), np.uint8)}, "either block_mask"),
         ((1, 4, 8, 8), (1, 2, 8, 8), {"block": 4, "causal": 0, "block_mask": np.ones((1, 1, 1), np.uint8)}, "block_mask covers"),
         ((1, 4, 8, 8), (1, 2, 8, 8), {"block": 4, "causal": 0, "block_mask": np.full((1, 2, 2), 3, np.uint8)}, "only 0 and 1"),
+        ((1, 4, 8, 8), (1, 2, 8, 8), {"block": 4, "causal": 0, "local_blocks": [1], "topk_blocks": [-1]}, "topk_blocks must be"),
+        ((1, 4, 8, 8), (1, 2, 8, 8), {"block": 4, "causal": 0, "local_blocks": [1], "topk_blocks": [1, 2]}, "layout lists"),
     ],
 )
 def test_verifier_rejects(q_shape, kv_shape, attrs, problem) -> None:
