@@ -46,7 +46,7 @@ if __name__ == "__main__":  # setuptools runs this file as __main__; tests impor
             Extension(
                 "sparsec.kernels._sparsec_kernels",
                 sources=_sources,
-                depends=glob.glob("kernels/src/*.h"),
+                depends=glob.glob("kernels/src/*.h") + glob.glob("kernels/src/*.inc"),
                 extra_compile_args=_flags,
                 extra_link_args=["-pthread"],
                 optional=True,

@@ -1,8 +1,8 @@
 """`lower-attention-kernels`: com.sparsec.SparseAttention -> the fused kernel custom op.
 
-The layout attributes become one constant int32 input ([2, H]: local window and sink blocks,
-or the explicit block mask [H, query blocks, key blocks]), read once when ONNX Runtime
-creates the kernel. Nodes the kernel cannot take (unknown shapes, more queries than keys,
+The layout attributes become one constant int32 input ([2, H]: local window and sink blocks;
+[3, H] when `topk_blocks` is set, row 2 the key blocks picked at run time; or the explicit
+block mask [H, query blocks, key blocks]), read once when ONNX Runtime creates the kernel. Nodes the kernel cannot take (unknown shapes, more queries than keys,
 head dim > 256, not fp32) stay for `legalize-dense`, each with its reason in the statistics.
 """
 
@@ -36,8 +36,9 @@ def _reason(node: ir.Node, shapes) -> str | None:
     for x in node.inputs:
         if x is not None and shapes.dtypes.get(x.name, 1) != 1:
             return "not float32"
-    if "topk_blocks" in node.attributes and any(node.attributes["topk_blocks"].as_ints()):
-        return "run-time top-k layouts are not in this kernel yet (the reference lowering runs them)"
+    layout = BlockLayout.of(node)
+    if layout.block_mask is not None and layout.dynamic:
+        return "block_mask with topk_blocks: the kernel op's layout input takes a mask or [local, sinks, topk], not both"
     return None
 
 
@@ -73,8 +74,8 @@ class LowerAttentionKernels(Pass):
             table = layout.block_mask.astype(np.int32)
         else:
             heads = layout.heads()
-            table = np.stack([np.broadcast_to(np.array(layout.local_blocks, np.int32), (heads,)),
-                              np.broadcast_to(np.array(layout.sink_blocks, np.int32), (heads,))])
+            rows = [layout.local_blocks, layout.sink_blocks] + ([layout.topk_blocks] if layout.dynamic else [])
+            table = np.stack([np.broadcast_to(np.array(r, np.int32), (heads,)) for r in rows])
         base = node.name or node.outputs[0].name
         lay = ir.Value(name=f"{base}.layout", const_value=ir.tensor(np.ascontiguousarray(table), name=f"{base}.layout"),
                        shape=ir.Shape(table.shape), type=ir.TensorType(ir.DataType.INT32))
@@ -101,9 +102,11 @@ def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
     a = node.attributes
     attrs = [ir.AttrFloat32("scale", a["scale"].as_float()), ir.AttrInt64("block", a["block"].as_int()),
              ir.AttrInt64("causal", a["causal"].as_int())]
-    if table.ndim == 2 and table.shape[0] == 2:
+    if table.ndim == 2 and table.shape[0] in (2, 3):
         attrs += [ir.AttrInt64s("local_blocks", [int(x) for x in table[0]]),
                   ir.AttrInt64s("sink_blocks", [int(x) for x in table[1]])]
+        if table.shape[0] == 3:
+            attrs.append(ir.AttrInt64s("topk_blocks", [int(x) for x in table[2]]))
     elif table.ndim == 3:
         attrs.append(ir.AttrTensor("block_mask", ir.tensor(table.astype(np.uint8))))
     else:

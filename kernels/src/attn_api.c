@@ -7,7 +7,8 @@
 int sk_attention(const float *q, const float *k, const float *v, float *y, int64_t batch,
                  int64_t hq, int64_t hkv, int64_t sq, int64_t sk, int64_t d, int64_t dv,
                  float scale, int causal, int64_t block, int64_t layout_heads,
-                 const int32_t *local, const int32_t *sinks, const uint8_t *mask,
+                 const int32_t *local, const int32_t *sinks, const int32_t *topk,
+                 const uint8_t *mask,
                  int64_t mask_q, int64_t mask_k, const float *bias, const int64_t *bias_stride,
                  int isa, int threads) {
     if (batch < 0 || hq < 1 || hkv < 1 || hq % hkv || sq < 0 || sk < 1 || sq > sk || d < 1 ||
@@ -17,11 +18,17 @@ int sk_attention(const float *q, const float *k, const float *v, float *y, int64
     if (!q || !k || !v || !y || (!mask && (!local || !sinks)) || (bias && !bias_stride))
         return SK_ERR_NULL;
     if (mask && (mask_q < 1 || mask_k < 1)) return SK_ERR_SHAPE;
+    /* All-zero top-k is the static layout: drop it so the kernel skips the pre-pass. */
+    int dynamic = 0;
+    for (int64_t h = 0; topk && h < layout_heads; h++) {
+        if (topk[h] < 0) return SK_ERR_SHAPE;
+        dynamic |= topk[h] > 0;
+    }
     if (!sk_isa_supported(isa)) return SK_ERR_ISA;
     if (batch == 0 || sq == 0) return SK_OK;
     const int64_t off = sk - sq;
     sk_attn_args a = {q, k, v, y, batch, hq, hkv, sq, sk, d, dv, scale, causal, block,
-                      layout_heads, local, sinks, mask, mask_q, mask_k, bias, {0, 0, 0, 0},
+                      layout_heads, local, sinks, dynamic ? topk : NULL, mask, mask_q, mask_k, bias, {0, 0, 0, 0},
                       off / block, (sq - 1 + off) / block - off / block + 1,
                       threads > 0 ? threads : sk_max_threads()};
     if (bias)

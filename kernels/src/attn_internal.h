@@ -13,9 +13,11 @@ typedef struct {
     int causal;
     int64_t block;
     /* Layout: per layout head either (local[h], sinks[h]) in blocks (local < 0: all), or a
-     * block mask [layout_heads, mask_q, mask_k] (absolute query block, key block). */
+     * block mask [layout_heads, mask_q, mask_k] (absolute query block, key block); plus
+     * topk[h] key blocks picked at run time from pooled Q.K (NULL when every topk is 0, so the
+     * static path does no extra work). */
     int64_t layout_heads;
-    const int32_t *local, *sinks;
+    const int32_t *local, *sinks, *topk;
     const uint8_t *mask;
     int64_t mask_q, mask_k;
     const float *bias; /* optional additive bias, element strides (0 = broadcast) */

@@ -4,7 +4,8 @@
  *
  * Q [B, Hq, Sq, D], K [B, Hkv, Sk, D], V [B, Hkv, Sk, Dv], Y [B, Hq, Sq, Dv] (fp32). `layout` is a
  * constant int32 initializer: [2, H] (row 0 local window in blocks, -1 = all; row 1 sink
- * blocks) or [H, query blocks, key blocks] of 0/1 (explicit block mask), H = 1 or Hq. It is read
+ * blocks), [3, H] (the same plus row 2, key blocks picked at run time by pooled Q.K, >= 0) or
+ * [H, query blocks, key blocks] of 0/1 (explicit block mask, no top-k), H = 1 or Hq. It is read
  * and checked when the session is created. `bias` broadcasts to [B, Hq, Sq, Sk] (read through
  * strides, no copy). Threads per call: the session's "sparsec.kernel_threads" cap (registered
  * by RegisterCustomOps in sk_ort_ops.c, which calls sk_attn_ort_add below).
@@ -38,7 +39,7 @@ typedef struct {
     int isa, cap, causal, has_bias;
     float scale;
     int64_t block, heads, mask_q, mask_k;
-    int32_t *local, *sinks;
+    int32_t *local, *sinks, *topk; /* topk: NULL for a [2, H] layout */
     uint8_t *mask;
 } attn_kernel;
 
@@ -47,6 +48,7 @@ static void attn_destroy(void *p) {
     if (!kr) return;
     free(kr->local);
     free(kr->sinks);
+    free(kr->topk);
     free(kr->mask);
     free(kr);
 }
@@ -86,22 +88,26 @@ static OrtStatus *read_layout(attn_kernel *kr, const OrtKernelInfo *info, const 
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return st;
     if (type != SK_ORT_INT32 || (rank != 2 && rank != 3))
-        return sk_ort_status(api, "%s: layout must be int32 [2, H] or [H, query blocks, key blocks]", ctx);
+        return sk_ort_status(api, "%s: layout must be int32 [2, H], [3, H] or [H, query blocks, key blocks]", ctx);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return st;
     const int32_t *data = p;
     if (rank == 2) {
-        if (dims[0] != 2 || dims[1] < 1) return sk_ort_status(api, "%s: layout [2, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
+        if ((dims[0] != 2 && dims[0] != 3) || dims[1] < 1)
+            return sk_ort_status(api, "%s: layout [2 or 3, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
         kr->heads = dims[1];
         kr->local = malloc(sizeof(int32_t) * kr->heads);
         kr->sinks = malloc(sizeof(int32_t) * kr->heads);
-        if (!kr->local || !kr->sinks) return sk_ort_status(api, "%s: out of memory", ctx);
+        if (dims[0] == 3) kr->topk = malloc(sizeof(int32_t) * kr->heads);
+        if (!kr->local || !kr->sinks || (dims[0] == 3 && !kr->topk)) return sk_ort_status(api, "%s: out of memory", ctx);
         for (int64_t h = 0; h < kr->heads; h++) {
             kr->local[h] = data[h];
             kr->sinks[h] = data[kr->heads + h];
             if ((kr->local[h] < 1 && kr->local[h] != -1) || kr->sinks[h] < 0)
                 return sk_ort_status(api, "%s: head %lld has local window %d, sinks %d (need >= 1 or -1, >= 0)", ctx,
                             (long long)h, kr->local[h], kr->sinks[h]);
+            if (kr->topk && (kr->topk[h] = data[2 * kr->heads + h]) < 0)
+                return sk_ort_status(api, "%s: head %lld has top-k %d (need >= 0)", ctx, (long long)h, kr->topk[h]);
         }
     } else {
         if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1) return sk_ort_status(api, "%s: empty block mask", ctx);
@@ -212,7 +218,7 @@ static OrtStatus *attn_compute_op(void *p, OrtKernelContext *context) {
         (st = SK_ORT(api, GetTensorMutableData)(yv, &y)))
         return st;
     const int rc = sk_attention(q, k, v, y, b, hq, hkv, sq, sk, d, dv, kr->scale, kr->causal,
-                                kr->block, kr->heads, kr->local, kr->sinks, kr->mask, kr->mask_q,
+                                kr->block, kr->heads, kr->local, kr->sinks, kr->topk, kr->mask, kr->mask_q,
                                 kr->mask_k, bias, bias ? bstride : NULL, kr->isa,
                                 kr->cap > 0 ? kr->cap : sk_max_threads());
     if (rc != SK_OK)
