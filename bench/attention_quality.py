@@ -7,7 +7,9 @@ sequences (no padding). Every variant is the same export rewritten by the `spars
 pass and run through the op's reference lowering (standard ONNX, exact semantics); the metric
 is the mean cosine of the pooled, normalised embeddings against the dense model's, and the
 nearest-neighbour agreement between evaluation sequences. Variants:
-- `auto` at --density (per head, from the calibration profile);
+- `auto` at --density (per head, from the calibration profile; candidates static windows and
+  run-time top-k), and `auto` restricted to static windows (`topk=false`);
+- one uniform run-time top-k layout (own block + K blocks) near --density;
 - the uniform local windows just below and above that density (same for every head), and
   `auto` at exactly the density each of them reaches, so each comparison is at equal density.
 Needs the `eval` extra (`pip install -e '.[eval]'`).
@@ -107,7 +109,12 @@ def main() -> int:
     matches, _ = find_attention(model, infer_concrete_shapes(model, {}))
     profiles, _ = profile_heads(model, matches, calib, args.block, {m.name: False for m in matches})
     below = uniform_window(profiles, args.density)
-    results = {"auto": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block}}}")}
+    results = {"auto": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block}}}"),
+               "auto_static_only": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block} "
+                                           "topk=false}")}
+    nk = -(-args.seq // args.block)
+    topk = max(1, round(args.density * nk) - 1)  # own block + K (non-causal MiniLM)
+    results["uniform_topk"] = variant(f"sparse-attention{{layout='topk:{topk}' block={args.block}}}")
     comparisons = []
     for w in sorted({below, below + 1}):
         uni = variant(f"sparse-attention{{layout='local:{w * args.block}' block={args.block}}}")
@@ -118,7 +125,8 @@ def main() -> int:
         "bench": "attention_quality", "model": "all-MiniLM-L6-v2 (real weights)", "seq": args.seq,
         "block": args.block, "calibration_sequences": args.calib, "evaluation_sequences": args.eval,
         "density_budget": args.density, "attention_blocks_found": len(matches),
-        "auto": results["auto"], "equal_density_comparisons": comparisons,
+        "auto": results["auto"], "auto_static_only": results["auto_static_only"],
+        "uniform_topk": results["uniform_topk"], "equal_density_comparisons": comparisons,
         "bar": {"auto_mean_cosine_ge_0.98": results["auto"]["mean_cosine"] >= 0.98,
                 "auto_beats_uniform_at_equal_density": all(c["auto_better"] for c in comparisons)},
         "cpu": machine_info(), "load_average": os.getloadavg(), "seconds": round(time.time() - start, 1),

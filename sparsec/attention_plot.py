@@ -18,11 +18,21 @@ def attention_layouts(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in decisions if d.get("pass") == PASS and "local_blocks" in d and "key_len" in d]
 
 
+def _topk(d: dict[str, Any], head: int) -> int:
+    t = d.get("topk_blocks") or [0]
+    return int(t[head] if len(t) > 1 else t[0])
+
+
 def _grid(d: dict[str, Any], head: int) -> np.ndarray:
+    """Static blocks 1; with run-time top-k, the blocks it may pick (chosen per input) 0.45."""
     layout = BlockLayout(d["block"], bool(d["causal"]), tuple(d["local_blocks"]), tuple(d["sink_blocks"]))
     nq, nk = -(-d["query_len"] // d["block"]), -(-d["key_len"] // d["block"])
     off = (d["key_len"] - d["query_len"]) // d["block"]
-    return layout.block_allowed(head if layout.heads() > 1 else 0, nq, nk, off)
+    static = layout.block_allowed(head if layout.heads() > 1 else 0, nq, nk, off)
+    grid = static.astype(float)
+    if _topk(d, head):
+        grid[~static & BlockLayout(d["block"], bool(d["causal"])).block_allowed(0, nq, nk, off)] = 0.45
+    return grid
 
 
 def attention_layout_plot(decisions: list[dict[str, Any]]) -> bytes | None:
@@ -46,10 +56,14 @@ def attention_layout_plot(decisions: list[dict[str, Any]]) -> bytes | None:
             ax.imshow(_grid(d, h), cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
             if r == 0:
                 ax.set_title(f"h{h}", fontsize=7)
-            if errors is not None:
-                ax.set_xlabel(f"{errors[h]:.2g}", fontsize=6)
+            label = f"{errors[h]:.2g}" if errors is not None else ""
+            if _topk(d, h):
+                label += f" +{_topk(d, h)}"
+            if label:
+                ax.set_xlabel(label.strip(), fontsize=6)
         axes[r][0].set_ylabel(d["layer"].split("/")[-3] if d["layer"].count("/") >= 3 else f"#{r}", fontsize=6)
-    fig.suptitle("Blocks read (dark): layers down, heads across"
+    fig.suptitle("Blocks read (dark; grey: candidates of run-time top-k, +K picked per query block): "
+                 "layers down, heads across"
                  + ("; label: head output error" if any("head_error" in d for d in layers) else ""), fontsize=7)
     return png_bytes(fig, legend=False)
 
@@ -59,12 +73,15 @@ def attention_report(manifest: dict[str, Any]) -> list[str]:
     layers = attention_layouts(manifest.get("decisions", []))
     if not layers:
         return []
-    lines = ["", "## Sparse attention", "", "| attention block | heads | density | local blocks | sink blocks | head error (mean) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["", "## Sparse attention", "",
+             "| attention block | heads | density | local blocks | sink blocks | top-k blocks (run time) | head error (mean) |",
+             "|---|---|---|---|---|---|---|"]
     for d in layers:
         err = d.get("head_error")
         mean = f"{float(np.mean(err)):.3g}" if err else "-"
-        lines.append(f"| {d['layer']} | {d['heads']} | {d['density']:.3f} | {d['local_blocks']} | {d['sink_blocks']} | {mean} |")
+        topk = d.get("topk_blocks") or [0]
+        lines.append(f"| {d['layer']} | {d['heads']} | {d['density']:.3f} | {d['local_blocks']} | {d['sink_blocks']} "
+                     f"| {topk if any(topk) else '-'} | {mean} |")
     if "attention_layouts.png" in manifest.get("files", {}):
         lines += ["", "![attention layouts](attention_layouts.png)"]
     return lines

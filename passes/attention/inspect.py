@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 def attention_summary(model: ir.Model, dims: dict[str, int]) -> dict[str, Any]:
     """{"blocks": [{name, heads, kv_heads, q, k, dim, scale, mask}], "sparse": [{name, block, causal,
-    local_blocks, sink_blocks, block_mask}], "missed": [{name, op, reason}]}"""
+    local_blocks, sink_blocks, topk_blocks, block_mask}], "missed": [{name, op, reason}]}"""
     from sparsec.ir.shapes import infer_concrete_shapes
     from sparsec.passes.attention.match import find_attention
 
@@ -29,7 +29,7 @@ def attention_summary(model: ir.Model, dims: dict[str, int]) -> dict[str, Any]:
             lay = BlockLayout.of(node)
             sparse.append({"name": node.name, "block": lay.block, "causal": lay.causal,
                            "local_blocks": list(lay.local_blocks), "sink_blocks": list(lay.sink_blocks),
-                           "block_mask": lay.block_mask is not None})
+                           "topk_blocks": list(lay.topk_blocks), "block_mask": lay.block_mask is not None})
     return {"blocks": blocks, "sparse": sparse,
             "missed": [{"name": x.name, "op": x.op, "reason": x.reason} for x in misses]}
 
@@ -42,6 +42,8 @@ def attention_lines(summary: dict[str, Any]) -> list[str]:
              f"{len(summary['sparse'])} already sparse"]
     for b in summary["sparse"]:
         layout = "block mask" if b["block_mask"] else f"local {b['local_blocks']} sinks {b['sink_blocks']} blocks"
+        if any(b.get("topk_blocks", [0])):
+            layout += f" + top-{b['topk_blocks']} at run time"
         lines.append(f"  sparse {b['name'][:48]:48} block {b['block']}, {layout}, causal {int(b['causal'])}")
     for b in summary["blocks"]:
         gqa = f" (kv heads {b['kv_heads']})" if b["kv_heads"] != b["heads"] else ""

@@ -74,9 +74,10 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument(
             "--attention",
             metavar="LAYOUT",
-            help="rewrite attention blocks to block-sparse attention with a static layout, e.g. "
-            "local:256,sinks:4 (window and sink tokens, rounded up to 64-token blocks), dense, or auto "
-            "(a layout per head from the --calib data, keeping --density of the blocks)",
+            help="rewrite attention blocks to block-sparse attention, e.g. local:256,sinks:4 (window and sink "
+            "tokens, rounded up to 64-token blocks), topk:8 or local:64,topk:8 (plus the 8 key blocks of highest "
+            "pooled query-key score per query block, chosen at run time), dense, or auto "
+            "(a layout per head from the --calib data, static or top-k, keeping --density of the blocks)",
         )
         g.add_argument(
             "--density",

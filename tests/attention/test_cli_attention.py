@@ -44,3 +44,26 @@ def test_bad_attention_flag_is_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("sparsec: error: ")
     assert not out.exists()
+
+
+def test_compile_with_run_time_topk_runs_on_the_kernel(hf_export, tmp_path, capsys) -> None:
+    import onnx
+
+    out = tmp_path / "out"
+    rc = main(["compile", str(hf_export("gpt2", "legacy")),
+               "-p", "sparse-attention{layout='topk:1' block=4}", "--no-bench", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    decisions = [d for d in manifest["decisions"] if d.get("pass") == "sparse-attention"]
+    assert [d["topk_blocks"] for d in decisions] == [[1], [1]] and all("topk=1" in d["decision"] for d in decisions)
+    fid = next(p for p in manifest["passes"] if p["pass"].startswith("sparse-attention"))["fidelity"]
+    assert fid["worst_cosine"] > 0.5
+    model = onnx.load(out / "model.onnx")
+    kernels = [n for n in model.graph.node if (n.domain, n.op_type) == ("com.sparsec.kernels", "SparseAttention")]
+    layouts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert len(kernels) == 2 and all(layouts[n.input[3]].shape[0] == 3 for n in kernels)  # [local, sinks, topk]
+    assert "| [1] |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["inspect", "--json", str(out)]) == 0
+    sparse = json.loads(capsys.readouterr().out)["attention"]["sparse"]
+    assert [b.get("topk_blocks") for b in sparse] == [[1], [1]]
