@@ -141,19 +141,21 @@ def main() -> int:
                                        providers=["CPUExecutionProvider"])
         fns[name] = (lambda s: lambda: s.run(None, feeds))(session)
     dense_out = fns[DENSE_SPIN]()
-    tmp = Path(tempfile.mkdtemp(prefix="attention-e2e-"))
     result["variants"] = {}
-    for name, nm in variants.items():
-        info = compile_variant(dense_ir, args.layout, nm, tmp / f"v{len(result['variants'])}")
-        session = InferenceSession(tmp / f"v{len(result['variants'])}", threads=THREADS)
-        fns[name] = (lambda s: lambda: s.run(None, feeds))(session)
-        fid = compare(dense_out, fns[name]())
-        top1 = float(np.mean(dense_out[0].argmax(-1) == fns[name]()[0].argmax(-1)))
-        info["fidelity_vs_dense"] = {"logits_mean_cosine": round(fid.mean_cosine, 6),
-                                     "logits_worst_cosine": round(fid.worst_cosine, 6),
-                                     "max_abs": float(fid.max_abs), "rel_l2": round(fid.rel_l2, 6),
-                                     "top1_agreement": round(top1, 4)}
-        result["variants"][name] = info
+    with tempfile.TemporaryDirectory(prefix="attention-e2e-") as tmp:  # sessions hold the models once loaded
+        for i, (name, nm) in enumerate(variants.items()):
+            folder = Path(tmp) / f"v{i}"
+            info = compile_variant(dense_ir, args.layout, nm, folder)
+            session = InferenceSession(folder, threads=THREADS)
+            fns[name] = (lambda s: lambda: s.run(None, feeds))(session)
+            out = fns[name]()
+            fid = compare(dense_out, out)
+            top1 = float(np.mean(dense_out[0].argmax(-1) == out[0].argmax(-1)))
+            info["fidelity_vs_dense"] = {"logits_mean_cosine": round(fid.mean_cosine, 6),
+                                         "logits_worst_cosine": round(fid.worst_cosine, 6),
+                                         "max_abs": float(fid.max_abs), "rel_l2": round(fid.rel_l2, 6),
+                                         "top1_agreement": round(top1, 4)}
+            result["variants"][name] = info
 
     result["load_before_timing"] = _load()
     cmp = compare_interleaved(DENSE_SPIN, fns, budget_s=args.budget, min_rounds=args.runs, max_rounds=max(args.runs, 100),
