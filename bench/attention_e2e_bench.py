@@ -4,7 +4,8 @@ compiled with a static local+sinks layout at ~10% of the causal blocks, vs dense
 Prints one JSON document (and writes it with --out). One process, 2 threads everywhere:
 - the zoo model (default `gpt_long`) is exported once, batch 1 (a prefill);
 - dense: ONNX Runtime's CPU provider on that exported graph, with its pool spinning (ORT's
-  default) and without, as the compile's own latency check runs it; the faster one counts;
+  default) and without, as the compile's own latency check runs it, and the zoo module in
+  torch eager (DESIGN.md: if torch is faster, beat it); the fastest one counts;
 - sparse: the real compile path, `compile_model` with the CLI's preset
   (`--attention=LAYOUT --sparsity=none`; optionally a second artifact with `--nm 2:4` too),
   written as an artifact and loaded by `sparsec.runtime.InferenceSession`. The artifact must
@@ -51,6 +52,7 @@ from sparsec.runtime import KERNEL_DOMAIN, InferenceSession, plain_session_optio
 
 THREADS = 2
 DENSE_SPIN, DENSE_NOSPIN = "dense ORT (spinning, default)", "dense ORT (spinning off)"
+DENSE_TORCH = "dense torch (eager, the zoo module)"
 
 
 def _load() -> list[float]:
@@ -94,6 +96,20 @@ def compile_variant(dense: ir.Model, layout: str, nm: str | None, out: Path) -> 
     }
 
 
+def torch_runner(entry: Any, ids: np.ndarray) -> Callable[[], np.ndarray]:
+    """The zoo module itself in torch eager on THREADS threads (the same explicit attention)."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    module, x = entry.build(), torch.from_numpy(ids)
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            return module(x).numpy()
+
+    return run
+
+
 def flops(cfg: Any, density: float | None) -> float:
     """Useful FLOPs of one prefill: the linear layers plus causal attention (QK^T and PV) over
     the kept fraction of causal blocks (`density`; None: the whole causal half)."""
@@ -114,6 +130,8 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=None,
                         help="calls per block (default: the protocol's, >= 4; each block's first quarter is dropped)")
     parser.add_argument("--budget", type=float, default=0.0, help="seconds of rounds beyond --runs (0: just --runs)")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave out the torch eager baseline (DESIGN.md: beat torch too if it is faster)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -141,6 +159,9 @@ def main() -> int:
                                        providers=["CPUExecutionProvider"])
         fns[name] = (lambda s: lambda: s.run(None, feeds))(session)
     dense_out = fns[DENSE_SPIN]()
+    if not args.no_torch:
+        fns[DENSE_TORCH] = torch_runner(entry, ids)
+        result["torch_vs_ort_dense_max_abs"] = float(np.abs(fns[DENSE_TORCH]() - dense_out[0]).max())
     result["variants"] = {}
     with tempfile.TemporaryDirectory(prefix="attention-e2e-") as tmp:  # sessions hold the models once loaded
         for i, (name, nm) in enumerate(variants.items()):
@@ -161,7 +182,7 @@ def main() -> int:
     cmp = compare_interleaved(DENSE_SPIN, fns, budget_s=args.budget, min_rounds=args.runs, max_rounds=max(args.runs, 100),
                               block=args.block, label="dense vs sparse attention")
     t = cmp.timings
-    best_dense = min((DENSE_SPIN, DENSE_NOSPIN), key=lambda n: t[n].median_ms)
+    best_dense = min((n for n in (DENSE_SPIN, DENSE_NOSPIN, DENSE_TORCH) if n in t), key=lambda n: t[n].median_ms)
     dense_ms = t[best_dense].median_ms
     result["timing"] = {
         "protocol": "sparsec.bench.compare_interleaved: interleaved blocks, order alternating each round, pause "
