@@ -85,10 +85,10 @@ def compile_variant(dense: ir.Model, layout: str, nm: str | None, out: Path) -> 
         "compile_s": round(compile_s, 1),
         "attention_blocks": len(layouts),
         "attention_on_kernel_op": len(kernels),
+        # density: the fraction of the causal block pairs the layout keeps (the manifest's per-block record)
         "density_per_block": [d["density"] for d in layouts],
         "density": round(float(np.mean([d["density"] for d in layouts])), 4),
-        "layout": {k: layouts[0].get(k) for k in ("block", "causal", "heads")} | {
-            "local_blocks": layouts[0].get("local_blocks"), "sink_blocks": layouts[0].get("sink_blocks")},
+        "layout": {k: layouts[0].get(k) for k in ("block", "causal", "heads", "local_blocks", "sink_blocks")},
         "masks": [{"read": b["mask"], "kept_as_bias": b["bias_kept"]} for b in rewritten],
         "nm_kernel_layers": len(nm_layers),
         "manifest_fidelity": result.manifest.get("fidelity"),
