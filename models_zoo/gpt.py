@@ -20,6 +20,11 @@ SMALL = TransformerConfig(
 GPT_SMALL = TransformerConfig(
     vocab_size=50304, seq_len=128, hidden=768, n_layers=12, n_heads=12, ffn=3072, seed=124
 )
+# SMALL's shapes at a 4096-token prefill: attention dominates (issue 11's end-to-end bar). Each
+# layer's dense score tensor is 4 x 4096^2 fp32 = 256 MiB, so one dense ORT run fits in ~2 GiB.
+LONG = TransformerConfig(
+    vocab_size=1000, seq_len=4096, hidden=256, n_layers=4, n_heads=4, ffn=1024, seed=4096
+)
 
 
 class DecoderLayer(nn.Module):
@@ -61,9 +66,17 @@ def build_gpt_small() -> GPT:
     return build_gpt(GPT_SMALL)
 
 
+def build_gpt_long() -> GPT:
+    return build_gpt(LONG)
+
+
 def gpt_inputs(batch: int, cfg: TransformerConfig = SMALL) -> tuple[torch.Tensor]:
     return token_inputs(batch, cfg.seq_len, cfg.vocab_size)
 
 
 def gpt_small_inputs(batch: int) -> tuple[torch.Tensor]:
     return gpt_inputs(batch, GPT_SMALL)
+
+
+def gpt_long_inputs(batch: int) -> tuple[torch.Tensor]:
+    return gpt_inputs(batch, LONG)

@@ -113,6 +113,16 @@ _ENTRIES = (
         small=False,
     ),
     ZooModel(
+        "gpt_long",
+        "GPT-style causal decoder at a 4096-token prefill (the gpt shapes: 4 layers, hidden 256, 4 heads "
+        "of 64, FFN 1024, vocab 1000), for block-sparse attention",
+        gpt.build_gpt_long,
+        gpt.gpt_long_inputs,
+        ("input_ids",),
+        ("logits",),
+        small=False,  # ~2 GiB and seconds per dense run: kept out of the per-model unit tests
+    ),
+    ZooModel(
         "digits_cnn",
         "CNN for sklearn 8x8 digits, trained deterministically in seconds (cached)",
         digits.train_digits_cnn,

@@ -5,7 +5,7 @@ import torch
 
 from sparsec.models_zoo import ZOO, get
 from sparsec.models_zoo.bert import BASE, Bert
-from sparsec.models_zoo.gpt import GPT, GPT_SMALL
+from sparsec.models_zoo.gpt import GPT, GPT_SMALL, LONG
 
 from .conftest import SMALL_MODELS
 
@@ -72,7 +72,8 @@ def test_resnet50_size() -> None:
 
 @pytest.mark.parametrize(
     ("factory", "cfg", "expected"),
-    [(Bert, BASE, 108_595_200), (GPT, GPT_SMALL, 162_421_248)],
+    # gpt_long: gpt's 3,687,936 plus 4096 - 64 more learned positions of 256.
+    [(Bert, BASE, 108_595_200), (GPT, GPT_SMALL, 162_421_248), (GPT, LONG, 3_687_936 + (4096 - 64) * 256)],
 )
 def test_big_transformer_sizes(factory: type[torch.nn.Module], cfg: object, expected: int) -> None:
     with torch.device("meta"):  # shapes only: no memory, no init

@@ -13,6 +13,7 @@ EXPECTED = {
     "bert_base",
     "gpt",
     "gpt_small",
+    "gpt_long",
     "digits_cnn",
     "digits_mlp",
     # architecture families for channel cropping
