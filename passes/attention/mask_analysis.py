@@ -62,6 +62,27 @@ def constant_array(value: ir.Value) -> np.ndarray | None:
     return None
 
 
+def depends_on_inputs(value: ir.Value) -> bool:
+    """Whether any graph input reaches `value` (a mask built from constants alone, e.g. a
+    Trilu of a constant, is a constant the exporter left unfolded)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        producer = v.producer()
+        if producer is None:
+            if v.const_value is None:  # a graph input (or an initializer without data)
+                return True
+            continue
+        if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in producer.attributes.values()):
+            return True  # subgraphs may read outer values: not analysed
+        stack.extend(x for x in producer.inputs if x is not None)
+    return False
+
+
 def sample_values(model: ir.Model, values: list[ir.Value], dims: dict[str, int], seed: int) -> dict[str, np.ndarray]:
     """The values' contents on the pass's sample inputs (one run of a copy of the model
     that outputs them)."""

@@ -145,7 +145,8 @@ class SparseAttentionPass(Pass):
         if value is None:
             return self.causal == "true", False, "none"
         array = mask_analysis.constant_array(value)
-        constant = array is not None
+        # A mask computed from constants only is a constant, read on the sample run.
+        constant = array is not None or not mask_analysis.depends_on_inputs(value)
         if array is None:
             array = sampled.get(value.name)
         if array is None:  # causal given by the user: keep the mask as it is

@@ -48,6 +48,11 @@ def test_decoder_compiles_to_kernel_and_matches_reference(tmp_path: Path) -> Non
     layouts = [d for d in result.manifest["decisions"] if d.get("pass") == "sparse-attention"]
     assert len(layouts) == CFG.n_layers
     assert all(d["causal"] and d["density"] == pytest.approx(21 / 36, abs=1e-4) for d in layouts)
+    # The causal mask is computed from constants (Trilu of a constant at this length): it is
+    # read as a constant and replaced by the op's causal flag, not carried as a bias input.
+    rewritten = next(p for p in result.manifest["passes"] if p["pass"].startswith("sparse-attention"))["stats"]
+    assert [(b["mask"], b["bias_kept"]) for b in rewritten["rewritten"]] == [("constant", False)] * CFG.n_layers
+    assert all(len(n.input) == 4 for n in kernels)  # Q, K, V, layout: no bias
 
     # The reference: the same rewrite, run through the op's standard-ONNX lowering.
     PassManager(pipeline).run(reference, PassContext())
