@@ -68,7 +68,7 @@ def main() -> None:
     np.savez(calib, ids=np.random.default_rng(1).integers(0, 1000, (args.samples, SEQ)).astype(np.int64))
     sparsec = str(Path(sys.executable).with_name("sparsec"))
     rows = []
-    for spec in ("prune-experts:0.5", "top-k:1", "prune-experts:0.5,top-k:1"):
+    for spec in ("prune-experts:0.5", "merge-experts:0.5", "top-k:1", "prune-experts:0.5,top-k:1", "merge-experts:0.5,top-k:1"):
         out = folder / spec.replace(":", "_").replace(",", "+")
         t0 = time.perf_counter()
         done = subprocess.run([sparsec, "-q", "compile", str(model), f"--moe={spec}", "--sparsity=none", "--no-tune",
@@ -77,7 +77,7 @@ def main() -> None:
             rows.append({"moe": spec, "error": done.stderr.strip().splitlines()[-1]})
             continue
         manifest = json.loads((out / "manifest.json").read_text())
-        slim = [d for d in manifest["decisions"] if d["pass"] in ("prune-experts", "moe-top-k") and "cosine" in d]
+        slim = [d for d in manifest["decisions"] if d["pass"] in ("prune-experts", "merge-experts", "moe-top-k") and "cosine" in d]
         rows.append({"moe": spec, "compile_s": round(time.perf_counter() - t0, 1),
                      "lifted_blocks": sum(d["decision"] == "lift" for d in manifest["decisions"]),
                      "fidelity": {k: manifest["fidelity"][k] for k in ("mean_cosine", "worst_cosine", "data", "samples")},

@@ -7,6 +7,7 @@ from sparsec.passes.analysis import (
 from sparsec.passes.attention import sparse_attention  # noqa: F401
 from sparsec.passes.lower import legalize_dense  # noqa: F401
 from sparsec.passes.moe import (
+    merge_experts,  # noqa: F401
     moefy_ffn,  # noqa: F401
     slim_experts,  # noqa: F401
 )

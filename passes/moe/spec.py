@@ -1,26 +1,30 @@
 """The CLI's `--moe=...` -> pass text: `experts:16,active:0.25[,method:weights,router:centroid,
 k:per-layer]` splits dense FFNs (moefy-ffn; `k:per-layer` chooses top_k per FFN from calibration
-data at the same average); `prune-experts:0.5` and/or `top-k:1` slim routed models
-(prune-experts, moe-top-k; exported MoE blocks are lifted first)."""
+data at the same average); `prune-experts:0.5` or `merge-experts:0.5`, and/or `top-k:1` slim
+routed models (prune-experts, merge-experts, moe-top-k; exported MoE blocks are lifted first)."""
 
 from __future__ import annotations
 
 from sparsec.errors import OptionError
 
 _KEYS = ("experts", "active", "method", "router", "gating", "k")
-_SLIM_KEYS = ("prune-experts", "top-k")
+_SLIM_KEYS = ("prune-experts", "merge-experts", "top-k")
 
 
 def _slim_pass_text(spec: str, fields: dict[str, str]) -> str:
     passes = []
-    if "prune-experts" in fields:
+    if "prune-experts" in fields and "merge-experts" in fields:
+        raise OptionError(f"--moe={spec}: give prune-experts or merge-experts, not both")
+    for name in ("prune-experts", "merge-experts"):
+        if name not in fields:
+            continue
         try:
-            keep = float(fields["prune-experts"])
+            keep = float(fields[name])
         except ValueError:
             keep = -1.0
         if not 0.0 < keep <= 1.0:
-            raise OptionError(f"--moe={spec}: prune-experts takes the fraction of experts to keep, in (0, 1] (e.g. 0.5)")
-        passes.append(f"prune-experts{{keep={keep:g}}}")
+            raise OptionError(f"--moe={spec}: {name} takes the fraction of experts to keep, in (0, 1] (e.g. 0.5)")
+        passes.append(f"{name}{{keep={keep:g}}}")
     if "top-k" in fields:
         value = fields["top-k"]
         if not value.isdigit() or int(value) < 1:
@@ -37,11 +41,12 @@ def moe_pass_text(spec: str) -> str:
         key, value = key.strip().lower(), value.strip()
         if not sep or key not in (*_KEYS, *_SLIM_KEYS) or not value:
             raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G,k:K] "
-                              f"or prune-experts:FRACTION[,top-k:K], got '{part}'")
+                              f"or prune-experts:FRACTION|merge-experts:FRACTION[,top-k:K], got '{part}'")
         fields[key] = value
     if any(k in fields for k in _SLIM_KEYS):
         if any(k in fields for k in _KEYS):
-            raise OptionError(f"--moe={spec}: prune-experts/top-k slim routed models; they do not mix with experts/active")
+            raise OptionError(f"--moe={spec}: prune-experts/merge-experts/top-k slim routed models; they do not mix "
+                              "with experts/active")
         return _slim_pass_text(spec, fields)
     if spec.strip().lower() == "auto" or "experts" not in fields or "active" not in fields:
         raise OptionError(f"--moe={spec}: give experts:E and active:FRACTION (e.g. experts:16,active:0.25)")

@@ -162,6 +162,23 @@ def test_prune_experts_keeps_the_most_used_half(mixtral, tmp_path: Path) -> None
     np.testing.assert_allclose(_run(model, ids, tmp_path), _torch(ids, prune), atol=2e-5)
 
 
+def test_merge_experts_folds_similar_experts(mixtral, tmp_path: Path) -> None:  # noqa: ANN001
+    model, ctx = _apply(mixtral["batched_mm"], "merge-experts{keep=0.5}")
+    nodes = _moe(model)
+    assert [n.inputs[3].const_value.shape[0] for n in nodes] == [2, 2]  # stacked experts
+    assert [n.inputs[1].const_value.shape[1] for n in nodes] == [2, 2]  # router columns
+    decisions = [d for d in ctx.decisions if d["pass"] == "merge-experts" and d["decision"].startswith("merge")]
+    assert len(decisions) == LAYERS
+    for d in decisions:
+        assert sorted(i for g in d["groups"] for i in g) == list(range(EXPERTS)) and len(d["groups"]) == 2
+        share = d["selected_share"]
+        for group, dominant in zip(d["groups"], d["dominant"], strict=True):
+            assert dominant in group and share[dominant] == max(share[i] for i in group)
+        assert d["aligned"] and d["statistics_inputs"] == "calibration" and 0 < d["cosine"] <= 1
+    out = _run(model, _ids(6), tmp_path)
+    assert np.isfinite(out).all() and out.shape == _torch(_ids(6)).shape
+
+
 def test_top_k_reduction_runs_one_expert(mixtral, tmp_path: Path) -> None:  # noqa: ANN001
     model, ctx = _apply(mixtral["eager"], "moe-top-k{k=1}")
     assert [n.attributes["top_k"].as_int() for n in _moe(model)] == [1, 1]
