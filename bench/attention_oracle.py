@@ -12,7 +12,10 @@ keys (what SparseAttention computes). Rules, all at `--budget` key blocks per qu
 - topk_quest: the own block + top-k by the Quest bound sum_d max(q_d kmax_d, q_d kmin_d);
 - oracle_mass: the own block + the blocks holding the most dense softmax mass.
 
-    .venv/bin/python bench/attention_oracle.py [--block 16] [--budget 8] [--sequences 8]
+    .venv/bin/python bench/attention_oracle.py [--block 16] [--budget 8] [--sequences 8] [--e2e]
+
+`--e2e`: the same rule end to end (every layer, 8 held-out sequences): the embedding cosine with
+the op's run-time pooled choice and with the mass oracle's choice of as many blocks.
 """
 
 from __future__ import annotations
@@ -66,11 +69,52 @@ def _layer_errors(p: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, bl
     }
 
 
+def _mass_scores(b, q, k, qmem, kmem, scale: float):  # noqa: ANN001,ANN202  (attention_reference's builder values)
+    """The oracle's block scores: each block pair's share of the dense softmax (computed in the
+    graph), in place of the op's pooled estimate."""
+    import sparsec.dialect.attention_reference as R
+
+    kx = R._repeat_kv(b, k, q)
+    logits = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [kx], perm=[0, 1, 3, 2])]),
+                          b.const(np.array(scale, np.float32), "scale")])
+    probs = b.op("Softmax", [logits], axis=-1)  # [B, Hq, Sq, Sk]
+    return b.op("MatMul", [b.op("MatMul", [qmem, probs]), b.op("Transpose", [kmem], perm=[1, 0])])
+
+
+def _end_to_end(path, calib_feeds: dict, eval_feeds: dict, topk: int, block: int) -> dict:  # noqa: ANN001
+    """MiniLM embedding cosine with every attention at own block + `topk` blocks, chosen at run
+    time by the op's pooled estimate and by the mass oracle."""
+    import sparsec.dialect.attention_reference as R
+    from sparsec.calib.data import CalibrationData
+    from sparsec.calib.runner import run_outputs
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from attention_quality import _metrics
+
+    calib = CalibrationData(calib_feeds, batch_size=4, source="packed")
+    evaluation = CalibrationData(eval_feeds, batch_size=4, source="packed (held out)")
+    dense = run_outputs(ir.load(path), evaluation)[0]
+    pipeline = f"sparse-attention{{layout='topk:{topk}' block={block}}}"
+    out: dict = {"pipeline": pipeline}
+    original = R.block_scores
+    try:
+        for name, rule in (("pooled_estimate", original), ("mass_oracle", _mass_scores)):
+            R.block_scores = rule
+            model = ir.load(path)
+            PassManager(parse_pipeline(pipeline), verify_each=False).run(model, PassContext(calibration=calib))
+            out[name] = _metrics(dense, run_outputs(model, evaluation)[0])
+    finally:
+        R.block_scores = original
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, default=16)
     ap.add_argument("--budget", type=int, default=8, help="key blocks kept per query block")
     ap.add_argument("--sequences", type=int, default=8)
+    ap.add_argument("--e2e", action="store_true", help="also the embedding cosine with the oracle's blocks in every layer")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
     from attention_quality import _sequences
@@ -87,7 +131,7 @@ def main() -> int:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         ir.save(minilm.export_minilm_ir(seq_len=512), path)
-    feeds, _ = _sequences(args.sequences, 1, 512)
+    feeds, eval_feeds = _sequences(args.sequences, args.sequences, 512)
     calib = CalibrationData(feeds, batch_size=4, source="packed pydoc sentences")
     model = ir.load(path)
     matches, _ = find_attention(model, infer_concrete_shapes(model, {}))
@@ -105,9 +149,10 @@ def main() -> int:
         layers.append({"block": m.name, **{r: {"mean_head_error": round(float(e.mean()), 4),
                                                 "worst_head_error": round(float(e.max()), 4)} for r, e in rules.items()}})
         print(f"{m.name}: " + ", ".join(f"{r} {float(e.mean()):.4f}" for r, e in rules.items()), file=sys.stderr)
+    e2e = _end_to_end(path, feeds, eval_feeds, args.budget - 1, args.block) if args.e2e else None
     doc = {"bench": "attention_oracle", "model": "all-MiniLM-L6-v2 (real weights)", "seq": 512, "block": args.block,
            "budget_blocks": args.budget, "density": round(args.budget / (512 // args.block), 4), "sequences": args.sequences,
-           "layers": layers, "cpu": machine_info(), "load_average": os.getloadavg(),
+           "layers": layers, **({"end_to_end": e2e} if e2e else {}), "cpu": machine_info(), "load_average": os.getloadavg(),
            "seconds": round(time.time() - start, 1)}
     print(json.dumps(doc, indent=2))
     return 0

@@ -91,11 +91,27 @@ def _static_blocks(b: _Builder, layout: BlockLayout, qb: ir.Value, kb: ir.Value)
     return b.op("Or", [local, sink])
 
 
+def _pooled_scores(b: _Builder, q: ir.Value, k: ir.Value, qmem: ir.Value, kmem: ir.Value, scale: float) -> ir.Value:
+    """[B, Hq, nq, nk]: the op's run-time estimate, sum of each query block's rows . mean of
+    each key block's rows (`scale` plays no part in the choice)."""
+    del scale
+    axes1 = b.const(np.array([1]), "axes")
+    qsum = b.op("MatMul", [qmem, q])  # [B, Hq, nq, D]
+    kmean = b.op("MatMul", [b.op("Div", [kmem, b.op("ReduceSum", [kmem, axes1], keepdims=1)]), k])
+    kmean = _repeat_kv(b, kmean, q)  # [B, Hq, nk, D]
+    return b.op("MatMul", [qsum, b.op("Transpose", [kmean], perm=[0, 1, 3, 2])])
+
+
+# How block pairs are scored for top-k: the op's definition. bench/attention_oracle.py swaps in
+# the dense softmax mass (an oracle) to measure what any run-time rule could reach.
+block_scores = _pooled_scores
+
+
 def _topk_blocks(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, qb_rel: ir.Value,
-                 kb: ir.Value, sq: ir.Value, sk: ir.Value) -> ir.Value:
+                 kb: ir.Value, sq: ir.Value, sk: ir.Value, scale: float) -> ir.Value:
     """bool [B, Hq, query blocks, key blocks]: static layout OR the run-time top-k blocks
-    (pooled Q sums x key block means; see the op's doc). Pooling is a MatMul with a 0/1
-    block-membership matrix, so partial first/last blocks need no padding."""
+    (see the op's doc). Pooling is a MatMul with a 0/1 block-membership matrix, so partial
+    first/last blocks need no padding."""
     one = b.const(np.array(1, np.int64), "one")
     zero = b.const(np.array(0, np.int64), "zero")
     blk = b.const(np.array(layout.block, np.int64), "block")
@@ -110,11 +126,7 @@ def _topk_blocks(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, qb_
         eq = b.op("Equal", [b.op("Unsqueeze", [index, axes1]), b.op("Unsqueeze", [of, axes0])])
         return b.op("Cast", [eq], to=int(ir.DataType.FLOAT))
 
-    qsum = b.op("MatMul", [membership(qidx, qb_rel), q])  # [B, Hq, nq, D]
-    kmem = membership(kidx, kb)
-    kmean = b.op("MatMul", [b.op("Div", [kmem, b.op("ReduceSum", [kmem, axes1], keepdims=1)]), k])
-    kmean = _repeat_kv(b, kmean, q)  # [B, Hq, nk, D]
-    scores = b.op("MatMul", [qsum, b.op("Transpose", [kmean], perm=[0, 1, 3, 2])])  # [B, Hq, nq, nk]
+    scores = block_scores(b, q, k, membership(qidx, qb_rel), membership(kidx, kb), scale)  # [B, Hq, nq, nk]
     static = _static_blocks(b, layout, b.op("Add", [qidx, q0]), kidx)  # [H or 1, nq, nk]
     candidate = b.op("Not", [static])
     if layout.causal:
@@ -146,7 +158,7 @@ def _topk(b: _Builder, x: ir.Value, k: ir.Value) -> tuple[ir.Value, ir.Value]:
     return node.outputs[0], node.outputs[1]
 
 
-def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value) -> ir.Value:
+def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, scale: float) -> ir.Value:
     """bool [H or 1, Sq, Sk] (static layout) or [B, Hq, Sq, Sk] (with top-k): the op's allowed
     (query, key) pairs."""
     one = b.const(np.array(1, np.int64), "one")
@@ -161,7 +173,7 @@ def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value) -> 
     kb = b.op("Div", [kpos, blk])
     if layout.dynamic:
         qb_rel = b.op("Sub", [qb, b.op("Div", [b.op("Sub", [sk, sq]), blk])])
-        blocks = _topk_blocks(b, layout, q, k, qb_rel, kb, sq, sk)
+        blocks = _topk_blocks(b, layout, q, k, qb_rel, kb, sq, sk, scale)
         allowed = b.op("Gather", [b.op("Gather", [blocks, qb_rel], axis=2), kb], axis=3)
     else:
         allowed = _static_blocks(b, layout, qb, kb)
@@ -185,7 +197,7 @@ def lower_sparse_attention(node: ir.Node) -> None:
         scores = b.op("Mul", [scores, b.const(np.array(scale, np.float32), "scale")])
     if bias is not None:
         scores = b.op("Add", [scores, bias])
-    allowed = _layout_mask(b, layout, q, k)
+    allowed = _layout_mask(b, layout, q, k, scale)
     if not layout.dynamic:
         allowed = b.op("Unsqueeze", [allowed, b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
