@@ -37,6 +37,7 @@ from sparsec.memory import (
     peak_rss_bytes,
     tune_malloc,
 )
+from sparsec.moe_plot import moe_usage_plot
 from sparsec.never_slower import (
     fallback_words,
     kernel_layers_by_gain,
@@ -250,6 +251,10 @@ def _compile(
     if crop is not None:
         files["crop.png"] = crop
         manifest["files"].append("crop.png")
+    usage = moe_usage_plot(ctx.decisions)
+    if usage is not None:
+        files["moe_usage.png"] = usage
+        manifest["files"].append("moe_usage.png")
     layouts = attention_layout_plot(ctx.decisions)
     if layouts is not None:
         files["attention_layouts.png"] = layouts

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsec.attention_plot import attention_report
+from sparsec.moe_plot import moe_report
 from sparsec.passes.structural.crop_report import crop_table
 from sparsec.plots import quality_report
 
@@ -88,6 +89,7 @@ def render_report(manifest: dict[str, Any]) -> str:
     lines += crop_table(manifest["decisions"])
     lines += quality_report(manifest)
     lines += attention_report(manifest)
+    lines += moe_report(manifest)
     if "crop.png" in manifest["files"]:
         lines += ["", "![channels per coupled group](crop.png)"]
     if "recovery.png" in manifest["files"]:

@@ -24,7 +24,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from sparsec.dialect import DOMAIN
 from sparsec.errors import OptionError
 from sparsec.ir.rewrite import replace_value
-from sparsec.passes.moe.experts import Experts, dense_forward, moe_forward, split_experts
+from sparsec.passes.moe.experts import Experts, dense_forward, gates, moe_forward, split_experts
 from sparsec.passes.moe.ffn_finder import FFN, find_ffns
 from sparsec.passes.moe.partition import (
     expert_permutation,
@@ -218,7 +218,9 @@ class MoefyFFN(Pass):
                 insert_moe(model, ffn, ex, router, top_k, self.gating)
             else:
                 node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
+            chosen_by = gates(x_eval.astype(np.float64) @ router[0] + router[1], top_k, self.gating) > 0
             info = {**desc, "experts": self.experts, "top_k": top_k, "active_fraction": round(top_k / self.experts, 6),
+                    "selected_share": [round(float(v), 6) for v in chosen_by.mean(axis=0)],
                     "method": self.method, "router": self.router, "gating": self.gating,
                     "top_k_choice": "per layer (calibration, allocator)" if self.active > 0 else "uniform",
                     "fidelity_inputs": "calibration" if x is not None else "standard normal", **fid}

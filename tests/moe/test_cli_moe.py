@@ -42,3 +42,9 @@ def test_compile_with_moe_runs_the_kernel(hf_export, tmp_path: Path) -> None:
 
     assert ("MoEFFN" in ops) == kernels_available()
     assert manifest["fidelity"]["worst_cosine"] > 0.99
+    # Routing per layer: each token selects top_k = 2 of 4 experts, so the shares sum to 2.
+    assert all(len(d["selected_share"]) == 4 and abs(sum(d["selected_share"]) - 2.0) < 1e-5 for d in decisions)
+    assert (out / "moe_usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "## Routed experts" in report and "![expert usage](moe_usage.png)" in report
+    assert report.count("| moefy-ffn | moe 2/4 | 0.500 |") == 2
