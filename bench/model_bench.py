@@ -12,6 +12,7 @@ Each case goes through `sparsec.compile_model` (nm-sparsity + lower-nm-kernels +
 side (DESIGN.md §5). `--out DIR` also writes the artifacts.
 
     .venv/bin/python bench/model_bench.py [--cases bert_base,gpt_step] [--out out/models]
+    .venv/bin/python bench/model_bench.py --cases gpt_step --pattern none --moe experts:16,active:0.25,method:weights,router:centroid
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def capture(case: str) -> ir.Model:
     raise SystemExit(f"unknown case {case!r} (known: {', '.join(CASES)})")
 
 
-def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
+def run_case(case: str, pattern: str, threads: int, out: Path | None, moe: str | None = None) -> dict:
     from sparsec.artifact import write_artifact
     from sparsec.compiler import CompileOptions, compile_model
 
@@ -52,7 +53,7 @@ def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
     model = capture(case)
     capture_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = compile_model(model, CompileOptions(sparsity=pattern, threads=threads, fidelity_samples=2),
+    result = compile_model(model, CompileOptions(sparsity=pattern, threads=threads, fidelity_samples=2, moe=moe),
                            source=f"bench:{case}")
     compile_s = time.perf_counter() - t0
     if out is not None:
@@ -63,6 +64,10 @@ def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
     return {
         "case": case,
         "pattern": pattern,
+        "moe": moe,
+        "moe_layers": sum(1 for d in m["decisions"] if d.get("pass") == "moefy-ffn" and d["decision"].startswith("moe")),
+        "moe_kernel_layers": sum(1 for d in m["decisions"] if d.get("pass") == "lower-moe-kernels"
+                                 and "MoEFFN" in str(d.get("decision", ""))),
         "threads": threads,
         "dense_ms": lat["dense_ms"],
         "compiled_ms": lat["compiled_ms"],
@@ -87,10 +92,16 @@ def main() -> int:
     parser.add_argument("--pattern", default="2:4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the compiled artifacts here")
+    parser.add_argument("--moe", help="also MoE-fy the FFNs, e.g. experts:16,active:0.25,method:weights,router:centroid "
+                        "(data-free; --pattern none for MoE alone)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = [run_case(c.strip(), args.pattern, args.threads, args.out) for c in args.cases.split(",")]
-    print(json.dumps({"results": results, "load_average": os.getloadavg()}, indent=2))
+    from sparsec.bench import machine_info
+
+    load_before = os.getloadavg()
+    results = [run_case(c.strip(), args.pattern, args.threads, args.out, args.moe) for c in args.cases.split(",")]
+    print(json.dumps({"command": " ".join(["bench/model_bench.py", *sys.argv[1:]]), "results": results,
+                      "cpu": machine_info(), "load_before": load_before, "load_average": os.getloadavg()}, indent=2))
     return 0
 
 
