@@ -126,6 +126,8 @@ class MoefyFFN(Pass):
     scan: str = option("output", "active > 0: damage of each FFN's top_k measured on the model's output (one FFN at a "
                                  "time) or on the FFN's own layer (residual-stream error, cheaper)")
     scan_samples: int = option(64, "scan=output: calibration samples the scan runs")
+    min_fidelity: float = option(0.0, "> 0: the fewest active neurons (per-layer top_k, scan=output) that keep the "
+                                      "model's mean output cosine on the scan samples >= this; active is then unused")
 
     def __post_init__(self) -> None:
         if self.scan not in SCANS:
@@ -138,12 +140,20 @@ class MoefyFFN(Pass):
             raise OptionError(f"moefy-ffn: gating must be one of {', '.join(GATINGS)}, got '{self.gating}'")
         if not 0.0 <= self.active <= 1.0:
             raise OptionError(f"moefy-ffn: active must be a fraction in (0, 1] (0: uniform top_k), got {self.active}")
+        if not 0.0 <= self.min_fidelity < 1.0:
+            raise OptionError(f"moefy-ffn: min_fidelity must be a cosine in (0, 1) (0: off), got {self.min_fidelity}")
+        if self.min_fidelity > 0 and self.scan != "output":
+            raise OptionError("moefy-ffn: min_fidelity measures the model's output: it needs scan=output")
         if self.experts < 1 or not 1 <= self.top_k <= self.experts:
             raise OptionError(f"moefy-ffn: need experts >= 1 and 1 <= top_k <= experts, got experts={self.experts} top_k={self.top_k}")
 
     @property
     def needs_data(self) -> bool:
-        return self.method == "coactivation" or self.router == "learned" or self.active > 0
+        return self.method == "coactivation" or self.router == "learned" or self.per_layer
+
+    @property
+    def per_layer(self) -> bool:
+        return self.active > 0 or self.min_fidelity > 0
 
     def _skip_reason(self, ffn: FFN) -> str | None:
         if not any(fnmatch.fnmatchcase(ffn.name, p) for p in self.include) or any(
@@ -170,7 +180,7 @@ class MoefyFFN(Pass):
             else:
                 skipped[ffn.name] = reason
                 ctx.record(self.name, ffn.name, decision="skip", reason=reason, **ffn.describe())
-        streams = {f.name: residual_stream(f) for f in chosen} if self.active > 0 else {}
+        streams = {f.name: residual_stream(f) for f in chosen} if self.per_layer else {}
         extra = tuple(v.name for v in streams.values() if v is not None)
         data = calibration_inputs(model, chosen, ctx, self.samples, extra) if chosen and self.needs_data else {}
         per_layer: dict[str, dict] = {}
@@ -195,15 +205,15 @@ class MoefyFFN(Pass):
         allocation: dict[str, float] = {}
         descs = [ffn.describe() for ffn, *_ in built]
         nodes: list[ir.Node | None] = [None] * len(built)
-        if self.active > 0 and built and self.scan == "output":
+        if self.per_layer and built and self.scan == "output":
             from sparsec.calib.stats import require_calibration
             from sparsec.passes.moe.per_layer_k import choose_top_k_by_output
 
             # Every FFN as MoE with all experts (exact), then each one's top_k scanned alone.
             nodes = [insert_moe(model, ffn, ex, router, self.experts, self.gating) for ffn, _, _, ex, router in built]
-            calib = require_calibration(ctx, "moefy-ffn{active=...}")
+            calib = require_calibration(ctx, "moefy-ffn{active=...}" if self.active > 0 else "moefy-ffn{min_fidelity=...}")
             top_ks, allocation = choose_top_k_by_output(model, nodes, self.experts, self.active,
-                                                        calib.head(self.scan_samples))
+                                                        calib.head(self.scan_samples), self.min_fidelity)
         elif self.active > 0 and built:
             from sparsec.passes.moe.per_layer_k import choose_top_k
 
@@ -222,7 +232,8 @@ class MoefyFFN(Pass):
             info = {**desc, "experts": self.experts, "top_k": top_k, "active_fraction": round(top_k / self.experts, 6),
                     "selected_share": [round(float(v), 6) for v in chosen_by.mean(axis=0)],
                     "method": self.method, "router": self.router, "gating": self.gating,
-                    "top_k_choice": "per layer (calibration, allocator)" if self.active > 0 else "uniform",
+                    "top_k_choice": ("per layer (calibration, allocator, fidelity floor)" if self.min_fidelity > 0 else
+                                     "per layer (calibration, allocator)" if self.active > 0 else "uniform"),
                     "fidelity_inputs": "calibration" if x is not None else "standard normal", **fid}
             per_layer[ffn.name] = info
             ctx.record(self.name, ffn.name, decision=f"moe {top_k}/{self.experts}", **info)

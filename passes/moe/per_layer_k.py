@@ -82,8 +82,13 @@ def _grid(experts: int, points: int = 8) -> list[int]:
     return sorted({experts, *np.unique(np.round(np.linspace(1, experts - 1, points)).astype(int)).tolist()}, reverse=True)
 
 
-def choose_top_k_by_output(model: ir.Model, nodes: list[ir.Node], experts: int, active: float, calib) -> tuple[list[int], dict]:  # noqa: ANN001
-    """top_k per MoE node (inserted with top_k = E) from the output damage of each alone."""
+def choose_top_k_by_output(model: ir.Model, nodes: list[ir.Node], experts: int, active: float, calib,  # noqa: ANN001
+                           min_fidelity: float = 0.0) -> tuple[list[int], dict]:
+    """top_k per MoE node (inserted with top_k = E) from the output damage of each alone.
+
+    `min_fidelity` > 0 (floor mode, `active` unused): the fewest active neurons whose
+    allocation keeps the model's measured mean output cosine on `calib` >= the floor, found by
+    bisection on the active budget (each round applies the allocation and measures it)."""
     from sparsec.calib.metrics import mean_cosine
     from sparsec.calib.runner import CalibrationRunner
 
@@ -108,10 +113,40 @@ def choose_top_k_by_output(model: ir.Model, nodes: list[ir.Node], experts: int, 
         curves[node.name] = {str(k): round(1.0 - d, 6) for k, d in zip(ks, damage, strict=True)}
         options.append(LayerOptions(node.name, [f"top_k={k}" for k in ks], np.array(damage),
                                     np.array([(experts - k) * f_total / experts for k in ks], dtype=np.float64)))
-    picks = meet_benefit(options, (1.0 - active) * total) if experts > 1 else [0] * len(options)
+    def allocate(fraction: float) -> list[int]:
+        return meet_benefit(options, (1.0 - fraction) * total) if experts > 1 else [0] * len(options)
+
+    rounds: list[dict] = []
+    if min_fidelity > 0.0:
+        active = _floor_active(nodes, ks, allocate, lambda: float(mean_cosine(reference, outputs(), rows)),
+                               min_fidelity, 1.0 / experts, rounds)
+    picks = allocate(active)
     top_ks = [ks[i] for i in picks]
     t = totals(options, picks)
     info = {"allocation": {"active_target": active, "active_reached": round(1.0 - t["benefit"] / total, 6) if total else 1.0,
                            "predicted_damage": round(t["predicted_damage"], 6), "scan": "output",
-                           "output_cosine_by_k": curves, "scan_samples": calib.num_samples}}
+                           "output_cosine_by_k": curves, "scan_samples": calib.num_samples,
+                           **({"min_fidelity": min_fidelity, "floor_rounds": rounds} if min_fidelity > 0.0 else {})}}
     return top_ks, info
+
+
+def _floor_active(nodes: list[ir.Node], ks: list[int], allocate, measure, floor: float, lowest: float,  # noqa: ANN001
+                  rounds: list[dict], steps: int = 6) -> float:
+    """The smallest active fraction (bisection over [lowest, 1]) whose allocation measures a
+    cosine >= floor; 1.0 (every expert) when none of the tried ones does. Leaves top_k = E."""
+    lo, hi = lowest, 1.0  # hi always meets the floor: every expert runs (the dense FFN)
+    for fraction in [lowest] + [None] * (steps - 1):
+        mid = fraction if fraction is not None else (lo + hi) / 2
+        for node, pick in zip(nodes, allocate(mid), strict=True):
+            node.attributes["top_k"] = ir.AttrInt64("top_k", ks[pick])
+        cos = measure()
+        rounds.append({"active": round(mid, 6), "cosine": round(cos, 6)})
+        if cos >= floor:
+            hi = mid
+            if fraction is not None:  # even the fewest experts meet it
+                break
+        else:
+            lo = mid
+    for node in nodes:
+        node.attributes["top_k"] = ir.AttrInt64("top_k", ks[0])
+    return hi

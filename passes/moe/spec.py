@@ -33,16 +33,42 @@ def _slim_pass_text(spec: str, fields: dict[str, str]) -> str:
     return ",".join(passes)
 
 
-def moe_pass_text(spec: str) -> str:
-    """The `moefy-ffn{...}` pass for a --moe spec; OptionError (one line) if it is malformed."""
+def _auto_pass_text(spec: str, fields: dict[str, str], min_fidelity: float | None) -> str:
+    if any(k in fields for k in (*_SLIM_KEYS, "active", "k")):
+        raise OptionError(f"--moe={spec}: auto chooses the active fraction per FFN; give experts, method, router or "
+                          "gating only")
+    floor = 0.99 if min_fidelity is None else min_fidelity
+    if not 0.0 < floor < 1.0:
+        raise OptionError(f"--min-fidelity={floor}: expected a cosine between 0 and 1 (e.g. 0.97)")
+    experts = fields.get("experts", "16")
+    if not experts.isdigit() or int(experts) < 1:
+        raise OptionError(f"--moe={spec}: experts must be a positive integer")
+    # Calibrated by construction (the floor needs data): co-activation experts, learned router.
+    method, router = fields.get("method", "coactivation"), fields.get("router", "learned")
+    extra = f" gating={fields['gating']}" if "gating" in fields else ""
+    return f"moefy-ffn{{experts={int(experts)} min_fidelity={floor:g} method={method} router={router}{extra}}}"
+
+
+def moe_pass_text(spec: str, min_fidelity: float | None = None) -> str:
+    """The `moefy-ffn{...}` pass for a --moe spec; OptionError (one line) if it is malformed.
+    `auto[,experts:E,...]` chooses top_k per FFN for the fewest active neurons that keep the
+    output cosine >= `min_fidelity` on calibration data (default 0.99)."""
     fields: dict[str, str] = {}
+    auto = False
     for part in spec.strip().split(","):
         key, sep, value = part.partition(":")
         key, value = key.strip().lower(), value.strip()
+        if key == "auto" and not sep:
+            auto = True
+            continue
         if not sep or key not in (*_KEYS, *_SLIM_KEYS) or not value:
             raise OptionError(f"--moe={spec}: expected experts:E,active:FRACTION[,method:M,router:R,gating:G,k:K] "
                               f"or prune-experts:FRACTION|merge-experts:FRACTION[,top-k:K], got '{part}'")
         fields[key] = value
+    if auto:
+        return _auto_pass_text(spec, fields, min_fidelity)
+    if min_fidelity is not None:
+        raise OptionError("--min-fidelity with --moe needs --moe=auto (a fixed active fraction cannot promise a fidelity)")
     if any(k in fields for k in _SLIM_KEYS):
         if any(k in fields for k in _KEYS):
             raise OptionError(f"--moe={spec}: prune-experts/merge-experts/top-k slim routed models; they do not mix "

@@ -58,7 +58,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             help="fine-tune after compressing, with the dense model as teacher (needs --calib), e.g. steps:200 or "
             "steps:200,lr:3e-4,seconds:600",
         )
-        g.add_argument("--moe", metavar="SPEC", help="split FFNs into routed experts, e.g. experts:16,active:0.25[,k:per-layer] (moefy-ffn); slim MoE models: prune-experts:0.5 or merge-experts:0.5, and/or top-k:1")
+        g.add_argument("--moe", metavar="SPEC", help="split FFNs into routed experts, e.g. experts:16,active:0.25[,k:per-layer] (moefy-ffn); auto (per-FFN top_k for --min-fidelity, needs --calib); slim MoE models: prune-experts:0.5 or merge-experts:0.5, and/or top-k:1")
         g.add_argument(
             "--criterion",
             choices=("magnitude", "wanda", "sparsegpt"),
@@ -68,7 +68,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
             "--min-fidelity",
             type=float,
             metavar="COSINE",
-            help="with --sparsity=auto: keep the mean output cosine vs dense at least this (default 0.99)",
+            help="with --sparsity=auto or --moe=auto: keep the mean output cosine vs dense at least this (default 0.99)",
         )
     if sugar:
         g.add_argument(

@@ -50,10 +50,15 @@ def preset_pipeline(
             if not 0.0 < value < 1.0:
                 raise OptionError(f"{flag}={value}: expected a fraction between 0 and 1 (e.g. 0.5)")
             passes.append(f"crop-channels{{{key}={value}}}")
+    moe_floor = None
     if moe is not None and moe.strip().lower() not in ("none", ""):  # FFNs -> routed experts
         from sparsec.passes.moe.spec import moe_pass_text
 
-        passes.append(moe_pass_text(moe))
+        auto_moe = any(p.strip().lower() == "auto" for p in moe.split(","))
+        sparsity_auto = sparsity is not None and sparsity.strip().lower() == "auto"
+        # --min-fidelity goes to --moe=auto unless --sparsity=auto takes it.
+        moe_floor = min_fidelity if auto_moe and not sparsity_auto else None
+        passes.append(moe_pass_text(moe, moe_floor))
     if sparsity is not None and sparsity.strip().lower() not in ("none", "dense", ""):
         spec = sparsity.strip().lower()
         if spec == "auto":
@@ -62,8 +67,6 @@ def preset_pipeline(
                 raise OptionError(f"--min-fidelity={floor}: expected a cosine between 0 and 1 (e.g. 0.98)")
             passes.append(f"allocate{{min_fidelity={floor} criterion={criterion or 'sparsegpt'}}}")
         else:
-            if min_fidelity is not None:
-                raise OptionError("--min-fidelity needs --sparsity=auto (a fixed pattern cannot promise a fidelity)")
             pattern = parse_nm(spec)
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
             if spec_target.sparse_k_multiple > 1:
@@ -71,6 +74,9 @@ def preset_pipeline(
             if spec_target.tuned_here and not prune_all:
                 extra += " only_faster=true"
             passes.append(f"nm-sparsity{{n={pattern.n} m={pattern.m}{extra}}}")
+    sparsity_auto = sparsity is not None and sparsity.strip().lower() == "auto"
+    if min_fidelity is not None and moe_floor is None and not sparsity_auto:
+        raise OptionError("--min-fidelity needs --sparsity=auto or --moe=auto (a fixed pattern cannot promise a fidelity)")
     if recover is not None and recover.strip().lower() not in ("none", ""):
         passes.append(recover_pass_text(recover))
     return parse_pipeline(",".join(passes))

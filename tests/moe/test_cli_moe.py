@@ -21,7 +21,7 @@ def test_spec_expands_to_moefy_ffn() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("experts:16,active:0.3", "not a whole number of experts"), ("experts:16", "give experts:E and active"),
-     ("auto", "expected experts:E"), ("experts:x,active:0.5", "must be an integer"), ("size:4", "expected experts:E")],
+     ("auto,active:0.5", "auto chooses the active fraction"), ("experts:x,active:0.5", "must be an integer"), ("size:4", "expected experts:E")],
 )
 def test_bad_specs_fail_with_one_line(capsys, spec: str, message: str) -> None:  # noqa: ANN001
     assert main(["pipeline", "show", f"--moe={spec}"]) == 2

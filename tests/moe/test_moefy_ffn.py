@@ -127,3 +127,46 @@ def test_per_layer_top_k_gives_sensitive_layers_more_experts() -> None:
     layers = [("a", x, layer([1.0, 1e-3, 1e-3, 1e-3]), router, "relu", None), ("b", x, layer([1.0] * 4), router, "relu", None)]
     top_ks, info = choose_top_k(layers, e, 0.5, "none")
     assert top_ks == [1, 3] and info["allocation"]["active_reached"] == 0.5
+
+
+@pytest.mark.parametrize("floor", [0.9, 0.999999])
+def test_fidelity_floor_takes_the_fewest_experts_that_keep_it(hf_export, floor: float) -> None:
+    from sparsec.calib.metrics import mean_cosine
+    from sparsec.calib.runner import CalibrationRunner
+
+    model = ir.load(str(hf_export("bert")))
+    dense = model.clone()
+    name = model.graph.inputs[0].name
+    calib = CalibrationData({name: np.random.default_rng(0).integers(0, 100, (16, 8)).astype(np.int64)}, batch_size=1)
+    record, ctx = _run(model, f"moefy-ffn{{experts=4 router=learned min_fidelity={floor} scan_samples=8}}",
+                       PassContext(calibration=calib))
+    alloc = record.stats["allocation"]
+    rounds = alloc["floor_rounds"]
+    assert alloc["min_fidelity"] == floor and rounds and rounds[0]["active"] == 0.25  # the fewest experts first
+    # The chosen budget is the smallest tried that met the floor (1.0 = every expert always meets it).
+    met = [r["active"] for r in rounds if r["cosine"] >= floor]
+    assert alloc["active_target"] == min(met, default=1.0)
+    ks = [n.attributes["top_k"].as_int() for n in model.graph if n.op_type == "MoE"]
+    head = calib.head(8)
+    got = mean_cosine(CalibrationRunner(dense, head).outputs(), CalibrationRunner(model, head).outputs(),
+                      CalibrationRunner(dense, head).output_rows())
+    assert got >= floor - 1e-6  # measured on the scan samples, as the pass measured it
+    if floor > 0.9999:  # only every expert keeps a floor this close to 1
+        assert ks == [4, 4]
+    else:
+        assert sum(ks) < 8
+
+
+def test_moe_auto_spec_and_flag_errors(capsys) -> None:  # noqa: ANN001
+    from sparsec.passes.moe.spec import moe_pass_text
+
+    assert moe_pass_text("auto", 0.97) == "moefy-ffn{experts=16 min_fidelity=0.97 method=coactivation router=learned}"
+    assert moe_pass_text("auto,experts:8,method:weights", None).startswith("moefy-ffn{experts=8 min_fidelity=0.99 method=weights")
+    with pytest.raises(OptionError, match="auto chooses the active fraction"):
+        moe_pass_text("auto,active:0.5", 0.9)
+    with pytest.raises(OptionError, match="needs --moe=auto"):
+        moe_pass_text("experts:4,active:0.5", 0.9)
+    from sparsec.cli.main import main
+
+    assert main(["pipeline", "show", "--moe=experts:4,active:0.5", "--sparsity=none", "--min-fidelity=0.9"]) == 2
+    assert "needs --sparsity=auto or --moe=auto" in capsys.readouterr().err
