@@ -53,6 +53,16 @@ def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str
     return out
 
 
+def static_only(prof: HeadProfile) -> HeadProfile:
+    """The profile with its run-time top-k candidates ruled out (infinite damage)."""
+    from dataclasses import replace
+
+    dynamic = np.array([t > 0 for _, _, t in prof.layouts])
+    error = prof.error.copy()
+    error[:, dynamic] = np.inf
+    return replace(prof, error=error)
+
+
 def uniform_window(profiles: dict[str, HeadProfile], density: float) -> int:
     """The widest single window (no sinks) for every head whose total density stays within
     `density` (the baseline `auto` has to beat at equal density)."""

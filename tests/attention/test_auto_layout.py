@@ -121,6 +121,15 @@ def test_compile_auto_layout_records_per_head_choices(hf_export, tmp_path, capsy
     stats = next(p for p in manifest["passes"] if p["pass"].startswith("sparse-attention"))
     auto = stats["stats"]["auto"]
     assert 0.0 < auto["density"] <= 0.5 and auto["unprofiled"] == {}
+    # The output check ran per block; a block judged "static" has no run-time top-k heads.
+    families = auto["family_check"]
+    assert set(families) == {b["block"] for b in stats["stats"]["rewritten"]}
+    for block in stats["stats"]["rewritten"]:
+        f = families[block["block"]]
+        if "cosine_topk" in f:
+            assert f["family"] == ("topk" if f["cosine_topk"] > f["cosine_static"] else "static")
+        if f["family"] == "static":
+            assert not any(block["topk_blocks"] if isinstance(block["topk_blocks"], list) else [block["topk_blocks"]])
     for block in stats["stats"]["rewritten"]:
         assert len(block["captured_mass"]) == 4 and all(0.0 < c <= 1.0 + 1e-6 for c in block["captured_mass"])
         assert len(block["head_error"]) == 4 and all(e >= 0.0 for e in block["head_error"])
