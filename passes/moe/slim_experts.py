@@ -87,8 +87,10 @@ def lift_exported(model: ir.Model, ctx: PassContext, pass_name: str, need_real: 
     for item in lifted:
         node = lift(model, item)
         ctx.record(pass_name, item.block.name, decision="lift", moe_node=node.name, experts=int(item.experts.count),
-                   top_k=item.block.top_k, activation=item.activation, layout=item.layout,
-                   match_rel_l2=float(f"{item.rel_l2:.3g}"), match_inputs=source)
+                   top_k=item.block.top_k, activation=item.activation, gating=item.gating, layout=item.layout,
+                   match_rel_l2=float(f"{item.rel_l2:.3g}"), match_inputs=source,
+                   **({"kept_as_graph": f"{item.left_outside} later block output(s) (e.g. a shared expert) stay as "
+                                        "graph nodes around the lifted routed experts"} if item.left_outside else {}))
     if lifted:
         model.opset_imports.setdefault(DOMAIN, 1)
         RemoveUnusedNodesPass()(model)
