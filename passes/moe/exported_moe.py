@@ -350,7 +350,9 @@ def lift(model: ir.Model, lifted: Lifted) -> ir.Node:
         return value
 
     inputs = [block.x, init(block.router_weight, "router_weight"), init(block.router_bias, "router_bias"),
-              init(ex.w1, "w1"), init(ex.b1, "b1"), init(ex.w2, "w2"), init(ex.b2, "b2"), init(ex.w_up, "w_up")]
+              init(ex.w1, "w1"), init(ex.b1, "b1"), init(ex.w2, "w2"), init(ex.b2, "b2")]
+    if ex.w_up is not None:  # ungated experts (com.microsoft.MoE without fc3)
+        inputs.append(init(ex.w_up, "w_up"))
     node = ir.Node(DOMAIN, "MoE", inputs, attributes=[
         ir.AttrInt64("top_k", block.top_k), ir.AttrString("activation", lifted.activation),
         ir.AttrString("gating", lifted.gating)], name=f"{base}/moe", num_outputs=1)
