@@ -7,8 +7,10 @@ style, found and matched by `exported_moe.py`; ONNX Runtime's `com.microsoft.MoE
 already in that form. Routing statistics (how often each expert is among a token's top-k,
 and its mean gate weight) come from the blocks' inputs on the calibration data, or on random
 sample inputs where a pass does not need real data (then the manifest says so). Pruning
-removes the dropped experts' router columns, so the softmax over the selected logits
-renormalises over the kept experts; top-k reduction changes only how many run (SMoE-Dropout:
+removes the dropped experts' router columns, as the model would be without those experts:
+under `softmax` gating the selected weights renormalise over the kept experts as before;
+under `softmax_all` (Qwen-MoE) the softmax now runs over the kept experts' logits and the
+top-k entries of it are still not renormalised (tokens keep less than full weight); top-k reduction changes only how many run (SMoE-Dropout:
 the same router at a smaller k). Per layer, the decision and the fidelity of the block's
 output against the unmodified block on those rows land in the manifest.
 """
@@ -184,7 +186,7 @@ class LiftMoE(Pass):
 @dataclass(frozen=True)
 class PruneExperts(Pass):
     name = "prune-experts"
-    summary = "Drop each MoE layer's least-routed experts (calibration statistics); the router renormalises over the rest."
+    summary = "Drop each MoE layer's least-routed experts (calibration statistics); the router's softmax runs over the rest."
     exact = False
 
     keep: float = option(0.5, "fraction of each layer's experts to keep (rounded, at least 1)")
