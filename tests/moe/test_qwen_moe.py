@@ -1,9 +1,10 @@
-"""Existing MoE models: tiny Hugging Face Qwen2-MoE (shared expert behind a sigmoid gate) and
-Qwen3-MoE (2 layers, 4 experts, top-2, hidden 32, random weights from a config), both with
-un-renormalised top-k weights (`norm_topk_prob=False`), exported by the TorchScript exporter
-(batched and looped experts) and the dynamo exporter. The routed experts are lifted with
-`softmax_all` gating, the shared expert stays as graph nodes; `prune-experts` and
-`moe-top-k` are checked against the PyTorch model changed the same way."""
+"""Existing MoE models: tiny Hugging Face Qwen2-MoE (shared expert behind a sigmoid gate,
+un-renormalised top-k weights: `norm_topk_prob=False` as Qwen1.5/Qwen2-MoE ship) and Qwen3-MoE
+(renormalised, as Qwen3-MoE ships), 2 layers, 4 experts, top-2, hidden 32, random weights
+from a config, exported by the TorchScript exporter (batched and looped experts) and the
+dynamo exporter. The routed experts are lifted with `softmax_all` / `softmax` gating, the
+shared expert stays as graph nodes; `prune-experts` and `moe-top-k` are checked against the
+PyTorch model changed the same way."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from sparsec.pm.pipeline import parse_pipeline
 
 SEQ, EXPERTS, LAYERS = 8, 4, 2
 TRACE = np.random.default_rng(7).integers(0, 100, (1, SEQ)).astype(np.int64)  # the looped export runs inputs routed like it
+GATING = {"qwen2": "softmax_all", "qwen3": "softmax"}
 FORMS = [("qwen2", "batched_mm", False), ("qwen2", "eager", False), ("qwen3", "batched_mm", False), ("qwen2", "batched_mm", True)]
 
 
@@ -40,7 +42,7 @@ def _qwen(kind: str, form: str = "batched_mm"):  # noqa: ANN202  (a torch module
     torch.manual_seed(0)
     common = dict(vocab_size=100, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, num_key_value_heads=2,
                   num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=16, intermediate_size=64,
-                  max_position_embeddings=32, norm_topk_prob=False)
+                  max_position_embeddings=32, norm_topk_prob=kind == "qwen3")
     if kind == "qwen2":
         inner = T.Qwen2MoeModel(T.Qwen2MoeConfig(shared_expert_intermediate_size=48, **common))
     else:
@@ -120,7 +122,7 @@ def _moe(model: ir.Model) -> list[ir.Node]:
 def test_lifts_the_routed_experts(qwen, kind: str, form: str, dynamo: bool) -> None:  # noqa: ANN001
     model, ctx = _apply(qwen[(kind, form, dynamo)], "lift-moe", looped=form == "eager")
     nodes = _moe(model)
-    assert len(nodes) == LAYERS and all(n.attributes["gating"].as_string() == "softmax_all" for n in nodes)
+    assert len(nodes) == LAYERS and all(n.attributes["gating"].as_string() == GATING[kind] for n in nodes)
     assert not any(n.op_type == "TopK" for n in model.graph)
     lifts = [d for d in ctx.decisions if d["decision"] == "lift"]
     assert len(lifts) == LAYERS and all(d["activation"] == "silu" and d["match_rel_l2"] < 1e-4 for d in lifts)
@@ -159,8 +161,9 @@ def test_prune_experts_matches_the_model_without_them(qwen) -> None:  # noqa: AN
     np.testing.assert_allclose(_run(model, ids), _torch("qwen2", ids, prune), atol=2e-5)
 
 
-def test_top_k_reduction_keeps_the_full_softmax_weight(qwen) -> None:  # noqa: ANN001
-    model, ctx = _apply(qwen[("qwen3", "batched_mm", False)], "moe-top-k{k=1}")
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_top_k_reduction_matches_pytorch(qwen, kind: str) -> None:  # noqa: ANN001
+    model, ctx = _apply(qwen[(kind, "batched_mm", False)], "moe-top-k{k=1}")
     assert [n.attributes["top_k"].as_int() for n in _moe(model)] == [1, 1]
     decisions = [d for d in ctx.decisions if d["pass"] == "moe-top-k" and d["decision"] == "top_k 2 -> 1"]
     assert len(decisions) == LAYERS and all(d["cosine"] < 1 for d in decisions)
@@ -170,7 +173,7 @@ def test_top_k_reduction_keeps_the_full_softmax_weight(qwen) -> None:  # noqa: A
             layer.mlp.gate.top_k = 1
 
     ids = _ids(6)
-    np.testing.assert_allclose(_run(model, ids), _torch("qwen3", ids, top1), atol=2e-5)
+    np.testing.assert_allclose(_run(model, ids), _torch(kind, ids, top1), atol=2e-5)
 
 
 def test_compile_prunes_and_reduces_top_k_with_fidelity(qwen, tmp_path: Path) -> None:  # noqa: ANN001
