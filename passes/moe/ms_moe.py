@@ -10,7 +10,9 @@ normalize_routing_weights=1 the k weights are renormalised (our `softmax` gating
 as they are (`softmax_all`). fc1 is [E, F, D] and fc2 [E, D, F] (Linear layout, our
 transposes), fc1 bias [E, F]; the fc2 bias is per expert [E, D], added before the gate
 weight, so it maps to our once-added b2 only when it is zero, or the same for every expert
-under renormalised weights (they sum to 1). fc3 (a gated up projection) maps to w_up.
+under renormalised weights (they sum to 1). fc3 (a gated up projection) maps to w_up; swiglu
+(gate and up fused in fc1, interleaved or in halves, or fc1 and fc3) maps to gated silu when
+it is the plain form (activation_alpha 1, activation_beta 0, no swiglu_limit clamp).
 
 The op has no router of its own: its router_probs must be a MatMul / Gemm of its input with a
 constant (that becomes the lifted op's router). Whatever does not map is reported as a miss
@@ -34,14 +36,35 @@ from sparsec.passes.moe.exported_moe import (
 
 MS_DOMAIN = "com.microsoft"
 # ORT activation_type -> the com.sparsec.MoE activations it may be (the numeric check picks)
-_ACTIVATIONS = {"relu": ("relu",), "gelu": ("gelu", "gelu_tanh"), "silu": ("silu",)}
+_ACTIVATIONS = {"relu": ("relu",), "gelu": ("gelu", "gelu_tanh"), "silu": ("silu",), "swiglu": ("silu",)}
 
 
-def _attr(node: ir.Node, name: str, default: int | str) -> int | str:
+def _attr(node: ir.Node, name: str, default: int | float | str) -> int | float | str:
     a = node.attributes.get(name)
     if a is None:
         return default
-    return a.as_string() if isinstance(default, str) else a.as_int()
+    if isinstance(default, str):
+        return a.as_string()
+    return a.as_float() if isinstance(default, float) else a.as_int()
+
+
+def _swiglu_parts(node: ir.Node, fc1: np.ndarray, b1: np.ndarray | None, fc3: np.ndarray | None,
+                  f: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | str:
+    """(gate [E, F, D], its bias, up [E, F, D]) of a swiglu op, when it is plain silu(gate) * up."""
+    if float(_attr(node, "activation_alpha", 1.0)) != 1.0 or float(_attr(node, "activation_beta", 0.0)) != 0.0 \
+            or node.attributes.get("swiglu_limit") is not None:
+        return "swiglu with activation_alpha != 1, activation_beta != 0 or a swiglu_limit clamp is not silu(gate) * up"
+    fusion = int(_attr(node, "swiglu_fusion", 0))
+    if fusion == 0:
+        if fc3 is None:
+            return "swiglu_fusion=0 without fc3_experts_weights"
+        return fc1, b1, fc3
+    if fusion not in (1, 2) or fc3 is not None or fc1.shape[1] != 2 * f:
+        return f"swiglu_fusion={fusion} with fc1 of shape {list(fc1.shape)} (expected fused [E, 2F={2 * f}, D], no fc3)"
+    gate, up = (slice(0, None, 2), slice(1, None, 2)) if fusion == 1 else (slice(0, f), slice(f, None))  # interleaved | halves
+    if b1 is not None and np.any(b1[:, up]):
+        return "the up half of fc1_experts_bias is non-zero (com.sparsec.MoE has no up-projection bias)"
+    return fc1[:, gate], None if b1 is None else b1[:, gate], fc1[:, up]
 
 
 def _input(node: ir.Node, i: int) -> ir.Value | None:
@@ -53,7 +76,7 @@ def _ms_block(node: ir.Node, name: str) -> ExportedBlock | str:
         return "use_sparse_mixer=1 (SparseMixer routing) has no com.sparsec.MoE gating"
     act = str(_attr(node, "activation_type", "relu"))
     if act not in _ACTIVATIONS:
-        return f"activation_type '{act}' has no com.sparsec.MoE activation (relu, gelu, silu map)"
+        return f"activation_type '{act}' has no com.sparsec.MoE activation (relu, gelu, silu, plain swiglu map)"
     x, probs = node.inputs[0], _input(node, 1)
     producer = probs.producer() if probs is not None else None
     router = _router(producer) if producer is not None else None
@@ -82,6 +105,11 @@ def _ms_block(node: ir.Node, name: str) -> ExportedBlock | str:
         bias2 = np.ascontiguousarray(b2[0], dtype=np.float32)  # the k weights sum to 1: added once
     else:
         return "fc2_experts_bias differs per expert (scaled by each gate weight; com.sparsec.MoE adds one b2)"
+    if act == "swiglu":
+        parts = _swiglu_parts(node, fc1, b1, fc3, f)
+        if isinstance(parts, str):
+            return parts
+        fc1, b1, fc3 = parts
     if b1 is not None and b1.shape != (e, f):
         return f"fc1_experts_bias has shape {list(b1.shape)}, expected [{e}, {f}]"
     k = int(_attr(node, "k", 1))
