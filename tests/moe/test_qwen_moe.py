@@ -161,6 +161,17 @@ def test_prune_experts_matches_the_model_without_them(qwen) -> None:  # noqa: AN
     np.testing.assert_allclose(_run(model, ids), _torch("qwen2", ids, prune), atol=2e-5)
 
 
+def test_merge_experts_keeps_the_gating(qwen) -> None:  # noqa: ANN001
+    model, ctx = _apply(qwen[("qwen2", "batched_mm", False)], "merge-experts{keep=0.5}")
+    nodes = _moe(model)
+    assert [n.inputs[3].const_value.shape[0] for n in nodes] == [2, 2]
+    assert all(n.attributes["gating"].as_string() == "softmax_all" for n in nodes)
+    decisions = [d for d in ctx.decisions if d["pass"] == "merge-experts" and d["decision"].startswith("merge")]
+    assert len(decisions) == LAYERS and all(0 < d["cosine"] <= 1 for d in decisions)
+    out = _run(model, _ids(3))
+    assert np.isfinite(out).all() and out.shape == (3, SEQ, 32)
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_top_k_reduction_matches_pytorch(qwen, kind: str) -> None:  # noqa: ANN001
     model, ctx = _apply(qwen[(kind, "batched_mm", False)], "moe-top-k{k=1}")
