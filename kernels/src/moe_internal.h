@@ -5,14 +5,15 @@
  *   optional w_up [E, D, F] (gated: act(x w1[e] + b1[e]) * (x w_up[e])).
  * Y[t] = b2 + sum over the top_k experts e of token t (by router logit) of
  *        g[t, e] * (act(x w1[e] + b1[e]) [* x w_up[e]]) w2[e],
- * g = 1 (gating 0, "none") or the softmax of the selected logits (gating 1).
+ * g = 1 (gating 0, "none"), the softmax of the selected logits (gating 1), or the selected
+ * entries of the softmax over all E logits, not renormalised (gating 2, "softmax_all").
  */
 #ifndef SPARSEC_MOE_INTERNAL_H
 #define SPARSEC_MOE_INTERNAL_H
 #include <stdint.h>
 
 enum { MOE_RELU = 0, MOE_GELU = 1, MOE_GELU_TANH = 2, MOE_SILU = 3, MOE_ACTS = 4 };
-enum { MOE_GATE_NONE = 0, MOE_GATE_SOFTMAX = 1 };
+enum { MOE_GATE_NONE = 0, MOE_GATE_SOFTMAX = 1, MOE_GATE_SOFTMAX_ALL = 2 };
 
 typedef struct {
     int64_t d, e, f;

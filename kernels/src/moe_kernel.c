@@ -59,7 +59,7 @@ void sk_moe_act_scalar(float *h, const float *bias, const float *up, float gate,
 int sk_moe_check(const sk_moe_weights *w) {
     if (!w || w->d <= 0 || w->e <= 0 || w->f <= 0 || w->d > INT32_MAX || w->f > INT32_MAX ||
         w->e > 4096 || w->top_k < 1 || w->top_k > w->e || w->act < 0 || w->act >= MOE_ACTS ||
-        (w->gating != MOE_GATE_NONE && w->gating != MOE_GATE_SOFTMAX))
+        w->gating < MOE_GATE_NONE || w->gating > MOE_GATE_SOFTMAX_ALL)
         return SK_ERR_SHAPE;
     if (!w->rw || !w->rb || !w->w1 || !w->b1 || !w->w2 || !w->b2) return SK_ERR_NULL;
     return SK_OK;
@@ -205,6 +205,11 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
             float sum = 0.0f;
             for (int64_t c = 0; c < k; c++) sum += cgate[t * k + c] = expf(l[choice[t * k + c]] - top);
             for (int64_t c = 0; c < k; c++) cgate[t * k + c] /= sum;
+        } else if (w->gating == MOE_GATE_SOFTMAX_ALL) { /* the denominator spans all E experts */
+            const float top = l[choice[t * k]];
+            float sum = 0.0f;
+            for (int64_t i = 0; i < e; i++) sum += expf(l[i] - top);
+            for (int64_t c = 0; c < k; c++) cgate[t * k + c] = expf(l[choice[t * k + c]] - top) / sum;
         } else {
             for (int64_t c = 0; c < k; c++) cgate[t * k + c] = 1.0f;
         }

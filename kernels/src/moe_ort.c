@@ -2,7 +2,7 @@
  *
  *   MoEFFN(X, router_weight, router_bias, w1, b1, w2, b2[, w_up])
  *   attrs D, E, F, top_k, activation (0 relu, 1 gelu, 2 gelu_tanh, 3 silu),
- *         gating (0 none, 1 softmax), gated (1: w_up present)
+ *         gating (0 none, 1 softmax, 2 softmax_all), gated (1: w_up present)
  * Same semantics and weight layout as com.sparsec.MoE (moe_internal.h). The weights must be
  * constant initializers; they are read and checked once at session creation (an aligned
  * copy where ORT's buffer is not 64-byte aligned), so a malformed model fails there with
@@ -143,7 +143,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         goto fail;
     sk_moe_weights *w = &kr->w;
     w->d = d, w->e = e, w->f = f, w->top_k = (int)k, w->act = (int)act, w->gating = (int)gating;
-    if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 1 || d <= 0 ||
+    if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 2 || d <= 0 ||
         e <= 0 || e > 4096 || f <= 0 || d > INT32_MAX || f > INT32_MAX) {
         st = sk_ort_status(api, "%s: attributes out of range (D=%lld E=%lld F=%lld top_k=%lld)", ctx,
                     (long long)d, (long long)e, (long long)f, (long long)k);

@@ -62,6 +62,11 @@ def gates(logits: np.ndarray, top_k: int, gating: str) -> np.ndarray:
         sel = np.take_along_axis(logits, idx, axis=1).astype(np.float64)
         w = np.exp(sel - sel.max(axis=1, keepdims=True))
         np.put_along_axis(g, idx, w / w.sum(axis=1, keepdims=True), axis=1)
+    elif gating == "softmax_all":  # softmax over every expert, the top-k entries kept as they are
+        z = logits.astype(np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        np.put_along_axis(g, idx, np.take_along_axis(p, idx, axis=1), axis=1)
     else:
         np.put_along_axis(g, idx, 1.0, axis=1)
     return g

@@ -13,26 +13,35 @@ so the block is found by structure that all share and matched by numerics:
 - the experts: 3-D constants with E leading between X and that output ([E, 2F, D] gate and up
   stacked, [E, D, F] down in transformers' layout; transposed or split layouts are tried too).
 
-Each reading of the expert weights (gate/up order, activation) is run as `com.sparsec.MoE`
-(softmax gating over the selected experts' logits, as Mixtral renormalises) on the block's
-own input rows and compared with the block's output from the exported graph; the block is
-lifted only when one reading reproduces it (relative L2 <= 1e-4), else it is reported as a
-miss with the error of the closest reading.
+Each reading of the expert weights (gate/up order, activation, gating: `softmax` over the
+selected experts' logits as Mixtral renormalises, or `softmax_all`, the top-k entries of the
+softmax over all experts, as Qwen-MoE with `norm_topk_prob=False`) is run as
+`com.sparsec.MoE` on the block's own input rows and compared with the candidate outputs from
+the exported graph, latest first; the block is lifted at the latest output one reading
+reproduces (relative L2 <= 1e-4), else it is reported as a miss with the error of the
+closest reading. A shared expert added after the routed experts (Qwen2-MoE: a dense SwiGLU
+FFN scaled by a sigmoid gate) makes the latest outputs differ; the routed part is lifted at
+the earlier output and the shared expert stays as ordinary graph nodes.
+
+ONNX Runtime's contrib op `com.microsoft.MoE` is taken too (`ms_moe.py`): its router is the
+MatMul / Gemm that computes its `router_probs` from its input, its weights are read in ORT's
+layout, and the lift is checked the same way against ORT's own run of the op.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from sparsec.dialect import DOMAIN
-from sparsec.dialect.moe import MOE_ACTIVATIONS
+from sparsec.dialect.moe import MOE_ACTIVATIONS, flat_experts
 from sparsec.ir.rewrite import replace_value
-from sparsec.passes.moe.experts import Experts, moe_forward
+from sparsec.passes.moe.experts import Experts, gates, hidden_activations
 
 MATCH_TOL = 1e-4  # relative L2 between the lifted op and the exported block
 _MAX_CANDIDATES = 600  # nodes after the TopK searched for the block output
@@ -50,6 +59,10 @@ class ExportedBlock:
     router_bias: np.ndarray  # [E]
     top_k: int
     expert_tensors: list[ir.Value] = field(default_factory=list)  # 3-D constants with E leading
+    # Set where the op's attributes fix them (com.microsoft.MoE); else every plausible one is tried.
+    readings: list[tuple[str, Experts]] | None = None
+    activations: tuple[str, ...] = MOE_ACTIVATIONS
+    gatings: tuple[str, ...] = ("softmax", "softmax_all")
 
 
 @dataclass
@@ -274,31 +287,52 @@ class Lifted:
     output: ir.Value  # the block output it stands in for
     experts: Experts
     activation: str
+    gating: str
     layout: str
     rel_l2: float
     out_shape: tuple[int, ...] | None  # Reshape target when the block's output is not X-shaped
+    left_outside: int = 0  # later X-shaped block outputs left as graph nodes (e.g. a shared expert)
+
+
+def _reading_outputs(block: ExportedBlock, x_rows: np.ndarray) -> Iterator[tuple[str, Experts, str, str, np.ndarray]]:
+    """(layout, experts, activation, gating, output rows) per reading, lazily (float64)."""
+    logits = x_rows.astype(np.float64) @ block.router_weight + block.router_bias
+    for layout, ex in block.readings if block.readings is not None else expert_readings(block):
+        for act in block.activations:
+            h = hidden_activations(x_rows, ex, act)  # the gating only scales it: computed once
+            for gating in block.gatings:
+                g = np.repeat(gates(logits, block.top_k, gating), ex.w1.shape[2], axis=1)
+                yield layout, ex, act, gating, (h * g) @ flat_experts(ex.w2, rows=True) + ex.b2
 
 
 def match_block(block: ExportedBlock, x: np.ndarray, ys: list[np.ndarray]) -> Lifted | str:
-    """The reading that reproduces the block's output on its input x (one batch each, any
-    leading shape; ys: the candidate outputs' values), else why none does."""
+    """The reading that reproduces the latest block output it can on the block's input x (one
+    batch each, any leading shape; ys: the candidate outputs' values), else why none does."""
     d = block.router_weight.shape[0]
     fits = [i for i, y in enumerate(ys) if y.shape[-1] == d and y.size == x.size]
     if not fits:
         return f"no value after the router has the block input's shape {list(x.shape)}"
-    output, y = block.outputs[fits[-1]], ys[fits[-1]]  # the latest: the most of the block
-    out_shape = None if x.shape == y.shape else (-1, *y.shape[1:])
-    x_rows, y_rows = x.reshape(-1, d), y.reshape(-1, d)
+    x_rows = x.reshape(-1, d)
+    refs = {i: ys[i].reshape(-1, d).astype(np.float64) for i in fits}
+    scales = {i: max(float(np.linalg.norm(r)), 1e-30) for i, r in refs.items()}
     best: tuple[float, str] = (np.inf, "")
-    ref = y_rows.astype(np.float64)
-    scale = max(float(np.linalg.norm(ref)), 1e-30)
-    for layout, ex in expert_readings(block):
-        for act in MOE_ACTIVATIONS:
-            got = moe_forward(x_rows, ex, block.router_weight, block.router_bias, block.top_k, act, "softmax")
-            rel = float(np.linalg.norm(got - ref)) / scale
+    hit: tuple[int, str, Experts, str, str, float] | None = None  # (output index, layout, experts, act, gating, rel)
+    for layout, ex, act, gating, got in _reading_outputs(block, x_rows):
+        for i in reversed(fits):  # the latest output first: the most of the block
+            if hit is not None and i <= hit[0]:
+                break
+            rel = float(np.linalg.norm(got - refs[i])) / scales[i]
             if rel <= MATCH_TOL:
-                return Lifted(block, output, ex, act, layout, rel, out_shape)
-            best = min(best, (rel, f"{layout}, {act}"))
+                hit = (i, layout, ex, act, gating, rel)
+                break
+            best = min(best, (rel, f"{layout}, {act}, {gating} gating"))
+        if hit is not None and hit[0] == fits[-1]:
+            break
+    if hit is not None:
+        i, layout, ex, act, gating, rel = hit
+        y = ys[i]
+        return Lifted(block, block.outputs[i], ex, act, gating, layout, rel,
+                      None if x.shape == y.shape else (-1, *y.shape[1:]), sum(j > i for j in fits))
     if not np.isfinite(best[0]):
         return "no reading of the expert tensors fits the router's width"
     return f"no com.sparsec.MoE reading reproduces the block (closest: {best[1]}, relative L2 {best[0]:.3g})"
@@ -316,10 +350,12 @@ def lift(model: ir.Model, lifted: Lifted) -> ir.Node:
         return value
 
     inputs = [block.x, init(block.router_weight, "router_weight"), init(block.router_bias, "router_bias"),
-              init(ex.w1, "w1"), init(ex.b1, "b1"), init(ex.w2, "w2"), init(ex.b2, "b2"), init(ex.w_up, "w_up")]
+              init(ex.w1, "w1"), init(ex.b1, "b1"), init(ex.w2, "w2"), init(ex.b2, "b2")]
+    if ex.w_up is not None:  # ungated experts (com.microsoft.MoE without fc3)
+        inputs.append(init(ex.w_up, "w_up"))
     node = ir.Node(DOMAIN, "MoE", inputs, attributes=[
         ir.AttrInt64("top_k", block.top_k), ir.AttrString("activation", lifted.activation),
-        ir.AttrString("gating", "softmax")], name=f"{base}/moe", num_outputs=1)
+        ir.AttrString("gating", lifted.gating)], name=f"{base}/moe", num_outputs=1)
     result = node.outputs[0]
     result.name = f"{base}/moe_out"
     producer = lifted.output.producer()

@@ -11,8 +11,8 @@ Per layer, on calibration rows:
    rows together; Hungarian, scipy). Averaging unaligned experts blurs unrelated neurons.
 3. Merge: the aligned weights are averaged with the members' routing shares as weights.
    The router keeps the dominant expert's column (its logit now routes to the merged one);
-   the other members' columns are removed, so the softmax over the selected logits
-   renormalises over the groups.
+   the other members' columns are removed, so the router's softmax runs over the groups
+   (`softmax` gating renormalises the selected ones; `softmax_all` keeps their entries).
 Decisions per layer (groups, dominant, shares, fidelity of the block on those rows) go to the
 manifest, as for `prune-experts`.
 """

@@ -1,13 +1,16 @@
 """Slim routed models: lift exported MoE blocks (`lift-moe`), drop the least-used experts
 (`prune-experts`), run fewer experts per token (`moe-top-k`).
 
-All three act on `com.sparsec.MoE` nodes: blocks an exporter emitted (Mixtral-style, found
-and matched by `exported_moe.py`) are lifted first, and MoE-fied FFNs (`moefy-ffn`) are
+All three act on `com.sparsec.MoE` nodes: blocks an exporter emitted (Mixtral / Qwen-MoE
+style, found and matched by `exported_moe.py`; ONNX Runtime's `com.microsoft.MoE`, by
+`ms_moe.py`) are lifted first, and MoE-fied FFNs (`moefy-ffn`) are
 already in that form. Routing statistics (how often each expert is among a token's top-k,
 and its mean gate weight) come from the blocks' inputs on the calibration data, or on random
 sample inputs where a pass does not need real data (then the manifest says so). Pruning
-removes the dropped experts' router columns, so the softmax over the selected logits
-renormalises over the kept experts; top-k reduction changes only how many run (SMoE-Dropout:
+removes the dropped experts' router columns, as the model would be without those experts:
+under `softmax` gating the selected weights renormalise over the kept experts as before;
+under `softmax_all` (Qwen-MoE) the softmax now runs over the kept experts' logits and the
+top-k entries of it are still not renormalised (tokens keep less than full weight); top-k reduction changes only how many run (SMoE-Dropout:
 the same router at a smaller k). Per layer, the decision and the fidelity of the block's
 output against the unmodified block on those rows land in the manifest.
 """
@@ -26,6 +29,7 @@ from sparsec.errors import OptionError
 from sparsec.passes.moe.experts import Experts, gates, moe_forward
 from sparsec.passes.moe.exported_moe import Lifted, find_exported_moe, lift, match_block
 from sparsec.passes.moe.moefy_ffn import _row_fidelity
+from sparsec.passes.moe.ms_moe import find_ms_moe
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -64,6 +68,8 @@ def _capture(model: ir.Model, calib, names: list[str], real_rows: bool) -> dict[
 def lift_exported(model: ir.Model, ctx: PassContext, pass_name: str, need_real: str | None) -> list[Lifted]:
     """Lift every exported MoE block that matches into `com.sparsec.MoE`; record hits and misses."""
     blocks, misses = find_exported_moe(model)
+    ms_blocks, ms_misses = find_ms_moe(model)
+    blocks, misses = blocks + ms_blocks, misses + ms_misses
     for miss in misses:
         ctx.record(pass_name, miss.layer, decision="skip", reason=f"not a MoE block the matcher takes: {miss.reason}")
     if not blocks:
@@ -87,8 +93,10 @@ def lift_exported(model: ir.Model, ctx: PassContext, pass_name: str, need_real: 
     for item in lifted:
         node = lift(model, item)
         ctx.record(pass_name, item.block.name, decision="lift", moe_node=node.name, experts=int(item.experts.count),
-                   top_k=item.block.top_k, activation=item.activation, layout=item.layout,
-                   match_rel_l2=float(f"{item.rel_l2:.3g}"), match_inputs=source)
+                   top_k=item.block.top_k, activation=item.activation, gating=item.gating, layout=item.layout,
+                   match_rel_l2=float(f"{item.rel_l2:.3g}"), match_inputs=source,
+                   **({"kept_as_graph": f"{item.left_outside} later block output(s) (e.g. a shared expert) stay as "
+                                        "graph nodes around the lifted routed experts"} if item.left_outside else {}))
     if lifted:
         model.opset_imports.setdefault(DOMAIN, 1)
         RemoveUnusedNodesPass()(model)
@@ -165,7 +173,8 @@ def _set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) ->
 @dataclass(frozen=True)
 class LiftMoE(Pass):
     name = "lift-moe"
-    summary = "Find exported MoE blocks (Mixtral-style router + TopK + stacked experts) and lift them to com.sparsec.MoE."
+    summary = ("Find exported MoE blocks (Mixtral / Qwen-MoE router + TopK + stacked experts, com.microsoft.MoE) "
+               "and lift them to com.sparsec.MoE.")
     exact = False  # matched to 1e-4 relative L2, not bit-exact
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
@@ -177,7 +186,7 @@ class LiftMoE(Pass):
 @dataclass(frozen=True)
 class PruneExperts(Pass):
     name = "prune-experts"
-    summary = "Drop each MoE layer's least-routed experts (calibration statistics); the router renormalises over the rest."
+    summary = "Drop each MoE layer's least-routed experts (calibration statistics); the router's softmax runs over the rest."
     exact = False
 
     keep: float = option(0.5, "fraction of each layer's experts to keep (rounded, at least 1)")

@@ -7,7 +7,9 @@ expert axis: w1 [E, D, F], b1 [E, F], w2 [E, F, D], optional w_up [E, D, F] (gat
 act(x @ w1[e] + b1[e]) * (x @ w_up[e])); b2 [D] is the dense down projection's bias, added
 once. Each token's router logits `x @ router_weight + router_bias` select its `top_k`
 experts; gating `none` sums the selected experts' outputs (MoEfication: with top_k = E the
-op is exactly the dense FFN), `softmax` weights them by the softmax of their logits.
+op is exactly the dense FFN), `softmax` weights them by the softmax of their logits (Mixtral:
+the top-k weights renormalised), `softmax_all` by their entries of the softmax over all E
+logits, not renormalised (Qwen-MoE's `norm_topk_prob=False`: the weights sum to < 1).
 
 The reference lowering is masked dense standard ONNX (TopK + ScatterElements build a
 [..., E] gate, a block-indicator MatMul spreads it over the F neurons of each expert), so
@@ -26,7 +28,7 @@ from sparsec.dialect.schema import AttrSpec, OpSchema, register_op
 from sparsec.ir.rewrite import replace_value
 
 MOE_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
-MOE_GATINGS = ("none", "softmax")
+MOE_GATINGS = ("none", "softmax", "softmax_all")
 # Integer codes of activation and gating in the kernel op's attributes (kernels/src/moe_*.c).
 ACTIVATION_CODES = {name: i for i, name in enumerate(MOE_ACTIVATIONS)}
 GATING_CODES = {name: i for i, name in enumerate(MOE_GATINGS)}
@@ -94,7 +96,7 @@ MOE = register_op(
         attributes={
             "top_k": AttrSpec(ir.AttributeType.INT, doc="experts run per token"),
             "activation": AttrSpec(ir.AttributeType.STRING, doc="relu, gelu, gelu_tanh or silu"),
-            "gating": AttrSpec(ir.AttributeType.STRING, doc="none (sum) or softmax (weighted by router softmax)"),
+            "gating": AttrSpec(ir.AttributeType.STRING, doc="none (sum), softmax (selected logits' softmax) or softmax_all (softmax over all E, top-k entries)"),
         },
         optional_inputs=1,
         verifier=_verify_moe,
@@ -165,8 +167,14 @@ def _moe_to_dense(node: ir.Node) -> None:
     gating = node.attributes["gating"].as_string()
     b = _Builder(node, node.name or node.outputs[0].name)
     logits = b.op("Add", b.op("MatMul", x, node.inputs[1]), node.inputs[2])
-    values, indices = b.op("TopK", logits, b.const(np.array([top_k], np.int64), "k"), outputs=2, axis=-1)
-    if gating == "softmax":
+    k = b.const(np.array([top_k], np.int64), "k")
+    if gating == "softmax_all":  # softmax is monotone: TopK of the probabilities picks the same experts
+        values, indices = b.op("TopK", b.op("Softmax", logits, axis=-1), k, outputs=2, axis=-1)
+    else:
+        values, indices = b.op("TopK", logits, k, outputs=2, axis=-1)
+    if gating == "softmax_all":
+        updates = values
+    elif gating == "softmax":
         updates = b.op("Softmax", values, axis=-1)
     else:
         updates = b.op("Expand", b.const(np.array(1.0, np.float32), "one"), b.op("Shape", values))

@@ -38,7 +38,7 @@ def _run(model: ir.Model, x: np.ndarray, threads: int = 2) -> np.ndarray:
 @pytest.mark.parametrize("act", ["relu", "gelu", "gelu_tanh", "silu"])
 def test_kernel_matches_reference_every_activation(monkeypatch, isa: str, act: str) -> None:
     monkeypatch.setenv("SPARSEC_KERNEL_ISA", isa)
-    for rows, gated, gating in ((1, False, "none"), (37, True, "softmax")):
+    for rows, gated, gating in ((1, False, "none"), (37, True, "softmax"), (5, True, "softmax_all")):
         ref, kern = _pair((rows, 40), 40, 6, 24, 2, act, gating, gated, seed=rows)
         x = np.random.default_rng(rows).standard_normal((rows, 40)).astype(np.float32)
         np.testing.assert_allclose(_run(kern, x), _run(ref, x), rtol=2e-5, atol=2e-5)

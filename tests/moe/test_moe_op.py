@@ -48,7 +48,7 @@ def test_verifier_rejects_shape_mismatch() -> None:
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
-@pytest.mark.parametrize(("gated", "gating"), [(False, "none"), (True, "softmax")])
+@pytest.mark.parametrize(("gated", "gating"), [(False, "none"), (True, "softmax"), (True, "softmax_all")])
 def test_reference_lowering_matches_numpy(activation: str, gated: bool, gating: str) -> None:
     ex, rw, rb = random_experts(24, 6, 8, gated=gated, seed=3)
     shape = (2, 5, 24)
@@ -59,3 +59,15 @@ def test_reference_lowering_matches_numpy(activation: str, gated: bool, gating: 
     got = evaluate(model, {"x": x})[0]
     want = moe_forward(x.reshape(-1, 24), ex, rw, rb, 2, activation, gating).reshape(shape)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_softmax_all_gates_are_the_full_softmax_top_k_entries() -> None:
+    from sparsec.passes.moe.experts import gates
+
+    logits = np.random.default_rng(2).standard_normal((9, 6))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    g = gates(logits, 2, "softmax_all")
+    top = np.argsort(-logits, axis=1)[:, :2]
+    np.testing.assert_allclose(np.take_along_axis(g, top, axis=1), np.take_along_axis(p, top, axis=1), rtol=1e-12)
+    assert ((g > 0).sum(axis=1) == 2).all() and (g.sum(axis=1) < 1).all()  # not renormalised
+    np.testing.assert_allclose(gates(logits, 2, "softmax").sum(axis=1), 1.0)
