@@ -17,7 +17,7 @@ from sparsec.nm_pattern import validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
 from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion
 from sparsec.passes.sparsify.marking import mark_nm
-from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
+from sparsec.passes.sparsify.options import ExpertLayerSelection, ReconstructionOptions
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -48,18 +48,18 @@ def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
     return None
 
 
+# MoE ops (ExpertLayerSelection): each expert projection (w1, w2, w_up) is pruned N:M per expert
+# along its reduction axis (moefy-ffn runs first in the presets). Data criteria (wanda,
+# sparsegpt) prune them by magnitude and say so: an expert sees only its routed tokens, so
+# there is no one input view to collect statistics on.
 @register_pass
 @dataclass(frozen=True)
-class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
+class NMSparsity(ExpertLayerSelection, ReconstructionOptions, Pass):
     name = "nm-sparsity"
     summary = "Prune weights of MatMul/Gemm/Conv layers and MoE experts to an N:M pattern along the reduction axis."
     exact = False
     preserves = ()
 
-    # MoE: each expert projection (w1, w2, w_up) of a com.sparsec.MoE op, N:M per expert along
-    # its reduction axis (moefy-ffn runs first in the presets). Data criteria prune them by
-    # magnitude and say so: an expert sees only its routed tokens, there is no one input view.
-    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv", "MoE"), "op types to prune (MoE: its experts' projections)")
 
     n: int = option(2, "kept weights per group")
     m: int = option(4, "group size along the reduction axis")
