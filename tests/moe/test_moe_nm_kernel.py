@@ -78,6 +78,24 @@ def test_nm_sparsity_prunes_each_expert_along_its_reduction_axis() -> None:
     assert lower_to_reference(_copy(model)) == 4
 
 
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_data_criteria_prune_experts_by_magnitude_and_say_so(criterion: str) -> None:
+    from sparsec.calib.data import CalibrationData
+
+    ex, rw, rb = random_experts(32, 4, 24, False, 0)
+    model = moe_model((3, 32), ex, rw, rb, 2, "relu", "none")
+    calib = CalibrationData({"x": np.random.default_rng(0).standard_normal((8, 3, 32)).astype(np.float32)})
+    ctx = PassContext(calibration=calib)
+    PassManager(parse_pipeline(f"nm-sparsity{{criterion={criterion} min_params=16}}")).run(model, ctx)
+    assert [(d["layer"], d["decision"], d["criterion"]) for d in ctx.decisions] == [
+        ("moe/w1", "2:4", "magnitude"), ("moe/w2", "2:4", "magnitude")]
+    assert all(f"{criterion} needs an input view" in d["note"] for d in ctx.decisions)
+    expected, _ = _pruned((3, 32), 32, 4, 24, 2, "relu", "none", False, 2, 4)
+    for name in ("w1", "w2"):
+        np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(),
+                                      expected.graph.initializers[name].const_value.numpy())
+
+
 def test_min_params_and_exclude_select_expert_projections() -> None:
     _, ctx = _pruned((3, 32), 32, 4, 24, 2, "relu", "none", False, 2, 4, options=" min_params=16 exclude=['moe/w2']")
     decisions = {d["layer"]: d["decision"] for d in ctx.decisions}
