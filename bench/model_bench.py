@@ -12,6 +12,7 @@ Each case goes through `sparsec.compile_model` (nm-sparsity + lower-nm-kernels +
 side (DESIGN.md §5). `--out DIR` also writes the artifacts.
 
     .venv/bin/python bench/model_bench.py [--cases bert_base,gpt_step] [--out out/models]
+    .venv/bin/python bench/model_bench.py --cases gpt_step --moe experts:4,active:0.5   # + N:M experts
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def capture(case: str) -> ir.Model:
     raise SystemExit(f"unknown case {case!r} (known: {', '.join(CASES)})")
 
 
-def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
+def run_case(case: str, pattern: str, threads: int, out: Path | None, moe: str | None = None) -> dict:
     from sparsec.artifact import write_artifact
     from sparsec.compiler import CompileOptions, compile_model
 
@@ -52,7 +53,7 @@ def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
     model = capture(case)
     capture_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = compile_model(model, CompileOptions(sparsity=pattern, threads=threads, fidelity_samples=2),
+    result = compile_model(model, CompileOptions(sparsity=pattern, threads=threads, fidelity_samples=2, moe=moe),
                            source=f"bench:{case}")
     compile_s = time.perf_counter() - t0
     if out is not None:
@@ -60,9 +61,12 @@ def run_case(case: str, pattern: str, threads: int, out: Path | None) -> dict:
     m = result.manifest
     lat = m["latency"]
     kernel_pass = next((p for p in m["passes"] if p["pass"].startswith("lower-nm-kernels")), None)
+    moe_ops = [d["decision"] for d in m["decisions"] if d.get("pass") == "lower-moe-kernels"]
     return {
         "case": case,
         "pattern": pattern,
+        "moe": moe,
+        "moe_kernels": {k: moe_ops.count(k) for k in sorted(set(moe_ops))},
         "threads": threads,
         "dense_ms": lat["dense_ms"],
         "compiled_ms": lat["compiled_ms"],
@@ -87,9 +91,11 @@ def main() -> int:
     parser.add_argument("--pattern", default="2:4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the compiled artifacts here")
+    parser.add_argument("--moe", help="also route the FFNs to experts first, e.g. experts:4,active:0.5 (moefy-ffn); "
+                        "the pattern then applies to the experts too (packed MoEFFN)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    results = [run_case(c.strip(), args.pattern, args.threads, args.out) for c in args.cases.split(",")]
+    results = [run_case(c.strip(), args.pattern, args.threads, args.out, args.moe) for c in args.cases.split(",")]
     print(json.dumps({"results": results, "load_average": os.getloadavg()}, indent=2))
     return 0
 
