@@ -152,3 +152,47 @@ class LowerMoEKernels(Pass):
 
             RemoveUnusedNodesPass()(model)  # the experts' markers and the dense weights packed away
         return PassResult(changed=bool(lowered), stats={"moe_lowered": lowered, "moe_packed": packed, "moe_kept": kept})
+
+
+def raise_moe_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
+    """The inverse of the lowering (for `inspect` on artifacts): MoEFFN back to com.sparsec.MoE,
+    packed experts unpacked (exactly) behind NMSparse markers along their reduction axis."""
+    from sparsec.dialect.moe import MOE_ACTIVATIONS, MOE_GATINGS
+    from sparsec.errors import InputError
+    from sparsec.kernels.packing_nm import PackedNM
+
+    a = {k: v.as_int() for k, v in node.attributes.items()}
+    d, e, f, gated = a["D"], a["E"], a["F"], bool(a.get("gated", 0))
+    n, m = a.get("n", 0), a.get("m", 0)
+    graph, base = model.graph, node.name.removesuffix("/kernel")
+    inputs: list[ir.Value | None] = list(node.inputs[:8 if gated else 7])
+    if n:
+        metas = {"w1": node.inputs[8], "w2": node.inputs[9], "w_up": node.inputs[10] if gated else None}
+        for part, index in EXPERT_WEIGHTS.items():
+            packed, meta = inputs[index] if index < len(inputs) else None, metas[part]
+            if packed is None or meta is None:
+                continue
+            if packed.const_value is None or meta.const_value is None:
+                raise InputError(f"kernel op '{node.name}': packed experts must be constant initializers")
+            k, cols = (f, d) if part == "w2" else (d, f)
+            try:
+                experts = [PackedNM.from_arrays(n, m, k, cols, vals, words).to_dense() for vals, words in
+                           zip(np.split(packed.const_value.numpy(), e), np.split(meta.const_value.numpy(), e), strict=True)]
+            except (PackedFormatError, ValueError) as err:
+                raise InputError(f"kernel op '{node.name}': malformed packed {part} ({err})") from None
+            weight = _constant(graph, f"{base}.{part}", np.stack(experts))
+            marker = ir.Node(DOMAIN, "NMSparse", [weight], name=f"{base}/{part}/marker", attributes=[
+                ir.AttrInt64("n", n), ir.AttrInt64("m", m), ir.AttrInt64("axis", 1)])
+            graph.insert_before(node, marker)
+            inputs[index] = marker.outputs[0]
+    attrs = [ir.AttrInt64("top_k", a["top_k"]), ir.AttrString("activation", MOE_ACTIVATIONS[a["activation"]]),
+             ir.AttrString("gating", MOE_GATINGS[a["gating"]])]
+    new = ir.Node(DOMAIN, "MoE", inputs, attributes=attrs, name=base, num_outputs=1)
+    graph.insert_before(node, new)
+    old = list(node.inputs[3:])
+    replace_value(node.outputs[0], new.outputs[0], drop=node)
+    for value in old:
+        if value is not None and not value.uses() and value.name in graph.initializers and not value.is_graph_output():
+            graph.initializers.pop(value.name)
+    model.opset_imports.setdefault(DOMAIN, 1)
+    return new

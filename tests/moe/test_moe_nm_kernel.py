@@ -193,3 +193,25 @@ def test_compile_moe_with_sparsity_runs_the_packed_kernel(hf_export, tmp_path: P
     assert not any(n.op_type == "NMSparse" for n in graph.node)
     # tiny random GPT-2: top-2 of 4 experts and half the expert weights cost a few points
     assert manifest["fidelity"]["worst_cosine"] > 0.9
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_inspect_raises_the_packed_kernel_back_to_the_marked_op(gated: bool) -> None:
+    from sparsec.cli.kernel_view import raise_kernel_ops
+
+    pruned, _ = _pruned((4, 32), 32, 4, 24, 2, "gelu", "softmax", gated, 2, 4)
+    kern = _copy(pruned)
+    PassManager(parse_pipeline("lower-moe-kernels")).run(kern, PassContext())
+    assert raise_kernel_ops(kern) == 1
+    node = next(n for n in kern.graph if n.op_type == "MoE")
+    assert {k: a.value for k, a in node.attributes.items()} == {"top_k": 2, "activation": "gelu", "gating": "softmax"}
+    for part in ("w1", "w2", "w_up") if gated else ("w1", "w2"):
+        marker = next(n for n in kern.graph if n.name == f"moe/{part}/marker")
+        assert (marker.attributes["n"].value, marker.attributes["m"].value, marker.attributes["axis"].value) == (2, 4, 1)
+        np.testing.assert_array_equal(marker.inputs[0].const_value.numpy(),
+                                      pruned.graph.initializers[part].const_value.numpy())
+    assert not any(name.endswith((".nm_values", ".nm_meta")) for name in kern.graph.initializers)
+    lower_to_reference(kern)
+    lower_to_reference(pruned)
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    np.testing.assert_array_equal(_run(kern, x), _run(pruned, x))
