@@ -28,7 +28,8 @@ typedef struct {
     const uint16_t *m1, *m2, *mup;                   /* packed positions */
 } sk_moe_weights;
 
-/* Elements of one expert's packed [k, cols] projection: values (16 per record) and meta. */
+/* Records of one expert's packed [k, cols] projection (each 16 values and sk_nm_meta_words(m)
+ * meta words). */
 int64_t sk_moe_nm_records(int64_t k, int64_t cols, int n, int m);
 
 /* c[r][coff + j] (+)= sum_k a[r][k] * b[k * ldb + j], r < rows, j < ncols. Rows of A and C
