@@ -215,3 +215,20 @@ def test_inspect_raises_the_packed_kernel_back_to_the_marked_op(gated: bool) -> 
     lower_to_reference(pruned)
     x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
     np.testing.assert_array_equal(_run(kern, x), _run(pruned, x))
+
+
+def test_cost_model_counts_expert_projections_packed() -> None:
+    from sparsec.passes.analysis.cost_model import estimate_costs, sparse_weight_bytes
+
+    ex, rw, rb = random_experts(32, 4, 24, True, 0)
+    dense = {c.name: c for c in estimate_costs(moe_model((6, 32), ex, rw, rb, 2, "relu")).layers}
+    pruned, _ = _pruned((6, 32), 32, 4, 24, 2, "relu", "none", True, 2, 4)
+    sparse = {c.name: c for c in estimate_costs(pruned).layers}
+    assert sorted(dense) == sorted(sparse) == ["moe/w1", "moe/w2", "moe/w_up"]
+    for name in dense:
+        assert dense[name].macs == sparse[name].macs == 6 * 2 * 32 * 24  # tokens x top_k x D x F
+        assert (dense[name].sparsity, sparse[name].sparsity) == ("dense", "2:4")
+        assert sparse[name].effective_macs == dense[name].macs // 2
+    # w_up holds no router or bias: its bytes are exactly the experts', dense then packed
+    assert dense["moe/w_up"].weight_bytes == 4 * 32 * 24 * 4
+    assert sparse["moe/w_up"].weight_bytes == sparse_weight_bytes(4 * 32 * 24, 4, 2, 4)
