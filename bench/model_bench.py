@@ -13,6 +13,7 @@ side (DESIGN.md §5). `--out DIR` also writes the artifacts.
 
     .venv/bin/python bench/model_bench.py [--cases bert_base,gpt_step] [--out out/models]
     .venv/bin/python bench/model_bench.py --cases gpt_step --pattern none --moe experts:16,active:0.25,method:weights,router:centroid
+    .venv/bin/python bench/model_bench.py --cases gpt_step --pattern 2:4 --moe experts:16,active:0.25,method:weights,router:centroid  # + N:M experts
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def run_case(case: str, pattern: str, threads: int, out: Path | None, moe: str |
     m = result.manifest
     lat = m["latency"]
     kernel_pass = next((p for p in m["passes"] if p["pass"].startswith("lower-nm-kernels")), None)
+    moe_ops = [d["decision"] for d in m["decisions"] if d.get("pass") == "lower-moe-kernels"]
     return {
         "case": case,
         "pattern": pattern,
         "moe": moe,
         "moe_layers": sum(1 for d in m["decisions"] if d.get("pass") == "moefy-ffn" and d["decision"].startswith("moe")),
-        "moe_kernel_layers": sum(1 for d in m["decisions"] if d.get("pass") == "lower-moe-kernels"
-                                 and "MoEFFN" in str(d.get("decision", ""))),
+        "moe_kernels": {k: moe_ops.count(k) for k in sorted(set(moe_ops))},
         "threads": threads,
         "dense_ms": lat["dense_ms"],
         "compiled_ms": lat["compiled_ms"],
@@ -93,7 +94,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the compiled artifacts here")
     parser.add_argument("--moe", help="also MoE-fy the FFNs, e.g. experts:16,active:0.25,method:weights,router:centroid "
-                        "(data-free; --pattern none for MoE alone)")
+                        "(data-free; --pattern none for MoE alone; a pattern applies to the experts too: packed MoEFFN)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from sparsec.bench import machine_info

@@ -6,7 +6,7 @@ columns) and on the layer's input as rows `X2 [samples, K]` in the same column o
 - MatMul / Gemm: X2 is the activation with its last axis as K (transposed if transA);
 - Conv (2-D, any stride/pad/dilation, group 1): X2 is the im2col of the input, columns
   ordered (kh, kw, channel) to match `moveaxis(W, 1, -1)`.
-Other layers (grouped or 1-D/3-D convs, ConvTranspose, batched weights) get no input view;
+Other layers (grouped or 1-D/3-D convs, ConvTranspose, batched weights, MoE experts) get no input view;
 criteria that need input statistics then fall back to magnitude and say so.
 """
 
@@ -77,6 +77,8 @@ def view_of(layer: Layer) -> LayerView:
             reason = "grouped convolution (no single input view)"
         elif auto_pad is not None and auto_pad.as_string() not in ("NOTSET", ""):
             reason = f"auto_pad={auto_pad.as_string()}"
+    elif node.op_type == "MoE":
+        reason = "MoE experts each see only the tokens routed to them (no single input view)"
     else:
         reason = f"{node.op_type} has no input view"
     return LayerView(layer, None if reason else x.name, reason)

@@ -1,7 +1,9 @@
 """Weight-bearing layers of a graph and the weights behind them.
 
 A layer is a Conv, ConvTranspose, Gemm or MatMul whose weight input traces back (through
-Transpose/Identity and `com.sparsec` markers) to an initializer. Knowing the initializer and
+Transpose/Identity and `com.sparsec` markers) to an initializer; passes that list "MoE" in
+their op types also get each stacked expert projection of a `com.sparsec.MoE` op (w1, w2,
+w_up [E, K, C], reduction axis 1) as a layer named `<node>/<projection>`. Knowing the initializer and
 which of its axes is the reduction axis is what every sparsity pass and the cost model need;
 the initializer's name is the `state_dict` key for models captured from PyTorch.
 """
@@ -26,10 +28,11 @@ class Layer:
     reduction_axis: int  # axis of the initializer that the op reduces over
     path: tuple[ir.Node, ...]  # nodes between the initializer and the layer (nearest first)
     marker: ir.Node | None  # the com.sparsec node on the path, if the weight is already marked
+    part: str = ""  # which of the node's weights (MoE: w1, w2, w_up); "" for single-weight ops
 
     @property
     def name(self) -> str:
-        return layer_name(self.node)
+        return f"{layer_name(self.node)}/{self.part}" if self.part else layer_name(self.node)
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -61,7 +64,10 @@ def trace_weight(node: ir.Node) -> Layer | None:
     found = _weight_input_and_axis(node)
     if found is None:
         return None
-    index, axis = found
+    return _trace(node, *found)
+
+
+def _trace(node: ir.Node, index: int, axis: int, part: str = "") -> Layer | None:
     value = node.inputs[index] if index < len(node.inputs) else None
     if value is None:
         return None
@@ -92,7 +98,16 @@ def trace_weight(node: ir.Node) -> Layer | None:
     if value is None or value.const_value is None:
         return None
     rank = len(value.const_value.shape)
-    return Layer(node, value, axis % rank, tuple(path), marker)
+    return Layer(node, value, axis % rank, tuple(path), marker, part)
+
+
+def moe_layers(node: ir.Node) -> list[Layer]:
+    """The expert projections of a `com.sparsec.MoE` node as layers (reduction axis 1: D of
+    w1/w_up [E, D, F], F of w2 [E, F, D]); N:M groups then run per expert."""
+    from sparsec.dialect.moe import EXPERT_WEIGHTS
+
+    found = (_trace(node, index, 1, part) for part, index in EXPERT_WEIGHTS.items())
+    return [layer for layer in found if layer is not None]
 
 
 def find_layers(model: ir.Model, op_types: tuple[str, ...] = WEIGHT_OPS) -> list[Layer]:
@@ -102,6 +117,8 @@ def find_layers(model: ir.Model, op_types: tuple[str, ...] = WEIGHT_OPS) -> list
             layer = trace_weight(node)
             if layer is not None:
                 layers.append(layer)
+        elif node.domain == DOMAIN and node.op_type == "MoE" and "MoE" in op_types:
+            layers.extend(moe_layers(node))
     return layers
 
 

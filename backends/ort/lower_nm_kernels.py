@@ -150,6 +150,8 @@ class LowerNMKernels(Pass):
         packed_bytes = dense_bytes = 0
         candidates = []  # (marker, n, m, match) that the kernels can take
         for marker in [n for n in model.graph if n.domain == DOMAIN and n.op_type == "NMSparse"]:
+            if any(u.domain == DOMAIN and u.op_type == "MoE" for u, _ in marker.outputs[0].uses()):
+                continue  # MoE experts: lower-moe-kernels packs them into its own op
             n, m = marker.attributes["n"].as_int(), marker.attributes["m"].as_int()
             weight = marker.inputs[0]
             found = _match(marker)

@@ -7,6 +7,11 @@
  *        g[t, e] * (act(x w1[e] + b1[e]) [* x w_up[e]]) w2[e],
  * g = 1 (gating 0, "none"), the softmax of the selected logits (gating 1), or the selected
  * entries of the softmax over all E logits, not renormalised (gating 2, "softmax_all").
+ *
+ * N:M-packed experts (nm_n > 0): w1/w2/wup are NULL; each expert's projection is packed as
+ * the N:M MatMul kernels read it (kernels/packing_nm.py, layout in sk.h): w1[e] and w_up[e]
+ * as [K=D, C=F], w2[e] as [K=F, C=D], the experts' buffers concatenated in expert order.
+ * The projections then run through the N:M kernels' own inner loops (sk_nm_*).
  */
 #ifndef SPARSEC_MOE_INTERNAL_H
 #define SPARSEC_MOE_INTERNAL_H
@@ -19,7 +24,14 @@ typedef struct {
     int64_t d, e, f;
     int top_k, act, gating;
     const float *rw, *rb, *w1, *b1, *w2, *b2, *wup; /* wup NULL unless gated */
+    int nm_n, nm_m;                                  /* 0, 0: dense experts */
+    const float *v1, *v2, *vup;                      /* packed values (vup NULL unless gated) */
+    const uint16_t *m1, *m2, *mup;                   /* packed positions */
 } sk_moe_weights;
+
+/* Records of one expert's packed [k, cols] projection (each 16 values and sk_nm_meta_words(m)
+ * meta words). */
+int64_t sk_moe_nm_records(int64_t k, int64_t cols, int n, int m);
 
 /* c[r][coff + j] (+)= sum_k a[r][k] * b[k * ldb + j], r < rows, j < ncols. Rows of A and C
  * are given by pointers: tokens routed to an expert are scattered rows of X and Y. */
@@ -44,6 +56,10 @@ void sk_moe_act_avx2(float *h, const float *bias, const float *up, float gate, i
 
 /* Checks dims/attributes; 0 when valid. */
 int sk_moe_check(const sk_moe_weights *w);
+/* Packed experts: whether every group's positions are strictly increasing (the canonical
+ * form pack_nm writes), so corrupted metadata cannot alias two slots onto one input. Reads
+ * all the metadata: once, at session creation. -1 when valid, else the expert at fault. */
+int64_t sk_moe_nm_bad_expert(const sk_moe_weights *w);
 /* y[rows, D] = MoE(x[rows, D]); SK_OK or an sk_status. */
 int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, int isa,
                int threads);

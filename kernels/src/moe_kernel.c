@@ -8,6 +8,12 @@
  * Phase B (down): work items are 64-column chunks of D; each item initialises its slice
  * of Y with b2 and accumulates every expert into it, so threads never write the same
  * element (no atomics, and the result does not depend on the thread count).
+ *
+ * N:M-packed experts run the same phases through the N:M MatMul kernels (sk_nm_*, single
+ * threaded inside a work item: chunks are whole 16-column tiles, so a chunk of a packed
+ * projection is a contiguous slice of its buffers). Those kernels take strided rows, not
+ * row pointers: each slot's X row is gathered once, and phase B writes per-slot partial
+ * outputs that the same work item then adds into the tokens' Y rows.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -16,7 +22,7 @@
 #include "moe_internal.h"
 #include "sk_internal.h"
 
-#define MOE_CHUNK 64
+#define MOE_CHUNK 64 /* a multiple of SK_TILE: packed chunks are whole tiles */
 #define MOE_MIN_MACS_PER_THREAD (1 << 20)
 
 /* ------------------------------------------------------------------ scalar reference */
@@ -56,19 +62,58 @@ void sk_moe_act_scalar(float *h, const float *bias, const float *up, float gate,
 
 /* ------------------------------------------------------------------ driver */
 
+int64_t sk_moe_nm_records(int64_t k, int64_t cols, int n, int m) {
+    return sk_ceil_div(cols, SK_TILE) * (k / m) * n;
+}
+
 int sk_moe_check(const sk_moe_weights *w) {
     if (!w || w->d <= 0 || w->e <= 0 || w->f <= 0 || w->d > INT32_MAX || w->f > INT32_MAX ||
         w->e > 4096 || w->top_k < 1 || w->top_k > w->e || w->act < 0 || w->act >= MOE_ACTS ||
         w->gating < MOE_GATE_NONE || w->gating > MOE_GATE_SOFTMAX_ALL)
         return SK_ERR_SHAPE;
-    if (!w->rw || !w->rb || !w->w1 || !w->b1 || !w->w2 || !w->b2) return SK_ERR_NULL;
+    if (!w->rw || !w->rb || !w->b1 || !w->b2) return SK_ERR_NULL;
+    if (w->nm_n == 0 && w->nm_m == 0) return w->w1 && w->w2 ? SK_OK : SK_ERR_NULL;
+    if (sk_nm_meta_words(w->nm_m) == 0 || w->nm_n < 1 || w->nm_n > w->nm_m || w->d % w->nm_m ||
+        w->f % w->nm_m)
+        return SK_ERR_SHAPE;
+    if (!w->v1 || !w->m1 || !w->v2 || !w->m2 || (!w->vup) != (!w->mup)) return SK_ERR_NULL;
     return SK_OK;
 }
+
+/* Whether positions rise strictly within every group of `tile_groups` (tile, group) pairs. */
+static int nm_canonical(const uint16_t *meta, int64_t tile_groups, int n, int m) {
+    const int words = sk_nm_meta_words(m);
+    for (int64_t tg = 0; tg < tile_groups; tg++)
+        for (int j = 1; j < n; j++) {
+            const uint16_t *prev = meta + (tg * n + j - 1) * words, *cur = prev + words;
+            for (int lane = 0; lane < SK_TILE; lane++)
+                if (sk_nm_pos(m, cur, lane) <= sk_nm_pos(m, prev, lane)) return 0;
+        }
+    return 1;
+}
+
+int64_t sk_moe_nm_bad_expert(const sk_moe_weights *w) {
+    const int n = w->nm_n, m = w->nm_m, words = sk_nm_meta_words(m);
+    const int64_t r1 = sk_moe_nm_records(w->d, w->f, n, m), r2 = sk_moe_nm_records(w->f, w->d, n, m);
+    for (int64_t e = 0; e < w->e; e++)
+        if (!nm_canonical(w->m1 + e * r1 * words, r1 / n, n, m) ||
+            !nm_canonical(w->m2 + e * r2 * words, r2 / n, n, m) ||
+            (w->mup && !nm_canonical(w->mup + e * r1 * words, r1 / n, n, m)))
+            return e;
+    return -1;
+}
+
+typedef void (*sk_moe_nm_fn)(const sk_nm_args *a);
 
 typedef struct {
     const sk_moe_weights *w;
     sk_moe_panel_fn panel;
     sk_moe_act_fn actf;
+    sk_moe_nm_fn nm;                /* packed experts: the N:M kernel of the ISA */
+    const float *xg;                /* packed: per slot, its token's X row (gathered) */
+    float *h, *u, *o;               /* packed: hidden [slots, F], up [slots, F], partial Y [slots, D] */
+    int64_t tv1, tm1, tv2, tm2;     /* packed: values / meta elements per 16-column tile */
+    int64_t tiles_f, tiles_d;       /* packed: tiles per expert of w1/w_up and of w2 */
     int64_t rows;
     const int64_t *count, *offset; /* per expert: routed tokens, first slot */
     const float *const *xrows;      /* per slot: the token's X row */
@@ -87,13 +132,30 @@ static void phase_up(const void *p, int tid, int nth) {
         const int64_t e = j->items[it] / j->chunks_f, c0 = (j->items[it] % j->chunks_f) * MOE_CHUNK;
         const int64_t nc = w->f - c0 < MOE_CHUNK ? w->f - c0 : MOE_CHUNK;
         const int64_t s0 = j->offset[e], n = j->count[e];
-        j->panel(j->xrows + s0, n, w->d, w->w1 + e * w->d * w->f + c0, w->f, nc, j->hrows + s0, c0, 0);
-        if (w->wup)
-            j->panel(j->xrows + s0, n, w->d, w->wup + e * w->d * w->f + c0, w->f, nc, j->urows + s0,
+        const int gated = w->wup || w->vup;
+        if (j->nm) {
+            /* Tile t of expert e: its slice starts (e * tiles_f + t) tiles into the buffer. */
+            const int64_t tile = e * j->tiles_f + c0 / SK_TILE;
+            sk_nm_args a = {j->xg + s0 * w->d, w->d, n, w->d, nc, w->nm_n, w->nm_m,
+                            w->v1 + tile * j->tv1, w->m1 + tile * j->tm1, j->h + s0 * w->f + c0,
+                            w->f, 1};
+            j->nm(&a);
+            if (gated) {
+                a.values = w->vup + tile * j->tv1;
+                a.meta = w->mup + tile * j->tm1;
+                a.y = j->u + s0 * w->f + c0;
+                j->nm(&a);
+            }
+        } else {
+            j->panel(j->xrows + s0, n, w->d, w->w1 + e * w->d * w->f + c0, w->f, nc, j->hrows + s0,
                      c0, 0);
+            if (gated)
+                j->panel(j->xrows + s0, n, w->d, w->wup + e * w->d * w->f + c0, w->f, nc,
+                         j->urows + s0, c0, 0);
+        }
         for (int64_t r = 0; r < n; r++)
             j->actf(j->hrows[s0 + r] + c0, w->b1 + e * w->f + c0,
-                    w->wup ? j->urows[s0 + r] + c0 : NULL, j->gate[s0 + r], nc, w->act);
+                    gated ? j->urows[s0 + r] + c0 : NULL, j->gate[s0 + r], nc, w->act);
     }
 }
 
@@ -107,8 +169,21 @@ static void phase_down(const void *p, int tid, int nth) {
         for (int64_t e = 0; e < w->e; e++) {
             if (!j->count[e]) continue;
             const int64_t s0 = j->offset[e];
-            j->panel((const float *const *)(j->hrows + s0), j->count[e], w->f,
-                     w->w2 + e * w->f * w->d + c0, w->d, nc, j->yrows + s0, c0, 1);
+            if (!j->nm) {
+                j->panel((const float *const *)(j->hrows + s0), j->count[e], w->f,
+                         w->w2 + e * w->f * w->d + c0, w->d, nc, j->yrows + s0, c0, 1);
+                continue;
+            }
+            const int64_t tile = e * j->tiles_d + c0 / SK_TILE;
+            const sk_nm_args a = {j->h + s0 * w->f, w->f, j->count[e], w->f, nc, w->nm_n,
+                                  w->nm_m, w->v2 + tile * j->tv2, w->m2 + tile * j->tm2,
+                                  j->o + s0 * w->d + c0, w->d, 1};
+            j->nm(&a);
+            for (int64_t r = 0; r < j->count[e]; r++) {
+                float *yr = j->yrows[s0 + r] + c0;
+                const float *orow = j->o + (s0 + r) * w->d + c0;
+                for (int64_t c = 0; c < nc; c++) yr[c] += orow[c];
+            }
         }
     }
 }
@@ -121,7 +196,8 @@ static void *take(char **p, size_t n) {
 }
 
 static int pick_threads(const sk_moe_weights *w, int64_t rows, int threads) {
-    const int64_t macs = rows * w->top_k * w->d * w->f * (w->wup ? 3 : 2);
+    int64_t macs = rows * w->top_k * w->d * w->f * (w->wup || w->vup ? 3 : 2);
+    if (w->nm_n) macs = macs / w->nm_m * w->nm_n;
     int64_t t = macs / MOE_MIN_MACS_PER_THREAD;
     if (t > threads) t = threads;
     return t < 1 ? 1 : (int)t;
@@ -137,15 +213,22 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
     if (!x || !y) return SK_ERR_NULL;
     sk_moe_panel_fn panel = sk_moe_panel_scalar;
     sk_moe_act_fn actf = sk_moe_act_scalar;
+    sk_moe_nm_fn nm = w->nm_n ? sk_nm_scalar : NULL;
 #if defined(__x86_64__) || defined(_M_X64)
     if (isa == SK_ISA_AVX512) {
         panel = sk_moe_panel_avx512;
         actf = sk_moe_act_avx512;
+        if (nm) nm = sk_nm_avx512;
     } else if (isa == SK_ISA_AVX2) {
         panel = sk_moe_panel_avx2;
         actf = sk_moe_act_avx2;
+        if (nm) nm = sk_nm_avx2;
     }
 #endif
+#if defined(__aarch64__)
+    if (nm && isa == SK_ISA_NEON) nm = sk_nm_neon; /* the dense MoE panels are scalar there */
+#endif
+    const int gated = w->wup || w->vup;
     const int64_t d = w->d, e = w->e, f = w->f, k = w->top_k;
     const int64_t slots = rows * k, chunks_f = (f + MOE_CHUNK - 1) / MOE_CHUNK;
     /* One allocation for the routing state and the hidden activations. */
@@ -158,7 +241,8 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
                          + (size_t)e * chunks_f * sizeof(int32_t)  /* phase A items */
                          + (size_t)rows * sizeof(void *)           /* logits row pointers */
                          + 64 * 8;
-    const size_t hbytes = (size_t)slots * f * sizeof(float) * (w->wup ? 2 : 1);
+    /* hidden (and up) rows; packed experts: also gathered X rows and partial Y rows */
+    const size_t hbytes = (size_t)slots * sizeof(float) * (f * (gated ? 2 : 1) + (nm ? 2 * d : 0));
     char *mem = malloc(bytes), *hmem = aligned_alloc(64, (hbytes + 63) / 64 * 64);
     if (!mem || !hmem) {
         free(mem);
@@ -224,18 +308,24 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
     }
     int64_t *fill = count; /* counts are rebuilt while filling */
     memset(fill, 0, (size_t)e * sizeof *fill);
-    float *h = (float *)hmem, *u = w->wup ? h + slots * f : NULL;
+    float *h = (float *)hmem, *u = gated ? h + slots * f : NULL;
+    float *xg = nm ? h + slots * f * (gated ? 2 : 1) : NULL, *o = nm ? xg + slots * d : NULL;
     for (int64_t t = 0; t < rows; t++)
         for (int64_t c = 0; c < k; c++) {
             const int64_t ex = choice[t * k + c], s = offset[ex] + fill[ex]++;
             xrows[s] = x + t * d;
+            if (xg) memcpy(xg + s * d, x + t * d, (size_t)d * sizeof *xg);
             hrows[s] = h + s * f;
             urows[s] = u ? u + s * f : NULL;
             yrows[s] = y + t * d;
             sgate[s] = cgate[t * k + c];
         }
-    moe_job job = {w, panel, actf, rows, count, offset, (const float *const *)xrows,
-                   hrows, urows, yrows, sgate, items, nitems, chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK};
+    const int64_t words = nm ? sk_nm_meta_words(w->nm_m) : 0;
+    const int64_t rec1 = nm ? (d / w->nm_m) * w->nm_n : 0, rec2 = nm ? (f / w->nm_m) * w->nm_n : 0;
+    moe_job job = {w, panel, actf, nm, xg, h, u, o, rec1 * SK_TILE, rec1 * words, rec2 * SK_TILE,
+                   rec2 * words, sk_ceil_div(f, SK_TILE), sk_ceil_div(d, SK_TILE), rows, count,
+                   offset, (const float *const *)xrows, hrows, urows, yrows, sgate, items, nitems,
+                   chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK};
     const int nth = pick_threads(w, rows, threads);
     sk_run_parallel(nth, phase_up, &job);
     for (int64_t t = 0; t < rows; t++) memcpy(y + t * d, w->b2, (size_t)d * sizeof *y);

@@ -1,9 +1,12 @@
 /* ONNX Runtime custom op "MoEFFN" (domain com.sparsec.kernels), calling sk_moe_ffn.
  *
- *   MoEFFN(X, router_weight, router_bias, w1, b1, w2, b2[, w_up])
+ *   MoEFFN(X, router_weight, router_bias, w1, b1, w2, b2[, w_up[, w1_meta, w2_meta[, w_up_meta]]])
  *   attrs D, E, F, top_k, activation (0 relu, 1 gelu, 2 gelu_tanh, 3 silu),
- *         gating (0 none, 1 softmax, 2 softmax_all), gated (1: w_up present)
- * Same semantics and weight layout as com.sparsec.MoE (moe_internal.h). The weights must be
+ *         gating (0 none, 1 softmax, 2 softmax_all), gated (1: w_up present), optional n, m (N:M experts)
+ * Same semantics and weight layout as com.sparsec.MoE (moe_internal.h). With n, m > 0 the
+ * experts are N:M-packed: w1, w2, w_up hold the packed values and the *_meta inputs (uint16)
+ * the positions, per expert as pack_nm writes them (moe_internal.h); an ungated op then
+ * leaves w_up empty. The weights must be
  * constant initializers; they are read and checked once at session creation (an aligned
  * copy where ORT's buffer is not 64-byte aligned), so a malformed model fails there with
  * a message naming the node. Threads per call: one per ~1M multiply-adds, at most the
@@ -23,7 +26,8 @@
 
 #define MOE_ORT_MAX_CAP 256
 #define MOE_ORT_MAX_RANK 16
-#define MOE_INPUTS 8
+#define MOE_INPUTS 11
+#define MOE_DENSE_INPUTS 8
 
 typedef struct {
     OrtCustomOp base;
@@ -56,13 +60,14 @@ static int pick_isa(int *isa, char *bad, size_t len) {
     if (n == 0) {
         *isa = sk_isa_supported(SK_ISA_AVX512) ? SK_ISA_AVX512
                : sk_isa_supported(SK_ISA_AVX2) ? SK_ISA_AVX2
-                                               : SK_ISA_SCALAR; /* NEON: scalar MoE panels */
+               : sk_isa_supported(SK_ISA_NEON) ? SK_ISA_NEON /* scalar dense panels, NEON N:M */
+                                               : SK_ISA_SCALAR;
         return 0;
     }
     for (int i = 0; i < 4; i++)
         if (strcmp(name, names[i]) == 0) {
             if (!sk_isa_supported(i)) break;
-            *isa = i == SK_ISA_NEON ? SK_ISA_SCALAR : i;
+            *isa = i;
             return 0;
         }
     snprintf(bad, len, "kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here", name);
@@ -77,9 +82,11 @@ static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char 
     return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
 }
 
-/* Constant float input `index` with exactly `count` elements (aligned; copied if needed). */
-static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
-                         const char *what, int64_t count, const float **out) {
+/* Constant input `index` of element type `type` (float or uint16) with exactly `count`
+ * elements (64-byte aligned; copied if needed). */
+static OrtStatus *constant(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx,
+                           size_t index, const char *what, int want, int64_t count,
+                           const void **out) {
     const OrtApi *api = kr->api;
     int is_const = 0;
     const OrtValue *value = NULL;
@@ -95,13 +102,14 @@ static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *
     if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return reword(api, st, ctx, what);
-    if (type != SK_ORT_FLOAT) return sk_ort_status(api, "%s: %s must be float32", ctx, what);
+    if (type != want)
+        return sk_ort_status(api, "%s: %s must be %s", ctx, what, want == SK_ORT_FLOAT ? "float32" : "uint16");
     if ((int64_t)n != count)
         return sk_ort_status(api, "%s: %s has %zu elements, expected %lld", ctx, what, n, (long long)count);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
     if (((uintptr_t)p % 64) != 0) {
-        const size_t bytes = n * sizeof(float);
+        const size_t bytes = n * (want == SK_ORT_FLOAT ? sizeof(float) : sizeof(uint16_t));
         void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
         memcpy(copy, p, bytes);
@@ -110,6 +118,27 @@ static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *
     }
     *out = p;
     return NULL;
+}
+
+static OrtStatus *weight(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
+                         const char *what, int64_t count, const float **out) {
+    return constant(kr, info, ctx, index, what, SK_ORT_FLOAT, count, (const void **)out);
+}
+
+static OrtStatus *meta(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
+                       const char *what, int64_t count, const uint16_t **out) {
+    return constant(kr, info, ctx, index, what, SK_ORT_UINT16, count, (const void **)out);
+}
+
+/* An int attribute that may be absent (then `fallback`). */
+static int64_t attr_or(const OrtApi *api, const OrtKernelInfo *info, const char *name, int64_t fallback) {
+    int64_t v = fallback;
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, &v);
+    if (st) {
+        SK_ORT(api, ReleaseStatus)(st);
+        return fallback;
+    }
+    return v;
 }
 
 static void destroy(void *p) {
@@ -141,6 +170,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         (st = attr(api, info, ctx, "activation", &act)) ||
         (st = attr(api, info, ctx, "gating", &gating)) || (st = attr(api, info, ctx, "gated", &gated)))
         goto fail;
+    const int64_t nm_n = attr_or(api, info, "n", 0), nm_m = attr_or(api, info, "m", 0);
     sk_moe_weights *w = &kr->w;
     w->d = d, w->e = e, w->f = f, w->top_k = (int)k, w->act = (int)act, w->gating = (int)gating;
     if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 2 || d <= 0 ||
@@ -150,15 +180,42 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         goto fail;
     }
     if ((st = weight(kr, info, ctx, 1, "router_weight", d * e, &w->rw)) ||
-        (st = weight(kr, info, ctx, 2, "router_bias", e, &w->rb)) ||
-        (st = weight(kr, info, ctx, 3, "w1", e * d * f, &w->w1)) ||
-        (st = weight(kr, info, ctx, 4, "b1", e * f, &w->b1)) ||
-        (st = weight(kr, info, ctx, 5, "w2", e * f * d, &w->w2)) ||
-        (st = weight(kr, info, ctx, 6, "b2", d, &w->b2)) ||
-        (gated && (st = weight(kr, info, ctx, 7, "w_up", e * d * f, &w->wup))))
+        (st = weight(kr, info, ctx, 2, "router_bias", e, &w->rb)))
+        goto fail;
+    if (nm_n || nm_m) {
+        const int words = sk_nm_meta_words((int)nm_m);
+        if (words == 0 || nm_n < 1 || nm_n > nm_m || d % nm_m || f % nm_m) {
+            st = sk_ort_status(api, "%s: unsupported pattern %lld:%lld for D=%lld F=%lld (N in [1, M], "
+                               "M in {4, 8, 16} dividing D and F)", ctx, (long long)nm_n,
+                               (long long)nm_m, (long long)d, (long long)f);
+            goto fail;
+        }
+        w->nm_n = (int)nm_n, w->nm_m = (int)nm_m;
+        const int64_t r1 = e * sk_moe_nm_records(d, f, w->nm_n, w->nm_m);
+        const int64_t r2 = e * sk_moe_nm_records(f, d, w->nm_n, w->nm_m);
+        if ((st = weight(kr, info, ctx, 3, "w1 (packed values)", r1 * SK_TILE, &w->v1)) ||
+            (st = weight(kr, info, ctx, 5, "w2 (packed values)", r2 * SK_TILE, &w->v2)) ||
+            (st = meta(kr, info, ctx, 8, "w1_meta", r1 * words, &w->m1)) ||
+            (st = meta(kr, info, ctx, 9, "w2_meta", r2 * words, &w->m2)) ||
+            (gated && ((st = weight(kr, info, ctx, 7, "w_up (packed values)", r1 * SK_TILE, &w->vup)) ||
+                       (st = meta(kr, info, ctx, 10, "w_up_meta", r1 * words, &w->mup)))))
+            goto fail;
+    } else if ((st = weight(kr, info, ctx, 3, "w1", e * d * f, &w->w1)) ||
+               (st = weight(kr, info, ctx, 5, "w2", e * f * d, &w->w2)) ||
+               (gated && (st = weight(kr, info, ctx, 7, "w_up", e * d * f, &w->wup)))) {
+        goto fail;
+    }
+    if ((st = weight(kr, info, ctx, 4, "b1", e * f, &w->b1)) ||
+        (st = weight(kr, info, ctx, 6, "b2", d, &w->b2)))
         goto fail;
     if (sk_moe_check(w) != SK_OK) {
         st = sk_ort_status(api, "%s: invalid weights", ctx);
+        goto fail;
+    }
+    const int64_t bad_expert = w->nm_n ? sk_moe_nm_bad_expert(w) : -1;
+    if (bad_expert >= 0) {
+        st = sk_ort_status(api, "%s: N:M positions within a group are not strictly increasing "
+                           "(expert %lld)", ctx, (long long)bad_expert);
         goto fail;
     }
     *out = kr;
@@ -209,6 +266,10 @@ static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return 
 static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return MOE_INPUTS; }
 static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
+static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    return i >= MOE_DENSE_INPUTS ? SK_ORT_UINT16 : SK_ORT_FLOAT; /* the packed experts' meta */
+}
 static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
 static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
     (void)b;
@@ -217,7 +278,7 @@ static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
 }
 static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
     (void)b;
-    return i == MOE_INPUTS - 1 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
+    return i >= MOE_DENSE_INPUTS - 1 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
 static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
 static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
@@ -234,7 +295,7 @@ struct OrtCustomOp *sk_moe_custom_op(int cap) {
     b->version = SK_ORT_API_VERSION;
     b->GetName = get_name;
     b->GetExecutionProviderType = get_ep;
-    b->GetInputType = float_type;
+    b->GetInputType = input_type;
     b->GetInputTypeCount = input_count;
     b->GetOutputType = float_type;
     b->GetOutputTypeCount = output_count;

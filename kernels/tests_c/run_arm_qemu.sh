@@ -27,7 +27,7 @@ mkdir "$out/obj"
 for src in "$here"/../src/*.c; do
     "$cc" -std=c11 -O2 -pthread -Wall -Wextra -c "$src" -o "$out/obj/$(basename "$src" .c).o"
 done
-for driver in test_kernels test_attention; do
+for driver in test_kernels test_attention test_moe; do
     "$cc" -std=c11 -O2 -static -pthread -Wall -Wextra "$out"/obj/*.o "$here/$driver.c" -lm \
         -o "$out/$driver"
     "$qemu" "$out/$driver"

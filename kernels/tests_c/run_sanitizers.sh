@@ -15,7 +15,7 @@ flags=(-std=c11 -O1 -g -fno-omit-frame-pointer -pthread -fsanitize=address,undef
 for src in "$here"/../src/*.c; do
     "$cc" "${flags[@]}" -c "$src" -o "$out/$(basename "$src" .c).o"
 done
-for driver in test_kernels test_attention; do
+for driver in test_kernels test_attention test_moe; do
     "$cc" "${flags[@]}" "$out"/*.o "$here/$driver.c" -lm -o "$out/$driver"
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/$driver"
 done

@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from sparsec.dialect import DOMAIN
 from sparsec.ir.shapes import ShapeInfo, infer_concrete_shapes
-from sparsec.layers import layer_name, trace_weight
+from sparsec.layers import layer_name, moe_layers, trace_weight
 from sparsec.pm.analysis import Analysis
 from sparsec.pm.context import PassContext
 from sparsec.targets import Target, get_target
@@ -158,14 +159,46 @@ def layer_cost(node: ir.Node, info: ShapeInfo, target: Target) -> LayerCost:
     )
 
 
+def moe_costs(node: ir.Node, info: ShapeInfo, target: Target) -> list[LayerCost]:
+    """One cost per expert projection (`<node>/w1`, `/w2`, `/w_up`) of a `com.sparsec.MoE` op:
+    MACs of the routed work (tokens x top_k experts), bytes of all stored experts (packed where
+    N:M), latency from the experts a call reads (at most tokens x top_k of the E). The router
+    and the biases are counted with w1; activations (X in, Y out) with w1 and w2."""
+    x = info.shape(node.inputs[0])
+    tokens = _numel(x) // x[-1] if x else 0
+    top_k = node.attributes["top_k"].as_int()
+    act = _numel(x) * _itemsize(info.dtypes.get(node.inputs[0].name)) if x else 0
+    costs = []
+    for layer in moe_layers(node):
+        tensor = layer.weight.const_value
+        e, k, c = (int(v) for v in tensor.shape)
+        numel, itemsize = int(tensor.size), int(tensor.dtype.itemsize)
+        macs = tokens * top_k * k * c
+        sparsity, effective, weight_bytes = "dense", macs, numel * itemsize
+        if layer.nm is not None:
+            n, m = layer.nm
+            sparsity, effective, weight_bytes = f"{n}:{m}", macs * n // m, sparse_weight_bytes(numel, itemsize, n, m)
+        extra = [node.inputs[i] for i in ((1, 2, 4) if layer.part == "w1" else (6,) if layer.part == "w2" else ())]
+        other = sum(int(v.const_value.nbytes) for v in extra if v is not None and v.const_value is not None)
+        params = numel + sum(int(v.const_value.size) for v in extra if v is not None and v.const_value is not None)
+        acts = act if layer.part in ("w1", "w2") else 0
+        read = weight_bytes * min(1.0, tokens * top_k / e) + other + acts
+        compute_ms = 2 * effective / (target.peak_gflops * 1e9) * 1e3
+        memory_ms = read / (target.dram_gbps * 1e9) * 1e3
+        costs.append(LayerCost(layer.name, "MoE", layer.weight.name, macs, effective, params, weight_bytes + other,
+                               acts, sparsity, max(compute_ms, memory_ms)))
+    return costs
+
+
 def estimate_costs(model: ir.Model, *, target: str = "cpu", dims: dict[str, int] | None = None) -> CostReport:
     info = infer_concrete_shapes(model, dims or {})
     spec = get_target(target)
-    layers = [
-        layer_cost(node, info, spec)
-        for node in model.graph
-        if node.domain in ("", "ai.onnx") and node.op_type in COST_OPS
-    ]
+    layers = []
+    for node in model.graph:
+        if node.domain in ("", "ai.onnx") and node.op_type in COST_OPS:
+            layers.append(layer_cost(node, info, spec))
+        elif node.domain == DOMAIN and node.op_type == "MoE":
+            layers.extend(moe_costs(node, info, spec))
     return CostReport(layers, target)
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from sparsec.dialect import DOMAIN
 from sparsec.layers import Layer
 from sparsec.nm_pattern import validate_nm
 from sparsec.passes.analysis.cost_model import CostModel
 from sparsec.passes.sparsify.criteria import CRITERIA, check_criterion
 from sparsec.passes.sparsify.marking import mark_nm
-from sparsec.passes.sparsify.options import LayerSelection, ReconstructionOptions
+from sparsec.passes.sparsify.options import ExpertLayerSelection, ReconstructionOptions
 from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
@@ -47,13 +48,18 @@ def skip_reason(layer: Layer, n: int, m: int, min_params: int) -> str | None:
     return None
 
 
+# MoE ops (ExpertLayerSelection): each expert projection (w1, w2, w_up) is pruned N:M per expert
+# along its reduction axis (moefy-ffn runs first in the presets). Data criteria (wanda,
+# sparsegpt) prune them by magnitude and say so: an expert sees only its routed tokens, so
+# there is no one input view to collect statistics on.
 @register_pass
 @dataclass(frozen=True)
-class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
+class NMSparsity(ExpertLayerSelection, ReconstructionOptions, Pass):
     name = "nm-sparsity"
-    summary = "Prune weights of MatMul/Gemm/Conv layers to an N:M pattern along the reduction axis."
+    summary = "Prune weights of MatMul/Gemm/Conv layers and MoE experts to an N:M pattern along the reduction axis."
     exact = False
     preserves = ()
+
 
     n: int = option(2, "kept weights per group")
     m: int = option(4, "group size along the reduction axis")
@@ -81,7 +87,9 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
             if reason is None and self.k_multiple > 1 and k % self.k_multiple:
                 # The target would run it dense anyway: pruning would only cost accuracy.
                 reason = f"reduction axis has {k} elements, not a multiple of the target's tile {self.k_multiple}"
-            if reason is None and self.only_faster:
+            # MoE experts are not tuned: at decode the kernel streams only the selected experts'
+            # packed bytes, and the per-layer tuner times MatMul/Gemm shapes only.
+            if reason is None and self.only_faster and not _is_moe(layer):
                 reason = self._slower_reason(model, layer, ctx, plan)
             return reason
 
@@ -94,8 +102,8 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
             from sparsec.layers import find_layers
             from sparsec.tune.advisor import plan_layers
 
-            candidates = [lay for lay in find_layers(model, self.op_types)
-                          if self.selects(lay) and skip_reason(lay, self.n, self.m, self.min_params) is None]
+            candidates = [lay for lay in find_layers(model, self.op_types) if not _is_moe(lay)
+                          and self.selects(lay) and skip_reason(lay, self.n, self.m, self.min_params) is None]
             plan.update(plan_layers(model, candidates, self.n, self.m, ctx))
             plan.setdefault("", "")  # planned, even if empty
         choice = plan.get(layer.weight.name)
@@ -106,6 +114,10 @@ class NMSparsity(LayerSelection, ReconstructionOptions, Pass):
         if not choice.sparse:
             return f"not pruned: runs no faster sparse on this machine ({choice.reason})"
         return None
+
+
+def _is_moe(layer: Layer) -> bool:
+    return layer.node.domain == DOMAIN and layer.node.op_type == "MoE"
 
 
 __all__ = ["CRITERIA", "NMSparsity", "CostModel", "mark_nm", "skip_reason"]

@@ -1,7 +1,7 @@
 """Option groups shared by the passes that prune layers: declared once, inherited by each.
 
 - `LayerSelection`: which layers a pass may touch (`op_types`, `include`/`exclude` globs on
-  layer or weight names, `min_params`);
+  layer or weight names, `min_params`); `ExpertLayerSelection` also MoE experts by default;
 - `ReconstructionOptions`: how `sparsegpt` reconstructs (the fields of `Reconstruction`).
 A pass lists them as bases: `class MyPass(LayerSelection, ReconstructionOptions, Pass)`; its
 own options follow theirs in `passes list` and in pipeline text.
@@ -45,6 +45,14 @@ class LayerSelection:
 
 
 @dataclass(frozen=True)
+class ExpertLayerSelection(LayerSelection):
+    """`LayerSelection` whose default op types also take the expert projections (w1, w2, w_up)
+    of `com.sparsec.MoE` ops, each a layer `<node>/<projection>` (`sparsec.layers.moe_layers`)."""
+
+    op_types: tuple[str, ...] = option(("MatMul", "Gemm", "Conv", "MoE"), "op types to prune (MoE: its experts' projections)")
+
+
+@dataclass(frozen=True)
 class ReconstructionOptions:
     damp: float = reconstruction_option("damp")
     correct: bool = reconstruction_option("correct")
@@ -58,4 +66,4 @@ class ReconstructionOptions:
         return Reconstruction.of(self)
 
 
-__all__ = ["LayerSelection", "ReconstructionOptions"]
+__all__ = ["ExpertLayerSelection", "LayerSelection", "ReconstructionOptions"]

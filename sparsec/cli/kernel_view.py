@@ -37,6 +37,12 @@ def raise_kernel_ops(model: ir.Model) -> int:
             raise_attention_kernel(model, node)
             count += 1
             continue
+        if node.op_type == "MoEFFN":  # back to com.sparsec.MoE (N:M experts unpacked and marked)
+            from sparsec.backends.ort.lower_moe_kernels import raise_moe_kernel
+
+            raise_moe_kernel(model, node)
+            count += 1
+            continue
         attrs = node.attributes
         k, cols = attrs["K"].as_int(), attrs["N"].as_int()
         has_bias = attrs.get("has_bias") is not None and attrs["has_bias"].as_int() != 0

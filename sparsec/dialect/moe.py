@@ -11,6 +11,10 @@ op is exactly the dense FFN), `softmax` weights them by the softmax of their log
 the top-k weights renormalised), `softmax_all` by their entries of the softmax over all E
 logits, not renormalised (Qwen-MoE's `norm_topk_prob=False`: the weights sum to < 1).
 
+The expert weights w1, w2, w_up may be N:M-marked (`NMSparse`/`Sparse` on the initializer,
+groups along each expert's reduction axis 1: D for w1/w_up, F for w2), as `nm-sparsity` leaves
+them; the op reads the pruned initializer behind the marker.
+
 The reference lowering is masked dense standard ONNX (TopK + ScatterElements build a
 [..., E] gate, a block-indicator MatMul spreads it over the F neurons of each expert), so
 any runtime runs the op; backends with a kernel read only the selected experts' weights.
@@ -24,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sparsec.dialect.reference import REFERENCE_RULES
-from sparsec.dialect.schema import AttrSpec, OpSchema, register_op
+from sparsec.dialect.schema import DOMAIN, AttrSpec, OpSchema, register_op
 from sparsec.ir.rewrite import replace_value
 
 MOE_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
@@ -33,6 +37,22 @@ MOE_GATINGS = ("none", "softmax", "softmax_all")
 ACTIVATION_CODES = {name: i for i, name in enumerate(MOE_ACTIVATIONS)}
 GATING_CODES = {name: i for i, name in enumerate(MOE_GATINGS)}
 INPUTS = ("X", "router_weight", "router_bias", "w1", "b1", "w2", "b2", "w_up")
+# Input index of each expert projection; its reduction axis is 1 in every case.
+EXPERT_WEIGHTS = {"w1": 3, "w2": 5, "w_up": 7}
+MARKERS = ("NMSparse", "Sparse")
+
+
+def expert_weight(value: ir.Value | None) -> tuple[ir.Value | None, ir.Node | None]:
+    """(the constant behind an input, the sparsity marker in between or None): the input itself
+    when it is constant, the marker's initializer when it is a marked weight, else (None, None)."""
+    if value is None or value.const_value is not None:
+        return value, None
+    marker = value.producer()
+    if marker is not None and marker.domain == DOMAIN and marker.op_type in MARKERS:
+        inner = marker.inputs[0]
+        if inner is not None and inner.const_value is not None:
+            return inner, marker
+    return None, None
 
 
 def _arrays(node: ir.Node) -> dict[str, np.ndarray] | str:
@@ -40,15 +60,16 @@ def _arrays(node: ir.Node) -> dict[str, np.ndarray] | str:
     for name, value in zip(INPUTS[1:], node.inputs[1:], strict=False):
         if value is None:
             continue
-        if value.const_value is None:
-            return f"input '{name}' must be a constant initializer"
-        out[name] = value.const_value.numpy()
+        const = expert_weight(value)[0] if name in EXPERT_WEIGHTS else value
+        if const is None or const.const_value is None:
+            return f"input '{name}' must be a constant initializer" + (" (or a marked one)" if name in EXPERT_WEIGHTS else "")
+        out[name] = const.const_value.numpy()
     return out
 
 
 def moe_dims(node: ir.Node) -> tuple[int, int, int]:
     """(D, E, F) of a verified MoE node."""
-    e, d, f = node.inputs[3].const_value.shape
+    e, d, f = expert_weight(node.inputs[3])[0].const_value.shape  # type: ignore[union-attr]
     return int(d), int(e), int(f)
 
 

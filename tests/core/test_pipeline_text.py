@@ -32,7 +32,7 @@ def test_python_and_text_spellings_agree() -> None:
 
 def test_full_text_spells_out_defaults() -> None:
     full = parse_pipeline("nm-sparsity").to_text(full=True)
-    assert full.startswith("nm-sparsity{n=2 m=4 criterion=magnitude") and "op_types=[MatMul,Gemm,Conv]" in full
+    assert full.startswith("nm-sparsity{n=2 m=4 criterion=magnitude") and "op_types=[MatMul,Gemm,Conv,MoE]" in full
     assert "min_params=1024" in full
 
 
