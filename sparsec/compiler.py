@@ -20,8 +20,10 @@ from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artif
 from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
+from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
@@ -43,7 +45,7 @@ from sparsec.never_slower import (
     lowering_summary,
     with_dense_layers,
 )
-from sparsec.numerics import sample_inputs
+from sparsec.numerics import NUMERICS_THREADS, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
 from sparsec.plots import quality_plots
@@ -159,9 +161,10 @@ def _compile(
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
-    build = _build(model, pipeline, legalize, options, backend, target, calibration)
     stage_bytes = lean_stage_bytes(budget, dense_weight_bytes)
     staged = backend.name == "ort" and stage_bytes is not None and (streaming or not options.bench)
+    shared = _shared_dense_run(dense_model, options, stage_bytes) if staged and held is None else None
+    build = _build(model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared)
 
     latency: dict[str, Any] = {"measured": False}
     fallback: dict[str, Any] = {}
@@ -187,7 +190,7 @@ def _compile(
     sparse_costs = build.sparse_costs
 
     if staged:  # each model run stage by stage: neither is ever whole in memory
-        run_dense = _staged_runner(dense_model, stage_bytes, options.threads)
+        run_dense = shared.fidelity if shared is not None else _staged_runner(dense_model, stage_bytes, options.threads)
         run_compiled = _staged_runner(model, stage_bytes, options.threads)
     elif options.bench:  # both sessions were built for the latency run anyway
         dense_session = session_from_ir(dense_model, options.threads)
@@ -282,9 +285,10 @@ class _Build:
 
 def _build(
     model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
-    calibration: CalibrationData | None, tuner: Any = None,
+    calibration: CalibrationData | None, tuner: Any = None, evaluate_input: SharedDenseRun | None = None,
 ) -> _Build:
     ctx = PassContext(
+        evaluate_input=evaluate_input,
         target=options.target,
         dims=dict(options.dims),
         seed=options.seed,
@@ -385,6 +389,18 @@ def _one_at_a_time(make: Callable[[], Callable[[dict[str, Any]], list[Any]]]) ->
         return run_callable(make(), batches)
 
     return run
+
+
+def _shared_dense_run(dense_model: ir.Model, options: CompileOptions, stage_bytes: int | None) -> SharedDenseRun | None:
+    """The dense staged run shared by the pass manager's reference and the fidelity check, where
+    both would run the same stages with the same settings: standard ONNX input (the pass
+    manager's reference lowering leaves it as it is) and the thread count it runs with."""
+    if stage_bytes is None or options.threads != NUMERICS_THREADS or options.fidelity_samples < 1:
+        return None
+    if DOMAIN in dense_model.opset_imports or any(node.domain == DOMAIN for node in dense_model.graph):
+        return None
+    samples = [sample_inputs(dense_model, dims=options.dims, seed=options.seed + 1 + i) for i in range(options.fidelity_samples)]
+    return SharedDenseRun(dense_model, stage_bytes, options.threads, samples)
 
 
 def _staged_runner(model: ir.Model, stage_bytes: int, threads: int) -> Batches:
