@@ -1,0 +1,104 @@
+"""Compile-time rewrites of the lean checks compute what the code they replaced computed:
+N:M violation counts without moving the group axis, pruning without a zeros array, one
+staged dense run shared by the pass manager and the fidelity check."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from sparsec.calib.dense_share import SharedDenseRun
+from sparsec.calib.staged import run_staged
+from sparsec.nm_pattern import nm_violations
+from sparsec.numerics import evaluate, sample_inputs
+from sparsec.passes.sparsify.criteria import _masked
+from sparsec.testing import make_model, seeded
+
+
+def _former_violations(w: np.ndarray, n: int, m: int, axis: int) -> int:
+    moved = np.moveaxis(np.asarray(w), axis, -1)
+    g = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    return int(np.count_nonzero(np.count_nonzero(g, axis=-1) > n))
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (3, 8), (8, 16), (31, 64)])
+@pytest.mark.parametrize("shape,axis", [((64, 24), 0), ((24, 64), 1), ((8, 64, 3, 3), 1), ((2, 5, 64), -1), ((64,), 0)])
+def test_nm_violations_equals_the_former_count(n: int, m: int, shape: tuple[int, ...], axis: int) -> None:
+    rng = np.random.default_rng(n * 7 + m)
+    for density in (0.1, 0.5, 0.9):
+        w = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0.0).astype(np.float32)
+        w[rng.random(shape) < 0.05] = np.nan  # NaN is a nonzero
+        for a in (w, np.asfortranarray(w)):
+            assert nm_violations(a, n, m, axis) == _former_violations(a, n, m, axis)
+
+
+def test_nm_violations_rejects_an_axis_not_a_multiple_of_m() -> None:
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        nm_violations(np.ones((6, 8)), 2, 4, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_masked_equals_where_with_zeros(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 32)).astype(dtype)
+    w[0, :4] = -0.0
+    keep = rng.random(w.shape) < 0.5
+    for a, k in ((w, keep), (w.T, keep.T), (np.asfortranarray(w), keep)):
+        got, want = _masked(a, k), np.where(k, a, np.zeros_like(a))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+MLP = """
+<ir_version: 10, opset_import: ["" : 18]>
+mlp (float[2,64] x) => (float[2,32] y, float[2,64] h) {
+  h = Gemm <transB = 1> (x, w1, b1)
+  r = Relu(h)
+  y = MatMul(r, w2)
+}
+"""
+
+
+def _mlp() -> ir.Model:
+    return make_model(MLP, w1=seeded((64, 64), 1), b1=seeded((64,), 2), w2=seeded((64, 32), 3))
+
+
+def test_shared_dense_run_gives_each_check_the_outputs_of_its_own_run() -> None:
+    model = _mlp()
+    stage_bytes = 64 * 64 * 4  # one Gemm weight per stage: the run crosses stage boundaries
+    feeds = sample_inputs(model, seed=0)
+    samples = [sample_inputs(model, seed=1 + i) for i in range(3)]
+    shared = SharedDenseRun(model, stage_bytes, 2, samples)
+    first = shared(feeds)
+    alone = run_staged(model, [feeds], stage_bytes, 2)
+    for got, want in zip(first, alone, strict=True):
+        assert np.asarray(got).tobytes() == want.tobytes()
+    np.testing.assert_allclose(first[0], evaluate(model, feeds)[0], rtol=1e-5, atol=1e-6)
+    want_fid = run_staged(model, samples, stage_bytes, 2)
+    got_fid = shared.fidelity([dict(s) for s in samples])
+    assert len(got_fid) == 2
+    for got, want in zip(got_fid, want_fid, strict=True):
+        assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+def test_shared_dense_run_recomputes_for_other_samples_or_a_second_call() -> None:
+    model = _mlp()
+    samples = [sample_inputs(model, seed=1)]
+    shared = SharedDenseRun(model, 1 << 20, 2, samples)
+    shared(sample_inputs(model, seed=0))
+    other = [sample_inputs(model, seed=5)]
+    for got, want in zip(shared.fidelity(other), run_staged(model, other, 1 << 20, 2), strict=True):
+        assert got.tobytes() == want.tobytes()
+    # The kept outputs were handed out (or dropped) once; a second call runs the model again.
+    again = shared.fidelity(samples)
+    for got, want in zip(again, run_staged(model, samples, 1 << 20, 2), strict=True):
+        assert got.tobytes() == want.tobytes()
+
+
+def test_shared_dense_run_before_the_pass_manager_ran_runs_the_fidelity_samples_itself() -> None:
+    model = _mlp()
+    samples = [sample_inputs(model, seed=1), sample_inputs(model, seed=2)]
+    shared = SharedDenseRun(model, 1 << 20, 2, samples)
+    for got, want in zip(shared.fidelity(samples), run_staged(model, samples, 1 << 20, 2), strict=True):
+        assert got.tobytes() == want.tobytes()
