@@ -1,6 +1,6 @@
 """Compile-time rewrites of the lean checks compute what the code they replaced computed:
-N:M violation counts without moving the group axis, pruning without a zeros array, one
-staged dense run shared by the pass manager and the fidelity check."""
+N:M violation counts without moving the group axis, one staged dense run shared by the
+pass manager and the fidelity check."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.staged import run_staged
 from sparsec.nm_pattern import nm_violations
 from sparsec.numerics import evaluate, sample_inputs
-from sparsec.passes.sparsify.criteria import _masked
 from sparsec.testing import make_model, seeded
 
 
@@ -36,18 +35,6 @@ def test_nm_violations_equals_the_former_count(n: int, m: int, shape: tuple[int,
 def test_nm_violations_rejects_an_axis_not_a_multiple_of_m() -> None:
     with pytest.raises(ValueError, match="not a multiple of 4"):
         nm_violations(np.ones((6, 8)), 2, 4, 0)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
-def test_masked_equals_where_with_zeros(dtype: type) -> None:
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((48, 32)).astype(dtype)
-    w[0, :4] = -0.0
-    keep = rng.random(w.shape) < 0.5
-    for a, k in ((w, keep), (w.T, keep.T), (np.asfortranarray(w), keep)):
-        got, want = _masked(a, k), np.where(k, a, np.zeros_like(a))
-        assert got.dtype == want.dtype and got.shape == want.shape
-        assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
 
 
 MLP = """
