@@ -10,6 +10,7 @@ import pytest
 
 from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.staged import run_staged
+from sparsec.ir.file_tensor import SpillStore, raw_bytes
 from sparsec.nm_pattern import nm_violations
 from sparsec.numerics import evaluate, sample_inputs
 from sparsec.testing import make_model, seeded
@@ -89,3 +90,28 @@ def test_shared_dense_run_before_the_pass_manager_ran_runs_the_fidelity_samples_
     shared = SharedDenseRun(model, 1 << 20, 2, samples)
     for got, want in zip(shared.fidelity(samples), run_staged(model, samples, 1 << 20, 2), strict=True):
         assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.arange(12, dtype=np.float64).reshape(4, 3).T,  # not contiguous: C order, as tobytes
+        np.array(3.5, dtype=np.float16),
+        np.arange(10, dtype=np.int64)[::2],
+        np.array([True, False, True]),
+        np.zeros((0, 3), dtype=np.float32),
+        (np.arange(4) + 1j).astype(np.complex64),
+    ],
+)
+def test_raw_bytes_equals_tobytes(array: np.ndarray) -> None:
+    assert bytes(raw_bytes(array)) == array.tobytes(order="C")
+
+
+def test_spilled_and_written_weights_hold_their_bytes(tmp_path) -> None:
+    store = SpillStore(tmp_path, threshold=0)
+    try:
+        w = np.arange(64, dtype=np.float32).reshape(8, 8).T  # written in C order
+        assert store.put(w, name="w").numpy().tobytes() == w.tobytes(order="C")
+    finally:
+        store.close()
