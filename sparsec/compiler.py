@@ -8,6 +8,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,13 @@ def _compile(
     else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
         run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
         run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
-    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+    # The per-layer bytes plot (matplotlib: ~1.5 s of import and text layout, only it uses
+    # matplotlib meanwhile) is drawn while the fidelity check runs ONNX Runtime, which releases
+    # the GIL; same inputs, same picture.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsec-plot") as pool:
+        plot_job = pool.submit(sparsity_plot, ctx.decisions, dense_costs, sparse_costs)
+        fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+        plot = plot_job.result()
     if staged:
         fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
@@ -237,7 +244,6 @@ def _compile(
     files.update(compiled.files)
     manifest["files"].extend(p.name for p in written if p.name != "model.onnx")
     manifest["files"].extend(compiled.files)
-    plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
         files["sparsity.png"] = plot
         manifest["files"].append("sparsity.png")
