@@ -115,3 +115,50 @@ def test_spilled_and_written_weights_hold_their_bytes(tmp_path) -> None:
         assert store.put(w, name="w").numpy().tobytes() == w.tobytes(order="C")
     finally:
         store.close()
+
+
+STACK = """
+<ir_version: 10, opset_import: ["" : 18]>
+stack (float[2,256] x) => (float[2,256] y) {
+  a = MatMul(x, w1)
+  b = Relu(a)
+  c = MatMul(b, w2)
+  d = Add(c, x)
+  y = MatMul(d, w3)
+}
+"""
+
+
+def test_lean_compile_with_the_shared_dense_run_equals_one_without(tmp_path, monkeypatch) -> None:
+    """A lean compile (checks stage by stage) shares the dense run between the pass manager
+    and the fidelity check: every number and file is the one two separate runs gave."""
+    import json
+
+    from sparsec import compiler
+    from sparsec.ir.io import write_model
+
+    model = make_model(STACK, w1=seeded((256, 256), 1), w2=seeded((256, 256), 2), w3=seeded((256, 256), 3))
+    path = tmp_path / "src" / "stack.onnx"
+    path.parent.mkdir()
+    write_model(model, path, external=True)
+    monkeypatch.setattr("sparsec.memory.LEAN_STAGE_BYTES", 256 * 256 * 4)  # lean: a weight per stage
+    runs = []
+    real = compiler._shared_dense_run
+    monkeypatch.setattr(compiler, "_shared_dense_run", lambda *a: runs.append(real(*a)) or runs[-1])
+    shared = compiler.compile_file(path, tmp_path / "shared", compiler.CompileOptions(bench=False, tune=False))
+    assert isinstance(runs[-1], SharedDenseRun) and runs[-1]._fidelity_parts is None  # made, and used up
+    monkeypatch.setattr(compiler, "_shared_dense_run", lambda *a: None)
+    separate = compiler.compile_file(path, tmp_path / "separate", compiler.CompileOptions(bench=False, tune=False))
+    assert shared.manifest["fidelity"]["execution"].startswith("stage by stage")
+
+    def numbers(manifest: dict) -> str:
+        drop = {"seconds", "peak_rss_bytes"}
+        strip = lambda d: {k: strip(v) for k, v in d.items() if k not in drop} if isinstance(d, dict) else (  # noqa: E731
+            [strip(x) for x in d] if isinstance(d, list) else d)
+        return json.dumps(strip(manifest), sort_keys=True)
+
+    assert numbers(shared.manifest) == numbers(separate.manifest)
+    assert shared.manifest["passes"][0]["fidelity"] is not None
+    for name in ("model.onnx", "model.onnx.data"):
+        a, b = tmp_path / "shared" / name, tmp_path / "separate" / name
+        assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes())
