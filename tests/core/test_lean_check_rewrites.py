@@ -11,7 +11,7 @@ import pytest
 from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.staged import run_staged
 from sparsec.ir.file_tensor import SpillStore, raw_bytes
-from sparsec.nm_pattern import nm_violations
+from sparsec.nm_pattern import nm_mask, nm_violations
 from sparsec.numerics import evaluate, sample_inputs
 from sparsec.testing import make_model, seeded
 
@@ -162,3 +162,26 @@ def test_lean_compile_with_the_shared_dense_run_equals_one_without(tmp_path, mon
     for name in ("model.onnx", "model.onnx.data"):
         a, b = tmp_path / "shared" / name, tmp_path / "separate" / name
         assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes())
+
+
+def _argsort_mask(scores: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    g = np.moveaxis(scores, axis, -1)
+    g = g.reshape(*g.shape[:-1], g.shape[-1] // m, m)
+    order = np.argsort(-g, axis=-1, kind="stable")
+    keep = np.zeros(g.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return np.moveaxis(keep.reshape(np.moveaxis(scores, axis, -1).shape), -1, axis)
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (3, 8), (2, 8)])
+@pytest.mark.parametrize("shape,axis", [((24, 32), 1), ((32, 24), 0), ((3, 16, 8), 1), ((4, 6, 16), -1)])
+def test_nm_mask_of_a_transposed_array_matches_stable_argsort(n: int, m: int, shape: tuple[int, ...], axis: int) -> None:
+    """Scores in Fortran order (a MatMul weight seen as [N, K]) are ranked in memory order;
+    the mask is the stable argsort's, in C order as for any other input."""
+    rng = np.random.default_rng(n + m)
+    for scores in (np.abs(rng.standard_normal(shape)), np.abs(np.round(rng.standard_normal(shape))), np.zeros(shape)):
+        f = np.asfortranarray(scores.astype(np.float32))
+        assert f.flags.f_contiguous and not f.flags.c_contiguous
+        got = nm_mask(f, n, m, axis)
+        assert got.flags.c_contiguous and got.dtype == bool
+        np.testing.assert_array_equal(got, _argsort_mask(f, n, m, axis))
