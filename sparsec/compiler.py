@@ -8,6 +8,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artif
 from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
 from sparsec.calib.data import CalibrationData, model_batch_size
+from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.metrics import Fidelity, compare
 from sparsec.calib.runner import output_rows, run_callable
+from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
@@ -44,7 +47,7 @@ from sparsec.never_slower import (
     lowering_summary,
     with_dense_layers,
 )
-from sparsec.numerics import sample_inputs
+from sparsec.numerics import NUMERICS_THREADS, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
 from sparsec.plots import quality_plots
@@ -160,9 +163,10 @@ def _compile(
     dense_costs = estimate_costs(model, target=options.target, dims=options.dims)
 
     calibration, held = _hold_out(options, model)
-    build = _build(model, pipeline, legalize, options, backend, target, calibration)
     stage_bytes = lean_stage_bytes(budget, dense_weight_bytes)
     staged = backend.name == "ort" and stage_bytes is not None and (streaming or not options.bench)
+    shared = _shared_dense_run(dense_model, options, stage_bytes) if staged and held is None else None
+    build = _build(model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared)
 
     latency: dict[str, Any] = {"measured": False}
     fallback: dict[str, Any] = {}
@@ -188,7 +192,7 @@ def _compile(
     sparse_costs = build.sparse_costs
 
     if staged:  # each model run stage by stage: neither is ever whole in memory
-        run_dense = _staged_runner(dense_model, stage_bytes, options.threads)
+        run_dense = shared.fidelity if shared is not None else _staged_runner(dense_model, stage_bytes, options.threads)
         run_compiled = _staged_runner(model, stage_bytes, options.threads)
     elif options.bench:  # both sessions were built for the latency run anyway
         dense_session = session_from_ir(dense_model, options.threads)
@@ -197,7 +201,13 @@ def _compile(
     else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
         run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
         run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
-    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+    # The per-layer bytes plot (matplotlib: ~1.5 s of import and text layout, only it uses
+    # matplotlib meanwhile) is drawn while the fidelity check runs ONNX Runtime, which releases
+    # the GIL; same inputs, same picture.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsec-plot") as pool:
+        plot_job = pool.submit(sparsity_plot, ctx.decisions, dense_costs, sparse_costs)
+        fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held)
+        plot = plot_job.result()
     if staged:
         fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
@@ -235,7 +245,6 @@ def _compile(
     files.update(compiled.files)
     manifest["files"].extend(p.name for p in written if p.name != "model.onnx")
     manifest["files"].extend(compiled.files)
-    plot = sparsity_plot(ctx.decisions, dense_costs, sparse_costs)
     if plot is not None:
         files["sparsity.png"] = plot
         manifest["files"].append("sparsity.png")
@@ -287,9 +296,10 @@ class _Build:
 
 def _build(
     model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
-    calibration: CalibrationData | None, tuner: Any = None,
+    calibration: CalibrationData | None, tuner: Any = None, evaluate_input: SharedDenseRun | None = None,
 ) -> _Build:
     ctx = PassContext(
+        evaluate_input=evaluate_input,
         target=options.target,
         dims=dict(options.dims),
         seed=options.seed,
@@ -390,6 +400,18 @@ def _one_at_a_time(make: Callable[[], Callable[[dict[str, Any]], list[Any]]]) ->
         return run_callable(make(), batches)
 
     return run
+
+
+def _shared_dense_run(dense_model: ir.Model, options: CompileOptions, stage_bytes: int | None) -> SharedDenseRun | None:
+    """The dense staged run shared by the pass manager's reference and the fidelity check, where
+    both would run the same stages with the same settings: standard ONNX input (the pass
+    manager's reference lowering leaves it as it is) and the thread count it runs with."""
+    if stage_bytes is None or options.threads != NUMERICS_THREADS or options.fidelity_samples < 1:
+        return None
+    if DOMAIN in dense_model.opset_imports or any(node.domain == DOMAIN for node in dense_model.graph):
+        return None
+    samples = [sample_inputs(dense_model, dims=options.dims, seed=options.seed + 1 + i) for i in range(options.fidelity_samples)]
+    return SharedDenseRun(dense_model, stage_bytes, options.threads, samples)
 
 
 def _staged_runner(model: ir.Model, stage_bytes: int, threads: int) -> Batches:

@@ -68,6 +68,10 @@ def nm_mask(scores: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     if s.shape[ax] % m:
         raise ValueError(f"axis {axis} of size {s.shape[ax]} is not a multiple of {m}")
     if m <= _RANK_MAX_M and not (s.dtype.kind == "f" and np.isnan(s).any()):
+        if s.ndim > 1 and s.flags.f_contiguous and not s.flags.c_contiguous:
+            # A transposed weight (MatMul [K, N] pruned as [N, K]): ranked in its memory order
+            # (19 -> 8 ms for 768x3072), the mask handed back in C order as before.
+            return np.ascontiguousarray(_rank_mask(s.T, n, m, s.ndim - 1 - ax).T)
         return _rank_mask(s, n, m, ax)
     g = _grouped(s, m, axis)
     # argsort of -score is stable: among equal scores the earlier position wins.
@@ -102,5 +106,14 @@ def _rank_mask(s: np.ndarray, n: int, m: int, ax: int) -> np.ndarray:
 
 def nm_violations(w: np.ndarray, n: int, m: int, axis: int) -> int:
     """Number of M-groups along `axis` holding more than N nonzeros."""
-    g = _grouped(np.asarray(w), m, axis)
-    return int(np.count_nonzero(np.count_nonzero(g, axis=-1) > n))
+    a = np.asarray(w)
+    ax = axis % a.ndim
+    if a.shape[ax] % m:
+        raise ValueError(f"axis {axis} of size {a.shape[ax]} is not a multiple of {m}")
+    # Groups taken in place ([..., K/M, M, ...], a view): counting along a moved axis made a
+    # strided pass per group (0.7 s of verification for BERT-base's 72 layers, three times).
+    g = a.reshape(a.shape[:ax] + (a.shape[ax] // m, m) + a.shape[ax + 1 :])
+    count = np.zeros(g.shape[: ax + 1] + g.shape[ax + 2 :], dtype=np.uint8)  # m <= MAX_M < 256
+    for i in range(m):
+        count += g[(slice(None),) * (ax + 1) + (i,)] != 0
+    return int(np.count_nonzero(count > n))

@@ -20,6 +20,7 @@ from sparsec.ir.session_model import SessionModel, session_model
 
 DEFAULT_DIM = 1  # value for a symbolic batch dim
 DEFAULT_SEQ = 16  # value for other symbolic dims (sequence lengths)
+NUMERICS_THREADS = 2  # ONNX Runtime threads of `evaluate` (the pass manager's checks)
 # Sample inputs beyond 1 GiB of float32 would exhaust memory before any error is seen.
 MAX_SAMPLE_ELEMENTS = 1 << 28
 
@@ -93,7 +94,7 @@ def make_session(model: bytes | SessionModel, threads: int = 2) -> ort.Inference
     return runtime_session(model, threads)
 
 
-def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
+def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = NUMERICS_THREADS) -> list[np.ndarray]:
     """Outputs of `model` (reference-lowered) on `feeds`; stage by stage when its weights
     exceed the memory budget (`sparsec.memory`), else in one session sharing its weights."""
     from sparsec.calib.staged import StagedModel

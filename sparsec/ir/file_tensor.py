@@ -68,6 +68,13 @@ class FileTensor(ir.ExternalTensor):
         self._array = None
 
 
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """The C-order bytes of `array` (what `tobytes(order="C")` returns) as a view of its buffer:
+    no copy of a contiguous array (a weight written to a file is not duplicated first)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return memoryview(flat.view(np.uint8)) if flat.dtype != object else memoryview(flat.tobytes())
+
+
 def as_file_tensor(tensor: ir.ExternalTensor) -> FileTensor:
     return FileTensor(
         tensor.location, offset=tensor.offset, length=tensor.length, dtype=tensor.dtype,
@@ -122,7 +129,7 @@ class SpillStore:
         if array.nbytes < self.threshold or array.dtype == object:
             return ir.tensor(array, name=name)
         offset = self._file.tell()
-        self._file.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+        self._file.write(raw_bytes(array.astype(array.dtype.newbyteorder("<"), copy=False)))
         self._file.flush()
         self.bytes += array.nbytes
         tensor = FileTensor(
@@ -190,4 +197,4 @@ def store_tensor(array: np.ndarray, name: str | None = None) -> ir.TensorProtoco
     return ir.tensor(array, name=name)
 
 
-__all__ = ["FileTensor", "SpillStore", "adopt_external", "as_file_tensor", "spilling", "spilling_active", "store_tensor", "weight_bytes"]
+__all__ = ["FileTensor", "SpillStore", "adopt_external", "raw_bytes", "as_file_tensor", "spilling", "spilling_active", "store_tensor", "weight_bytes"]

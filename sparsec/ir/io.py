@@ -13,7 +13,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from sparsec.errors import InputError, UnsupportedError
-from sparsec.ir.file_tensor import adopt_external
+from sparsec.ir.file_tensor import adopt_external, raw_bytes
 
 # Opsets of the default domain that the passes and ONNX Runtime backend understand.
 MIN_OPSET = 11
@@ -115,7 +115,7 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, external: bool | No
                     continue
                 offset = f.tell()
                 array = tensor.numpy()
-                f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+                f.write(raw_bytes(array.astype(array.dtype.newbyteorder("<"), copy=False)))
                 del array
                 swapped.append((value, tensor))
                 value.const_value = ir.ExternalTensor(

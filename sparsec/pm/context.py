@@ -34,6 +34,9 @@ class PassContext:
     tuner: Any = None  # sparsec.tune.Tuner, created on first use
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight -> its tuner choice (manifest)
     dense_model: Any = None  # the model the pipeline started from (the teacher of `recover`); set by PassManager.run
+    # feeds -> the input model's outputs, in place of numerics.evaluate for the pass manager's
+    # reference run (the compile shares that run with its fidelity check: sparsec.calib.dense_share)
+    evaluate_input: Any = None
     repro_dir: Path | None = None
     executor: Executor = field(default_factory=LocalExecutor)  # where parallel work (sensitivity trials) runs
     analyses: AnalysisManager = field(default_factory=AnalysisManager)

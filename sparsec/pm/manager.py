@@ -84,7 +84,8 @@ class PassManager:
             ctx.dense_model = model.clone()  # after the check: a broken graph cannot be cloned
         try:
             feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed) if self.verify_numerics else None
-            before = evaluate(model, feeds) if feeds is not None and len(self.pipeline) else None
+            run_input = ctx.evaluate_input or (lambda f: evaluate(model, f))
+            before = run_input(feeds) if feeds is not None and len(self.pipeline) else None
         except SparsecError:
             raise
         except Exception as e:  # ONNX Runtime refuses the input itself (types the checker lets by)
