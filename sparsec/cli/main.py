@@ -222,3 +222,7 @@ def _silence_stdout() -> None:
         os.dup2(fd, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
         pass
+
+
+if __name__ == "__main__":  # `python -m sparsec.cli.main ...` as well as `python -m sparsec.cli ...`
+    raise SystemExit(main())
