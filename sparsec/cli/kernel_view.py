@@ -1,5 +1,7 @@
 """`inspect`'s view of an artifact: kernel ops raised back to the layers they implement.
 
+(`sparsec finetune` raises them too, to train the weights: `MoEFFN` becomes `com.sparsec.MoE`.)
+
 A compiled model runs `com.sparsec.kernels.NMSparseMatMul(X, values, meta[, bias])` and
 `BlockSparseMatMul(X, tile_ptr, kidx, values[, bias])` on packed weights, which the cost
 model does not know. Each is rewritten here into `MatMul(X, com.sparsec.NMSparse|Sparse(W))`
@@ -35,6 +37,10 @@ def raise_kernel_ops(model: ir.Model) -> int:
             from sparsec.backends.ort.lower_attention import raise_attention_kernel
 
             raise_attention_kernel(model, node)
+            count += 1
+            continue
+        if node.op_type == "MoEFFN":  # back to com.sparsec.MoE: same inputs, codes -> names
+            _raise_moe(node)
             count += 1
             continue
         attrs = node.attributes
@@ -85,6 +91,17 @@ def raise_kernel_ops(model: ir.Model) -> int:
         if not any(n.domain == KERNEL_DOMAIN for n in graph):
             model.opset_imports.pop(KERNEL_DOMAIN, None)
     return count
+
+
+def _raise_moe(node: ir.Node) -> None:
+    from sparsec.dialect.moe import MOE_ACTIVATIONS, MOE_GATINGS
+
+    attrs = node.attributes
+    moe = ir.Node(DOMAIN, "MoE", list(node.inputs), name=node.name.removesuffix("/kernel") or None, attributes=[
+        ir.AttrInt64("top_k", attrs["top_k"].as_int()),
+        ir.AttrString("activation", MOE_ACTIVATIONS[attrs["activation"].as_int()]),
+        ir.AttrString("gating", MOE_GATINGS[attrs["gating"].as_int()])])
+    ir.convenience.replace_nodes_and_values(node.graph, node, [node], [moe], [node.outputs[0]], [moe.outputs[0]])
 
 
 def _constant(value: ir.Value | None, node: ir.Node) -> np.ndarray:
