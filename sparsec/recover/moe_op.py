@@ -9,7 +9,8 @@ router gets none from the task loss. For that case the op also returns, as two e
 outputs, the router logits and each expert's activation mass (the target the `learned`
 router was fitted to, passes/moe/router.py: sum over its neurons of |activation| times the
 norm of the neuron's output weights), so fine-tuning can distil the router towards the
-experts as they are being trained (`FinetuneOptions.router_weight`).
+experts as they are being trained (`FinetuneOptions.router_weight`). The extra logits are
+computed from the detached input: the distillation moves the router, not its input.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def moe(attrs: dict[str, Any], x: list[Tensor | None]) -> list[Tensor]:
     y = (a * mask) @ w2.reshape(e * f, -1) + b2
     with torch.no_grad():
         mass = (a.abs() * w2.norm(dim=2).reshape(-1)).reshape(*a.shape[:-1], e, f).sum(-1)
-    return [y, logits, mass]
+    # Distillation trains the router only, not the layers that produce its input.
+    return [y, inp.detach() @ rw + rb, mass]
 
 
 __all__ = ["EXTRA_OUTPUTS", "EXPERT_MASS", "ROUTER_LOGITS", "moe"]

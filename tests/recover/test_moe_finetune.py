@@ -126,3 +126,14 @@ def test_sparsec_finetune_on_a_moe_artifact(tmp_path, data) -> None:  # noqa: AN
     trained = [name for name, v in after.graph.initializers.items()
                if not np.array_equal(v.const_value.numpy(), before.graph.initializers[name].const_value.numpy())]
     assert any(name in trained for n in kernels for name in (n.inputs[1].name, n.inputs[3].name))
+
+
+def test_recover_pass_after_moefy_ffn(data) -> None:  # noqa: ANN001
+    calib, _, _ = data
+    model = ffn_stack()
+    ctx = PassContext(calibration=calib)
+    text = "moefy-ffn{experts=8 top_k=2 method=coactivation router=learned},recover{steps=40 lr=0.003 eval_every=10 router_weight=1}"
+    records = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)
+    stats = records[-1].stats
+    assert stats["cosine_after"] > stats["cosine_before"] and stats["best_step"] > 0
+    assert [n.attributes["top_k"].as_int() for n in _moe_nodes(model)] == [2, 2] and verify_model(model) == []
