@@ -127,12 +127,14 @@ def recover_row(model, task, dense, validation, options) -> dict:  # noqa: ANN00
 
     from sparsec.eval.quality import _embedding_metrics, _run_all
     from sparsec.recover.finetune import finetune
+    from sparsec.verify import verify_model
 
     wall, cpu = time.perf_counter(), time.process_time()
     result = finetune(model, task.model, task.calib, options, validation=validation)
     moe = [n for n in model.graph if n.op_type == "MoE"]
     return {"finetuned": _embedding_metrics(dense, _run_all(model, task.eval_feeds)),
             "layer_top_k_after": [n.attributes["top_k"].as_int() for n in moe],
+            "verify_problems": [str(p) for p in verify_model(model)],
             "finetune_wall_s": round(time.perf_counter() - wall, 1), "finetune_cpu_s": round(time.process_time() - cpu, 1),
             "finetune": {k: v for k, v in result.to_dict().items() if k != "losses"},
             "loss_first_last": [result.losses[0][1], result.losses[-1][1]] if result.losses else None}
