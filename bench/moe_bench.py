@@ -15,6 +15,16 @@ output is checked against its reference lowering (masked dense ONNX) on the same
 cosine vs dense on held-out sentences at 12.5, 25, 50 and 75% of experts active, for the
 data-free (weights + centroid) and the calibrated (co-activation + learned router, weights +
 learned router) variants; calibration sentences are disjoint from the held-out ones.
+
+`--minilm --recover`: after each one-shot MoE-fication, distillation fine-tuning of the
+routers and experts with the dense model as teacher (sparsec.recover, routing structure kept),
+recovery_bench's split discipline: the `--calib` sentences (<= 1000) for MoE-fication and
+training, `--val` disjoint sentences for early stopping only, the `--eval` held-out sentences
+(the ones `minilm_task` holds out) for the numbers; one torch thread by default (shared
+machine), `--max-seconds` per fine-tune.
+
+    .venv/bin/python bench/moe_bench.py --minilm --calib 1000 --eval 500 --variants coactivation:learned \
+        --active 0.5 --k per-layer --recover --max-seconds 900 --lr 1e-4 --augment --router-weight 1
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -99,13 +110,44 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
 VARIANTS = (("weights", "centroid"), ("coactivation", "learned"), ("weights", "learned"))
 
 
+def validation_set(n_calib: int, n_eval: int, n_val: int):  # noqa: ANN201  (CalibrationData)
+    """`n_val` sentences disjoint from the calibration and the held-out ones (recovery_bench's split)."""
+    from sparsec.calib.data import CalibrationData
+    from sparsec.models_zoo import minilm
+    from sparsec.models_zoo.sentences import sentence_split
+
+    _, rest = sentence_split(n_calib, n_eval + n_val)
+    return CalibrationData(minilm.tokenize(rest[n_eval:]), batch_size=32, source="pydoc validation sentences",
+                           row_mask="attention_mask")
+
+
+def recover_row(model, task, dense, validation, options) -> dict:  # noqa: ANN001
+    """Fine-tune the MoE-fied `model` in place against the dense one; metrics on the held-out set."""
+    import time
+
+    from sparsec.eval.quality import _embedding_metrics, _run_all
+    from sparsec.recover.finetune import finetune
+    from sparsec.verify import verify_model
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = finetune(model, task.model, task.calib, options, validation=validation)
+    moe = [n for n in model.graph if n.op_type == "MoE"]
+    return {"finetuned": _embedding_metrics(dense, _run_all(model, task.eval_feeds)),
+            "layer_top_k_after": [n.attributes["top_k"].as_int() for n in moe],
+            "verify_problems": [str(p) for p in verify_model(model)],
+            "finetune_wall_s": round(time.perf_counter() - wall, 1), "finetune_cpu_s": round(time.process_time() - cpu, 1),
+            "finetune": {k: v for k, v in result.to_dict().items() if k != "losses"},
+            "loss_first_last": [result.losses[0][1], result.losses[-1][1]] if result.losses else None}
+
+
 def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0.25, 0.5, 0.75),  # noqa: ANN001
-                 k_choices=("uniform",)) -> dict:
+                 k_choices=("uniform",), recover=None, n_val: int = 128) -> dict:  # noqa: ANN001
     from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
     from sparsec.pm import PassContext, PassManager, parse_pipeline
 
     task = minilm_task(n_calib=n_calib, n_eval=n_eval)
     dense = _run_all(task.model, task.eval_feeds)
+    validation = validation_set(n_calib, n_eval, n_val) if recover is not None else None
     rows = []
     for method, router in variants:
         for active in actives:
@@ -124,8 +166,14 @@ def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0
                              "ffns": record.stats["ffns_converted"], **_embedding_metrics(dense, got),
                              "mean_layer_cosine": round(float(np.mean([d["cosine"] for d in moe])), 6)})
                 print(json.dumps(rows[-1]), flush=True)
-    return {"benchmark": "moe_minilm_curve", "calib_sentences": n_calib, "eval_sentences": n_eval,
-            "experts": 16, "machine": machine_info(), "rows": rows}
+                if recover is not None:
+                    rows[-1] |= recover_row(model, task, dense, validation, recover)
+                    print(json.dumps(rows[-1]), flush=True)
+    out = {"benchmark": "moe_minilm_curve", "calib_sentences": n_calib, "eval_sentences": n_eval,
+           "experts": 16, "machine": machine_info(), "rows": rows}
+    if recover is not None:
+        out |= {"validation_sentences": n_val, "recover_options": {k: v for k, v in vars(recover).items() if k != "progress"}}
+    return out
 
 
 def main() -> None:
@@ -139,11 +187,34 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(f"{m}:{r}" for m, r in VARIANTS), help="--minilm: method:router,...")
     ap.add_argument("--active", default="0.125,0.25,0.5,0.75", help="--minilm: active fractions")
     ap.add_argument("--k", default="uniform", help="--minilm: uniform and/or per-layer (calibrated top_k per FFN)")
+    ap.add_argument("--recover", action="store_true", help="--minilm: fine-tune each MoE-fied model (distillation)")
+    ap.add_argument("--val", type=int, default=128, help="--recover: validation sentences (early stopping only)")
+    ap.add_argument("--steps", type=int, default=100000, help="--recover: optimizer steps at most")
+    ap.add_argument("--lr", type=float, default=1e-4, help="--recover: peak learning rate")
+    ap.add_argument("--batch", type=int, default=16, help="--recover: sentences per step")
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="--recover: wall-clock limit per fine-tune")
+    ap.add_argument("--eval-every", type=int, default=50, help="--recover: steps between validation checks")
+    ap.add_argument("--patience", type=int, default=6, help="--recover: validation checks without improvement before stopping")
+    ap.add_argument("--augment", action="store_true", help="--recover: also train on augmented sentences")
+    ap.add_argument("--router-weight", type=float, default=1.0, help="--recover: router distillation weight (0: experts only)")
+    ap.add_argument("--torch-threads", type=int, default=1, help="--recover: torch threads")
+    ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args()
     if args.minilm:
+        import logging
+
+        from sparsec.recover.finetune import FinetuneOptions
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+
         variants = [tuple(v.split(":")) for v in args.variants.split(",")]
         actives = [float(a) for a in args.active.split(",")]
-        emit_json(minilm_curve(args.calib, args.eval, variants, actives, args.k.split(",")))
+        recover = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
+                                  eval_every=args.eval_every, patience=args.patience, threads=args.torch_threads,
+                                  progress=False, augment=args.augment, router_weight=args.router_weight) if args.recover else None
+        result = minilm_curve(args.calib, args.eval, variants, actives, args.k.split(","), recover, args.val)
+        result["command"] = "python bench/moe_bench.py " + " ".join(sys.argv[1:])
+        emit_json(result, args.out)
         return
     cases = []
     for tokens in (int(t) for t in args.tokens.split(",")):

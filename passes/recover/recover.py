@@ -35,12 +35,13 @@ class Recover(Pass):
     eval_every: int = option(25, "steps between held-out evaluations (early stopping)")
     patience: int = option(4, "stop after this many evaluations without improvement")
     augment: bool = option(False, "also train on perturbed copies of the samples (token replacement, mixup)")
+    router_weight: float = option(0.0, "MoE routers: weight of distilling the logits towards the experts' activation mass")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise PipelineError("pass 'recover': steps, batch_size, eval_every and patience must be >= 1")
-        if not self.lr > 0 or self.feature_weight < 0 or self.max_seconds < 0:
-            raise PipelineError("pass 'recover': lr > 0, feature_weight >= 0 and max_seconds >= 0 are required")
+        if not self.lr > 0 or min(self.feature_weight, self.max_seconds, self.router_weight) < 0:
+            raise PipelineError("pass 'recover': lr > 0, feature_weight, max_seconds and router_weight >= 0 are required")
 
     def options_for_finetune(self, threads: int = 2):  # noqa: ANN201  (FinetuneOptions)
         from sparsec.recover.finetune import FinetuneOptions
@@ -48,7 +49,7 @@ class Recover(Pass):
         return FinetuneOptions(
             steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
             max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
-            augment=self.augment,
+            augment=self.augment, router_weight=self.router_weight,
         )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:

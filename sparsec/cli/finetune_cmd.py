@@ -39,6 +39,8 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     p.add_argument("--augment", action="store_true",
                    help="also train on perturbed copies of the samples (token replacement, mixup)")
+    p.add_argument("--router-weight", type=float, default=0.0,
+                   help="MoE routers: weight of distilling their logits towards the experts' activation mass (default 0)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -90,7 +92,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsec.targets import get_target
 
     options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                              threads=args.threads, augment=args.augment)
+                              threads=args.threads, augment=args.augment,
+                              router_weight=args.router_weight)
     if args.threads < 1:
         raise OptionError(f"--threads={args.threads}: expected a positive count")
     manifest, files = _read_artifact(args.artifact)

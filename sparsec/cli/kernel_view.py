@@ -1,5 +1,7 @@
 """`inspect`'s view of an artifact: kernel ops raised back to the layers they implement.
 
+(`sparsec finetune` raises them too, to train the weights: `MoEFFN` becomes `com.sparsec.MoE`.)
+
 A compiled model runs `com.sparsec.kernels.NMSparseMatMul(X, values, meta[, bias])` and
 `BlockSparseMatMul(X, tile_ptr, kidx, values[, bias])` on packed weights, which the cost
 model does not know. Each is rewritten here into `MatMul(X, com.sparsec.NMSparse|Sparse(W))`

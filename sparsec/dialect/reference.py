@@ -6,7 +6,7 @@ lowering. Each op's rule rewrites it to plain ONNX with identical outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import onnx_ir as ir
 
@@ -27,16 +27,17 @@ REFERENCE_RULES: dict[str, Callable[[ir.Node], None]] = {
 }
 
 
-def lower_to_reference(model: ir.Model) -> int:
-    """Rewrite every `com.sparsec` op of `model` (in place) to standard ONNX; returns the count."""
+def lower_to_reference(model: ir.Model, keep: Collection[str] = ()) -> int:
+    """Rewrite every `com.sparsec` op of `model` (in place) to standard ONNX, except the op
+    types in `keep` (a consumer that runs them itself); returns the count."""
     count = 0
     for node in list(model.graph):
-        if node.domain == DOMAIN:
+        if node.domain == DOMAIN and node.op_type not in keep:
             rule = REFERENCE_RULES.get(node.op_type)
             if rule is None:
                 raise NotImplementedError(f"no reference lowering for {DOMAIN}.{node.op_type}")
             rule(node)
             count += 1
-    if count or DOMAIN in model.opset_imports:
+    if not any(n.domain == DOMAIN for n in model.graph):
         model.opset_imports.pop(DOMAIN, None)
     return count

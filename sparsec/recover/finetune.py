@@ -17,6 +17,11 @@ the compression nor the training saw: a held-out part of the calibration data, t
 fallback, was usually fitted by the compression (SparseGPT, crop reconstruction), so it
 rates the starting weights too well and stops training that helps on new data.
 
+MoE-fied FFNs (`com.sparsec.MoE`) train their router and experts; with `router_weight` > 0
+each router is also distilled towards its experts' activation mass (normalised MSE of the
+logits, the objective the `learned` router was fitted with), because with `gating=none`
+the top-k choice passes no gradient to the router.
+
 The learning rate warms up linearly, then decays by a cosine to 10% over the run's length,
 measured in steps, `max_seconds` or `max_cpu_seconds`, whichever runs out first (a
 time-limited run still ends at a low rate).
@@ -71,12 +76,14 @@ class FinetuneOptions:
     progress: bool = True
     # Train on augmented copies of the samples too (augment.py); the teacher then runs every step.
     augment: bool = False
+    # Weight of the router distillation term (MoE routers: logits towards the experts' mass).
+    router_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise OptionError(f"fine-tuning: steps must be >= 1, got {self.steps}")
-        if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1 or min(self.max_seconds, self.max_cpu_seconds) < 0:
-            raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits >= 0 are required")
+        if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1 or min(self.max_seconds, self.max_cpu_seconds, self.router_weight) < 0:
+            raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits and router_weight >= 0 are required")
         if not 0 < self.held_out < 1:
             raise OptionError(f"fine-tuning: held_out must lie in (0, 1), got {self.held_out}")
 
@@ -241,6 +248,8 @@ def _finetune(
     student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     points = feature_points(student_ir, teacher_ir)
     params = [p for p in student.params.values()]
+    routers = student.router_points if o.router_weight > 0 else []
+    router_names = [n for pair in routers for n in pair]
     log.info("fine-tuning %d parameters (%d tensors), %d feature points, %d steps of %d samples",
              sum(p.numel() for p in params), len(params), len(points), o.steps, micro * accumulate)
 
@@ -305,7 +314,7 @@ def _finetune(
             if augmenter is not None:
                 b = augmenter(b)
             mask = _row_mask(train, b)
-            s_out, s_feat = student.run(b, points)
+            s_out, s_feat = student.run(b, points + router_names)
             s_out, s_feat = [_rows(s, mask) for s in s_out], {p: _rows(v, mask) for p, v in s_feat.items()}
             if cached is not None:
                 t_out, t_feat = cached.get(take)
@@ -318,6 +327,9 @@ def _finetune(
             if matched and o.feature_weight > 0:
                 feat = sum(_nmse(s_feat[p], t_feat[p]) for p in matched) / len(matched)
                 loss = loss + o.feature_weight * feat
+            if routers:
+                loss = loss + o.router_weight * sum(
+                    _nmse(s_feat[lg], s_feat[ms]) for lg, ms in routers) / len(routers)
             (loss / accumulate).backward()
             total += float(loss.detach()) / accumulate
         optimizer.step()

@@ -9,6 +9,11 @@ models captured from PyTorch that is the `state_dict` key).
 Sparsity is kept exactly: every weight behind a `com.sparsec` marker (`NMSparse`, `Sparse`),
 and every layer weight with exact zeros (N:M lowered to a dense op), gets a mask of its nonzeros, and the forward pass uses `weight * mask`, so a pruned entry
 has no gradient and stays zero, and every N:M group keeps its pattern.
+
+`com.sparsec.MoE` is not lowered but run by its own torch rule (`moe_op.py`), so the router
+and the stacked expert weights are parameters under their own names and the written-back
+graph keeps its routing (top_k, expert count); each MoE node also yields its router logits
+and expert mass under `router_points` for router distillation.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from sparsec.dialect import DOMAIN
 from sparsec.dialect.reference import lower_to_reference
 from sparsec.errors import UnsupportedError
 from sparsec.ir.io import inline_copy
-from sparsec.recover.ops import DTYPES, OPS, attribute_value, split
+from sparsec.recover.moe_op import EXTRA_OUTPUTS, moe
+from sparsec.recover.ops import DTYPES, OPS, OpFn, attribute_value, split
 
 MARKERS = ("NMSparse", "Sparse")
+# com.sparsec ops with a trainable torch rule (not lowered to reference ONNX): every input but
+# the first (the activations) is a parameter.
+NATIVE: dict[str, OpFn] = {"MoE": moe}
 # (op, input index) through which a float initializer is a trainable parameter: weights and
 # biases of layers, norm scales and shifts. Not embedding tables (Gather), running statistics,
 # shape constants or attention-mask constants.
@@ -39,6 +48,7 @@ _TRAINABLE_USES = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Add", "Sub", "Mul
 @dataclass(frozen=True)
 class _Step:
     op_type: str
+    domain: str
     name: str
     attrs: dict[str, Any]
     inputs: tuple[str | None, ...]
@@ -64,6 +74,10 @@ def sparsity_masks(model: ir.Model) -> dict[str, np.ndarray]:
             w = node.inputs[0]
             if w.is_initializer() and w.const_value is not None:
                 masks[w.name] = w.const_value.numpy() != 0
+        elif node.domain == DOMAIN and node.op_type == "MoE":  # expert weights pruned before MoE-fication
+            for w in (node.inputs[i] for i in (3, 5, 7) if i < len(node.inputs)):
+                if w is not None and w.const_value is not None and not (array := w.const_value.numpy()).all():
+                    masks[w.name] = array != 0
     return masks
 
 
@@ -80,7 +94,7 @@ def trainable_names(model: ir.Model) -> list[str]:
         ok = True
         for use in uses:
             node, index = use.node, use.idx
-            if node.domain == DOMAIN and node.op_type in MARKERS:
+            if node.domain == DOMAIN and (node.op_type in MARKERS or (node.op_type in NATIVE and index >= 1)):
                 continue
             if node.domain not in ("", "ai.onnx"):
                 ok = False
@@ -101,9 +115,9 @@ class TorchGraph(nn.Module):
         self.masks_np = sparsity_masks(model)
         names = list(trainable) if trainable is not None else trainable_names(model)
         copy = inline_copy(model)
-        lower_to_reference(copy)
+        lower_to_reference(copy, keep=NATIVE)
         graph = copy.graph
-        unknown = sorted({n.op_type for n in graph if n.domain not in ("", "ai.onnx") or (n.op_type not in OPS and n.op_type not in ("Constant", "Split"))})
+        unknown = sorted({n.op_type for n in graph if not _has_rule(n)})
         if unknown:
             raise UnsupportedError(f"training on this graph: no torch rule for op(s) {', '.join(unknown)}")
         self.input_names = [v.name for v in graph.inputs if not v.is_initializer()]
@@ -122,6 +136,8 @@ class TorchGraph(nn.Module):
             if name not in self.param_key and v.const_value is not None
         }
         self.steps = self._plan(graph)
+        # (router logits, expert mass) value names of every MoE node, for router distillation.
+        self.router_points = [(s.outputs[1], s.outputs[2]) for s in self.steps if s.domain == DOMAIN and s.op_type == "MoE"]
 
     def _plan(self, graph: ir.Graph) -> list[_Step]:
         nodes = list(graph)
@@ -136,7 +152,10 @@ class TorchGraph(nn.Module):
             attrs = {k: attribute_value(a) for k, a in node.attributes.items()}
             inputs = tuple(v.name if v is not None else None for v in node.inputs)
             free = tuple(n for n in dict.fromkeys(x for x in inputs if x is not None) if last.get(n) == i and n not in keep)
-            steps.append(_Step(node.op_type, node.name or node.op_type, attrs, inputs, tuple(v.name for v in node.outputs), free))
+            outputs = tuple(v.name for v in node.outputs)
+            if node.domain == DOMAIN:  # the native rule's extra outputs, named after its first
+                outputs += tuple(outputs[0] + suffix for suffix in EXTRA_OUTPUTS)
+            steps.append(_Step(node.op_type, node.domain, node.name or node.op_type, attrs, inputs, outputs, free))
         return steps
 
     # -- parameters by initializer name ---------------------------------------------------
@@ -188,8 +207,9 @@ class TorchGraph(nn.Module):
             elif step.op_type == "Split":
                 out = split(step.attrs, args, len(step.outputs))
             else:
+                fn = NATIVE[step.op_type] if step.domain == DOMAIN else OPS[step.op_type]
                 try:
-                    out = OPS[step.op_type](step.attrs, args)
+                    out = fn(step.attrs, args)
                 except (RuntimeError, IndexError, ValueError, TypeError) as e:
                     raise UnsupportedError(f"training: node '{step.name}' ({step.op_type}) failed in torch: {str(e).splitlines()[0]}") from None
             for name, value in zip(step.outputs, out, strict=False):
@@ -200,6 +220,12 @@ class TorchGraph(nn.Module):
             for name in step.free:
                 env.pop(name, None)
         return [env[n] for n in self.output_names], captured
+
+
+def _has_rule(node: ir.Node) -> bool:
+    if node.domain == DOMAIN:
+        return node.op_type in NATIVE
+    return node.domain in ("", "ai.onnx") and (node.op_type in OPS or node.op_type in ("Constant", "Split"))
 
 
 def _constant_value(key: str, value: Any) -> torch.Tensor:
