@@ -89,7 +89,8 @@ class Tuner:
         registered = sorted(variants_for(shape.op))
         entry = self.cache.get(shape.key)
         # A new variant, or a changed timing protocol, means a new measurement.
-        if entry is not None and entry.get("variants") == registered and entry.get("protocol") == PROTOCOL:
+        if (entry is not None and entry.get("variants") == registered and entry.get("protocol") == PROTOCOL
+                and not _busy_and_inconclusive(entry)):
             return Choice.from_dict(shape.key, entry, cached=True)
         choice = self._measure(shape)
         if choice.dense_us is not None:  # nothing measured, nothing to remember
@@ -134,6 +135,24 @@ class Tuner:
         log.info("tuned %s: dense %.1f us, %s %.1f us -> %s", shape.key, dense_us, best, sparse_us, variant)
         return Choice(shape.key, variant, dense_us, sparse_us, best, noise, reason,
                       variants_us={name: round(us, 3) for name, us in per_call.items()})
+
+
+# An entry measured this much busier (1-minute load average) than now, whose answer was "dense"
+# only because the noise swamped a gain, is measured again: a loaded machine's tie cost the
+# GPT-2 step its LM head (1.51x +-72% under load 4.7, cached, reused when quiet).
+STALE_LOAD_DROP = 1.0
+STALE_NOISE = 0.2
+
+
+def _busy_and_inconclusive(entry: dict) -> bool:
+    from sparsec.latency import load_average
+
+    then, now = entry.get("load_average"), load_average()
+    if not then or not now or then[0] - now[0] < STALE_LOAD_DROP:
+        return False
+    dense_us, sparse_us, noise = entry.get("dense_us"), entry.get("sparse_us"), entry.get("noise")
+    return (entry.get("variant") == DENSE and noise is not None and noise > STALE_NOISE
+            and dense_us is not None and sparse_us is not None and sparse_us < dense_us)
 
 
 def _conclusive(result, names: list[str]) -> bool:

@@ -67,6 +67,25 @@ def test_an_entry_timed_under_another_protocol_is_measured_again() -> None:
     assert not tuner.choose(TINY).cached and tuner.measured == 1
 
 
+def test_a_tie_timed_on_a_busier_machine_is_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparsec.latency
+
+    Tuner(threads=2).choose(TINY)
+    cache = TuneCache()
+    busy_tie = {**cache.get(TINY.key), "variant": DENSE, "dense_us": 16.0, "sparse_us": 10.6, "noise": 0.72,
+                "load_average": [4.7, 4.1, 4.3]}
+    cache.put(TINY.key, busy_tie)
+    monkeypatch.setattr(sparsec.latency, "load_average", lambda: [1.2, 2.0, 3.0])
+    tuner = Tuner(threads=2)
+    assert not tuner.choose(TINY).cached and tuner.measured == 1
+    # Not when it is as busy now, nor when the busy answer was clear (low noise, or sparse slower).
+    for entry, now in ((busy_tie, [4.5, 4, 4]), ({**busy_tie, "noise": 0.05}, [1.2, 2, 3]),
+                       ({**busy_tie, "sparse_us": 20.0}, [1.2, 2, 3])):
+        TuneCache().put(TINY.key, entry)
+        monkeypatch.setattr(sparsec.latency, "load_average", lambda now=now: now)
+        assert Tuner(threads=2).choose(TINY).cached
+
+
 def test_a_broken_cache_file_is_measured_again(tmp_path: Path) -> None:
     cache = TuneCache(directory=tmp_path)
     cache.path.write_text("{not json")
