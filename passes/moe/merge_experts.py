@@ -28,12 +28,11 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from sparsec.errors import OptionError
 from sparsec.passes.moe.activations import ACTIVATIONS
 from sparsec.passes.moe.experts import Experts
-from sparsec.passes.moe.moefy_ffn import _row_fidelity
 from sparsec.passes.moe.slim_experts import (
-    _set_input,
     lift_exported,
     moe_nodes,
     moe_rows,
+    replace_experts,
     routing_stats,
 )
 from sparsec.pm.context import PassContext
@@ -155,19 +154,14 @@ class MergeExperts(Pass):
                           w2=np.stack([w[2] for w in merged]).astype(np.float32), b2=ex.b2,
                           w_up=None if ex.w_up is None else np.stack([w[3] for w in merged]).astype(np.float32))
             router = (m.router_w[:, dominants], m.router_b[dominants])
-            top_k = min(m.top_k, len(groups))
-            fid = _row_fidelity(m.forward(x), m.forward(x, new, router, top_k))
-            for index, array in ((1, router[0]), (2, router[1]), (3, new.w1), (4, new.b1), (5, new.w2)):
-                _set_input(model, m.node, index, array)
-            if new.w_up is not None:
-                _set_input(model, m.node, 7, new.w_up)
-            m.node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
+            top_k_before, top_k = m.top_k, min(m.top_k, len(groups))
+            fid = replace_experts(model, m, x, new, router, top_k)
             changed += 1
             note = {} if aligned or not self.align else {
                 "alignment": f"skipped: {ex.w1.shape[2]} neurons per expert > {MAX_ALIGN_NEURONS}"}
             ctx.record(self.name, m.node.name, decision=f"merge {e} -> {len(groups)} experts", experts_before=e,
                        experts_after=len(groups), groups=groups, dominant=dominants, aligned=aligned,
-                       top_k_before=m.top_k, top_k_after=top_k, statistics_inputs=source, rows=int(len(x)),
+                       top_k_before=top_k_before, top_k_after=top_k, statistics_inputs=source, rows=int(len(x)),
                        **stats, **fid, **note)
         if changed:
             RemoveUnusedNodesPass()(model)

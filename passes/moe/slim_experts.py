@@ -169,6 +169,18 @@ def _set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) ->
     node.replace_input_with(index, value)
 
 
+def replace_experts(model: ir.Model, m: MoENode, x: np.ndarray, new: Experts,
+                    router: tuple[np.ndarray, np.ndarray], top_k: int) -> dict[str, float]:
+    """Give node `m` new experts, router and top_k; the block's fidelity on rows x (before the change)."""
+    fid = _row_fidelity(m.forward(x), m.forward(x, new, router, top_k))
+    for index, array in ((1, router[0]), (2, router[1]), (3, new.w1), (4, new.b1), (5, new.w2)):
+        _set_input(model, m.node, index, array)
+    if new.w_up is not None:
+        _set_input(model, m.node, 7, new.w_up)
+    m.node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
+    return fid
+
+
 @register_pass
 @dataclass(frozen=True)
 class LiftMoE(Pass):
@@ -218,17 +230,13 @@ class PruneExperts(Pass):
             new = Experts(w1=ex.w1[kept], b1=ex.b1[kept], w2=ex.w2[kept], b2=ex.b2,
                           w_up=None if ex.w_up is None else ex.w_up[kept])
             router = (m.router_w[:, kept], m.router_b[kept])
-            top_k = min(m.top_k, keep)
-            fid = _row_fidelity(m.forward(x), m.forward(x, new, router, top_k))
-            for index, array in ((1, router[0]), (2, router[1]), (3, new.w1), (4, new.b1), (5, new.w2)):
-                _set_input(model, m.node, index, array)
-            if new.w_up is not None:
-                _set_input(model, m.node, 7, new.w_up)
-            m.node.attributes["top_k"] = ir.AttrInt64("top_k", top_k)
+            top_k_before, top_k = m.top_k, min(m.top_k, keep)
+            fid = replace_experts(model, m, x, new, router, top_k)
             kept_total += keep
             ctx.record(self.name, m.node.name, decision=f"keep {keep}/{e} experts", experts_before=e, experts_after=keep,
                        kept=[int(i) for i in kept], dropped=[i for i in range(e) if i not in set(kept.tolist())],
-                       top_k_before=m.top_k, top_k_after=top_k, statistics_inputs=source, rows=int(len(x)), **stats, **fid)
+                       top_k_before=top_k_before, top_k_after=top_k, statistics_inputs=source, rows=int(len(x)), **stats,
+                       **fid)
         RemoveUnusedNodesPass()(model)
         return PassResult(changed=True, stats={"layers": len(nodes), "experts_kept": kept_total})
 
