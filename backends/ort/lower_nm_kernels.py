@@ -101,6 +101,13 @@ def _trailing_bias_add(out: ir.Value, cols: int) -> tuple[ir.Value | None, ir.No
     return other, add
 
 
+def _replayed(variant: str):  # noqa: ANN202 (a sparsec.tune.Choice)
+    from sparsec.tune.tuner import Choice
+
+    return Choice(key="replayed", variant=variant, dense_us=None, sparse_us=None, sparse_variant=variant,
+                  noise=None, reason="as the artifact was compiled (replayed, not measured again)")
+
+
 def _as_bias_vector(bias: ir.Value | None, cols: int) -> np.ndarray | None:
     """The bias as a float32 [N] vector if it is a constant that broadcasts along rows only."""
     if bias is None or bias.const_value is None:
@@ -169,9 +176,11 @@ class LowerNMKernels(Pass):
         # One choice per layer, measured per distinct shape on this machine (or the fixed thresholds).
         if not ctx.tune:
             ctx.logger.info("lower-nm-kernels: tuning is off, lowering by fixed thresholds")
-        choices: dict[str, object] = {}
+        replayed = {mk.inputs[0].name for mk, *_ in candidates} & ctx.replay.keys()
+        choices: dict[str, object] = {w: _replayed(ctx.replay[w]) for w in replayed}
         for n, m in sorted({(n, m) for _, n, m, _ in candidates}):
-            layers = [trace_weight(f[0]) for _, nn, mm, f in candidates if (nn, mm) == (n, m)]
+            layers = [trace_weight(f[0]) for mk, nn, mm, f in candidates
+                      if (nn, mm) == (n, m) and mk.inputs[0].name not in choices]
             layers = [lay for lay in layers if lay is not None]
             if ctx.tune:
                 choices.update(plan_layers(model, layers, n, m, ctx))

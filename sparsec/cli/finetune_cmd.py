@@ -99,7 +99,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     manifest, files = _read_artifact(args.artifact)
     calib = CalibrationData.load(str(args.calib))
     student = load_model(args.artifact / "model.onnx", check_ops=False)
-    raise_kernel_ops(student)
+    lowered_as: dict[str, str] = {}  # weight -> kernel variant, replayed by the lowering below
+    raise_kernel_ops(student, lowered_as)
     calib.check_against(student)
     out = args.output or args.artifact
     check_output_dir(out)
@@ -109,7 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(student, teacher, calib, options, validation=validation)
     target = manifest["target"]
     backend = get_backend(get_target(target).backend)
-    PassManager(backend.legalize_pipeline(), verify_numerics=False).run(student, PassContext(target=target))
+    PassManager(backend.legalize_pipeline(), verify_numerics=False).run(student, PassContext(target=target, replay=lowered_as))
     record = {**result.to_dict(), "teacher": teacher_source, "calibration": f"{calib.num_samples} samples from {args.calib}",
               "options": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "max_seconds": args.max_seconds,
                           "validation": str(args.val) if args.val else None}}

@@ -20,10 +20,20 @@ from sparsec.runtime import KERNEL_DOMAIN
 
 # Width of the column tiles the kernels pack weights into (kernels/packing_*.py).
 _TILE = 16
+# Suffixes the lowerings give a layer's first packed input after its weight's name
+# (lower-nm-kernels: `W.nm_values`; sparse_ops.block_matmul_node: `NAME.tile_ptr`).
+_PACKED_SUFFIXES = (".nm_values", ".tile_ptr")
+# Node-name suffix lower-nm-kernels appends to the layer it replaces.
+_KERNEL_NODE_SUFFIX = "/nm_kernel"
 
 
-def raise_kernel_ops(model: ir.Model) -> int:
-    """Rewrite every kernel op of `model` (in place) as above; returns how many."""
+def raise_kernel_ops(model: ir.Model, variants: dict[str, str] | None = None) -> int:
+    """Rewrite every kernel op of `model` (in place) as above; returns how many.
+
+    Raised weights and layers get back the names they had before lowering, so lowering the
+    result again (`sparsec finetune`) writes the same initializer names. With `variants`,
+    each raised N:M weight's kernel variant (`sparsec.tune.variants`) is recorded there, for a
+    re-lowering that replays the compile's choices instead of measuring again."""
     from sparsec.kernels import PackedFormatError
     from sparsec.kernels.packing_block import PackedBlock
     from sparsec.kernels.packing_nm import PackedNM
@@ -70,8 +80,9 @@ def raise_kernel_ops(model: ir.Model) -> int:
                 raise InputError(f"unknown kernel op {KERNEL_DOMAIN}.{node.op_type} (node '{node.name}')")
         except (PackedFormatError, TypeError) as e:
             raise InputError(f"kernel op '{node.name}': malformed packed weight ({e})") from None
-        base = node.name or f"kernel_{count}"
-        weight = ir.Value(name=f"{base}.weight", const_value=ir.tensor(np.ascontiguousarray(w, dtype=np.float32)))
+        base = node.name.removesuffix(_KERNEL_NODE_SUFFIX) if node.name else f"kernel_{count}"
+        weight_name = _original_weight_name(packed_inputs[0].name or "", graph) or f"{base}.weight"
+        weight = ir.Value(name=weight_name, const_value=ir.tensor(np.ascontiguousarray(w, dtype=np.float32)))
         graph.register_initializer(weight)
         marker = ir.Node(DOMAIN, marker_op, [weight], attributes=marker_attrs, name=f"{base}/marker")
         matmul = ir.Node("", "MatMul", [node.inputs[0], marker.outputs[0]], name=base)
@@ -81,6 +92,8 @@ def raise_kernel_ops(model: ir.Model) -> int:
             add = ir.Node("", "Add", [result, node.inputs[-1]], name=f"{base}/bias")
             new_nodes.append(add)
             result = add.outputs[0]
+        if variants is not None and node.op_type == "NMSparseMatMul":
+            variants[weight_name] = _variant_of(node)
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], new_nodes, [node.outputs[0]], [result]
         )
@@ -93,6 +106,27 @@ def raise_kernel_ops(model: ir.Model) -> int:
         if not any(n.domain == KERNEL_DOMAIN for n in graph):
             model.opset_imports.pop(KERNEL_DOMAIN, None)
     return count
+
+
+def _original_weight_name(packed_name: str, graph: ir.Graph) -> str | None:
+    """The lowered weight's name, read off its packed input's name; None when that name is not
+    one a lowering writes or is taken by another value."""
+    for suffix in _PACKED_SUFFIXES:
+        if packed_name.endswith(suffix):
+            name = packed_name.removesuffix(suffix)
+            taken = name in graph.initializers or any(v.name == name for v in graph.inputs)
+            return None if taken or not name else name
+    return None
+
+
+def _variant_of(node: ir.Node) -> str:
+    """The tuner variant whose extra attributes the kernel node carries (the most specific)."""
+    from sparsec.tune.variants import DENSE, variants_for
+
+    attrs = {name: a.value for name, a in node.attributes.items()}
+    fitting = [v for v in variants_for("matmul").values()
+               if v.name != DENSE and all(attrs.get(k) == val for k, val in v.attrs)]
+    return max(fitting, key=lambda v: len(v.attrs)).name if fitting else "nm-kernel"
 
 
 def _constant(value: ir.Value | None, node: ir.Node) -> np.ndarray:

@@ -33,6 +33,9 @@ class PassContext:
     tune: bool = True  # lowering choices from measurements on this machine (sparsec.tune), else fixed thresholds
     tuner: Any = None  # sparsec.tune.Tuner, created on first use
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight -> its tuner choice (manifest)
+    # weight -> kernel variant to lower it with, unmeasured: the choices an artifact was compiled
+    # with, replayed when `sparsec finetune` lowers its retrained weights again
+    replay: dict[str, str] = field(default_factory=dict)
     dense_model: Any = None  # the model the pipeline started from (the teacher of `recover`); set by PassManager.run
     # feeds -> the input model's outputs, in place of numerics.evaluate for the pass manager's
     # reference run (the compile shares that run with its fidelity check: sparsec.calib.dense_share)

@@ -153,3 +153,24 @@ def test_the_runtime_uses_the_settings_the_compile_measured(tmp_path) -> None:
     session = InferenceSession(tmp_path / "out")
     opts = session._session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(chosen)
+
+
+def test_raised_artifact_lowers_again_with_the_same_choices_and_names() -> None:
+    """`sparsec finetune` raises kernel ops, retrains, lowers again: the replayed choices (not a
+    new measurement) give the same ops, variants and initializer names as the compile."""
+    from sparsec.cli.kernel_view import raise_kernel_ops
+
+    model = two_layers(rows=1)
+    ctx = PassContext(threads=2, replay={"w1": "nm-kernel-1t"})  # w2 is measured, w1 forced
+    PassManager(parse_pipeline("nm-sparsity{min_params=0},lower-nm-kernels,legalize-dense")).run(model, ctx)
+    w1 = next(n for n in model.graph if n.op_type == "NMSparseMatMul" and n.inputs[1].name == "w1.nm_values")
+    assert w1.attributes["max_threads"].as_int() == 1
+    compiled = ([n.op_type for n in model.graph], sorted(model.graph.initializers))
+    variants: dict[str, str] = {}
+    raise_kernel_ops(model, variants)
+    assert variants["w1"] == "nm-kernel-1t" and "w1" in model.graph.initializers
+    assert not any(n.op_type == "NMSparseMatMul" for n in model.graph)
+    again = PassContext(threads=2, replay=variants)
+    PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, again)
+    assert ([n.op_type for n in model.graph], sorted(model.graph.initializers)) == compiled
+    assert not again.measured  # nothing timed: every kernel layer was replayed
