@@ -141,7 +141,7 @@ def recover_row(model, task, dense, validation, options) -> dict:  # noqa: ANN00
 
 
 def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0.25, 0.5, 0.75),  # noqa: ANN001
-                 k_choices=("uniform",), recover=None, n_val: int = 128) -> dict:  # noqa: ANN001
+                 k_choices=("uniform",), recover=None, n_val: int = 128, refine_rounds: int = 3) -> dict:  # noqa: ANN001
     from sparsec.eval.quality import _embedding_metrics, _run_all, minilm_task
     from sparsec.pm import PassContext, PassManager, parse_pipeline
 
@@ -155,7 +155,8 @@ def minilm_curve(n_calib: int, n_eval: int, variants=VARIANTS, actives=(0.125, 0
                 top_k = round(16 * active)
                 model = task.model.clone()
                 ctx = PassContext(calibration=task.calib)
-                per_layer = f" active={active}" if k_choice == "per-layer" else ""
+                per_layer = {"uniform": "", "per-layer": f" active={active} refine=0",
+                             "refined": f" active={active} refine={refine_rounds}"}[k_choice]
                 text = f"moefy-ffn{{experts=16 top_k={top_k} method={method} router={router}{per_layer}}}"
                 record = PassManager(parse_pipeline(text), verify_numerics=False).run(model, ctx)[0]
                 got = _run_all(model, task.eval_feeds)
@@ -186,7 +187,9 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=500, help="--minilm: held-out sentences")
     ap.add_argument("--variants", default=",".join(f"{m}:{r}" for m, r in VARIANTS), help="--minilm: method:router,...")
     ap.add_argument("--active", default="0.125,0.25,0.5,0.75", help="--minilm: active fractions")
-    ap.add_argument("--k", default="uniform", help="--minilm: uniform and/or per-layer (calibrated top_k per FFN)")
+    ap.add_argument("--k", default="uniform", help="--minilm: uniform, per-layer (calibrated top_k per FFN) and/or refined "
+                    "(per-layer, then --refine rounds of measured moves between FFNs)")
+    ap.add_argument("--refine", type=int, default=3, help="--k refined: rounds of moefy-ffn's refine (default 3)")
     ap.add_argument("--recover", action="store_true", help="--minilm: fine-tune each MoE-fied model (distillation)")
     ap.add_argument("--val", type=int, default=128, help="--recover: validation sentences (early stopping only)")
     ap.add_argument("--steps", type=int, default=100000, help="--recover: optimizer steps at most")
@@ -212,7 +215,7 @@ def main() -> None:
         recover = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
                                   eval_every=args.eval_every, patience=args.patience, threads=args.torch_threads,
                                   progress=False, augment=args.augment, router_weight=args.router_weight) if args.recover else None
-        result = minilm_curve(args.calib, args.eval, variants, actives, args.k.split(","), recover, args.val)
+        result = minilm_curve(args.calib, args.eval, variants, actives, args.k.split(","), recover, args.val, args.refine)
         result["command"] = "python bench/moe_bench.py " + " ".join(sys.argv[1:])
         emit_json(result, args.out)
         return

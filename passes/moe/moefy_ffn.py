@@ -126,6 +126,10 @@ class MoefyFFN(Pass):
     scan: str = option("output", "active > 0: damage of each FFN's top_k measured on the model's output (one FFN at a "
                                  "time) or on the FFN's own layer (residual-stream error, cheaper)")
     scan_samples: int = option(64, "scan=output: calibration samples the scan runs")
+    refine: int = option(2, "per-layer top_k with scan=output: rounds of measured local search after the allocation "
+                            "(each round tries moving one expert per token between every pair of FFNs and keeps the "
+                            "best move for the whole model's output; 0 = the allocator's choice). MiniLM, 16 experts, "
+                            "held out: 50% active 0.8258 -> 0.8307 cosine, 25% 0.6870 -> 0.6907 (3 rounds)")
     min_fidelity: float = option(0.0, "> 0: the fewest active neurons (per-layer top_k, scan=output) that keep the "
                                       "model's mean output cosine on the scan samples >= this; active is then unused")
 
@@ -142,6 +146,8 @@ class MoefyFFN(Pass):
             raise OptionError(f"moefy-ffn: active must be a fraction in (0, 1] (0: uniform top_k), got {self.active}")
         if not 0.0 <= self.min_fidelity < 1.0:
             raise OptionError(f"moefy-ffn: min_fidelity must be a cosine in (0, 1) (0: off), got {self.min_fidelity}")
+        if self.refine < 0:
+            raise OptionError(f"moefy-ffn: refine must be a number of rounds >= 0, got {self.refine}")
         if self.min_fidelity > 0 and self.scan != "output":
             raise OptionError("moefy-ffn: min_fidelity measures the model's output: it needs scan=output")
         if self.experts < 1 or not 1 <= self.top_k <= self.experts:
@@ -213,7 +219,7 @@ class MoefyFFN(Pass):
             nodes = [insert_moe(model, ffn, ex, router, self.experts, self.gating) for ffn, _, _, ex, router in built]
             calib = require_calibration(ctx, "moefy-ffn{active=...}" if self.active > 0 else "moefy-ffn{min_fidelity=...}")
             top_ks, allocation = choose_top_k_by_output(model, nodes, self.experts, self.active,
-                                                        calib.head(self.scan_samples), self.min_fidelity)
+                                                        calib.head(self.scan_samples), self.min_fidelity, self.refine)
         elif self.active > 0 and built:
             from sparsec.passes.moe.per_layer_k import choose_top_k
 

@@ -170,3 +170,39 @@ def test_moe_auto_spec_and_flag_errors(capsys) -> None:  # noqa: ANN001
 
     assert main(["pipeline", "show", "--moe=experts:4,active:0.5", "--sparsity=none", "--min-fidelity=0.9"]) == 2
     assert "needs --sparsity=auto or --moe=auto" in capsys.readouterr().err
+
+
+def test_refine_moves_experts_where_the_measured_output_gains() -> None:
+    """The search keeps the active budget and follows the measurement, not the allocator."""
+    from sparsec.passes.moe.per_layer_k import refine_by_moves
+
+    nodes = [ir.Node(DOMAIN, "MoE", [], attributes=[ir.AttrInt64("top_k", 2)], name=f"m{i}") for i in range(3)]
+    best = [1, 4, 1]  # the measurement's optimum: layer 1 matters most
+
+    def measure() -> float:
+        ks = [n.attributes["top_k"].as_int() for n in nodes]
+        return 1.0 - 0.01 * sum(abs(k - b) for k, b in zip(ks, best, strict=True))
+
+    top_ks, history = refine_by_moves(nodes, [2, 2, 2], [64, 64, 64], 4, measure, rounds=5)
+    assert top_ks == best and sum(top_ks) == 6
+    assert [n.attributes["top_k"].as_int() for n in nodes] == best
+    assert history[0]["top_k"] == [2, 2, 2] and history[-1]["cosine"] == 1.0
+    assert all(a["cosine"] < b["cosine"] for a, b in zip(history, history[1:], strict=False))
+    # A wider FFN never receives an expert from a narrower one (that would raise the budget).
+    top_ks, _ = refine_by_moves(nodes, [2, 2, 2], [64, 128, 64], 4, measure, rounds=5)
+    assert top_ks[1] == 2
+
+
+def test_refine_on_an_export_keeps_the_budget_and_does_not_lose(hf_export) -> None:
+    path = str(hf_export("bert"))
+    name = ir.load(path).graph.inputs[0].name
+    calib = CalibrationData({name: np.random.default_rng(0).integers(0, 100, (16, 8)).astype(np.int64)}, batch_size=1)
+    text = "moefy-ffn{experts=4 router=learned active=0.5 scan_samples=8 refine=2}"
+    record, _ = _run(ir.load(path), text, PassContext(calibration=calib))
+    alloc = record.stats["allocation"]
+    history = alloc["refine_rounds"]
+    assert history[-1]["top_k"] == list(record.stats["layer_top_k"].values())
+    assert sum(history[-1]["top_k"]) <= 4 and alloc["active_reached"] <= 0.5 + 1e-9
+    assert history[-1]["cosine"] >= history[0]["cosine"]
+    with pytest.raises(OptionError, match="refine"):
+        parse_pipeline("moefy-ffn{active=0.5 refine=-1}")
