@@ -11,6 +11,9 @@
  * Phase B (down): work items are 32-column panels of D; each item initialises its slice
  * of Y with b2 and accumulates every tile (experts in order) into it, so threads never
  * write the same element (no atomics, and the result does not depend on the thread count).
+ * Small batches (decode) on several threads run one region instead of two (dense_fused):
+ * each phase A item goes on through the down projection of its F rows into a partial
+ * output, which the caller adds up in a fixed order.
  *
  * N:M-packed experts run the same phases through the N:M MatMul kernels (sk_nm_*, single
  * threaded inside a work item: chunks are whole 16-column tiles, so a chunk of a packed
@@ -27,6 +30,8 @@
 #include "sk_internal.h"
 
 #define MOE_CHUNK 64 /* a multiple of SK_TILE: packed chunks are whole tiles */
+/* Floats of partial outputs up to which small batches run one fused region (256 KB). */
+#define MOE_FUSED_MAX_PARTIAL 65536
 /* As the N:M ops (sk_ort_ops.c): inside ORT the regions run on its spinning pool, so a second
  * thread pays no wake-up; at 1M MACs a batch-1 GPT-2 FFN at 25% active (1.2M) ran one thread
  * and read its experts at half the dense GEMV's bandwidth. */
@@ -182,51 +187,103 @@ typedef struct {
     float *ht;                      /* hidden tiles: tile at slot s0 with mr rows at ht + s0 F, [F][mr] */
     atomic_llong *next;             /* phase A: the next unclaimed item */
     float *y;
+    float *part;                    /* fused: the items' partial outputs */
 } moe_job;
+
+/* Phase A item `it` of the dense experts: its tile's hidden rows over its group of F panels
+ * (columns [*f0, *f1) of F), stored interleaved at ht + s0 F. xt: the thread's X tile,
+ * *packed: the tile it holds (-1: none). Returns the tile. */
+static int64_t up_item(const moe_job *j, int64_t it, float *xt, int64_t *packed, int64_t *f0,
+                       int64_t *f1) {
+    const sk_moe_weights *w = j->w;
+    const int64_t d = w->d, f = w->f, panels = sk_ceil_div(f, SK_MOE_NR);
+    const int gated = w->wup != NULL;
+    float ct[SK_MOE_MR * SK_MOE_NR], ut[SK_MOE_MR * SK_MOE_NR];
+    const int64_t t = j->items[it] / j->groups, g = j->items[it] % j->groups;
+    const int64_t s0 = j->tslot[t], e = j->texp[t];
+    const int mr = j->tmr[t];
+    const float *a = j->xrows[s0]; /* one row: the tile is the row itself */
+    if (mr > 1) {
+        if (*packed != t) {
+            const float *const *xr = j->xrows + s0;
+            for (int64_t kk = 0; kk < d; kk++) /* sequential stores, mr read streams */
+                for (int i = 0; i < mr; i++) xt[kk * mr + i] = xr[i][kk];
+        }
+        *packed = t;
+        a = xt;
+    }
+    float *ht = j->ht + s0 * f;
+    const int64_t p1 = (g + 1) * j->gsize < panels ? (g + 1) * j->gsize : panels;
+    for (int64_t pn = g * j->gsize; pn < p1; pn++) {
+        const int64_t c0 = pn * SK_MOE_NR, nc = f - c0 < SK_MOE_NR ? f - c0 : SK_MOE_NR;
+        int64_t ldb;
+        const float *b = weight_panel(w->w1, w->panel, e, d, f, pn, &ldb);
+        j->tile(a, mr, d, b, ldb, nc, ct);
+        if (gated) {
+            b = weight_panel(w->wup, w->panel, e, d, f, pn, &ldb);
+            j->tile(a, mr, d, b, ldb, nc, ut);
+        }
+        for (int i = 0; i < mr; i++)
+            j->actf(ct + i * SK_MOE_NR, w->b1 + e * f + c0, gated ? ut + i * SK_MOE_NR : NULL,
+                    j->gate[s0 + i], nc, w->act);
+        for (int64_t c = 0; c < nc; c++)
+            for (int i = 0; i < mr; i++) ht[(c0 + c) * mr + i] = ct[i * SK_MOE_NR + c];
+    }
+    *f0 = g * j->gsize * SK_MOE_NR;
+    *f1 = p1 * SK_MOE_NR < f ? p1 * SK_MOE_NR : f;
+    return t;
+}
 
 /* Phase A, dense experts: items claimed in order until none is left. */
 static void dense_up(const void *p, int tid, int nth) {
     (void)nth;
     const moe_job *j = p;
+    float *xt = j->xt + (int64_t)tid * j->w->d * SK_MOE_MR;
+    int64_t packed = -1, f0, f1;
+    for (int64_t it; (it = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < j->nitems;)
+        up_item(j, it, xt, &packed, &f0, &f1);
+}
+
+/* Small batches, dense experts, one parallel region: each phase A item goes on through the
+ * down projection of its F rows [f0, f1) into its own partial output, [mr][D] at
+ * part + (s0 groups + g mr) D; the caller adds the partials (sum_partials). */
+static void dense_fused(const void *p, int tid, int nth) {
+    (void)nth;
+    const moe_job *j = p;
     const sk_moe_weights *w = j->w;
-    const int64_t d = w->d, f = w->f, panels = sk_ceil_div(f, SK_MOE_NR);
-    const int gated = w->wup != NULL;
+    const int64_t d = w->d, f = w->f;
     float *xt = j->xt + (int64_t)tid * d * SK_MOE_MR;
-    float ct[SK_MOE_MR * SK_MOE_NR], ut[SK_MOE_MR * SK_MOE_NR];
-    int64_t packed = -1; /* the tile whose rows xt holds */
-    for (;;) {
-        const int64_t it = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
-        if (it >= j->nitems) break;
-        const int64_t t = j->items[it] / j->groups, g = j->items[it] % j->groups;
-        const int64_t s0 = j->tslot[t], e = j->texp[t];
+    float ct[SK_MOE_MR * SK_MOE_NR];
+    int64_t packed = -1, f0, f1;
+    for (int64_t it; (it = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < j->nitems;) {
+        const int64_t t = up_item(j, it, xt, &packed, &f0, &f1), g = j->items[it] % j->groups;
+        const int64_t s0 = j->tslot[t];
         const int mr = j->tmr[t];
-        const float *a = j->xrows[s0];
-        if (mr > 1) {
-            if (packed != t) {
-                const float *const *xr = j->xrows + s0;
-                for (int64_t kk = 0; kk < d; kk++) /* sequential stores, mr read streams */
-                    for (int i = 0; i < mr; i++) xt[kk * mr + i] = xr[i][kk];
-            }
-            packed = t;
-            a = xt;
-        }
-        float *ht = j->ht + s0 * f;
-        const int64_t p1 = (g + 1) * j->gsize < panels ? (g + 1) * j->gsize : panels;
-        for (int64_t pn = g * j->gsize; pn < p1; pn++) {
-            const int64_t c0 = pn * SK_MOE_NR, nc = f - c0 < SK_MOE_NR ? f - c0 : SK_MOE_NR;
+        float *part = j->part + (s0 * j->groups + g * mr) * d;
+        for (int64_t pn = 0; pn < sk_ceil_div(d, SK_MOE_NR); pn++) {
+            const int64_t c0 = pn * SK_MOE_NR, nc = d - c0 < SK_MOE_NR ? d - c0 : SK_MOE_NR;
             int64_t ldb;
-            const float *b = weight_panel(w->w1, w->panel, e, d, f, pn, &ldb);
-            j->tile(a, mr, d, b, ldb, nc, ct);
-            if (gated) {
-                b = weight_panel(w->wup, w->panel, e, d, f, pn, &ldb);
-                j->tile(a, mr, d, b, ldb, nc, ut);
-            }
+            const float *b = weight_panel(w->w2, w->panel, j->texp[t], f, d, pn, &ldb);
+            j->tile(j->ht + s0 * f + f0 * mr, mr, f1 - f0, b + f0 * ldb, ldb, nc, ct);
             for (int i = 0; i < mr; i++)
-                j->actf(ct + i * SK_MOE_NR, w->b1 + e * f + c0, gated ? ut + i * SK_MOE_NR : NULL,
-                        j->gate[s0 + i], nc, w->act);
-            for (int64_t c = 0; c < nc; c++)
-                for (int i = 0; i < mr; i++) ht[(c0 + c) * mr + i] = ct[i * SK_MOE_NR + c];
+                memcpy(part + i * d + c0, ct + i * SK_MOE_NR, (size_t)nc * sizeof *ct);
         }
+    }
+}
+
+/* y = b2 + the fused items' partials, tiles and groups in order (independent of threads). */
+static void sum_partials(const moe_job *j) {
+    const int64_t d = j->w->d;
+    for (int64_t r = 0; r < j->rows; r++) memcpy(j->y + r * d, j->w->b2, (size_t)d * sizeof *j->y);
+    for (int64_t t = 0; t < j->ntiles; t++) {
+        const int64_t s0 = j->tslot[t];
+        const int mr = j->tmr[t];
+        for (int64_t g = 0; g < j->groups; g++)
+            for (int i = 0; i < mr; i++) {
+                const float *src = j->part + (s0 * j->groups + g * mr + i) * d;
+                float *yr = j->yrows[s0 + i];
+                for (int64_t c = 0; c < d; c++) yr[c] += src[c];
+            }
     }
 }
 
@@ -374,8 +431,13 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
                          + 64 * 8;
     /* packed experts: hidden (and up) rows, gathered X rows and partial Y rows; dense: the
      * hidden tiles and each thread's interleaved X tile */
+    /* Dense experts, small batches: one parallel region (dense_fused) instead of two when
+     * the items' partial outputs are small; a region costs a pool wake-up, and at batch 1
+     * the whole FFN is ~0.1 ms. Groups as below (at most panels_f) bound the partials. */
+    const int fused = !nm && nth > 1 && slots * panels_f * d <= MOE_FUSED_MAX_PARTIAL;
     const size_t hbytes = nm ? (size_t)slots * sizeof(float) * (f * (gated ? 2 : 1) + 2 * d)
-                             : sizeof(float) * ((size_t)slots * f + (size_t)nth * d * SK_MOE_MR);
+                             : sizeof(float) * ((size_t)slots * f + (size_t)nth * d * SK_MOE_MR +
+                                                (fused ? (size_t)slots * panels_f * d : 0));
     char *mem = malloc(bytes), *hmem = aligned_alloc(64, (hbytes + 63) / 64 * 64);
     if (!mem || !hmem) {
         free(mem);
@@ -485,11 +547,15 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
                    rec2 * words, sk_ceil_div(f, SK_TILE), sk_ceil_div(d, SK_TILE), rows, count,
                    offset, (const float *const *)xrows, hrows, urows, yrows, sgate, items, nitems,
                    chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK, tile, tslot, texp, tmr, ntiles,
-                   groups, gsize, nm ? NULL : h + slots * f, h, &next, y};
+                   groups, gsize, nm ? NULL : h + slots * f, h, &next, y,
+                   fused ? h + slots * f + (int64_t)nth * d * SK_MOE_MR : NULL};
     if (nm) {
         sk_run_parallel(nth, nm_up, &job);
         for (int64_t t = 0; t < rows; t++) memcpy(y + t * d, w->b2, (size_t)d * sizeof *y);
         sk_run_parallel(nth, nm_down, &job);
+    } else if (fused) {
+        sk_run_parallel(nth, dense_fused, &job);
+        sum_partials(&job);
     } else {
         sk_run_parallel(nth, dense_up, &job);
         sk_run_parallel(nth, dense_down, &job);
