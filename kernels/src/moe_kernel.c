@@ -8,9 +8,10 @@
  * in rows, experts in tokens); an item packs its tokens' X rows interleaved ([D][mr]) once,
  * and applies bias, activation, the up branch and the gate to each panel's output while it
  * is in registers' reach, storing the hidden tile interleaved ([F][mr]), the down GEMM's A.
- * Phase B (down): work items are 32-column panels of D; each item initialises its slice
- * of Y with b2 and accumulates every tile (experts in order) into it, so threads never
- * write the same element (no atomics, and the result does not depend on the thread count).
+ * Phase B (down): work items are 32-column panels of D, claimed dynamically too; each item
+ * initialises its slice of Y with b2 and accumulates every tile (experts in order) into it,
+ * so threads never write the same element (no atomics, and the result does not depend on
+ * the thread count).
  * Small batches (decode) on several threads run one region instead of two (dense_fused):
  * each phase A item goes on through the down projection of its F rows into a partial
  * output, which the caller adds up in a fixed order.
@@ -185,7 +186,7 @@ typedef struct {
     int64_t ntiles, groups, gsize;  /* tiles; F panels per phase-A item: gsize, in `groups` items */
     float *xt;                      /* per thread: a tile's X rows interleaved, [D][SK_MOE_MR] */
     float *ht;                      /* hidden tiles: tile at slot s0 with mr rows at ht + s0 F, [F][mr] */
-    atomic_llong *next;             /* phase A: the next unclaimed item */
+    atomic_llong *next;             /* the next unclaimed item (phase A), panel (phase B) */
     float *y;
     float *part;                    /* fused: the items' partial outputs */
 } moe_job;
@@ -287,15 +288,16 @@ static void sum_partials(const moe_job *j) {
     }
 }
 
-/* Phase B, dense experts: a thread's share of D's panels, every tile into each. */
+/* Phase B, dense experts: D's panels claimed in order (a preempted thread delays the call
+ * by one panel at most), every tile into each. */
 static void dense_down(const void *p, int tid, int nth) {
+    (void)tid;
+    (void)nth;
     const moe_job *j = p;
     const sk_moe_weights *w = j->w;
-    const int64_t d = w->d, f = w->f;
+    const int64_t d = w->d, f = w->f, panels = sk_ceil_div(d, SK_MOE_NR);
     float ct[SK_MOE_MR * SK_MOE_NR];
-    int64_t begin, end;
-    sk_split(sk_ceil_div(d, SK_MOE_NR), tid, nth, &begin, &end);
-    for (int64_t pn = begin; pn < end; pn++) {
+    for (int64_t pn; (pn = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < panels;) {
         const int64_t c0 = pn * SK_MOE_NR, nc = d - c0 < SK_MOE_NR ? d - c0 : SK_MOE_NR;
         for (int64_t r = 0; r < j->rows; r++)
             memcpy(j->y + r * d + c0, w->b2 + c0, (size_t)nc * sizeof *j->y);
@@ -558,6 +560,7 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
         sum_partials(&job);
     } else {
         sk_run_parallel(nth, dense_up, &job);
+        atomic_store(&next, 0); /* phase A is done: the counter now hands out D's panels */
         sk_run_parallel(nth, dense_down, &job);
     }
     free(mem);
