@@ -8,7 +8,10 @@ Dense and MoE run side by side in one process (blocked round-robin, warm-up, med
 through sparsec.runtime sessions (ORT CPU provider, same threads, spinning off). The MoE
 output is checked against its reference lowering (masked dense ONNX) on the same input.
 
-    .venv/bin/python bench/moe_bench.py [--chain 8] [--tokens 1,128] [--threads 2]
+    .venv/bin/python bench/moe_bench.py [--chain 8] [--tokens 1,128] [--threads 2] [--one-thread-too] [--out F]
+
+The bars are the `--threads` cases; `--one-thread-too` adds the same cases on one thread
+(`cases_one_thread`, not in the bars) to show how each side scales to the threads.
     .venv/bin/python bench/moe_bench.py --minilm [--calib 256] [--eval 500] [--k uniform,per-layer]
 
 `--minilm`: the real MiniLM with every FFN MoE-fied (16 experts), the curve of embedding
@@ -201,6 +204,7 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true", help="--recover: also train on augmented sentences")
     ap.add_argument("--router-weight", type=float, default=1.0, help="--recover: router distillation weight (0: experts only)")
     ap.add_argument("--torch-threads", type=int, default=1, help="--recover: torch threads")
+    ap.add_argument("--one-thread-too", action="store_true", help="also every case on one thread (not in the bars)")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args()
     if args.minilm:
@@ -225,8 +229,12 @@ def main() -> None:
             cases.append(run_case(blocks, tokens, args.threads))
     bars = {"batch 1: >= 3x": [c["speedup"] for c in cases if c["tokens"] == 1],
             "128 tokens: >= 2x": [c["speedup"] for c in cases if c["tokens"] == 128]}
-    emit_json({"benchmark": "moe_ffn", "ffn": f"{D}->{F}->{D} gelu", "experts": E, "top_k": TOP_K,
-               "machine": machine_info(), "bars": bars, "cases": cases})
+    result = {"benchmark": "moe_ffn", "ffn": f"{D}->{F}->{D} gelu", "experts": E, "top_k": TOP_K,
+              "machine": machine_info(), "bars": bars, "cases": cases}
+    if args.one_thread_too:
+        result["cases_one_thread"] = [run_case(c["blocks"], c["tokens"], 1) for c in cases]
+    result["command"] = "python bench/moe_bench.py " + " ".join(sys.argv[1:])
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Experts N:M-marked by `nm-sparsity` (every projection with one pattern, m in 4/8
 packed per expert with `pack_nm`, the N:M MatMul kernels' format, which also checks that the
 pattern holds: the op then gets the packed values in the w1/w2/w_up slots, their metadata as
 extra inputs and the pattern as attributes n, m. Otherwise the kernel reads the pruned
-weights dense, and the decision says why.
+weights dense, and the decision says why; dense experts are stored in the kernel's panel
+layout (`pack_panels`, attribute panel=32): each expert's [K, C] projection as 32-column
+panels [K][32], which the kernel's 12x32 tiles stream contiguously (kernels/src/moe_internal.h).
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ from sparsec.runtime import KERNEL_DOMAIN
 
 MOE_OP = "MoEFFN"
 KERNEL_GROUP_SIZES = (4, 8, 16)
+PANEL = 32  # SK_MOE_NR: columns per weight panel of the dense experts
+
+
+def pack_panels(w: np.ndarray) -> np.ndarray:
+    """Stacked experts [E, K, C] -> the kernel's panel layout, flat: per expert ceil(C / 32)
+    panels [K][32] (columns zero-padded to whole panels), experts in order."""
+    e, k, c = w.shape
+    p = -(-c // PANEL)
+    padded = np.zeros((e, k, p * PANEL), np.float32)
+    padded[:, :, :c] = w
+    return np.ascontiguousarray(padded.reshape(e, k, p, PANEL).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def unpack_panels(flat: np.ndarray, e: int, k: int, c: int) -> np.ndarray:
+    """The inverse of `pack_panels`: [E, K, C]."""
+    p = -(-c // PANEL)
+    return np.ascontiguousarray(flat.reshape(e, p, k, PANEL).transpose(0, 2, 1, 3).reshape(e, k, p * PANEL)[:, :, :c])
 
 
 def experts_pattern(node: ir.Node) -> tuple[int, int] | str | None:
@@ -104,6 +123,24 @@ def _packed_inputs(node: ir.Node, n: int, m: int) -> tuple[list[ir.Value | None]
     return inputs, nbytes
 
 
+def _panel_inputs(node: ir.Node, gated: bool) -> list[ir.Value | None] | None:
+    """The kernel op's inputs with the dense experts in the panel layout; None when an expert
+    weight is not a float32 constant (the op then takes them row-major and packs a copy)."""
+    inputs: list[ir.Value | None] = [v if i not in EXPERT_WEIGHTS.values() else expert_weight(v)[0]
+                                     for i, v in enumerate(node.inputs[:8 if gated else 7])]
+    for index in EXPERT_WEIGHTS.values():
+        weight = inputs[index] if index < len(inputs) else None
+        if weight is None:
+            continue
+        if weight.const_value is None or weight.const_value.dtype != ir.DataType.FLOAT:
+            return None
+    for index in EXPERT_WEIGHTS.values():
+        weight = inputs[index] if index < len(inputs) else None
+        if weight is not None:
+            inputs[index] = _constant(node.graph, f"{weight.name}.panels", pack_panels(weight.const_value.numpy()))
+    return inputs
+
+
 @register_pass
 @dataclass(frozen=True)
 class LowerMoEKernels(Pass):
@@ -136,8 +173,13 @@ class LowerMoEKernels(Pass):
                 packed += 1
             else:
                 # Dense kernel; marked experts are read through their pruned initializers.
-                inputs = [v if i not in EXPERT_WEIGHTS.values() else expert_weight(v)[0]
-                          for i, v in enumerate(node.inputs[:8 if gated else 7])]
+                panels = _panel_inputs(node, gated)
+                if panels is not None:
+                    inputs = panels
+                    attrs.append(ir.AttrInt64("panel", PANEL))
+                else:
+                    inputs = [v if i not in EXPERT_WEIGHTS.values() else expert_weight(v)[0]
+                              for i, v in enumerate(node.inputs[:8 if gated else 7])]
                 decision = f"kernel {MOE_OP}"
                 if found is not None:
                     extra["reason"] = f"dense experts: {found}"
@@ -156,7 +198,8 @@ class LowerMoEKernels(Pass):
 
 def raise_moe_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
     """The inverse of the lowering (for `inspect` on artifacts): MoEFFN back to com.sparsec.MoE,
-    packed experts unpacked (exactly) behind NMSparse markers along their reduction axis."""
+    packed experts unpacked (exactly) behind NMSparse markers along their reduction axis, dense
+    experts in the panel layout back to row-major."""
     from sparsec.dialect.moe import MOE_ACTIVATIONS, MOE_GATINGS
     from sparsec.errors import InputError
     from sparsec.kernels.packing_nm import PackedNM
@@ -166,6 +209,22 @@ def raise_moe_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
     n, m = a.get("n", 0), a.get("m", 0)
     graph, base = model.graph, node.name.removesuffix("/kernel")
     inputs: list[ir.Value | None] = list(node.inputs[:8 if gated else 7])
+    if a.get("panel", 0):
+        for part, index in EXPERT_WEIGHTS.items():
+            packed = inputs[index] if index < len(inputs) else None
+            if packed is None:
+                continue
+            if packed.const_value is None:
+                raise InputError(f"kernel op '{node.name}': panel-packed experts must be constant initializers")
+            k, cols = (f, d) if part == "w2" else (d, f)
+            flat = packed.const_value.numpy().reshape(-1)
+            if a["panel"] != PANEL or flat.size != e * -(-cols // PANEL) * PANEL * k:
+                raise InputError(f"kernel op '{node.name}': malformed panel-packed {part}")
+            # the name the weight had before lowering, so lower -> raise -> lower keeps names
+            name = packed.name.removesuffix(".panels") if packed.name else ""
+            if not name or name == packed.name or name in graph.initializers:
+                name = f"{base}.{part}"
+            inputs[index] = _constant(graph, name, unpack_panels(flat, e, k, cols))
     if n:
         metas = {"w1": node.inputs[8], "w2": node.inputs[9], "w_up": node.inputs[10] if gated else None}
         for part, index in EXPERT_WEIGHTS.items():

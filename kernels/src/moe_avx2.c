@@ -1,6 +1,7 @@
 /* MoE FFN panels and activations on AVX2 + FMA: the AVX-512 scheme (moe_avx512.c) on
  * 8-lane vectors: 6 rows x 16 columns per register block, one row x 32 columns for decode;
- * column tails through maskload/maskstore. */
+ * column tails through maskload/maskstore. A tile (12 x 32) runs as up to four 6 x 16
+ * register blocks over the interleaved token rows. */
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
@@ -80,6 +81,46 @@ void sk_moe_panel_avx2(const float *const *a, int64_t rows, int64_t k, const flo
         default: break;
         }
     }
+}
+
+static inline __attribute__((always_inline)) void subtile(const float *a, int stride, const int mr,
+                                                          int64_t k, const float *b, int64_t ldb,
+                                                          int64_t nc, float *c) {
+    const __m256i m0 = lanes(nc), m1 = lanes(nc - 8);
+    __m256 c0[MR], c1[MR];
+    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        const float *br = b + kk * ldb, *ar = a + kk * stride;
+        const __m256 b0 = _mm256_maskload_ps(br, m0), b1 = _mm256_maskload_ps(br + 8, m1);
+        for (int i = 0; i < MR; i++)
+            if (i < mr) {
+                const __m256 av = _mm256_broadcast_ss(ar + i);
+                c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+            }
+    }
+    for (int i = 0; i < MR; i++)
+        if (i < mr) {
+            _mm256_storeu_ps(c + i * SK_MOE_NR, c0[i]);
+            _mm256_storeu_ps(c + i * SK_MOE_NR + 8, c1[i]);
+        }
+}
+
+void sk_moe_tile_avx2(const float *a, int mr, int64_t k, const float *b, int64_t ldb, int64_t nc,
+                      float *c) {
+    for (int64_t j = 0; j < nc; j += 16)
+        for (int r = 0; r < mr; r += MR) {
+            const float *ar = a + r;
+            float *cr = c + r * SK_MOE_NR + j;
+            switch (mr - r < MR ? mr - r : MR) {
+            case 6: subtile(ar, mr, 6, k, b + j, ldb, nc - j, cr); break;
+            case 5: subtile(ar, mr, 5, k, b + j, ldb, nc - j, cr); break;
+            case 4: subtile(ar, mr, 4, k, b + j, ldb, nc - j, cr); break;
+            case 3: subtile(ar, mr, 3, k, b + j, ldb, nc - j, cr); break;
+            case 2: subtile(ar, mr, 2, k, b + j, ldb, nc - j, cr); break;
+            default: subtile(ar, mr, 1, k, b + j, ldb, nc - j, cr); break;
+            }
+        }
 }
 
 static inline __m256 exp256(__m256 x) {

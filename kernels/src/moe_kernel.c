@@ -1,13 +1,20 @@
 /* MoE FFN: routing, grouping of tokens by expert, and the two parallel phases.
  *
  * Batch 1 (decode): only the top_k selected experts' w1/w_up/w2 are read, each once.
- * Many tokens: tokens are grouped by expert and each expert runs one GEMM per projection
- * on its group (A and C rows addressed through row pointers, so no gather/scatter copies).
- * Phase A (up): work items are (expert, 64-column chunk of F), split over threads; the
- * activation, the up branch and the gate are applied to each chunk while it is hot.
- * Phase B (down): work items are 64-column chunks of D; each item initialises its slice
- * of Y with b2 and accumulates every expert into it, so threads never write the same
- * element (no atomics, and the result does not depend on the thread count).
+ * Many tokens: tokens are grouped by expert, each expert's tokens cut into tiles of up to
+ * SK_MOE_MR rows, and each tile runs the tile kernel against the expert's 32-column weight
+ * panels (the panel layout, moe_internal.h: each panel one contiguous stream).
+ * Phase A (up): work items are (tile, group of F panels), claimed dynamically (tiles differ
+ * in rows, experts in tokens); an item packs its tokens' X rows interleaved ([D][mr]) once,
+ * and applies bias, activation, the up branch and the gate to each panel's output while it
+ * is in registers' reach, storing the hidden tile interleaved ([F][mr]), the down GEMM's A.
+ * Phase B (down): work items are 32-column panels of D, claimed dynamically too; each item
+ * initialises its slice of Y with b2 and accumulates every tile (experts in order) into it,
+ * so threads never write the same element (no atomics, and the result does not depend on
+ * the thread count).
+ * Small batches (decode) on several threads run one region instead of two (dense_fused):
+ * each phase A item goes on through the down projection of its F rows into a partial
+ * output, which the caller adds up in a fixed order.
  *
  * N:M-packed experts run the same phases through the N:M MatMul kernels (sk_nm_*, single
  * threaded inside a work item: chunks are whole 16-column tiles, so a chunk of a packed
@@ -16,6 +23,7 @@
  * outputs that the same work item then adds into the tokens' Y rows.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +31,8 @@
 #include "sk_internal.h"
 
 #define MOE_CHUNK 64 /* a multiple of SK_TILE: packed chunks are whole tiles */
+/* Floats of partial outputs up to which small batches run one fused region (256 KB). */
+#define MOE_FUSED_MAX_PARTIAL 65536
 /* As the N:M ops (sk_ort_ops.c): inside ORT the regions run on its spinning pool, so a second
  * thread pays no wake-up; at 1M MACs a batch-1 GPT-2 FFN at 25% active (1.2M) ran one thread
  * and read its experts at half the dense GEMV's bandwidth. */
@@ -65,6 +75,49 @@ void sk_moe_act_scalar(float *h, const float *bias, const float *up, float gate,
     }
 }
 
+void sk_moe_tile_scalar(const float *a, int mr, int64_t k, const float *b, int64_t ldb, int64_t nc,
+                        float *c) {
+    for (int i = 0; i < mr; i++) {
+        float *cr = c + i * SK_MOE_NR;
+        for (int64_t j = 0; j < nc; j++) cr[j] = 0.0f;
+        for (int64_t kk = 0; kk < k; kk++) {
+            const float av = a[kk * mr + i];
+            const float *br = b + kk * ldb;
+            for (int64_t j = 0; j < nc; j++) cr[j] += av * br[j];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ panel layout */
+
+int64_t sk_moe_panel_elems(int64_t k, int64_t cols) {
+    return sk_ceil_div(cols, SK_MOE_NR) * k * SK_MOE_NR;
+}
+
+void sk_moe_pack_panels(const float *w, int64_t e, int64_t k, int64_t cols, float *out) {
+    const int64_t panels = sk_ceil_div(cols, SK_MOE_NR);
+    for (int64_t x = 0; x < e; x++)
+        for (int64_t p = 0; p < panels; p++) {
+            const int64_t c0 = p * SK_MOE_NR, nc = cols - c0 < SK_MOE_NR ? cols - c0 : SK_MOE_NR;
+            float *dst = out + (x * panels + p) * k * SK_MOE_NR;
+            for (int64_t kk = 0; kk < k; kk++) {
+                const float *src = w + (x * k + kk) * cols + c0;
+                for (int64_t j = 0; j < SK_MOE_NR; j++) dst[kk * SK_MOE_NR + j] = j < nc ? src[j] : 0.0f;
+            }
+        }
+}
+
+/* Panel p of expert e's [k, cols] projection and its row stride, in either layout. */
+static const float *weight_panel(const float *w, int panel, int64_t e, int64_t k, int64_t cols,
+                                 int64_t p, int64_t *ldb) {
+    if (panel) {
+        *ldb = SK_MOE_NR;
+        return w + e * sk_moe_panel_elems(k, cols) + p * k * SK_MOE_NR;
+    }
+    *ldb = cols;
+    return w + e * k * cols + p * SK_MOE_NR;
+}
+
 /* ------------------------------------------------------------------ driver */
 
 int64_t sk_moe_nm_records(int64_t k, int64_t cols, int n, int m) {
@@ -77,6 +130,7 @@ int sk_moe_check(const sk_moe_weights *w) {
         w->gating < MOE_GATE_NONE || w->gating > MOE_GATE_SOFTMAX_ALL)
         return SK_ERR_SHAPE;
     if (!w->rw || !w->rb || !w->b1 || !w->b2) return SK_ERR_NULL;
+    if (w->panel != 0 && (w->panel != SK_MOE_NR || w->nm_n || w->nm_m)) return SK_ERR_SHAPE;
     if (w->nm_n == 0 && w->nm_m == 0) return w->w1 && w->w2 ? SK_OK : SK_ERR_NULL;
     if (sk_nm_meta_words(w->nm_m) == 0 || w->nm_n < 1 || w->nm_n > w->nm_m || w->d % w->nm_m ||
         w->f % w->nm_m)
@@ -112,7 +166,6 @@ typedef void (*sk_moe_nm_fn)(const sk_nm_args *a);
 
 typedef struct {
     const sk_moe_weights *w;
-    sk_moe_panel_fn panel;
     sk_moe_act_fn actf;
     sk_moe_nm_fn nm;                /* packed experts: the N:M kernel of the ISA */
     const float *xg;                /* packed: per slot, its token's X row (gathered) */
@@ -124,11 +177,147 @@ typedef struct {
     const float *const *xrows;      /* per slot: the token's X row */
     float *const *hrows, *const *urows, *const *yrows; /* per slot */
     const float *gate;              /* per slot */
-    const int32_t *items;           /* phase A: expert * chunks + chunk */
+    const int32_t *items;           /* phase A: expert * chunks + chunk (dense: tile * groups + group) */
     int64_t nitems, chunks_f, chunks_d;
+    /* dense experts */
+    sk_moe_tile_fn tile;
+    const int64_t *tslot;           /* per tile: its first slot (its rows: the next tmr slots) */
+    const int32_t *texp, *tmr;      /* per tile: expert, rows */
+    int64_t ntiles, groups, gsize;  /* tiles; F panels per phase-A item: gsize, in `groups` items */
+    float *xt;                      /* per thread: a tile's X rows interleaved, [D][SK_MOE_MR] */
+    float *ht;                      /* hidden tiles: tile at slot s0 with mr rows at ht + s0 F, [F][mr] */
+    atomic_llong *next;             /* the next unclaimed item (phase A), panel (phase B) */
+    float *y;
+    float *part;                    /* fused: the items' partial outputs */
 } moe_job;
 
-static void phase_up(const void *p, int tid, int nth) {
+/* Phase A item `it` of the dense experts: its tile's hidden rows over its group of F panels
+ * (columns [*f0, *f1) of F), stored interleaved at ht + s0 F. xt: the thread's X tile,
+ * *packed: the tile it holds (-1: none). Returns the tile. */
+static int64_t up_item(const moe_job *j, int64_t it, float *xt, int64_t *packed, int64_t *f0,
+                       int64_t *f1) {
+    const sk_moe_weights *w = j->w;
+    const int64_t d = w->d, f = w->f, panels = sk_ceil_div(f, SK_MOE_NR);
+    const int gated = w->wup != NULL;
+    float ct[SK_MOE_MR * SK_MOE_NR], ut[SK_MOE_MR * SK_MOE_NR];
+    const int64_t t = j->items[it] / j->groups, g = j->items[it] % j->groups;
+    const int64_t s0 = j->tslot[t], e = j->texp[t];
+    const int mr = j->tmr[t];
+    const float *a = j->xrows[s0]; /* one row: the tile is the row itself */
+    if (mr > 1) {
+        if (*packed != t) {
+            const float *const *xr = j->xrows + s0;
+            for (int64_t kk = 0; kk < d; kk++) /* sequential stores, mr read streams */
+                for (int i = 0; i < mr; i++) xt[kk * mr + i] = xr[i][kk];
+        }
+        *packed = t;
+        a = xt;
+    }
+    float *ht = j->ht + s0 * f;
+    const int64_t p1 = (g + 1) * j->gsize < panels ? (g + 1) * j->gsize : panels;
+    for (int64_t pn = g * j->gsize; pn < p1; pn++) {
+        const int64_t c0 = pn * SK_MOE_NR, nc = f - c0 < SK_MOE_NR ? f - c0 : SK_MOE_NR;
+        int64_t ldb;
+        const float *b = weight_panel(w->w1, w->panel, e, d, f, pn, &ldb);
+        j->tile(a, mr, d, b, ldb, nc, ct);
+        if (gated) {
+            b = weight_panel(w->wup, w->panel, e, d, f, pn, &ldb);
+            j->tile(a, mr, d, b, ldb, nc, ut);
+        }
+        for (int i = 0; i < mr; i++)
+            j->actf(ct + i * SK_MOE_NR, w->b1 + e * f + c0, gated ? ut + i * SK_MOE_NR : NULL,
+                    j->gate[s0 + i], nc, w->act);
+        for (int64_t c = 0; c < nc; c++)
+            for (int i = 0; i < mr; i++) ht[(c0 + c) * mr + i] = ct[i * SK_MOE_NR + c];
+    }
+    *f0 = g * j->gsize * SK_MOE_NR;
+    *f1 = p1 * SK_MOE_NR < f ? p1 * SK_MOE_NR : f;
+    return t;
+}
+
+/* Phase A, dense experts: items claimed in order until none is left. */
+static void dense_up(const void *p, int tid, int nth) {
+    (void)nth;
+    const moe_job *j = p;
+    float *xt = j->xt + (int64_t)tid * j->w->d * SK_MOE_MR;
+    int64_t packed = -1, f0, f1;
+    for (int64_t it; (it = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < j->nitems;)
+        up_item(j, it, xt, &packed, &f0, &f1);
+}
+
+/* Small batches, dense experts, one parallel region: each phase A item goes on through the
+ * down projection of its F rows [f0, f1) into its own partial output, [mr][D] at
+ * part + (s0 groups + g mr) D; the caller adds the partials (sum_partials). */
+static void dense_fused(const void *p, int tid, int nth) {
+    (void)nth;
+    const moe_job *j = p;
+    const sk_moe_weights *w = j->w;
+    const int64_t d = w->d, f = w->f;
+    float *xt = j->xt + (int64_t)tid * d * SK_MOE_MR;
+    float ct[SK_MOE_MR * SK_MOE_NR];
+    int64_t packed = -1, f0, f1;
+    for (int64_t it; (it = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < j->nitems;) {
+        const int64_t t = up_item(j, it, xt, &packed, &f0, &f1), g = j->items[it] % j->groups;
+        const int64_t s0 = j->tslot[t];
+        const int mr = j->tmr[t];
+        float *part = j->part + (s0 * j->groups + g * mr) * d;
+        for (int64_t pn = 0; pn < sk_ceil_div(d, SK_MOE_NR); pn++) {
+            const int64_t c0 = pn * SK_MOE_NR, nc = d - c0 < SK_MOE_NR ? d - c0 : SK_MOE_NR;
+            int64_t ldb;
+            const float *b = weight_panel(w->w2, w->panel, j->texp[t], f, d, pn, &ldb);
+            j->tile(j->ht + s0 * f + f0 * mr, mr, f1 - f0, b + f0 * ldb, ldb, nc, ct);
+            for (int i = 0; i < mr; i++)
+                memcpy(part + i * d + c0, ct + i * SK_MOE_NR, (size_t)nc * sizeof *ct);
+        }
+    }
+}
+
+/* y = b2 + the fused items' partials, tiles and groups in order (independent of threads). */
+static void sum_partials(const moe_job *j) {
+    const int64_t d = j->w->d;
+    for (int64_t r = 0; r < j->rows; r++) memcpy(j->y + r * d, j->w->b2, (size_t)d * sizeof *j->y);
+    for (int64_t t = 0; t < j->ntiles; t++) {
+        const int64_t s0 = j->tslot[t];
+        const int mr = j->tmr[t];
+        for (int64_t g = 0; g < j->groups; g++)
+            for (int i = 0; i < mr; i++) {
+                const float *src = j->part + (s0 * j->groups + g * mr + i) * d;
+                float *yr = j->yrows[s0 + i];
+                for (int64_t c = 0; c < d; c++) yr[c] += src[c];
+            }
+    }
+}
+
+/* Phase B, dense experts: D's panels claimed in order (a preempted thread delays the call
+ * by one panel at most), every tile into each. */
+static void dense_down(const void *p, int tid, int nth) {
+    (void)tid;
+    (void)nth;
+    const moe_job *j = p;
+    const sk_moe_weights *w = j->w;
+    const int64_t d = w->d, f = w->f, panels = sk_ceil_div(d, SK_MOE_NR);
+    float ct[SK_MOE_MR * SK_MOE_NR];
+    for (int64_t pn; (pn = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed)) < panels;) {
+        const int64_t c0 = pn * SK_MOE_NR, nc = d - c0 < SK_MOE_NR ? d - c0 : SK_MOE_NR;
+        for (int64_t r = 0; r < j->rows; r++)
+            memcpy(j->y + r * d + c0, w->b2 + c0, (size_t)nc * sizeof *j->y);
+        for (int64_t t = 0; t < j->ntiles; t++) {
+            const int64_t s0 = j->tslot[t];
+            const int mr = j->tmr[t];
+            int64_t ldb;
+            const float *b = weight_panel(w->w2, w->panel, j->texp[t], f, d, pn, &ldb);
+            j->tile(j->ht + s0 * f, mr, f, b, ldb, nc, ct);
+            for (int i = 0; i < mr; i++) {
+                float *yr = j->yrows[s0 + i] + c0;
+                const float *cr = ct + i * SK_MOE_NR;
+                for (int64_t c = 0; c < nc; c++) yr[c] += cr[c];
+            }
+        }
+    }
+}
+
+/* Phase A, packed experts: (expert, chunk) items split evenly. */
+static void nm_up(const void *p, int tid, int nth) {
     const moe_job *j = p;
     const sk_moe_weights *w = j->w;
     int64_t begin, end;
@@ -137,26 +326,18 @@ static void phase_up(const void *p, int tid, int nth) {
         const int64_t e = j->items[it] / j->chunks_f, c0 = (j->items[it] % j->chunks_f) * MOE_CHUNK;
         const int64_t nc = w->f - c0 < MOE_CHUNK ? w->f - c0 : MOE_CHUNK;
         const int64_t s0 = j->offset[e], n = j->count[e];
-        const int gated = w->wup || w->vup;
-        if (j->nm) {
-            /* Tile t of expert e: its slice starts (e * tiles_f + t) tiles into the buffer. */
-            const int64_t tile = e * j->tiles_f + c0 / SK_TILE;
-            sk_nm_args a = {j->xg + s0 * w->d, w->d, n, w->d, nc, w->nm_n, w->nm_m,
-                            w->v1 + tile * j->tv1, w->m1 + tile * j->tm1, j->h + s0 * w->f + c0,
-                            w->f, 1};
+        const int gated = w->vup != NULL;
+        /* Tile t of expert e: its slice starts (e * tiles_f + t) tiles into the buffer. */
+        const int64_t tile = e * j->tiles_f + c0 / SK_TILE;
+        sk_nm_args a = {j->xg + s0 * w->d, w->d, n, w->d, nc, w->nm_n, w->nm_m,
+                        w->v1 + tile * j->tv1, w->m1 + tile * j->tm1, j->h + s0 * w->f + c0,
+                        w->f, 1};
+        j->nm(&a);
+        if (gated) {
+            a.values = w->vup + tile * j->tv1;
+            a.meta = w->mup + tile * j->tm1;
+            a.y = j->u + s0 * w->f + c0;
             j->nm(&a);
-            if (gated) {
-                a.values = w->vup + tile * j->tv1;
-                a.meta = w->mup + tile * j->tm1;
-                a.y = j->u + s0 * w->f + c0;
-                j->nm(&a);
-            }
-        } else {
-            j->panel(j->xrows + s0, n, w->d, w->w1 + e * w->d * w->f + c0, w->f, nc, j->hrows + s0,
-                     c0, 0);
-            if (gated)
-                j->panel(j->xrows + s0, n, w->d, w->wup + e * w->d * w->f + c0, w->f, nc,
-                         j->urows + s0, c0, 0);
         }
         for (int64_t r = 0; r < n; r++)
             j->actf(j->hrows[s0 + r] + c0, w->b1 + e * w->f + c0,
@@ -164,7 +345,8 @@ static void phase_up(const void *p, int tid, int nth) {
     }
 }
 
-static void phase_down(const void *p, int tid, int nth) {
+/* Phase B, packed experts: D's chunks split evenly, every expert into each. */
+static void nm_down(const void *p, int tid, int nth) {
     const moe_job *j = p;
     const sk_moe_weights *w = j->w;
     int64_t begin, end;
@@ -174,11 +356,6 @@ static void phase_down(const void *p, int tid, int nth) {
         for (int64_t e = 0; e < w->e; e++) {
             if (!j->count[e]) continue;
             const int64_t s0 = j->offset[e];
-            if (!j->nm) {
-                j->panel((const float *const *)(j->hrows + s0), j->count[e], w->f,
-                         w->w2 + e * w->f * w->d + c0, w->d, nc, j->yrows + s0, c0, 1);
-                continue;
-            }
             const int64_t tile = e * j->tiles_d + c0 / SK_TILE;
             const sk_nm_args a = {j->h + s0 * w->f, w->f, j->count[e], w->f, nc, w->nm_n,
                                   w->nm_m, w->v2 + tile * j->tv2, w->m2 + tile * j->tm2,
@@ -218,24 +395,31 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
     if (!x || !y) return SK_ERR_NULL;
     sk_moe_panel_fn panel = sk_moe_panel_scalar;
     sk_moe_act_fn actf = sk_moe_act_scalar;
+    sk_moe_tile_fn tile = sk_moe_tile_scalar;
     sk_moe_nm_fn nm = w->nm_n ? sk_nm_scalar : NULL;
 #if defined(__x86_64__) || defined(_M_X64)
     if (isa == SK_ISA_AVX512) {
         panel = sk_moe_panel_avx512;
         actf = sk_moe_act_avx512;
+        tile = sk_moe_tile_avx512;
         if (nm) nm = sk_nm_avx512;
     } else if (isa == SK_ISA_AVX2) {
         panel = sk_moe_panel_avx2;
         actf = sk_moe_act_avx2;
+        tile = sk_moe_tile_avx2;
         if (nm) nm = sk_nm_avx2;
     }
 #endif
 #if defined(__aarch64__)
-    if (nm && isa == SK_ISA_NEON) nm = sk_nm_neon; /* the dense MoE panels are scalar there */
+    if (nm && isa == SK_ISA_NEON) nm = sk_nm_neon; /* the dense MoE tiles are scalar there */
 #endif
     const int gated = w->wup || w->vup;
     const int64_t d = w->d, e = w->e, f = w->f, k = w->top_k;
     const int64_t slots = rows * k, chunks_f = (f + MOE_CHUNK - 1) / MOE_CHUNK;
+    const int64_t panels_f = sk_ceil_div(f, SK_MOE_NR);
+    const int nth = pick_threads(w, rows, threads);
+    /* phase A items: packed experts (expert, chunk); dense (tile, panel group), tiles <= slots */
+    const int64_t max_items = nm ? e * chunks_f : slots * panels_f;
     /* One allocation for the routing state and the hidden activations. */
     const size_t bytes = (size_t)rows * e * sizeof(float)         /* logits */
                          + (size_t)slots * sizeof(int32_t)         /* chosen expert per slot */
@@ -243,11 +427,19 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
                          + (size_t)2 * e * sizeof(int64_t)         /* count, offset */
                          + (size_t)slots * 4 * sizeof(void *)      /* xrows, hrows, urows, yrows */
                          + (size_t)slots * sizeof(float)           /* gate per slot */
-                         + (size_t)e * chunks_f * sizeof(int32_t)  /* phase A items */
+                         + (size_t)max_items * sizeof(int32_t)     /* phase A items */
                          + (size_t)rows * sizeof(void *)           /* logits row pointers */
+                         + (size_t)slots * (sizeof(int64_t) + 2 * sizeof(int32_t)) /* tiles */
                          + 64 * 8;
-    /* hidden (and up) rows; packed experts: also gathered X rows and partial Y rows */
-    const size_t hbytes = (size_t)slots * sizeof(float) * (f * (gated ? 2 : 1) + (nm ? 2 * d : 0));
+    /* packed experts: hidden (and up) rows, gathered X rows and partial Y rows; dense: the
+     * hidden tiles and each thread's interleaved X tile */
+    /* Dense experts, small batches: one parallel region (dense_fused) instead of two when
+     * the items' partial outputs are small; a region costs a pool wake-up, and at batch 1
+     * the whole FFN is ~0.1 ms. Groups as below (at most panels_f) bound the partials. */
+    const int fused = !nm && nth > 1 && slots * panels_f * d <= MOE_FUSED_MAX_PARTIAL;
+    const size_t hbytes = nm ? (size_t)slots * sizeof(float) * (f * (gated ? 2 : 1) + 2 * d)
+                             : sizeof(float) * ((size_t)slots * f + (size_t)nth * d * SK_MOE_MR +
+                                                (fused ? (size_t)slots * panels_f * d : 0));
     char *mem = malloc(bytes), *hmem = aligned_alloc(64, (hbytes + 63) / 64 * 64);
     if (!mem || !hmem) {
         free(mem);
@@ -264,8 +456,10 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
     float **hrows = TAKE(float *, slots), **urows = TAKE(float *, slots);
     float **yrows = TAKE(float *, slots);
     float *sgate = TAKE(float, slots);
-    int32_t *items = TAKE(int32_t, e * chunks_f);
+    int32_t *items = TAKE(int32_t, max_items);
     float **lrows = TAKE(float *, rows);
+    int64_t *tslot = TAKE(int64_t, slots);
+    int32_t *texp = TAKE(int32_t, slots), *tmr = TAKE(int32_t, slots);
     const float **trows = (const float **)yrows; /* reused below for the router's X rows */
 #undef TAKE
     /* Router: logits = x @ rw + rb. */
@@ -303,17 +497,39 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
             for (int64_t c = 0; c < k; c++) cgate[t * k + c] = 1.0f;
         }
     }
-    /* Group (token, choice) slots by expert, tokens in order. */
-    int64_t nitems = 0, acc = 0;
+    /* Group (token, choice) slots by expert, tokens in order; dense experts: cut each
+     * expert's slots into tiles of near-equal rows (<= SK_MOE_MR). */
+    int64_t nitems = 0, acc = 0, ntiles = 0;
     for (int64_t i = 0; i < e; i++) {
         offset[i] = acc;
         acc += count[i];
-        if (count[i])
+        if (!count[i]) continue;
+        if (nm) {
             for (int64_t c = 0; c < chunks_f; c++) items[nitems++] = (int32_t)(i * chunks_f + c);
+            continue;
+        }
+        const int64_t nt = sk_ceil_div(count[i], SK_MOE_MR);
+        for (int64_t q = 0, s = offset[i]; q < nt; q++) {
+            const int64_t mr = count[i] * (q + 1) / nt - count[i] * q / nt;
+            tslot[ntiles] = s;
+            texp[ntiles] = (int32_t)i;
+            tmr[ntiles++] = (int32_t)mr;
+            s += mr;
+        }
+    }
+    /* Dense phase A: (tile, group of F panels) items, enough of them for every thread. */
+    int64_t groups = 1, gsize = panels_f;
+    if (!nm) {
+        groups = sk_ceil_div(4 * nth, ntiles);
+        if (groups > panels_f) groups = panels_f;
+        gsize = sk_ceil_div(panels_f, groups);
+        groups = sk_ceil_div(panels_f, gsize);
+        for (int64_t t = 0; t < ntiles; t++)
+            for (int64_t g = 0; g < groups; g++) items[nitems++] = (int32_t)(t * groups + g);
     }
     int64_t *fill = count; /* counts are rebuilt while filling */
     memset(fill, 0, (size_t)e * sizeof *fill);
-    float *h = (float *)hmem, *u = gated ? h + slots * f : NULL;
+    float *h = (float *)hmem, *u = nm && gated ? h + slots * f : NULL;
     float *xg = nm ? h + slots * f * (gated ? 2 : 1) : NULL, *o = nm ? xg + slots * d : NULL;
     for (int64_t t = 0; t < rows; t++)
         for (int64_t c = 0; c < k; c++) {
@@ -327,14 +543,26 @@ int sk_moe_ffn(const sk_moe_weights *w, const float *x, int64_t rows, float *y, 
         }
     const int64_t words = nm ? sk_nm_meta_words(w->nm_m) : 0;
     const int64_t rec1 = nm ? (d / w->nm_m) * w->nm_n : 0, rec2 = nm ? (f / w->nm_m) * w->nm_n : 0;
-    moe_job job = {w, panel, actf, nm, xg, h, u, o, rec1 * SK_TILE, rec1 * words, rec2 * SK_TILE,
+    atomic_llong next;
+    atomic_init(&next, 0);
+    moe_job job = {w, actf, nm, xg, h, u, o, rec1 * SK_TILE, rec1 * words, rec2 * SK_TILE,
                    rec2 * words, sk_ceil_div(f, SK_TILE), sk_ceil_div(d, SK_TILE), rows, count,
                    offset, (const float *const *)xrows, hrows, urows, yrows, sgate, items, nitems,
-                   chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK};
-    const int nth = pick_threads(w, rows, threads);
-    sk_run_parallel(nth, phase_up, &job);
-    for (int64_t t = 0; t < rows; t++) memcpy(y + t * d, w->b2, (size_t)d * sizeof *y);
-    sk_run_parallel(nth, phase_down, &job);
+                   chunks_f, (d + MOE_CHUNK - 1) / MOE_CHUNK, tile, tslot, texp, tmr, ntiles,
+                   groups, gsize, nm ? NULL : h + slots * f, h, &next, y,
+                   fused ? h + slots * f + (int64_t)nth * d * SK_MOE_MR : NULL};
+    if (nm) {
+        sk_run_parallel(nth, nm_up, &job);
+        for (int64_t t = 0; t < rows; t++) memcpy(y + t * d, w->b2, (size_t)d * sizeof *y);
+        sk_run_parallel(nth, nm_down, &job);
+    } else if (fused) {
+        sk_run_parallel(nth, dense_fused, &job);
+        sum_partials(&job);
+    } else {
+        sk_run_parallel(nth, dense_up, &job);
+        atomic_store(&next, 0); /* phase A is done: the counter now hands out D's panels */
+        sk_run_parallel(nth, dense_down, &job);
+    }
     free(mem);
     free(hmem);
     return SK_OK;

@@ -6,7 +6,9 @@
  * Same semantics and weight layout as com.sparsec.MoE (moe_internal.h). With n, m > 0 the
  * experts are N:M-packed: w1, w2, w_up hold the packed values and the *_meta inputs (uint16)
  * the positions, per expert as pack_nm writes them (moe_internal.h); an ungated op then
- * leaves w_up empty. The weights must be
+ * leaves w_up empty. Dense experts are row-major, or with attribute panel = 32 already in
+ * the kernel's panel layout (moe_internal.h); row-major ones are packed into it once, at
+ * session creation (a copy the kernel owns). The weights must be
  * constant initializers; they are read and checked once at session creation (an aligned
  * copy where ORT's buffer is not 64-byte aligned), so a malformed model fails there with
  * a message naming the node. Threads per call: one per ~1M multiply-adds, at most the
@@ -141,6 +143,19 @@ static int64_t attr_or(const OrtApi *api, const OrtKernelInfo *info, const char 
     return v;
 }
 
+/* Row-major dense experts [e, k, cols] of input `index` -> the panel layout, owned. */
+static OrtStatus *to_panels(moe_kernel *kr, const char *ctx, size_t index, int64_t k, int64_t cols,
+                            const float **w) {
+    const size_t bytes = (size_t)(kr->w.e * sk_moe_panel_elems(k, cols)) * sizeof(float);
+    float *out = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!out) return sk_ort_status(kr->api, "%s: out of memory packing the experts", ctx);
+    sk_moe_pack_panels(*w, kr->w.e, k, cols, out);
+    free(kr->owned[index]);
+    kr->owned[index] = out;
+    *w = out;
+    return NULL;
+}
+
 static void destroy(void *p) {
     moe_kernel *kr = p;
     if (!kr) return;
@@ -200,10 +215,23 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
             (gated && ((st = weight(kr, info, ctx, 7, "w_up (packed values)", r1 * SK_TILE, &w->vup)) ||
                        (st = meta(kr, info, ctx, 10, "w_up_meta", r1 * words, &w->mup)))))
             goto fail;
-    } else if ((st = weight(kr, info, ctx, 3, "w1", e * d * f, &w->w1)) ||
-               (st = weight(kr, info, ctx, 5, "w2", e * f * d, &w->w2)) ||
-               (gated && (st = weight(kr, info, ctx, 7, "w_up", e * d * f, &w->wup)))) {
-        goto fail;
+    } else {
+        const int64_t panel = attr_or(api, info, "panel", 0);
+        if (panel != 0 && panel != SK_MOE_NR) {
+            st = sk_ort_status(api, "%s: panel=%lld (0: row-major experts, %d: the panel layout)", ctx,
+                               (long long)panel, SK_MOE_NR);
+            goto fail;
+        }
+        /* elements of one projection, [d, f] or [f, d], in the given layout */
+        const int64_t n1 = panel ? sk_moe_panel_elems(d, f) : d * f, n2 = panel ? sk_moe_panel_elems(f, d) : f * d;
+        if ((st = weight(kr, info, ctx, 3, "w1", e * n1, &w->w1)) ||
+            (st = weight(kr, info, ctx, 5, "w2", e * n2, &w->w2)) ||
+            (gated && (st = weight(kr, info, ctx, 7, "w_up", e * n1, &w->wup))))
+            goto fail;
+        if (!panel && ((st = to_panels(kr, ctx, 3, d, f, &w->w1)) || (st = to_panels(kr, ctx, 5, f, d, &w->w2)) ||
+                       (gated && (st = to_panels(kr, ctx, 7, d, f, &w->wup)))))
+            goto fail;
+        w->panel = SK_MOE_NR;
     }
     if ((st = weight(kr, info, ctx, 4, "b1", e * f, &w->b1)) ||
         (st = weight(kr, info, ctx, 6, "b2", d, &w->b2)))

@@ -1,6 +1,7 @@
-/* C test driver for the MoE FFN kernel with N:M-packed experts: sk_moe_ffn on packed
- * experts, on every compiled ISA path (NEON under qemu, run_arm_qemu.sh) and 1 or 2 threads,
- * against the dense scalar path on the same (pruned) weights; plus the argument and metadata
+/* C test driver for the MoE FFN kernel: sk_moe_ffn on N:M-packed experts, and on dense
+ * experts in the row-major and the panel layout, on every compiled ISA path (NEON under qemu,
+ * run_arm_qemu.sh) and 1 or 2 threads (batch sizes that take the fused single region and the
+ * two phases), against the dense scalar path on one thread; plus the argument and metadata
  * checks. The dense path itself is checked against the ONNX reference lowering in
  * tests/moe/test_moe_kernel.py. Exit status 0 iff every check passed. */
 #include <math.h>
@@ -104,7 +105,7 @@ static void test_packed(int n, int m, int64_t d, int64_t e, int64_t f, int top_k
     }
     float *rw = floats(d * e, 1.0f), *rb = floats(e, 0.1f), *b1 = floats(e * f, 0.1f), *b2 = floats(d, 0.1f);
     sk_moe_weights dense = {d, e, f, top_k, act, gating, rw, rb, w1, b1, w2, b2, gated ? wu : NULL,
-                            0, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+                            0, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     sk_moe_weights packed = dense;
     packed.w1 = packed.w2 = packed.wup = NULL;
     packed.nm_n = n, packed.nm_m = m;
@@ -154,7 +155,56 @@ static void test_packed(int n, int m, int64_t d, int64_t e, int64_t f, int top_k
     free(rw), free(rb), free(b1), free(b2);
 }
 
+/* Dense experts: row-major and panel layout, every ISA, 1 and 2 threads, against the scalar
+ * row-major path on one thread. D, F: panels with a wide (> 16) and a narrow column tail. */
+static void test_dense(int64_t d, int64_t e, int64_t f, int top_k, int gated, int act, int gating) {
+    const float s1 = 2.0f / sqrtf((float)d), s2 = 2.0f / sqrtf((float)f);
+    float *w1 = floats(e * d * f, s1), *wu = floats(e * d * f, s1), *w2 = floats(e * f * d, s2);
+    float *rw = floats(d * e, 1.0f), *rb = floats(e, 0.1f), *b1 = floats(e * f, 0.1f), *b2 = floats(d, 0.1f);
+    float *p1 = malloc(sizeof(float) * (size_t)(e * sk_moe_panel_elems(d, f)));
+    float *pu = malloc(sizeof(float) * (size_t)(e * sk_moe_panel_elems(d, f)));
+    float *p2 = malloc(sizeof(float) * (size_t)(e * sk_moe_panel_elems(f, d)));
+    sk_moe_pack_panels(w1, e, d, f, p1);
+    sk_moe_pack_panels(wu, e, d, f, pu);
+    sk_moe_pack_panels(w2, e, f, d, p2);
+    sk_moe_weights rowmajor = {d, e, f, top_k, act, gating, rw, rb, w1, b1, w2, b2, gated ? wu : NULL,
+                               0, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    sk_moe_weights panels = rowmajor;
+    panels.w1 = p1, panels.w2 = p2, panels.wup = gated ? pu : NULL, panels.panel = SK_MOE_NR;
+    CHECK(sk_moe_check(&panels) == SK_OK, "panel layout rejected");
+    sk_moe_weights bad = panels;
+    bad.panel = 16;
+    CHECK(sk_moe_check(&bad) == SK_ERR_SHAPE, "panel=16 accepted");
+    static const int64_t ROWS[] = {1, 3, 40, 200};
+    for (size_t ri = 0; ri < sizeof ROWS / sizeof ROWS[0]; ri++) {
+        const int64_t rows = ROWS[ri];
+        float *x = floats(rows * d, 1.0f), *ref = malloc(sizeof(float) * (size_t)(rows * d));
+        CHECK(sk_moe_ffn(&rowmajor, x, rows, ref, SK_ISA_SCALAR, 1) == SK_OK, "dense failed");
+        double maxref = 1e-30;
+        for (int64_t i = 0; i < rows * d; i++) maxref = fmax(maxref, fabs(ref[i]));
+        for (int layout = 0; layout < 2; layout++)
+            for (int isa = 0; isa < 4; isa++) {
+                if (!sk_isa_supported(isa)) continue;
+                for (int threads = 1; threads <= 2; threads++) {
+                    float *y = malloc(sizeof(float) * (size_t)(rows * d));
+                    const int st = sk_moe_ffn(layout ? &panels : &rowmajor, x, rows, y, isa, threads);
+                    CHECK(st == SK_OK, "dense status %d", st);
+                    double maxdiff = 0;
+                    for (int64_t i = 0; i < rows * d; i++) maxdiff = fmax(maxdiff, fabs(y[i] - ref[i]));
+                    CHECK(maxdiff / maxref <= 1e-5, "dense %s isa=%s rows=%lld gated=%d threads=%d rel err %.3g",
+                          layout ? "panels" : "row-major", ISA_NAMES[isa], (long long)rows, gated, threads,
+                          maxdiff / maxref);
+                    free(y);
+                }
+            }
+        free(x), free(ref);
+    }
+    free(w1), free(wu), free(w2), free(p1), free(pu), free(p2), free(rw), free(rb), free(b1), free(b2);
+}
+
 int main(void) {
+    test_dense(150, 6, 40, 2, 0, MOE_GELU, MOE_GATE_NONE);
+    test_dense(150, 5, 56, 3, 1, MOE_SILU, MOE_GATE_SOFTMAX);
     static const int NM[][2] = {{2, 4}, {1, 4}, {4, 8}, {2, 16}};
     for (size_t i = 0; i < sizeof NM / sizeof NM[0]; i++) {
         const int n = NM[i][0], m = NM[i][1];

@@ -65,5 +65,42 @@ def test_malformed_weights_fail_at_session_creation() -> None:
     _, kern = _pair((2, 16), 16, 4, 8, 2, "relu")
     node = next(iter(kern.graph))
     node.attributes["F"] = ir.AttrInt64("F", 9)  # the weights hold 8 neurons per expert
-    with pytest.raises(PackedFormatError, match="MoEFFN .*w1 has 512 elements, expected 576"):
+    # panel layout: w1 [16, 8 -> 32 padded columns] fits F=9 too; w2 [8 rows of 32] does not
+    with pytest.raises(PackedFormatError, match="MoEFFN .*w2 has 1024 elements, expected 1152"):
         make_session(model_bytes(kern), 1)
+
+
+def test_panel_layout_indexing_and_roundtrip() -> None:
+    from sparsec.backends.ort.lower_moe_kernels import PANEL, pack_panels, unpack_panels
+
+    w = np.random.default_rng(0).standard_normal((3, 5, 70)).astype(np.float32)  # 70: a partial last panel
+    flat = pack_panels(w)
+    panels = -(-70 // PANEL)
+    assert flat.shape == (3 * panels * 5 * PANEL,)
+    for e, k, c in [(0, 0, 0), (1, 4, 33), (2, 3, 69), (2, 0, 64)]:
+        p, j = divmod(c, PANEL)
+        assert flat[((e * panels + p) * 5 + k) * PANEL + j] == w[e, k, c]
+    assert not flat.reshape(3, panels, 5, PANEL)[:, -1, :, 70 - 2 * PANEL:].any()  # padding is zero
+    np.testing.assert_array_equal(unpack_panels(flat, 3, 5, 70), w)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_dense_experts_lowered_as_panels_and_raised_back(gated: bool) -> None:
+    from sparsec.cli.kernel_view import raise_kernel_ops
+
+    ref, kern = _pair((5, 40), 40, 6, 24, 2, "gelu", "softmax", gated, seed=4)
+    node = next(iter(kern.graph))
+    assert node.attributes["panel"].as_int() == 32
+    assert node.inputs[3].const_value.size == 6 * 40 * 32  # F = 24: one zero-padded panel per expert
+    x = np.random.default_rng(5).standard_normal((5, 40)).astype(np.float32)
+    got = _run(kern, x)
+    raised = _pair((5, 40), 40, 6, 24, 2, "gelu", "softmax", gated, seed=4)[1]
+    assert raise_kernel_ops(raised) == 1
+    moe = next(n for n in raised.graph if n.op_type == "MoE")
+    ex, _, _ = random_experts(40, 6, 24, gated, 4)
+    for index, want in ((3, ex.w1), (5, ex.w2), (7, ex.w_up)):
+        if want is not None:
+            np.testing.assert_array_equal(moe.inputs[index].const_value.numpy(), want)
+    assert not any(name.endswith(".panels") for name in raised.graph.initializers)
+    lower_to_reference(raised)
+    np.testing.assert_allclose(got, _run(raised, x), rtol=2e-5, atol=2e-5)

@@ -145,7 +145,9 @@ def test_mixed_patterns_lower_dense_with_the_reason() -> None:
     assert "n" not in _attrs(kern)
     assert ctx.decisions[-1]["decision"] == "kernel MoEFFN"
     assert "w1 2:4, w2 dense" in ctx.decisions[-1]["reason"]
-    assert {i.name for i in next(iter(kern.graph)).inputs if i is not None} >= {"w1", "w2"}  # pruned, unpacked
+    # the pruned weights, not N:M-packed: in the dense kernel's panel layout
+    assert _attrs(kern)["panel"] == 32
+    assert {i.name for i in next(iter(kern.graph)).inputs if i is not None} >= {"w1.panels", "w2.panels"}
     x = np.random.default_rng(0).standard_normal((7, 32)).astype(np.float32)
     np.testing.assert_allclose(_run(kern, x), _run(ref, x), rtol=2e-5, atol=2e-5)
 
