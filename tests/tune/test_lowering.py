@@ -42,8 +42,10 @@ def test_lowering_follows_the_real_measurement_of_each_shape() -> None:
     for node in kernels:  # the variant chosen is the one lowered
         capped = node.attributes.get("max_threads")
         assert (capped is not None and capped.as_int() == 1) == (measured["variant"] == "nm-kernel-1t")
+    # Lowered layers are recorded with the measurement behind them (a dense winner, possible on
+    # a busy machine, leaves both layers to legalize-dense and the pass's kept_dense statistics).
     decisions = [d for d in ctx.decisions if d["pass"] == "lower-nm-kernels"]
-    assert {d["weight"] for d in decisions} == {"w1", "w2"}
+    assert {d["weight"] for d in decisions} == ({"w1", "w2"} if kernels else set())
     assert all(d["dense_us"] == measured["dense_us"] for d in decisions)
 
 
