@@ -83,6 +83,10 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=25, help="fine-tuning steps between validation checks")
     p.add_argument("--augment", action="store_true", help="fine-tune on augmented copies of the samples too (sparsec.recover.augment)")
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the per-layer feature distillation")
+    p.add_argument("--blockwise-epochs", type=float, default=0.0,
+                   help="block-wise reconstruction before the end-to-end fine-tuning: epochs per block (0: none)")
+    p.add_argument("--blockwise-lr", type=float, default=1e-3)
+    p.add_argument("--blockwise-share", type=float, default=0.5, help="block-wise part of the fine-tuning time limits")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
@@ -141,7 +145,8 @@ def main() -> int:
         options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
                                   max_cpu_seconds=cpu_left, eval_every=args.eval_every, threads=args.threads, progress=False,
                                   augment=args.augment, feature_weight=args.feature_weight,
-                                  patience=args.patience)
+                                  patience=args.patience, blockwise_epochs=args.blockwise_epochs,
+                                  blockwise_lr=args.blockwise_lr, blockwise_share=args.blockwise_share)
         ft, result["finetune"] = timed(finetune, model, task.model, train, options, validation=validation)
         result["finetune"]["result"] = ft.to_dict()
         result["finetuned"] = _embedding_metrics(dense, _run_all(model, task.eval_feeds))
