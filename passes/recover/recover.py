@@ -36,12 +36,14 @@ class Recover(Pass):
     patience: int = option(4, "stop after this many evaluations without improvement")
     augment: bool = option(False, "also train on perturbed copies of the samples (token replacement, mixup)")
     router_weight: float = option(0.0, "MoE routers: weight of distilling the logits towards the experts' activation mass")
+    blockwise_epochs: float = option(0.0, "block-wise reconstruction first: epochs per transformer block (0: none)")
+    blockwise_lr: float = option(1e-3, "block-wise reconstruction: peak learning rate")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise PipelineError("pass 'recover': steps, batch_size, eval_every and patience must be >= 1")
-        if not self.lr > 0 or min(self.feature_weight, self.max_seconds, self.router_weight) < 0:
-            raise PipelineError("pass 'recover': lr > 0, feature_weight, max_seconds and router_weight >= 0 are required")
+        if not self.lr > 0 or not self.blockwise_lr > 0 or min(self.feature_weight, self.max_seconds, self.router_weight, self.blockwise_epochs) < 0:
+            raise PipelineError("pass 'recover': lr, blockwise_lr > 0 and feature_weight, max_seconds, router_weight, blockwise_epochs >= 0 are required")
 
     def options_for_finetune(self, threads: int = 2):  # noqa: ANN201  (FinetuneOptions)
         from sparsec.recover.finetune import FinetuneOptions
@@ -49,7 +51,8 @@ class Recover(Pass):
         return FinetuneOptions(
             steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
             max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
-            augment=self.augment, router_weight=self.router_weight,
+            augment=self.augment, router_weight=self.router_weight, blockwise_epochs=self.blockwise_epochs,
+            blockwise_lr=self.blockwise_lr,
         )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:

@@ -41,6 +41,9 @@ def add_finetune_parser(sub: Any) -> None:
                    help="also train on perturbed copies of the samples (token replacement, mixup)")
     p.add_argument("--router-weight", type=float, default=0.0,
                    help="MoE routers: weight of distilling their logits towards the experts' activation mass (default 0)")
+    p.add_argument("--blockwise-epochs", type=float, default=0.0,
+                   help="block-wise reconstruction first: epochs per transformer block (default 0: none)")
+    p.add_argument("--blockwise-lr", type=float, default=1e-3, help="block-wise reconstruction: peak learning rate (default 1e-3)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -93,7 +96,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
                               threads=args.threads, augment=args.augment,
-                              router_weight=args.router_weight)
+                              router_weight=args.router_weight, blockwise_epochs=args.blockwise_epochs,
+                              blockwise_lr=args.blockwise_lr)
     if args.threads < 1:
         raise OptionError(f"--threads={args.threads}: expected a positive count")
     manifest, files = _read_artifact(args.artifact)
@@ -113,7 +117,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     PassManager(backend.legalize_pipeline(), verify_numerics=False).run(student, PassContext(target=target, replay=lowered_as))
     record = {**result.to_dict(), "teacher": teacher_source, "calibration": f"{calib.num_samples} samples from {args.calib}",
               "options": {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "max_seconds": args.max_seconds,
-                          "validation": str(args.val) if args.val else None}}
+                          "blockwise_epochs": args.blockwise_epochs, "validation": str(args.val) if args.val else None}}
     manifest["recovery"] = record
     manifest["decisions"] = [*manifest.get("decisions", []), {"pass": "recover", "layer": "model", "decision": "finetune", **record}]
     files["model.onnx"] = model_bytes(student)

@@ -78,12 +78,19 @@ class FinetuneOptions:
     augment: bool = False
     # Weight of the router distillation term (MoE routers: logits towards the experts' mass).
     router_weight: float = 0.0
+    # Block-wise reconstruction first (blockwise.py): epochs per segment (0: none), its peak
+    # learning rate, and its share of the time limits (the end-to-end training gets the rest).
+    blockwise_epochs: float = 0.0
+    blockwise_lr: float = 1e-3
+    blockwise_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise OptionError(f"fine-tuning: steps must be >= 1, got {self.steps}")
         if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1 or min(self.max_seconds, self.max_cpu_seconds, self.router_weight) < 0:
             raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits and router_weight >= 0 are required")
+        if self.blockwise_epochs < 0 or not self.blockwise_lr > 0 or not 0 < self.blockwise_share < 1:
+            raise OptionError("fine-tuning: blockwise_epochs >= 0, blockwise_lr > 0 and blockwise_share in (0, 1) are required")
         if not 0 < self.held_out < 1:
             raise OptionError(f"fine-tuning: held_out must lie in (0, 1), got {self.held_out}")
 
@@ -101,6 +108,7 @@ class FinetuneResult:
     validation: str = ""  # what early stopping scored
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
     held_out_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out cosine)
+    blockwise: dict[str, Any] | None = None  # the block-wise stage's record (BlockwiseResult.to_dict), if it ran
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -245,8 +253,11 @@ def _finetune(
     micro = fixed or o.batch_size
     accumulate = max(1, o.batch_size // micro)
     train, held, held_source = _split(calib, validation, micro, o)
-    student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     points = feature_points(student_ir, teacher_ir)
+    blockwise = None
+    if o.blockwise_epochs > 0 and points:
+        blockwise = _blockwise(student_ir, teacher_ir, train, held, points, o)
+    student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     params = [p for p in student.params.values()]
     routers = student.router_points if o.router_weight > 0 else []
     router_names = [n for pair in routers for n in pair]
@@ -299,7 +310,7 @@ def _finetune(
     best, best_step = cosine_before, 0
     best_state = {k: p.detach().clone() for k, p in student.params.items()}
     result = FinetuneResult(0, 0, "steps done", 0.0, cosine_before, cosine_before, points, sum(p.numel() for p in params),
-                            validation=held_source)
+                            validation=held_source, blockwise=blockwise)
     result.held_out_curve.append((0, cosine_before))
     bad_evals = 0
     bar = tqdm(range(o.steps), desc="fine-tuning", unit="step", disable=not o.progress)
@@ -361,6 +372,22 @@ def _finetune(
     check_masks(student_ir, student.masks_np)
     result.best_step, result.cosine_after = best_step, best
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def _blockwise(student_ir: ir.Model, teacher_ir: ir.Model, train: CalibrationData, held: CalibrationData,
+               points: list[str], o: FinetuneOptions) -> dict[str, Any]:
+    """Block-wise reconstruction before the end-to-end training, within its share of the limits."""
+    from sparsec.recover.blockwise import BlockwiseOptions, blockwise_reconstruct
+
+    cpu = o.max_cpu_seconds * o.blockwise_share
+    if o.max_seconds > 0:  # a wall-clock limit: as CPU seconds at full use of the threads
+        wall_cpu = o.max_seconds * o.blockwise_share * max(1, o.threads)
+        cpu = min(cpu, wall_cpu) if cpu > 0 else wall_cpu
+    options = BlockwiseOptions(epochs=o.blockwise_epochs, lr=o.blockwise_lr, batch_size=o.batch_size,
+                               max_cpu_seconds=cpu, threads=o.threads, seed=o.seed)
+    result = blockwise_reconstruct(student_ir, teacher_ir, train, held, points, options).to_dict()
+    log.info("block-wise reconstruction: %d segments in %.0f CPU-s", len(result["segments"]), result["cpu_seconds"])
     return result
 
 

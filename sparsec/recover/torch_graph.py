@@ -197,9 +197,50 @@ class TorchGraph(nn.Module):
         for name in self.input_names:
             x = feeds[name]
             env[name] = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        wanted = set(capture)
+        captured = self._execute(self.steps, env, set(capture))
+        return [env[n] for n in self.output_names], captured
+
+    # -- segments (block-wise reconstruction) ------------------------------------------------
+    def segment(self, given: Sequence[str], targets: Sequence[str]) -> list[_Step]:
+        """The steps that compute `targets` from the `given` values, the graph inputs and the
+        initializers, in graph order (a backward slice)."""
+        known = set(given) | set(self.input_names) | set(self.constants) | set(self.param_key)
+        needed = set(targets) - known
+        chosen = []
+        for step in reversed(self.steps):
+            if needed.intersection(step.outputs):
+                chosen.append(step)
+                needed.difference_update(step.outputs)
+                needed.update(n for n in step.inputs if n is not None and n not in known)
+        if needed:
+            raise UnsupportedError(f"segment: no step computes {sorted(needed)}")
+        return chosen[::-1]
+
+    def segment_params(self, steps: Sequence[_Step]) -> list[str]:
+        """Initializer names of the parameters the `steps` read."""
+        used = {n for s in steps for n in s.inputs if n is not None}
+        return [name for name in self.param_key if name in used]
+
+    def run_segment(
+        self, steps: Sequence[_Step], values: Mapping[str, torch.Tensor], feeds: Mapping[str, torch.Tensor | np.ndarray],
+        targets: Sequence[str],
+    ) -> list[torch.Tensor]:
+        """Run a `segment` from the given intermediate `values` (and graph inputs `feeds`)."""
+        used = {n for s in steps for n in s.inputs if n is not None}
+        env: dict[str, torch.Tensor] = {n: c for n, c in self.constants.items() if n in used}
+        for name in self.segment_params(steps):
+            env[name] = self.weight(name)
+        for name in self.input_names:
+            if name in used:
+                x = feeds[name]
+                env[name] = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        env.update(values)
+        captured = self._execute(steps, env, set(targets))
+        return [captured[t] if t in captured else env[t] for t in targets]
+
+    def _execute(self, steps: Sequence[_Step], env: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {n: env[n] for n in wanted if n in env}
-        for step in self.steps:
+        for step in steps:
             args = [env[n] if n is not None else None for n in step.inputs]
             if step.op_type == "Constant":
                 (key, value), = step.attrs.items()
@@ -219,7 +260,7 @@ class TorchGraph(nn.Module):
                         captured[name] = value
             for name in step.free:
                 env.pop(name, None)
-        return [env[n] for n in self.output_names], captured
+        return captured
 
 
 def _has_rule(node: ir.Node) -> bool:
