@@ -37,6 +37,8 @@ def _reason(node: ir.Node, shapes) -> str | None:
         if x is not None and shapes.dtypes.get(x.name, 1) != 1:
             return "not float32"
     layout = BlockLayout.of(node)
+    if layout.summarised:
+        return "summary_blocks: the fused kernel has no summary-key path yet (the reference lowering runs it)"
     if layout.block_mask is not None and layout.dynamic:
         return "block_mask with topk_blocks: the kernel op's layout input takes a mask or [local, sinks, topk], not both"
     return None

@@ -21,6 +21,12 @@ layout of head h:
   highest q^ . k^[kb] among those the static layout above leaves out (and causally allowed,
   kb <= qb) are added; ties go to the lower kb, fewer are added when fewer remain. Scale and
   bias play no part in the choice. The cost of the estimate is one pooled product per block pair.
+- `summary_blocks[h] = 1`: every key block the layout above (top-k included) leaves out for a
+  query block, and that lies wholly before it when causal (kb < qb), still enters that block's
+  softmax, as one virtual key: the mean of the block's key rows k~[kb] (n keys, n < block for a
+  partial last block), with the logit scale * q . k~[kb] + log(n) and the value the mean of the
+  block's value rows (the left-out keys summarised by their centroid, as NSA's compressed
+  branch; it costs one key per left-out block per row). Not defined with a bias input.
 A list of one value applies to every head. A row with no allowed key (or whose allowed keys
 the bias masks with -inf, e.g. a padding position whose own block is all padding) outputs
 zeros, as FlashAttention-style kernels do; layouts from the pass always keep the query's own block.
@@ -49,6 +55,7 @@ class BlockLayout:
     sink_blocks: tuple[int, ...] = (0,)
     block_mask: np.ndarray | None = None  # bool [H or 1, query blocks, key blocks]
     topk_blocks: tuple[int, ...] = (0,)  # per head: key blocks chosen at run time
+    summary_blocks: tuple[int, ...] = (0,)  # per head: 1 = left-out blocks read as one mean key each
 
     @classmethod
     def of(cls, node: ir.Node) -> BlockLayout:
@@ -57,6 +64,7 @@ class BlockLayout:
         local = a.get("local_blocks")
         sinks = a.get("sink_blocks")
         topk = a.get("topk_blocks")
+        summary = a.get("summary_blocks")
         return cls(
             block=a["block"].as_int(),
             causal=bool(a["causal"].as_int()),
@@ -64,20 +72,28 @@ class BlockLayout:
             sink_blocks=tuple(sinks.as_ints()) if sinks is not None else (0,),
             block_mask=None if mask is None else mask.as_tensor().numpy().astype(bool),
             topk_blocks=tuple(topk.as_ints()) if topk is not None else (0,),
+            summary_blocks=tuple(summary.as_ints()) if summary is not None else (0,),
         )
 
     @property
     def dynamic(self) -> bool:
         return any(t > 0 for t in self.topk_blocks)
 
+    @property
+    def summarised(self) -> bool:
+        return any(s > 0 for s in self.summary_blocks)
+
     def topk(self, head: int) -> int:
         return self.topk_blocks[head if len(self.topk_blocks) > 1 else 0]
+
+    def summary(self, head: int) -> bool:
+        return self.summary_blocks[head if len(self.summary_blocks) > 1 else 0] > 0
 
     def heads(self) -> int:
         """Heads the layout names explicitly (1: the same layout for every head)."""
         if self.block_mask is not None:
-            return max(int(self.block_mask.shape[0]), len(self.topk_blocks))
-        return max(len(self.local_blocks), len(self.sink_blocks), len(self.topk_blocks))
+            return max(int(self.block_mask.shape[0]), len(self.topk_blocks), len(self.summary_blocks))
+        return max(len(self.local_blocks), len(self.sink_blocks), len(self.topk_blocks), len(self.summary_blocks))
 
     def block_allowed(self, head: int, q_blocks: int, k_blocks: int, offset_blocks: int = 0) -> np.ndarray:
         """bool [q_blocks, k_blocks]: which block pairs head `head` reads (query block i is at
@@ -104,7 +120,8 @@ class BlockLayout:
 
     def density(self, heads: int, sq: int, sk: int) -> float:
         """Fraction of the (causal, if causal) block pairs the layout keeps, over all heads
-        (top-k blocks count as kept: their number per query block does not depend on the data)."""
+        (top-k blocks count as kept: their number per query block does not depend on the data;
+        a summary key costs 1 / block of a block pair: one key for each row of the query block)."""
         nk = -(-sk // self.block)
         q0 = (sk - sq) // self.block
         nq = (sk - 1) // self.block - q0 + 1
@@ -112,8 +129,13 @@ class BlockLayout:
         full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         for h in range(heads):
             static = self.block_allowed(h if self.heads() > 1 else 0, nq, nk, q0)
-            extra = np.minimum((full & ~static).sum(axis=1), self.topk(h if self.heads() > 1 else 0))
-            kept += int(static.sum() + extra.sum())
+            lh = h if self.heads() > 1 else 0
+            extra = np.minimum((full & ~static).sum(axis=1), self.topk(lh))
+            kept += float(static.sum() + extra.sum())
+            if self.summary(lh):
+                before = np.arange(nk)[None, :] < np.arange(nq)[:, None] + q0 if self.causal else full
+                left = np.maximum((full & before & ~static).sum(axis=1) - extra, 0)
+                kept += float(left.sum()) / self.block
             total += int(full.sum())
         return kept / max(total, 1)
 
@@ -159,6 +181,66 @@ class BlockLayout:
         if self.causal:
             out &= np.arange(sk)[None, :] <= pos[:, None]
         return out
+
+
+    def summary_masks(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """bool [B, Hq, Sq, key blocks]: which summary keys (block means) each query row reads."""
+        sq, sk = q.shape[2], k.shape[2]
+        nk = -(-sk // self.block)
+        q0 = (sk - sq) // self.block
+        blocks = self.dynamic_blocks(q, k)  # [B, Hq, nq, nk]
+        qb = np.arange(blocks.shape[2])[:, None] + q0
+        left = ~blocks
+        if self.causal:
+            left &= np.arange(nk)[None, :] < qb
+        heads = np.array([self.summary(h if self.heads() > 1 else 0) for h in range(q.shape[1])])
+        left &= heads[None, :, None, None]
+        pos = np.arange(sq) + sk - sq
+        return left[:, :, pos // self.block - q0]
+
+
+def block_means(x: np.ndarray, block: int) -> np.ndarray:
+    """float64 [B, H, blocks, D]: the mean of each block of rows of x [B, H, S, D] (a partial
+    last block: the mean of the rows it has)."""
+    bsz, heads, s, d = x.shape
+    nk = -(-s // block)
+    pad = np.zeros((bsz, heads, nk * block, d), np.float64)
+    pad[:, :, :s] = x
+    counts = np.minimum(block, s - np.arange(nk) * block).astype(np.float64)
+    return pad.reshape(bsz, heads, nk, block, d).sum(axis=3) / counts[:, None]
+
+
+def block_counts(s: int, block: int) -> np.ndarray:
+    """int [blocks]: keys in each key block (the last may be partial)."""
+    nk = -(-s // block)
+    return np.minimum(block, s - np.arange(nk) * block)
+
+
+def numpy_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: BlockLayout, scale: float,
+                           bias: np.ndarray | None = None) -> np.ndarray:
+    """float64 Y [B, Hq, Sq, Dv]: the op's semantics written out (top-k and summary keys
+    included); rows with nothing allowed give zeros."""
+    bsz, hq, sq, _ = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    rep = hq // hkv
+    kk = np.repeat(k.astype(np.float64), rep, axis=1)
+    vv = np.repeat(v.astype(np.float64), rep, axis=1)
+    s = scale * q.astype(np.float64) @ kk.transpose(0, 1, 3, 2)
+    if bias is not None:
+        s = s + np.broadcast_to(bias, s.shape)
+    s = np.where(layout.element_masks(q, k), s, -np.inf)
+    values = vv
+    if layout.summarised:
+        if bias is not None:
+            raise ValueError("summary_blocks are not defined with a bias")
+        kbar, vbar = block_means(kk, layout.block), block_means(vv, layout.block)
+        virt = scale * q.astype(np.float64) @ kbar.transpose(0, 1, 3, 2) + np.log(block_counts(sk, layout.block))
+        s = np.concatenate([s, np.where(layout.summary_masks(q, k), virt, -np.inf)], axis=-1)
+        values = np.concatenate([vv, vbar], axis=2)
+    top = s.max(-1, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+    total = p.sum(-1, keepdims=True)
+    return np.where(total > 0, p / np.where(total > 0, total, 1.0), 0.0) @ values
 
 
 def pooled_scores(q: np.ndarray, k: np.ndarray, block: int) -> np.ndarray:
@@ -211,6 +293,11 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
     topk = _ints(node, "topk_blocks")
     if topk is not None and (not topk or any(t < 0 for t in topk)):
         problems.append(f"topk_blocks must be >= 0, got {topk}")
+    summary = _ints(node, "summary_blocks")
+    if summary is not None and (not summary or any(x not in (0, 1) for x in summary)):
+        problems.append(f"summary_blocks must be 0 or 1 per head, got {summary}")
+    if summary is not None and any(summary) and len(node.inputs) > 3 and node.inputs[3] is not None:
+        problems.append("summary_blocks are not defined with a bias input")
     mask_attr = node.attributes.get("block_mask")
     if mask_attr is not None and (local is not None or sinks is not None):
         problems.append("give either block_mask or local_blocks/sink_blocks, not both")
@@ -220,7 +307,7 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
         problems.append(f"local_blocks must be >= 1 (or {ALL_BLOCKS} for all), got {local}")
     if sinks is not None and (not sinks or any(s < 0 for s in sinks)):
         problems.append(f"sink_blocks must be >= 0, got {sinks}")
-    layout_heads = {len(x) for x in (local, sinks, topk) if x is not None}
+    layout_heads = {len(x) for x in (local, sinks, topk, summary) if x is not None}
     if mask_attr is not None:
         mask = mask_attr.as_tensor().numpy()
         if mask.ndim != 3:
@@ -273,6 +360,8 @@ SPARSE_ATTENTION = register_op(
                                     doc="per head: leading key blocks every query reads"),
             "topk_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
                                     doc="per head: key blocks picked at run time by pooled Q.K (0: none)"),
+            "summary_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
+                                       doc="per head: 1 = each left-out key block is read as one mean key"),
             "block_mask": AttrSpec(ir.AttributeType.TENSOR, required=False,
                                    doc="explicit layout, uint8 [heads or 1, query blocks, key blocks]"),
         },
