@@ -100,7 +100,7 @@ static void test(int64_t b, int64_t hq, int64_t hkv, int64_t sq, int64_t sk, int
         if (!sk_isa_supported(isa)) continue;
         for (int threads = 1; threads <= 2; threads++) {
             const int rc = sk_attention(q, k, v, y, b, hq, hkv, sq, sk, d, dv, scale, causal, block, 1,
-                                        local, sk_sinks, sk_topk, NULL, 0, 0, bias, bias ? bstride : NULL, isa, threads);
+                                        local, sk_sinks, sk_topk, NULL, NULL, 0, 0, bias, bias ? bstride : NULL, isa, threads);
             double err = 0;
             for (int64_t i = 0; i < b * hq * sq * dv; i++) {
                 const double e = fabs(y[i] - ref[i]);
@@ -129,7 +129,7 @@ int main(void) {
     test(2, 4, 2, 27, 45, 24, 16, 8, 1, 1, 0, 2, 0);
     test(1, 2, 2, 33, 33, 40, 8, 8, 0, 1, 1, 3, 1);
     checks++;
-    if (sk_attention(NULL, NULL, NULL, NULL, 1, 3, 2, 4, 4, 4, 4, 1.0f, 0, 4, 1, NULL, NULL, NULL, NULL, 0, 0,
+    if (sk_attention(NULL, NULL, NULL, NULL, 1, 3, 2, 4, 4, 4, 4, 1.0f, 0, 4, 1, NULL, NULL, NULL, NULL, NULL, 0, 0,
                      NULL, NULL, 0, 1) != SK_ERR_SHAPE) {
         failures++;
         printf("FAIL: 3 query heads over 2 key heads accepted\n");

@@ -27,7 +27,6 @@ from sparsec.calib.runner import CalibrationRunner
 from sparsec.dialect.attention import (
     ALL_BLOCKS,
     BlockLayout,
-    block_counts,
     block_means,
     pooled_scores,
 )
@@ -251,8 +250,9 @@ class _Accumulator:
     def _summary_weights(self, p: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
         """(weights [B, H, Sq, nk], mean values [B, H, nk, D]): each summary key's softmax weight
-        on the dense row's scale, exp(scale q . k~ + log n - lse), the row's log-sum-exp read off
-        its largest probability (lse = s_ij - log p_ij: whatever masks the export applied)."""
+        on the dense row's scale, exp(scale q . k~ + log sum_j exp(bias_ij) - lse). The row's
+        log-sum-exp is read off its largest probability (lse = s_ij - log p_ij) and exp(bias_ij)
+        off every probability (p_ij exp(lse - s_ij)): whatever masks the export applied."""
         heads = p.shape[1]
         kk = np.repeat(k, heads // k.shape[1], axis=1).astype(np.float64)
         q64 = q.astype(np.float64)
@@ -260,8 +260,15 @@ class _Accumulator:
         kj = np.take_along_axis(kk, j[..., None], axis=2)  # [B, H, Sq, D]
         pj = np.take_along_axis(p, j[..., None], axis=-1)[..., 0].astype(np.float64)
         lse = self.scale * (q64 * kj).sum(-1) - np.log(np.maximum(pj, 1e-30))
+        s = (self.scale * q64) @ kk.transpose(0, 1, 3, 2)  # [B, H, Sq, Sk]
+        ebias = p * np.exp(np.minimum(lse[..., None] - s, 80.0))
+        sk, nk = k.shape[2], self.nk
+        pad = np.zeros((*ebias.shape[:3], nk * self.block))
+        pad[..., :sk] = ebias
+        with np.errstate(divide="ignore"):
+            mass = np.log(pad.reshape(*ebias.shape[:3], nk, self.block).sum(-1))  # log n without a bias
         kbar = block_means(kk, self.block)
-        logits = self.scale * q64 @ kbar.transpose(0, 1, 3, 2) + np.log(block_counts(k.shape[2], self.block))
+        logits = self.scale * q64 @ kbar.transpose(0, 1, 3, 2) + mass
         vw = np.exp(np.minimum(logits - lse[..., None], 80.0)).astype(p.dtype)
         return vw, block_means(v, self.block).astype(p.dtype)
 

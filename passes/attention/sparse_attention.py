@@ -37,7 +37,7 @@ class SparseAttentionPass(Pass):
     density: float = option(0.25, "with layout=auto: fraction of the block pairs (over all heads) to keep")
     topk: bool = option(True, "with layout=auto: candidates include run-time block top-k (topk:BLOCKS) per head")
     summary: bool = option(False, "with layout=auto: candidates include summary keys (each left-out key block read "
-                           "as its mean key and value, costing 1/block of a block pair; blocks without a kept bias)")
+                           "as its mean key and value, costing 1/block of a block pair)")
     check: str = option("output", "with layout=auto and topk: per attention block, keep top-k candidates only where "
                         "they beat static ones on the model's output (output: two runs per block; none)")
     check_samples: int = option(8, "check=output: calibration samples each run uses")
@@ -76,9 +76,6 @@ class SparseAttentionPass(Pass):
         for m in matches:
             causal, keep_bias, evidence = decisions[m.name]
             local_blocks, sink_blocks, topk_blocks, captured, errors, summary_blocks = per_head[m.name]
-            summary_note = None
-            if keep_bias and any(summary_blocks):  # the op defines summary keys only without a bias
-                summary_blocks, summary_note = [0], "off: the block keeps a mask bias (summary keys need none)"
             layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks), None, tuple(topk_blocks),
                                  tuple(summary_blocks))
             density = layout.density(m.heads if layout.heads() > 1 else 1, m.q_shape[2], m.seq_k)
@@ -88,8 +85,6 @@ class SparseAttentionPass(Pass):
                     "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
                     "sink_blocks": _one_or_all(sink_blocks), "topk_blocks": _one_or_all(topk_blocks),
                     "summary_blocks": _one_or_all(summary_blocks), "density": round(density, 4)}
-            if summary_note:
-                info["summary"] = summary_note
             if captured is not None and errors is not None:
                 info["captured_mass"] = [round(c, 4) for c in captured]
                 info["head_error"] = [round(e, 5) for e in errors]
@@ -121,7 +116,7 @@ class SparseAttentionPass(Pass):
 
         calib = require_calibration(ctx, "sparse-attention{layout=auto}")
         causal = {m.name: decisions[m.name][0] for m in matches}
-        summary = {m.name: self.summary and not decisions[m.name][1] for m in matches}
+        summary = {m.name: self.summary for m in matches}
         profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor,
                                           topk=self.topk, summary=summary)
         families: dict[str, dict] = {}

@@ -23,10 +23,11 @@ layout of head h:
   bias play no part in the choice. The cost of the estimate is one pooled product per block pair.
 - `summary_blocks[h] = 1`: every key block the layout above (top-k included) leaves out for a
   query block, and that lies wholly before it when causal (kb < qb), still enters that block's
-  softmax, as one virtual key: the mean of the block's key rows k~[kb] (n keys, n < block for a
-  partial last block), with the logit scale * q . k~[kb] + log(n) and the value the mean of the
-  block's value rows (the left-out keys summarised by their centroid, as NSA's compressed
-  branch; it costs one key per left-out block per row). Not defined with a bias input.
+  softmax, as one virtual key: the mean of the block's key rows k~[kb], with the logit
+  scale * q . k~[kb] + log(sum over the block's keys j of exp(bias[j])) (log n without a bias,
+  n keys in the block, fewer in a partial last block; -inf when the bias masks them all) and
+  the value the mean of the block's value rows (the left-out keys summarised by their centroid,
+  as NSA's compressed branch; it costs one key per left-out block per row).
 A list of one value applies to every head. A row with no allowed key (or whose allowed keys
 the bias masks with -inf, e.g. a padding position whose own block is all padding) outputs
 zeros, as FlashAttention-style kernels do; layouts from the pass always keep the query's own block.
@@ -216,13 +217,26 @@ def block_counts(s: int, block: int) -> np.ndarray:
     return np.minimum(block, s - np.arange(nk) * block)
 
 
+def summary_bias(bias: np.ndarray | None, shape: tuple[int, ...], block: int) -> np.ndarray:
+    """float64 [.., Sq, key blocks]: log of the sum of exp(bias) over each key block's keys
+    (log n without a bias), the summary keys' bias term."""
+    sk = shape[-1]
+    if bias is None:
+        return np.log(block_counts(sk, block).astype(np.float64))
+    e = np.exp(np.broadcast_to(np.asarray(bias, np.float64), shape))
+    nk = -(-sk // block)
+    pad = np.zeros((*shape[:-1], nk * block))
+    pad[..., :sk] = e
+    with np.errstate(divide="ignore"):
+        return np.log(pad.reshape(*shape[:-1], nk, block).sum(-1))
+
+
 def numpy_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: BlockLayout, scale: float,
                            bias: np.ndarray | None = None) -> np.ndarray:
     """float64 Y [B, Hq, Sq, Dv]: the op's semantics written out (top-k and summary keys
     included); rows with nothing allowed give zeros."""
     bsz, hq, sq, _ = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
-    rep = hq // hkv
+    rep = hq // k.shape[1]
     kk = np.repeat(k.astype(np.float64), rep, axis=1)
     vv = np.repeat(v.astype(np.float64), rep, axis=1)
     s = scale * q.astype(np.float64) @ kk.transpose(0, 1, 3, 2)
@@ -231,10 +245,8 @@ def numpy_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: 
     s = np.where(layout.element_masks(q, k), s, -np.inf)
     values = vv
     if layout.summarised:
-        if bias is not None:
-            raise ValueError("summary_blocks are not defined with a bias")
         kbar, vbar = block_means(kk, layout.block), block_means(vv, layout.block)
-        virt = scale * q.astype(np.float64) @ kbar.transpose(0, 1, 3, 2) + np.log(block_counts(sk, layout.block))
+        virt = scale * q.astype(np.float64) @ kbar.transpose(0, 1, 3, 2) + summary_bias(bias, s.shape, layout.block)
         s = np.concatenate([s, np.where(layout.summary_masks(q, k), virt, -np.inf)], axis=-1)
         values = np.concatenate([vv, vbar], axis=2)
     top = s.max(-1, keepdims=True)
@@ -296,8 +308,6 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
     summary = _ints(node, "summary_blocks")
     if summary is not None and (not summary or any(x not in (0, 1) for x in summary)):
         problems.append(f"summary_blocks must be 0 or 1 per head, got {summary}")
-    if summary is not None and any(summary) and len(node.inputs) > 3 and node.inputs[3] is not None:
-        problems.append("summary_blocks are not defined with a bias input")
     mask_attr = node.attributes.get("block_mask")
     if mask_attr is not None and (local is not None or sinks is not None):
         problems.append("give either block_mask or local_blocks/sink_blocks, not both")

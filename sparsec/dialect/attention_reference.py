@@ -190,7 +190,8 @@ def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, sca
 
 
 def _summary(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, v: ir.Value, rows: ir.Value,
-             qb: ir.Value, kidx: ir.Value, scale: float) -> tuple[ir.Value, ir.Value]:
+             qb: ir.Value, kidx: ir.Value, scale: float, bias: ir.Value | None, scores: ir.Value
+             ) -> tuple[ir.Value, ir.Value]:
     """(logits [B, Hq, Sq, nk] with -inf where a row reads no summary key, block mean values
     [B, Hq, nk, Dv]): the op's summary keys, one per left-out key block."""
     axes0, axes1 = b.const(np.array([0]), "axes"), b.const(np.array([1]), "axes")
@@ -207,7 +208,12 @@ def _summary(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, v: ir.V
     logits = b.op("MatMul", [q, b.op("Transpose", [kbar], perm=[0, 1, 3, 2])])
     if scale != 1.0:
         logits = b.op("Mul", [logits, b.const(np.array(scale, np.float32), "scale")])
-    logits = b.op("Add", [logits, b.op("Log", [b.op("Transpose", [counts], perm=[1, 0])])])
+    if bias is None:
+        logits = b.op("Add", [logits, b.op("Log", [b.op("Transpose", [counts], perm=[1, 0])])])
+    else:  # log sum_j exp(bias) over each block's keys: exp(bias) @ membership^T
+        full = b.op("Expand", [bias, b.op("Shape", [scores])])  # [B, Hq, Sq, Sk]
+        blocks = b.op("MatMul", [b.op("Exp", [full]), b.op("Transpose", [member], perm=[1, 0])])
+        logits = b.op("Add", [logits, b.op("Log", [blocks])])
     left = b.op("Not", [rows])
     if layout.causal:  # only blocks wholly before the query's block
         left = b.op("And", [left, b.op("Less", [b.op("Unsqueeze", [kidx, axes0]), b.op("Unsqueeze", [qb, axes1])])])
@@ -234,7 +240,7 @@ def lower_sparse_attention(node: ir.Node) -> None:
         allowed = b.op("Unsqueeze", [allowed, b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
     if layout.summarised:
-        virt, vbar = _summary(b, layout, q, k, v, rows, qb, kidx, scale)
+        virt, vbar = _summary(b, layout, q, k, v, rows, qb, kidx, scale, bias, scores)
         masked = b.op("Concat", [masked, virt], axis=-1)
     probs = b.op("Softmax", [masked], axis=-1)
     # A row whose allowed keys are all masked (-inf bias) is 0/0: zeros, as the kernels give.

@@ -24,22 +24,29 @@ SUMMARY_CASES = [
     ((1, 3, 16, 4), (1, 1, 16, 4), {"block": 4, "causal": 0, "block_mask": np.eye(4, dtype=np.uint8)[None].repeat(3, 0),
                                     "summary_blocks": [1, 0, 1]}),
 ]
+BIAS = [False, False, True, False]  # the second case also runs with a padding-like bias below
 
 
-@pytest.mark.parametrize(("q_shape", "kv_shape", "attrs"), SUMMARY_CASES)
-def test_reference_lowering_matches_numpy(q_shape, kv_shape, attrs) -> None:
+@pytest.mark.parametrize(("q_shape", "kv_shape", "attrs", "with_bias"),
+                         [(*c, b) for c, b in zip(SUMMARY_CASES, BIAS, strict=True)] + [(*SUMMARY_CASES[1], True)])
+def test_reference_lowering_matches_numpy(q_shape, kv_shape, attrs, with_bias) -> None:
     rng = np.random.default_rng(1)
-    model = attention_model(q_shape, kv_shape, None, scale=0.3, **attrs)
+    bias_shape = (q_shape[0], 1, q_shape[2], kv_shape[2]) if with_bias else None
+    model = attention_model(q_shape, kv_shape, bias_shape, scale=0.3, **attrs)
     node = next(iter(model.graph))
     assert verify_node(node) == []
     layout = BlockLayout.of(node)
     assert layout.summarised
     feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("q", q_shape), ("k", kv_shape), ("v", kv_shape))}
+    if with_bias:  # random bias, and the last 5 keys masked (padding: a partial and a whole masked block)
+        bias = rng.standard_normal(bias_shape)
+        bias[..., -5:] = -1e9
+        feeds["bias"] = bias.astype(np.float32)
     got = run_reference(model, feeds)
-    want = numpy_sparse_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.3)
+    want = numpy_sparse_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.3, feeds.get("bias"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # The summary keys change the result (else this test could not fail).
-    plain = numpy_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.3)
+    plain = numpy_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.3, feeds.get("bias"))
     assert np.abs(plain - want).max() > 1e-3
 
 
@@ -77,7 +84,6 @@ def test_density_counts_summary_keys() -> None:
     [
         ({"local_blocks": [1], "summary_blocks": [2]}, False, "summary_blocks must be 0 or 1"),
         ({"local_blocks": [1], "summary_blocks": [1, 0]}, False, "layout lists"),
-        ({"local_blocks": [1], "summary_blocks": [1]}, True, "not defined with a bias"),
     ],
 )
 def test_verifier_rejects_bad_summary(attrs, bias, problem) -> None:
@@ -87,10 +93,11 @@ def test_verifier_rejects_bad_summary(attrs, bias, problem) -> None:
     assert any(problem in p for p in problems), problems
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_profile_error_of_summary_candidates_is_the_ops(causal: bool) -> None:
+@pytest.mark.parametrize(("causal", "padded"), [(False, False), (True, False), (False, True)])
+def test_profile_error_of_summary_candidates_is_the_ops(causal: bool, padded: bool) -> None:
     """Every summary candidate's profiled error equals the relative output error of the op's own
-    semantics (numpy_sparse_attention) for that layout, static and top-k alike."""
+    semantics (numpy_sparse_attention) for that layout, static and top-k alike; with a padding
+    bias the profile reads it off the probabilities alone."""
     from sparsec.passes.attention.head_profile import _Accumulator
 
     from .test_auto_layout import _match
@@ -102,9 +109,15 @@ def test_profile_error_of_summary_candidates_is_the_ops(causal: bool) -> None:
     k = rng.standard_normal((1, heads, seq, d)).astype(np.float32)
     v = rng.standard_normal((1, heads, seq, d)).astype(np.float32)
     scale = 0.4
+    bias = None
+    if padded:  # the last 6 keys are padding: one whole block and a half
+        bias = np.zeros((1, 1, seq, seq), np.float32)
+        bias[..., -6:] = -1e9
     dense = BlockLayout(block, causal)
-    want_dense = numpy_sparse_attention(q, k, v, dense, scale)
+    want_dense = numpy_sparse_attention(q, k, v, dense, scale, bias)
     s = scale * np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k.astype(np.float64))
+    if bias is not None:
+        s = s + bias
     if causal:
         s = s + np.triu(np.full((seq, seq), -np.inf), 1)
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -118,7 +131,7 @@ def test_profile_error_of_summary_candidates_is_the_ops(causal: bool) -> None:
         if not prof.summarised(c):
             continue
         layout = BlockLayout(block, causal, (w,), (sinks,), None, (t,), (1,))
-        got = numpy_sparse_attention(q, k, v, layout, scale)
+        got = numpy_sparse_attention(q, k, v, layout, scale, bias)
         err = ((got - want_dense) ** 2).sum((0, 2, 3)) / (want_dense ** 2).sum((0, 2, 3))
         np.testing.assert_allclose(prof.error[:, c], err, rtol=2e-3, atol=1e-6)
         assert prof.kept[c] == pytest.approx(layout.density(1, seq, seq) * prof.kept[0])
@@ -126,3 +139,35 @@ def test_profile_error_of_summary_candidates_is_the_ops(causal: bool) -> None:
         assert not prof.summarised(plain)
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("pipeline", ["sparse-attention{layout=auto density=0.4 block=4 summary=true}",
+                                      "sparse-attention{layout='local:4,summary:1' block=4}"])
+def test_compile_with_summary_keys_lowers_to_the_kernel(hf_export, tmp_path, capsys, pipeline) -> None:
+    """GPT-2 (causal, a kept mask bias) compiled with summary keys: the layout is recorded and
+    every block runs on the fused kernel, whose output the fidelity check compares with dense."""
+    import json
+
+    import onnx
+
+    from sparsec import kernels as sk
+    from sparsec.cli.main import main
+
+    from .test_auto_layout import _calib
+
+    calib = tmp_path / "calib.npz"
+    _calib(calib)
+    out = tmp_path / "out"
+    rc = main(["compile", str(hf_export("gpt2", "legacy")), "-p", pipeline, "--calib", str(calib), "--no-bench",
+               "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    stats = next(p for p in manifest["passes"] if p["pass"].startswith("sparse-attention"))
+    rewritten = stats["stats"]["rewritten"]
+    assert rewritten and all("summary_blocks" in b for b in rewritten)
+    if "layout=auto" not in pipeline:  # (auto may or may not pick them on this tiny model)
+        assert all(np.atleast_1d(b["summary_blocks"]).all() for b in rewritten)
+    assert np.isfinite(stats["fidelity"]["max_abs"]) and stats["fidelity"]["worst_cosine"] > 0.5
+    if sk.kernels_available():
+        ops = {(n.domain, n.op_type) for n in onnx.load(out / "model.onnx").graph.node}
+        assert ("com.sparsec.kernels", "SparseAttention") in ops and ("com.sparsec", "SparseAttention") not in ops
