@@ -28,7 +28,7 @@ def _fn() -> ctypes._CFuncPtr:
         raise KernelUnavailableError("the sparsec kernel library has no attention kernel (stale build): re-run `pip install -e .`")
     f = lib.sk_attention
     f.argtypes = [_f32p, _f32p, _f32p, _f32p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, ctypes.c_float, _int,
-                  _i64, _i64, _i32p, _i32p, _i32p, _i32p, _u8p, _i64, _i64, _f32p, _i64p, _int, _int]
+                  _i64, _i64, _i32p, _i32p, _i32p, _i32p, _int, _u8p, _i64, _i64, _f32p, _i64p, _int, _int]
     f.restype = _int
     return f
 
@@ -41,7 +41,7 @@ def block_sparse_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float, block: int, causal: bool,
     local_blocks: list[int] | None = None, sink_blocks: list[int] | None = None,
     block_mask: np.ndarray | None = None, topk_blocks: list[int] | None = None,
-    summary_blocks: list[int] | None = None, bias: np.ndarray | None = None, isa: str | None = None, threads: int | None = None,
+    summary_blocks: list[int] | None = None, topk_score: int = 0, bias: np.ndarray | None = None, isa: str | None = None, threads: int | None = None,
 ) -> np.ndarray:
     """Y [B, Hq, Sq, Dv] (the semantics of com.sparsec.SparseAttention, `topk_blocks` and
     `summary_blocks` included)."""
@@ -80,7 +80,7 @@ def block_sparse_attention(
     rc = _fn()(
         _ptr(q, _f32p), _ptr(k, _f32p), _ptr(v, _f32p), _ptr(y, _f32p), b, hq, hkv, sq, sk, d, dv,
         float(scale), int(causal), int(block), heads, _ptr(local, _i32p), _ptr(sinks, _i32p), _ptr(topk, _i32p),
-        _ptr(summary, _i32p),
+        _ptr(summary, _i32p), int(topk_score),
         _ptr(mask, _u8p), mq, mk, None if bias is None else bias.ctypes.data_as(_f32p), _ptr(strides, _i64p),
         resolve_isa(isa), threads if threads is not None else default_threads(),
     )

@@ -90,6 +90,8 @@ class LowerAttentionKernels(Pass):
         attrs = [ir.AttrFloat32("scale", node.attributes["scale"].as_float()),
                  ir.AttrInt64("block", layout.block), ir.AttrInt64("causal", int(layout.causal)),
                  ir.AttrInt64("has_bias", int(bias is not None))]
+        if layout.topk_score:
+            attrs.append(ir.AttrInt64("topk_score", layout.topk_score))
         new = ir.Node(KERNEL_DOMAIN, KERNEL_OP, inputs, attributes=attrs, name=f"{base}/kernel", num_outputs=1)
         model.graph.insert_before(node, new)
         replace_value(node.outputs[0], new.outputs[0], drop=node)
@@ -118,6 +120,8 @@ def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
         attrs.append(ir.AttrTensor("block_mask", ir.tensor(table.astype(np.uint8))))
     else:
         raise InputError(f"kernel op '{node.name}': attention layout of shape {list(table.shape)}")
+    if "topk_score" in a and a["topk_score"].as_int():
+        attrs.append(ir.AttrInt64("topk_score", a["topk_score"].as_int()))
     has_bias = "has_bias" in a and a["has_bias"].as_int() != 0
     inputs = [*node.inputs[:3]] + ([node.inputs[4]] if has_bias and len(node.inputs) > 4 else [])
     new = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=node.name, num_outputs=1)

@@ -1,6 +1,7 @@
 /* ONNX Runtime custom op com.sparsec.kernels.SparseAttention calling sk_attention.
  *
- *   SparseAttention(Q, K, V, layout[, bias]) -> Y     attrs scale (float), block, causal, has_bias
+ *   SparseAttention(Q, K, V, layout[, bias]) -> Y     attrs scale (float), block, causal, has_bias,
+ *                                                     topk_score (optional: 0 pooled mean, 1 softmax mass)
  *
  * Q [B, Hq, Sq, D], K [B, Hkv, Sk, D], V [B, Hkv, Sk, Dv], Y [B, Hq, Sq, Dv] (fp32). `layout` is a
  * constant int32 initializer: [2, H] (row 0 local window in blocks, -1 = all; row 1 sink
@@ -37,7 +38,7 @@ typedef struct {
 
 typedef struct {
     const OrtApi *api;
-    int isa, cap, causal, has_bias;
+    int isa, cap, causal, has_bias, topk_score;
     float scale;
     int64_t block, heads, mask_q, mask_k;
     int32_t *local, *sinks, *topk, *summary; /* topk: NULL for a [2, H] layout; summary: for [4, H] */
@@ -165,6 +166,16 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
         attn_destroy(kr);
         return sk_ort_status(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
     }
+    int64_t topk_score = 0;
+    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "topk_score", &topk_score))) {
+        SK_ORT(api, ReleaseStatus)(st);
+        topk_score = 0;
+    }
+    if (topk_score != 0 && topk_score != 1) {
+        attn_destroy(kr);
+        return sk_ort_status(api, "%s: topk_score %lld must be 0 or 1", ctx, (long long)topk_score);
+    }
+    kr->topk_score = (int)topk_score;
     kr->causal = (int)causal;
     kr->has_bias = has_bias != 0;
     if ((st = read_layout(kr, info, ctx))) {
@@ -224,7 +235,8 @@ static OrtStatus *attn_compute_op(void *p, OrtKernelContext *context) {
         (st = SK_ORT(api, GetTensorMutableData)(yv, &y)))
         return st;
     const int rc = sk_attention(q, k, v, y, b, hq, hkv, sq, sk, d, dv, kr->scale, kr->causal,
-                                kr->block, kr->heads, kr->local, kr->sinks, kr->topk, kr->summary, kr->mask, kr->mask_q,
+                                kr->block, kr->heads, kr->local, kr->sinks, kr->topk, kr->summary, kr->topk_score,
+                                kr->mask, kr->mask_q,
                                 kr->mask_k, bias, bias ? bstride : NULL, kr->isa,
                                 kr->cap > 0 ? kr->cap : sk_max_threads());
     if (rc != SK_OK)

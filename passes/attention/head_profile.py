@@ -141,12 +141,13 @@ class _Block:
     topk: bool = True
     summary: bool = False
     scale: float = 1.0
+    topk_score: int = 0
 
 
 class _Accumulator:
     def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool, topk: bool = True,
-                 summary: bool = False, scale: float = 1.0) -> None:
-        self.block, self.causal, self.scale = block, causal, scale
+                 summary: bool = False, scale: float = 1.0, topk_score: int = 0) -> None:
+        self.block, self.causal, self.scale, self.topk_score = block, causal, scale, topk_score
         self.nk = -(-m.seq_k // block)
         base = candidates(self.nk, causal, block, topk)
         # Summary candidates: every non-dense candidate again, with summary keys (after the plain
@@ -180,7 +181,7 @@ class _Accumulator:
         head, the op's run-time top-k included (None: no dynamic candidate, or no Q/K)."""
         if q is None or k is None or not any(t for _, _, t in self.layouts):
             return None
-        scores = pooled_scores(q, k, self.block)  # [B, H, nq (from q0), nk]
+        scores = pooled_scores(q, k, self.block, self.topk_score, self.scale)  # [B, H, nq (from q0), nk]
         q0 = (sk - sq) // self.block
         full = allowed_blocks(ALL_BLOCKS, 0, self.causal, self.block, self.nk)
         out = np.broadcast_to(self.allowed[:, None, None], (len(self.layouts), *scores.shape[:2], self.nk, self.nk)).copy()
@@ -293,7 +294,7 @@ class _Accumulator:
 def profile_heads(
     model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int,
     causal: dict[str, bool], *, threads: int = 2, executor: Executor | None = None, topk: bool = True,
-    summary: dict[str, bool] | None = None,
+    summary: dict[str, bool] | None = None, topk_score: int = 0,
 ) -> tuple[dict[str, HeadProfile], dict[str, str]]:
     """Profiles of `matches` over the calibration batches (one run of the model computing
     every block's Softmax output and V), and per unprofiled block the reason.
@@ -302,18 +303,20 @@ def profile_heads(
     whole batches (one per worker of the executor; one in process), each task returns every
     batch's contribution, and they are folded here in calibration order: the same profiles
     on every executor. `topk`: also profile dynamic (run-time top-k) candidates, from Q and K;
-    `summary`: per block, also every candidate with summary keys (blocks without a kept bias)."""
+    `summary`: per block, also every candidate with summary keys; `topk_score`: the op's top-k
+    estimate the dynamic candidates use (0 pooled mean, 1 pooled softmax mass)."""
     executor = executor or LocalExecutor()
     blocks = [_Block(m.name, m.softmax.outputs[0].name, m.v.name, m.q.name, m.k.name,
                      tuple(m.k_perm) if m.k_perm is not None else None, tuple(m.q_shape), m.seq_k, block,
-                     causal[m.name], topk, bool((summary or {}).get(m.name)), float(m.scale)) for m in matches]
+                     causal[m.name], topk, bool((summary or {}).get(m.name)), float(m.scale), topk_score)
+              for m in matches]
     batch = model_batch_size(model) or calib.batch_size
     batches = -(-calib.num_samples // batch)
     per_chunk = -(-batches // max(1, min(executor.parallelism(), batches))) * batch
     chunks = [_slice(calib, a, min(a + per_chunk, calib.num_samples)) for a in range(0, calib.num_samples, per_chunk)]
     shared = share_model(executor, model)
     tasks = [_ProfileTask(shared, chunk, blocks, threads) for chunk in chunks]
-    acc = {b.name: _Accumulator(b, block, b.causal, topk, b.summary, b.scale) for b in blocks}
+    acc = {b.name: _Accumulator(b, block, b.causal, topk, b.summary, b.scale, b.topk_score) for b in blocks}
     skipped: dict[str, str] = {}
     done = 0
     for result in executor.map(_profile_chunk, tasks, desc="attention profile"):
@@ -354,7 +357,7 @@ def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
     calib = task.calib
     names = sorted({n for b in task.blocks for n in (b.softmax, b.v, *((b.q, b.k) if b.topk or b.summary else ()))})
     runner = CalibrationRunner(shared_model(task.model), calib, threads=task.threads)
-    accs = {b.name: _Accumulator(b, b.block, b.causal, b.topk, b.summary, b.scale) for b in task.blocks}
+    accs = {b.name: _Accumulator(b, b.block, b.causal, b.topk, b.summary, b.scale, b.topk_score) for b in task.blocks}
     skipped: dict[str, str] = {}
     out: list[tuple[int, dict[str, _Contribution]]] = []
     for batch, outs in zip(runner.batches(), runner.values(names), strict=False):

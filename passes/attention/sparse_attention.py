@@ -36,6 +36,8 @@ class SparseAttentionPass(Pass):
                          "mean key); auto: per head from calibration data, under `density`")
     density: float = option(0.25, "with layout=auto: fraction of the block pairs (over all heads) to keep")
     topk: bool = option(True, "with layout=auto: candidates include run-time block top-k (topk:BLOCKS) per head")
+    topk_score: str = option("mean", "the run-time top-k estimate: mean (pooled query sum . key block mean) or "
+                             "softmax (the pooled query's softmax mass on each key block; sees single heavy keys)")
     summary: bool = option(False, "with layout=auto: candidates include summary keys (each left-out key block read "
                            "as its mean key and value, costing 1/block of a block pair)")
     check: str = option("output", "with layout=auto and topk: per attention block, keep top-k candidates only where "
@@ -51,10 +53,16 @@ class SparseAttentionPass(Pass):
             raise OptionError(f"sparse-attention: density must be in (0, 1], got {self.density}")
         if self.block < 1:
             raise OptionError(f"sparse-attention: block must be >= 1, got {self.block}")
+        if self.topk_score not in ("mean", "softmax"):
+            raise OptionError(f"sparse-attention: topk_score must be mean or softmax, got '{self.topk_score}'")
         if self.check not in ("output", "none"):
             raise OptionError(f"sparse-attention: check must be output or none, got '{self.check}'")
         if self.causal not in ("auto", "true", "false"):
             raise OptionError(f"sparse-attention: causal must be auto, true or false, got '{self.causal}'")
+
+    @property
+    def _score(self) -> int:
+        return 1 if self.topk_score == "softmax" else 0
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -77,14 +85,16 @@ class SparseAttentionPass(Pass):
             causal, keep_bias, evidence = decisions[m.name]
             local_blocks, sink_blocks, topk_blocks, captured, errors, summary_blocks = per_head[m.name]
             layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks), None, tuple(topk_blocks),
-                                 tuple(summary_blocks))
+                                 tuple(summary_blocks), self._score, float(m.scale))
             density = layout.density(m.heads if layout.heads() > 1 else 1, m.q_shape[2], m.seq_k)
             rewrite(model, m, block=self.block, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
-                    keep_bias=keep_bias, topk_blocks=topk_blocks, summary_blocks=summary_blocks)
+                    keep_bias=keep_bias, topk_blocks=topk_blocks, summary_blocks=summary_blocks, topk_score=self._score)
             info = {"block": m.name, "shape": m.summary(), "causal": causal, "mask": evidence,
                     "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
                     "sink_blocks": _one_or_all(sink_blocks), "topk_blocks": _one_or_all(topk_blocks),
                     "summary_blocks": _one_or_all(summary_blocks), "density": round(density, 4)}
+            if any(topk_blocks):
+                info["topk_score"] = self.topk_score
             if captured is not None and errors is not None:
                 info["captured_mass"] = [round(c, 4) for c in captured]
                 info["head_error"] = [round(e, 5) for e in errors]
@@ -118,7 +128,7 @@ class SparseAttentionPass(Pass):
         causal = {m.name: decisions[m.name][0] for m in matches}
         summary = {m.name: self.summary for m in matches}
         profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor,
-                                          topk=self.topk, summary=summary)
+                                          topk=self.topk, summary=summary, topk_score=self._score)
         families: dict[str, dict] = {}
         if self.topk and self.check == "output" and profiles:
             # (Also rescaling each block's head errors by its measured output damage was tried:
@@ -182,7 +192,8 @@ class SparseAttentionPass(Pass):
                 causal, keep_bias, _ = decisions[m.name]
                 rewrite(trial, tm, block=self.block, local_blocks=[h.local for h in heads],
                         sink_blocks=[h.sinks for h in heads], causal=causal, keep_bias=keep_bias,
-                        topk_blocks=[h.topk for h in heads], summary_blocks=[int(h.summary) for h in heads])
+                        topk_blocks=[h.topk for h in heads], summary_blocks=[int(h.summary) for h in heads],
+                        topk_score=self._score)
                 trial.opset_imports.setdefault(DOMAIN, 1)
                 RemoveUnusedNodesPass()(trial)
                 cosines[label] = float(mean_cosine(reference, CalibrationRunner(trial, head).outputs(), rows))

@@ -21,6 +21,10 @@ layout of head h:
   highest q^ . k^[kb] among those the static layout above leaves out (and causally allowed,
   kb <= qb) are added; ties go to the lower kb, fewer are added when fewer remain. Scale and
   bias play no part in the choice. The cost of the estimate is one pooled product per block pair.
+  With `topk_score = 1` the score of kb is instead the pooled query's softmax mass on the block,
+  log sum over its keys j of exp(scale * q~ . k_j), q~ the mean of the query rows in qb (one
+  pooled query per query block against every key: 1 / block of the dense score cost); it sees
+  a single heavy key ([SEP]-like tokens) that a block mean dilutes. Bias plays no part.
 - `summary_blocks[h] = 1`: every key block the layout above (top-k included) leaves out for a
   query block, and that lies wholly before it when causal (kb < qb), still enters that block's
   softmax, as one virtual key: the mean of the block's key rows k~[kb], with the logit
@@ -57,6 +61,8 @@ class BlockLayout:
     block_mask: np.ndarray | None = None  # bool [H or 1, query blocks, key blocks]
     topk_blocks: tuple[int, ...] = (0,)  # per head: key blocks chosen at run time
     summary_blocks: tuple[int, ...] = (0,)  # per head: 1 = left-out blocks read as one mean key each
+    topk_score: int = 0  # 0: pooled q-sum . k-mean; 1: pooled query's softmax mass per key block
+    scale: float = 1.0  # the op's scale (topk_score 1 uses it)
 
     @classmethod
     def of(cls, node: ir.Node) -> BlockLayout:
@@ -74,6 +80,8 @@ class BlockLayout:
             block_mask=None if mask is None else mask.as_tensor().numpy().astype(bool),
             topk_blocks=tuple(topk.as_ints()) if topk is not None else (0,),
             summary_blocks=tuple(summary.as_ints()) if summary is not None else (0,),
+            topk_score=a["topk_score"].as_int() if "topk_score" in a else 0,
+            scale=a["scale"].as_float() if "scale" in a else 1.0,
         )
 
     @property
@@ -148,7 +156,7 @@ class BlockLayout:
         sk = k.shape[2]
         q0 = (sk - sq) // self.block
         nq, nk = (sk - 1) // self.block - q0 + 1, -(-sk // self.block)
-        scores = pooled_scores(q, k, self.block) if self.dynamic else None
+        scores = pooled_scores(q, k, self.block, self.topk_score, self.scale) if self.dynamic else None
         full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         out = np.zeros((bsz, hq, nq, nk), bool)
         for h in range(hq):
@@ -255,15 +263,25 @@ def numpy_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: 
     return np.where(total > 0, p / np.where(total > 0, total, 1.0), 0.0) @ values
 
 
-def pooled_scores(q: np.ndarray, k: np.ndarray, block: int) -> np.ndarray:
+def pooled_scores(q: np.ndarray, k: np.ndarray, block: int, score: int = 0, scale: float = 1.0) -> np.ndarray:
     """float64 [B, Hq, query blocks, key blocks]: the top-k estimate q^ . k^ (sum of the query
-    rows of each absolute query block, mean of the key rows of each key block)."""
+    rows of each absolute query block, mean of the key rows of each key block); score 1: the
+    pooled query's softmax mass, log sum_j exp(scale q~ . k_j) over each block's keys (q~ the
+    mean of the block's query rows)."""
     bsz, hq, sq, _ = q.shape
     hkv, sk = k.shape[1], k.shape[2]
     q0 = (sk - sq) // block
     nq, nk = (sk - 1) // block - q0 + 1, -(-sk // block)
     qsum = np.zeros((bsz, hq, nq, q.shape[3]), np.float64)
     np.add.at(qsum, (slice(None), slice(None), (np.arange(sq) + sk - sq) // block - q0), q.astype(np.float64))
+    if score == 1:
+        rows = np.bincount((np.arange(sq) + sk - sq) // block - q0, minlength=nq).astype(np.float64)
+        x = scale * (qsum / rows[:, None]) @ np.repeat(k.astype(np.float64), hq // hkv, axis=1).transpose(0, 1, 3, 2)
+        pad = np.full((*x.shape[:3], nk * block), -np.inf)
+        pad[..., :sk] = x
+        pad = pad.reshape(*x.shape[:3], nk, block)
+        top = pad.max(-1)
+        return top + np.log(np.exp(pad - top[..., None]).sum(-1))
     kpad = np.zeros((bsz, hkv, nk * block, k.shape[3]), np.float64)
     kpad[:, :, :sk] = k
     counts = np.minimum(block, sk - np.arange(nk) * block).astype(np.float64)
@@ -305,6 +323,9 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
     topk = _ints(node, "topk_blocks")
     if topk is not None and (not topk or any(t < 0 for t in topk)):
         problems.append(f"topk_blocks must be >= 0, got {topk}")
+    score = node.attributes.get("topk_score")
+    if score is not None and score.as_int() not in (0, 1):
+        problems.append(f"topk_score must be 0 (pooled mean) or 1 (pooled softmax mass), got {score.as_int()}")
     summary = _ints(node, "summary_blocks")
     if summary is not None and (not summary or any(x not in (0, 1) for x in summary)):
         problems.append(f"summary_blocks must be 0 or 1 per head, got {summary}")
@@ -370,6 +391,8 @@ SPARSE_ATTENTION = register_op(
                                     doc="per head: leading key blocks every query reads"),
             "topk_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
                                     doc="per head: key blocks picked at run time by pooled Q.K (0: none)"),
+            "topk_score": AttrSpec(ir.AttributeType.INT, required=False,
+                                   doc="top-k estimate: 0 pooled q-sum . k-mean (default), 1 pooled query softmax mass"),
             "summary_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
                                        doc="per head: 1 = each left-out key block is read as one mean key"),
             "block_mask": AttrSpec(ir.AttributeType.TENSOR, required=False,

@@ -102,6 +102,29 @@ def _pooled_scores(b: _Builder, q: ir.Value, k: ir.Value, qmem: ir.Value, kmem: 
     return b.op("MatMul", [qsum, b.op("Transpose", [kmean], perm=[0, 1, 3, 2])])
 
 
+def _softmax_scores(b: _Builder, q: ir.Value, k: ir.Value, qmem: ir.Value, nk: ir.Value, block: int,
+                    scale: float) -> ir.Value:
+    """[B, Hq, nq, nk]: topk_score 1, log sum_j exp(scale q~ . k_j) over each key block (q~ the
+    mean query row of each query block; the keys padded with -inf to whole blocks)."""
+    axes1 = b.const(np.array([1]), "axes")
+    qmean = b.op("MatMul", [b.op("Div", [qmem, b.op("ReduceSum", [qmem, axes1], keepdims=1)]), q])
+    x = b.op("MatMul", [qmean, b.op("Transpose", [_repeat_kv(b, k, q)], perm=[0, 1, 3, 2])])
+    x = b.op("Mul", [x, b.const(np.array(scale, np.float32), "scale")])  # [B, Hq, nq, Sk]
+    nk1 = b.op("Unsqueeze", [nk, b.const(np.array([0]), "axes")])
+    blk = b.const(np.array([block], np.int64), "block")
+    width = b.op("Mul", [nk1, blk])
+    extra = b.op("Sub", [width, b.op("Shape", [x], start=3, end=4)])
+    zeros = b.const(np.zeros(7, np.int64), "pads")
+    pads = b.op("Concat", [zeros, extra], axis=0)
+    padded = b.op("Pad", [x, pads, b.const(np.array(-np.inf, np.float32), "neg_inf")])
+    shape = b.op("Concat", [b.op("Shape", [x], start=0, end=3), nk1, blk], axis=0)
+    tiles = b.op("Reshape", [padded, shape])  # [B, Hq, nq, nk, block]
+    axes = b.const(np.array([4]), "axes")
+    top, _ = _topk(b, tiles, b.const(np.array([1], np.int64), "one"))  # the block max (any opset >= 13)
+    total = b.op("ReduceSum", [b.op("Exp", [b.op("Sub", [tiles, top])]), axes], keepdims=0)
+    return b.op("Add", [b.op("Log", [total]), b.op("Squeeze", [top, axes])])
+
+
 # How block pairs are scored for top-k: the op's definition. bench/attention_oracle.py swaps in
 # the dense softmax mass (an oracle) to measure what any run-time rule could reach.
 block_scores = _pooled_scores
@@ -126,7 +149,10 @@ def _topk_blocks(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, qb_
         eq = b.op("Equal", [b.op("Unsqueeze", [index, axes1]), b.op("Unsqueeze", [of, axes0])])
         return b.op("Cast", [eq], to=int(ir.DataType.FLOAT))
 
-    scores = block_scores(b, q, k, membership(qidx, qb_rel), membership(kidx, kb), scale)  # [B, Hq, nq, nk]
+    if layout.topk_score == 1:
+        scores = _softmax_scores(b, q, k, membership(qidx, qb_rel), nk, layout.block, scale)
+    else:
+        scores = block_scores(b, q, k, membership(qidx, qb_rel), membership(kidx, kb), scale)  # [B, Hq, nq, nk]
     static = _static_blocks(b, layout, b.op("Add", [qidx, q0]), kidx)  # [H or 1, nq, nk]
     candidate = b.op("Not", [static])
     if layout.causal:

@@ -273,3 +273,37 @@ def test_ort_op_summary_matches_reference(causal, topk) -> None:
     raised = raise_attention_kernel(lowered, next(iter(lowered.graph)))
     assert BlockLayout.of(raised).summary_blocks == (1, 1, 0, 1)
     np.testing.assert_allclose(evaluate(lowered, feeds)[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("causal", "summary"), [(True, [0]), (False, [1])])
+def test_kernel_softmax_topk_score_matches_semantics(isa, causal, summary) -> None:
+    from sparsec.dialect.attention import numpy_sparse_attention
+
+    q, k, v = _qkv(2, 4, 2, 30, 45, 24)
+    layout = BlockLayout(8, causal, (1,), (0,), None, (2, 1, 0, 3), tuple(summary), 1, 0.3)
+    want = numpy_sparse_attention(q, k, v, layout, 0.3)
+    mean = BlockLayout(8, causal, (1,), (0,), None, (2, 1, 0, 3), tuple(summary), 0, 0.3)
+    assert (mean.dynamic_blocks(q, k) != layout.dynamic_blocks(q, k)).any()  # the estimates differ here
+    for threads in (1, 2):
+        got = block_sparse_attention(q, k, v, scale=0.3, block=8, causal=causal, local_blocks=[1], sink_blocks=[0],
+                                     topk_blocks=[2, 1, 0, 3], summary_blocks=summary, topk_score=1, isa=isa,
+                                     threads=threads)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_ort_op_softmax_topk_score_matches_reference() -> None:
+    from sparsec.backends.ort.lower_attention import raise_attention_kernel
+
+    model = OPS.attention_model((1, 4, 30, 40), (1, 2, 45, 40), None, scale=0.25, block=8, causal=1,
+                                local_blocks=[1], sink_blocks=[0], topk_blocks=[2, 1, 0, 3], topk_score=1,
+                                summary_blocks=[1])
+    feeds = sample_inputs(model, seed=3)
+    want = evaluate(model, feeds)
+    lowered = inline_copy(model)
+    records = PassManager(parse_pipeline("lower-attention-kernels,legalize-dense")).run(lowered, PassContext())
+    assert records[0].stats["lowered"] == 1
+    got = make_session(model_bytes(lowered), 2).run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    raised = raise_attention_kernel(lowered, next(iter(lowered.graph)))
+    assert BlockLayout.of(raised).topk_score == 1

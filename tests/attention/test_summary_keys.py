@@ -171,3 +171,44 @@ def test_compile_with_summary_keys_lowers_to_the_kernel(hf_export, tmp_path, cap
     if sk.kernels_available():
         ops = {(n.domain, n.op_type) for n in onnx.load(out / "model.onnx").graph.node}
         assert ("com.sparsec.kernels", "SparseAttention") in ops and ("com.sparsec", "SparseAttention") not in ops
+
+
+SOFTMAX_CASES = [
+    ((1, 4, 37, 8), (1, 2, 37, 8), {"block": 4, "causal": 1, "local_blocks": [1], "sink_blocks": [1],
+                                    "topk_blocks": [2, 0, 1, 3], "topk_score": 1}),
+    ((2, 2, 33, 16), (2, 2, 33, 16), {"block": 8, "causal": 0, "local_blocks": [1], "sink_blocks": [0],
+                                      "topk_blocks": [2], "topk_score": 1, "summary_blocks": [1]}),
+    ((1, 2, 10, 8), (1, 2, 26, 8), {"block": 4, "causal": 1, "local_blocks": [1], "sink_blocks": [0],
+                                    "topk_blocks": [2], "topk_score": 1}),
+]
+
+
+@pytest.mark.parametrize(("q_shape", "kv_shape", "attrs"), SOFTMAX_CASES)
+def test_softmax_topk_score_reference_matches_numpy(q_shape, kv_shape, attrs) -> None:
+    rng = np.random.default_rng(4)
+    model = attention_model(q_shape, kv_shape, None, scale=0.7, **attrs)
+    node = next(iter(model.graph))
+    assert verify_node(node) == []
+    layout = BlockLayout.of(node)
+    assert layout.topk_score == 1 and layout.scale == pytest.approx(0.7)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("q", q_shape), ("k", kv_shape), ("v", kv_shape))}
+    got = run_reference(model, feeds)
+    want = numpy_sparse_attention(feeds["q"], feeds["k"], feeds["v"], layout, 0.7)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # The two estimates pick differently here (else the test could not tell them apart).
+    mean = BlockLayout(**{**layout.__dict__, "topk_score": 0})
+    assert (mean.dynamic_blocks(feeds["q"], feeds["k"]) != layout.dynamic_blocks(feeds["q"], feeds["k"])).any()
+
+
+def test_softmax_score_finds_one_heavy_key() -> None:
+    # Key block 1 holds one key aligned with the queries among three opposed ones: its mean is
+    # below block 2's mild keys, its softmax mass above.
+    q = np.zeros((1, 1, 16, 2), np.float32)
+    q[..., 0] = 1.0
+    k = np.zeros((1, 1, 16, 2), np.float32)
+    k[0, 0, 4, 0], k[0, 0, 5:8, 0] = 8.0, -4.0
+    k[0, 0, 8:12, 0] = 1.0
+    args = dict(block=4, causal=False, local_blocks=(1,), sink_blocks=(0,), topk_blocks=(1,))
+    mean = BlockLayout(**args).dynamic_blocks(q, k)[0, 0, 0]
+    soft = BlockLayout(**args, topk_score=1).dynamic_blocks(q, k)[0, 0, 0]
+    assert mean.tolist() == [True, False, True, False] and soft.tolist() == [True, True, False, False]
