@@ -12,9 +12,13 @@ nearest-neighbour agreement between evaluation sequences. Variants:
 - one uniform run-time top-k layout (own block + K blocks) near --density;
 - the uniform local windows just below and above that density (same for every head), and
   `auto` at exactly the density each of them reaches, so each comparison is at equal density.
+`--summary`: every `auto` variant also has summary-key candidates (`summary=true`: each left-out
+key block read as its mean key and value, at 1/block of a block pair; counted in the density).
+`--topk-score softmax`: the run-time top-k estimate of every variant is the pooled query's
+softmax mass per key block (`topk_score=softmax`) instead of pooled query . key-block mean.
 Needs the `eval` extra (`pip install -e '.[eval]'`).
 
-    .venv/bin/python bench/attention_quality.py [--density 0.25] [--block 32] [--calib 16] [--eval 24]
+    .venv/bin/python bench/attention_quality.py [--density 0.25] [--block 32] [--calib 16] [--eval 24] [--summary] [--topk-score softmax]
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=16, help="calibration sequences")
     ap.add_argument("--eval", type=int, default=24, help="evaluation sequences")
     ap.add_argument("--auto-only", action="store_true", help="only the auto variants (no uniform-window comparisons)")
+    ap.add_argument("--summary", action="store_true", help="auto variants also consider summary keys (summary=true)")
+    ap.add_argument("--topk-score", choices=("mean", "softmax"), default="mean", help="run-time top-k estimate")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -112,22 +118,24 @@ def main() -> int:
     if not args.auto_only:
         profiles, _ = profile_heads(model, matches, calib, args.block, {m.name: False for m in matches}, topk=False)
         below = uniform_window(profiles, args.density)
-    results = {"auto": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block}}}"),
+    extra = (" summary=true" if args.summary else "") + (f" topk_score={args.topk_score}" if args.topk_score != "mean" else "")
+    results = {"auto": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block}{extra}}}"),
                "auto_static_only": variant(f"sparse-attention{{layout=auto density={args.density} block={args.block} "
-                                           "topk=false}")}
+                                           f"topk=false{extra}}}")}
     nk = -(-args.seq // args.block)
     topk = max(1, round(args.density * nk) - 1)  # own block + K (non-causal MiniLM)
     if not args.auto_only:
-        results["uniform_topk"] = variant(f"sparse-attention{{layout='topk:{topk}' block={args.block}}}")
+        score = f" topk_score={args.topk_score}" if args.topk_score != "mean" else ""
+        results["uniform_topk"] = variant(f"sparse-attention{{layout='topk:{topk}' block={args.block}{score}}}")
     comparisons = []
     for w in sorted({below, below + 1}) if not args.auto_only else ():
         uni = variant(f"sparse-attention{{layout='local:{w * args.block}' block={args.block}}}")
-        same = variant(f"sparse-attention{{layout=auto density={uni['density']} block={args.block}}}")
+        same = variant(f"sparse-attention{{layout=auto density={uni['density']} block={args.block}{extra}}}")
         comparisons.append({"uniform_local_blocks": w, "uniform": uni, "auto_same_density": same,
                             "auto_better": same["mean_cosine"] > uni["mean_cosine"]})
     doc = {
         "bench": "attention_quality", "model": "all-MiniLM-L6-v2 (real weights)", "seq": args.seq,
-        "block": args.block, "calibration_sequences": args.calib, "evaluation_sequences": args.eval,
+        "block": args.block, "summary_keys": args.summary, "topk_score": args.topk_score, "calibration_sequences": args.calib, "evaluation_sequences": args.eval,
         "density_budget": args.density, "attention_blocks_found": len(matches),
         "auto": results["auto"], "auto_static_only": results["auto_static_only"],
         "uniform_topk": results.get("uniform_topk"), "equal_density_comparisons": comparisons,

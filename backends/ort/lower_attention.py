@@ -1,7 +1,8 @@
 """`lower-attention-kernels`: com.sparsec.SparseAttention -> the fused kernel custom op.
 
 The layout attributes become one constant int32 input ([2, H]: local window and sink blocks;
-[3, H] when `topk_blocks` is set, row 2 the key blocks picked at run time; or the explicit
+[3, H] when `topk_blocks` is set, row 2 the key blocks picked at run time; [4, H] when
+`summary_blocks` is set, row 3 those flags (row 2 then zeros without top-k); or the explicit
 block mask [H, query blocks, key blocks]), read once when ONNX Runtime creates the kernel. Nodes the kernel cannot take (unknown shapes, more queries than keys,
 head dim > 256, not fp32) stay for `legalize-dense`, each with its reason in the statistics.
 """
@@ -37,6 +38,8 @@ def _reason(node: ir.Node, shapes) -> str | None:
         if x is not None and shapes.dtypes.get(x.name, 1) != 1:
             return "not float32"
     layout = BlockLayout.of(node)
+    if layout.summarised and layout.block_mask is not None:
+        return "block_mask with summary_blocks: the kernel op's layout input takes a mask or [local, sinks, topk, summary]"
     if layout.block_mask is not None and layout.dynamic:
         return "block_mask with topk_blocks: the kernel op's layout input takes a mask or [local, sinks, topk], not both"
     return None
@@ -74,7 +77,9 @@ class LowerAttentionKernels(Pass):
             table = layout.block_mask.astype(np.int32)
         else:
             heads = layout.heads()
-            rows = [layout.local_blocks, layout.sink_blocks] + ([layout.topk_blocks] if layout.dynamic else [])
+            rows = [layout.local_blocks, layout.sink_blocks] + ([layout.topk_blocks] if layout.dynamic or layout.summarised
+                                                                 else [])
+            rows += [layout.summary_blocks] if layout.summarised else []
             table = np.stack([np.broadcast_to(np.array(r, np.int32), (heads,)) for r in rows])
         base = node.name or node.outputs[0].name
         lay = ir.Value(name=f"{base}.layout", const_value=ir.tensor(np.ascontiguousarray(table), name=f"{base}.layout"),
@@ -85,6 +90,8 @@ class LowerAttentionKernels(Pass):
         attrs = [ir.AttrFloat32("scale", node.attributes["scale"].as_float()),
                  ir.AttrInt64("block", layout.block), ir.AttrInt64("causal", int(layout.causal)),
                  ir.AttrInt64("has_bias", int(bias is not None))]
+        if layout.topk_score:
+            attrs.append(ir.AttrInt64("topk_score", layout.topk_score))
         new = ir.Node(KERNEL_DOMAIN, KERNEL_OP, inputs, attributes=attrs, name=f"{base}/kernel", num_outputs=1)
         model.graph.insert_before(node, new)
         replace_value(node.outputs[0], new.outputs[0], drop=node)
@@ -102,15 +109,19 @@ def raise_attention_kernel(model: ir.Model, node: ir.Node) -> ir.Node:
     a = node.attributes
     attrs = [ir.AttrFloat32("scale", a["scale"].as_float()), ir.AttrInt64("block", a["block"].as_int()),
              ir.AttrInt64("causal", a["causal"].as_int())]
-    if table.ndim == 2 and table.shape[0] in (2, 3):
+    if table.ndim == 2 and table.shape[0] in (2, 3, 4):
         attrs += [ir.AttrInt64s("local_blocks", [int(x) for x in table[0]]),
                   ir.AttrInt64s("sink_blocks", [int(x) for x in table[1]])]
-        if table.shape[0] == 3:
+        if table.shape[0] >= 3 and table[2].any():
             attrs.append(ir.AttrInt64s("topk_blocks", [int(x) for x in table[2]]))
+        if table.shape[0] == 4 and table[3].any():
+            attrs.append(ir.AttrInt64s("summary_blocks", [int(x) for x in table[3]]))
     elif table.ndim == 3:
         attrs.append(ir.AttrTensor("block_mask", ir.tensor(table.astype(np.uint8))))
     else:
         raise InputError(f"kernel op '{node.name}': attention layout of shape {list(table.shape)}")
+    if "topk_score" in a and a["topk_score"].as_int():
+        attrs.append(ir.AttrInt64("topk_score", a["topk_score"].as_int()))
     has_bias = "has_bias" in a and a["has_bias"].as_int() != 0
     inputs = [*node.inputs[:3]] + ([node.inputs[4]] if has_bias and len(node.inputs) > 4 else [])
     new = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=node.name, num_outputs=1)

@@ -24,6 +24,8 @@ typedef struct {
     int64_t bias_stride[4];
     int64_t q_block0, q_blocks; /* absolute query blocks covered by the Sq query rows */
     int threads;
+    const int32_t *summary; /* per layout head 0/1: left-out key blocks read as mean keys (NULL: none) */
+    int topk_score;         /* 0: pooled q-sum . k-mean; 1: pooled query's softmax mass per key block */
 } sk_attn_args;
 
 static inline int sk_attn_block_allowed(const sk_attn_args *a, int lh, int64_t qb, int64_t kb) {

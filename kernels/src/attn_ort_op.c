@@ -1,10 +1,12 @@
 /* ONNX Runtime custom op com.sparsec.kernels.SparseAttention calling sk_attention.
  *
- *   SparseAttention(Q, K, V, layout[, bias]) -> Y     attrs scale (float), block, causal, has_bias
+ *   SparseAttention(Q, K, V, layout[, bias]) -> Y     attrs scale (float), block, causal, has_bias,
+ *                                                     topk_score (optional: 0 pooled mean, 1 softmax mass)
  *
  * Q [B, Hq, Sq, D], K [B, Hkv, Sk, D], V [B, Hkv, Sk, Dv], Y [B, Hq, Sq, Dv] (fp32). `layout` is a
  * constant int32 initializer: [2, H] (row 0 local window in blocks, -1 = all; row 1 sink
- * blocks), [3, H] (the same plus row 2, key blocks picked at run time by pooled Q.K, >= 0) or
+ * blocks), [3, H] (the same plus row 2, key blocks picked at run time by pooled Q.K, >= 0),
+ * [4, H] (plus row 3, 0/1: left-out key blocks read as summary keys) or
  * [H, query blocks, key blocks] of 0/1 (explicit block mask, no top-k), H = 1 or Hq. It is read
  * and checked when the session is created. `bias` broadcasts to [B, Hq, Sq, Sk] (read through
  * strides, no copy). Threads per call: the session's "sparsec.kernel_threads" cap (registered
@@ -36,10 +38,10 @@ typedef struct {
 
 typedef struct {
     const OrtApi *api;
-    int isa, cap, causal, has_bias;
+    int isa, cap, causal, has_bias, topk_score;
     float scale;
     int64_t block, heads, mask_q, mask_k;
-    int32_t *local, *sinks, *topk; /* topk: NULL for a [2, H] layout */
+    int32_t *local, *sinks, *topk, *summary; /* topk: NULL for a [2, H] layout; summary: for [4, H] */
     uint8_t *mask;
 } attn_kernel;
 
@@ -49,6 +51,7 @@ static void attn_destroy(void *p) {
     free(kr->local);
     free(kr->sinks);
     free(kr->topk);
+    free(kr->summary);
     free(kr->mask);
     free(kr);
 }
@@ -88,18 +91,20 @@ static OrtStatus *read_layout(attn_kernel *kr, const OrtKernelInfo *info, const 
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return st;
     if (type != SK_ORT_INT32 || (rank != 2 && rank != 3))
-        return sk_ort_status(api, "%s: layout must be int32 [2, H], [3, H] or [H, query blocks, key blocks]", ctx);
+        return sk_ort_status(api, "%s: layout must be int32 [2, H], [3, H], [4, H] or [H, query blocks, key blocks]", ctx);
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return st;
     const int32_t *data = p;
     if (rank == 2) {
-        if ((dims[0] != 2 && dims[0] != 3) || dims[1] < 1)
-            return sk_ort_status(api, "%s: layout [2 or 3, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
+        if (dims[0] < 2 || dims[0] > 4 || dims[1] < 1)
+            return sk_ort_status(api, "%s: layout [2, 3 or 4, H] has shape [%lld, %lld]", ctx, (long long)dims[0], (long long)dims[1]);
         kr->heads = dims[1];
         kr->local = malloc(sizeof(int32_t) * kr->heads);
         kr->sinks = malloc(sizeof(int32_t) * kr->heads);
-        if (dims[0] == 3) kr->topk = malloc(sizeof(int32_t) * kr->heads);
-        if (!kr->local || !kr->sinks || (dims[0] == 3 && !kr->topk)) return sk_ort_status(api, "%s: out of memory", ctx);
+        if (dims[0] >= 3) kr->topk = malloc(sizeof(int32_t) * kr->heads);
+        if (dims[0] == 4) kr->summary = malloc(sizeof(int32_t) * kr->heads);
+        if (!kr->local || !kr->sinks || (dims[0] >= 3 && !kr->topk) || (dims[0] == 4 && !kr->summary))
+            return sk_ort_status(api, "%s: out of memory", ctx);
         for (int64_t h = 0; h < kr->heads; h++) {
             kr->local[h] = data[h];
             kr->sinks[h] = data[kr->heads + h];
@@ -108,6 +113,8 @@ static OrtStatus *read_layout(attn_kernel *kr, const OrtKernelInfo *info, const 
                             (long long)h, kr->local[h], kr->sinks[h]);
             if (kr->topk && (kr->topk[h] = data[2 * kr->heads + h]) < 0)
                 return sk_ort_status(api, "%s: head %lld has top-k %d (need >= 0)", ctx, (long long)h, kr->topk[h]);
+            if (kr->summary && (kr->summary[h] = data[3 * kr->heads + h]) != 0 && kr->summary[h] != 1)
+                return sk_ort_status(api, "%s: head %lld has summary %d (need 0 or 1)", ctx, (long long)h, kr->summary[h]);
         }
     } else {
         if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1) return sk_ort_status(api, "%s: empty block mask", ctx);
@@ -159,6 +166,16 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
         attn_destroy(kr);
         return sk_ort_status(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
     }
+    int64_t topk_score = 0;
+    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "topk_score", &topk_score))) {
+        SK_ORT(api, ReleaseStatus)(st);
+        topk_score = 0;
+    }
+    if (topk_score != 0 && topk_score != 1) {
+        attn_destroy(kr);
+        return sk_ort_status(api, "%s: topk_score %lld must be 0 or 1", ctx, (long long)topk_score);
+    }
+    kr->topk_score = (int)topk_score;
     kr->causal = (int)causal;
     kr->has_bias = has_bias != 0;
     if ((st = read_layout(kr, info, ctx))) {
@@ -218,7 +235,8 @@ static OrtStatus *attn_compute_op(void *p, OrtKernelContext *context) {
         (st = SK_ORT(api, GetTensorMutableData)(yv, &y)))
         return st;
     const int rc = sk_attention(q, k, v, y, b, hq, hkv, sq, sk, d, dv, kr->scale, kr->causal,
-                                kr->block, kr->heads, kr->local, kr->sinks, kr->topk, kr->mask, kr->mask_q,
+                                kr->block, kr->heads, kr->local, kr->sinks, kr->topk, kr->summary, kr->topk_score,
+                                kr->mask, kr->mask_q,
                                 kr->mask_k, bias, bias ? bstride : NULL, kr->isa,
                                 kr->cap > 0 ? kr->cap : sk_max_threads());
     if (rc != SK_OK)

@@ -22,7 +22,7 @@ int sk_attention(const float *q, const float *k, const float *v, float *y, int64
                  int64_t hq, int64_t hkv, int64_t sq, int64_t sk, int64_t d, int64_t dv,
                  float scale, int causal, int64_t block, int64_t layout_heads,
                  const int32_t *local, const int32_t *sinks, const int32_t *topk,
-                 const uint8_t *mask,
+                 const int32_t *summary, int topk_score, const uint8_t *mask,
                  int64_t mask_q, int64_t mask_k, const float *bias, const int64_t *bias_stride,
                  int isa, int threads);
 

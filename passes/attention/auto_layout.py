@@ -2,7 +2,8 @@
 
 Every head of every attention block is an item of the shared allocator: its options are
 the dense layout (do nothing) and each candidate (local window W blocks, S sink blocks) of
-its profile (static windows, and narrow windows plus run-time top-k blocks); an option's damage is the head's relative output error under it
+its profile (static windows, and narrow windows plus run-time top-k blocks, each also with
+summary keys when profiled); an option's damage is the head's relative output error under it
 (`head_profile`), its benefit the block pairs it skips. `meet_benefit` then keeps the
 least total error while skipping (1 - density) of all block pairs, so heads that need far
 keys get wide windows and heads that look near get narrow ones, instead of one window for all.
@@ -25,8 +26,9 @@ class HeadLayout:
     topk: int  # key blocks picked at run time (0: static layout)
     captured: float  # fraction of the dense softmax mass kept on calibration data
     error: float  # relative squared output error of the head on calibration data
-    kept_blocks: int
+    kept_blocks: float  # block pairs (a summary key: 1 / block of a pair)
     dense_blocks: int
+    summary: bool = False  # left-out key blocks read as summary keys (the op's summary_blocks)
 
 
 def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str, list[HeadLayout]]:
@@ -40,7 +42,9 @@ def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str
         for h in range(prof.error.shape[0]):
             # A candidate that skips nothing (it covers every block with rows) is dense in effect.
             damage = np.where((benefit > 0) | (np.arange(len(benefit)) == 0), np.maximum(prof.error[h], 0.0), np.inf)
-            items.append(LayerOptions(f"{name}#h{h}", [f"{w}/{s}/{t}" for w, s, t in prof.layouts], damage, benefit))
+            names = [f"{w}/{s}/{t}" + ("/summary" if prof.summarised(c) else "")
+                     for c, (w, s, t) in enumerate(prof.layouts)]
+            items.append(LayerOptions(f"{name}#h{h}", names, damage, benefit))
             index.append((name, h))
     total_dense = sum(int(p.kept[0]) * p.error.shape[0] for p in profiles.values())
     picks = meet_benefit(items, (1.0 - density) * total_dense) if density < 1.0 else [0] * len(items)
@@ -49,7 +53,7 @@ def choose_layouts(profiles: dict[str, HeadProfile], density: float) -> dict[str
         prof = profiles[name]
         w, s, t = prof.layouts[pick]
         out[name].append(HeadLayout(w, s, t, float(prof.captured[h, pick]), float(prof.error[h, pick]),
-                                    int(prof.kept[pick]), int(prof.kept[0])))
+                                    float(prof.kept[pick]), int(prof.kept[0]), prof.summarised(pick)))
     return out
 
 

@@ -10,6 +10,8 @@ The error is what the allocator minimises: a diffuse head loses much mass to a n
 window yet averages similar values, so mass alone overrates it. Both are read from each
 block's own Softmax output and V, so every mask the export applies is already in them; the
 dynamic candidates also read Q and K, to make exactly the op's run-time choice.
+With `summary`, every candidate is profiled a second time with the op's summary keys (each
+left-out key block read as its mean key and value, `summary_blocks`), from Q and K too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import onnx_ir as ir
 
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.runner import CalibrationRunner
-from sparsec.dialect.attention import ALL_BLOCKS, BlockLayout, pooled_scores
+from sparsec.dialect.attention import (
+    ALL_BLOCKS,
+    BlockLayout,
+    block_means,
+    pooled_scores,
+)
 from sparsec.executor import Executor, LocalExecutor, Shared
 from sparsec.executor.shipping import share_model, shared_model
 from sparsec.passes.attention.match import AttentionMatch
@@ -77,7 +84,12 @@ class HeadProfile:
     layouts: list[tuple[int, int, int]]  # (local, sinks, topk) blocks
     captured: np.ndarray  # [H, C] fraction of the softmax mass kept
     error: np.ndarray  # [H, C] relative squared output error
-    kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows; top-k counted)
+    kept: np.ndarray  # [C] block pairs kept per head (over query blocks that hold rows; top-k counted;
+    # a summary key counts 1 / block of a pair)
+    summary: tuple[bool, ...] = ()  # [C] candidate reads the left-out blocks as summary keys (empty: none)
+
+    def summarised(self, c: int) -> bool:
+        return bool(self.summary) and self.summary[c]
 
 
 def _probabilities(x: np.ndarray, m: AttentionMatch | _Block) -> np.ndarray | None:
@@ -127,18 +139,36 @@ class _Block:
     block: int
     causal: bool
     topk: bool = True
+    summary: bool = False
+    scale: float = 1.0
+    topk_score: int = 0
 
 
 class _Accumulator:
-    def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool, topk: bool = True) -> None:
-        self.block, self.causal = block, causal
+    def __init__(self, m: AttentionMatch | _Block, block: int, causal: bool, topk: bool = True,
+                 summary: bool = False, scale: float = 1.0, topk_score: int = 0) -> None:
+        self.block, self.causal, self.scale, self.topk_score = block, causal, scale, topk_score
         self.nk = -(-m.seq_k // block)
-        self.layouts = candidates(self.nk, causal, block, topk)
+        base = candidates(self.nk, causal, block, topk)
+        # Summary candidates: every non-dense candidate again, with summary keys (after the plain
+        # ones, so a (local, sinks, topk) triple's first index is the plain candidate).
+        extra = [c for c in base if c[0] != ALL_BLOCKS] if summary else []
+        self.layouts = base + extra
+        self.summary = np.array([False] * len(base) + [True] * len(extra))
         self.allowed = np.stack([allowed_blocks(w, s, causal, block, self.nk) for w, s, _ in self.layouts])
         full = allowed_blocks(ALL_BLOCKS, 0, causal, block, self.nk)
-        # Blocks each candidate reads per query block: static ones, plus min(T, what is left).
-        self.counts = np.stack([a.sum(1) + np.minimum(t, (full & ~a).sum(1))
-                                for a, (_, _, t) in zip(self.allowed, self.layouts, strict=True)])
+        idx = np.arange(self.nk)
+        self.before = idx[None, :] < idx[:, None] if causal else np.ones((self.nk, self.nk), bool)
+        # Blocks each candidate reads per query block: static ones, plus min(T, what is left),
+        # plus 1 / block per summary key (one key for each row of the query block).
+        counts = []
+        for a, (_, _, t), summ in zip(self.allowed, self.layouts, self.summary, strict=True):
+            extra_t = np.minimum(t, (full & ~a).sum(1))
+            c = (a.sum(1) + extra_t).astype(np.float64)
+            if summ:
+                c += np.maximum((full & self.before & ~a).sum(1) - extra_t, 0) / block
+            counts.append(c)
+        self.counts = np.stack(counts)
         self.mass = self.err = self.norm = None
         self.rows = np.zeros(self.nk)
 
@@ -151,7 +181,7 @@ class _Accumulator:
         head, the op's run-time top-k included (None: no dynamic candidate, or no Q/K)."""
         if q is None or k is None or not any(t for _, _, t in self.layouts):
             return None
-        scores = pooled_scores(q, k, self.block)  # [B, H, nq (from q0), nk]
+        scores = pooled_scores(q, k, self.block, self.topk_score, self.scale)  # [B, H, nq (from q0), nk]
         q0 = (sk - sq) // self.block
         full = allowed_blocks(ALL_BLOCKS, 0, self.causal, self.block, self.nk)
         out = np.broadcast_to(self.allowed[:, None, None], (len(self.layouts), *scores.shape[:2], self.nk, self.nk)).copy()
@@ -182,6 +212,8 @@ class _Accumulator:
         qblock = np.clip((np.arange(sq) + sk - sq) // blk, 0, nk - 1)
         allowed = self.allowed.astype(p.dtype)  # [C, nk(query), nk(key)]
         dynamic = self._dynamic(q, k, sq, sk)
+        virt = self._summary_weights(p, q, k, v) if self.summary.any() and q is not None else None
+        flags = self.summary.astype(p.dtype)[:, None]  # [C, 1]
         err = np.zeros((len(self.layouts), heads))
         kept = np.zeros((len(self.layouts), heads))
         # Rows of one query block share every candidate's allowed key blocks: one GEMM per
@@ -197,6 +229,16 @@ class _Accumulator:
                 ad = dynamic[:, :, :, qb, :].astype(p.dtype)  # [C, B, H, nk]
                 num = np.einsum("cbhk,bhrkd->cbhrd", ad, yq, optimize=True)
                 km = np.einsum("cbhk,bhrk->cbhr", ad, mass[:, :, rows], optimize=True)
+            if virt is not None:  # summary keys: left-out blocks before the query block
+                vw, vbar = virt[0][:, :, rows], virt[1]  # [B, H, R, nk], [B, H, nk, D]
+                if dynamic is None:
+                    left = (1.0 - a) * self.before[qb] * flags  # [C, nk]
+                    num = num + np.einsum("ck,bhrk,bhkd->cbhrd", left, vw, vbar, optimize=True)
+                    km = km + np.einsum("ck,bhrk->cbhr", left, vw, optimize=True)
+                else:
+                    left = (1.0 - ad) * self.before[qb] * flags[:, :, None, None]  # [C, B, H, nk]
+                    num = num + np.einsum("cbhk,bhrk,bhkd->cbhrd", left, vw, vbar, optimize=True)
+                    km = km + np.einsum("cbhk,bhrk->cbhr", left, vw, optimize=True)
             out = num / np.maximum(km, 1e-30)[..., None]
             wr = w[:, rows][None, :, None, :]  # [1, B, 1, R]
             sq_err = ((out - dense[None, :, :, rows]) ** 2).sum(-1)  # [C, B, H, R]
@@ -205,6 +247,31 @@ class _Accumulator:
         norm = ((dense.astype(np.float64) ** 2).sum(-1) * w[:, None]).sum((0, 2))  # [H]
         rows_per_block = np.bincount(qblock, weights=w.sum(0), minlength=nk)
         return _Contribution(err, norm, kept, rows_per_block)
+
+    def _summary_weights(self, p: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(weights [B, H, Sq, nk], mean values [B, H, nk, D]): each summary key's softmax weight
+        on the dense row's scale, exp(scale q . k~ + log sum_j exp(bias_ij) - lse). The row's
+        log-sum-exp is read off its largest probability (lse = s_ij - log p_ij) and exp(bias_ij)
+        off every probability (p_ij exp(lse - s_ij)): whatever masks the export applied."""
+        heads = p.shape[1]
+        kk = np.repeat(k, heads // k.shape[1], axis=1).astype(np.float64)
+        q64 = q.astype(np.float64)
+        j = p.argmax(-1)  # [B, H, Sq]
+        kj = np.take_along_axis(kk, j[..., None], axis=2)  # [B, H, Sq, D]
+        pj = np.take_along_axis(p, j[..., None], axis=-1)[..., 0].astype(np.float64)
+        lse = self.scale * (q64 * kj).sum(-1) - np.log(np.maximum(pj, 1e-30))
+        s = (self.scale * q64) @ kk.transpose(0, 1, 3, 2)  # [B, H, Sq, Sk]
+        ebias = p * np.exp(np.minimum(lse[..., None] - s, 80.0))
+        sk, nk = k.shape[2], self.nk
+        pad = np.zeros((*ebias.shape[:3], nk * self.block))
+        pad[..., :sk] = ebias
+        with np.errstate(divide="ignore"):
+            mass = np.log(pad.reshape(*ebias.shape[:3], nk, self.block).sum(-1))  # log n without a bias
+        kbar = block_means(kk, self.block)
+        logits = self.scale * q64 @ kbar.transpose(0, 1, 3, 2) + mass
+        vw = np.exp(np.minimum(logits - lse[..., None], 80.0)).astype(p.dtype)
+        return vw, block_means(v, self.block).astype(p.dtype)
 
     def fold(self, c: _Contribution) -> None:
         """Add one batch's contribution (batches folded in calibration order: the same sums
@@ -217,15 +284,17 @@ class _Accumulator:
 
     def profile(self, name: str) -> HeadProfile:
         present = self.rows > 0
-        kept = np.array([int(c[present].sum()) for c in self.counts])
+        kept = np.array([float(c[present].sum()) for c in self.counts])
         total_rows = max(float(self.rows.sum()), 1.0)
         return HeadProfile(name, self.block, self.causal, self.layouts, (self.mass / total_rows).T,
-                           (self.err / np.maximum(self.norm, 1e-30)[None]).T, kept)
+                           (self.err / np.maximum(self.norm, 1e-30)[None]).T, kept,
+                           tuple(bool(x) for x in self.summary) if self.summary.any() else ())
 
 
 def profile_heads(
     model: ir.Model, matches: list[AttentionMatch], calib: CalibrationData, block: int,
     causal: dict[str, bool], *, threads: int = 2, executor: Executor | None = None, topk: bool = True,
+    summary: dict[str, bool] | None = None, topk_score: int = 0,
 ) -> tuple[dict[str, HeadProfile], dict[str, str]]:
     """Profiles of `matches` over the calibration batches (one run of the model computing
     every block's Softmax output and V), and per unprofiled block the reason.
@@ -233,18 +302,21 @@ def profile_heads(
     `executor`: where the runs go; the calibration samples are cut into contiguous chunks of
     whole batches (one per worker of the executor; one in process), each task returns every
     batch's contribution, and they are folded here in calibration order: the same profiles
-    on every executor. `topk`: also profile dynamic (run-time top-k) candidates, from Q and K."""
+    on every executor. `topk`: also profile dynamic (run-time top-k) candidates, from Q and K;
+    `summary`: per block, also every candidate with summary keys; `topk_score`: the op's top-k
+    estimate the dynamic candidates use (0 pooled mean, 1 pooled softmax mass)."""
     executor = executor or LocalExecutor()
     blocks = [_Block(m.name, m.softmax.outputs[0].name, m.v.name, m.q.name, m.k.name,
                      tuple(m.k_perm) if m.k_perm is not None else None, tuple(m.q_shape), m.seq_k, block,
-                     causal[m.name], topk) for m in matches]
+                     causal[m.name], topk, bool((summary or {}).get(m.name)), float(m.scale), topk_score)
+              for m in matches]
     batch = model_batch_size(model) or calib.batch_size
     batches = -(-calib.num_samples // batch)
     per_chunk = -(-batches // max(1, min(executor.parallelism(), batches))) * batch
     chunks = [_slice(calib, a, min(a + per_chunk, calib.num_samples)) for a in range(0, calib.num_samples, per_chunk)]
     shared = share_model(executor, model)
     tasks = [_ProfileTask(shared, chunk, blocks, threads) for chunk in chunks]
-    acc = {b.name: _Accumulator(b, block, b.causal, topk) for b in blocks}
+    acc = {b.name: _Accumulator(b, block, b.causal, topk, b.summary, b.scale, b.topk_score) for b in blocks}
     skipped: dict[str, str] = {}
     done = 0
     for result in executor.map(_profile_chunk, tasks, desc="attention profile"):
@@ -283,9 +355,9 @@ class _ProfileResult:
 def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
     """Every batch of one chunk of calibration samples (an executor task)."""
     calib = task.calib
-    names = sorted({n for b in task.blocks for n in (b.softmax, b.v, *((b.q, b.k) if b.topk else ()))})
+    names = sorted({n for b in task.blocks for n in (b.softmax, b.v, *((b.q, b.k) if b.topk or b.summary else ()))})
     runner = CalibrationRunner(shared_model(task.model), calib, threads=task.threads)
-    accs = {b.name: _Accumulator(b, b.block, b.causal, b.topk) for b in task.blocks}
+    accs = {b.name: _Accumulator(b, b.block, b.causal, b.topk, b.summary, b.scale, b.topk_score) for b in task.blocks}
     skipped: dict[str, str] = {}
     out: list[tuple[int, dict[str, _Contribution]]] = []
     for batch, outs in zip(runner.batches(), runner.values(names), strict=False):
@@ -300,7 +372,7 @@ def _profile_chunk(task: _ProfileTask) -> _ProfileResult:
                 continue
             w = _row_weights(calib, batch, p.shape[0], p.shape[2])
             q = k = None
-            if b.topk:
+            if b.topk or b.summary:
                 q, k = outs[b.q], outs[b.k]
                 k = k.transpose(b.k_perm) if b.k_perm is not None else k
                 if q.shape[:3] != p.shape[:3] or k.ndim != 4 or k.shape[2] != p.shape[3] or q.shape[1] % k.shape[1]:

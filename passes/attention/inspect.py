@@ -29,7 +29,8 @@ def attention_summary(model: ir.Model, dims: dict[str, int]) -> dict[str, Any]:
             lay = BlockLayout.of(node)
             sparse.append({"name": node.name, "block": lay.block, "causal": lay.causal,
                            "local_blocks": list(lay.local_blocks), "sink_blocks": list(lay.sink_blocks),
-                           "topk_blocks": list(lay.topk_blocks), "block_mask": lay.block_mask is not None})
+                           "topk_blocks": list(lay.topk_blocks), "summary_blocks": list(lay.summary_blocks),
+                           "block_mask": lay.block_mask is not None})
     return {"blocks": blocks, "sparse": sparse,
             "missed": [{"name": x.name, "op": x.op, "reason": x.reason} for x in misses]}
 
@@ -44,6 +45,8 @@ def attention_lines(summary: dict[str, Any]) -> list[str]:
         layout = "block mask" if b["block_mask"] else f"local {b['local_blocks']} sinks {b['sink_blocks']} blocks"
         if any(b.get("topk_blocks", [0])):
             layout += f" + top-{b['topk_blocks']} at run time"
+        if any(b.get("summary_blocks", [0])):
+            layout += f" + summary keys {b['summary_blocks']}"
         lines.append(f"  sparse {b['name'][:48]:48} block {b['block']}, {layout}, causal {int(b['causal'])}")
     for b in summary["blocks"]:
         gqa = f" (kv heads {b['kv_heads']})" if b["kv_heads"] != b["heads"] else ""

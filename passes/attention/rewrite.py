@@ -18,7 +18,8 @@ def _insert(graph: ir.Graph, before: ir.Node, node: ir.Node) -> ir.Value:
 
 
 def rewrite(model: ir.Model, match: AttentionMatch, *, block: int, local_blocks: list[int],
-            sink_blocks: list[int], causal: bool, keep_bias: bool, topk_blocks: list[int] | None = None) -> ir.Node:
+            sink_blocks: list[int], causal: bool, keep_bias: bool, topk_blocks: list[int] | None = None,
+            summary_blocks: list[int] | None = None, topk_score: int = 0) -> ir.Node:
     """Replace the block by SparseAttention(Q, K, V[, bias]); the old nodes become dead (the
     caller removes them). Returns the new node."""
     graph = model.graph
@@ -54,6 +55,10 @@ def rewrite(model: ir.Model, match: AttentionMatch, *, block: int, local_blocks:
     ]
     if topk_blocks and any(topk_blocks):
         attrs.append(ir.AttrInt64s("topk_blocks", topk_blocks))
+    if topk_score and topk_blocks and any(topk_blocks):
+        attrs.append(ir.AttrInt64("topk_score", topk_score))
+    if summary_blocks and any(summary_blocks):
+        attrs.append(ir.AttrInt64s("summary_blocks", [int(x) for x in summary_blocks]))
     node = ir.Node(DOMAIN, OP_TYPE, inputs, attributes=attrs, name=f"{base}/sparse_attention", num_outputs=1)
     graph.insert_before(anchor, node)
     replace_value(match.out, node.outputs[0])

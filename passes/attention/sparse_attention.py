@@ -30,11 +30,16 @@ class SparseAttentionPass(Pass):
     summary = "Rewrite attention blocks (MatMul-Softmax-MatMul) to com.sparsec.SparseAttention with a block layout."
     exact = False
 
-    layout: str = option("local:256,sinks:4", "layout: local:TOKENS[,sinks:TOKENS][,topk:BLOCKS] or dense (sizes "
-                         "round up to blocks; topk adds the BLOCKS key blocks of highest pooled query-key score, "
-                         "chosen at run time); auto: per head from calibration data, under `density`")
+    layout: str = option("local:256,sinks:4", "layout: local:TOKENS[,sinks:TOKENS][,topk:BLOCKS][,summary:1] or "
+                         "dense (sizes round up to blocks; topk adds the BLOCKS key blocks of highest pooled "
+                         "query-key score, chosen at run time; summary:1 reads every left-out key block as one "
+                         "mean key); auto: per head from calibration data, under `density`")
     density: float = option(0.25, "with layout=auto: fraction of the block pairs (over all heads) to keep")
     topk: bool = option(True, "with layout=auto: candidates include run-time block top-k (topk:BLOCKS) per head")
+    topk_score: str = option("mean", "the run-time top-k estimate: mean (pooled query sum . key block mean) or "
+                             "softmax (the pooled query's softmax mass on each key block; sees single heavy keys)")
+    summary: bool = option(False, "with layout=auto: candidates include summary keys (each left-out key block read "
+                           "as its mean key and value, costing 1/block of a block pair)")
     check: str = option("output", "with layout=auto and topk: per attention block, keep top-k candidates only where "
                         "they beat static ones on the model's output (output: two runs per block; none)")
     check_samples: int = option(8, "check=output: calibration samples each run uses")
@@ -48,10 +53,16 @@ class SparseAttentionPass(Pass):
             raise OptionError(f"sparse-attention: density must be in (0, 1], got {self.density}")
         if self.block < 1:
             raise OptionError(f"sparse-attention: block must be >= 1, got {self.block}")
+        if self.topk_score not in ("mean", "softmax"):
+            raise OptionError(f"sparse-attention: topk_score must be mean or softmax, got '{self.topk_score}'")
         if self.check not in ("output", "none"):
             raise OptionError(f"sparse-attention: check must be output or none, got '{self.check}'")
         if self.causal not in ("auto", "true", "false"):
             raise OptionError(f"sparse-attention: causal must be auto, true or false, got '{self.causal}'")
+
+    @property
+    def _score(self) -> int:
+        return 1 if self.topk_score == "softmax" else 0
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -67,30 +78,35 @@ class SparseAttentionPass(Pass):
         else:
             spec = parse_layout(self.layout)
             local, sinks = spec.blocks(self.block)
-            per_head = {m.name: ([local], [sinks], [spec.topk_blocks], None, None) for m in matches}
+            per_head = {m.name: ([local], [sinks], [spec.topk_blocks], None, None, [int(spec.summary)]) for m in matches}
             auto_stats = {}
         blocks = []
         for m in matches:
             causal, keep_bias, evidence = decisions[m.name]
-            local_blocks, sink_blocks, topk_blocks, captured, errors = per_head[m.name]
-            layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks), None, tuple(topk_blocks))
+            local_blocks, sink_blocks, topk_blocks, captured, errors, summary_blocks = per_head[m.name]
+            layout = BlockLayout(self.block, causal, tuple(local_blocks), tuple(sink_blocks), None, tuple(topk_blocks),
+                                 tuple(summary_blocks), self._score, float(m.scale))
             density = layout.density(m.heads if layout.heads() > 1 else 1, m.q_shape[2], m.seq_k)
             rewrite(model, m, block=self.block, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
-                    keep_bias=keep_bias, topk_blocks=topk_blocks)
+                    keep_bias=keep_bias, topk_blocks=topk_blocks, summary_blocks=summary_blocks, topk_score=self._score)
             info = {"block": m.name, "shape": m.summary(), "causal": causal, "mask": evidence,
                     "bias_kept": keep_bias, "local_blocks": _one_or_all(local_blocks),
                     "sink_blocks": _one_or_all(sink_blocks), "topk_blocks": _one_or_all(topk_blocks),
-                    "density": round(density, 4)}
+                    "summary_blocks": _one_or_all(summary_blocks), "density": round(density, 4)}
+            if any(topk_blocks):
+                info["topk_score"] = self.topk_score
             if captured is not None and errors is not None:
                 info["captured_mass"] = [round(c, 4) for c in captured]
                 info["head_error"] = [round(e, 5) for e in errors]
             blocks.append(info)
             topk_text = f" topk={_one_or_all(topk_blocks)}" if any(topk_blocks) else ""
+            if any(summary_blocks):
+                topk_text += f" summary={_one_or_all(summary_blocks)}"
             ctx.record(self.name, m.name, decision=f"SparseAttention block={self.block} "
                        f"local={_one_or_all(local_blocks)} sinks={_one_or_all(sink_blocks)}{topk_text} causal={int(causal)}",
                        density=round(density, 4), block=self.block, causal=causal, heads=m.heads,
                        query_len=m.q_shape[2], key_len=m.seq_k, local_blocks=list(local_blocks),
-                       sink_blocks=list(sink_blocks), topk_blocks=list(topk_blocks),
+                       sink_blocks=list(sink_blocks), topk_blocks=list(topk_blocks), summary_blocks=list(summary_blocks),
                        **({k: info[k] for k in ("captured_mass", "head_error")} if captured else {}))
         if matches:
             model.opset_imports.setdefault(DOMAIN, 1)
@@ -101,17 +117,18 @@ class SparseAttentionPass(Pass):
 
     def _auto_layouts(self, model: ir.Model, matches: list[AttentionMatch], decisions: dict, ctx: PassContext
                       ) -> tuple[dict[str, tuple[list[int], list[int], list[int], list[float] | None,
-                                             list[float] | None]], dict]:
-        """Per block: (local_blocks, sink_blocks, topk_blocks, captured mass, error) per head, profiled on the
-        calibration data and allocated under `density` over all heads."""
+                                             list[float] | None, list[int]]], dict]:
+        """Per block: (local_blocks, sink_blocks, topk_blocks, captured mass, error, summary_blocks) per
+        head, profiled on the calibration data and allocated under `density` over all heads."""
         from sparsec.calib.stats import require_calibration
         from sparsec.passes.attention.auto_layout import choose_layouts, static_only, uniform_window
         from sparsec.passes.attention.head_profile import profile_heads
 
         calib = require_calibration(ctx, "sparse-attention{layout=auto}")
         causal = {m.name: decisions[m.name][0] for m in matches}
+        summary = {m.name: self.summary for m in matches}
         profiles, skipped = profile_heads(model, matches, calib, self.block, causal, executor=ctx.executor,
-                                          topk=self.topk)
+                                          topk=self.topk, summary=summary, topk_score=self._score)
         families: dict[str, dict] = {}
         if self.topk and self.check == "output" and profiles:
             # (Also rescaling each block's head errors by its measured output damage was tried:
@@ -120,16 +137,16 @@ class SparseAttentionPass(Pass):
             profiles = {n: (static_only(p) if families.get(n, {}).get("family") == "static" else p)
                         for n, p in profiles.items()}
         chosen = choose_layouts(profiles, self.density) if profiles else {}
-        out: dict[str, tuple[list[int], list[int], list[int], list[float] | None, list[float] | None]] = {}
+        out: dict[str, tuple[list[int], list[int], list[int], list[float] | None, list[float] | None, list[int]]] = {}
         kept = total = 0
         for m in matches:
             heads = chosen.get(m.name)
             if heads is None:  # not profiled: stays dense, with the reason in the stats
-                out[m.name] = ([ALL_BLOCKS], [0], [0], None, None)
+                out[m.name] = ([ALL_BLOCKS], [0], [0], None, None, [0])
                 continue
             out[m.name] = ([h.local for h in heads], [h.sinks for h in heads], [h.topk for h in heads],
                            [h.captured for h in heads],
-                           [h.error for h in heads])
+                           [h.error for h in heads], [int(h.summary) for h in heads])
             kept += sum(h.kept_blocks for h in heads)
             total += sum(h.dense_blocks for h in heads)
         stats: dict = {"auto": {"density_budget": self.density, "density": round(kept / max(total, 1), 4),
@@ -175,7 +192,8 @@ class SparseAttentionPass(Pass):
                 causal, keep_bias, _ = decisions[m.name]
                 rewrite(trial, tm, block=self.block, local_blocks=[h.local for h in heads],
                         sink_blocks=[h.sinks for h in heads], causal=causal, keep_bias=keep_bias,
-                        topk_blocks=[h.topk for h in heads])
+                        topk_blocks=[h.topk for h in heads], summary_blocks=[int(h.summary) for h in heads],
+                        topk_score=self._score)
                 trial.opset_imports.setdefault(DOMAIN, 1)
                 RemoveUnusedNodesPass()(trial)
                 cosines[label] = float(mean_cosine(reference, CalibrationRunner(trial, head).outputs(), rows))

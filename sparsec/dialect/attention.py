@@ -21,6 +21,17 @@ layout of head h:
   highest q^ . k^[kb] among those the static layout above leaves out (and causally allowed,
   kb <= qb) are added; ties go to the lower kb, fewer are added when fewer remain. Scale and
   bias play no part in the choice. The cost of the estimate is one pooled product per block pair.
+  With `topk_score = 1` the score of kb is instead the pooled query's softmax mass on the block,
+  log sum over its keys j of exp(scale * q~ . k_j), q~ the mean of the query rows in qb (one
+  pooled query per query block against every key: 1 / block of the dense score cost); it sees
+  a single heavy key ([SEP]-like tokens) that a block mean dilutes. Bias plays no part.
+- `summary_blocks[h] = 1`: every key block the layout above (top-k included) leaves out for a
+  query block, and that lies wholly before it when causal (kb < qb), still enters that block's
+  softmax, as one virtual key: the mean of the block's key rows k~[kb], with the logit
+  scale * q . k~[kb] + log(sum over the block's keys j of exp(bias[j])) (log n without a bias,
+  n keys in the block, fewer in a partial last block; -inf when the bias masks them all) and
+  the value the mean of the block's value rows (the left-out keys summarised by their centroid,
+  as NSA's compressed branch; it costs one key per left-out block per row).
 A list of one value applies to every head. A row with no allowed key (or whose allowed keys
 the bias masks with -inf, e.g. a padding position whose own block is all padding) outputs
 zeros, as FlashAttention-style kernels do; layouts from the pass always keep the query's own block.
@@ -49,6 +60,9 @@ class BlockLayout:
     sink_blocks: tuple[int, ...] = (0,)
     block_mask: np.ndarray | None = None  # bool [H or 1, query blocks, key blocks]
     topk_blocks: tuple[int, ...] = (0,)  # per head: key blocks chosen at run time
+    summary_blocks: tuple[int, ...] = (0,)  # per head: 1 = left-out blocks read as one mean key each
+    topk_score: int = 0  # 0: pooled q-sum . k-mean; 1: pooled query's softmax mass per key block
+    scale: float = 1.0  # the op's scale (topk_score 1 uses it)
 
     @classmethod
     def of(cls, node: ir.Node) -> BlockLayout:
@@ -57,6 +71,7 @@ class BlockLayout:
         local = a.get("local_blocks")
         sinks = a.get("sink_blocks")
         topk = a.get("topk_blocks")
+        summary = a.get("summary_blocks")
         return cls(
             block=a["block"].as_int(),
             causal=bool(a["causal"].as_int()),
@@ -64,20 +79,30 @@ class BlockLayout:
             sink_blocks=tuple(sinks.as_ints()) if sinks is not None else (0,),
             block_mask=None if mask is None else mask.as_tensor().numpy().astype(bool),
             topk_blocks=tuple(topk.as_ints()) if topk is not None else (0,),
+            summary_blocks=tuple(summary.as_ints()) if summary is not None else (0,),
+            topk_score=a["topk_score"].as_int() if "topk_score" in a else 0,
+            scale=a["scale"].as_float() if "scale" in a else 1.0,
         )
 
     @property
     def dynamic(self) -> bool:
         return any(t > 0 for t in self.topk_blocks)
 
+    @property
+    def summarised(self) -> bool:
+        return any(s > 0 for s in self.summary_blocks)
+
     def topk(self, head: int) -> int:
         return self.topk_blocks[head if len(self.topk_blocks) > 1 else 0]
+
+    def summary(self, head: int) -> bool:
+        return self.summary_blocks[head if len(self.summary_blocks) > 1 else 0] > 0
 
     def heads(self) -> int:
         """Heads the layout names explicitly (1: the same layout for every head)."""
         if self.block_mask is not None:
-            return max(int(self.block_mask.shape[0]), len(self.topk_blocks))
-        return max(len(self.local_blocks), len(self.sink_blocks), len(self.topk_blocks))
+            return max(int(self.block_mask.shape[0]), len(self.topk_blocks), len(self.summary_blocks))
+        return max(len(self.local_blocks), len(self.sink_blocks), len(self.topk_blocks), len(self.summary_blocks))
 
     def block_allowed(self, head: int, q_blocks: int, k_blocks: int, offset_blocks: int = 0) -> np.ndarray:
         """bool [q_blocks, k_blocks]: which block pairs head `head` reads (query block i is at
@@ -104,7 +129,8 @@ class BlockLayout:
 
     def density(self, heads: int, sq: int, sk: int) -> float:
         """Fraction of the (causal, if causal) block pairs the layout keeps, over all heads
-        (top-k blocks count as kept: their number per query block does not depend on the data)."""
+        (top-k blocks count as kept: their number per query block does not depend on the data;
+        a summary key costs 1 / block of a block pair: one key for each row of the query block)."""
         nk = -(-sk // self.block)
         q0 = (sk - sq) // self.block
         nq = (sk - 1) // self.block - q0 + 1
@@ -112,8 +138,13 @@ class BlockLayout:
         full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         for h in range(heads):
             static = self.block_allowed(h if self.heads() > 1 else 0, nq, nk, q0)
-            extra = np.minimum((full & ~static).sum(axis=1), self.topk(h if self.heads() > 1 else 0))
-            kept += int(static.sum() + extra.sum())
+            lh = h if self.heads() > 1 else 0
+            extra = np.minimum((full & ~static).sum(axis=1), self.topk(lh))
+            kept += float(static.sum() + extra.sum())
+            if self.summary(lh):
+                before = np.arange(nk)[None, :] < np.arange(nq)[:, None] + q0 if self.causal else full
+                left = np.maximum((full & before & ~static).sum(axis=1) - extra, 0)
+                kept += float(left.sum()) / self.block
             total += int(full.sum())
         return kept / max(total, 1)
 
@@ -125,7 +156,7 @@ class BlockLayout:
         sk = k.shape[2]
         q0 = (sk - sq) // self.block
         nq, nk = (sk - 1) // self.block - q0 + 1, -(-sk // self.block)
-        scores = pooled_scores(q, k, self.block) if self.dynamic else None
+        scores = pooled_scores(q, k, self.block, self.topk_score, self.scale) if self.dynamic else None
         full = BlockLayout(self.block, self.causal).block_allowed(0, nq, nk, q0)
         out = np.zeros((bsz, hq, nq, nk), bool)
         for h in range(hq):
@@ -161,15 +192,96 @@ class BlockLayout:
         return out
 
 
-def pooled_scores(q: np.ndarray, k: np.ndarray, block: int) -> np.ndarray:
+    def summary_masks(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """bool [B, Hq, Sq, key blocks]: which summary keys (block means) each query row reads."""
+        sq, sk = q.shape[2], k.shape[2]
+        nk = -(-sk // self.block)
+        q0 = (sk - sq) // self.block
+        blocks = self.dynamic_blocks(q, k)  # [B, Hq, nq, nk]
+        qb = np.arange(blocks.shape[2])[:, None] + q0
+        left = ~blocks
+        if self.causal:
+            left &= np.arange(nk)[None, :] < qb
+        heads = np.array([self.summary(h if self.heads() > 1 else 0) for h in range(q.shape[1])])
+        left &= heads[None, :, None, None]
+        pos = np.arange(sq) + sk - sq
+        return left[:, :, pos // self.block - q0]
+
+
+def block_means(x: np.ndarray, block: int) -> np.ndarray:
+    """float64 [B, H, blocks, D]: the mean of each block of rows of x [B, H, S, D] (a partial
+    last block: the mean of the rows it has)."""
+    bsz, heads, s, d = x.shape
+    nk = -(-s // block)
+    pad = np.zeros((bsz, heads, nk * block, d), np.float64)
+    pad[:, :, :s] = x
+    counts = np.minimum(block, s - np.arange(nk) * block).astype(np.float64)
+    return pad.reshape(bsz, heads, nk, block, d).sum(axis=3) / counts[:, None]
+
+
+def block_counts(s: int, block: int) -> np.ndarray:
+    """int [blocks]: keys in each key block (the last may be partial)."""
+    nk = -(-s // block)
+    return np.minimum(block, s - np.arange(nk) * block)
+
+
+def summary_bias(bias: np.ndarray | None, shape: tuple[int, ...], block: int) -> np.ndarray:
+    """float64 [.., Sq, key blocks]: log of the sum of exp(bias) over each key block's keys
+    (log n without a bias), the summary keys' bias term."""
+    sk = shape[-1]
+    if bias is None:
+        return np.log(block_counts(sk, block).astype(np.float64))
+    e = np.exp(np.broadcast_to(np.asarray(bias, np.float64), shape))
+    nk = -(-sk // block)
+    pad = np.zeros((*shape[:-1], nk * block))
+    pad[..., :sk] = e
+    with np.errstate(divide="ignore"):
+        return np.log(pad.reshape(*shape[:-1], nk, block).sum(-1))
+
+
+def numpy_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, layout: BlockLayout, scale: float,
+                           bias: np.ndarray | None = None) -> np.ndarray:
+    """float64 Y [B, Hq, Sq, Dv]: the op's semantics written out (top-k and summary keys
+    included); rows with nothing allowed give zeros."""
+    bsz, hq, sq, _ = q.shape
+    rep = hq // k.shape[1]
+    kk = np.repeat(k.astype(np.float64), rep, axis=1)
+    vv = np.repeat(v.astype(np.float64), rep, axis=1)
+    s = scale * q.astype(np.float64) @ kk.transpose(0, 1, 3, 2)
+    if bias is not None:
+        s = s + np.broadcast_to(bias, s.shape)
+    s = np.where(layout.element_masks(q, k), s, -np.inf)
+    values = vv
+    if layout.summarised:
+        kbar, vbar = block_means(kk, layout.block), block_means(vv, layout.block)
+        virt = scale * q.astype(np.float64) @ kbar.transpose(0, 1, 3, 2) + summary_bias(bias, s.shape, layout.block)
+        s = np.concatenate([s, np.where(layout.summary_masks(q, k), virt, -np.inf)], axis=-1)
+        values = np.concatenate([vv, vbar], axis=2)
+    top = s.max(-1, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+    total = p.sum(-1, keepdims=True)
+    return np.where(total > 0, p / np.where(total > 0, total, 1.0), 0.0) @ values
+
+
+def pooled_scores(q: np.ndarray, k: np.ndarray, block: int, score: int = 0, scale: float = 1.0) -> np.ndarray:
     """float64 [B, Hq, query blocks, key blocks]: the top-k estimate q^ . k^ (sum of the query
-    rows of each absolute query block, mean of the key rows of each key block)."""
+    rows of each absolute query block, mean of the key rows of each key block); score 1: the
+    pooled query's softmax mass, log sum_j exp(scale q~ . k_j) over each block's keys (q~ the
+    mean of the block's query rows)."""
     bsz, hq, sq, _ = q.shape
     hkv, sk = k.shape[1], k.shape[2]
     q0 = (sk - sq) // block
     nq, nk = (sk - 1) // block - q0 + 1, -(-sk // block)
     qsum = np.zeros((bsz, hq, nq, q.shape[3]), np.float64)
     np.add.at(qsum, (slice(None), slice(None), (np.arange(sq) + sk - sq) // block - q0), q.astype(np.float64))
+    if score == 1:
+        rows = np.bincount((np.arange(sq) + sk - sq) // block - q0, minlength=nq).astype(np.float64)
+        x = scale * (qsum / rows[:, None]) @ np.repeat(k.astype(np.float64), hq // hkv, axis=1).transpose(0, 1, 3, 2)
+        pad = np.full((*x.shape[:3], nk * block), -np.inf)
+        pad[..., :sk] = x
+        pad = pad.reshape(*x.shape[:3], nk, block)
+        top = pad.max(-1)
+        return top + np.log(np.exp(pad - top[..., None]).sum(-1))
     kpad = np.zeros((bsz, hkv, nk * block, k.shape[3]), np.float64)
     kpad[:, :, :sk] = k
     counts = np.minimum(block, sk - np.arange(nk) * block).astype(np.float64)
@@ -211,6 +323,12 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
     topk = _ints(node, "topk_blocks")
     if topk is not None and (not topk or any(t < 0 for t in topk)):
         problems.append(f"topk_blocks must be >= 0, got {topk}")
+    score = node.attributes.get("topk_score")
+    if score is not None and score.as_int() not in (0, 1):
+        problems.append(f"topk_score must be 0 (pooled mean) or 1 (pooled softmax mass), got {score.as_int()}")
+    summary = _ints(node, "summary_blocks")
+    if summary is not None and (not summary or any(x not in (0, 1) for x in summary)):
+        problems.append(f"summary_blocks must be 0 or 1 per head, got {summary}")
     mask_attr = node.attributes.get("block_mask")
     if mask_attr is not None and (local is not None or sinks is not None):
         problems.append("give either block_mask or local_blocks/sink_blocks, not both")
@@ -220,7 +338,7 @@ def _verify_sparse_attention(node: ir.Node) -> list[str]:
         problems.append(f"local_blocks must be >= 1 (or {ALL_BLOCKS} for all), got {local}")
     if sinks is not None and (not sinks or any(s < 0 for s in sinks)):
         problems.append(f"sink_blocks must be >= 0, got {sinks}")
-    layout_heads = {len(x) for x in (local, sinks, topk) if x is not None}
+    layout_heads = {len(x) for x in (local, sinks, topk, summary) if x is not None}
     if mask_attr is not None:
         mask = mask_attr.as_tensor().numpy()
         if mask.ndim != 3:
@@ -273,6 +391,10 @@ SPARSE_ATTENTION = register_op(
                                     doc="per head: leading key blocks every query reads"),
             "topk_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
                                     doc="per head: key blocks picked at run time by pooled Q.K (0: none)"),
+            "topk_score": AttrSpec(ir.AttributeType.INT, required=False,
+                                   doc="top-k estimate: 0 pooled q-sum . k-mean (default), 1 pooled query softmax mass"),
+            "summary_blocks": AttrSpec(ir.AttributeType.INTS, required=False,
+                                       doc="per head: 1 = each left-out key block is read as one mean key"),
             "block_mask": AttrSpec(ir.AttributeType.TENSOR, required=False,
                                    doc="explicit layout, uint8 [heads or 1, query blocks, key blocks]"),
         },

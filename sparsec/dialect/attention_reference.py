@@ -102,6 +102,29 @@ def _pooled_scores(b: _Builder, q: ir.Value, k: ir.Value, qmem: ir.Value, kmem: 
     return b.op("MatMul", [qsum, b.op("Transpose", [kmean], perm=[0, 1, 3, 2])])
 
 
+def _softmax_scores(b: _Builder, q: ir.Value, k: ir.Value, qmem: ir.Value, nk: ir.Value, block: int,
+                    scale: float) -> ir.Value:
+    """[B, Hq, nq, nk]: topk_score 1, log sum_j exp(scale q~ . k_j) over each key block (q~ the
+    mean query row of each query block; the keys padded with -inf to whole blocks)."""
+    axes1 = b.const(np.array([1]), "axes")
+    qmean = b.op("MatMul", [b.op("Div", [qmem, b.op("ReduceSum", [qmem, axes1], keepdims=1)]), q])
+    x = b.op("MatMul", [qmean, b.op("Transpose", [_repeat_kv(b, k, q)], perm=[0, 1, 3, 2])])
+    x = b.op("Mul", [x, b.const(np.array(scale, np.float32), "scale")])  # [B, Hq, nq, Sk]
+    nk1 = b.op("Unsqueeze", [nk, b.const(np.array([0]), "axes")])
+    blk = b.const(np.array([block], np.int64), "block")
+    width = b.op("Mul", [nk1, blk])
+    extra = b.op("Sub", [width, b.op("Shape", [x], start=3, end=4)])
+    zeros = b.const(np.zeros(7, np.int64), "pads")
+    pads = b.op("Concat", [zeros, extra], axis=0)
+    padded = b.op("Pad", [x, pads, b.const(np.array(-np.inf, np.float32), "neg_inf")])
+    shape = b.op("Concat", [b.op("Shape", [x], start=0, end=3), nk1, blk], axis=0)
+    tiles = b.op("Reshape", [padded, shape])  # [B, Hq, nq, nk, block]
+    axes = b.const(np.array([4]), "axes")
+    top, _ = _topk(b, tiles, b.const(np.array([1], np.int64), "one"))  # the block max (any opset >= 13)
+    total = b.op("ReduceSum", [b.op("Exp", [b.op("Sub", [tiles, top])]), axes], keepdims=0)
+    return b.op("Add", [b.op("Log", [total]), b.op("Squeeze", [top, axes])])
+
+
 # How block pairs are scored for top-k: the op's definition. bench/attention_oracle.py swaps in
 # the dense softmax mass (an oracle) to measure what any run-time rule could reach.
 block_scores = _pooled_scores
@@ -126,7 +149,10 @@ def _topk_blocks(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, qb_
         eq = b.op("Equal", [b.op("Unsqueeze", [index, axes1]), b.op("Unsqueeze", [of, axes0])])
         return b.op("Cast", [eq], to=int(ir.DataType.FLOAT))
 
-    scores = block_scores(b, q, k, membership(qidx, qb_rel), membership(kidx, kb), scale)  # [B, Hq, nq, nk]
+    if layout.topk_score == 1:
+        scores = _softmax_scores(b, q, k, membership(qidx, qb_rel), nk, layout.block, scale)
+    else:
+        scores = block_scores(b, q, k, membership(qidx, qb_rel), membership(kidx, kb), scale)  # [B, Hq, nq, nk]
     static = _static_blocks(b, layout, b.op("Add", [qidx, q0]), kidx)  # [H or 1, nq, nk]
     candidate = b.op("Not", [static])
     if layout.causal:
@@ -158,9 +184,11 @@ def _topk(b: _Builder, x: ir.Value, k: ir.Value) -> tuple[ir.Value, ir.Value]:
     return node.outputs[0], node.outputs[1]
 
 
-def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, scale: float) -> ir.Value:
-    """bool [H or 1, Sq, Sk] (static layout) or [B, Hq, Sq, Sk] (with top-k): the op's allowed
-    (query, key) pairs."""
+def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, scale: float
+                 ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """(allowed, rows, qb, kidx): allowed is bool [H or 1, Sq, Sk] (static layout) or
+    [B, Hq, Sq, Sk] (with top-k), the op's allowed (query, key) pairs; rows the same per key
+    block ([.., Sq, key blocks]), qb the absolute query block of each row, kidx 0..blocks-1."""
     one = b.const(np.array(1, np.int64), "one")
     zero = b.const(np.array(0, np.int64), "zero")
     axes0 = b.const(np.array([0]), "axes")
@@ -171,17 +199,53 @@ def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, sca
     blk = b.const(np.array(layout.block, np.int64), "block")
     qb = b.op("Div", [qpos, blk])
     kb = b.op("Div", [kpos, blk])
+    kidx = b.op("Range", [zero, b.op("Add", [b.op("Div", [b.op("Sub", [sk, one]), blk]), one]), one])
     if layout.dynamic:
         qb_rel = b.op("Sub", [qb, b.op("Div", [b.op("Sub", [sk, sq]), blk])])
         blocks = _topk_blocks(b, layout, q, k, qb_rel, kb, sq, sk, scale)
-        allowed = b.op("Gather", [b.op("Gather", [blocks, qb_rel], axis=2), kb], axis=3)
+        rows = b.op("Gather", [blocks, qb_rel], axis=2)  # [B, Hq, Sq, nk]
+        allowed = b.op("Gather", [rows, kb], axis=3)
     else:
+        rows = _static_blocks(b, layout, qb, kidx)  # [H, Sq, nk]
         allowed = _static_blocks(b, layout, qb, kb)
     if layout.causal:
         pcol = b.op("Unsqueeze", [qpos, b.const(np.array([1]), "axes")])
         krow_pos = b.op("Unsqueeze", [kpos, axes0])
         allowed = b.op("And", [allowed, b.op("LessOrEqual", [krow_pos, pcol])])
-    return allowed
+    return allowed, rows, qb, kidx
+
+
+def _summary(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, v: ir.Value, rows: ir.Value,
+             qb: ir.Value, kidx: ir.Value, scale: float, bias: ir.Value | None, scores: ir.Value
+             ) -> tuple[ir.Value, ir.Value]:
+    """(logits [B, Hq, Sq, nk] with -inf where a row reads no summary key, block mean values
+    [B, Hq, nk, Dv]): the op's summary keys, one per left-out key block."""
+    axes0, axes1 = b.const(np.array([0]), "axes"), b.const(np.array([1]), "axes")
+    sk = b.op("Shape", [k], start=2, end=3)
+    kpos = b.op("Range", [b.const(np.array(0, np.int64), "zero"), b.op("Squeeze", [sk, axes0]),
+                          b.const(np.array(1, np.int64), "one")])
+    kb = b.op("Div", [kpos, b.const(np.array(layout.block, np.int64), "block")])
+    member = b.op("Cast", [b.op("Equal", [b.op("Unsqueeze", [kidx, axes1]), b.op("Unsqueeze", [kb, axes0])])],
+                  to=int(ir.DataType.FLOAT))  # [nk, Sk]
+    counts = b.op("ReduceSum", [member, axes1], keepdims=1)  # [nk, 1]
+    mean = b.op("Div", [member, counts])
+    kbar = _repeat_kv(b, b.op("MatMul", [mean, k]), q)  # [B, Hq, nk, D]
+    vbar = _repeat_kv(b, b.op("MatMul", [mean, v]), q)
+    logits = b.op("MatMul", [q, b.op("Transpose", [kbar], perm=[0, 1, 3, 2])])
+    if scale != 1.0:
+        logits = b.op("Mul", [logits, b.const(np.array(scale, np.float32), "scale")])
+    if bias is None:
+        logits = b.op("Add", [logits, b.op("Log", [b.op("Transpose", [counts], perm=[1, 0])])])
+    else:  # log sum_j exp(bias) over each block's keys: exp(bias) @ membership^T
+        full = b.op("Expand", [bias, b.op("Shape", [scores])])  # [B, Hq, Sq, Sk]
+        blocks = b.op("MatMul", [b.op("Exp", [full]), b.op("Transpose", [member], perm=[1, 0])])
+        logits = b.op("Add", [logits, b.op("Log", [blocks])])
+    left = b.op("Not", [rows])
+    if layout.causal:  # only blocks wholly before the query's block
+        left = b.op("And", [left, b.op("Less", [b.op("Unsqueeze", [kidx, axes0]), b.op("Unsqueeze", [qb, axes1])])])
+    heads = np.array([layout.summary(h) for h in range(layout.heads())], bool)
+    left = b.op("And", [left, b.const(heads.reshape(-1, 1, 1), "summary_heads")])
+    return b.op("Where", [left, logits, b.const(np.array(-np.inf, np.float32), "neg_inf")]), vbar
 
 
 def lower_sparse_attention(node: ir.Node) -> None:
@@ -197,12 +261,23 @@ def lower_sparse_attention(node: ir.Node) -> None:
         scores = b.op("Mul", [scores, b.const(np.array(scale, np.float32), "scale")])
     if bias is not None:
         scores = b.op("Add", [scores, bias])
-    allowed = _layout_mask(b, layout, q, k, scale)
+    allowed, rows, qb, kidx = _layout_mask(b, layout, q, k, scale)
     if not layout.dynamic:
         allowed = b.op("Unsqueeze", [allowed, b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
+    if layout.summarised:
+        virt, vbar = _summary(b, layout, q, k, v, rows, qb, kidx, scale, bias, scores)
+        masked = b.op("Concat", [masked, virt], axis=-1)
     probs = b.op("Softmax", [masked], axis=-1)
     # A row whose allowed keys are all masked (-inf bias) is 0/0: zeros, as the kernels give.
     probs = b.op("Where", [b.op("IsNaN", [probs]), b.const(np.array(0.0, np.float32), "zero_prob"), probs])
-    out = b.op("MatMul", [probs, vx])
+    if layout.summarised:
+        axes = b.const(np.array([3]), "axes")
+        sk = b.op("Shape", [k], start=2, end=3)
+        big = b.const(np.array([1 << 40]), "end")
+        real = b.op("Slice", [probs, b.const(np.array([0]), "start"), sk, axes])
+        summary = b.op("Slice", [probs, sk, big, axes])
+        out = b.op("Add", [b.op("MatMul", [real, vx]), b.op("MatMul", [summary, vbar])])
+    else:
+        out = b.op("MatMul", [probs, vx])
     replace_value(node.outputs[0], out, drop=node)

@@ -215,3 +215,95 @@ def test_ort_op_rejects_negative_topk() -> None:
     layout.const_value = __import__("onnx_ir").tensor(np.array([[1], [0], [-1]], np.int32), name=layout.name)
     with pytest.raises(Exception, match="top-k"):
         make_session(model_bytes(model), 1)
+
+
+SUMMARY_CASES = [
+    # b, hq, hkv, sq, sk, d, dv, block, causal, local, sinks, topk, summary, bias
+    (1, 4, 2, 37, 37, 8, 8, 4, True, [1, 2, 1, -1], [1], [0], [1, 1, 0, 1], False),
+    (2, 2, 2, 33, 33, 16, 24, 8, False, [1], [0], [1, 2], [1], False),
+    (2, 2, 2, 33, 33, 16, 24, 8, False, [1], [0], [1, 2], [1], True),
+    (1, 2, 2, 10, 26, 8, 8, 4, True, [1], [0], [1], [1], True),  # a prefill after a cache
+    (1, 2, 1, 100, 100, 72, 40, 16, False, [1], [1], [2], [1, 0], False),
+    (1, 1, 1, 200, 200, 8, 8, 4, False, [1], [0], [0], [1], False),  # 50 key blocks: 2 virtual tiles at bn 16/32
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", SUMMARY_CASES)
+def test_kernel_summary_keys_match_semantics(isa, case) -> None:
+    from sparsec.dialect.attention import numpy_sparse_attention
+
+    b, hq, hkv, sq, skk, d, dv, block, causal, local, sinks, topk, summary, with_bias = case
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((b, hq, sq, d), dtype=np.float32)
+    k = rng.standard_normal((b, hkv, skk, d), dtype=np.float32)
+    v = rng.standard_normal((b, hkv, skk, dv), dtype=np.float32)
+    bias = None
+    if with_bias:  # per batch row and query, the last 5 keys masked (padding)
+        bias = rng.standard_normal((b, 1, sq, skk)).astype(np.float32)
+        bias[..., -5:] = -1e9
+    layout = BlockLayout(block, causal, tuple(local), tuple(sinks), None, tuple(topk), tuple(summary))
+    want = numpy_sparse_attention(q, k, v, layout, 0.3, bias)
+    plain = numpy_sparse_attention(q, k, v, BlockLayout(block, causal, tuple(local), tuple(sinks), None, tuple(topk)), 0.3,
+                                   bias)
+    assert np.abs(plain - want).max() > 1e-2  # the case tells summary keys from none
+    for threads in (1, 2):
+        got = block_sparse_attention(q, k, v, scale=0.3, block=block, causal=causal, local_blocks=local,
+                                     sink_blocks=sinks, topk_blocks=topk, summary_blocks=summary, bias=bias, isa=isa,
+                                     threads=threads)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(("causal", "topk"), [(1, [0]), (0, [2, 0, 1, 0])])
+def test_ort_op_summary_matches_reference(causal, topk) -> None:
+    from sparsec.backends.ort.lower_attention import raise_attention_kernel
+
+    q_shape, kv_shape = (1, 4, 30, 40), (1, 2, 45, 40)
+    model = OPS.attention_model(q_shape, kv_shape, None, scale=0.25, block=8, causal=causal,
+                                local_blocks=[1], sink_blocks=[1, 0, 0, 1], topk_blocks=topk, summary_blocks=[1, 1, 0, 1])
+    feeds = sample_inputs(model, seed=3)
+    want = evaluate(model, feeds)  # the op's reference lowering, in ORT
+    lowered = inline_copy(model)
+    records = PassManager(parse_pipeline("lower-attention-kernels,legalize-dense")).run(lowered, PassContext())
+    assert records[0].stats["lowered"] == 1
+    table = next(v for v in lowered.graph.initializers.values() if v.name.endswith(".layout")).const_value.numpy()
+    assert table.shape == (4, 4) and table[3].tolist() == [1, 1, 0, 1]
+    got = make_session(model_bytes(lowered), 2).run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    raised = raise_attention_kernel(lowered, next(iter(lowered.graph)))
+    assert BlockLayout.of(raised).summary_blocks == (1, 1, 0, 1)
+    np.testing.assert_allclose(evaluate(lowered, feeds)[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("causal", "summary"), [(True, [0]), (False, [1])])
+def test_kernel_softmax_topk_score_matches_semantics(isa, causal, summary) -> None:
+    from sparsec.dialect.attention import numpy_sparse_attention
+
+    q, k, v = _qkv(2, 4, 2, 30, 45, 24)
+    layout = BlockLayout(8, causal, (1,), (0,), None, (2, 1, 0, 3), tuple(summary), 1, 0.3)
+    want = numpy_sparse_attention(q, k, v, layout, 0.3)
+    mean = BlockLayout(8, causal, (1,), (0,), None, (2, 1, 0, 3), tuple(summary), 0, 0.3)
+    assert (mean.dynamic_blocks(q, k) != layout.dynamic_blocks(q, k)).any()  # the estimates differ here
+    for threads in (1, 2):
+        got = block_sparse_attention(q, k, v, scale=0.3, block=8, causal=causal, local_blocks=[1], sink_blocks=[0],
+                                     topk_blocks=[2, 1, 0, 3], summary_blocks=summary, topk_score=1, isa=isa,
+                                     threads=threads)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_ort_op_softmax_topk_score_matches_reference() -> None:
+    from sparsec.backends.ort.lower_attention import raise_attention_kernel
+
+    model = OPS.attention_model((1, 4, 30, 40), (1, 2, 45, 40), None, scale=0.25, block=8, causal=1,
+                                local_blocks=[1], sink_blocks=[0], topk_blocks=[2, 1, 0, 3], topk_score=1,
+                                summary_blocks=[1])
+    feeds = sample_inputs(model, seed=3)
+    want = evaluate(model, feeds)
+    lowered = inline_copy(model)
+    records = PassManager(parse_pipeline("lower-attention-kernels,legalize-dense")).run(lowered, PassContext())
+    assert records[0].stats["lowered"] == 1
+    got = make_session(model_bytes(lowered), 2).run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    raised = raise_attention_kernel(lowered, next(iter(lowered.graph)))
+    assert BlockLayout.of(raised).topk_score == 1
