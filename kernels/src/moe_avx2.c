@@ -9,6 +9,9 @@
 #include "moe_internal.h"
 
 #define MR 6
+/* Loops over a block's rows are unrolled explicitly: GCC 12 at -O3 otherwise keeps the
+ * accumulator arrays in memory and stores them on every k step (perf annotate). */
+#define MOE_UNROLL _Pragma("GCC unroll 8")
 
 static inline __m256i lanes(int64_t n) {
     const int c = n >= 8 ? 8 : n <= 0 ? 0 : (int)n;
@@ -83,43 +86,83 @@ void sk_moe_panel_avx2(const float *const *a, int64_t rows, int64_t k, const flo
     }
 }
 
+/* 6 x 16 register block of a tile. `full` (a constant after inlining): all 16 columns are
+ * there, so B is read with plain loads (vmaskmovps is slower on AMD Zen); the masked form
+ * is kept for a panel's column tail. */
 static inline __attribute__((always_inline)) void subtile(const float *a, int stride, const int mr,
                                                           int64_t k, const float *b, int64_t ldb,
-                                                          int64_t nc, float *c) {
+                                                          int64_t nc, float *c, const int full) {
     const __m256i m0 = lanes(nc), m1 = lanes(nc - 8);
     __m256 c0[MR], c1[MR];
-    for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm256_setzero_ps();
+    MOE_UNROLL for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm256_setzero_ps();
     for (int64_t kk = 0; kk < k; kk++) {
         const float *br = b + kk * ldb, *ar = a + kk * stride;
-        const __m256 b0 = _mm256_maskload_ps(br, m0), b1 = _mm256_maskload_ps(br + 8, m1);
-        for (int i = 0; i < MR; i++)
+        const __m256 b0 = full ? _mm256_loadu_ps(br) : _mm256_maskload_ps(br, m0);
+        const __m256 b1 = full ? _mm256_loadu_ps(br + 8) : _mm256_maskload_ps(br + 8, m1);
+        MOE_UNROLL for (int i = 0; i < MR; i++)
             if (i < mr) {
                 const __m256 av = _mm256_broadcast_ss(ar + i);
                 c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
                 c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
             }
     }
-    for (int i = 0; i < MR; i++)
+    MOE_UNROLL for (int i = 0; i < MR; i++)
         if (i < mr) {
             _mm256_storeu_ps(c + i * SK_MOE_NR, c0[i]);
             _mm256_storeu_ps(c + i * SK_MOE_NR + 8, c1[i]);
         }
 }
 
+/* One token row (decode): all 32 columns of each panel row in one pass (the panel streams
+ * once, front to back) with two independent accumulator sets over even and odd k, so the
+ * FMAs are not serialised on one chain per column vector. */
+static void tile_row(const float *a, int64_t k, const float *b, int64_t ldb, int64_t nc, float *c) {
+    const __m256i m[4] = {lanes(nc), lanes(nc - 8), lanes(nc - 16), lanes(nc - 24)};
+    __m256 p[4], q[4];
+    MOE_UNROLL for (int v = 0; v < 4; v++) p[v] = q[v] = _mm256_setzero_ps();
+    int64_t kk = 0;
+    if (nc == SK_MOE_NR) {
+        for (; kk + 1 < k; kk += 2) {
+            const float *br = b + kk * ldb;
+            const __m256 a0 = _mm256_broadcast_ss(a + kk), a1 = _mm256_broadcast_ss(a + kk + 1);
+            MOE_UNROLL for (int v = 0; v < 4; v++) {
+                p[v] = _mm256_fmadd_ps(a0, _mm256_loadu_ps(br + 8 * v), p[v]);
+                q[v] = _mm256_fmadd_ps(a1, _mm256_loadu_ps(br + ldb + 8 * v), q[v]);
+            }
+        }
+    }
+    for (; kk < k; kk++) {
+        const float *br = b + kk * ldb;
+        const __m256 a0 = _mm256_broadcast_ss(a + kk);
+        MOE_UNROLL for (int v = 0; v < 4; v++) p[v] = _mm256_fmadd_ps(a0, _mm256_maskload_ps(br + 8 * v, m[v]), p[v]);
+    }
+    MOE_UNROLL for (int v = 0; v < 4; v++) _mm256_storeu_ps(c + 8 * v, _mm256_add_ps(p[v], q[v]));
+}
+
+/* One function per (row count, full): each its own register allocation. */
+#define MOE_SUB_FNS(r)                                                                            \
+    static __attribute__((noinline)) void sub##r(const float *a, int stride, int64_t k,           \
+                                                 const float *b, int64_t ldb, int64_t nc,         \
+                                                 float *c) {                                      \
+        if (nc >= 16) subtile(a, stride, r, k, b, ldb, nc, c, 1);                                 \
+        else subtile(a, stride, r, k, b, ldb, nc, c, 0);                                          \
+    }
+MOE_SUB_FNS(1) MOE_SUB_FNS(2) MOE_SUB_FNS(3) MOE_SUB_FNS(4) MOE_SUB_FNS(5) MOE_SUB_FNS(6)
+#undef MOE_SUB_FNS
+typedef void (*sub_fn)(const float *, int, int64_t, const float *, int64_t, int64_t, float *);
+static const sub_fn SUB[MR] = {sub1, sub2, sub3, sub4, sub5, sub6};
+
 void sk_moe_tile_avx2(const float *a, int mr, int64_t k, const float *b, int64_t ldb, int64_t nc,
                       float *c) {
+    if (mr < 1 || mr > SK_MOE_MR) return;
+    if (mr == 1) {
+        tile_row(a, k, b, ldb, nc, c);
+        return;
+    }
     for (int64_t j = 0; j < nc; j += 16)
         for (int r = 0; r < mr; r += MR) {
-            const float *ar = a + r;
-            float *cr = c + r * SK_MOE_NR + j;
-            switch (mr - r < MR ? mr - r : MR) {
-            case 6: subtile(ar, mr, 6, k, b + j, ldb, nc - j, cr); break;
-            case 5: subtile(ar, mr, 5, k, b + j, ldb, nc - j, cr); break;
-            case 4: subtile(ar, mr, 4, k, b + j, ldb, nc - j, cr); break;
-            case 3: subtile(ar, mr, 3, k, b + j, ldb, nc - j, cr); break;
-            case 2: subtile(ar, mr, 2, k, b + j, ldb, nc - j, cr); break;
-            default: subtile(ar, mr, 1, k, b + j, ldb, nc - j, cr); break;
-            }
+            const int rows = mr - r < MR ? mr - r : MR;
+            SUB[rows - 1](a + r, mr, k, b + j, ldb, nc - j, c + r * SK_MOE_NR + j);
         }
 }
 

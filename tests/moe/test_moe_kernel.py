@@ -53,6 +53,18 @@ def test_kernel_batch_sizes_and_threads(rows: int, threads: int) -> None:
     np.testing.assert_allclose(_run(kern, x, threads), _run(ref, x), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("isa", X86_ISAS)
+def test_full_width_panels_and_odd_depths(monkeypatch, isa: str) -> None:
+    # D = 96: whole 32-column panels (the unmasked load paths); F = 33 per expert: one whole
+    # panel and a 1-column tail, and an odd depth for the down projection's paired-k loop
+    monkeypatch.setenv("SPARSEC_KERNEL_ISA", isa)
+    for rows in (1, 6, 13):
+        ref, kern = _pair((rows, 96), 96, 4, 33, 2, "gelu", seed=rows)
+        x = np.random.default_rng(rows).standard_normal((rows, 96)).astype(np.float32)
+        for threads in (1, 2):
+            np.testing.assert_allclose(_run(kern, x, threads), _run(ref, x), rtol=2e-5, atol=2e-5)
+
+
 def test_all_experts_equal_dense_ffn() -> None:
     ref, kern = _pair((16, 64), 64, 4, 32, 4, "relu")
     x = np.random.default_rng(3).standard_normal((16, 64)).astype(np.float32)
