@@ -23,7 +23,10 @@ typedef struct {
 
 static inline __attribute__((always_inline)) void g2(const int nv, const int tail, const g2_in *p,
                                                      __m256 *o0, __m256 *o1) {
+    /* Every loop over the accumulators is unrolled: GCC 12 otherwise keeps them in memory
+     * and stores them on every step (objdump). */
     __m256 a0[NV], a1[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < nv; v++) {
         a0[v] = p->init0 ? _mm256_loadu_ps(p->init0 + LANES * v) : _mm256_set1_ps(p->b0);
         a1[v] = p->init1 ? _mm256_loadu_ps(p->init1 + LANES * v) : _mm256_set1_ps(p->b1);
@@ -33,6 +36,7 @@ static inline __attribute__((always_inline)) void g2(const int nv, const int tai
     for (int64_t s = 0; s < p->steps; s++) {
         const float *p0 = p->xq + off[2 * s], *p1 = p->xq + off[2 * s + 1];
         const __m256 w0 = _mm256_broadcast_ss(val + 2 * s), w1 = _mm256_broadcast_ss(val + 2 * s + 1);
+#pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             __m256 x0, x1;
             if (tail && v == nv - 1) {
@@ -46,6 +50,7 @@ static inline __attribute__((always_inline)) void g2(const int nv, const int tai
             a1[v] = _mm256_fmadd_ps(w1, x1, a1[v]);
         }
     }
+#pragma GCC unroll 4
     for (int v = 0; v < nv; v++) {
         o0[v] = a0[v];
         o1[v] = a1[v];
