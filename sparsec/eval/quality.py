@@ -143,7 +143,9 @@ def evaluate_method(
     if task.labels is not None:
         acc_dense = float(np.mean(np.argmax(dense_out, axis=1) == task.labels))
         acc_sparse = float(np.mean(np.argmax(sparse_out, axis=1) == task.labels))
-        result.update({"accuracy_dense": acc_dense, "accuracy": acc_sparse, "accuracy_drop_points": round(100 * (acc_dense - acc_sparse), 3)})
+        result.update({"accuracy_dense": acc_dense, "accuracy": acc_sparse, "accuracy_drop_points": round(100 * (acc_dense - acc_sparse), 3),
+                       # continuous held-out fidelity: accuracy moves in steps of one sample
+                       "logits_rel_error": round(float(np.linalg.norm(sparse_out - dense_out) / np.linalg.norm(dense_out)), 6)})
     else:
         result.update(_embedding_metrics(dense_out, sparse_out))
     from sparsec.layers import find_layers

