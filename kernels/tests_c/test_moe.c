@@ -85,6 +85,17 @@ static float *floats(int64_t count, float scale) {
     return p;
 }
 
+/* The scalar single-thread output for rows of x, every other path's reference; *maxref its
+ * largest magnitude (the tolerance's scale). */
+static float *scalar_reference(const sk_moe_weights *w, const float *x, int64_t rows, int64_t d,
+                               double *maxref) {
+    float *ref = malloc(sizeof(float) * (size_t)(rows * d));
+    CHECK(sk_moe_ffn(w, x, rows, ref, SK_ISA_SCALAR, 1) == SK_OK, "dense failed");
+    *maxref = 1e-30;
+    for (int64_t i = 0; i < rows * d; i++) *maxref = fmax(*maxref, fabs(ref[i]));
+    return ref;
+}
+
 static void test_packed(int n, int m, int64_t d, int64_t e, int64_t f, int top_k, int gated,
                         int act, int gating) {
     const int words = sk_nm_meta_words(m);
@@ -116,10 +127,8 @@ static void test_packed(int n, int m, int64_t d, int64_t e, int64_t f, int top_k
     static const int64_t ROWS[] = {1, 5, 40};
     for (size_t ri = 0; ri < sizeof ROWS / sizeof ROWS[0]; ri++) {
         const int64_t rows = ROWS[ri];
-        float *x = floats(rows * d, 1.0f), *ref = malloc(sizeof(float) * (size_t)(rows * d));
-        CHECK(sk_moe_ffn(&dense, x, rows, ref, SK_ISA_SCALAR, 1) == SK_OK, "dense failed");
-        double maxref = 1e-30;
-        for (int64_t i = 0; i < rows * d; i++) maxref = fmax(maxref, fabs(ref[i]));
+        double maxref;
+        float *x = floats(rows * d, 1.0f), *ref = scalar_reference(&dense, x, rows, d, &maxref);
         for (int isa = 0; isa < 4; isa++) {
             if (!sk_isa_supported(isa)) continue;
             for (int threads = 1; threads <= 2; threads++) {
@@ -178,10 +187,8 @@ static void test_dense(int64_t d, int64_t e, int64_t f, int top_k, int gated, in
     static const int64_t ROWS[] = {1, 3, 40, 200};
     for (size_t ri = 0; ri < sizeof ROWS / sizeof ROWS[0]; ri++) {
         const int64_t rows = ROWS[ri];
-        float *x = floats(rows * d, 1.0f), *ref = malloc(sizeof(float) * (size_t)(rows * d));
-        CHECK(sk_moe_ffn(&rowmajor, x, rows, ref, SK_ISA_SCALAR, 1) == SK_OK, "dense failed");
-        double maxref = 1e-30;
-        for (int64_t i = 0; i < rows * d; i++) maxref = fmax(maxref, fabs(ref[i]));
+        double maxref;
+        float *x = floats(rows * d, 1.0f), *ref = scalar_reference(&rowmajor, x, rows, d, &maxref);
         for (int layout = 0; layout < 2; layout++)
             for (int isa = 0; isa < 4; isa++) {
                 if (!sk_isa_supported(isa)) continue;

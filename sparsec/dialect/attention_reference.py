@@ -185,10 +185,11 @@ def _topk(b: _Builder, x: ir.Value, k: ir.Value) -> tuple[ir.Value, ir.Value]:
 
 
 def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, scale: float
-                 ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
-    """(allowed, rows, qb, kidx): allowed is bool [H or 1, Sq, Sk] (static layout) or
+                 ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value]:
+    """(allowed, rows, qb, kidx, kb): allowed is bool [H or 1, Sq, Sk] (static layout) or
     [B, Hq, Sq, Sk] (with top-k), the op's allowed (query, key) pairs; rows the same per key
-    block ([.., Sq, key blocks]), qb the absolute query block of each row, kidx 0..blocks-1."""
+    block ([.., Sq, key blocks]), qb the absolute query block of each row, kidx 0..blocks-1,
+    kb the block of each key."""
     one = b.const(np.array(1, np.int64), "one")
     zero = b.const(np.array(0, np.int64), "zero")
     axes0 = b.const(np.array([0]), "axes")
@@ -207,24 +208,20 @@ def _layout_mask(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, sca
         allowed = b.op("Gather", [rows, kb], axis=3)
     else:
         rows = _static_blocks(b, layout, qb, kidx)  # [H, Sq, nk]
-        allowed = _static_blocks(b, layout, qb, kb)
+        allowed = b.op("Gather", [rows, kb], axis=2)
     if layout.causal:
         pcol = b.op("Unsqueeze", [qpos, b.const(np.array([1]), "axes")])
         krow_pos = b.op("Unsqueeze", [kpos, axes0])
         allowed = b.op("And", [allowed, b.op("LessOrEqual", [krow_pos, pcol])])
-    return allowed, rows, qb, kidx
+    return allowed, rows, qb, kidx, kb
 
 
 def _summary(b: _Builder, layout: BlockLayout, q: ir.Value, k: ir.Value, v: ir.Value, rows: ir.Value,
-             qb: ir.Value, kidx: ir.Value, scale: float, bias: ir.Value | None, scores: ir.Value
+             qb: ir.Value, kidx: ir.Value, kb: ir.Value, scale: float, bias: ir.Value | None, scores: ir.Value
              ) -> tuple[ir.Value, ir.Value]:
     """(logits [B, Hq, Sq, nk] with -inf where a row reads no summary key, block mean values
     [B, Hq, nk, Dv]): the op's summary keys, one per left-out key block."""
     axes0, axes1 = b.const(np.array([0]), "axes"), b.const(np.array([1]), "axes")
-    sk = b.op("Shape", [k], start=2, end=3)
-    kpos = b.op("Range", [b.const(np.array(0, np.int64), "zero"), b.op("Squeeze", [sk, axes0]),
-                          b.const(np.array(1, np.int64), "one")])
-    kb = b.op("Div", [kpos, b.const(np.array(layout.block, np.int64), "block")])
     member = b.op("Cast", [b.op("Equal", [b.op("Unsqueeze", [kidx, axes1]), b.op("Unsqueeze", [kb, axes0])])],
                   to=int(ir.DataType.FLOAT))  # [nk, Sk]
     counts = b.op("ReduceSum", [member, axes1], keepdims=1)  # [nk, 1]
@@ -261,12 +258,12 @@ def lower_sparse_attention(node: ir.Node) -> None:
         scores = b.op("Mul", [scores, b.const(np.array(scale, np.float32), "scale")])
     if bias is not None:
         scores = b.op("Add", [scores, bias])
-    allowed, rows, qb, kidx = _layout_mask(b, layout, q, k, scale)
+    allowed, rows, qb, kidx, kb = _layout_mask(b, layout, q, k, scale)
     if not layout.dynamic:
         allowed = b.op("Unsqueeze", [allowed, b.const(np.array([0]), "axes")])
     masked = b.op("Where", [allowed, scores, b.const(np.array(-np.inf, np.float32), "neg_inf")])
     if layout.summarised:
-        virt, vbar = _summary(b, layout, q, k, v, rows, qb, kidx, scale, bias, scores)
+        virt, vbar = _summary(b, layout, q, k, v, rows, qb, kidx, kb, scale, bias, scores)
         masked = b.op("Concat", [masked, virt], axis=-1)
     probs = b.op("Softmax", [masked], axis=-1)
     # A row whose allowed keys are all masked (-inf bias) is 0/0: zeros, as the kernels give.
