@@ -6,12 +6,22 @@ Importing this package never fails: a missing library surfaces as KernelUnavaila
 on first use, so the rest of sparsec keeps working without a compiler.
 """
 
-from ._native import available as kernels_available
-from .errors import KernelUnavailableError, PackedFormatError
-from .isa import ENV_ISA, available_isas, default_threads
-from .matmul import block_matmul, nm_matmul
-from .packing_block import PackedBlock, pack_block, prune_block
-from .packing_nm import PackedNM, pack_nm, prune_nm
+import sys
+
+if __name__ == "kernels":
+    # Imported as a top-level `kernels` (Python started in the repository root puts it first
+    # on sys.path), which shadows the PyPI package of that name (Hugging Face's, imported by
+    # transformers). Hand the name over to that package; this folder is only `sparsec.kernels`.
+    from ._shadow import import_shadowed
+
+    sys.modules[__name__] = import_shadowed(__name__, __path__)
+else:
+    from ._native import available as kernels_available
+    from .errors import KernelUnavailableError, PackedFormatError
+    from .isa import ENV_ISA, available_isas, default_threads
+    from .matmul import block_matmul, nm_matmul
+    from .packing_block import PackedBlock, pack_block, prune_block
+    from .packing_nm import PackedNM, pack_nm, prune_nm
 
 __all__ = [
     "ENV_ISA",
