@@ -4,11 +4,11 @@ ONNX Runtime, 2 threads, at batch 1 (decode) and 128 tokens. Prints JSON.
 Two residencies: one FFN (18.9 MB of dense weights, may sit in a 32 MB L3) and a chain of
 `--chain` FFN blocks with residuals (x + FFN(x)), whose weights exceed the last-level cache
 (DESIGN.md §5: batch-1 tests must stream weights from DRAM); times are per FFN block.
-Dense and MoE run side by side in one process with the compile's protocol
-(`sparsec.bench.compare_interleaved`: interleaved blocks with a pause before each, so one
+Dense and MoE run side by side in one process with the compile's own latency measurement
+(`sparsec.latency.measure_latency`: interleaved blocks with a pause before each, so one
 session's spinning workers cannot steal the cores the next one needs; medians and a paired
-noise estimate), all through sparsec.runtime sessions with the same threads; dense runs with
-ORT's pool spinning (its default) and without, and the faster of the two is the baseline (an
+noise estimate), same threads; dense runs with ORT's pool spinning (its default) and
+without, and the faster of the two is the baseline (an
 ORT dense pool left spinning after its block took cores from the MoE calls that followed:
 6.4 ms vs 4.7 ms per MoE call at 128 tokens on the AVX2 AMD EPYC). The MoE
 output is checked against its reference lowering (masked dense ONNX) on the same input.
@@ -73,8 +73,8 @@ def ffn_chain(blocks: int, tokens: int, seed: int = 0):  # noqa: ANN201  (an onn
 
 
 def run_case(blocks: int, tokens: int, threads: int) -> dict:
-    from sparsec.bench import compare_interleaved, paired_noise
     from sparsec.ir.io import model_bytes
+    from sparsec.latency import measure_latency
     from sparsec.numerics import reference_bytes
     from sparsec.pm import PassContext, PassManager, parse_pipeline
     from sparsec.runtime import make_session
@@ -87,22 +87,15 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
     PassManager(parse_pipeline("lower-moe-kernels"), verify_numerics=False).run(moe, ctx)
     assert sum(n.op_type == "MoEFFN" for n in moe.graph) == blocks
     x = np.random.default_rng(1).standard_normal((tokens, D)).astype(np.float32)
-    s_spin = make_session(model_bytes(dense), threads, allow_spinning=True)
-    s_nospin = make_session(model_bytes(dense), threads, allow_spinning=False)
     s_moe = make_session(model_bytes(moe), threads)
     got = s_moe.run(None, {"x": x})[0]
     want = make_session(reference, threads).run(None, {"x": x})[0]
     rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     load_before = os.getloadavg()
-    result = compare_interleaved(
-        "dense_spinning", {"dense_spinning": lambda: s_spin.run(None, {"x": x}),
-                           "dense_no_spinning": lambda: s_nospin.run(None, {"x": x}),
-                           "moe": lambda: s_moe.run(None, {"x": x})},
-        budget_s=20.0, min_rounds=7, max_rounds=200, label=f"moe b{tokens}")
+    lat = measure_latency(model_bytes(dense), {"moe": ({}, lambda feeds: s_moe.run(None, feeds))}, {"x": x}, threads,
+                          budget_s=20.0, label=f"moe b{tokens}")
     load_after = os.getloadavg()
-    t = result.timings
-    baseline = min(("dense_spinning", "dense_no_spinning"), key=lambda n: t[n].median_ms)
-    dense_ms, moe_ms = t[baseline].median_ms / blocks, t["moe"].median_ms / blocks
+    dense_ms, moe_ms = lat["dense_ms"] / blocks, lat["compiled_ms"] / blocks
     dense_bytes = 2 * D * F * 4
     moe_bytes = dense_bytes * TOP_K / E  # weights of the selected experts (batch 1); router is 48 KB
     flops = 2 * 2 * D * F * tokens
@@ -110,14 +103,15 @@ def run_case(blocks: int, tokens: int, threads: int) -> dict:
         "blocks": blocks, "tokens": tokens, "threads": threads,
         "weights_mb_dense": round(blocks * dense_bytes / 1e6, 1),
         "dense_ms_per_ffn": round(dense_ms, 4), "moe_ms_per_ffn": round(moe_ms, 4),
-        "speedup": round(dense_ms / moe_ms, 3), "noise": round(paired_noise(result, baseline, "moe"), 3),
-        "dense_baseline": baseline, "rounds": result.rounds,
+        "speedup": round(dense_ms / moe_ms, 3), "noise": lat["noise"], "dense_baseline": lat["baseline"],
+        "dense_spinning_ms": lat["dense_spinning_ms"], "dense_no_spinning_ms": lat["dense_no_spinning_ms"],
+        "rounds": lat["rounds"],
         "dense_gbs": round(dense_bytes / dense_ms / 1e6, 1) if tokens == 1 else None,
         "moe_gbs_selected": round(moe_bytes / moe_ms / 1e6, 1) if tokens == 1 else None,
         "dense_gflops": round(flops / dense_ms / 1e6, 1),
         "moe_effective_gflops": round(flops / moe_ms / 1e6, 1),
         "kernel_vs_reference_rel_l2": rel,
-        "timings": {k: v.to_dict() for k, v in t.items()},
+        "timings": {"dense": lat["dense"], "moe": lat["compiled"]},
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
     }
 

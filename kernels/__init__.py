@@ -6,15 +6,14 @@ Importing this package never fails: a missing library surfaces as KernelUnavaila
 on first use, so the rest of sparsec keeps working without a compiler.
 """
 
-import sys
-
 if __name__ == "kernels":
     # Imported as a top-level `kernels` (Python started in the repository root puts it first
     # on sys.path), which shadows the PyPI package of that name (Hugging Face's, imported by
-    # transformers). Hand the name over to that package; this folder is only `sparsec.kernels`.
+    # transformers). Hand the name over to that package (import_shadowed puts it in
+    # sys.modules, where the import statement reads it); this folder is only `sparsec.kernels`.
     from ._shadow import import_shadowed
 
-    sys.modules[__name__] = import_shadowed(__name__, __path__)
+    import_shadowed(__name__, __path__)
 else:
     from ._native import available as kernels_available
     from .errors import KernelUnavailableError, PackedFormatError

@@ -24,15 +24,8 @@ if ! "$qemu" "$out/probe"; then
 fi
 # Static so qemu needs no aarch64 sysroot.
 mkdir "$out/obj"
-# One compile per core (the sources are independent).
-# `wait PID` returns each compile's status, so a failed one stops the script (set -e).
-pids=()
-for src in "$here"/../src/*.c; do
-    "$cc" -std=c11 -O2 -pthread -Wall -Wextra -c "$src" -o "$out/obj/$(basename "$src" .c).o" &
-    pids+=("$!")
-    if (( ${#pids[@]} >= $(nproc 2>/dev/null || echo 2) )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+. "$here/compile_sources.sh"
+compile_sources "$out/obj" "$cc" -std=c11 -O2 -pthread -Wall -Wextra
 for driver in test_kernels test_attention test_moe; do
     "$cc" -std=c11 -O2 -static -pthread -Wall -Wextra "$out"/obj/*.o "$here/$driver.c" -lm \
         -o "$out/$driver"

@@ -12,15 +12,8 @@ flags=(-std=c11 -O1 -g -fno-omit-frame-pointer -pthread -fsanitize=address,undef
        -fno-sanitize-recover=undefined -Wall -Wextra)
 # The kernel sources are compiled once and linked into both drivers (test_kernels.c for the
 # matmuls, test_attention.c for the attention kernel).
-# One compile per core (the sources are independent): 45 s -> 31 s on 2 cores.
-# `wait PID` returns each compile's status, so a failed one stops the script (set -e).
-pids=()
-for src in "$here"/../src/*.c; do
-    "$cc" "${flags[@]}" -c "$src" -o "$out/$(basename "$src" .c).o" &
-    pids+=("$!")
-    if (( ${#pids[@]} >= $(nproc 2>/dev/null || echo 2) )); then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+. "$here/compile_sources.sh"
+compile_sources "$out" "$cc" "${flags[@]}"
 for driver in test_kernels test_attention test_moe; do
     "$cc" "${flags[@]}" "$out"/*.o "$here/$driver.c" -lm -o "$out/$driver"
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out/$driver"
