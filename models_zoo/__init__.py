@@ -1,6 +1,6 @@
 """Reference models for sparsec: deterministic builders, example inputs and ONNX export."""
 
-from .export import export_ir, export_onnx
+from .export import cached_export_ir, export_ir, export_onnx
 from .registry import DEFAULT_MODEL, ZOO, UnknownModelError, ZooModel, get
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "ZOO",
     "UnknownModelError",
     "ZooModel",
+    "cached_export_ir",
     "export_ir",
     "export_onnx",
     "get",

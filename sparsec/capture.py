@@ -97,13 +97,13 @@ class _quiet_torch_logs:
 
 
 def load_any(spec: str) -> tuple[ir.Model, str]:
-    """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on the fly)."""
+    """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on first use and cached)."""
     if spec.startswith("zoo:"):
-        from sparsec.models_zoo.export import export_ir
+        from sparsec.models_zoo.export import cached_export_ir
 
         name = spec[4:]
         try:
-            model = export_ir(name)
+            model = cached_export_ir(name)
         except KeyError as e:
             raise InputError(str(e.args[0]) if e.args else f"unknown zoo model '{name}'") from None
         check_supported(model, spec)

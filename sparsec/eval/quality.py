@@ -50,10 +50,10 @@ def _cache_dir() -> Path:
 
 def digits_task(n_calib: int = 256) -> Task:
     from sparsec.models_zoo.digits import load_digits_split
-    from sparsec.models_zoo.export import export_ir
+    from sparsec.models_zoo.export import cached_export_ir
 
     x_train, _, x_test, y_test = load_digits_split()
-    model = export_ir("digits_cnn")
+    model = cached_export_ir("digits_cnn")
     calib = CalibrationData({"input": x_train[:n_calib].numpy()}, batch_size=64, source="digits train split")
     return Task("digits", model, calib, {"input": x_test.numpy()}, y_test.numpy())
 

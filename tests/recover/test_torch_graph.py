@@ -36,9 +36,9 @@ def test_hf_exports_match_ort(hf_models, family):  # noqa: ANN001
 
 
 def test_cnn_matches_ort():
-    from sparsec.models_zoo.export import export_ir
+    from sparsec.models_zoo.export import cached_export_ir
 
-    model = export_ir("resnet")
+    model = cached_export_ir("resnet")
     x = np.random.default_rng(0).standard_normal([2, *[int(d) for d in model.graph.inputs[0].shape[1:]]]).astype(np.float32)
     name = model.graph.inputs[0].name
     if isinstance(model.graph.inputs[0].shape[0], int):  # a static-batch export takes its own batch only

@@ -32,9 +32,9 @@ from .conftest import copy
 
 @pytest.fixture(scope="module")
 def mlp():  # noqa: ANN201
-    from sparsec.models_zoo import export_ir
+    from sparsec.models_zoo import cached_export_ir
 
-    return export_ir("mlp")
+    return cached_export_ir("mlp")
 
 
 def _plan(model, dg, keep: int):  # noqa: ANN001, ANN202

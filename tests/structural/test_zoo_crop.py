@@ -23,9 +23,9 @@ FAMILIES = ["resnet", "mobilenet", "efficientnet", "densenet", "shufflenet", "co
 
 
 def export(name: str) -> ir.Model:
-    from sparsec.models_zoo import export_ir
+    from sparsec.models_zoo import cached_export_ir
 
-    return export_ir(name)
+    return cached_export_ir(name)
 
 
 def crop_and_check(model: ir.Model, target: float) -> None:
