@@ -134,8 +134,11 @@ def compare_interleaved(
     kernels' pool ~60 us) go idle, so they do not steal cores from the next one. The first
     quarter of each block (at least one call) is discarded: after the pause the first calls
     run slow. `block`: calls per block; None sizes each contender's block from its warm-up
-    time (`block_calls`). Rounds continue until `budget_s` is spent (at least `min_rounds`).
+    time (`block_calls`), at BLOCK_MS, or shorter where `min_rounds` of such blocks would
+    overrun `budget_s` (a budget set that low asks for a quick look, not a careful one).
+    Rounds continue until `budget_s` is spent (at least `min_rounds`).
     """
+    block_ms = min(BLOCK_MS, max(1.0, 1e3 * budget_s / (max(min_rounds, 1) * max(len(fns), 1))))
     blocks: dict[str, int] = {}
     for name, fn in fns.items():
         call_ms = math.inf  # the fastest warm-up call (the first ones pay for first-run set-up)
@@ -143,7 +146,7 @@ def compare_interleaved(
             t0 = time.perf_counter()
             fn()
             call_ms = min(call_ms, (time.perf_counter() - t0) * 1e3)
-        blocks[name] = block if block is not None else block_calls(call_ms if warmup else 0.0)
+        blocks[name] = block if block is not None else block_calls(call_ms if warmup else 0.0, block_ms)
     names = list(fns)
     per_round: dict[str, list[float]] = {n: [] for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
