@@ -89,15 +89,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsec.ir.io import load_model, model_bytes
     from sparsec.pm.context import PassContext
     from sparsec.pm.manager import PassManager
-    from sparsec.recover.finetune import FinetuneOptions, finetune
     from sparsec.recover.plot import recovery_plot
     from sparsec.report import render_report
     from sparsec.targets import get_target
 
-    options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                              threads=args.threads, augment=args.augment,
-                              router_weight=args.router_weight, blockwise_epochs=args.blockwise_epochs,
-                              blockwise_lr=args.blockwise_lr)
     if args.threads < 1:
         raise OptionError(f"--threads={args.threads}: expected a positive count")
     manifest, files = _read_artifact(args.artifact)
@@ -111,6 +106,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     teacher, teacher_source = _teacher(args.teacher, manifest)
     calib.check_against(teacher)
     validation = CalibrationData.load(str(args.val)) if args.val else None
+    # torch (~2 s to import) only once every input is known good: bad input fails fast.
+    from sparsec.recover.finetune import FinetuneOptions, finetune
+
+    options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
+                              threads=args.threads, augment=args.augment,
+                              router_weight=args.router_weight, blockwise_epochs=args.blockwise_epochs,
+                              blockwise_lr=args.blockwise_lr)
     result = finetune(student, teacher, calib, options, validation=validation)
     target = manifest["target"]
     backend = get_backend(get_target(target).backend)
