@@ -7,6 +7,7 @@ and slow to make, so one zoo folder is shared by the tests of a session (never ~
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ import pytest
 @pytest.fixture(scope="session")
 def zoo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's cache root whose `zoo/` holds trained zoo weights and exports."""
-    root = tmp_path_factory.mktemp("zoo_cache")
-    (root / "zoo").mkdir()
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for all workers of the run (writes are atomic)
+        base = base.parent
+    root = base / "zoo_cache"
+    (root / "zoo").mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -28,6 +28,8 @@ SKIP = {
     "make demo": "creates the virtual environment first (the Makefile's set-up); its compile is `sparsec compile --demo`",
     "make test": "runs the whole test suite",
     "sparsec bench": "a benchmark (dense vs compiled latency), not an example to check",
+    "sparsec compile model.onnx --target=arm64 --backend=tvm": "the same compile (digits_cnn, arm64, TVM) "
+    "is tests/arm64/test_tvm_arm64.py, which also runs its library under qemu (12 s of TVM build here)",
 }
 # Stand-ins, with the reason: a BERT export takes about a minute on the shared 2-core machine;
 # compiling zoo: names is tested in tests/cli/test_round_trips.py and tests/e2e; a model bigger
