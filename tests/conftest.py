@@ -36,3 +36,11 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, zoo_cache_dir: Path
     monkeypatch.setenv("SPARSEC_TUNE_BUDGET_S", "0.05")
     monkeypatch.setenv("SPARSEC_BENCH_BUDGET_S", "0.3")
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding `slow` tests run first (each file's own order kept): with two xdist
+    workers taking one file at a time (`make test`), a long file collected last kept one worker
+    busy for minutes while the other had nothing left."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sparsec.compiler import CompileOptions, compile_file
 from sparsec.runtime import InferenceSession
@@ -13,6 +14,7 @@ from sparsec.runtime import InferenceSession
 EM_AARCH64 = 183
 
 
+@pytest.mark.slow
 def test_artifact_runs_on_aarch64_onnxruntime_under_qemu(tiny_bert: Path, ort_arm_runtime, tmp_path) -> None:
     from sparsec.backends.ort_arm64.emulated import emulated_session
 

@@ -39,6 +39,7 @@ def feeds_for(session: InferenceSession, batch: int, seed: int) -> dict[str, np.
 
 
 @pytest.mark.parametrize("model", ["zoo:digits_cnn", "tiny_bert"])
+@pytest.mark.slow
 def test_library_under_qemu_matches_x86(model: str, tvm_arm_runtime, request, tmp_path) -> None:
     from sparsec.backends.tvm_arm64.emulated import emulated_library
 

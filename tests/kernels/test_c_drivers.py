@@ -13,6 +13,7 @@ SKIP = 77
 
 
 @pytest.mark.parametrize("script", ["run_sanitizers.sh", "run_arm_qemu.sh"])
+@pytest.mark.slow
 def test_c_driver(script: str) -> None:
     proc = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True,
                           timeout=300)

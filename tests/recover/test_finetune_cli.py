@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 
 from sparsec.ir.io import save_model
 from sparsec.runtime import KERNEL_DOMAIN
@@ -19,6 +20,7 @@ def sparsec(*args: str):  # noqa: ANN202
     return subprocess.run([sys.executable, "-m", "sparsec.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_finetune_rewrites_the_artifact(tmp_path, mlp):  # noqa: ANN001
     src = tmp_path / "mlp.onnx"
     save_model(mlp, src)

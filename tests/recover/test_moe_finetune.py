@@ -101,6 +101,7 @@ def sparsec(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparsec.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_sparsec_finetune_on_a_moe_artifact(tmp_path, data) -> None:  # noqa: ANN001
     calib, val, _ = data
     src = tmp_path / "ffn.onnx"

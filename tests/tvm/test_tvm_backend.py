@@ -78,6 +78,7 @@ def _rel(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
 
 
+@pytest.mark.slow
 def test_cli_artifact_holds_library_params_and_manifest(cli_artifact: Path) -> None:
     manifest = json.loads((cli_artifact / "manifest.json").read_text())
     assert manifest["backend"] == "tvm"

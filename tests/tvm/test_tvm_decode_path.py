@@ -150,6 +150,7 @@ alias (float[2,64] x) => (float[2,64] same, float[2,32] y, float[64,32] wout) {
 
 
 @pytest.mark.skipif(not kernels_available(), reason="sparsec C kernels are not built")
+@pytest.mark.slow
 def test_session_outputs_survive_the_next_run_and_external_weights_build(tmp_path: Path) -> None:
     from sparsec.backends.base import get_backend
 
