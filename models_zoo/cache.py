@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
+from sparsec.zoo_exports import zoo_cache_dir
+
 
 def cache_dir() -> Path:
     """``$SPARSEC_CACHE_DIR/zoo`` if set, else ``~/.cache/sparsec/zoo``."""
-    root = os.environ.get("SPARSEC_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "sparsec"
-    return base / "zoo"
+    return zoo_cache_dir()
 
 
 def config_key(config: dict[str, Any]) -> str:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import onnx_ir as ir
 
 from sparsec.capture import from_torch
+from sparsec.zoo_exports import export_path
 
-from .cache import cache_dir
 from .registry import get
 
 log = logging.getLogger(__name__)
@@ -79,7 +77,7 @@ def cached_export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool |
     from sparsec.ir.io import load_model
 
     get(name)  # an unknown name fails here, before any file is made
-    path = cache_dir() / "exports" / f"{name}-b{batch}-o{opset}-{dynamic}-{_export_key()}.onnx"
+    path = export_path(name, batch, opset, dynamic)
     if not path.is_file():
         model = export_ir(name, batch=batch, opset=opset, dynamic=dynamic)
         if _weight_bytes(model) > _MAX_INLINE_BYTES:  # needs external data: not cached
@@ -94,17 +92,3 @@ def cached_export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool |
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return load_model(path, check_ops=False)
-
-
-@lru_cache(maxsize=1)
-def _export_key() -> str:
-    import onnx
-    import onnxscript
-    import torch
-
-    from sparsec import capture
-
-    h = hashlib.sha256(f"{torch.__version__} {onnx.__version__} {onnxscript.__version__}".encode())
-    for f in sorted([*Path(__file__).parent.glob("*.py"), Path(capture.__file__)]):
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx_ir as ir
 import pytest
 
+from sparsec import zoo_exports
 from sparsec.models_zoo import UnknownModelError, export_ir
 from sparsec.models_zoo import export as zoo_export
 from sparsec.models_zoo.cache import cache_dir
@@ -54,7 +59,7 @@ def test_other_shapes_and_sources_get_their_own_file(monkeypatch: pytest.MonkeyP
         zoo_export.cached_export_ir("mlp", batch=4, dynamic=False)
     assert len(calls) == 3 and len(list((cache_dir() / "exports").glob("mlp-*.onnx"))) == 3
     # A change to the zoo's or the capture's source is a new key (the export may differ).
-    monkeypatch.setattr(zoo_export, "_export_key", lambda: "0" * 16)
+    monkeypatch.setattr(zoo_exports, "export_key", lambda: "0" * 16)
     zoo_export.cached_export_ir("mlp")
     assert len(calls) == 4 and len(list((cache_dir() / "exports").glob("mlp-*.onnx"))) == 4
 
@@ -63,3 +68,14 @@ def test_unknown_name_makes_no_file() -> None:
     with pytest.raises(UnknownModelError):
         zoo_export.cached_export_ir("no_such_model")
     assert not (cache_dir() / "exports").exists()
+
+
+def test_cached_zoo_spec_loads_without_torch(tmp_path) -> None:  # noqa: ANN001
+    """A compile of a cached `zoo:NAME` does not pay torch's import (~1.6 s) to find the file."""
+    zoo_export.cached_export_ir("mlp")
+    code = ("import sys; from sparsec.capture import load_any; m, _ = load_any('zoo:mlp'); "
+            "print('torch' in sys.modules, m.metadata_props['sparsec.zoo.model'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SPARSEC_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "mlp"]
