@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import onnx_ir as ir
 
 from sparsec.capture import from_torch
-from sparsec.zoo_exports import export_path
+from sparsec.ir.file_tensor import weight_bytes
+from sparsec.zoo_exports import cached_export_ir  # noqa: F401  (re-exported: the zoo's cached export)
 
 from .registry import get
 
 log = logging.getLogger(__name__)
 
 # Protobuf cannot serialise a single message over 2 GiB; stay clear of it.
-_MAX_INLINE_BYTES = 1_800_000_000
+MAX_INLINE_BYTES = 1_800_000_000
 
 
 def export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool | None = None) -> ir.Model:
@@ -56,39 +55,9 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = export_ir(name, batch=batch, opset=opset, dynamic=dynamic)
-    nbytes = _weight_bytes(model)
-    external = f"{path.name}.data" if nbytes > _MAX_INLINE_BYTES else None
+    nbytes = weight_bytes(model)
+    external = f"{path.name}.data" if nbytes > MAX_INLINE_BYTES else None
     if external:
         log.warning("%s has %.1f GB of weights: writing them to %s", name, nbytes / 1e9, external)
     ir.save(model, path, external_data=external)
     return path
-
-
-def _weight_bytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-
-
-def cached_export_ir(name: str, batch: int = 1, opset: int = 18, dynamic: bool | None = None) -> ir.Model:
-    """:func:`export_ir` through the on-disk cache (``cache_dir()/exports``): what `zoo:NAME`
-    compiles. A torch export of a zoo transformer takes 5-15 s and gives the same bytes every
-    time, so it is made once per (model, shapes, opset) and per version of everything that
-    shapes it: the zoo's and the capture's source, torch, onnx and onnxscript. The file is
-    loaded like any user's .onnx file (checks included)."""
-    from sparsec.ir.io import load_model
-
-    get(name)  # an unknown name fails here, before any file is made
-    path = export_path(name, batch, opset, dynamic)
-    if not path.is_file():
-        model = export_ir(name, batch=batch, opset=opset, dynamic=dynamic)
-        if _weight_bytes(model) > _MAX_INLINE_BYTES:  # needs external data: not cached
-            return model
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:  # written aside and renamed: a concurrent process never reads a partial file
-            ir.save(model, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return load_model(path, check_ops=False)

@@ -99,14 +99,9 @@ class _quiet_torch_logs:
 def load_any(spec: str) -> tuple[ir.Model, str]:
     """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on first use and cached)."""
     if spec.startswith("zoo:"):
-        from sparsec.zoo_exports import export_path
+        from sparsec.zoo_exports import cached_export_ir
 
         name = spec[4:]
-        cached = export_path(name)
-        if cached.is_file():  # no torch import for a cached export (~1.6 s)
-            return load_model(cached), spec
-        from sparsec.models_zoo.export import cached_export_ir
-
         try:
             model = cached_export_ir(name)
         except KeyError as e:
