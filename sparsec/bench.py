@@ -11,6 +11,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sparsec.idle_threads import wait_for_idle_threads
+
 SLOW_RUN_S = 0.100  # runs slower than this need only MIN_RUNS_SLOW repetitions
 
 
@@ -80,8 +82,8 @@ def _summary(samples: list[float]) -> Timing:
 # ---- Paired comparison with a noise estimate (the compile's and the tuner's protocol) ----
 
 PAIRED_PROTOCOL = (
-    "interleaved blocks (order alternating each round, a pause before each block so spinning "
-    "pools of the previous contender go idle; each block at least 20 ms and 4 calls long, its first "
+    "interleaved blocks (order alternating each round, before each block a pause and a wait until "
+    "the previous contender's spinning pools are idle; each block at least 20 ms and 4 calls long, its first "
     "quarter discarded as the pools and caches warm up again), warm-up {warmup} calls each, median of "
     "the rest; noise = 95% half-width of the median per-round log ratio"
 )
@@ -90,6 +92,9 @@ PAIRED_PROTOCOL = (
 # measured itself 0.95x dense three times and fell back to dense, while blocks of >= 20 ms
 # give 1.70x, as a plain back-to-back loop does (bench/results/latency_protocol_blocks.json).
 BLOCK_MS = 20.0
+# After the pause, wait (at most this long) for the last contender's spinning threads to stop:
+# ORT's workers spin ~50 ms after a run (sparsec/idle_threads.py).
+IDLE_MAX_S = 0.2
 MIN_BLOCK, MAX_BLOCK = 4, 256
 
 
@@ -129,9 +134,10 @@ def compare_interleaved(
 ) -> Comparison:
     """Time `fns` interleaved and compare each with `baseline`.
 
-    Each round runs every callable for a block of calls; a short pause before each block lets
-    the previous contender's spinning workers (ONNX Runtime spins its pool after a run, the
-    kernels' pool ~60 us) go idle, so they do not steal cores from the next one. The first
+    Each round runs every callable for a block of calls; before each block a short pause and
+    (budget allowing) a wait until no other thread of the process runs (up to IDLE_MAX_S) let the previous
+    contender's spinning workers (ONNX Runtime spins its pool ~50 ms after a run, the kernels'
+    pool ~60 us) go idle, so they do not steal cores from the next one. The first
     quarter of each block (at least one call) is discarded: after the pause the first calls
     run slow. `block`: calls per block; None sizes each contender's block from its warm-up
     time (`block_calls`), at BLOCK_MS, or shorter where `min_rounds` of such blocks would
@@ -139,6 +145,9 @@ def compare_interleaved(
     Rounds continue until `budget_s` is spent (at least `min_rounds`).
     """
     block_ms = min(BLOCK_MS, max(1.0, 1e3 * budget_s / (max(min_rounds, 1) * max(len(fns), 1))))
+    # Waiting out spinning pools costs up to ~50 ms a block: only where the budget has room
+    # for it in min_rounds (the compile's 4 s check does; a 1 s tuner look or a test's does not).
+    idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + IDLE_MAX_S / 2)
     blocks: dict[str, int] = {}
     for name, fn in fns.items():
         call_ms = math.inf  # the fastest warm-up call (the first ones pay for first-run set-up)
@@ -158,6 +167,8 @@ def compare_interleaved(
         for name in order:
             if pause_s:
                 time.sleep(pause_s)
+                if idle_wait:
+                    wait_for_idle_threads(IDLE_MAX_S)
             block_ms = []
             skip = max(1, blocks[name] // 4)
             for j in range(blocks[name]):
