@@ -95,6 +95,7 @@ BLOCK_MS = 20.0
 # After the pause, wait (at most this long) for the last contender's spinning threads to stop:
 # ORT's workers spin ~50 ms after a run (sparsec/idle_threads.py).
 IDLE_MAX_S = 0.2
+TYPICAL_SPIN_S = 0.06
 MIN_BLOCK, MAX_BLOCK = 4, 256
 
 
@@ -145,9 +146,10 @@ def compare_interleaved(
     Rounds continue until `budget_s` is spent (at least `min_rounds`).
     """
     block_ms = min(BLOCK_MS, max(1.0, 1e3 * budget_s / (max(min_rounds, 1) * max(len(fns), 1))))
-    # Waiting out spinning pools costs up to ~50 ms a block: only where the budget has room
-    # for it in min_rounds (the compile's 4 s check does; a 1 s tuner look or a test's does not).
-    idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + IDLE_MAX_S / 2)
+    # Waiting out spinning pools costs ~50 ms a block: only where the budget has room for it in
+    # min_rounds (the compile's 4 s check and the tuner's 1 s look at dense vs one kernel do; a
+    # test's quick look does not).
+    idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + TYPICAL_SPIN_S)
     blocks: dict[str, int] = {}
     for name, fn in fns.items():
         call_ms = math.inf  # the fastest warm-up call (the first ones pay for first-run set-up)
