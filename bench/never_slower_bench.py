@@ -4,7 +4,8 @@ the compile's own (fair) latency measurement and its per-layer lowering choices.
 Prints JSON: CPU model and flags, threads, load average before/after each model, and per model
 dense ms, compiled ms, ratio, noise, layers on kernels / kept dense / moved back by the
 never-slower fallback, runtime settings chosen, compile seconds. A model meets the bar when
-its ratio is >= 0.97. One line of JSON per model also goes to stderr as it finishes.
+its ratio is >= 0.97, or when its artifact is byte-identical to the input model (its ratio is
+then the measurement's noise; `meets_bar_by` says which). One line of JSON per model also goes to stderr as it finishes.
 
     .venv/bin/python bench/never_slower_bench.py [--models mlp,bert] [--threads 2] > out.json
 """
@@ -53,9 +54,12 @@ def run_model(name: str, threads: int) -> dict[str, Any]:
         "compiled_ms": lat.get("compiled_ms"),
         "ratio": ratio,
         "noise": lat.get("noise"),
-        "meets_bar": ratio is not None and ratio >= BAR,
         # The artifact is byte-identical to the input (nothing runs faster sparse here): its
-        # latency is the dense latency, and the measured ratio is noise.
+        # latency is the dense latency, and the measured ratio is noise (0.84-1.28 on this
+        # AVX2 EPYC for identical artifacts of small zoo models): it meets the bar by
+        # construction, which `meets_bar_by` says.
+        "meets_bar": bool(lat.get("identical_to_dense")) or (ratio is not None and ratio >= BAR),
+        "meets_bar_by": "identical to dense" if lat.get("identical_to_dense") else "measured",
         "identical_to_dense": lat.get("identical_to_dense"),
         "baseline": lat.get("baseline"),
         "dense_spinning_ms": lat.get("dense_spinning_ms"),
@@ -104,6 +108,8 @@ def main() -> int:
         "tune_budget_s_per_shape": os.environ.get("SPARSEC_TUNE_BUDGET_S", "1.0 (default)"),
         "bench_budget_s": os.environ.get("SPARSEC_BENCH_BUDGET_S", "4.0 (default)"),
         "models_meeting_bar": sum(r["meets_bar"] for r in measured),
+        "models_identical_to_dense": sum(bool(r.get("identical_to_dense")) for r in measured),
+        "min_ratio_not_identical": min((r["ratio"] for r in measured if not r.get("identical_to_dense")), default=None),
         "models_measured": len(measured),
         "min_ratio": min((r["ratio"] for r in measured), default=None),
         "load_average_end": [round(v, 2) for v in os.getloadavg()],
