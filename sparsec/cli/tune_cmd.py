@@ -61,7 +61,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ctx = PassContext(dims=dims, threads=args.threads)
     ctx.tuner = Tuner(threads=args.threads, budget_s=args.budget)
     if args.retune:
-        ctx.tuner.cache.entries = {}
+        ctx.tuner.cache.forget()
     layers = [lay for lay in find_layers(model, ("MatMul", "Gemm", "Conv"))
               if skip_reason(lay, pattern.n, pattern.m, 1024) is None]
     plan = plan_layers(model, layers, pattern.n, pattern.m, ctx)

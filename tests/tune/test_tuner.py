@@ -99,3 +99,18 @@ def test_op_kinds_without_variants_stay_dense_and_are_not_cached() -> None:
     choice = tuner.choose(LayerShape("no-such-op", (8, 8), 1, 2, 4, 2))
     assert not choice.sparse and "no variants registered" in choice.reason
     assert tuner.measured == 0 and not tuner.cache.entries
+
+
+def test_forget_answers_only_from_new_measurements(tmp_path: Path) -> None:
+    # `sparsec tune --retune`: every put merges the file back in (other processes write it
+    # too), which used to bring all old answers back after the first shape was measured again.
+    old = TuneCache(tmp_path)
+    old.put("shape-a", {"variant": DENSE})
+    old.put("shape-b", {"variant": DENSE})
+    cache = TuneCache(tmp_path)
+    cache.forget()
+    assert cache.get("shape-a") is None and cache.get("shape-b") is None
+    cache.put("shape-a", {"variant": "nm-kernel"})
+    assert cache.get("shape-a") == {"variant": "nm-kernel"}
+    assert cache.get("shape-b") is None  # still to be measured again
+    assert "shape-b" in json.loads(cache.path.read_text())["entries"]  # kept on disk for others
