@@ -30,6 +30,7 @@ from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
 from sparsec.ir.file_tensor import SpillStore, spilling, spilling_active, weight_bytes
 from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
+from sparsec.ir.program import same_program
 from sparsec.ir.session import session_from_ir
 from sparsec.latency import measure_latency
 from sparsec.memory import (
@@ -215,6 +216,8 @@ def _compile(
         # Nothing changed (no layer runs faster here, so none was pruned): the artifact is the
         # input model and any measured difference is noise.
         latency["identical_to_dense"] = model_bytes(model) == dense_bytes
+        # Only weight values differ (every layer on dense ops): the same work as dense.
+        latency["same_program_as_dense"] = latency["identical_to_dense"] or same_program(model, dense_model)
 
     external = streaming or weight_bytes(model) > EXTERNAL_DATA_BYTES
     staging = Path(tempfile.mkdtemp(prefix="sparsec-model-"))
