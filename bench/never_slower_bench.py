@@ -4,8 +4,9 @@ the compile's own (fair) latency measurement and its per-layer lowering choices.
 Prints JSON: CPU model and flags, threads, load average before/after each model, and per model
 dense ms, compiled ms, ratio, noise, layers on kernels / kept dense / moved back by the
 never-slower fallback, runtime settings chosen, compile seconds. A model meets the bar when
-its ratio is >= 0.97, or when its artifact is byte-identical to the input model (its ratio is
-then the measurement's noise; `meets_bar_by` says which). One line of JSON per model also goes to stderr as it finishes.
+its ratio is >= 0.97, or when its artifact is byte-identical to the input model or runs its
+very program (only weight values differ; its ratio is then the measurement's noise;
+`meets_bar_by` says which). One line of JSON per model also goes to stderr as it finishes.
 
     .venv/bin/python bench/never_slower_bench.py [--models mlp,bert] [--threads 2] > out.json
 """
@@ -58,9 +59,12 @@ def run_model(name: str, threads: int) -> dict[str, Any]:
         # latency is the dense latency, and the measured ratio is noise (0.84-1.28 on this
         # AVX2 EPYC for identical artifacts of small zoo models): it meets the bar by
         # construction, which `meets_bar_by` says.
-        "meets_bar": bool(lat.get("identical_to_dense")) or (ratio is not None and ratio >= BAR),
-        "meets_bar_by": "identical to dense" if lat.get("identical_to_dense") else "measured",
+        # The same holds where only weight values differ (every layer left on dense ops).
+        "meets_bar": bool(lat.get("same_program_as_dense")) or (ratio is not None and ratio >= BAR),
+        "meets_bar_by": ("identical to dense" if lat.get("identical_to_dense") else
+                         "same program as dense" if lat.get("same_program_as_dense") else "measured"),
         "identical_to_dense": lat.get("identical_to_dense"),
+        "same_program_as_dense": lat.get("same_program_as_dense"),
         "baseline": lat.get("baseline"),
         "dense_spinning_ms": lat.get("dense_spinning_ms"),
         "dense_no_spinning_ms": lat.get("dense_no_spinning_ms"),
