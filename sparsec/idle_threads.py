@@ -37,8 +37,7 @@ def running_threads() -> int | None:
         except OSError:
             continue  # the thread ended
         # "tid (comm) S ...": the state follows the last ')' (comm may hold spaces or parens)
-        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-        running += state == b"R"
+        running += stat[stat.rfind(b")") + 2 :][:1] == b"R"
     return running
 
 
@@ -46,9 +45,6 @@ def wait_for_idle_threads(max_s: float) -> float:
     """Sleep until no other thread of this process runs, at most `max_s` seconds; returns the
     seconds waited (0 where the threads cannot be seen)."""
     start = time.perf_counter()
-    while time.perf_counter() - start < max_s:
-        busy = running_threads()
-        if not busy:
-            break
+    while time.perf_counter() - start < max_s and running_threads():
         time.sleep(POLL_S)
     return time.perf_counter() - start

@@ -15,12 +15,10 @@ import onnx_ir as ir
 
 
 def _attribute(attr: ir.Attr) -> Any:
-    if attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.SPARSE_TENSOR):
+    if attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.SPARSE_TENSOR):  # constants: not their values
         t = attr.value
         return (str(attr.type), str(getattr(t, "dtype", None)), tuple(getattr(t, "shape", ()) or ()))
-    if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
-        return (str(attr.type), repr(attr.value))  # subgraphs: compared by their printed form
-    return (str(attr.type), repr(attr.value))
+    return (str(attr.type), repr(attr.value))  # subgraphs too, by their printed form
 
 
 def _value(v: ir.Value | None) -> Any:

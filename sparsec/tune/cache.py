@@ -22,8 +22,8 @@ class TuneCache:
         self.signature = signature or cpu_signature()
         self.path = (directory or cache_dir()) / f"tune-{signature_id(self.signature)}.json"
         self.entries: dict[str, dict[str, Any]] = self._read()
-        self._measured_only = False  # after forget(): answer only from this process's measurements
-        self._fresh: set[str] = set()
+        # After forget(): the keys measured since, the only ones answered (None: all are).
+        self._fresh: set[str] | None = None
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -39,7 +39,7 @@ class TuneCache:
         return entries if isinstance(entries, dict) else {}
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if self._measured_only and key not in self._fresh:
+        if self._fresh is not None and key not in self._fresh:
             return None
         return self.entries.get(key)
 
@@ -47,13 +47,13 @@ class TuneCache:
         """Answer nothing from earlier measurements (`sparsec tune --retune`). Each put still
         merges in what is on disk, so the file keeps other shapes; without this, the first
         put brought every old answer back and only the first shape was measured again."""
-        self._measured_only = True
-        self._fresh.clear()
+        self._fresh = set()
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Store and write at once (merging with what another process wrote meanwhile)."""
         self.entries = {**self._read(), **self.entries, key: entry}
-        self._fresh.add(key)
+        if self._fresh is not None:
+            self._fresh.add(key)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = {"format": CACHE_FORMAT, "signature": self.signature, "entries": self.entries}
