@@ -10,9 +10,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sparsec.bench import PAIRED_PROTOCOL, compare_interleaved, seconds_from_env
+from sparsec.bench import (
+    PAIRED_PROTOCOL,
+    Comparison,
+    compare_interleaved,
+    paired_noise,
+    seconds_from_env,
+)
 from sparsec.tune.cache import TuneCache
-from sparsec.tune.variants import DENSE, LayerShape, variants_for
+from sparsec.tune.variants import DENSE, LayerShape, Variant, variants_for
 
 log = logging.getLogger("sparsec.tune")
 
@@ -20,7 +26,8 @@ BUDGET_ENV = "SPARSEC_TUNE_BUDGET_S"
 DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded compile time
 # Recorded with each measurement; a change re-tunes. The kernels' parallel regions run on ORT's
 # intra-op pool inside sessions (kernels/src/sk_ort_pool.c): timings from before that differ.
-PROTOCOL = PAIRED_PROTOCOL.format(warmup=3) + "; kernel regions on ONNX Runtime's intra-op pool, spinning on"
+PROTOCOL = (PAIRED_PROTOCOL.format(warmup=3) + "; kernel regions on ONNX Runtime's intra-op pool, spinning on"
+            "; a restricted variant (one thread) only when faster than its general form beyond noise")
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class Tuner:
             result = compare_interleaved(DENSE, fns, budget_s=2 * self.budget_s, min_rounds=5, max_rounds=400,
                                          label=f"tune {shape.key} (again)")
         per_call = {name: result.timings[name].median_ms * 1e3 / shape.copies for name in fns}
-        best = max(runnable, key=lambda name: result.speedups[name])
+        best = _preferred(max(runnable, key=lambda name: result.speedups[name]), result, table, runnable)
         dense_us, sparse_us = round(per_call[DENSE], 3), round(per_call[best], 3)
         noise = round(result.noise[best], 4)
         if result.faster(best):
@@ -153,6 +160,17 @@ def _busy_and_inconclusive(entry: dict) -> bool:
     dense_us, sparse_us, noise = entry.get("dense_us"), entry.get("sparse_us"), entry.get("noise")
     return (entry.get("variant") == DENSE and noise is not None and noise > STALE_NOISE
             and dense_us is not None and sparse_us is not None and sparse_us < dense_us)
+
+
+def _preferred(best: str, result: Comparison, table: dict[str, Variant], runnable: list[str]) -> str:
+    """`best`, unless it restricts a runnable variant that it does not beat beyond noise."""
+    general = table[best].restricts
+    while general is not None and general in runnable:
+        ratio = result.timings[general].median_ms / result.timings[best].median_ms
+        if ratio > 1.0 + paired_noise(result, general, best):
+            break
+        best, general = general, table[general].restricts
+    return best
 
 
 def _conclusive(result, names: list[str]) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pytest
 
+from sparsec.bench import Comparison
 from sparsec.kernels import kernels_available
 from sparsec.tune import DENSE, LayerShape, TuneCache, Tuner, cpu_signature, variants_for
 from sparsec.tune.signature import cache_dir
+from sparsec.tune.tuner import _preferred
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparsec kernels are not built")
 
@@ -27,7 +30,10 @@ def test_the_real_tuner_times_dense_and_each_kernel_variant() -> None:
     assert choice.variant in (DENSE, choice.sparse_variant)
     assert choice.variants_us is not None and set(choice.variants_us) == set(variants_for("matmul"))
     assert choice.variants_us[DENSE] == choice.dense_us
-    assert min(v for k, v in choice.variants_us.items() if k != DENSE) == choice.sparse_us
+    assert choice.variants_us[choice.sparse_variant] == choice.sparse_us
+    fastest = min((k for k in choice.variants_us if k != DENSE), key=choice.variants_us.__getitem__)
+    # The fastest, or the general form of a restricted variant it did not beat beyond noise.
+    assert choice.sparse_variant in (fastest, variants_for("matmul")[fastest].restricts)
     # The choice follows the times: sparse only when faster beyond the measured noise.
     if choice.sparse:
         assert choice.dense_us > choice.sparse_us * (1 + choice.noise)
@@ -114,3 +120,28 @@ def test_forget_answers_only_from_new_measurements(tmp_path: Path) -> None:
     assert cache.get("shape-a") == {"variant": "nm-kernel"}
     assert cache.get("shape-b") is None  # still to be measured again
     assert "shape-b" in json.loads(cache.path.read_text())["entries"]  # kept on disk for others
+
+
+def _comparison(rounds: dict[str, list[float]]) -> Comparison:
+    from sparsec.bench import Timing
+
+    timings = {n: Timing(statistics.median(v), min(v), max(v), len(v)) for n, v in rounds.items()}
+    speedups = {n: timings[DENSE].median_ms / t.median_ms for n, t in timings.items() if n != DENSE}
+    return Comparison(timings, speedups, dict.fromkeys(speedups, 0.01), len(rounds[DENSE]), rounds)
+
+
+def test_a_one_thread_variant_wins_only_beyond_the_noise_of_its_general_form() -> None:
+    table = variants_for("matmul")
+    runnable = ["nm-kernel", "nm-kernel-1t"]
+    # The LM head's look: one thread 6.07 ms vs two 6.86 ms by median, rounds all over the place.
+    tie = _comparison({DENSE: [10.0, 9.0, 11.0, 10.5, 9.5], "nm-kernel": [9.0, 5.0, 6.86, 8.0, 6.0],
+                       "nm-kernel-1t": [6.07, 7.0, 5.5, 6.5, 8.5]})
+    assert tie.speedups["nm-kernel-1t"] > tie.speedups["nm-kernel"]
+    assert _preferred("nm-kernel-1t", tie, table, runnable) == "nm-kernel"
+    # A small layer where waking the second thread costs every round: one thread wins.
+    clear = _comparison({DENSE: [10.0, 10.2, 9.9, 10.1, 10.0], "nm-kernel": [6.0, 6.1, 5.9, 6.0, 6.05],
+                         "nm-kernel-1t": [4.0, 4.1, 3.95, 4.02, 4.0]})
+    assert _preferred("nm-kernel-1t", clear, table, runnable) == "nm-kernel-1t"
+    # The general form cannot run this shape: nothing to prefer.
+    assert _preferred("nm-kernel-1t", tie, table, ["nm-kernel-1t"]) == "nm-kernel-1t"
+    assert _preferred("nm-kernel", tie, table, runnable) == "nm-kernel"
