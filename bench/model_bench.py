@@ -6,6 +6,9 @@ Prints JSON. Cases:
 - gpt_step: the GPT-2-small-sized zoo decoder running one generation step for batch 1 (one
   new token; no KV cache, so attention covers only that token: the step's cost is the
   linear layers and the LM head, as in cached decoding at short context).
+- hf_gpt2_step: the same step on Hugging Face's `GPT2LMHeadModel(GPT2Config())` (GPT-2 small,
+  seeded random weights: no hub here), exported by torch.onnx with default settings (opset
+  18, static shapes): Conv1D layers as Gemm/MatMul+Add, the LM head tied to the embedding.
 
 Each case goes through `sparsec.compile_model` (nm-sparsity + lower-nm-kernels + legalize
 -dense), which measures fidelity against the dense model and times dense vs compiled side by
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-CASES = ("bert_base", "gpt_step")
+CASES = ("bert_base", "gpt_step", "hf_gpt2_step")
 
 
 def capture(case: str) -> ir.Model:
@@ -43,7 +46,38 @@ def capture(case: str) -> ir.Model:
         ids = torch.zeros((1, 1), dtype=torch.int64)
         return from_torch(gpt.build_gpt_small(), (ids,), input_names=("input_ids",),
                           output_names=("logits",), dynamic_batch=False)
+    if case == "hf_gpt2_step":
+        return _hf_gpt2_step()
     raise SystemExit(f"unknown case {case!r} (known: {', '.join(CASES)})")
+
+
+def _hf_gpt2_step() -> ir.Model:
+    import tempfile
+    import warnings
+
+    import torch
+    import transformers
+
+    from sparsec.ir.io import load_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(use_cache=False, attn_implementation="eager")).eval()
+
+    class Step(torch.nn.Module):  # ids in, logits out (no cache objects in the signature)
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.lm(ids, attention_mask=torch.ones_like(ids)).logits
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "gpt2_step.onnx"
+        torch.onnx.export(Step().eval(), (torch.zeros((1, 1), dtype=torch.int64),), str(path), dynamo=False,
+                          opset_version=18, input_names=["input_ids"], output_names=["logits"])
+        return load_model(path)
 
 
 def run_case(case: str, pattern: str, threads: int, out: Path | None, moe: str | None = None) -> dict:
