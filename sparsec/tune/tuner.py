@@ -27,7 +27,8 @@ DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded
 # Recorded with each measurement; a change re-tunes. The kernels' parallel regions run on ORT's
 # intra-op pool inside sessions (kernels/src/sk_ort_pool.c): timings from before that differ.
 PROTOCOL = (PAIRED_PROTOCOL.format(warmup=3) + "; kernel regions on ONNX Runtime's intra-op pool, spinning on"
-            "; a restricted variant (one thread) only when faster than its general form beyond noise")
+            "; a restricted variant (one thread) over its general form only when both beat dense and it beats"
+            " the general beyond noise")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Tuner:
             result = compare_interleaved(DENSE, fns, budget_s=2 * self.budget_s, min_rounds=5, max_rounds=400,
                                          label=f"tune {shape.key} (again)")
         per_call = {name: result.timings[name].median_ms * 1e3 / shape.copies for name in fns}
-        best = _preferred(max(runnable, key=lambda name: result.speedups[name]), result, table, runnable)
+        best = _best_variant(result, table, runnable)
         dense_us, sparse_us = round(per_call[DENSE], 3), round(per_call[best], 3)
         noise = round(result.noise[best], 4)
         if result.faster(best):
@@ -162,10 +163,18 @@ def _busy_and_inconclusive(entry: dict) -> bool:
             and dense_us is not None and sparse_us is not None and sparse_us < dense_us)
 
 
-def _preferred(best: str, result: Comparison, table: dict[str, Variant], runnable: list[str]) -> str:
-    """`best`, unless it restricts a runnable variant that it does not beat beyond noise."""
+def _best_variant(result: Comparison, table: dict[str, Variant], runnable: list[str]) -> str:
+    """The fastest kernel variant, or the general form of a restricted one where both beat
+    dense beyond noise and the restricted one does not beat the general beyond noise."""
+    winners = [name for name in runnable if result.faster(name)]
+    return _preferred(max(runnable, key=lambda name: result.speedups[name]), result, table, winners)
+
+
+def _preferred(best: str, result: Comparison, table: dict[str, Variant], winners: list[str]) -> str:
+    """`best`, unless it restricts a variant among `winners` (those faster than dense beyond
+    noise) that it does not beat beyond the noise of their paired rounds."""
     general = table[best].restricts
-    while general is not None and general in runnable:
+    while general is not None and general in winners:
         ratio = result.timings[general].median_ms / result.timings[best].median_ms
         if ratio > 1.0 + paired_noise(result, general, best):
             break

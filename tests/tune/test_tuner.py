@@ -13,7 +13,7 @@ from sparsec.bench import Comparison
 from sparsec.kernels import kernels_available
 from sparsec.tune import DENSE, LayerShape, TuneCache, Tuner, cpu_signature, variants_for
 from sparsec.tune.signature import cache_dir
-from sparsec.tune.tuner import _preferred
+from sparsec.tune.tuner import _best_variant, _preferred
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="sparsec kernels are not built")
 
@@ -132,7 +132,7 @@ def _comparison(rounds: dict[str, list[float]]) -> Comparison:
 
 def test_a_one_thread_variant_wins_only_beyond_the_noise_of_its_general_form() -> None:
     table = variants_for("matmul")
-    runnable = ["nm-kernel", "nm-kernel-1t"]
+    runnable = ["nm-kernel", "nm-kernel-1t"]  # both faster than dense beyond noise
     # The LM head's look: one thread 6.07 ms vs two 6.86 ms by median, rounds all over the place.
     tie = _comparison({DENSE: [10.0, 9.0, 11.0, 10.5, 9.5], "nm-kernel": [9.0, 5.0, 6.86, 8.0, 6.0],
                        "nm-kernel-1t": [6.07, 7.0, 5.5, 6.5, 8.5]})
@@ -142,6 +142,23 @@ def test_a_one_thread_variant_wins_only_beyond_the_noise_of_its_general_form() -
     clear = _comparison({DENSE: [10.0, 10.2, 9.9, 10.1, 10.0], "nm-kernel": [6.0, 6.1, 5.9, 6.0, 6.05],
                          "nm-kernel-1t": [4.0, 4.1, 3.95, 4.02, 4.0]})
     assert _preferred("nm-kernel-1t", clear, table, runnable) == "nm-kernel-1t"
-    # The general form cannot run this shape: nothing to prefer.
+    # The general form cannot run this shape, or does not beat dense beyond noise: nothing to prefer.
     assert _preferred("nm-kernel-1t", tie, table, ["nm-kernel-1t"]) == "nm-kernel-1t"
     assert _preferred("nm-kernel", tie, table, runnable) == "nm-kernel"
+
+
+def test_the_best_variant_prefers_the_general_form_only_among_winners() -> None:
+    table = variants_for("matmul")
+    runnable = ["nm-kernel", "nm-kernel-1t"]
+    # Two threads tie with dense, one thread clearly beats it: one thread, though the two
+    # kernel variants are within noise of each other.
+    small = _comparison({DENSE: [10.0, 10.1, 9.9, 10.0, 10.05], "nm-kernel": [9.0, 10.5, 8.0, 11.0, 9.5],
+                         "nm-kernel-1t": [8.0, 8.1, 7.9, 8.05, 8.0]})
+    small.noise.update({"nm-kernel": 0.3, "nm-kernel-1t": 0.02})
+    assert not small.faster("nm-kernel") and small.faster("nm-kernel-1t")
+    assert _best_variant(small, table, runnable) == "nm-kernel-1t"
+    # Both beat dense, one thread by a hair within noise: the general form.
+    both = _comparison({DENSE: [10.0, 10.1, 9.9, 10.0, 10.05], "nm-kernel": [6.0, 7.0, 5.0, 6.5, 5.5],
+                        "nm-kernel-1t": [5.9, 5.5, 6.6, 5.0, 6.2]})
+    both.noise.update({"nm-kernel": 0.1, "nm-kernel-1t": 0.1})
+    assert _best_variant(both, table, runnable) == "nm-kernel"
