@@ -131,3 +131,18 @@ def test_nm_both_batch_paths(isa: str, min_rows: str, monkeypatch: pytest.Monkey
         base = rng.standard_normal((rows, 2 * k + 3)).astype(np.float32)
         x = base[:, 3:3 + 2 * k:2]
         assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa), x, w)
+
+
+# The AVX2 row path runs K in chunks of 256 and tiles in groups of 16 (nm_avx2.c, NM2_RV_KC,
+# NM2_RV_TG), partial sums carried from chunk to chunk: K over one chunk (not a multiple of
+# it, and one group past it), columns over one tile group (and a partial last tile), N = 1 too.
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 8), (4, 8), (2, 16)])
+@pytest.mark.parametrize("k_over", [0, 1, 9])
+def test_nm_row_path_k_chunks_and_tile_groups(isa: str, pattern: tuple[int, int], k_over: int,
+                                               rng: np.random.Generator) -> None:
+    n, m = pattern
+    k = 256 * 2 + m * k_over
+    for rows, cols, threads in ((24, 40, 2), (65, 16 * 17 + 5, 1), (129, 7, 2)):
+        w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, threads=threads), x, w)
