@@ -41,3 +41,27 @@ def program_signature(model: ir.Model) -> tuple:
 
 def same_program(a: ir.Model, b: ir.Model) -> bool:
     return program_signature(a) == program_signature(b)
+
+
+def same_model(model: ir.Model, original: ir.Model) -> bool:
+    """Whether `model` is still `original` (its structural copy, `ir.Model.clone`): the same
+    nodes wired by the same value names, and every weight the very tensor object it started
+    with. Clones share tensors and passes replace tensors, never write into them, so this is
+    exact without comparing a byte of weight data (BERT-base: 440 MB)."""
+    if program_signature(model) != program_signature(original):
+        return False
+    a, b = model.graph, original.graph
+    names = lambda values: [v.name if v is not None else None for v in values]  # noqa: E731
+    if names(a.inputs) != names(b.inputs) or names(a.outputs) != names(b.outputs):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if names(x.inputs) != names(y.inputs) or names(x.outputs) != names(y.outputs):
+            return False
+        for key, attr in x.attributes.items():
+            if attr.type in (ir.AttributeType.TENSOR, ir.AttributeType.SPARSE_TENSOR) and (
+                attr.value is not y.attributes[key].value
+            ):
+                return False
+    if set(a.initializers) != set(b.initializers):
+        return False
+    return all(v.const_value is b.initializers[k].const_value for k, v in a.initializers.items())

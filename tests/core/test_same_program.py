@@ -4,9 +4,10 @@ values changed) is never judged slower than dense: its measured difference is no
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from sparsec.compiler import CompileOptions, compile_model
-from sparsec.ir.program import same_program
+from sparsec.ir.program import same_model, same_program
 from sparsec.pm import parse_pipeline
 from sparsec.testing import make_model
 from sparsec.verdict import judge
@@ -50,3 +51,24 @@ def test_a_compile_that_keeps_dense_ops_records_the_same_program() -> None:
     lat = result.manifest["latency"]
     assert lat["measured"] and not lat["identical_to_dense"] and lat["same_program_as_dense"]
     assert result.manifest["verdict"]["status"] != "failed"
+
+
+def test_same_model_is_the_untouched_clone_only() -> None:
+    model = _mlp()
+    assert same_model(model.clone(), model)
+    edited = model.clone()
+    # the same values written into a new tensor: a pass replaced it, so it is no longer the input
+    w1 = edited.graph.initializers["w1"]
+    w1.const_value = ir.tensor(w1.const_value.numpy().copy(), name="w1")
+    assert not same_model(edited, model)
+    assert not same_model(_mlp(MLP_EXTRA), model)
+
+
+def test_a_compile_that_changes_nothing_reuses_the_dense_outputs() -> None:
+    # every layer under the pass's size threshold: the artifact is the input model
+    options = CompileOptions(pipeline=parse_pipeline("nm-sparsity{min_params=100000}"), tune=False)
+    fid = compile_model(_mlp(), options).manifest["fidelity"]
+    assert fid["compiled_outputs"].startswith("the dense run's") and fid["worst_cosine"] > 1 - 1e-9
+    pruned = CompileOptions(pipeline=parse_pipeline("nm-sparsity{min_params=0}"), tune=False)
+    fid = compile_model(_mlp(), pruned).manifest["fidelity"]
+    assert "compiled_outputs" not in fid and fid["worst_cosine"] < 1.0
