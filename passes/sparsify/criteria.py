@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from sparsec.calib.stats import LayerStats
 from sparsec.errors import PipelineError
@@ -124,6 +123,8 @@ def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: flo
     if resid is not None:
         rhs += resid.T.astype(np.float64)
     h[np.diag_indices_from(h)] += lam
+    import scipy.linalg  # on use: 0.12 s off every CLI start
+
     try:
         correction = scipy.linalg.solve(h, rhs.T, assume_a="pos", overwrite_a=True, overwrite_b=True, check_finite=False).T
     except np.linalg.LinAlgError:  # not positive definite after all (degenerate inputs): a general solve

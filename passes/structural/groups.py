@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from sparsec.passes.structural.coupling import CouplingBuilder
 from sparsec.targets import Target
@@ -174,6 +172,9 @@ def _is_param(model_inits: dict[str, ir.Value], name: str | None) -> bool:
 def solve(b: CouplingBuilder, model: ir.Model, multiple: int) -> DependencyGraph:
     n = b.n_elements
     src, dst = b.edges()
+    from scipy.sparse import coo_matrix  # scipy on use: 0.12 s off every CLI start
+    from scipy.sparse.csgraph import connected_components
+
     adj = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     n_ch, labels = connected_components(adj, directed=False)
     sizes = np.array([a.size for a in b.axes], dtype=np.int64)
