@@ -84,11 +84,20 @@ def pattern_skip_reason(layer: Layer, pattern: Pattern, min_params: int) -> str 
     return pattern.skip_reason(*w2.shape)
 
 
+_ERROR_BLOCK = 1 << 16  # elements per block of the difference: cache-sized, reused
+
+
 def _relative_error(ref: np.ndarray, new: np.ndarray) -> float:
-    """||ref - new|| / ||ref||, summed in float64 without float64 copies of the weights."""
-    d = ref - new
-    num = np.einsum("ij,ij->", d, d, dtype=np.float64)
-    den = np.einsum("ij,ij->", ref, ref, dtype=np.float64)
+    """||ref - new|| / ||ref||, summed in float64 without float64 copies of the weights; the
+    difference goes block by block through one small buffer, never a weight-sized temporary."""
+    rows = max(1, _ERROR_BLOCK // max(1, ref.shape[1]))
+    buf = np.empty((rows, ref.shape[1]), dtype=np.result_type(ref, new))
+    num = den = 0.0
+    for i in range(0, ref.shape[0], rows):
+        a, b = ref[i : i + rows], new[i : i + rows]
+        d = np.subtract(a, b, out=buf[: len(a)])
+        num += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+        den += float(np.einsum("ij,ij->", a, a, dtype=np.float64))
     return float(np.sqrt(num) / max(np.sqrt(den), 1e-30))
 
 

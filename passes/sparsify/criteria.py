@@ -97,9 +97,9 @@ def prune_2d(
         scores = scores * np.sqrt(np.maximum(stats.col_sq_mean, 0.0))[None, :].astype(np.float32)
         if pattern.kind == "unstructured":  # Wanda compares weights per output row
             keep = np.stack([pattern.keep_mask(row[None, :])[0] for row in scores])
-            return np.where(keep, w2, np.zeros_like(w2))
+            return np.where(keep, w2, w2.dtype.type(0))
     keep = pattern.keep_mask(scores)
-    return np.where(keep, w2, np.zeros_like(w2))
+    return np.where(keep, w2, w2.dtype.type(0))  # a scalar zero: no weight-sized zeros array
 
 
 def dense_target(w2: np.ndarray, stats: LayerStats, cross: np.ndarray, damp: float = 0.01, resid: np.ndarray | None = None) -> np.ndarray:
