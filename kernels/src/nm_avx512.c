@@ -238,6 +238,16 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
 #define NM_RV_C 8
 #define NM_RV_RT 32 /* rows per register block (2 zmm) */
 #define NM_RV_RB 32 /* rows transposed per block (xt: k * 128 bytes); 64 measured slower */
+/* The first half-tile pass over a tile reads its packed records from DRAM, and waited on them:
+ * a cpu-clock profile (4096x11008, 64 rows, 1 thread) put 57% of that pass's samples on the
+ * instructions right after the value and metadata loads, and the pass took 2.3x the second
+ * (which finds the records in L2). It prefetches NM_RV_PF bytes of values ahead (and the
+ * metadata in proportion). Measured on an AMD EPYC with AVX-512, 2 threads, 64 rows, 2:4:
+ * 4096x11008 18.0 -> 12.6 ms, 11008x4096 15.8 -> 15.0 ms (1024-16384 bytes tried; 4096-8192
+ * best); prefetching in the second pass too gained nothing. */
+#ifndef NM_RV_PF
+#define NM_RV_PF 4096
+#endif
 
 typedef struct {
     const float *xt; /* xt[k * ldt + r] for this block's first row */
@@ -260,8 +270,12 @@ static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const in
     const uint16_t *meta = p->meta;
     const float *xg = p->xt;
     for (int64_t g = 0; g < p->groups; g++) {
+        if (C0 == 0 && NM_RV_PF > 0)
+            _mm_prefetch((const char *)meta + NM_RV_PF / 8, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int j = 0; j < n; j++) {
+            if (C0 == 0 && NM_RV_PF > 0)
+                _mm_prefetch((const char *)(vals + j * SK_TILE) + NM_RV_PF, _MM_HINT_T0);
             const __m512 vv = _mm512_loadu_ps(vals + j * SK_TILE);
             const uint16_t *md = meta + j * W;
             const uint32_t w = M == 16 ? 0u : sk_load_u32(md);

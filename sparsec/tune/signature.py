@@ -61,7 +61,24 @@ def cpu_signature() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "sparsec": sparsec.__version__,
         "kernel_env": {k: os.environ[k] for k in _KERNEL_ENV if os.environ.get(k)},
+        # A rebuilt kernel library (same version, new code) measures differently: its own cache.
+        "kernels": kernel_library_digest(),
     }
+
+
+def kernel_library_digest() -> str | None:
+    """sha256 (16 hex digits) of the kernel library file in use; None where it is not built."""
+    from sparsec.kernels import _native
+
+    if not _native.available():
+        return None
+    return _file_digest(_native.library_path())
+
+
+@lru_cache(maxsize=4)
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def signature_id(signature: dict[str, Any]) -> str:

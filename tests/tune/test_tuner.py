@@ -162,3 +162,18 @@ def test_the_best_variant_prefers_the_general_form_only_among_winners() -> None:
                         "nm-kernel-1t": [5.9, 5.5, 6.6, 5.0, 6.2]})
     both.noise.update({"nm-kernel": 0.1, "nm-kernel-1t": 0.1})
     assert _best_variant(both, table, runnable) == "nm-kernel"
+
+
+def test_a_rebuilt_kernel_library_does_not_reuse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # same sparsec version, other kernel code (a rebuild): its measurements are its own
+    from sparsec.kernels import _native
+    from sparsec.tune import signature
+
+    Tuner(threads=2).choose(TINY)
+    built = TuneCache()
+    assert built.signature["kernels"] == signature.kernel_library_digest() is not None
+    rebuilt = tmp_path / "lib.so"
+    rebuilt.write_bytes(Path(_native.library_path()).read_bytes() + b"\0")
+    monkeypatch.setattr(_native, "library_path", lambda: str(rebuilt))
+    other = TuneCache()
+    assert other.path != built.path and other.get(TINY.key) is None
