@@ -258,17 +258,45 @@ typedef struct {
     float *out; /* out[c * NM_RV_RT + r], 64-byte aligned */
 } nm_rv_args;
 
+static inline __attribute__((always_inline)) uint32_t nm_rv_pos(const int M, const int L,
+                                                              uint32_t w, uint32_t hi, uint64_t q) {
+    return M == 4 ? (w >> (2 * L)) & 3u
+                  : (M == 8 ? ((w >> (2 * L)) & 3u) | (((hi >> L) & 1u) << 2)
+                            : (uint32_t)(q >> (32 * (L & 1) + 4 * (L >> 1))) & 15u);
+}
+
+/* The accumulators are named variables, not an array: with `__m512 acc[8][2]` GCC 12 kept them
+ * in registers within an iteration but stored all 16 to `out` at the end of every group
+ * iteration (objdump: 16 vmovaps per 32 FMAs in the hot loop; unroll pragmas and restrict did
+ * not remove them). */
+#define NM_RV_ACC(c) __m512 a##c##0 = _mm512_setzero_ps(), a##c##1 = _mm512_setzero_ps()
+#define NM_RV_STEP(c)                                                                  \
+    do {                                                                               \
+        const float *xp = xg + (int64_t)nm_rv_pos(M, C0 + (c), w, hi, q) * ldt;        \
+        const __m512 vb = _mm512_permutexvar_ps(_mm512_set1_epi32(C0 + (c)), vv);      \
+        a##c##0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp), a##c##0);                   \
+        if (R == 2) a##c##1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 16), a##c##1); \
+    } while (0)
+#define NM_RV_OUT(c)                                                            \
+    do {                                                                        \
+        _mm512_store_ps(out + (c) * NM_RV_RT, a##c##0);                         \
+        if (R == 2) _mm512_store_ps(out + (c) * NM_RV_RT + 16, a##c##1);        \
+    } while (0)
+#if NM_RV_C != 8
+#error "nm_rv_mk names 8 columns of accumulators"
+#endif
+
 static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const int NS, const int R,
                                                            const int C0, const nm_rv_args *p) {
     const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
     const int n = NS > 0 ? NS : p->n;
-    const int64_t ldt = p->ldt;
-    __m512 acc[NM_RV_C][R];
-    for (int c = 0; c < NM_RV_C; c++)
-        for (int r = 0; r < R; r++) acc[c][r] = _mm512_setzero_ps();
+    const int64_t ldt = 16 * R; /* == p->ldt: a block of R row vectors is transposed with that stride */
+    NM_RV_ACC(0); NM_RV_ACC(1); NM_RV_ACC(2); NM_RV_ACC(3);
+    NM_RV_ACC(4); NM_RV_ACC(5); NM_RV_ACC(6); NM_RV_ACC(7);
     const float *vals = p->vals;
     const uint16_t *meta = p->meta;
     const float *xg = p->xt;
+    float *out = p->out;
     for (int64_t g = 0; g < p->groups; g++) {
         if (C0 == 0 && NM_RV_PF > 0)
             _mm_prefetch((const char *)meta + NM_RV_PF / 8, _MM_HINT_T0);
@@ -281,26 +309,15 @@ static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const in
             const uint32_t w = M == 16 ? 0u : sk_load_u32(md);
             const uint32_t hi = M == 8 ? md[2] : 0u;
             const uint64_t q = M == 16 ? sk_load_u64(md) : 0u;
-#pragma GCC unroll 8
-            for (int c = 0; c < NM_RV_C; c++) {
-                const int L = C0 + c;
-                const uint32_t pos =
-                    M == 4 ? (w >> (2 * L)) & 3u
-                           : (M == 8 ? ((w >> (2 * L)) & 3u) | (((hi >> L) & 1u) << 2)
-                                     : (uint32_t)(q >> (32 * (L & 1) + 4 * (L >> 1))) & 15u);
-                const float *xp = xg + (int64_t)pos * ldt;
-                const __m512 vb = _mm512_permutexvar_ps(_mm512_set1_epi32(L), vv);
-#pragma GCC unroll 2
-                for (int r = 0; r < R; r++)
-                    acc[c][r] = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 16 * r), acc[c][r]);
-            }
+            NM_RV_STEP(0); NM_RV_STEP(1); NM_RV_STEP(2); NM_RV_STEP(3);
+            NM_RV_STEP(4); NM_RV_STEP(5); NM_RV_STEP(6); NM_RV_STEP(7);
         }
         vals += n * SK_TILE;
         meta += n * W;
         xg += M * ldt;
     }
-    for (int c = 0; c < NM_RV_C; c++)
-        for (int r = 0; r < R; r++) _mm512_store_ps(p->out + c * NM_RV_RT + 16 * r, acc[c][r]);
+    NM_RV_OUT(0); NM_RV_OUT(1); NM_RV_OUT(2); NM_RV_OUT(3);
+    NM_RV_OUT(4); NM_RV_OUT(5); NM_RV_OUT(6); NM_RV_OUT(7);
 }
 
 typedef void (*nm_rv_fn)(const nm_rv_args *);
