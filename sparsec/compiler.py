@@ -217,7 +217,8 @@ def _compile(
     if latency.get("measured") and dense_bytes is not None:
         # Nothing changed (no layer runs faster here, so none was pruned): the artifact is the
         # input model and any measured difference is noise.
-        latency["identical_to_dense"] = model_bytes(model) == dense_bytes
+        # Known unchanged: no need to serialize the whole model to compare its bytes.
+        latency["identical_to_dense"] = unchanged or model_bytes(model) == dense_bytes
         # Only weight values differ (every layer on dense ops): the same work as dense.
         latency["same_program_as_dense"] = latency["identical_to_dense"] or same_program(model, dense_model)
 

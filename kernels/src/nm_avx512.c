@@ -271,8 +271,8 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
 #endif
 
 typedef struct {
-    const float *xt; /* xt[k * ldt + r] for this block's first row */
-    int64_t ldt, groups;
+    const float *xt; /* xt[k * 16R + r] for this block's first row (R row vectors) */
+    int64_t groups;
     const float *vals;     /* record (t, 0, 0) */
     const uint16_t *meta;  /* record (t, 0, 0) */
     int n;
@@ -317,7 +317,7 @@ static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const in
                                                            const int C0, const nm_rv_args *p) {
     const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
     const int n = NS > 0 ? NS : p->n;
-    const int64_t ldt = 16 * R; /* == p->ldt: a block of R row vectors is transposed with that stride */
+    const int64_t ldt = 16 * R; /* a block of R row vectors is transposed with that stride */
     NM_RV_ACC(0); NM_RV_ACC(1); NM_RV_ACC(2); NM_RV_ACC(3);
     NM_RV_ACC(4); NM_RV_ACC(5); NM_RV_ACC(6); NM_RV_ACC(7);
     const float *vals = p->vals;
@@ -400,7 +400,7 @@ static void nm_rv_body(const void *args, int tid, int nth) {
     const int64_t rb_max = a->rows < NM_RV_RB ? a->rows : NM_RV_RB;
     const int64_t ldt_max = sk_ceil_div(rb_max, 16) * 16;
     float *xt = aligned_alloc(64, (size_t)(a->k * ldt_max * (int64_t)sizeof(float)));
-    /* K in chunks only where xt outgrows L2 (see NM_RV_XT_MAX); else one chunk, as before. */
+    /* K in chunks only where xt outgrows NM_RV_XT_MAX; else one chunk, as before. */
     const int chunked = a->k * ldt_max * (int64_t)sizeof(float) > NM_RV_XT_MAX;
     const int64_t gc = chunked ? (NM_RV_KC / m > 0 ? NM_RV_KC / m : 1) : groups;
     const int64_t tg_size = chunked ? NM_RV_TG : 1;
@@ -433,7 +433,7 @@ static void nm_rv_body(const void *args, int tid, int nth) {
                         pm = a->meta + nt * tile_meta + ng * n * W;
                     }
                     for (int h = 0; h * NM_RV_C < width; h++) {
-                        const nm_rv_args p = {xt + g0 * m * ldt, ldt, gn, vals, meta, n, g0 > 0,
+                        const nm_rv_args p = {xt + g0 * m * ldt, gn, vals, meta, n, g0 > 0,
                                               (const char *)pv, (const char *)pm,
                                               outb + ((t - tg) * HB + h) * OUTB};
                         NM_RV[mi][ni][rv - 1][h](&p);
