@@ -85,6 +85,7 @@ def main() -> int:
                    help="process CPU seconds for compression + fine-tuning together (0: none; 1200 = 10 min on 2 cores)")
     p.add_argument("--eval-every", type=int, default=25, help="fine-tuning steps between validation checks")
     p.add_argument("--augment", action="store_true", help="fine-tune on augmented copies of the samples too (sparsec.recover.augment)")
+    p.add_argument("--augment-mode", default="replace", help="--augment: replace (tokens) or splice (new sequences of real spans)")
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the per-layer feature distillation")
     p.add_argument("--blockwise-epochs", type=float, default=0.0,
                    help="block-wise reconstruction before the end-to-end fine-tuning: epochs per block (0: none)")
@@ -152,7 +153,7 @@ def main() -> int:
                 raise SystemExit(f"recovery_bench: compression alone used {result['compress']['cpu_s']} CPU-s of --budget-cpu")
         options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch, max_seconds=args.max_seconds,
                                   max_cpu_seconds=cpu_left, eval_every=args.eval_every, threads=args.threads, progress=False,
-                                  augment=args.augment, feature_weight=args.feature_weight,
+                                  augment=args.augment, augment_mode=args.augment_mode, feature_weight=args.feature_weight,
                                   patience=args.patience, blockwise_epochs=args.blockwise_epochs,
                                   blockwise_lr=args.blockwise_lr, blockwise_share=args.blockwise_share)
         ft, result["finetune"] = timed(finetune, model, task.model, train, options, validation=validation)

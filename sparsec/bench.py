@@ -132,6 +132,7 @@ def compare_interleaved(
     warmup: int = 3,
     pause_s: float = 0.002,
     label: str = "benchmark",
+    idle_wait: bool | None = None,
 ) -> Comparison:
     """Time `fns` interleaved and compare each with `baseline`.
 
@@ -143,13 +144,15 @@ def compare_interleaved(
     run slow. `block`: calls per block; None sizes each contender's block from its warm-up
     time (`block_calls`), at BLOCK_MS, or shorter where `min_rounds` of such blocks would
     overrun `budget_s` (a budget set that low asks for a quick look, not a careful one).
-    Rounds continue until `budget_s` is spent (at least `min_rounds`).
+    Rounds continue until `budget_s` is spent (at least `min_rounds`). `idle_wait`: wait out
+    spinning pools before each block (None: only where the budget has room for it).
     """
     block_ms = min(BLOCK_MS, max(1.0, 1e3 * budget_s / (max(min_rounds, 1) * max(len(fns), 1))))
     # Waiting out spinning pools costs ~50 ms a block: only where the budget has room for it in
     # min_rounds (the compile's 4 s check and the tuner's 1 s look at dense vs one kernel do; a
     # test's quick look does not).
-    idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + TYPICAL_SPIN_S)
+    if idle_wait is None:
+        idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + TYPICAL_SPIN_S)
     blocks: dict[str, int] = {}
     for name, fn in fns.items():
         call_ms = math.inf  # the fastest warm-up call (the first ones pay for first-run set-up)

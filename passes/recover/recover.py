@@ -35,11 +35,14 @@ class Recover(Pass):
     eval_every: int = option(25, "steps between held-out evaluations (early stopping)")
     patience: int = option(4, "stop after this many evaluations without improvement")
     augment: bool = option(False, "also train on perturbed copies of the samples (token replacement, mixup)")
+    augment_mode: str = option("replace", "token inputs: replace 15% of the tokens, or splice new rows from real spans")
     router_weight: float = option(0.0, "MoE routers: weight of distilling the logits towards the experts' activation mass")
     blockwise_epochs: float = option(0.0, "block-wise reconstruction first: epochs per transformer block (0: none)")
     blockwise_lr: float = option(1e-3, "block-wise reconstruction: peak learning rate")
 
     def __post_init__(self) -> None:
+        if self.augment_mode not in ("replace", "splice"):
+            raise PipelineError(f"pass 'recover': augment_mode must be replace or splice, got '{self.augment_mode}'")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise PipelineError("pass 'recover': steps, batch_size, eval_every and patience must be >= 1")
         if not self.lr > 0 or not self.blockwise_lr > 0 or min(self.feature_weight, self.max_seconds, self.router_weight, self.blockwise_epochs) < 0:
@@ -51,7 +54,7 @@ class Recover(Pass):
         return FinetuneOptions(
             steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
             max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
-            augment=self.augment, router_weight=self.router_weight, blockwise_epochs=self.blockwise_epochs,
+            augment=self.augment, augment_mode=self.augment_mode, router_weight=self.router_weight, blockwise_epochs=self.blockwise_epochs,
             blockwise_lr=self.blockwise_lr,
         )
 

@@ -39,6 +39,8 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     p.add_argument("--augment", action="store_true",
                    help="also train on perturbed copies of the samples (token replacement, mixup)")
+    p.add_argument("--augment-mode", choices=("replace", "splice"), default="replace",
+                   help="--augment for token inputs: replace 15%% of the tokens, or splice new rows from real spans")
     p.add_argument("--router-weight", type=float, default=0.0,
                    help="MoE routers: weight of distilling their logits towards the experts' activation mass (default 0)")
     p.add_argument("--blockwise-epochs", type=float, default=0.0,
@@ -110,7 +112,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsec.recover.finetune import FinetuneOptions, finetune
 
     options = FinetuneOptions(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                              threads=args.threads, augment=args.augment,
+                              threads=args.threads, augment=args.augment, augment_mode=args.augment_mode,
                               router_weight=args.router_weight, blockwise_epochs=args.blockwise_epochs,
                               blockwise_lr=args.blockwise_lr)
     result = finetune(student, teacher, calib, options, validation=validation)

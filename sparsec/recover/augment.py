@@ -6,9 +6,15 @@ held-out fidelity barely moves); perturbed copies keep the inputs near the data 
 student sees a new set every step ("function matching" with consistent, aggressive
 augmentation, Beyer et al. 2022; TinyBERT's augmented distillation). Generic rules, by input:
 
-* integer token inputs (shaped like the row mask, more than two distinct values): a fraction
-  of the real tokens is replaced by tokens drawn from the calibration samples' own token
-  frequencies; the first and last real token of a row are kept (BERT-style special tokens);
+* integer token inputs (shaped like the row mask, more than two distinct values), by `mode`:
+  - "replace": a fraction of the real tokens is replaced by tokens drawn from the calibration
+    samples' own token frequencies;
+  - "splice": the row becomes a new sequence spliced from real spans: copy a run of
+    SPAN_MIN..SPAN_MAX tokens of some sample, then jump to another place where the last copied
+    token occurs (any sample) and go on, until the row's real length is filled. Every bigram
+    is one the data holds, but the sequences are new: far more distinct inputs than the
+    samples, for distillation, which fits the teacher on whatever it sees;
+  the first and last real token of a row are kept (BERT-style special tokens);
 * float inputs: mixup with another sample of the batch, weight drawn from [MIX_LOW, 1];
 * everything else (masks, type ids, shapes) as it is.
 
@@ -25,14 +31,23 @@ import numpy as np
 TOKEN_RATE = 0.15
 MIX_LOW = 0.5
 AUGMENTED_SHARE = 0.5
+SPAN_MIN, SPAN_MAX = 2, 8
+MODES = ("replace", "splice")
 
 
 class Augmenter:
     """Draws augmented copies of batches of `arrays` (the training samples)."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], row_mask: str | None, seed: int = 0) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], row_mask: str | None, seed: int = 0,
+                 mode: str = "replace") -> None:
+        if mode not in MODES:
+            raise ValueError(f"augment mode must be one of {', '.join(MODES)}, got '{mode}'")
         self.rng = np.random.default_rng(seed + 7919)
         self.row_mask = row_mask
+        self.mode = mode
+        # splice: per token input, the real interior tokens of every sample (specials dropped)
+        # and, per token value, every (sample, position) where it occurs.
+        self.spans: dict[str, tuple[list[np.ndarray], dict[int, np.ndarray]]] = {}
         self.tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (values, probabilities)
         mask = arrays.get(row_mask) if row_mask is not None else None
         for name, a in arrays.items():
@@ -42,6 +57,8 @@ class Augmenter:
             values, counts = np.unique(real, return_counts=True)
             if len(values) > 2:
                 self.tokens[name] = (values, counts / counts.sum())
+                if mode == "splice":
+                    self.spans[name] = _span_index(a, np.asarray(mask) != 0)
         self.floats = [n for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating) and n != row_mask]
 
     @property
@@ -66,6 +83,12 @@ class Augmenter:
             editable[rows, last] = False
             editable &= chosen[:, None]
             for name, (values, probs) in self.tokens.items():
+                if self.mode == "splice" and name in self.spans:
+                    for r in np.flatnonzero(chosen):
+                        where = np.flatnonzero(editable[r])
+                        if where.size:
+                            out[name][r, where] = self._splice(name, where.size).astype(out[name].dtype)
+                    continue
                 hit = editable & (self.rng.random(editable.shape) < TOKEN_RATE)
                 out[name][hit] = self.rng.choice(values, size=int(hit.sum()), p=probs).astype(out[name].dtype)
         if self.floats and n > 1:
@@ -77,5 +100,35 @@ class Augmenter:
                 out[name] = (lam.reshape(shape) * a + (1 - lam).reshape(shape) * a[partner]).astype(a.dtype)
         return out
 
+    def _splice(self, name: str, length: int) -> np.ndarray:
+        rows, occurrences = self.spans[name]
+        picked: list[int] = []
+        r = int(self.rng.integers(len(rows)))
+        pos = int(self.rng.integers(len(rows[r])))
+        while len(picked) < length:
+            run = rows[r][pos : pos + int(self.rng.integers(SPAN_MIN, SPAN_MAX + 1))]
+            picked.extend(run.tolist())
+            places = occurrences.get(int(run[-1]))
+            if places is None or len(places) < 2:  # a dead end: start again anywhere
+                r = int(self.rng.integers(len(rows)))
+                pos = int(self.rng.integers(len(rows[r])))
+                continue
+            r, pos = (int(v) for v in places[int(self.rng.integers(len(places)))])
+            pos += 1  # continue after the shared token
+            if pos >= len(rows[r]):
+                r = int(self.rng.integers(len(rows)))
+                pos = int(self.rng.integers(len(rows[r])))
+        return np.asarray(picked[:length])
 
-__all__ = ["Augmenter"]
+
+def _span_index(tokens: np.ndarray, real: np.ndarray) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+    rows = [t[m][1:-1] for t, m in zip(tokens, real, strict=True)]
+    rows = [r for r in rows if len(r) > 0]
+    places: dict[int, list[tuple[int, int]]] = {}
+    for i, r in enumerate(rows):
+        for j, t in enumerate(r.tolist()):
+            places.setdefault(t, []).append((i, j))
+    return rows, {t: np.asarray(v) for t, v in places.items()}
+
+
+__all__ = ["MODES", "Augmenter"]

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.errors import InternalError, OptionError
 from sparsec.layers import find_layers
+from sparsec.recover.augment import MODES as AUGMENT_MODES
 from sparsec.recover.augment import Augmenter
 from sparsec.recover.torch_graph import TorchGraph
 
@@ -76,6 +77,7 @@ class FinetuneOptions:
     progress: bool = True
     # Train on augmented copies of the samples too (augment.py); the teacher then runs every step.
     augment: bool = False
+    augment_mode: str = "replace"  # augment.MODES: replace tokens, or splice new sequences from real spans
     # Weight of the router distillation term (MoE routers: logits towards the experts' mass).
     router_weight: float = 0.0
     # Block-wise reconstruction first (blockwise.py): epochs per segment (0: none), its peak
@@ -91,6 +93,8 @@ class FinetuneOptions:
             raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits and router_weight >= 0 are required")
         if self.blockwise_epochs < 0 or not self.blockwise_lr > 0 or not 0 < self.blockwise_share < 1:
             raise OptionError("fine-tuning: blockwise_epochs >= 0, blockwise_lr > 0 and blockwise_share in (0, 1) are required")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise OptionError(f"fine-tuning: augment mode must be one of {', '.join(AUGMENT_MODES)}, got '{self.augment_mode}'")
         if not 0 < self.held_out < 1:
             raise OptionError(f"fine-tuning: held_out must lie in (0, 1), got {self.held_out}")
 
@@ -299,7 +303,7 @@ def _finetune(
         return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     batches = _Batches(train, micro, o.seed)
-    augmenter = Augmenter(train.arrays, train.row_mask, o.seed) if o.augment else None
+    augmenter = Augmenter(train.arrays, train.row_mask, o.seed, o.augment_mode) if o.augment else None
     if augmenter is not None and not augmenter.active:
         log.info("fine-tuning: no input to augment (no float inputs, no token inputs with a row mask)")
         augmenter = None

@@ -28,7 +28,7 @@ DEFAULT_BUDGET_S = 1.0  # per shape: enough rounds for a noise estimate, bounded
 # intra-op pool inside sessions (kernels/src/sk_ort_pool.c): timings from before that differ.
 PROTOCOL = (PAIRED_PROTOCOL.format(warmup=3) + "; kernel regions on ONNX Runtime's intra-op pool, spinning on"
             "; a restricted variant (one thread) over its general form only when both beat dense and it beats"
-            " the general beyond noise")
+            " the general beyond noise; every block waits for the previous contender's pools to go idle")
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,16 @@ class Tuner:
             session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             del model  # the session holds the weights; the proto's copy goes before the next one is built
             fns[name] = (lambda s, f: lambda: s.run(None, f))(session, feeds)
+        # Always wait out the last contender's spinning pool before a block: with three
+        # variants the 1 s budget had no room for the wait by compare_interleaved's rule, and
+        # the previous session's spinning worker took a core from the next block (BERT-base
+        # shapes at 128 rows: per-round dense/kernel ratios of 0.25-2.6, noise +-17-56%, vs
+        # 0.72-1.10 and +-2-5% with the wait; dense alone varied 1.47-3.32 ms).
         result = compare_interleaved(DENSE, fns, budget_s=self.budget_s, min_rounds=5, max_rounds=200,
-                                     label=f"tune {shape.key}")
+                                     label=f"tune {shape.key}", idle_wait=True)
         if not _conclusive(result, runnable):  # one longer look before calling it a tie
             result = compare_interleaved(DENSE, fns, budget_s=2 * self.budget_s, min_rounds=5, max_rounds=400,
-                                         label=f"tune {shape.key} (again)")
+                                         label=f"tune {shape.key} (again)", idle_wait=True)
         per_call = {name: result.timings[name].median_ms * 1e3 / shape.copies for name in fns}
         best = _best_variant(result, table, runnable)
         dense_us, sparse_us = round(per_call[DENSE], 3), round(per_call[best], 3)

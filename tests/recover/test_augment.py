@@ -55,3 +55,37 @@ def test_finetuning_on_augmented_inputs_keeps_masks_and_helps(mlp, mlp_calib):  
     for name, zero in zeros.items():
         assert (sparse.graph.initializers[name].const_value.numpy()[zero] == 0).all()
     assert mean_cosine(run_outputs(mlp, mlp_calib), run_outputs(sparse, mlp_calib)) > before
+
+
+def test_splice_builds_new_rows_from_bigrams_the_samples_hold():
+    feeds = token_feeds(200, seed=5)
+    ids, mask = feeds["input_ids"], feeds["attention_mask"] != 0
+    bigrams = {(int(a), int(b)) for row, m in zip(ids, mask, strict=True) for a, b in zip(row[m][1:-2], row[m][2:-1], strict=True)}
+    aug = Augmenter(feeds, "attention_mask", seed=0, mode="splice")
+    out = aug(feeds)
+    new = out["input_ids"]
+    np.testing.assert_array_equal(out["attention_mask"], feeds["attention_mask"])
+    assert (new[~mask] == ids[~mask]).all()  # padding untouched
+    rows = np.arange(len(ids))
+    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+    assert (new[rows, 0] == ids[rows, 0]).all() and (new[rows, last] == ids[rows, last]).all()
+    changed = [r for r in range(len(ids)) if not np.array_equal(new[r], ids[r])]
+    assert 0.3 * len(ids) < len(changed) < 0.7 * len(ids)  # AUGMENTED_SHARE of the rows
+    seen = total = 0
+    for r in changed:
+        inner = new[r][mask[r]][1:-1]
+        pairs = list(zip(inner[:-1].tolist(), inner[1:].tolist(), strict=True))
+        total += len(pairs)
+        seen += sum(p in bigrams for p in pairs)
+    # Every pair inside a copied span or across a jump on a shared token is a real bigram; only
+    # restarts after a dead end are not.
+    assert seen / total > 0.9, seen / total
+
+
+def test_unknown_augment_mode_is_refused():
+    import pytest
+
+    from sparsec.errors import OptionError
+
+    with pytest.raises(OptionError, match="augment mode"):
+        FinetuneOptions(augment=True, augment_mode="shuffle")
