@@ -9,6 +9,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 #include <immintrin.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "sk_internal.h"
@@ -222,7 +223,7 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
     }
 }
 
-/* ---- Row-vectorised batch path (N >= 2, rows >= NM_RV_MIN_ROWS = 24) ----
+/* ---- Row-vectorised batch path (N >= 2 from NM_RV_MIN_ROWS = 24 rows, 1:M from 64) ----
  *
  * The lanes of a vector are 16 ROWS instead of 16 columns: x is transposed once per call
  * (per block of NM_RV_RB rows) into xt[k][rows], and for every output column and kept
@@ -232,12 +233,21 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
  * the FMA rate on Zen 4). One in-register permute broadcasts a value to all lanes and is
  * shared by the NM_RV_R row vectors. Register block: 8 columns (half a tile) x 32 rows
  * (16 accumulators). A tile's packed records are re-read once per (32-row, half-tile)
- * block, from L2. 1:M keeps the columns-as-lanes path: with one kept value per group and
- * column, each xt row loaded is used by few columns and the path is cache-bound (measured
- * ~15% slower than the paired 2:2M microkernel). */
-#define NM_RV_C 8
-#define NM_RV_RT 32 /* rows per register block (2 zmm) */
-#define NM_RV_RB 32 /* rows transposed per block (xt: k * 128 bytes); 64 measured slower */
+ * block, from L2. With 32-row blocks 1:M measured ~15% slower here than the paired 2:2M
+ * columns-as-lanes microkernel; with 64-row blocks (below) faster. */
+#define NM_RV_RT 32 /* rows per register block below NM_RV_R4_ROWS rows (2 zmm x 8 columns) */
+/* 1:M from NM_RV_R4_ROWS rows runs this path too, with register blocks of 64 rows (4 zmm) x 4
+ * columns: the value broadcast (one permute) and the scalar position decode serve 4 FMAs
+ * instead of 2, and a tile's records are read once per 64 rows. Measured (AMD EPYC with
+ * AVX-512, 2 threads, kernel alone, alternating runs): 1:8 at 64 rows 4096x11008 5.3-6.6 ->
+ * 4.8-5.7 ms, 11008x4096 5.2-7.7 -> 4.4-5.6 ms, 1:4 4096x4096 3.3-3.9 -> 2.4-2.7 ms, 1:8 at 128
+ * rows 4096x4096 4.2-6.0 -> 3.4-4.0 ms, all against the columns-as-lanes path. For 2:4 the
+ * same blocks measured no different from 32 x 8 (BERT-base shapes at 128 rows, 1 thread,
+ * 2.3-2.5 ms either way), so N >= 2 keeps 32-row blocks. */
+#ifndef NM_RV_R4_ROWS
+#define NM_RV_R4_ROWS 64
+#endif
+#define NM_RV_OS 64 /* row stride of one column in the partial-sum buffer `outb` */
 /* The first half-tile pass over a tile reads its packed records from DRAM, and waited on them:
  * a cpu-clock profile (4096x11008, 64 rows, 1 thread) put 57% of that pass's samples on the
  * instructions right after the value and metadata loads, and the pass took 2.3x the second
@@ -247,9 +257,6 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
  * best); prefetching in the second pass too gained nothing. */
 #ifndef NM_RV_PF
 #define NM_RV_PF 4096
-#endif
-#if NM_RV_RB != NM_RV_RT
-#error "nm_rv_body runs one register block of rows per transposed block"
 #endif
 /* K in chunks of NM_RV_KC (32 rows x 128 floats = 16 KB of xt, L1) once xt outgrows
  * NM_RV_XT_MAX: each chunk serves a group of NM_RV_TG tiles before the next, partial sums
@@ -269,6 +276,19 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
 #ifndef NM_RV_TG
 #define NM_RV_TG 16
 #endif
+/* Where xt outgrows L2 (K = 11008 at 32 or 64 rows), every group of tiles streams it from L3
+ * again: larger groups then. Measured (AMD EPYC with AVX-512, 2 threads, kernel alone, 4
+ * alternating runs, static split): groups of 64 at 11008x4096, 64 rows, 1:8 3.9-5.7 -> 3.8-5.5
+ * ms (3 of 4 runs 3.8-3.9), 2:4 12.1-22.2 -> 11.7-12.2 ms; at K = 4096 (xt 1 MB, this L2) they
+ * measured slower (1:8 4096x11008 3.6-5.1 -> 4.9-5.2 ms), so they keep NM_RV_TG. With the
+ * dynamic hand-out below, groups of 32 and 64 tie (1:8 11008x4096 3.4-5.4 / 3.7-5.3 ms);
+ * 32 gives the hand-out twice the units. */
+#ifndef NM_RV_TG_BIG
+#define NM_RV_TG_BIG 32
+#endif
+#ifndef NM_RV_XT_BIG
+#define NM_RV_XT_BIG (1 << 20)
+#endif
 
 typedef struct {
     const float *xt; /* xt[k * 16R + r] for this block's first row (R row vectors) */
@@ -279,7 +299,7 @@ typedef struct {
     int accumulate;          /* start from out's partial sums (a later K chunk) */
     const char *pf_vals;     /* the first pass prefetches from here on, as it reads vals, */
     const char *pf_meta;     /* and from here, as it reads meta */
-    float *out; /* out[c * NM_RV_RT + r], 64-byte aligned */
+    float *out; /* out[c * NM_RV_OS + r], 64-byte aligned */
 } nm_rv_args;
 
 static inline __attribute__((always_inline)) uint32_t nm_rv_pos(const int M, const int L,
@@ -292,30 +312,31 @@ static inline __attribute__((always_inline)) uint32_t nm_rv_pos(const int M, con
 /* The accumulators are named variables, not an array: with `__m512 acc[8][2]` GCC 12 kept them
  * in registers within an iteration but stored all 16 to `out` at the end of every group
  * iteration (objdump: 16 vmovaps per 32 FMAs in the hot loop; unroll pragmas and restrict did
- * not remove them). */
-#define NM_RV_ACC(c)                                                                     \
-    __m512 a##c##0 = p->accumulate ? _mm512_load_ps(p->out + (c) * NM_RV_RT) : _mm512_setzero_ps(), \
-           a##c##1 = p->accumulate && R == 2 ? _mm512_load_ps(p->out + (c) * NM_RV_RT + 16)     \
-                                             : _mm512_setzero_ps()
+ * not remove them). Up to 8 columns x 4 row vectors are named; a block uses C x R of them
+ * (C * R <= 16) and the compiler drops the rest. */
+#define NM_RV_ACC1(c, i) \
+    __m512 a##c##i = p->accumulate && R > (i) ? _mm512_load_ps(p->out + (c) * NM_RV_OS + 16 * (i)) : _mm512_setzero_ps()
+#define NM_RV_ACC(c) NM_RV_ACC1(c, 0); NM_RV_ACC1(c, 1); NM_RV_ACC1(c, 2); NM_RV_ACC1(c, 3)
 #define NM_RV_STEP(c)                                                                  \
     do {                                                                               \
         const float *xp = xg + (int64_t)nm_rv_pos(M, C0 + (c), w, hi, q) * ldt;        \
         const __m512 vb = _mm512_permutexvar_ps(_mm512_set1_epi32(C0 + (c)), vv);      \
         a##c##0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp), a##c##0);                   \
-        if (R == 2) a##c##1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 16), a##c##1); \
+        if (R > 1) a##c##1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 16), a##c##1);  \
+        if (R > 2) a##c##2 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 32), a##c##2);  \
+        if (R > 3) a##c##3 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(xp + 48), a##c##3);  \
     } while (0)
-#define NM_RV_OUT(c)                                                            \
-    do {                                                                        \
-        _mm512_store_ps(out + (c) * NM_RV_RT, a##c##0);                         \
-        if (R == 2) _mm512_store_ps(out + (c) * NM_RV_RT + 16, a##c##1);        \
-    } while (0)
-#if NM_RV_C != 8
-#error "nm_rv_mk names 8 columns of accumulators"
-#endif
+#define NM_RV_OUT1(c, i) \
+    do { if (R > (i)) _mm512_store_ps(out + (c) * NM_RV_OS + 16 * (i), a##c##i); } while (0)
+#define NM_RV_OUT(c) NM_RV_OUT1(c, 0); NM_RV_OUT1(c, 1); NM_RV_OUT1(c, 2); NM_RV_OUT1(c, 3)
+
+/* Columns per register block: 8 for up to 2 row vectors, 4 for 3-4. */
+#define NM_RV_COLS(R_) ((R_) > 2 ? 4 : 8)
 
 static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const int NS, const int R,
                                                            const int C0, const nm_rv_args *p) {
     const int W = M == 4 ? 2 : (M == 8 ? 3 : 4);
+    const int C = NM_RV_COLS(R);
     const int n = NS > 0 ? NS : p->n;
     const int64_t ldt = 16 * R; /* a block of R row vectors is transposed with that stride */
     NM_RV_ACC(0); NM_RV_ACC(1); NM_RV_ACC(2); NM_RV_ACC(3);
@@ -338,32 +359,37 @@ static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const in
             const uint32_t hi = M == 8 ? md[2] : 0u;
             const uint64_t q = M == 16 ? sk_load_u64(md) : 0u;
             NM_RV_STEP(0); NM_RV_STEP(1); NM_RV_STEP(2); NM_RV_STEP(3);
-            NM_RV_STEP(4); NM_RV_STEP(5); NM_RV_STEP(6); NM_RV_STEP(7);
+            if (C > 4) { NM_RV_STEP(4); NM_RV_STEP(5); NM_RV_STEP(6); NM_RV_STEP(7); }
         }
         vals += n * SK_TILE;
         meta += n * W;
         xg += M * ldt;
     }
     NM_RV_OUT(0); NM_RV_OUT(1); NM_RV_OUT(2); NM_RV_OUT(3);
-    NM_RV_OUT(4); NM_RV_OUT(5); NM_RV_OUT(6); NM_RV_OUT(7);
+    if (C > 4) { NM_RV_OUT(4); NM_RV_OUT(5); NM_RV_OUT(6); NM_RV_OUT(7); }
 }
 
 typedef void (*nm_rv_fn)(const nm_rv_args *);
-/* Instantiations: [M][slots: any, 2, 4][row vectors - 1][half tile]. */
+/* Instantiations: [M][slots: any, 2, 4][row vectors - 1][column block]; 1-2 row vectors have
+ * two column blocks of 8 per tile, 3-4 have four of 4 (the table's unused entries are NULL). */
 #define NM_RV_NAME(M_, N_, R_, H_) nm_rv_##M_##_##N_##_##R_##_##H_
 #define NM_RV_DEF(M_, N_, R_, H_)                                        \
     static void NM_RV_NAME(M_, N_, R_, H_)(const nm_rv_args *p) {        \
-        nm_rv_mk(M_, N_, R_, 8 * H_, p);                                 \
+        nm_rv_mk(M_, N_, R_, NM_RV_COLS(R_) * H_, p);                    \
     }
-#define NM_RV_DEFS_R(M_, N_) \
-    NM_RV_DEF(M_, N_, 1, 0) NM_RV_DEF(M_, N_, 1, 1) NM_RV_DEF(M_, N_, 2, 0) NM_RV_DEF(M_, N_, 2, 1)
-#define NM_RV_DEFS(M_) NM_RV_DEFS_R(M_, 0) NM_RV_DEFS_R(M_, 2) NM_RV_DEFS_R(M_, 4)
+#define NM_RV_DEFS_R(M_, N_)                                                                  \
+    NM_RV_DEF(M_, N_, 1, 0) NM_RV_DEF(M_, N_, 1, 1) NM_RV_DEF(M_, N_, 2, 0) NM_RV_DEF(M_, N_, 2, 1) \
+    NM_RV_DEF(M_, N_, 3, 0) NM_RV_DEF(M_, N_, 3, 1) NM_RV_DEF(M_, N_, 3, 2) NM_RV_DEF(M_, N_, 3, 3) \
+    NM_RV_DEF(M_, N_, 4, 0) NM_RV_DEF(M_, N_, 4, 1) NM_RV_DEF(M_, N_, 4, 2) NM_RV_DEF(M_, N_, 4, 3)
+#define NM_RV_DEFS(M_) NM_RV_DEFS_R(M_, 0) NM_RV_DEFS_R(M_, 1) NM_RV_DEFS_R(M_, 2) NM_RV_DEFS_R(M_, 4)
 NM_RV_DEFS(4) NM_RV_DEFS(8) NM_RV_DEFS(16)
-#define NM_RV_TAB_R(M_, N_)                                                        \
-    {{NM_RV_NAME(M_, N_, 1, 0), NM_RV_NAME(M_, N_, 1, 1)},                         \
-     {NM_RV_NAME(M_, N_, 2, 0), NM_RV_NAME(M_, N_, 2, 1)}}
-#define NM_RV_TAB(M_) {NM_RV_TAB_R(M_, 0), NM_RV_TAB_R(M_, 2), NM_RV_TAB_R(M_, 4)}
-static const nm_rv_fn NM_RV[3][3][2][2] = {NM_RV_TAB(4), NM_RV_TAB(8), NM_RV_TAB(16)};
+#define NM_RV_TAB_R(M_, N_)                                                                    \
+    {{NM_RV_NAME(M_, N_, 1, 0), NM_RV_NAME(M_, N_, 1, 1), NULL, NULL},                         \
+     {NM_RV_NAME(M_, N_, 2, 0), NM_RV_NAME(M_, N_, 2, 1), NULL, NULL},                         \
+     {NM_RV_NAME(M_, N_, 3, 0), NM_RV_NAME(M_, N_, 3, 1), NM_RV_NAME(M_, N_, 3, 2), NM_RV_NAME(M_, N_, 3, 3)}, \
+     {NM_RV_NAME(M_, N_, 4, 0), NM_RV_NAME(M_, N_, 4, 1), NM_RV_NAME(M_, N_, 4, 2), NM_RV_NAME(M_, N_, 4, 3)}}
+#define NM_RV_TAB(M_) {NM_RV_TAB_R(M_, 0), NM_RV_TAB_R(M_, 1), NM_RV_TAB_R(M_, 2), NM_RV_TAB_R(M_, 4)}
+static const nm_rv_fn NM_RV[3][4][4][4] = {NM_RV_TAB(4), NM_RV_TAB(8), NM_RV_TAB(16)};
 
 /* xt[kk * ldt + r] = x[r * ldx + kk] for r < rows, 0 for rows <= r < ldt (ldt % 16 == 0). */
 static void nm_rv_transpose(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt,
@@ -387,34 +413,58 @@ static void nm_rv_transpose(const float *x, int64_t ldx, int64_t rows, int64_t k
     }
 }
 
+/* Work is handed out dynamically, (row block, tile group) units from a shared counter, not
+ * split in equal shares: on a VM whose vCPUs get preempted the static split waited for the
+ * slower thread (2 threads, 11008x4096 at 64 rows: per-call medians 1.3-1.5x the fastest
+ * call). A thread transposes a row block the first time it claims one of its units; units
+ * are claimed in order, so each thread transposes each row block at most once. */
+typedef struct {
+    sk_nm_args a;
+    atomic_llong next; /* the next unclaimed unit */
+} nm_rv_shared;
+
 static void nm_rv_body(const void *args, int tid, int nth) {
-    const sk_nm_args *a = args;
+    nm_rv_shared *sh = (nm_rv_shared *)args;
+    const sk_nm_args *a = &sh->a;
+    (void)tid;
+    (void)nth;
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
-    const int ni = n == 2 ? 1 : (n == 4 ? 2 : 0);
+    const int ni = n == 1 ? 1 : (n == 2 ? 2 : (n == 4 ? 3 : 0));
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
-    int64_t t_begin, t_end;
-    sk_split(ntiles, tid, nth, &t_begin, &t_end);
-    if (t_begin >= t_end) return;
-    const int64_t rb_max = a->rows < NM_RV_RB ? a->rows : NM_RV_RB;
+    const int64_t rb_full = n == 1 && a->rows >= NM_RV_R4_ROWS ? 64 : NM_RV_RT; /* rows per block */
+    const int64_t rb_max = a->rows < rb_full ? a->rows : rb_full;
     const int64_t ldt_max = sk_ceil_div(rb_max, 16) * 16;
-    float *xt = aligned_alloc(64, (size_t)(a->k * ldt_max * (int64_t)sizeof(float)));
+    const int64_t xt_bytes = a->k * ldt_max * (int64_t)sizeof(float);
+    float *xt = NULL, *outb = NULL;
     /* K in chunks only where xt outgrows NM_RV_XT_MAX; else one chunk, as before. */
-    const int chunked = a->k * ldt_max * (int64_t)sizeof(float) > NM_RV_XT_MAX;
+    const int chunked = xt_bytes > NM_RV_XT_MAX;
     const int64_t gc = chunked ? (NM_RV_KC / m > 0 ? NM_RV_KC / m : 1) : groups;
-    const int64_t tg_size = chunked ? NM_RV_TG : 1;
-    enum { HB = SK_TILE / NM_RV_C, OUTB = NM_RV_C * NM_RV_RT };
-    float *outb = aligned_alloc(64, sizeof(float) * NM_RV_TG * HB * OUTB);
+    const int64_t tg_size = !chunked ? 1 : (xt_bytes > NM_RV_XT_BIG ? NM_RV_TG_BIG : NM_RV_TG);
+    enum { OUTT = SK_TILE * NM_RV_OS }; /* partial sums of one tile */
     const __m256i oidx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i ostride = _mm256_mullo_epi32(oidx, _mm256_set1_epi32(NM_RV_RT));
-    for (int64_t r0 = 0; r0 < a->rows; r0 += NM_RV_RB) {
-        const int64_t rb = a->rows - r0 < NM_RV_RB ? a->rows - r0 : NM_RV_RB;
+    const __m256i ostride = _mm256_mullo_epi32(oidx, _mm256_set1_epi32(NM_RV_OS));
+    const int64_t units_per_rb = sk_ceil_div(ntiles, tg_size);
+    const int64_t units = sk_ceil_div(a->rows, rb_full) * units_per_rb;
+    int64_t have_rb = -1; /* the row block in xt */
+    for (;;) {
+        const int64_t u = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
+        if (u >= units) break;
+        const int64_t r0 = u / units_per_rb * rb_full, tg = u % units_per_rb * tg_size;
+        const int64_t tge = tg + tg_size < ntiles ? tg + tg_size : ntiles;
+        const int64_t rb = a->rows - r0 < rb_full ? a->rows - r0 : rb_full;
         const int64_t ldt = sk_ceil_div(rb, 16) * 16;
-        const int rv = ldt >= NM_RV_RT ? 2 : 1;
-        nm_rv_transpose(a->x + r0 * a->ldx, a->ldx, rb, a->k, xt, ldt);
-        for (int64_t tg = t_begin; tg < t_end; tg += tg_size) {
-            const int64_t tge = tg + tg_size < t_end ? tg + tg_size : t_end;
+        const int rv = (int)(ldt / 16), cb = NM_RV_COLS(rv);
+        if (xt == NULL) {
+            xt = aligned_alloc(64, (size_t)xt_bytes);
+            outb = aligned_alloc(64, sizeof(float) * (size_t)tg_size * OUTT);
+        }
+        if (have_rb != r0) {
+            nm_rv_transpose(a->x + r0 * a->ldx, a->ldx, rb, a->k, xt, ldt);
+            have_rb = r0;
+        }
+        {
             for (int64_t g0 = 0; g0 < groups; g0 += gc) {
                 const int64_t gn = groups - g0 < gc ? groups - g0 : gc;
                 for (int64_t t = tg; t < tge; t++) {
@@ -432,10 +482,10 @@ static void nm_rv_body(const void *args, int tid, int nth) {
                         pv = a->values + nt * tile_vals + ng * n * SK_TILE;
                         pm = a->meta + nt * tile_meta + ng * n * W;
                     }
-                    for (int h = 0; h * NM_RV_C < width; h++) {
+                    for (int h = 0; h * cb < width; h++) {
                         const nm_rv_args p = {xt + g0 * m * ldt, gn, vals, meta, n, g0 > 0,
                                               (const char *)pv, (const char *)pm,
-                                              outb + ((t - tg) * HB + h) * OUTB};
+                                              outb + (t - tg) * OUTT + h * cb * NM_RV_OS};
                         NM_RV[mi][ni][rv - 1][h](&p);
                     }
                 }
@@ -443,11 +493,11 @@ static void nm_rv_body(const void *args, int tid, int nth) {
             for (int64_t t = tg; t < tge; t++) {
                 const int width = (int)(a->cols - t * SK_TILE < SK_TILE ? a->cols - t * SK_TILE
                                                                         : SK_TILE);
-                for (int h = 0; h * NM_RV_C < width; h++) {
-                    const float *out = outb + ((t - tg) * HB + h) * OUTB;
-                    const int cw = width - h * NM_RV_C < NM_RV_C ? width - h * NM_RV_C : NM_RV_C;
+                for (int h = 0; h * 8 < width; h++) { /* 8 columns of the tile at a time */
+                    const float *out = outb + (t - tg) * OUTT + h * 8 * NM_RV_OS;
+                    const int cw = width - h * 8 < 8 ? width - h * 8 : 8;
                     const __mmask8 cm = (__mmask8)((1u << cw) - 1u);
-                    float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * NM_RV_C;
+                    float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * 8;
                     for (int64_t i = 0; i < rb; i++)
                         _mm256_mask_storeu_ps(yo + i * a->ldy, cm,
                                               _mm256_i32gather_ps(out + i, ostride, 4));
@@ -459,7 +509,7 @@ static void nm_rv_body(const void *args, int tid, int nth) {
     free(xt);
 }
 
-/* Rows from which the row-vectorised path runs (N >= 2). Measured (2 threads, 4096x4096 and
+/* Rows from which the row-vectorised path runs (N >= 2; 1:M from NM_RV_R4_ROWS). Measured (2 threads, 4096x4096 and
  * 768x3072, 2:4 and 4:8): the paths tie at 16-24 rows; at 32 the row path is 1.3-1.6x faster.
  * $SPARSEC_NM_ROWVEC_MIN_ROWS overrides it (tests and benchmarks of both paths). */
 #define NM_RV_MIN_ROWS 24
@@ -470,9 +520,12 @@ static int64_t nm_rv_min_rows(void) {
 }
 
 void sk_nm_avx512(const sk_nm_args *a) {
-    if (a->n >= 2 && a->rows >= nm_rv_min_rows())
-        sk_run_parallel(a->threads, nm_rv_body, a);
-    else
+    const int64_t min_rows = nm_rv_min_rows();
+    if (a->rows >= min_rows && (a->n >= 2 || a->rows >= NM_RV_R4_ROWS || min_rows <= 1)) {
+        nm_rv_shared sh = {*a, 0};
+        sk_run_parallel(a->threads, nm_rv_body, &sh);
+    } else {
         sk_run_parallel(a->threads, nm_avx512_body, a);
+    }
 }
 #endif
