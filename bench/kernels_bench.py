@@ -61,8 +61,13 @@ def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
 
     Runs go in contiguous blocks per contender (so no contender's idle thread pool competes
     with another's run), blocks interleaved over `rounds` rounds so that background load on
-    a shared machine hits every contender alike; each block starts with an untimed call.
+    a shared machine hits every contender alike; each block starts with an untimed call,
+    after the previous contender's threads have stopped running (ONNX Runtime's workers spin
+    ~50 ms after a run, longer than the fixed 10 ms pause this used alone: the next block
+    then ran on one free core).
     """
+    from sparsec.idle_threads import wait_for_idle_threads
+
     slowest = 0.0
     for fn in fns:  # warm-up
         fn(0)
@@ -76,6 +81,7 @@ def time_side_by_side(fns: list[Callable[[int], object]], min_runs: int = 20,
     for _ in range(rounds):
         for fn, bucket in zip(fns, times, strict=True):
             time.sleep(0.01)  # let the previous contender's workers go idle
+            wait_for_idle_threads(0.2)
             fn(i)
             i += 1
             for _ in range(per_block):
