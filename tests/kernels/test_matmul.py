@@ -105,7 +105,7 @@ def test_wrong_input_width_is_rejected() -> None:
         sk.nm_matmul(np.ones((2, 12), np.float32), packed)
 
 
-# The AVX-512 row-vectorised batch path (N >= 2) starts at 24 rows (nm_avx512.c,
+# The AVX-512 row-vectorised batch path (N >= 2; 1:M from 64 rows) starts at 24 rows (nm_avx512.c,
 # NM_RV_MIN_ROWS), transposes blocks of 32 rows (2 vectors, the last one 1 or 2) and
 # handles half tiles of 8 columns: cover both sides of each of those edges.
 @pytest.mark.parametrize("rows", [1, 8, 16, 23, 24, 25, 31, 32, 33, 47, 48, 63, 64, 65, 129])
@@ -147,4 +147,19 @@ def test_nm_row_path_k_chunks_and_tile_groups(isa: str, pattern: tuple[int, int]
     for rows, cols, threads in ((24, 40, 2), (65, 16 * 17 + 5, 1), (129, 7, 2)):
         w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
         x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, threads=threads), x, w)
+
+
+# Where the transposed x outgrows 1 MB (nm_avx512.c, NM_RV_XT_BIG: 1:M at 64-row blocks past
+# K = 4096, N >= 2 at 32-row blocks past K = 8192) tiles go in groups of 32, handed out from a
+# shared counter with the row blocks: several groups, a partial last group and tile, a short
+# last row block.
+@pytest.mark.parametrize(("pattern", "k", "rows"), [((1, 8), 4104, 65), ((2, 4), 8200, 33)])
+def test_nm_row_path_large_k_tile_groups(isa: str, pattern: tuple[int, int], k: int, rows: int,
+                                         rng: np.random.Generator) -> None:
+    n, m = pattern
+    cols = 16 * 33 + 3
+    w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    for threads in (1, 2):
         assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, threads=threads), x, w)
