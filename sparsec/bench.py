@@ -148,9 +148,9 @@ def compare_interleaved(
     spinning pools before each block (None: only where the budget has room for it).
     """
     block_ms = min(BLOCK_MS, max(1.0, 1e3 * budget_s / (max(min_rounds, 1) * max(len(fns), 1))))
-    # Waiting out spinning pools costs ~50 ms a block: only where the budget has room for it in
-    # min_rounds (the compile's 4 s check and the tuner's 1 s look at dense vs one kernel do; a
-    # test's quick look does not).
+    # Waiting out spinning pools costs ~50 ms a block: by default only where the budget has room
+    # for it in min_rounds (the compile's 4 s check does; a test's quick look does not). The
+    # tuner always asks for it.
     if idle_wait is None:
         idle_wait = budget_s >= max(min_rounds, 1) * len(fns) * (BLOCK_MS / 1e3 + TYPICAL_SPIN_S)
     blocks: dict[str, int] = {}

@@ -247,7 +247,8 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
 #ifndef NM_RV_R4_ROWS
 #define NM_RV_R4_ROWS 64
 #endif
-#define NM_RV_OS 64 /* row stride of one column in the partial-sum buffer `outb` */
+#define NM_RV_RT4 64 /* rows per register block of 1:M from NM_RV_R4_ROWS rows (4 zmm x 4 columns) */
+#define NM_RV_OS NM_RV_RT4 /* row stride of one column in the partial-sum buffer `outb` */
 /* The first half-tile pass over a tile reads its packed records from DRAM, and waited on them:
  * a cpu-clock profile (4096x11008, 64 rows, 1 thread) put 57% of that pass's samples on the
  * instructions right after the value and metadata loads, and the pass took 2.3x the second
@@ -433,7 +434,7 @@ static void nm_rv_body(const void *args, int tid, int nth) {
     const int ni = n == 1 ? 1 : (n == 2 ? 2 : (n == 4 ? 3 : 0));
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
-    const int64_t rb_full = n == 1 && a->rows >= NM_RV_R4_ROWS ? 64 : NM_RV_RT; /* rows per block */
+    const int64_t rb_full = n == 1 && a->rows >= NM_RV_R4_ROWS ? NM_RV_RT4 : NM_RV_RT; /* rows per block */
     const int64_t rb_max = a->rows < rb_full ? a->rows : rb_full;
     const int64_t ldt_max = sk_ceil_div(rb_max, 16) * 16;
     const int64_t xt_bytes = a->k * ldt_max * (int64_t)sizeof(float);
@@ -464,44 +465,42 @@ static void nm_rv_body(const void *args, int tid, int nth) {
             nm_rv_transpose(a->x + r0 * a->ldx, a->ldx, rb, a->k, xt, ldt);
             have_rb = r0;
         }
-        {
-            for (int64_t g0 = 0; g0 < groups; g0 += gc) {
-                const int64_t gn = groups - g0 < gc ? groups - g0 : gc;
-                for (int64_t t = tg; t < tge; t++) {
-                    const int width = (int)(a->cols - t * SK_TILE < SK_TILE ? a->cols - t * SK_TILE
-                                                                            : SK_TILE);
-                    const float *vals = a->values + t * tile_vals + g0 * n * SK_TILE;
-                    const uint16_t *meta = a->meta + t * tile_meta + g0 * n * W;
-                    /* Prefetch target: unchunked, this tile's records NM_RV_PF bytes ahead; chunked,
-                     * the chunk that comes next (the next tile's, or the group's first at the next
-                     * chunk), one chunk's work ahead. */
-                    const float *pv = (const float *)((const char *)vals + NM_RV_PF);
-                    const uint16_t *pm = (const uint16_t *)((const char *)meta + NM_RV_PF / 8);
-                    if (chunked) {
-                        const int64_t nt = t + 1 < tge ? t + 1 : tg, ng = t + 1 < tge ? g0 : g0 + gc;
-                        pv = a->values + nt * tile_vals + ng * n * SK_TILE;
-                        pm = a->meta + nt * tile_meta + ng * n * W;
-                    }
-                    for (int h = 0; h * cb < width; h++) {
-                        const nm_rv_args p = {xt + g0 * m * ldt, gn, vals, meta, n, g0 > 0,
-                                              (const char *)pv, (const char *)pm,
-                                              outb + (t - tg) * OUTT + h * cb * NM_RV_OS};
-                        NM_RV[mi][ni][rv - 1][h](&p);
-                    }
-                }
-            }
+        for (int64_t g0 = 0; g0 < groups; g0 += gc) {
+            const int64_t gn = groups - g0 < gc ? groups - g0 : gc;
             for (int64_t t = tg; t < tge; t++) {
                 const int width = (int)(a->cols - t * SK_TILE < SK_TILE ? a->cols - t * SK_TILE
                                                                         : SK_TILE);
-                for (int h = 0; h * 8 < width; h++) { /* 8 columns of the tile at a time */
-                    const float *out = outb + (t - tg) * OUTT + h * 8 * NM_RV_OS;
-                    const int cw = width - h * 8 < 8 ? width - h * 8 : 8;
-                    const __mmask8 cm = (__mmask8)((1u << cw) - 1u);
-                    float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * 8;
-                    for (int64_t i = 0; i < rb; i++)
-                        _mm256_mask_storeu_ps(yo + i * a->ldy, cm,
-                                              _mm256_i32gather_ps(out + i, ostride, 4));
+                const float *vals = a->values + t * tile_vals + g0 * n * SK_TILE;
+                const uint16_t *meta = a->meta + t * tile_meta + g0 * n * W;
+                /* Prefetch target: unchunked, this tile's records NM_RV_PF bytes ahead; chunked,
+                 * the chunk that comes next (the next tile's, or the group's first at the next
+                 * chunk), one chunk's work ahead. */
+                const float *pv = (const float *)((const char *)vals + NM_RV_PF);
+                const uint16_t *pm = (const uint16_t *)((const char *)meta + NM_RV_PF / 8);
+                if (chunked) {
+                    const int64_t nt = t + 1 < tge ? t + 1 : tg, ng = t + 1 < tge ? g0 : g0 + gc;
+                    pv = a->values + nt * tile_vals + ng * n * SK_TILE;
+                    pm = a->meta + nt * tile_meta + ng * n * W;
                 }
+                for (int h = 0; h * cb < width; h++) {
+                    const nm_rv_args p = {xt + g0 * m * ldt, gn, vals, meta, n, g0 > 0,
+                                          (const char *)pv, (const char *)pm,
+                                          outb + (t - tg) * OUTT + h * cb * NM_RV_OS};
+                    NM_RV[mi][ni][rv - 1][h](&p);
+                }
+            }
+        }
+        for (int64_t t = tg; t < tge; t++) {
+            const int width = (int)(a->cols - t * SK_TILE < SK_TILE ? a->cols - t * SK_TILE
+                                                                    : SK_TILE);
+            for (int h = 0; h * 8 < width; h++) { /* 8 columns of the tile at a time */
+                const float *out = outb + (t - tg) * OUTT + h * 8 * NM_RV_OS;
+                const int cw = width - h * 8 < 8 ? width - h * 8 : 8;
+                const __mmask8 cm = (__mmask8)((1u << cw) - 1u);
+                float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * 8;
+                for (int64_t i = 0; i < rb; i++)
+                    _mm256_mask_storeu_ps(yo + i * a->ldy, cm,
+                                          _mm256_i32gather_ps(out + i, ostride, 4));
             }
         }
     }

@@ -41,8 +41,10 @@ class Recover(Pass):
     blockwise_lr: float = option(1e-3, "block-wise reconstruction: peak learning rate")
 
     def __post_init__(self) -> None:
-        if self.augment_mode not in ("replace", "splice"):
-            raise PipelineError(f"pass 'recover': augment_mode must be replace or splice, got '{self.augment_mode}'")
+        from sparsec.recover.augment import MODES
+
+        if self.augment_mode not in MODES:
+            raise PipelineError(f"pass 'recover': augment_mode must be one of {', '.join(MODES)}, got '{self.augment_mode}'")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise PipelineError("pass 'recover': steps, batch_size, eval_every and patience must be >= 1")
         if not self.lr > 0 or not self.blockwise_lr > 0 or min(self.feature_weight, self.max_seconds, self.router_weight, self.blockwise_epochs) < 0:

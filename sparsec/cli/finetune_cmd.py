@@ -20,6 +20,7 @@ from typing import Any
 import onnx_ir as ir
 
 from sparsec.errors import InputError, OptionError
+from sparsec.recover.augment import MODES as AUGMENT_MODES
 
 log = logging.getLogger("sparsec")
 
@@ -39,7 +40,7 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     p.add_argument("--augment", action="store_true",
                    help="also train on perturbed copies of the samples (token replacement, mixup)")
-    p.add_argument("--augment-mode", choices=("replace", "splice"), default="replace",
+    p.add_argument("--augment-mode", choices=AUGMENT_MODES, default="replace",
                    help="--augment for token inputs: replace 15%% of the tokens, or splice new rows from real spans")
     p.add_argument("--router-weight", type=float, default=0.0,
                    help="MoE routers: weight of distilling their logits towards the experts' activation mass (default 0)")

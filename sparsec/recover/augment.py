@@ -103,21 +103,23 @@ class Augmenter:
     def _splice(self, name: str, length: int) -> np.ndarray:
         rows, occurrences = self.spans[name]
         picked: list[int] = []
-        r = int(self.rng.integers(len(rows)))
-        pos = int(self.rng.integers(len(rows[r])))
+
+        def anywhere() -> tuple[int, int]:
+            r = int(self.rng.integers(len(rows)))
+            return r, int(self.rng.integers(len(rows[r])))
+
+        r, pos = anywhere()
         while len(picked) < length:
             run = rows[r][pos : pos + int(self.rng.integers(SPAN_MIN, SPAN_MAX + 1))]
             picked.extend(run.tolist())
             places = occurrences.get(int(run[-1]))
             if places is None or len(places) < 2:  # a dead end: start again anywhere
-                r = int(self.rng.integers(len(rows)))
-                pos = int(self.rng.integers(len(rows[r])))
+                r, pos = anywhere()
                 continue
             r, pos = (int(v) for v in places[int(self.rng.integers(len(places)))])
             pos += 1  # continue after the shared token
             if pos >= len(rows[r]):
-                r = int(self.rng.integers(len(rows)))
-                pos = int(self.rng.integers(len(rows[r])))
+                r, pos = anywhere()
         return np.asarray(picked[:length])
 
 
