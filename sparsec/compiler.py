@@ -534,7 +534,7 @@ def compile_file(
     artifact's own files are replaced (`sparsec.artifact`).
     """
     from sparsec.capture import load_any
-    from sparsec.ir.io import model_hash
+    from sparsec.ir.io import external_data_files, model_hash
 
     out = Path(out_dir)
     check_output_dir(out, force=force)
@@ -549,6 +549,9 @@ def compile_file(
         file_hash = hasher.submit(model_hash, spec) if Path(str(spec)).is_file() else None
         model, source = load_any(str(spec))
         digest = file_hash.result() if file_hash is not None else _ir_hash(model)
+        external = external_data_files(model) if file_hash is not None else []
+        if external:  # the weights live beside the (then small) model file: hash them too
+            digest = model_hash(spec, external)
     finally:
         hasher.shutdown(wait=False, cancel_futures=True)
     prior = None

@@ -85,7 +85,7 @@ def as_file_tensor(tensor: ir.ExternalTensor) -> FileTensor:
 def adopt_external(model: ir.Model) -> int:
     """Replace the model's memory-mapped external tensors by `FileTensor`s; returns how many."""
     count = 0
-    for value in _initializers(model):
+    for value in initializers(model):
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor) and not isinstance(tensor, FileTensor):
             value.const_value = as_file_tensor(tensor)
@@ -93,7 +93,8 @@ def adopt_external(model: ir.Model) -> int:
     return count
 
 
-def _initializers(model: ir.Model) -> list[ir.Value]:
+def initializers(model: ir.Model) -> list[ir.Value]:
+    """The initializers of the main graph and of every subgraph."""
     values = list(model.graph.initializers.values())
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for attr in node.attributes.values():

@@ -6,7 +6,7 @@ import hashlib
 import math
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -14,7 +14,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError, Message
 
 from sparsec.errors import InputError, UnsupportedError
-from sparsec.ir.file_tensor import adopt_external, raw_bytes
+from sparsec.ir.file_tensor import adopt_external, initializers, raw_bytes
 from sparsec.ir.weights_file import WeightsFile
 
 # Opsets of the default domain that the passes and ONNX Runtime backend understand.
@@ -134,14 +134,24 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, external: bool | No
     return [path, data_path]
 
 
-def model_hash(path: str | os.PathLike) -> str:
-    """sha256 of the model file and of any external-data files next to it."""
+def model_hash(path: str | os.PathLike, external: Iterable[str | os.PathLike] = ()) -> str:
+    """sha256 of the model file, then of each file in `external` (name and bytes): pass the
+    external-data files the loaded model reads (`external_data_files`), so that an edit to
+    the weights alone changes the hash too."""
     h = hashlib.sha256()
-    p = Path(path)
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for i, p in enumerate([Path(path), *sorted(Path(e) for e in external)]):
+        if i:
+            h.update(b"\0" + p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def external_data_files(model: ir.Model) -> list[Path]:
+    """The files that the model's initializers (subgraphs included) keep their bytes in."""
+    files = {Path(v.const_value.path) for v in initializers(model) if isinstance(v.const_value, ir.ExternalTensor)}
+    return sorted(files)
 
 
 def opset_version(model: ir.Model) -> int:

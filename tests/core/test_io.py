@@ -82,3 +82,27 @@ def test_an_attribute_tensor_held_outside_the_file_is_checked_against_the_models
     onnx.save_model(_constant_model(tensor), str(tmp_path / "m.onnx"))
     loaded = load_model(tmp_path / "m.onnx")  # would fail if checked against the working folder
     assert [n.op_type for n in loaded.graph] == ["Constant", "MatMul"]
+
+
+def test_the_input_hash_covers_external_data(tmp_path, mlp) -> None:
+    from sparsec.ir.io import external_data_files, model_hash
+
+    _save_external(mlp, tmp_path / "m.onnx")
+    files = external_data_files(load_model(tmp_path / "m.onnx"))
+    assert files == [tmp_path / "weights.bin"]
+    before = model_hash(tmp_path / "m.onnx", files)
+    data = bytearray(files[0].read_bytes())
+    data[0] ^= 1  # one bit of one weight, the model file untouched
+    files[0].write_bytes(bytes(data))
+    assert model_hash(tmp_path / "m.onnx", files) != before
+    assert model_hash(tmp_path / "m.onnx") == model_hash(tmp_path / "m.onnx", [])
+
+
+def test_compile_records_the_hash_of_model_and_external_data(tmp_path, mlp) -> None:
+    from sparsec.compiler import CompileOptions, compile_file
+    from sparsec.ir.io import model_hash
+
+    _save_external(mlp, tmp_path / "m.onnx")
+    result = compile_file(tmp_path / "m.onnx", tmp_path / "out", CompileOptions(sparsity="none", bench=False, fidelity_samples=1))
+    assert result.manifest["input"]["sha256"] == model_hash(tmp_path / "m.onnx", [tmp_path / "weights.bin"])
+    assert result.manifest["input"]["sha256"] != model_hash(tmp_path / "m.onnx")
