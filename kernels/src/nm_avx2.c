@@ -206,14 +206,21 @@ static inline __attribute__((always_inline)) void nm2_rv_mk(const int M, const i
     const float *vals = p->vals;
     const uint16_t *meta = p->meta;
     const float *xg = p->xt;
+    /* Metadata a group ahead, as in nm_avx512.c's row path (no x address waits on a load). */
+    const int ahead = NS > 0 && NS * W <= 4;
+    uint64_t mnext = ahead ? sk_nm_group_meta(M, NS, meta, p->groups == 1) : 0;
     for (int64_t g = 0; g < p->groups; g++) {
+        const uint64_t mg = mnext;
+        if (ahead)
+            mnext = sk_nm_group_meta(M, NS, g + 1 < p->groups ? meta + n * W : meta, g + 2 >= p->groups);
 #pragma GCC unroll 4
         for (int j = 0; j < n; j++) {
             const float *vp = vals + j * SK_TILE;
             const uint16_t *md = meta + j * W;
-            const uint32_t w = M == 16 ? 0u : sk_load_u32(md);
-            const uint32_t hi = M == 8 ? md[2] : 0u;
-            const uint64_t q = M == 16 ? sk_load_u64(md) : 0u;
+            const uint64_t rec = ahead ? mg >> (16 * W * j) : 0u;
+            const uint32_t w = M == 16 ? 0u : (ahead ? (uint32_t)rec : sk_load_u32(md));
+            const uint32_t hi = M == 8 ? (ahead ? (uint32_t)(rec >> 32) & 0xFFFFu : md[2]) : 0u;
+            const uint64_t q = M == 16 ? (ahead ? rec : sk_load_u64(md)) : 0u;
 #pragma GCC unroll 4
             for (int c = 0; c < NM2_RV_C; c++) {
                 const int L = C0 + c;

@@ -137,8 +137,8 @@ def test_nm_both_batch_paths(isa: str, min_rows: str, monkeypatch: pytest.Monkey
 # NM2_RV_TG), the AVX-512 one in chunks of 128 once its transposed x exceeds 64 KB (nm_avx512.c:
 # at k = 512 it does not, past it it does), partial sums carried from chunk to chunk: K over one
 # chunk (not a multiple of it, and one group past it), columns over one tile group (and a
-# partial last tile), N = 1 too.
-@pytest.mark.parametrize("pattern", [(2, 4), (1, 8), (4, 8), (2, 16)])
+# partial last tile), N = 1 too (1:4, 1:8 and 1:16: a group's metadata in 4, 6 and 8 bytes).
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 8), (4, 8), (2, 16), (1, 4), (1, 16)])
 @pytest.mark.parametrize("k_over", [0, 1, 9])
 def test_nm_row_path_k_chunks_and_tile_groups(isa: str, pattern: tuple[int, int], k_over: int,
                                                rng: np.random.Generator) -> None:
