@@ -52,6 +52,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         _int, _int,
     ]
     lib.sk_nm_matmul.restype = _int
+    lib.sk_nm_matmul_bias.argtypes = [
+        _f32p, _i64, _i64, _i64, _i64, _int, _int, _f32p, _i64, _u16p, _i64, _f32p, _f32p, _i64,
+        _int, _int,
+    ]
+    lib.sk_nm_matmul_bias.restype = _int
     lib.sk_block_matmul.argtypes = [
         _f32p, _i64, _i64, _i64, _i64, _int, _i32p, _i64, _i32p, _i64, _f32p, _i64, _f32p,
         _i64, _int, _int,

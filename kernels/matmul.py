@@ -62,9 +62,10 @@ def _check(status: int) -> None:
 
 
 def nm_matmul(
-    x: np.ndarray, packed: PackedNM, threads: int | None = None, isa: str | None = None
+    x: np.ndarray, packed: PackedNM, threads: int | None = None, isa: str | None = None,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
-    """y[..., C] = x[..., K] @ W for an N:M packed W (``pack_nm``).
+    """y[..., C] = x[..., K] @ W (+ ``bias[C]``) for an N:M packed W (``pack_nm``).
 
     ``threads`` defaults to the cores available (one for products under ~1M multiply-adds,
     where waking a second thread costs as much as the work); ``isa`` (or $SPARSEC_KERNEL_ISA) forces a
@@ -74,12 +75,15 @@ def nm_matmul(
     x2, lead = _as_rows(x, packed.k)
     rows = x2.shape[0]
     y = np.empty((rows, packed.cols), dtype=np.float32)
-    status = lib.sk_nm_matmul(
+    b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if b is not None and b.size != packed.cols:
+        raise ValueError(f"bias has {b.size} values, expected {packed.cols}")
+    status = lib.sk_nm_matmul_bias(
         _ptr(x2, ctypes.c_float), x2.strides[0] // 4 if rows else packed.k, rows, packed.k,
         packed.cols, packed.n, packed.m, _ptr(packed.values, ctypes.c_float),
         packed.values.size, _ptr(packed.meta, ctypes.c_uint16), packed.meta.size,
-        _ptr(y, ctypes.c_float), packed.cols, resolve_isa(isa),
-        _threads(threads, rows * packed.values.size),
+        None if b is None else _ptr(b, ctypes.c_float), _ptr(y, ctypes.c_float), packed.cols,
+        resolve_isa(isa), _threads(threads, rows * packed.values.size),
     )
     _check(status)
     return y.reshape(*lead, packed.cols)

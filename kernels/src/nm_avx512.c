@@ -31,6 +31,7 @@ typedef struct {
     __mmask16 last_mask; /* store mask of the last tile of this call */
     int accumulate;
     const __m512i *idx; /* pre-decoded indices [(g - g0) * n + j][t], or NULL */
+    const float *bias;  /* this call's first tile's bias, added as y is stored (last K chunk), or NULL */
 } nm_mk_args;
 
 static inline __attribute__((always_inline)) __m512i nm_decode(const int M, const uint16_t *md) {
@@ -102,11 +103,12 @@ static inline __attribute__((always_inline)) void nm_mk(const int M, const int R
         meta += n * W;
         pre += PRE ? n * T : 0;
     }
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            const __mmask16 mk = t == T - 1 ? p->last_mask : (__mmask16)0xFFFF;
-            _mm512_mask_storeu_ps(p->y + r * p->ldy + t * SK_TILE, mk, acc[r][t]);
-        }
+    for (int t = 0; t < T; t++) {
+        const __mmask16 mk = t == T - 1 ? p->last_mask : (__mmask16)0xFFFF;
+        const __m512 b = p->bias ? _mm512_maskz_loadu_ps(mk, p->bias + t * SK_TILE) : _mm512_setzero_ps();
+        for (int r = 0; r < R; r++)
+            _mm512_mask_storeu_ps(p->y + r * p->ldy + t * SK_TILE, mk, _mm512_add_ps(acc[r][t], b));
+    }
 }
 
 /* Decode the index vectors of one K-chunk of NM_T tiles, laid out [group][slot][tile].
@@ -193,11 +195,13 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
             for (int64_t r0 = 0; r0 < a->rows; r0 += NM_R) {
                 const int rr = (int)(a->rows - r0 < NM_R ? a->rows - r0 : NM_R);
                 nm_mk_args p = {a->x + r0 * a->ldx, a->ldx, gs, ge, NULL, NULL, tile_vals,
-                                tile_meta, n, NULL, a->ldy, 0xFFFF, gs > 0, scratch};
+                                tile_meta, n, NULL, a->ldy, 0xFFFF, gs > 0, scratch, NULL};
+                const float *bias = ge == groups && a->bias ? a->bias : NULL;
                 if (tc == NM_T) {
                     p.vals = a->values + t0 * tile_vals + gs * n * SK_TILE;
                     p.meta = a->meta + t0 * tile_meta + gs * n * W;
                     p.y = a->y + r0 * a->ldy + t0 * SK_TILE;
+                    p.bias = bias ? bias + t0 * SK_TILE : NULL;
                     p.last_mask = t0 + NM_T == ntiles ? tail_mask : (__mmask16)0xFFFF;
                     if (pre && pair) { /* virtual groups of 2m: same x and value offsets */
                         p.g0 = gs / 2;
@@ -212,6 +216,7 @@ static void nm_avx512_body(const void *args, int tid, int nth) {
                         p.vals = a->values + t * tile_vals + gs * n * SK_TILE;
                         p.meta = a->meta + t * tile_meta + gs * n * W;
                         p.y = a->y + r0 * a->ldy + t * SK_TILE;
+                        p.bias = bias ? bias + t * SK_TILE : NULL;
                         p.last_mask = t + 1 == ntiles ? tail_mask : (__mmask16)0xFFFF;
                         NM_MK[mi][0][ni][rr - 1](&p);
                     }
@@ -511,9 +516,11 @@ static void nm_rv_body(const void *args, int tid, int nth) {
                 const int cw = width - h * 8 < 8 ? width - h * 8 : 8;
                 const __mmask8 cm = (__mmask8)((1u << cw) - 1u);
                 float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * 8;
+                const __m256 b = a->bias ? _mm256_maskz_loadu_ps(cm, a->bias + t * SK_TILE + h * 8)
+                                         : _mm256_setzero_ps();
                 for (int64_t i = 0; i < rb; i++)
                     _mm256_mask_storeu_ps(yo + i * a->ldy, cm,
-                                          _mm256_i32gather_ps(out + i, ostride, 4));
+                                          _mm256_add_ps(_mm256_i32gather_ps(out + i, ostride, 4), b));
             }
         }
     }

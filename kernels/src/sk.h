@@ -46,6 +46,13 @@ int sk_nm_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t c
                  const uint16_t *meta, int64_t meta_len, float *y, int64_t ldy,
                  int isa, int threads);
 
+/* The same plus bias[cols] added to every row of y (NULL: none). Where the kernel can, the
+ * bias goes in as the output is stored (no second pass over y). */
+int sk_nm_matmul_bias(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols,
+                      int n, int m, const float *values, int64_t values_len,
+                      const uint16_t *meta, int64_t meta_len, const float *bias, float *y,
+                      int64_t ldy, int isa, int threads);
+
 int sk_block_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols,
                     int bk, const int32_t *tile_ptr, int64_t tile_ptr_len,
                     const int32_t *kidx, int64_t nblocks, const float *values,

@@ -52,6 +52,14 @@ static int resolve_threads(int threads) { return threads > 0 ? threads : sk_max_
 int sk_nm_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols, int n,
                  int m, const float *values, int64_t values_len, const uint16_t *meta,
                  int64_t meta_len, float *y, int64_t ldy, int isa, int threads) {
+    return sk_nm_matmul_bias(x, ldx, rows, k, cols, n, m, values, values_len, meta, meta_len, NULL,
+                             y, ldy, isa, threads);
+}
+
+int sk_nm_matmul_bias(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols, int n,
+                      int m, const float *values, int64_t values_len, const uint16_t *meta,
+                      int64_t meta_len, const float *bias, float *y, int64_t ldy, int isa,
+                      int threads) {
     const int words = sk_nm_meta_words(m);
     if (words == 0 || n < 1 || n > m || rows < 0 || k <= 0 || cols <= 0 || k % m != 0 ||
         ldx < k || ldy < cols)
@@ -61,7 +69,10 @@ int sk_nm_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t c
     if (values_len != records * SK_TILE || meta_len != records * words) return SK_ERR_LENGTH;
     if (!sk_isa_supported(isa)) return SK_ERR_ISA;
     if (rows == 0) return SK_OK;
-    sk_nm_args a = {x, ldx, rows, k, cols, n, m, values, meta, y, ldy, resolve_threads(threads)};
+    /* The AVX-512 paths add the bias as they store y; the others get a pass over y after. */
+    const int fused = isa == SK_ISA_AVX512;
+    sk_nm_args a = {x, ldx, rows, k, cols, n, m, values, meta, y, ldy, resolve_threads(threads),
+                    fused ? bias : NULL};
     switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
     case SK_ISA_AVX512: sk_nm_avx512(&a); break;
@@ -72,6 +83,9 @@ int sk_nm_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t c
 #endif
     default: sk_nm_scalar(&a); break;
     }
+    if (bias && !fused)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) y[r * ldy + c] += bias[c];
     return SK_OK;
 }
 

@@ -15,6 +15,7 @@ typedef struct {
     float *y;
     int64_t ldy;
     int threads;
+    const float *bias; /* [cols] added to every row, or NULL (AVX-512 only: sk_api.c) */
 } sk_nm_args;
 
 typedef struct {

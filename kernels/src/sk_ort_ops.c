@@ -403,9 +403,10 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
     const int threads = pick_threads(kr, rows);
     int rc;
-    if (kr->kind == OP_NM)
-        rc = sk_nm_matmul(x, kr->k, rows, kr->k, kr->cols, kr->n, kr->m, kr->values,
-                          kr->values_len, kr->meta, kr->meta_len, y, kr->cols, kr->isa, threads);
+    if (kr->kind == OP_NM) /* the bias goes in as y is stored (sk_nm_matmul_bias) */
+        rc = sk_nm_matmul_bias(x, kr->k, rows, kr->k, kr->cols, kr->n, kr->m, kr->values,
+                               kr->values_len, kr->meta, kr->meta_len, kr->bias, y, kr->cols,
+                               kr->isa, threads);
     else
         rc = sk_block_matmul(x, kr->k, rows, kr->k, kr->cols, kr->bk, kr->tile_ptr,
                              kr->tile_ptr_len, kr->kidx, kr->nblocks, kr->values, kr->values_len,
@@ -413,7 +414,7 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     if (rc != SK_OK)
         return sk_ort_status(api, "sparsec kernel op %s: %s", op_names[kr->kind],
                            sk_status_string(rc));
-    if (kr->bias) {
+    if (kr->bias && kr->kind != OP_NM) {
         float *yr = y;
         for (int64_t r = 0; r < rows; r++, yr += kr->cols)
             for (int64_t c = 0; c < kr->cols; c++) yr[c] += kr->bias[c];

@@ -113,7 +113,7 @@ g (float[B,S,64] x) => (float[B,S,128] y, float[B,S,128] v) {
 
 
 def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
-    """With fold_bias, `Add(b, MatMul(x, W))` with a [N] bias becomes one op; a bias that varies along rows
+    """With fold_bias (the default), `Add(b, MatMul(x, W))` with a [N] bias becomes one op; a bias that varies along rows
     (here [B,S,N]) keeps its Add. Gemm's C folds too (see build())."""
     model = make_model(
         BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3),
@@ -138,9 +138,9 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
         model, PassContext(dims=DIMS, tune=False)
     )
     assert "Add" not in [n.op_type for n in model.graph]
-    model = build()  # off by default: Gemm's C stays an Add
+    model = build()  # on by default; fold_bias=false keeps Gemm's C as an Add
     PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
-    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0 fold_bias=false},legalize-dense")).run(
         model, PassContext(dims=DIMS, tune=False)
     )
     assert [n.op_type for n in model.graph].count("Add") == 1

@@ -163,3 +163,17 @@ def test_nm_row_path_large_k_tile_groups(isa: str, pattern: tuple[int, int], k: 
     x = rng.standard_normal((rows, k)).astype(np.float32)
     for threads in (1, 2):
         assert_matches(sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, threads=threads), x, w)
+
+
+@pytest.mark.parametrize("min_rows", ["1", "1000000"])
+def test_nm_bias_is_added_to_every_row(isa: str, min_rows: str, monkeypatch: pytest.MonkeyPatch,
+                                       rng: np.random.Generator) -> None:
+    """AVX-512 adds the bias as it stores y (both batch paths, last K chunk only); the other
+    ISAs after: either way y = x @ W + bias, partial last tile and K chunks included."""
+    monkeypatch.setenv("SPARSEC_NM_ROWVEC_MIN_ROWS", min_rows)
+    for rows, (n, m), k, cols in ((1, (2, 4), 64, 33), (40, (2, 4), 1032, 70), (70, (1, 8), 600, 45)):
+        w = sk.prune_nm(rng.standard_normal((k, cols)), n, m)
+        bias = rng.standard_normal(cols).astype(np.float32)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        y = sk.nm_matmul(x, sk.pack_nm(w, n, m), isa=isa, bias=bias)
+        np.testing.assert_allclose(y, x.astype(np.float64) @ w + bias, rtol=1e-4, atol=1e-3)
