@@ -204,3 +204,14 @@ def test_a_dropped_spilled_weight_frees_its_disk_blocks(tmp_path):
         np.testing.assert_array_equal(tensors[1].numpy(), arrays[2])
     finally:
         store.close()
+
+
+def test_the_spill_threshold_follows_the_budget(external_model, tmp_path, monkeypatch):
+    """Rewritten weights spill only where the model holds more than a sixteenth of the budget
+    (and more than SPILL_MODEL_BYTES): the same in-memory compile spills under 8 MB, not by default."""
+    monkeypatch.setattr("sparsec.compiler.SPILL_MODEL_BYTES", 1024)
+    monkeypatch.setattr("sparsec.compiler.SPILL_TENSOR_BYTES", 1024)
+    roomy = compile_file(external_model, tmp_path / "a", CompileOptions(bench=False, tune=False))
+    tight = compile_file(external_model, tmp_path / "b", CompileOptions(bench=False, tune=False, max_memory=8 << 20))
+    assert roomy.manifest["memory"]["mode"] == tight.manifest["memory"]["mode"] == "in-memory"
+    assert roomy.manifest["memory"]["spilled_bytes"] == 0 < tight.manifest["memory"]["spilled_bytes"]
