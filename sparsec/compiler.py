@@ -8,7 +8,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,8 @@ class CompileResult:
 
 
 def compile_model(
-    model: ir.Model, options: CompileOptions | None = None, *, source: str = "<memory>", input_hash: str | None = None
+    model: ir.Model, options: CompileOptions | None = None, *, source: str = "<memory>",
+    input_hash: str | Future[str] | None = None,
 ) -> CompileResult:
     """Run the full compile on an IR model (modified in place, unless the never-slower
     fallback rebuilds it from a copy) and build the artifact files."""
@@ -152,7 +153,7 @@ def compile_model(
 
 
 def _compile(
-    model: ir.Model, options: CompileOptions, source: str, input_hash: str | None, budget: Budget, streaming: bool,
+    model: ir.Model, options: CompileOptions, source: str, input_hash: str | Future[str] | None, budget: Budget, streaming: bool,
     store: SpillStore | None,
 ) -> CompileResult:
     target = get_target(options.target)
@@ -469,7 +470,7 @@ def _fidelity(
 
 def _manifest(
     source: str,
-    input_hash: str | None,
+    input_hash: str | Future[str] | None,
     options: CompileOptions,
     pipeline: Pipeline,
     legalize: Pipeline,
@@ -501,7 +502,7 @@ def _manifest(
         )
     return {
         "sparsec_version": sparsec.__version__,
-        "input": {"source": source, "sha256": input_hash},
+        "input": {"source": source, "sha256": input_hash.result() if isinstance(input_hash, Future) else input_hash},
         "target": get_target(options.target).spec,
         "backend": compiled.backend,
         "pipeline": pipeline.to_text(full=True),
@@ -547,28 +548,28 @@ def compile_file(
     options.optimisation_pipeline()  # validate options before the (slow) load
     # Before the (slow) load too: an unknown backend or a missing cross toolchain fails here.
     get_backend(get_target(options.target).backend_for(options.backend))
-    # The file's hash (0.5 s of reading and sha256 for BERT-base) on the second core while
-    # the model loads: both release the GIL.
+    # The file's hash (0.3-0.5 s of reading and sha256 for BERT-base) on the second core while
+    # the model loads and compiles (both release the GIL); the manifest waits for it at the end.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsec-hash")
-    try:
-        file_hash = hasher.submit(model_hash, spec) if Path(str(spec)).is_file() else None
-        model, source = load_any(str(spec))
-        digest = file_hash.result() if file_hash is not None else _ir_hash(model)
-        external = external_data_files(model) if file_hash is not None else []
-        if external:  # the weights live beside the (then small) model file: hash them too
-            digest = model_hash(spec, external)
-    finally:
-        hasher.shutdown(wait=False, cancel_futures=True)
     prior = None
-    if get_target(options.target).backend_for(options.backend) == "tvm":
-        from sparsec.backends.tvm.tuning import PRIOR_DATABASE, database_in
-
-        prior = PRIOR_DATABASE.set(database_in(out))  # a tuned artifact's database is applied, and kept
     try:
+        digest: str | Future[str]
+        is_file = Path(str(spec)).is_file()
+        file_hash = hasher.submit(model_hash, spec) if is_file else None
+        model, source = load_any(str(spec))
+        external = external_data_files(model) if is_file else []
+        if external:  # the weights live beside the (then small) model file: hash them too
+            file_hash = hasher.submit(model_hash, spec, external)
+        digest = file_hash if file_hash is not None else _ir_hash(model)
+        if get_target(options.target).backend_for(options.backend) == "tvm":
+            from sparsec.backends.tvm.tuning import PRIOR_DATABASE, database_in
+
+            prior = PRIOR_DATABASE.set(database_in(out))  # a tuned artifact's database is applied, and kept
         result = compile_model(model, options, source=str(source), input_hash=digest)
     finally:
         if prior is not None:
             PRIOR_DATABASE.reset(prior)
+        hasher.shutdown(wait=False, cancel_futures=True)
     write_artifact(out, result.files, force=force)
     return result
 
