@@ -172,7 +172,9 @@ def _best_variant(result: Comparison, table: dict[str, Variant], runnable: list[
     """The fastest kernel variant, or the general form of a restricted one where both beat
     dense beyond noise and the restricted one does not beat the general beyond noise."""
     winners = [name for name in runnable if result.faster(name)]
-    return _preferred(max(runnable, key=lambda name: result.speedups[name]), result, table, winners)
+    # Fastest by median time, the figure the manifest shows per variant (`variants_us`): the
+    # median of paired speedups could rank two close variants the other way.
+    return _preferred(min(runnable, key=lambda name: result.timings[name].median_ms), result, table, winners)
 
 
 def _preferred(best: str, result: Comparison, table: dict[str, Variant], winners: list[str]) -> str:
