@@ -246,25 +246,26 @@ static inline __attribute__((always_inline)) void nm2_rv_mk(const int M, const i
 }
 
 typedef void (*nm2_rv_fn)(const nm2_rv_args *);
-/* Instantiations: [M][slots: any, 2, 4][quarter tile]. */
+/* Instantiations: [M][slots: any, 1, 2, 4][quarter tile] (1: 1:M's one-record groups take the
+ * metadata-ahead load). */
 #define NM2_RV_NAME(M_, N_, Q_) nm2_rv_##M_##_##N_##_##Q_
 #define NM2_RV_DEF(M_, N_, Q_) \
     static void NM2_RV_NAME(M_, N_, Q_)(const nm2_rv_args *p) { nm2_rv_mk(M_, N_, 4 * Q_, p); }
 #define NM2_RV_DEFS_Q(M_, N_) \
     NM2_RV_DEF(M_, N_, 0) NM2_RV_DEF(M_, N_, 1) NM2_RV_DEF(M_, N_, 2) NM2_RV_DEF(M_, N_, 3)
-#define NM2_RV_DEFS(M_) NM2_RV_DEFS_Q(M_, 0) NM2_RV_DEFS_Q(M_, 2) NM2_RV_DEFS_Q(M_, 4)
+#define NM2_RV_DEFS(M_) NM2_RV_DEFS_Q(M_, 0) NM2_RV_DEFS_Q(M_, 1) NM2_RV_DEFS_Q(M_, 2) NM2_RV_DEFS_Q(M_, 4)
 NM2_RV_DEFS(4) NM2_RV_DEFS(8) NM2_RV_DEFS(16)
 #define NM2_RV_TAB_Q(M_, N_)                                                          \
     {NM2_RV_NAME(M_, N_, 0), NM2_RV_NAME(M_, N_, 1), NM2_RV_NAME(M_, N_, 2),          \
      NM2_RV_NAME(M_, N_, 3)}
-#define NM2_RV_TAB(M_) {NM2_RV_TAB_Q(M_, 0), NM2_RV_TAB_Q(M_, 2), NM2_RV_TAB_Q(M_, 4)}
-static const nm2_rv_fn NM2_RV[3][3][4] = {NM2_RV_TAB(4), NM2_RV_TAB(8), NM2_RV_TAB(16)};
+#define NM2_RV_TAB(M_) {NM2_RV_TAB_Q(M_, 0), NM2_RV_TAB_Q(M_, 1), NM2_RV_TAB_Q(M_, 2), NM2_RV_TAB_Q(M_, 4)}
+static const nm2_rv_fn NM2_RV[3][4][4] = {NM2_RV_TAB(4), NM2_RV_TAB(8), NM2_RV_TAB(16)};
 
 static void nm2_rv_body(const void *args, int tid, int nth) {
     const sk_nm_args *a = args;
     const int m = a->m, n = a->n, W = sk_nm_meta_words(m);
     const int mi = m == 4 ? 0 : (m == 8 ? 1 : 2);
-    const int ni = n == 2 ? 1 : (n == 4 ? 2 : 0);
+    const int ni = n == 1 ? 1 : (n == 2 ? 2 : (n == 4 ? 3 : 0));
     const int64_t groups = a->k / m, ntiles = sk_ceil_div(a->cols, SK_TILE);
     const int64_t tile_vals = groups * n * SK_TILE, tile_meta = groups * n * W;
     int64_t t_begin, t_end;
