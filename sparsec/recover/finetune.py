@@ -85,12 +85,17 @@ class FinetuneOptions:
     blockwise_epochs: float = 0.0
     blockwise_lr: float = 1e-3
     blockwise_share: float = 0.5
+    # With `augment`: the block-wise stage trains on augmented copies too (`blockwise_copies`
+    # times the samples' augmented rows, drawn once), not on the samples alone.
+    blockwise_copies: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise OptionError(f"fine-tuning: steps must be >= 1, got {self.steps}")
         if not self.lr > 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1 or min(self.max_seconds, self.max_cpu_seconds, self.router_weight) < 0:
             raise OptionError("fine-tuning: lr > 0, batch_size, eval_every and patience >= 1, time limits and router_weight >= 0 are required")
+        if self.blockwise_copies < 0:
+            raise OptionError("fine-tuning: blockwise_copies >= 0 is required")
         if self.blockwise_epochs < 0 or not self.blockwise_lr > 0 or not 0 < self.blockwise_share < 1:
             raise OptionError("fine-tuning: blockwise_epochs >= 0, blockwise_lr > 0 and blockwise_share in (0, 1) are required")
         if self.augment_mode not in AUGMENT_MODES:
@@ -235,6 +240,25 @@ def _split(calib: CalibrationData, validation: CalibrationData | None, micro: in
     return train, held, f"{held.num_samples} held-out calibration samples (seen by the compression, if it was calibrated)"
 
 
+def _with_augmented_copies(train: CalibrationData, o: FinetuneOptions) -> CalibrationData:
+    """The samples plus the rows `blockwise_copies` augmented copies of them changed (a fixed
+    set: the block-wise stage reuses its data every epoch)."""
+    augmenter = Augmenter(train.arrays, train.row_mask, o.seed + 1, o.augment_mode)
+    if not augmenter.active:
+        return train
+    parts = {k: [np.asarray(v)] for k, v in train.arrays.items()}
+    for _ in range(o.blockwise_copies):
+        copy = augmenter(train.arrays)
+        changed = np.zeros(train.num_samples, dtype=bool)
+        for k, v in copy.items():
+            changed |= np.any(np.asarray(v) != np.asarray(train.arrays[k]), axis=tuple(range(1, np.ndim(v))))
+        for k, v in copy.items():
+            parts[k].append(np.asarray(v)[changed])
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    return CalibrationData(arrays, batch_size=train.batch_size, source=f"{train.source} + augmented copies",
+                           row_mask=train.row_mask)
+
+
 def check_masks(model: ir.Model, masks: Mapping[str, np.ndarray]) -> None:
     """Every entry outside its sparsity mask is still exactly zero (so N:M groups keep their pattern)."""
     for name, mask in masks.items():
@@ -260,7 +284,8 @@ def _finetune(
     points = feature_points(student_ir, teacher_ir)
     blockwise = None
     if o.blockwise_epochs > 0 and points:
-        blockwise = _blockwise(student_ir, teacher_ir, train, held, points, o)
+        data = _with_augmented_copies(train, o) if o.augment and o.blockwise_copies > 0 else train
+        blockwise = _blockwise(student_ir, teacher_ir, data, held, points, o)
     student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     params = [p for p in student.params.values()]
     routers = student.router_points if o.router_weight > 0 else []

@@ -89,3 +89,22 @@ def test_unknown_augment_mode_is_refused():
 
     with pytest.raises(OptionError, match="augment mode"):
         FinetuneOptions(augment=True, augment_mode="shuffle")
+
+
+def test_blockwise_data_gets_the_changed_rows_of_augmented_copies():
+    from sparsec.calib.data import CalibrationData
+    from sparsec.recover.finetune import _with_augmented_copies
+
+    feeds = token_feeds(200, seed=5)
+    train = CalibrationData(feeds, batch_size=16, row_mask="attention_mask")
+    data = _with_augmented_copies(train, FinetuneOptions(augment=True, augment_mode="splice", blockwise_copies=2))
+    n = train.num_samples
+    extra = data.num_samples - n
+    assert 2 * n * AUGMENTED_SHARE * 0.7 < extra < 2 * n * AUGMENTED_SHARE * 1.3  # about half of each copy
+    for k, v in feeds.items():
+        np.testing.assert_array_equal(data.arrays[k][:n], v)  # the samples first, as they are
+    added = data.arrays["input_ids"][n:]
+    assert not any(any(np.array_equal(row, orig) for orig in feeds["input_ids"]) for row in added[:20])
+    lengths = set((feeds["attention_mask"] != 0).sum(1).tolist())
+    assert set((data.arrays["attention_mask"][n:] != 0).sum(1).tolist()) <= lengths  # masks are kept
+    assert _with_augmented_copies(train, FinetuneOptions(augment=True, blockwise_copies=0)).num_samples == n
