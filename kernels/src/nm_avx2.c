@@ -208,11 +208,11 @@ static inline __attribute__((always_inline)) void nm2_rv_mk(const int M, const i
     const float *xg = p->xt;
     /* Metadata a group ahead, as in nm_avx512.c's row path (no x address waits on a load). */
     const int ahead = NS > 0 && NS * W <= 4;
-    uint64_t mnext = ahead ? sk_nm_group_meta(M, NS, meta, p->groups == 1) : 0;
+    uint64_t mnext = ahead ? sk_nm_group_meta(meta, NS * W, p->groups == 1) : 0;
     for (int64_t g = 0; g < p->groups; g++) {
         const uint64_t mg = mnext;
         if (ahead)
-            mnext = sk_nm_group_meta(M, NS, g + 1 < p->groups ? meta + n * W : meta, g + 2 >= p->groups);
+            mnext = sk_nm_group_meta(g + 1 < p->groups ? meta + n * W : meta, NS * W, g + 2 >= p->groups);
 #pragma GCC unroll 4
         for (int j = 0; j < n; j++) {
             const float *vp = vals + j * SK_TILE;

@@ -360,13 +360,13 @@ static inline __attribute__((always_inline)) void nm_rv_mk(const int M, const in
      * rounds): 2:4 768x3072 at 128 rows 2.23 -> 1.95 ms, 4096x4096 at 64 rows 7.52 -> 6.70 ms, 1:8
      * 11008x4096 at 64 rows 6.80 -> 6.44 ms. */
     const int ahead = NS > 0 && NS * W <= 4; /* a group's metadata fits one 8-byte load */
-    uint64_t mnext = ahead ? sk_nm_group_meta(M, NS, meta, p->groups == 1) : 0;
+    uint64_t mnext = ahead ? sk_nm_group_meta(meta, NS * W, p->groups == 1) : 0;
     for (int64_t g = 0; g < p->groups; g++) {
         if (C0 == 0 && NM_RV_PF > 0)
             _mm_prefetch(pfm + g * n * W * (int64_t)sizeof(uint16_t), _MM_HINT_T0);
         const uint64_t mg = mnext;
         if (ahead) /* the next group's (the last group re-reads its own) */
-            mnext = sk_nm_group_meta(M, NS, g + 1 < p->groups ? meta + n * W : meta, g + 2 >= p->groups);
+            mnext = sk_nm_group_meta(g + 1 < p->groups ? meta + n * W : meta, NS * W, g + 2 >= p->groups);
 #pragma GCC unroll 4
         for (int j = 0; j < n; j++) {
             if (C0 == 0 && NM_RV_PF > 0)

@@ -51,14 +51,13 @@ static inline int sk_nm_pos(int m, const uint16_t *rec, int lane) {
 
 static inline int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* The metadata of one N:M group (ns records of sk_nm_meta_words(m) words, at most 4 words in
- * all) as one integer, record j at bits 16 * words * j. The row paths load it a group ahead
- * of its use (nm_avx512.c says why). `last`: a 6-byte group (1:8) is read as 4 + 2 bytes so
- * that the buffer's last group is not read past its end. */
-static inline uint64_t sk_nm_group_meta(int m, int ns, const uint16_t *md, int last) {
-    const int bytes = ns * (m == 4 ? 2 : (m == 8 ? 3 : 4)) * 2;
-    if (bytes == 4) return sk_load_u32(md);
-    if (bytes == 8 || !last) return sk_load_u64(md);
+/* The metadata of one N:M group (its records' `words` <= 4 words in all) as one integer,
+ * record j at bits 16 * sk_nm_meta_words(m) * j. The row paths load it a group ahead of its
+ * use (nm_avx512.c says why). `last`: 3 words (1:8) are read as 4 + 2 bytes so that the
+ * buffer's last group is not read past its end. */
+static inline uint64_t sk_nm_group_meta(const uint16_t *md, int words, int last) {
+    if (words == 2) return sk_load_u32(md);
+    if (words == 4 || !last) return sk_load_u64(md);
     return sk_load_u32(md) | (uint64_t)md[2] << 32;
 }
 
