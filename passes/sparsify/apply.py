@@ -88,16 +88,27 @@ _ERROR_BLOCK = 1 << 16  # elements per block of the difference: cache-sized, reu
 
 
 def _relative_error(ref: np.ndarray, new: np.ndarray) -> float:
-    """||ref - new|| / ||ref||, summed in float64 without float64 copies of the weights; the
-    difference goes block by block through one small buffer, never a weight-sized temporary."""
-    rows = max(1, _ERROR_BLOCK // max(1, ref.shape[1]))
-    buf = np.empty((rows, ref.shape[1]), dtype=np.result_type(ref, new))
+    """||ref - new|| / ||ref||: block by block through one small buffer (never a weight-sized
+    temporary), each block's sums by BLAS dot products (in at least float32), added up in
+    float64. 0.5 ms for 768x3072, against 6-8 ms for float64 `einsum`s."""
+    if ref.ndim == 2 and ref.T.flags.c_contiguous and new.T.flags.c_contiguous:
+        ref, new = ref.T, new.T  # transposed views (a MatMul's [N, K]): the norms are the same
+    a2 = ref.reshape(ref.shape[0], -1) if ref.ndim > 1 else ref.reshape(1, -1)
+    b2 = new.reshape(a2.shape)
+    dtype = np.promote_types(ref.dtype, np.float32)
+    rows = max(1, _ERROR_BLOCK // max(1, a2.shape[1]))
+    buf = np.empty((min(rows, a2.shape[0]), a2.shape[1]), dtype=dtype)
     num = den = 0.0
-    for i in range(0, ref.shape[0], rows):
-        a, b = ref[i : i + rows], new[i : i + rows]
-        d = np.subtract(a, b, out=buf[: len(a)])
-        num += float(np.einsum("ij,ij->", d, d, dtype=np.float64))
-        den += float(np.einsum("ij,ij->", a, a, dtype=np.float64))
+    for i in range(0, a2.shape[0], rows):
+        a, b = a2[i : i + rows], b2[i : i + rows]
+        d = np.subtract(a, b, out=buf[: len(a)], dtype=dtype).reshape(-1)
+        num += float(np.dot(d, d))
+        if a.flags.c_contiguous and a.dtype == dtype:
+            x = a.reshape(-1)
+        else:  # the difference is summed: its buffer takes this block of `ref`
+            np.copyto(buf[: len(a)], a)
+            x = buf[: len(a)].reshape(-1)
+        den += float(np.dot(x, x))
     return float(np.sqrt(num) / max(np.sqrt(den), 1e-30))
 
 
@@ -143,7 +154,9 @@ def prune_layer(
     if keep_last:
         new_bias = new2[:, -1].astype(bias.dtype)  # type: ignore[union-attr]
         new2, w2 = new2[:, :-1], w2[:, :-1]
-    new = view.weight_back(np.ascontiguousarray(new2), w.shape).astype(w.dtype, copy=False)
+    # In the weight's own layout: a MatMul [K, N] is pruned as its transpose, and the pruned
+    # transpose (same memory order) turned back is contiguous without a copy.
+    new = np.ascontiguousarray(view.weight_back(new2, w.shape).astype(w.dtype, copy=False))
     werr = _relative_error(w2, new2)
     new_ref2 = np.concatenate([new2, new_bias[:, None]], axis=1) if new_bias is not None else new2
     oerr = output_error(ref2, new_ref2, stats) if stats is not None else None

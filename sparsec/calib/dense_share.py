@@ -42,12 +42,12 @@ class SharedDenseRun:
         """The dense outputs over `batches` concatenated on axis 0 (as `run_staged`): kept from
         the shared run when these are its fidelity samples, else computed now."""
         parts, self._fidelity_parts = self._fidelity_parts, None  # used once: no copy outlives the check
-        if not parts or not _same_feeds(batches, self.fidelity_feeds):
+        if not parts or not same_feeds(batches, self.fidelity_feeds):
             return run_staged(self.model, list(batches), self.stage_bytes, self.threads)
         return [np.concatenate([np.asarray(outs[i]) for outs in parts], axis=0) for i in range(len(parts[0]))]
 
 
-def _same_feeds(a: Sequence[Feeds], b: Sequence[Feeds]) -> bool:
+def same_feeds(a: Sequence[Feeds], b: Sequence[Feeds]) -> bool:
     if len(a) != len(b):
         return False
     for x, y in zip(a, b, strict=True):
@@ -62,4 +62,4 @@ def _same_feeds(a: Sequence[Feeds], b: Sequence[Feeds]) -> bool:
 
 Evaluator = Callable[[Feeds], list[np.ndarray]]
 
-__all__ = ["Evaluator", "SharedDenseRun"]
+__all__ = ["Evaluator", "SharedDenseRun", "same_feeds"]

@@ -1,5 +1,3 @@
-import sys
+from sparsec.cli.main import entry
 
-from sparsec.cli.main import main
-
-sys.exit(main())
+entry()

@@ -40,6 +40,10 @@ class PassContext:
     # feeds -> the input model's outputs, in place of numerics.evaluate for the pass manager's
     # reference run (the compile shares that run with its fidelity check: sparsec.calib.dense_share)
     evaluate_input: Any = None
+    # (model, feeds, pass index) -> the model's outputs, in place of numerics.evaluate for the
+    # check after each pass (the compile shares its last check with its fidelity check:
+    # sparsec.calib.compiled_share)
+    evaluate_output: Any = None
     repro_dir: Path | None = None
     executor: Executor = field(default_factory=LocalExecutor)  # where parallel work (sensitivity trials) runs
     analyses: AnalysisManager = field(default_factory=AnalysisManager)

@@ -115,7 +115,7 @@ class PassManager:
                     self._fail(index, p, model, snapshot, ctx, error)
                     raise error
                 if before is not None and feeds is not None:
-                    after = evaluate(model, feeds)
+                    after = ctx.evaluate_output(model, feeds, index) if ctx.evaluate_output else evaluate(model, feeds)
                     record.fidelity = compare(before, after)
                     if p.exact and record.fidelity.rel_l2 > EXACT_RTOL:
                         error = VerificationError(

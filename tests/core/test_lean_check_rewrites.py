@@ -177,11 +177,84 @@ def _argsort_mask(scores: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
 @pytest.mark.parametrize("shape,axis", [((24, 32), 1), ((32, 24), 0), ((3, 16, 8), 1), ((4, 6, 16), -1)])
 def test_nm_mask_of_a_transposed_array_matches_stable_argsort(n: int, m: int, shape: tuple[int, ...], axis: int) -> None:
     """Scores in Fortran order (a MatMul weight seen as [N, K]) are ranked in memory order;
-    the mask is the stable argsort's, in C order as for any other input."""
+    the mask is the stable argsort's, in that memory order too (masking the weight with it
+    then needs no transposed copy)."""
     rng = np.random.default_rng(n + m)
     for scores in (np.abs(rng.standard_normal(shape)), np.abs(np.round(rng.standard_normal(shape))), np.zeros(shape)):
         f = np.asfortranarray(scores.astype(np.float32))
         assert f.flags.f_contiguous and not f.flags.c_contiguous
         got = nm_mask(f, n, m, axis)
-        assert got.flags.c_contiguous and got.dtype == bool
+        assert got.flags.f_contiguous and got.dtype == bool
         np.testing.assert_array_equal(got, _argsort_mask(f, n, m, axis))
+
+
+def test_shared_compiled_run_keeps_the_fidelity_outputs_of_the_last_lowering_check() -> None:
+    from sparsec.calib.compiled_share import SharedCompiledRun
+
+    model = _mlp()
+    feeds = sample_inputs(model, seed=0)
+    samples = [sample_inputs(model, seed=1 + i) for i in range(3)]
+    shared = SharedCompiledRun(samples, first_index=2)
+    want = [np.concatenate(x, axis=0) for x in zip(*[evaluate(model, s) for s in samples], strict=True)]
+
+    assert shared.fidelity([False] * 4, samples) is None  # no check ran yet
+    shared(model, feeds, 1)  # before the lowering: only the sample input
+    assert shared.fidelity([False] * 4, samples) is None
+    first = shared(model, feeds, 2)
+    for got, alone in zip(first, evaluate(model, feeds), strict=True):
+        assert got.tobytes() == alone.tobytes()
+    kept = shared.fidelity([True, True, True, False], [dict(s) for s in samples])
+    assert kept is not None and len(kept) == 2
+    for got, w in zip(kept, want, strict=True):
+        assert got.shape == w.shape and got.tobytes() == w.tobytes()
+    assert shared.fidelity([False] * 4, samples) is None  # handed out once
+
+    shared(model, feeds, 2)
+    assert shared.fidelity([False, False, True, True], samples) is None  # pass 3 changed the model after
+    shared(model, feeds, 3)
+    assert shared.fidelity([False] * 4, samples[:2]) is None  # other inputs
+
+
+def test_shared_compiled_run_does_not_keep_the_reference_run_of_dialect_ops() -> None:
+    """A check runs `com.sparsec` ops through their reference lowering, the fidelity run runs
+    the model as it is: such a model's check outputs are not handed to the fidelity run."""
+    from sparsec.calib.compiled_share import SharedCompiledRun
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    model = _mlp()
+    PassManager(parse_pipeline("nm-sparsity{only_faster=false}")).run(model, PassContext(tune=False))
+    assert any(node.op_type == "NMSparse" for node in model.graph)
+    samples = [sample_inputs(model, seed=1)]
+    shared = SharedCompiledRun(samples, first_index=0)
+    shared(model, sample_inputs(model, seed=0), 0)
+    assert shared.fidelity([True], samples) is None
+
+
+def test_compile_shares_its_last_check_with_the_fidelity_run(tmp_path, monkeypatch) -> None:
+    """The compiled model's fidelity outputs come from the last lowering check's run: the
+    manifest and the files equal those of a compile that runs the compiled model again."""
+    import json
+
+    from sparsec import compiler
+    from sparsec.calib.compiled_share import SharedCompiledRun
+
+    model = make_model(STACK, w1=seeded((256, 256), 1), w2=seeded((256, 256), 2), w3=seeded((256, 256), 3))
+    runs: list[SharedCompiledRun] = []
+    kept: list[bool] = []
+    real, real_fidelity = compiler._shared_compiled_run, SharedCompiledRun.fidelity
+    monkeypatch.setattr(compiler, "_shared_compiled_run", lambda *a: runs.append(real(*a)) or runs[-1])
+    monkeypatch.setattr(SharedCompiledRun, "fidelity", lambda self, *a: kept.append((r := real_fidelity(self, *a)) is not None) or r)
+    options = compiler.CompileOptions(bench=False, tune=False, prune_all=True)
+    shared = compiler.compile_model(model.clone(), options)
+    assert runs and kept == [True], "the fidelity run took the last check's outputs"
+    monkeypatch.setattr(compiler, "_shared_compiled_run", lambda *a: None)
+    separate = compiler.compile_model(model, options)
+
+    def numbers(manifest: dict) -> str:
+        drop = {"seconds", "peak_rss_bytes"}
+        strip = lambda d: {k: strip(v) for k, v in d.items() if k not in drop} if isinstance(d, dict) else (  # noqa: E731
+            [strip(x) for x in d] if isinstance(d, list) else d)
+        return json.dumps(strip(manifest), sort_keys=True)
+
+    assert numbers(shared.manifest) == numbers(separate.manifest)
+    assert shared.files["model.onnx"] == separate.files["model.onnx"]
