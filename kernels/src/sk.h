@@ -53,6 +53,12 @@ int sk_nm_matmul_bias(const float *x, int64_t ldx, int64_t rows, int64_t k, int6
                       const uint16_t *meta, int64_t meta_len, const float *bias, float *y,
                       int64_t ldy, int isa, int threads);
 
+/* Pack W [K, C] (row stride ldw, in elements) into values/meta in the layout above, the same
+ * bytes as kernels/packing_nm.py's pack_nm. SK_ERR_SHAPE also when a group holds more than N
+ * nonzeros (packing is lossless: prune first). */
+int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int m, float *values,
+               int64_t values_len, uint16_t *meta, int64_t meta_len);
+
 int sk_block_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols,
                     int bk, const int32_t *tile_ptr, int64_t tile_ptr_len,
                     const int32_t *kidx, int64_t nblocks, const float *values,

@@ -37,12 +37,46 @@ def test_packing_in_tile_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch,
 
     w = prune_nm(np.random.default_rng(3).standard_normal((4 * m, 16 * 7 + 5)), n, m)  # 8 tiles, the last partial
     whole = pack_nm(w, n, m)
+    monkeypatch.setattr(packing, "_pack_native", lambda *a: False)  # the numpy packer chunks
     monkeypatch.setattr(packing, "_CHUNK_ELEMENTS", 4 * m * 16 * 3)  # 3 tiles per step: 3 + 3 + 2
     chunked = pack_nm(w.T.copy().T, n, m)  # a strided (transposed-view) weight, as lowered Gemm weights are
     np.testing.assert_array_equal(chunked.values, whole.values)
     np.testing.assert_array_equal(chunked.meta, whole.meta)
     assert not chunked.values.flags.writeable and chunked.values.ctypes.data % 64 == 0
     np.testing.assert_array_equal(chunked.to_dense(), w)
+
+
+@pytest.mark.parametrize(("n", "m"), PATTERNS)
+def test_the_native_packer_writes_the_numpy_packers_bytes(monkeypatch: pytest.MonkeyPatch, n: int, m: int) -> None:
+    """`sk_nm_pack` (C, one pass) against the numpy packer: groups sparser than the pattern,
+    signed zeros (copied as they are), NaN (a nonzero), a partial last tile, strided input;
+    and both refuse a group denser than the pattern."""
+    import sparsec.kernels.packing_nm as packing
+    from sparsec.kernels import _native
+
+    if not hasattr(_native.load(), "sk_nm_pack"):
+        pytest.fail("the kernel library has no sk_nm_pack: rebuild it (setup.py build_ext)")
+    rng = np.random.default_rng(n * 17 + m)
+    for k, cols in ((m, 1), (3 * m, 16), (5 * m, 16 * 4 + 9), (2 * m, 37)):
+        w = prune_nm(rng.standard_normal((k, cols)), n, m)
+        w[rng.random(w.shape) < 0.2] = 0.0
+        w[rng.random(w.shape) < 0.1] = -0.0
+        w[(w != 0) & (rng.random(w.shape) < 0.05)] = np.nan
+        for weight in (w, np.asfortranarray(w), w[:, ::-1]):
+            native = pack_nm(weight, n, m)
+            with monkeypatch.context() as patch:
+                patch.setattr(packing, "_pack_native", lambda *a: False)
+                numpy_packed = pack_nm(weight, n, m)
+            assert native.values.tobytes() == numpy_packed.values.tobytes()
+            assert native.meta.tobytes() == numpy_packed.meta.tobytes()
+    dense = np.ones((2 * m, 20), np.float32)
+    dense[:, :19] = prune_nm(dense[:, :19], n, m)  # only the last column's groups are too dense
+    if n < m:
+        with pytest.raises(PackedFormatError, match=f"not {n}:{m}"):
+            pack_nm(dense, n, m)
+        with monkeypatch.context() as patch, pytest.raises(PackedFormatError, match=f"not {n}:{m}"):
+            patch.setattr(packing, "_pack_native", lambda *a: False)
+            pack_nm(dense, n, m)
 
 
 def test_prune_keeps_largest_magnitudes() -> None:
