@@ -585,7 +585,8 @@ def compile_file(
         is_file = Path(str(spec)).is_file()
         file_hash = hasher.submit(model_hash, spec) if is_file else None
         model, source = load_any(str(spec))
-        external = external_data_files(model) if is_file else []
+        # Not the model file itself, whose large inline weights are read in place like external data.
+        external = [f for f in external_data_files(model) if f.resolve() != Path(str(spec)).resolve()] if is_file else []
         if external:  # the weights live beside the (then small) model file: hash them too
             file_hash = hasher.submit(model_hash, spec, external)
         digest = file_hash if file_hash is not None else _ir_hash(model)

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from sparsec.errors import InputError, UnsupportedError
 from sparsec.ir.file_tensor import adopt_external, initializers, raw_bytes
+from sparsec.ir.weights_by_reference import parse_by_reference
 from sparsec.ir.weights_file import WeightsFile
 
 # Opsets of the default domain that the passes and ONNX Runtime backend understand.
@@ -55,9 +56,13 @@ def _parse(p: Path) -> onnx.ModelProto:
     0.44-1.81 s through `onnx.load`)."""
     if onnx.serialization.registry.get_format_from_file_extension(p.suffix) not in (None, "protobuf"):
         return onnx.load(str(p), load_external_data=False)  # text formats (.onnxtxt, .textproto, ...)
-    proto = onnx.ModelProto()
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
-        proto.ParseFromString(view)
+        # Large inline weights stay in the file, read on demand like external data
+        # (sparsec.ir.weights_by_reference); a layout it does not handle is parsed whole.
+        proto = parse_by_reference(view, p.name)
+        if proto is None:
+            proto = onnx.ModelProto()
+            proto.ParseFromString(view)
     return proto
 
 
