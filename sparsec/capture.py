@@ -96,8 +96,9 @@ class _quiet_torch_logs:
             logging.getLogger(name).setLevel(level)
 
 
-def load_any(spec: str) -> tuple[ir.Model, str]:
-    """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on first use and cached)."""
+def load_any(spec: str, *, by_reference: bool = False) -> tuple[ir.Model, str]:
+    """Load `path.onnx` or `zoo:NAME` (a models_zoo entry, exported on first use and cached);
+    `by_reference`: a file's large inline weights stay in it (`load_model`)."""
     if spec.startswith("zoo:"):
         from sparsec.zoo_exports import cached_export_ir
 
@@ -108,4 +109,4 @@ def load_any(spec: str) -> tuple[ir.Model, str]:
             raise InputError(str(e.args[0]) if e.args else f"unknown zoo model '{name}'") from None
         check_supported(model, spec)
         return model, spec
-    return load_model(Path(spec)), spec
+    return load_model(Path(spec), by_reference=by_reference), spec

@@ -29,7 +29,7 @@ from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
 from sparsec.executor import make_executor
 from sparsec.input_dims import check_dims
-from sparsec.ir.file_tensor import SpillStore, spilling, spilling_active, weight_bytes
+from sparsec.ir.file_tensor import SpillStore, mapped_reads, spilling, spilling_active, weight_bytes
 from sparsec.ir.io import EXTERNAL_DATA_BYTES, model_bytes, write_model
 from sparsec.ir.program import same_model, same_program
 from sparsec.ir.session import session_from_ir
@@ -146,7 +146,7 @@ def compile_model(
         )
     executor = make_executor(options.executor)  # Ray, if asked for, connects on first use
     try:
-        with budget_scope(budget), spilling(store):
+        with budget_scope(budget), spilling(store), mapped_reads(not streaming):
             return _compile(model, replace(options, executor=executor), source, input_hash, budget, streaming, store)
     finally:
         if executor is not options.executor:  # made here: release what it started
@@ -584,7 +584,7 @@ def compile_file(
         digest: str | Future[str]
         is_file = Path(str(spec)).is_file()
         file_hash = hasher.submit(model_hash, spec) if is_file else None
-        model, source = load_any(str(spec))
+        model, source = load_any(str(spec), by_reference=True)
         # Not the model file itself, whose large inline weights are read in place like external data.
         external = [f for f in external_data_files(model) if f.resolve() != Path(str(spec)).resolve()] if is_file else []
         if external:  # the weights live beside the (then small) model file: hash them too

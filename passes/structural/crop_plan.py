@@ -115,7 +115,6 @@ def measured_damages(
     """Output damage of cropping each group alone, on the calibration samples."""
     from sparsec.calib.metrics import cosine_damage
     from sparsec.calib.runner import run_outputs
-    from sparsec.ir.io import to_proto
     from sparsec.passes.structural.calibrated import calibration_of
     from sparsec.passes.structural.cropping import crop_model
 
@@ -123,7 +122,9 @@ def measured_damages(
     reference = run_outputs(model, calib)
     out = {}
     for g in groups:
-        copy = ir.serde.deserialize_model(to_proto(model))
+        # A structural copy: crop_model replaces the tensors it crops (a proto round trip
+        # would also lose the folder that file-backed weights are read from).
+        copy = model.clone()
         crop_model(copy, dg, _only(removed, g))
         out[g.id] = float(cosine_damage(reference, run_outputs(copy, calib)))
     return out

@@ -25,8 +25,13 @@ MAX_OPSET = 23
 KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.sparsec")
 
 
-def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
-    """Load an ONNX file (external data included) into the IR, or raise `InputError`."""
+def load_model(path: str | os.PathLike, *, check_ops: bool = True, by_reference: bool = False) -> ir.Model:
+    """Load an ONNX file (external data included) into the IR, or raise `InputError`.
+
+    `by_reference`: large inline weights stay in the file and are read from it on demand,
+    like external data (`sparsec.ir.weights_by_reference`): the compile's load. The model
+    then needs its file for as long as it is used, and its proto (`to_proto`) refers to the
+    file by name, as an external-data model's does."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
@@ -35,7 +40,7 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
     try:
-        proto = _parse(p)
+        proto = _parse(p, by_reference)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise InputError(f"{p}: not a valid ONNX model (cannot parse: {_short(e)})") from None
     _check_is_onnx(proto, str(p))
@@ -49,7 +54,7 @@ def load_model(path: str | os.PathLike, *, check_ops: bool = True) -> ir.Model:
     return model
 
 
-def _parse(p: Path) -> onnx.ModelProto:
+def _parse(p: Path, by_reference: bool = False) -> onnx.ModelProto:
     """The file's ModelProto, external data not loaded. A binary file is parsed from a
     read-only mapping of it: the parse copies what it keeps, and the file's bytes are never
     copied into a buffer first (BERT-base, 435 MB, in fresh processes: 0.17-0.22 s against
@@ -59,7 +64,7 @@ def _parse(p: Path) -> onnx.ModelProto:
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
         # Large inline weights stay in the file, read on demand like external data
         # (sparsec.ir.weights_by_reference); a layout it does not handle is parsed whole.
-        proto = parse_by_reference(view, p.name)
+        proto = parse_by_reference(view, p.name) if by_reference else None
         if proto is None:
             proto = onnx.ModelProto()
             proto.ParseFromString(view)

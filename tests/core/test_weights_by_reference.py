@@ -40,7 +40,8 @@ def test_large_inline_weights_are_read_from_the_file_with_their_values(tmp_path)
     }
     path = tmp_path / "m.onnx"
     onnx.save(_model(weights), str(path))
-    model = load_model(path)
+    assert not any(isinstance(v.const_value, FileTensor) for v in load_model(path).graph.initializers.values())
+    model = load_model(path, by_reference=True)  # the compile's load
     whole = _whole(path)
     for name, value in model.graph.initializers.items():
         tensor = value.const_value
@@ -65,7 +66,7 @@ def test_a_real_torch_export_loads_the_same_weights(tmp_path) -> None:
     net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
     path = tmp_path / "mlp.onnx"
     torch.onnx.export(net, (torch.randn(2, 32),), str(path), dynamo=False, opset_version=17)
-    model = load_model(path)
+    model = load_model(path, by_reference=True)
     whole = _whole(path)
     assert any(isinstance(v.const_value, FileTensor) for v in model.graph.initializers.values())
     for name, value in model.graph.initializers.items():
@@ -80,7 +81,7 @@ def test_a_mis_sized_weight_is_refused_as_before(tmp_path) -> None:
     path = tmp_path / "bad.onnx"
     path.write_bytes(proto.SerializeToString())
     with pytest.raises(InputError, match="holds 16392 bytes of data, its shape"):
-        load_model(path)
+        load_model(path, by_reference=True)
 
 
 def test_other_layouts_are_parsed_whole(tmp_path) -> None:
@@ -95,4 +96,33 @@ def test_other_layouts_are_parsed_whole(tmp_path) -> None:
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"\x3a\xff\xff\xff\x0f" + b"x" * 10)
     with pytest.raises(InputError, match="not a valid ONNX model"):
-        load_model(path)
+        load_model(path, by_reference=True)
+
+
+def test_input_weights_are_mapped_views_only_within_mapped_reads(tmp_path) -> None:
+    """In a compile that fits its budget, the input's weights are read-only views of a mapping
+    of the file (no copy per read); otherwise, and for spilled weights always, each read is a
+    fresh copy."""
+    from sparsec.ir.file_tensor import SpillStore, mapped_reads
+
+    weights = {"big": np.arange(600 * 600, dtype=np.float32).reshape(600, 600)}  # above the small-tensor cache
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(weights), str(path))
+    tensor = load_model(path, by_reference=True).graph.initializers["big"].const_value
+    assert isinstance(tensor, FileTensor) and tensor.mappable
+    copied = tensor.numpy()
+    assert copied.flags.writeable
+    with mapped_reads(True):
+        view = tensor.numpy()
+        assert not view.flags.writeable and not view.flags.owndata
+        np.testing.assert_array_equal(view, weights["big"])
+        with mapped_reads(False):  # a nested streaming compile reads copies
+            assert tensor.numpy().flags.writeable
+        store = SpillStore(tmp_path, threshold=0)
+        try:
+            spilled = store.put(weights["big"], name="s")
+            assert isinstance(spilled, FileTensor) and not spilled.mappable
+            assert spilled.numpy().flags.writeable
+        finally:
+            store.close()
+    assert tensor.numpy().flags.writeable
