@@ -108,6 +108,16 @@ def _replayed(variant: str):  # noqa: ANN202 (a sparsec.tune.Choice)
                   noise=None, reason="as the artifact was compiled (replayed, not measured again)")
 
 
+def _free_name(graph: ir.Graph, name: str) -> str:
+    """`name`, or `name_1`, `name_2`, ... when an initializer holds it: an artifact raised back
+    for fine-tuning keeps its folded bias (`W.nm_bias`) as the Add's input, and lowering it
+    again must not register a second value of that name."""
+    taken = set(graph.initializers)
+    if name not in taken:
+        return name
+    return next(f"{name}_{i}" for i in range(1, len(taken) + 2) if f"{name}_{i}" not in taken)
+
+
 def _as_bias_vector(bias: ir.Value | None, cols: int) -> np.ndarray | None:
     """The bias as a float32 [N] vector if it is a constant that broadcasts along rows only."""
     if bias is None or bias.const_value is None:
@@ -244,7 +254,7 @@ class LowerNMKernels(Pass):
             bias, bias_add = _trailing_bias_add(out, int(packed.cols))
         folded = _as_bias_vector(bias, int(packed.cols)) if fold_bias else None
         if folded is not None:  # the op adds it: one ORT Add fewer per layer
-            b = ir.Value(name=f"{weight.name}.nm_bias", const_value=ir.tensor(folded))
+            b = ir.Value(name=_free_name(graph, f"{weight.name}.nm_bias"), const_value=ir.tensor(folded))
             b.const_value.name = b.name
             graph.register_initializer(b)
             inputs.append(b)

@@ -28,7 +28,7 @@ from sparsec.backends.ort.sparse_ops import NM_OP
 from sparsec.backends.tvm_arm64.deploy import deploy_md
 from sparsec.dialect import DOMAIN
 from sparsec.errors import UnsupportedError
-from sparsec.ir.io import to_proto
+from sparsec.ir.io import inline_copy, to_proto
 from sparsec.kernels import aarch64_runtime, cross_build
 from sparsec.pm.pipeline import Pipeline, parse_pipeline
 from sparsec.runtime import KERNEL_DOMAIN
@@ -85,7 +85,7 @@ class TvmArm64Backend(Backend):
         with tempfile.TemporaryDirectory() as work:
             lib = Path(work) / LIBRARY
             try:
-                timings = build_library(to_relax(to_proto(model)), lib)
+                timings = build_library(to_relax(to_proto(inline_copy(model))), lib)  # TVM reads weights from the proto
             except cross_build.CrossToolchainError as e:
                 raise UnsupportedError(str(e)) from None
             runner = cross_build.tvm_runner(aarch64_runtime.runtime_dir())

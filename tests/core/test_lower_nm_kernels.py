@@ -144,3 +144,26 @@ def test_constant_bias_adds_fold_into_the_kernel_op() -> None:
         model, PassContext(dims=DIMS, tune=False)
     )
     assert [n.op_type for n in model.graph].count("Add") == 1
+
+
+def test_a_raised_artifact_with_folded_biases_lowers_again() -> None:
+    """`sparsec finetune` raises an artifact's kernel ops back to marked MatMuls (their folded
+    bias, `W.nm_bias`, becomes an Add's input) and lowers them again: the new bias value gets a
+    free name instead of colliding with the old one, and the outputs stay the same."""
+    from sparsec.cli.kernel_view import raise_kernel_ops
+
+    model = make_model(
+        BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3),
+        full=seeded((2, 5, 128), 4),
+    )
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
+    feeds = sample_inputs(model, dims=DIMS)
+    lower = "lower-nm-kernels{min_params=0 fold_bias=true},legalize-dense"
+    PassManager(parse_pipeline(lower)).run(model, PassContext(dims=DIMS, tune=False))
+    before = evaluate(model, feeds)
+    assert raise_kernel_ops(model) == 2
+    assert "w1.nm_bias" in model.graph.initializers  # the raised Add reads it
+    PassManager(parse_pipeline(lower)).run(model, PassContext(dims=DIMS, tune=False))
+    kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
+    assert [len(n.inputs) for n in kernels] == [4, 3]
+    assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-6
