@@ -108,8 +108,10 @@ def masked(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
     (0.56 vs 8 ms for 768x3072), which numpy runs element by element. Only a non-finite
     weight (inf * 0 is NaN) needs `np.where`."""
     out = np.multiply(w, keep, dtype=w.dtype)
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
-        return np.where(keep, w, w.dtype.type(0))
+    if out.dtype.kind == "f":
+        if not np.isfinite(out).all():
+            return np.where(keep, w, w.dtype.type(0))
+        out += w.dtype.type(0)  # -w * 0 is -0.0: pruned weights are +0.0, as np.where made them
     return out
 
 
