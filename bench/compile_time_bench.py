@@ -44,7 +44,7 @@ PHASES = [
     ("onnx_checker_on_load", "onnx/checker.py", "check_model"),
     ("pass_manager_total", "sparsec/pm/manager.py", "run"),
     ("structural_verify", "sparsec/verify.py", "verify_model"),
-    ("numeric_verify", "sparsec/numerics.py", "evaluate"),
+    ("numeric_verify", "sparsec/numerics.py", "evaluate_batches"),
     ("nm_sparsity_pass", "passes/sparsify/nm_sparsity.py", "run"),
     ("nm_masks", "sparsec/nm_pattern.py", "nm_mask"),
     ("lower_nm_kernels_pass", "backends/ort/lower_nm_kernels.py", "run"),
@@ -55,7 +55,7 @@ PHASES = [
     ("fidelity", "sparsec/compiler.py", "_fidelity"),
     ("model_bytes_full_serialization", "sparsec/ir/io.py", "model_bytes"),
     ("cost_model", "passes/analysis/cost_model.py", "estimate_costs"),
-    ("sparsity_plot", "sparsec/report.py", "sparsity_plot"),
+    ("sparsity_plot_wait", "sparsec/plot_job.py", "result"),
     ("write_artifact", "sparsec/artifact.py", "write_artifact"),
     ("compile_file_total", "sparsec/compiler.py", "compile_file"),
 ]

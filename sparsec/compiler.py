@@ -52,6 +52,7 @@ from sparsec.never_slower import (
 from sparsec.numerics import NUMERICS_THREADS, sample_inputs
 from sparsec.passes.analysis.cost_model import CostReport, estimate_costs
 from sparsec.passes.structural.crop_report import crop_plot
+from sparsec.plot_job import BytesPlotJob
 from sparsec.plots import quality_plots
 from sparsec.pm.context import PassContext
 from sparsec.pm.instruments import Instrument, LogProgress
@@ -60,7 +61,7 @@ from sparsec.pm.pass_base import Pass
 from sparsec.pm.pipeline import Pipeline
 from sparsec.pm.presets import preset_pipeline
 from sparsec.recover.plot import recovery_plot
-from sparsec.report import render_report, sparsity_plot
+from sparsec.report import render_report
 from sparsec.targets import get_target
 from sparsec.verdict import Verdict, describe_pipeline, judge
 
@@ -145,17 +146,19 @@ def compile_model(
             fmt_bytes(budget.bytes), store.folder,
         )
     executor = make_executor(options.executor)  # Ray, if asked for, connects on first use
+    plot = BytesPlotJob()
     try:
         with budget_scope(budget), spilling(store), mapped_reads(not streaming):
-            return _compile(model, replace(options, executor=executor), source, input_hash, budget, streaming, store)
+            return _compile(model, replace(options, executor=executor), source, input_hash, budget, streaming, store, plot)
     finally:
+        plot.close()
         if executor is not options.executor:  # made here: release what it started
             executor.close()
 
 
 def _compile(
     model: ir.Model, options: CompileOptions, source: str, input_hash: str | Future[str] | None, budget: Budget, streaming: bool,
-    store: SpillStore | None,
+    store: SpillStore | None, plot_job: BytesPlotJob,
 ) -> CompileResult:
     target = get_target(options.target)
     backend = get_backend(target.backend_for(options.backend))
@@ -177,8 +180,10 @@ def _compile(
     # The last check and the fidelity run share one run where neither is the latency run's.
     shared_out = _shared_compiled_run(model, options, len(pipeline)) if held is None and not options.bench else None
     build = _build(
-        model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared, evaluate_output=shared_out
+        model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared, evaluate_output=shared_out,
+        on_sparse_costs=lambda costs: plot_job.start(dense_costs, costs),
     )
+    first_build = build
 
     latency: dict[str, Any] = {"measured": False}
     fallback: dict[str, Any] = {}
@@ -215,15 +220,15 @@ def _compile(
         run_compiled = _one_at_a_time(lambda: backend.runner(compiled, options.threads))
     if shared_out is not None:
         run_compiled = _kept_first(shared_out, [r.changed for r in records], run_compiled)
-    # The per-layer bytes plot (matplotlib: ~1.5 s of import and text layout, only it uses
-    # matplotlib meanwhile) is drawn while the fidelity check runs ONNX Runtime, which releases
-    # the GIL; same inputs, same picture.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsec-plot") as pool:
-        plot_job = pool.submit(sparsity_plot, ctx.decisions, dense_costs, sparse_costs)
-        # Another backend (TVM, GPU) runs even an unchanged model on its own numerics: checked.
-        unchanged = backend.name == "ort" and same_model(model, dense_model)
-        fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held, unchanged=unchanged)
-        plot = plot_job.result()
+    # The per-layer bytes plot started drawing when the optimised model's costs were known
+    # (sparsec.plot_job); the never-slower fallback's rebuild has other costs, another picture.
+    if build is not first_build:
+        plot_job.restart(dense_costs, sparse_costs)
+    plot_job.start(dense_costs, sparse_costs)  # no legalization step: not started yet
+    # Another backend (TVM, GPU) runs even an unchanged model on its own numerics: checked.
+    unchanged = backend.name == "ort" and same_model(model, dense_model)
+    fidelity, fidelity_info = _fidelity(model, run_dense, run_compiled, options, held, unchanged=unchanged)
+    plot = plot_job.result()
     if staged:
         fidelity_info["execution"] = "stage by stage (" + ("model above the memory budget)" if streaming else "a lean check: no latency run)")
     log.info("fidelity vs dense: %s", fidelity_info["summary"])
@@ -316,7 +321,7 @@ class _Build:
 def _build(
     model: ir.Model, pipeline: Pipeline, legalize: Pipeline, options: CompileOptions, backend: Any, target: Any,
     calibration: CalibrationData | None, tuner: Any = None, evaluate_input: SharedDenseRun | None = None,
-    evaluate_output: SharedCompiledRun | None = None,
+    evaluate_output: SharedCompiledRun | None = None, on_sparse_costs: Callable[[CostReport], None] | None = None,
 ) -> _Build:
     ctx = PassContext(
         evaluate_input=evaluate_input,
@@ -335,7 +340,7 @@ def _build(
         executor=make_executor(options.executor),
     )
     full = pipeline + legalize
-    snapshot = _CostsBeforeLegalization(len(pipeline), options)
+    snapshot = _CostsBeforeLegalization(len(pipeline), options, on_sparse_costs)
     instruments = [LogProgress(len(full)), snapshot, *options.instruments]
     records = PassManager(full, verify_each=options.verify_each, instruments=instruments).run(model, ctx)
     sparse_costs = snapshot.costs or estimate_costs(model, target=options.target, dims=options.dims)
@@ -380,16 +385,22 @@ def _never_slower(
 
 
 class _CostsBeforeLegalization(Instrument):
-    """Takes the cost model of the optimised IR, where sparse ops are still visible."""
+    """Takes the cost model of the optimised IR, where sparse ops are still visible, and hands
+    it to `on_costs` (the report's plot starts drawing from it while the backend lowers)."""
 
-    def __init__(self, first_legalization_index: int, options: CompileOptions) -> None:
+    def __init__(
+        self, first_legalization_index: int, options: CompileOptions, on_costs: Callable[[CostReport], None] | None = None
+    ) -> None:
         self.index = first_legalization_index
         self.options = options
+        self.on_costs = on_costs
         self.costs: CostReport | None = None
 
     def before_pass(self, index: int, p: Pass, model: ir.Model) -> None:
         if index == self.index:
             self.costs = estimate_costs(model, target=self.options.target, dims=self.options.dims)
+            if self.on_costs is not None:
+                self.on_costs(self.costs)
 
 
 def _hold_out(options: CompileOptions, model: ir.Model) -> tuple[CalibrationData | None, CalibrationData | None]:

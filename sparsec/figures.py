@@ -1,4 +1,6 @@
-"""Shared matplotlib plumbing for the report's pictures (headless, deterministic PNGs)."""
+"""Shared matplotlib plumbing for the report's pictures (headless, deterministic PNGs).
+
+Imports nothing of sparsec: `figures_worker.py` loads this file alone in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -40,3 +42,12 @@ def png_bytes(fig: Any, *, legend: bool = True) -> bytes:
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def bytes_per_layer_png(names: Sequence[str], dense_mb: Sequence[float], sparse_mb: Sequence[float]) -> bytes:
+    """The report's per-layer weight bytes bar chart, dense vs packed sparse."""
+    fig, ax = per_layer_axes(names, "weight MB", "Weight bytes per layer")
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], list(dense_mb), width=0.4, label="dense")
+    ax.bar([i + 0.2 for i in x], list(sparse_mb), width=0.4, label="packed sparse")
+    return png_bytes(fig)

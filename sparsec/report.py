@@ -116,16 +116,19 @@ def verdict_section(manifest: dict[str, Any]) -> list[str]:
 
 def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> bytes | None:
     """Bar chart of weight bytes per layer, dense vs packed; None when nothing was pruned."""
+    data = sparsity_plot_data(dense, sparse)
+    if data is None:
+        return None
+    from sparsec.figures import bytes_per_layer_png
+
+    return bytes_per_layer_png(*data)
+
+
+def sparsity_plot_data(dense: Any, sparse: Any) -> tuple[list[str], list[float], list[float]] | None:
+    """(layer names, dense MB, packed MB) of the per-layer bytes plot; None when nothing was pruned."""
     if not any(layer.sparsity != "dense" for layer in sparse.layers):
         return None
-    from sparsec.figures import per_layer_axes, png_bytes
-
     names = [(layer.weight or layer.name).removesuffix(".weight") for layer in dense.layers]
     d = [layer.weight_bytes / 1e6 for layer in dense.layers]
     after = {layer.name: layer.weight_bytes / 1e6 for layer in sparse.layers}
-    s = [after.get(layer.name, 0.0) for layer in dense.layers]
-    fig, ax = per_layer_axes(names, "weight MB", "Weight bytes per layer")
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], d, width=0.4, label="dense")
-    ax.bar([i + 0.2 for i in x], s, width=0.4, label="packed sparse")
-    return png_bytes(fig)
+    return names, d, [after.get(layer.name, 0.0) for layer in dense.layers]

@@ -8,6 +8,8 @@ serialized (on BERT-base that is most of the time otherwise).
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,8 +151,33 @@ def _fold_shape_values(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     return True
 
 
+# Inferred shapes of recent light protos, by their bytes: a compile asks for the same model's
+# shapes several times (the cost model, then the tuner's plan, before and after a pass that
+# changed only weights; BERT-base: 5 calls, 2 repeats of ~0.1 s each).
+_CACHE: OrderedDict[bytes, tuple[dict[str, tuple[int, ...]], dict[str, int]]] = OrderedDict()
+_CACHE_SIZE = 4
+
+
 def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
     proto = shape_proto(model, dims)
+    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).digest()
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        shapes, dtypes = _CACHE[key]
+    else:
+        shapes, dtypes = _inferred_shapes(proto)
+        _CACHE[key] = (shapes, dtypes)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    shapes, dtypes = dict(shapes), dict(dtypes)  # callers may add to theirs
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            shapes[value.name] = tuple(value.const_value.shape)
+            dtypes[value.name] = int(value.const_value.dtype)
+    return ShapeInfo(shapes, dtypes)
+
+
+def _inferred_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     inferred = _infer(proto)
     for _ in range(4):  # each round can expose shapes that the next round's Shape nodes read
         if not _fold_shape_values(proto, _static_shapes(inferred)):
@@ -170,8 +197,4 @@ def infer_concrete_shapes(model: ir.Model, dims: dict[str, int]) -> ShapeInfo:
     for t in g.initializer:  # shape computations folded into constants
         shapes.setdefault(t.name, tuple(t.dims))
         dtypes.setdefault(t.name, t.data_type)
-    for value in model.graph.initializers.values():
-        if value.const_value is not None:
-            shapes[value.name] = tuple(value.const_value.shape)
-            dtypes[value.name] = int(value.const_value.dtype)
-    return ShapeInfo(shapes, dtypes)
+    return shapes, dtypes
