@@ -181,7 +181,8 @@ def _compile(
     shared_out = _shared_compiled_run(model, options, len(pipeline)) if held is None and not options.bench else None
     build = _build(
         model, pipeline, legalize, options, backend, target, calibration, evaluate_input=shared, evaluate_output=shared_out,
-        on_sparse_costs=lambda costs: plot_job.start(dense_costs, costs),
+        # Not beside a latency measurement: a drawing process would share its cores.
+        on_sparse_costs=None if options.bench else lambda costs: plot_job.start(dense_costs, costs),
     )
     first_build = build
 

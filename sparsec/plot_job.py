@@ -4,7 +4,8 @@ matplotlib takes ~0.75 s for it (0.3 s of import, then laying out and rasterisin
 label per layer), which was the tail of a BERT-base compile once its fidelity run shared the
 last check's. A fresh interpreter (`figures_worker.py`, which imports no sparsec) starts
 drawing as soon as the plot's inputs exist, before the backend lowers, on the core the
-lowering leaves idle; a thread would hold the GIL the compile needs. A process that already
+lowering leaves idle; a thread would hold the GIL the compile needs. A compile that measures
+latency starts it only after its measurements, which must have the cores to themselves. A process that already
 imported matplotlib (a test run, a notebook) draws in process at the end instead, where it
 only costs the drawing; so does any failure of the worker (the picture is the same).
 """
