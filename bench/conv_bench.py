@@ -12,7 +12,7 @@ runs (>= 5 over 100 ms), through real ORT sessions (the sparse kernel as the cus
   Conv+BN+Relu itself); sparse = lower-conv-kernels (auto = the rule; always = every conv).
   Outputs are checked against the dense model.
 
-    .venv/bin/python bench/conv_bench.py [--threads 2] [--layers-only|--models-only] [--out FILE]
+    .venv/bin/python bench/conv_bench.py [--threads 2] [--layers-only|--models-only] [--nchw] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from sparsec.bench import emit_json, machine_info
 
 CPU_TIME = False  # --cpu-time: time with the calling thread's CPU clock (1 thread only)
+NCHW_TOO = False  # --nchw: models also timed with ORT's NCHWc layout transform off
 
 RESNET50_LAYERS = [  # (cin, cout, h, k, stride)
     (64, 256, 56, 1, 1), (256, 64, 56, 1, 1), (256, 128, 56, 1, 1), (128, 512, 28, 1, 1),
@@ -157,6 +158,16 @@ MOBILENETV2_224 = dict(image_size=224, stem_channels=32, head_channels=1280, num
                                (6, 96, 3, 1, False), (6, 160, 3, 2, False), (6, 320, 1, 1, False)))
 
 
+def _no_nchwc(threads: int) -> object:
+    import onnxruntime as ort
+
+    from sparsec.backends.ort.sparse_ops import session_options
+
+    opts = session_options(threads, None)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # all but layout (NCHWc)
+    return opts
+
+
 def bench_model(name: str, threads: int) -> dict:
     import collections
 
@@ -186,6 +197,10 @@ def bench_model(name: str, threads: int) -> dict:
         recs = PassManager(parse_pipeline(pipeline)).run(model, PassContext())
         ops = collections.Counter(n.op_type for n in model.graph)
         variants[label] = (make_session(model_bytes(model), threads), recs[0].stats.get("convs_lowered", 0), dict(ops))
+        if NCHW_TOO and label != "sparse_auto":
+            # Without ORT's layout level there is no NCHWc, so no reorders around the kernel
+            # ops either: what lowering every conv of a chain could at best gain.
+            variants[f"{label}_nchw"] = (make_session(model_bytes(model), threads, options=_no_nchwc(threads)), *variants[label][1:])
     x = inputs[0].numpy()
     feed = {variants["dense"][0].get_inputs()[0].name: x}
     ref = variants["dense"][0].run(None, feed)[0]
@@ -211,8 +226,10 @@ def main() -> int:
     ap.add_argument("--cpu-time", action="store_true", help="1 thread, medians of the thread's CPU time (robust under load)")
     ap.add_argument("--models", default="resnet50,mobilenetv2", help="comma-separated: resnet50, mobilenetv2")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--nchw", action="store_true", help="also time the models without ORT's NCHWc layout (dense and every conv lowered)")
     args = ap.parse_args()
-    global CPU_TIME
+    global CPU_TIME, NCHW_TOO
+    NCHW_TOO = args.nchw
     if args.cpu_time:
         CPU_TIME, args.threads = True, 1
     from sparsec.kernels import kernels_available
