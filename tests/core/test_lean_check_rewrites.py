@@ -4,6 +4,8 @@ pass manager and the fidelity check."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -132,8 +134,6 @@ stack (float[2,256] x) => (float[2,256] y) {
 def test_lean_compile_with_the_shared_dense_run_equals_one_without(tmp_path, monkeypatch) -> None:
     """A lean compile (checks stage by stage) shares the dense run between the pass manager
     and the fidelity check: every number and file is the one two separate runs gave."""
-    import json
-
     from sparsec import compiler
     from sparsec.ir.io import write_model
 
@@ -151,13 +151,7 @@ def test_lean_compile_with_the_shared_dense_run_equals_one_without(tmp_path, mon
     separate = compiler.compile_file(path, tmp_path / "separate", compiler.CompileOptions(bench=False, tune=False))
     assert shared.manifest["fidelity"]["execution"].startswith("stage by stage")
 
-    def numbers(manifest: dict) -> str:
-        drop = {"seconds", "peak_rss_bytes"}
-        strip = lambda d: {k: strip(v) for k, v in d.items() if k not in drop} if isinstance(d, dict) else (  # noqa: E731
-            [strip(x) for x in d] if isinstance(d, list) else d)
-        return json.dumps(strip(manifest), sort_keys=True)
-
-    assert numbers(shared.manifest) == numbers(separate.manifest)
+    assert _numbers(shared.manifest) == _numbers(separate.manifest)
     assert shared.manifest["passes"][0]["fidelity"] is not None
     for name in ("model.onnx", "model.onnx.data"):
         a, b = tmp_path / "shared" / name, tmp_path / "separate" / name
@@ -233,8 +227,6 @@ def test_shared_compiled_run_does_not_keep_the_reference_run_of_dialect_ops() ->
 def test_compile_shares_its_last_check_with_the_fidelity_run(tmp_path, monkeypatch) -> None:
     """The compiled model's fidelity outputs come from the last lowering check's run: the
     manifest and the files equal those of a compile that runs the compiled model again."""
-    import json
-
     from sparsec import compiler
     from sparsec.calib.compiled_share import SharedCompiledRun
 
@@ -250,11 +242,13 @@ def test_compile_shares_its_last_check_with_the_fidelity_run(tmp_path, monkeypat
     monkeypatch.setattr(compiler, "_shared_compiled_run", lambda *a: None)
     separate = compiler.compile_model(model, options)
 
-    def numbers(manifest: dict) -> str:
-        drop = {"seconds", "peak_rss_bytes"}
-        strip = lambda d: {k: strip(v) for k, v in d.items() if k not in drop} if isinstance(d, dict) else (  # noqa: E731
-            [strip(x) for x in d] if isinstance(d, list) else d)
-        return json.dumps(strip(manifest), sort_keys=True)
-
-    assert numbers(shared.manifest) == numbers(separate.manifest)
+    assert _numbers(shared.manifest) == _numbers(separate.manifest)
     assert shared.files["model.onnx"] == separate.files["model.onnx"]
+
+
+def _numbers(manifest: dict) -> str:
+    """The manifest as text without its timings and memory peak (which differ run to run)."""
+    drop = {"seconds", "peak_rss_bytes"}
+    strip = lambda d: {k: strip(v) for k, v in d.items() if k not in drop} if isinstance(d, dict) else (  # noqa: E731
+        [strip(x) for x in d] if isinstance(d, list) else d)
+    return json.dumps(strip(manifest), sort_keys=True)

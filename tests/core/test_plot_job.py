@@ -26,6 +26,16 @@ def _reports() -> tuple[SimpleNamespace, SimpleNamespace]:
     return dense, sparse
 
 
+def _job_with_worker(path: Path, code: str, monkeypatch: pytest.MonkeyPatch) -> BytesPlotJob:
+    """A job started in a process without matplotlib, whose worker script is `code`."""
+    path.write_text(code)
+    monkeypatch.setattr(plot_job, "WORKER", path)
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
+    job = BytesPlotJob()
+    job.start(*_reports())
+    return job
+
+
 def test_the_worker_draws_the_in_process_picture(tmp_path) -> None:
     data = sparsity_plot_data(*_reports())
     assert data is not None and data[0][0] == "encoder.layer0.fc"
@@ -49,12 +59,7 @@ def test_the_job_draws_in_a_worker_and_cleans_up(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_failing_worker_falls_back_to_drawing_in_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = tmp_path / "broken.py"
-    broken.write_text("import sys\nsys.exit(3)\n")
-    monkeypatch.setattr(plot_job, "WORKER", broken)
-    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
-    job = BytesPlotJob()
-    job.start(*_reports())
+    job = _job_with_worker(tmp_path / "broken.py", "import sys\nsys.exit(3)\n", monkeypatch)
     assert job._proc is not None
     assert job.result() == bytes_per_layer_png(*sparsity_plot_data(*_reports()))
 
@@ -64,12 +69,7 @@ def test_nothing_pruned_draws_nothing_and_close_ends_the_worker(tmp_path, monkey
     job = BytesPlotJob()
     job.start(dense, dense)
     assert job.result() is None
-    slow = tmp_path / "slow.py"
-    slow.write_text("import time\ntime.sleep(60)\n")
-    monkeypatch.setattr(plot_job, "WORKER", slow)
-    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
-    job = BytesPlotJob()
-    job.start(*_reports())
+    job = _job_with_worker(tmp_path / "slow.py", "import time\ntime.sleep(60)\n", monkeypatch)
     proc, made = job._proc, job._input
     assert proc is not None and isinstance(made, Path) and made.exists()
     job.close()  # a failed compile: the worker is killed, its input removed
