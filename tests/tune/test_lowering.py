@@ -118,6 +118,21 @@ def test_never_slower_moves_layers_back_to_dense_worst_first(monkeypatch: pytest
     assert result.manifest["latency"]["identical_to_dense"]  # nothing pruned, nothing lowered
 
 
+def test_never_slower_moves_gains_below_the_noise_back_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-layer gains too small for the end-to-end measurement to see, even all together:
+    every kernel layer goes back in one rebuild, not one, then two, then four at a time."""
+    monkeypatch.setenv("SPARSEC_KERNEL_ISA", "scalar")
+    rows = 64
+    shape = LayerShape("matmul", (256, 256), rows=rows, n=2, m=4, threads=2, copies=2)
+    _remember(shape, "nm-kernel", dense_us=100.0, sparse_us=99.999)  # 1 ns each: below any noise
+    result = compile_model(two_layers(rows=rows), CompileOptions())
+    fallback = result.manifest["lowering"]["never_slower"]
+    assert fallback["predicted_gain_ms"] < 1e-4
+    assert [m["weight"] for m in fallback["moved_to_dense"]] == ["w1", "w2"]
+    assert [s["layers_moved"] for s in fallback["steps"]] == [0, 2]
+    assert "NMSparseMatMul" not in [n.op_type for n in result.model.graph]
+
+
 def test_the_manifest_records_the_latency_protocol() -> None:
     result = compile_model(two_layers(rows=1), CompileOptions())
     lat = result.manifest["latency"]
