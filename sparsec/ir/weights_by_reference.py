@@ -17,6 +17,7 @@ parsed as a whole, as before.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import onnx
 
@@ -58,8 +59,9 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _fields(buf: memoryview, start: int, end: int):  # noqa: ANN202 - (field, wire type, field start, payload start, payload end)
-    """The fields of the message in buf[start:end]."""
+def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """The fields of the message in buf[start:end]: (number, wire type, field start, payload
+    start, payload end); a varint's payload is empty, its value ends at the field's end."""
     pos = start
     while pos < end:
         field_start = pos
