@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -213,6 +214,9 @@ def entry() -> None:
     code = main()
     if threading.active_count() > 1:
         sys.exit(code)
+    # The work is done (or failed with its message): a SIGTERM now must not cut the hooks short
+    # (they remove temporary folders) nor turn into an exception inside them.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     atexit._run_exitfuncs()  # noqa: SLF001 - the hooks `sys.exit` would run, without the teardown
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
