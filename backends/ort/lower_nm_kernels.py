@@ -118,11 +118,30 @@ def _free_name(graph: ir.Graph, name: str) -> str:
     return next(f"{name}_{i}" for i in range(1, len(taken) + 2) if f"{name}_{i}" not in taken)
 
 
+def _constant(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant behind `value`: an initializer, reached through Identity nodes (the
+    TorchScript exporter routes deduplicated parameters, BERT's biases among them, through
+    Identity), or a Constant node's tensor."""
+    for _ in range(8):
+        if value is None or value.const_value is not None:
+            return value.const_value if value is not None else None
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant" and "value" in node.attributes:
+            return node.attributes["value"].as_tensor()
+        if node.op_type != "Identity":
+            return None
+        value = node.inputs[0]
+    return None
+
+
 def _as_bias_vector(bias: ir.Value | None, cols: int) -> np.ndarray | None:
     """The bias as a float32 [N] vector if it is a constant that broadcasts along rows only."""
-    if bias is None or bias.const_value is None:
+    tensor = _constant(bias)
+    if tensor is None:
         return None
-    arr = bias.const_value.numpy()
+    arr = tensor.numpy()
     if arr.dtype != np.float32 or arr.size != cols or (arr.ndim and arr.shape[-1] != cols):
         return None
     return np.ascontiguousarray(arr.reshape(cols))

@@ -167,3 +167,30 @@ def test_a_raised_artifact_with_folded_biases_lowers_again() -> None:
     kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
     assert [len(n.inputs) for n in kernels] == [4, 3]
     assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-6
+
+
+IDENTITY_BIAS_TEXT = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[B,S,64] x) => (float[B,S,128] y, float[B,S,128] v) {
+  bi = Identity(b1)
+  h = MatMul(x, w1)
+  y = Add(bi, h)
+  c = Constant <value = float[128] {0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}>()
+  u = MatMul(x, w2)
+  v = Add(u, c)
+}
+"""
+
+
+def test_biases_behind_identity_or_constant_nodes_fold_too() -> None:
+    """The TorchScript exporter routes BERT's biases through Identity nodes (deduplicated
+    parameters), others write Constant nodes: both are constants the kernel op can add."""
+    model = make_model(IDENTITY_BIAS_TEXT, w1=seeded((64, 128), 1), w2=seeded((64, 128), 2), b1=seeded((128,), 3))
+    PassManager(parse_pipeline("nm-sparsity{min_params=0}")).run(model, PassContext(dims=DIMS, tune=False))
+    feeds = sample_inputs(model, dims=DIMS)
+    before = evaluate(model, feeds)
+    PassManager(parse_pipeline("lower-nm-kernels{min_params=0},legalize-dense")).run(model, PassContext(dims=DIMS, tune=False))
+    kernels = [n for n in model.graph if n.op_type == "NMSparseMatMul"]
+    assert [len(n.inputs) for n in kernels] == [4, 4]
+    assert "Add" not in [n.op_type for n in model.graph]
+    assert compare(before, evaluate(model, feeds)).rel_l2 < 1e-5
