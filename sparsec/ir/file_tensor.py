@@ -125,7 +125,10 @@ def _mapping(path: str) -> mmap.mmap | None:
     if path not in _MAPPED:
         try:
             with open(path, "rb") as f:
-                _MAPPED[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Private (copy-on-write) pages, shared with the page cache until written: a
+                # write through a torch tensor made from a view (numpy's flag cannot stop it)
+                # then changes a copy, where a read-only mapping would crash the process.
+                _MAPPED[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError):  # empty or unmappable: read with pread
             return None
     return _MAPPED[path]
