@@ -114,18 +114,9 @@ def verdict_section(manifest: dict[str, Any]) -> list[str]:
     return [*lines, ""] if v["problems"] or v["warnings"] else lines
 
 
-def sparsity_plot(decisions: list[dict[str, Any]], dense: Any, sparse: Any) -> bytes | None:
-    """Bar chart of weight bytes per layer, dense vs packed; None when nothing was pruned."""
-    data = sparsity_plot_data(dense, sparse)
-    if data is None:
-        return None
-    from sparsec.figures import bytes_per_layer_png
-
-    return bytes_per_layer_png(*data)
-
-
 def sparsity_plot_data(dense: Any, sparse: Any) -> tuple[list[str], list[float], list[float]] | None:
-    """(layer names, dense MB, packed MB) of the per-layer bytes plot; None when nothing was pruned."""
+    """(layer names, dense MB, packed MB) of the per-layer bytes plot (`sparsec.plot_job` draws it
+    with `figures.bytes_per_layer_png`); None when nothing was pruned."""
     if not any(layer.sparsity != "dense" for layer in sparse.layers):
         return None
     names = [(layer.weight or layer.name).removesuffix(".weight") for layer in dense.layers]
