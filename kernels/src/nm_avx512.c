@@ -410,26 +410,78 @@ NM_RV_DEFS(4) NM_RV_DEFS(8) NM_RV_DEFS(16)
 #define NM_RV_TAB(M_) {NM_RV_TAB_R(M_, 0), NM_RV_TAB_R(M_, 1), NM_RV_TAB_R(M_, 2), NM_RV_TAB_R(M_, 4)}
 static const nm_rv_fn NM_RV[3][4][4][4] = {NM_RV_TAB(4), NM_RV_TAB(8), NM_RV_TAB(16)};
 
-/* xt[kk * ldt + r] = x[r * ldx + kk] for r < rows, 0 for rows <= r < ldt (ldt % 16 == 0). */
+/* One 16 x 16 block in registers: dst[c * ldd + r] = src[r * lds + c] for the rows in `rows`
+ * (the others 0). Unpack, then 128-bit lane shuffles: 64 shuffles per 256 floats. */
+static inline __attribute__((always_inline)) void nm_rv_t16(const float *src, int64_t lds,
+                                                            float *dst, int64_t ldd, __mmask16 rows) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps((rows >> i) & 1 ? 0xFFFF : 0, src + i * lds);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm512_store_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88));
+        _mm512_store_ps(dst + (8 + i) * ldd, _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD));
+        _mm512_store_ps(dst + (4 + i) * ldd, _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88));
+        _mm512_store_ps(dst + (12 + i) * ldd, _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD));
+    }
+}
+
+/* xt[kk * ldt + r] = x[r * ldx + kk] for r < rows, 0 for rows <= r < ldt (ldt % 16 == 0).
+ * 16 x 16 blocks transposed in registers; the last k % 16 columns one at a time. Gathers
+ * (one per 16 floats) had done it all: where the row stride is a multiple of 4 KB (K = 3072,
+ * 11008: every row of a gather falls in the same L1 set) they took 3.5x as long (128 x 3072,
+ * 1 thread, AMD EPYC with AVX-512: 0.336 -> 0.095 ms; 128 x 768: 0.042 -> 0.022 ms). With the
+ * register-transposed output store below, 2 threads, mins of 8 interleaved rounds: 2:4 at 128
+ * rows 768x768 1.05 -> 0.99 ms, 3072x768 2.02 -> 1.81 ms, 768x3072 1.87 -> 1.80 ms; 64 rows on
+ * the 4096/11008 shapes 2-7% (bench/kernel_lib_ab.py, kernel_transpose_ab_amd_avx512.json). */
 static void nm_rv_transpose(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt,
                             int64_t ldt) {
+    const int64_t k16 = k / 16 * 16;
     for (int64_t v = 0; v < ldt; v += 16) {
         const int64_t nr = rows - v < 16 ? (rows - v > 0 ? rows - v : 0) : 16;
-        if (ldx <= INT32_MAX / 16) {
-            const __mmask16 mk = (__mmask16)((1u << nr) - 1u);
-            const __m512i idx = _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32((int)ldx));
-            const float *base = x + v * ldx;
-            for (int64_t kk = 0; kk < k; kk++)
-                _mm512_store_ps(xt + kk * ldt + v, _mm512_mask_i32gather_ps(
-                                    _mm512_setzero_ps(), mk, idx, base + kk, 4));
-        } else {
-            for (int64_t kk = 0; kk < k; kk++)
-                for (int64_t r = 0; r < 16; r++)
-                    xt[kk * ldt + v + r] = r < nr ? x[(v + r) * ldx + kk] : 0.0f;
-        }
+        const __mmask16 mk = (__mmask16)((1u << nr) - 1u);
+        const float *base = x + v * ldx;
+        for (int64_t kk = 0; kk < k16; kk += 16) nm_rv_t16(base + kk, ldx, xt + kk * ldt + v, ldt, mk);
+        for (int64_t kk = k16; kk < k; kk++)
+            for (int64_t r = 0; r < 16; r++) xt[kk * ldt + v + r] = r < nr ? base[r * ldx + kk] : 0.0f;
     }
+}
+
+/* y[i * ldy + c] = out[c * NM_RV_OS + i] + b[c] for i < rows, the columns in cm: 8 columns x
+ * 8 rows of partial sums transposed in registers (a gather per row had done it). */
+static inline __attribute__((always_inline)) void nm_rv_store8(const float *out, float *y, int64_t ldy,
+                                                               int rows, __mmask8 cm, __m256 b) {
+    __m256 r[8], t[8];
+    for (int c = 0; c < 8; c++) r[c] = _mm256_load_ps(out + c * NM_RV_OS);
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+    }
+    for (int i = 0; i < rows; i++) _mm256_mask_storeu_ps(y + i * ldy, cm, _mm256_add_ps(t[i], b));
 }
 
 /* Work is handed out dynamically, (row block, tile group) units from a shared counter, not
@@ -462,8 +514,6 @@ static void nm_rv_body(const void *args, int tid, int nth) {
     const int64_t gc = chunked ? (NM_RV_KC / m > 0 ? NM_RV_KC / m : 1) : groups;
     const int64_t tg_size = !chunked ? 1 : (xt_bytes > NM_RV_XT_BIG ? NM_RV_TG_BIG : NM_RV_TG);
     enum { OUTT = SK_TILE * NM_RV_OS }; /* partial sums of one tile */
-    const __m256i oidx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i ostride = _mm256_mullo_epi32(oidx, _mm256_set1_epi32(NM_RV_OS));
     const int64_t units_per_rb = sk_ceil_div(ntiles, tg_size);
     const int64_t units = sk_ceil_div(a->rows, rb_full) * units_per_rb;
     int64_t have_rb = -1; /* the row block in xt */
@@ -518,9 +568,8 @@ static void nm_rv_body(const void *args, int tid, int nth) {
                 float *yo = a->y + r0 * a->ldy + t * SK_TILE + h * 8;
                 const __m256 b = a->bias ? _mm256_maskz_loadu_ps(cm, a->bias + t * SK_TILE + h * 8)
                                          : _mm256_setzero_ps();
-                for (int64_t i = 0; i < rb; i++)
-                    _mm256_mask_storeu_ps(yo + i * a->ldy, cm,
-                                          _mm256_add_ps(_mm256_i32gather_ps(out + i, ostride, 4), b));
+                for (int64_t i = 0; i < rb; i += 8)
+                    nm_rv_store8(out + i, yo + i * a->ldy, a->ldy, rb - i < 8 ? (int)(rb - i) : 8, cm, b);
             }
         }
     }
