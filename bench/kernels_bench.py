@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import sparsec.kernels as sk
+    from sparsec.bench import machine_info
 
     torch.set_num_threads(args.threads)
     patterns = args.patterns.split(",")
@@ -250,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "llc_bytes": llc, "isa": sk.available_isas()[0],
                     "cores": os.cpu_count(), "loadavg_before_after": [load_before,
-                                                                      os.getloadavg()[0]]},
+                                                                      os.getloadavg()[0]],
+                    "cpu_info": machine_info(),  # model name, flags, caches
+                    "kernel_isa_forced": os.environ.get("SPARSEC_KERNEL_ISA")},
         "clock": "thread CPU time" if args.cpu_time else "wall",
         "method": "median of >=20 runs (>=5 if >100 ms) after warm-up; batch 1 rotates "
                   "weight copies totalling >= 4x LLC; speedup vs faster of ORT and torch",
