@@ -28,6 +28,7 @@ from sparsec.bench import emit_json, machine_info
 
 CPU_TIME = False  # --cpu-time: time with the calling thread's CPU clock (1 thread only)
 NCHW_TOO = False  # --nchw: models also timed with ORT's NCHWc layout transform off
+SAVE_DIR: str | None = None  # --save-models: write each model variant's .onnx here (for bench/ort_profile.py)
 
 RESNET50_LAYERS = [  # (cin, cout, h, k, stride)
     (64, 256, 56, 1, 1), (256, 64, 56, 1, 1), (256, 128, 56, 1, 1), (128, 512, 28, 1, 1),
@@ -197,6 +198,10 @@ def bench_model(name: str, threads: int) -> dict:
         recs = PassManager(parse_pipeline(pipeline)).run(model, PassContext())
         ops = collections.Counter(n.op_type for n in model.graph)
         variants[label] = (make_session(model_bytes(model), threads), recs[0].stats.get("convs_lowered", 0), dict(ops))
+        if SAVE_DIR:
+            os.makedirs(SAVE_DIR, exist_ok=True)
+            with open(os.path.join(SAVE_DIR, f"{name}_{label}.onnx"), "wb") as f:
+                f.write(model_bytes(model))
         if NCHW_TOO and label != "sparse_auto":
             # Without ORT's layout level there is no NCHWc, so no reorders around the kernel
             # ops either: what lowering every conv of a chain could at best gain.
@@ -226,10 +231,12 @@ def main() -> int:
     ap.add_argument("--cpu-time", action="store_true", help="1 thread, medians of the thread's CPU time (robust under load)")
     ap.add_argument("--models", default="resnet50,mobilenetv2", help="comma-separated: resnet50, mobilenetv2")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--save-models", metavar="DIR", help="also write each model variant's .onnx to DIR")
     ap.add_argument("--nchw", action="store_true", help="also time the models without ORT's NCHWc layout (dense and every conv lowered)")
     args = ap.parse_args()
-    global CPU_TIME, NCHW_TOO
+    global CPU_TIME, NCHW_TOO, SAVE_DIR
     NCHW_TOO = args.nchw
+    SAVE_DIR = args.save_models
     if args.cpu_time:
         CPU_TIME, args.threads = True, 1
     from sparsec.kernels import kernels_available
