@@ -443,8 +443,9 @@ static inline __attribute__((always_inline)) void nm_rv_t16(const float *src, in
 /* xt[kk * ldt + r] = x[r * ldx + kk] for r < rows, 0 for rows <= r < ldt (ldt % 16 == 0).
  * 16 x 16 blocks transposed in registers; the last k % 16 columns one at a time. Gathers
  * (one per 16 floats) had done it all: where the row stride is a multiple of 4 KB (K = 3072,
- * 11008: every row of a gather falls in the same L1 set) they took 3.5x as long (128 x 3072,
- * 1 thread, AMD EPYC with AVX-512: 0.336 -> 0.095 ms; 128 x 768: 0.042 -> 0.022 ms). With the
+ * 11008: every row of a gather falls in the same L1 set) they took 3.6-4x as long (128 x 3072,
+ * 1 thread, AMD EPYC with AVX-512: 0.37-0.49 -> 0.10-0.12 ms; 128 x 768: 0.037 -> 0.022 ms;
+ * bench/transpose_microbench.c, transpose_microbench_amd_zen4flags.json). With the
  * register-transposed output store below, 2 threads, mins of 8 interleaved rounds: 2:4 at 128
  * rows 768x768 1.05 -> 0.99 ms, 3072x768 2.02 -> 1.81 ms, 768x3072 1.87 -> 1.80 ms; 64 rows on
  * the 4096/11008 shapes 2-7% (bench/kernel_lib_ab.py, kernel_transpose_ab_amd_avx512.json). */
