@@ -146,7 +146,9 @@ static void conv_avx512_body(const void *args, int tid, int nth) {
                     float *yr = yb + (int64_t)r * a->y_plane;
                     for (int v = 0; v < nv; v++) {
                         const __m512 val = activate(o[j][v], a->act);
-                        if (contiguous) {
+                        if (contiguous && smask[v] == 0xFFFF) {
+                            _mm512_storeu_ps(yr + sdest[v], val);
+                        } else if (contiguous) {
                             _mm512_mask_storeu_ps(yr + sdest[v], smask[v], val);
                         } else if (smask[v]) {
                             const unsigned n = (unsigned)__builtin_popcount(smask[v]);

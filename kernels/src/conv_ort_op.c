@@ -232,6 +232,15 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
                            (long long)kr->h, (long long)kr->w);
         goto fail;
     }
+    /* Checked once here; calls at this input size then skip the per-slot checks. */
+    const int rc = sk_conv2d_check(kr->cin, kr->h, kr->w, kr->cout, (int)kr->kh, (int)kr->kw,
+                                   (int)kr->stride, (int)kr->pads[0], (int)kr->pads[1], (int)kr->pads[2],
+                                   (int)kr->pads[3], kr->kc, kr->perm, kr->row_ptr, kr->off, kr->values,
+                                   kr->nslots, (int)kr->act);
+    if (rc != SK_OK) {
+        st = sk_ort_status(api, "%s: packed weight does not fit the op's shape: %s", ctx, sk_status_string(rc));
+        goto fail;
+    }
     *out = kr;
     return NULL;
 fail:
@@ -278,9 +287,9 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     const int64_t macs = dims[0] * ho * wo * kr->nslots;
     int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads(), t = macs / CONV_MIN_MACS_PER_THREAD;
     if (t > limit) t = limit;
-    const int rc = sk_conv2d(x, dims[0], kr->cin, dims[2], dims[3], kr->cout, kh, kw, s, pt, pl, pb, pr,
-                             kr->kc, kr->perm, kr->row_ptr, off, kr->values, kr->nslots, kr->bias,
-                             (int)kr->act, y, kr->isa, t < 1 ? 1 : (int)t);
+    const int rc = (own ? sk_conv2d : sk_conv2d_checked)(
+        x, dims[0], kr->cin, dims[2], dims[3], kr->cout, kh, kw, s, pt, pl, pb, pr, kr->kc, kr->perm,
+        kr->row_ptr, off, kr->values, kr->nslots, kr->bias, (int)kr->act, y, kr->isa, t < 1 ? 1 : (int)t);
     free(own);
     if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op %s: %s", NAME, sk_status_string(rc));
     return NULL;

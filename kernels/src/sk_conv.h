@@ -20,4 +20,15 @@ int sk_conv2d(const float *x, int64_t batch, int64_t cin, int64_t h, int64_t w, 
               const int32_t *row_ptr, const int32_t *off, const float *vals, int64_t nslots,
               const float *bias, int act, float *y, int isa, int threads);
 
+/* The argument checks of sk_conv2d alone (every packed slot's offset in range for this input
+ * size), and sk_conv2d without them: for callers that checked these arguments once (the ORT
+ * op, at kernel creation) and call many times. */
+int sk_conv2d_check(int64_t cin, int64_t h, int64_t w, int64_t cout, int kh, int kw, int stride, int pt,
+                    int pl, int pb, int pr, int64_t kc, const int32_t *perm, const int32_t *row_ptr,
+                    const int32_t *off, const float *vals, int64_t nslots, int act);
+int sk_conv2d_checked(const float *x, int64_t batch, int64_t cin, int64_t h, int64_t w, int64_t cout,
+                      int kh, int kw, int stride, int pt, int pl, int pb, int pr, int64_t kc,
+                      const int32_t *perm, const int32_t *row_ptr, const int32_t *off, const float *vals,
+                      int64_t nslots, const float *bias, int act, float *y, int isa, int threads);
+
 #endif
