@@ -97,10 +97,19 @@ static void prep_body(const void *args, int tid, int nth) {
                 memset(dst + lo + n_in, 0, (size_t)(g->wq - lo - n_in) * sizeof *dst);
                 continue;
             }
-            for (int64_t j = 0; j < g->wq; j++) {
-                const int64_t col = j * s + c - p->pl;
-                dst[j] = col >= 0 && col < p->w ? row[col] : 0.0f;
-            }
+            /* Columns j0 <= j < j1 read inside the row: a branch-free strided copy there
+             * (the compiler vectorizes it), zeros around it. The per-element bounds test this
+             * replaces made prep_body ~20% of a run with strided convs on the kernel (perf). */
+            const int64_t first = c - p->pl; /* input column of j = 0 */
+            int64_t j0 = first >= 0 ? 0 : (-first + s - 1) / s;
+            int64_t j1 = first > p->w - 1 ? 0 : (p->w - 1 - first) / s + 1;
+            if (j0 > g->wq) j0 = g->wq;
+            if (j1 > g->wq) j1 = g->wq;
+            if (j1 < j0) j1 = j0;
+            for (int64_t j = 0; j < j0; j++) dst[j] = 0.0f;
+            const float *rs = row + first;
+            for (int64_t j = j0; j < j1; j++) dst[j] = rs[j * s];
+            for (int64_t j = j1; j < g->wq; j++) dst[j] = 0.0f;
         }
     }
 }

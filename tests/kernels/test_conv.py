@@ -26,6 +26,8 @@ SHAPES = [
     (1, 5, 7, 3, 3, 3, 1, 1),
     (1, 8, 9, 20, 1, 3, 1, 1),
     (1, 3, 16, 17, 17, 7, 2, 3),
+    (1, 6, 5, 11, 10, 5, 3, 2),  # stride 3: three column phases, each with its own zero edges
+    (1, 4, 3, 2, 2, 3, 2, 2),  # padding wider than the input: phases with no input column at all
 ]
 
 
