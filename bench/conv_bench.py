@@ -96,6 +96,32 @@ def side_by_side(fns: dict, label: str, budget_s: float) -> dict:
             for k, v in samples.items()}
 
 
+def _op_times_ms(model: object, threads: int, feed: dict, runs: int = 30) -> dict[str, float]:
+    """ms per run by op type from ORT's profiler. A one-node dense Conv model runs as
+    ReorderInput -> NCHWc Conv -> ReorderOutput: the reorders are part of its wall time but
+    not of a conv's cost inside a network, where ORT keeps the NCHWc layout between convs."""
+    import collections
+    import json
+    import tempfile
+
+    from sparsec.backends.ort.sparse_ops import make_session, session_options
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = session_options(threads, None)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(d, "p")
+        sess = make_session(model, threads, options=opts)
+        for _ in range(runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per[e["args"].get("op_name")] += e["dur"] / 1000 / runs
+    return dict(per)
+
+
 def layer_row(cin: int, cout: int, h: int, k: int, s: int, pattern: str, threads: int, rng: np.random.Generator) -> dict:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -130,10 +156,19 @@ def layer_row(cin: int, cout: int, h: int, k: int, s: int, pattern: str, threads
     flops = 2.0 * cout * cin * k * k * ho * ho
     density = float(np.count_nonzero(w)) / w.size
     spec = ConvSpec(cin, cout, k, k, s, h, h, ho, ho, density)
+    dense_ops = _op_times_ms(dense, threads, {"x": x})
+    sparse_ops = _op_times_ms(sparse, threads, {"x": x})
+    conv_only = dense_ops.get("Conv", 0.0) + dense_ops.get("Relu", 0.0)
     return {
         "layer": f"{cin}->{cout} {h}x{h} k{k} s{s}", "pattern": pattern, "density": round(density, 4),
         "dense_ms": round(t["dense"].median_ms, 4), "sparse_ms": round(t["sparse"].median_ms, 4),
         "speedup": round(t["dense"].median_ms / t["sparse"].median_ms, 3),
+        # profiled node times: the dense Conv(+Relu) nodes alone, without the NCHWc reorders
+        # a one-node model adds around them; against the kernel op's node time
+        "profiled_dense_conv_ms": round(conv_only, 4),
+        "profiled_dense_reorders_ms": round(sum(v for op, v in dense_ops.items() if op.startswith("Reorder")), 4),
+        "profiled_sparse_op_ms": round(sparse_ops.get("SparseConv", 0.0), 4),
+        "speedup_vs_conv_node": round(conv_only / max(sparse_ops.get("SparseConv", 0.0), 1e-9), 3),
         "predicted": round(predict_speedup(spec), 3),
         "dense_gflops": round(flops / t["dense"].median_ms / 1e6, 1),
         "sparse_effective_gflops": round(flops / t["sparse"].median_ms / 1e6, 1),
