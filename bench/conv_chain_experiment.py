@@ -6,7 +6,7 @@ on the kernel, as plain sparse convs (a depthwise conv as its block-diagonal den
 folded, Relu6 fused), so ORT has no Conv left and reorders nothing. It is an experiment, not a
 lowering sparsec offers: the generic kernel is slow for depthwise convs (9 taps per channel).
 
-Writes JSON: interleaved medians of the three models (dense; pruned convs on the kernel; every
+Writes JSON: medians of the three models timed side by side (dense; pruned convs on the kernel; every
 conv on the kernel), their max relative output error against dense, and ORT's profile of each
 (ms per op type, and the time of the kernel ops that replace pruned 1x1 convs vs the others).
 
@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import conv_bench  # noqa: E402
 
 from sparsec.backends.ort.conv_ops import sparse_conv_node  # noqa: E402
 from sparsec.backends.ort.sparse_ops import session_options  # noqa: E402
-from sparsec.bench import machine_info  # noqa: E402
+from sparsec.bench import machine_info, time_side_by_side  # noqa: E402
 
 
 def _session(path: str, profile_dir: str | None = None) -> ort.InferenceSession:
@@ -141,7 +140,7 @@ def profile(path: str, x: np.ndarray, runs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50"])
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing")
     ap.add_argument("--profile-runs", type=int, default=30)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -157,26 +156,18 @@ def main() -> None:
         feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
         ref = sessions["dense"].run(None, feeds["dense"])[0]
         errors = {k: float(np.abs(s.run(None, feeds[k])[0] - ref).max() / np.abs(ref).max()) for k, s in sessions.items()}
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for r in range(args.rounds):
-            order = list(sessions) if r % 2 == 0 else list(sessions)[::-1]
-            for k in order:
-                for _ in range(5):
-                    sessions[k].run(None, feeds[k])
-                t0 = time.perf_counter()
-                for _ in range(40):
-                    sessions[k].run(None, feeds[k])
-                times[k].append((time.perf_counter() - t0) / 40 * 1e3)
-            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        timing = time_side_by_side({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()},
+                                   label=args.model, budget_s=args.budget)
         profiles = {k: profile(p, x, args.profile_runs) for k, p in paths.items()}
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    med = {k: t.median_ms for k, t in timing.items()}
     doc = {
         "benchmark": "conv_chain_experiment", "model": args.model, "machine": machine_info(), "threads": 2,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "convs_rewritten_onto_kernel": rewritten,
         "median_ms": {k: round(v, 3) for k, v in med.items()},
         "speedup_vs_dense": {k: round(med["dense"] / v, 3) for k, v in med.items() if k != "dense"},
-        "max_rel_err_vs_dense": errors, "rounds": args.rounds, "profile_runs": args.profile_runs,
+        "runs": {k: t.runs for k, t in timing.items()},
+        "max_rel_err_vs_dense": errors, "profile_runs": args.profile_runs,
         "ort_profile": profiles,
     }
     text = json.dumps(doc, indent=1)

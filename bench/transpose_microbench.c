@@ -3,6 +3,7 @@
  * 128 rows of K floats in blocks of 32 rows; checks they agree, prints one JSON line per round.
  *
  *   gcc -O2 -mavx512f -mavx512dq -mfma -o /tmp/tpb bench/transpose_microbench.c && /tmp/tpb 3072
+ * (run from the repository root)
  *
  * With K = 3072 or 11008 every row of a gather lies a multiple of 4 KB from the next (one L1 set).
  */
@@ -11,6 +12,8 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <time.h>
+#define SK_TRANSPOSE_AVX512
+#include "../kernels/src/sk_transpose.h"
 static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
 static void tp_gather(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt, int64_t ldt) {
     for (int64_t v = 0; v < ldt; v += 16) {
@@ -22,28 +25,11 @@ static void tp_gather(const float *x, int64_t ldx, int64_t rows, int64_t k, floa
             _mm512_store_ps(xt + kk * ldt + v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, base + kk, 4));
     }
 }
-/* 16x16 in-register transpose: rows r0..15 of x (16 floats each at column kk..kk+15) -> xt */
+/* The kernel's 16 x 16 register transpose (kernels/src/sk_transpose.h), as nm_rv_t16 uses it. */
 static inline void t16(const float *src, int64_t lds, float *dst, int64_t ldd, __mmask16 rowmask) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = (rowmask >> i) & 1 ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
-    for (int i = 0; i < 8; i++) { t[2*i] = _mm512_unpacklo_ps(r[2*i], r[2*i+1]); t[2*i+1] = _mm512_unpackhi_ps(r[2*i], r[2*i+1]); }
-    for (int i = 0; i < 4; i++) {
-        r[4*i+0] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0x44); r[4*i+1] = _mm512_shuffle_ps(t[4*i], t[4*i+2], 0xEE);
-        r[4*i+2] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0x44); r[4*i+3] = _mm512_shuffle_ps(t[4*i+1], t[4*i+3], 0xEE);
-    }
-    /* now r[4i+j] holds 4x4 blocks; combine 128-bit lanes */
-    for (int i = 0; i < 4; i++) {
-        t[i]    = _mm512_shuffle_f32x4(r[i], r[4+i], 0x88);
-        t[4+i]  = _mm512_shuffle_f32x4(r[i], r[4+i], 0xDD);
-        t[8+i]  = _mm512_shuffle_f32x4(r[8+i], r[12+i], 0x88);
-        t[12+i] = _mm512_shuffle_f32x4(r[8+i], r[12+i], 0xDD);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i]    = _mm512_shuffle_f32x4(t[i], t[8+i], 0x88);
-        r[8+i]  = _mm512_shuffle_f32x4(t[i], t[8+i], 0xDD);
-        r[4+i]  = _mm512_shuffle_f32x4(t[4+i], t[12+i], 0x88);
-        r[12+i] = _mm512_shuffle_f32x4(t[4+i], t[12+i], 0xDD);
-    }
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps((rowmask >> i) & 1 ? 0xFFFF : 0, src + i * lds);
+    sk_tr16x16_ps(r);
     for (int i = 0; i < 16; i++) _mm512_store_ps(dst + i * ldd, r[i]);
 }
 static void tp_shuf(const float *x, int64_t ldx, int64_t rows, int64_t k, float *xt, int64_t ldt) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "sk_internal.h"
+#include "sk_transpose.h"
 
 #define NM2_R 2
 #define NM2_T 2
@@ -265,22 +266,10 @@ static const nm2_rv_fn NM2_RV[3][4][4] = {NM2_RV_TAB(4), NM2_RV_TAB(8), NM2_RV_T
  * others 0). */
 static inline __attribute__((always_inline)) void nm2_rv_t8(const float *src, int64_t lds, int rows,
                                                             float *dst) {
-    __m256 r[8], t[8];
+    __m256 r[8];
     for (int i = 0; i < 8; i++) r[i] = i < rows ? _mm256_loadu_ps(src + i * lds) : _mm256_setzero_ps();
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        _mm256_storeu_ps(dst + i * NM2_RV_RT, _mm256_permute2f128_ps(r[i], r[4 + i], 0x20));
-        _mm256_storeu_ps(dst + (4 + i) * NM2_RV_RT, _mm256_permute2f128_ps(r[i], r[4 + i], 0x31));
-    }
+    sk_tr8x8_ps(r);
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * NM2_RV_RT, r[i]);
 }
 
 /* xb[kk * NM2_RV_RT + r] = x[r * ldx + kk] for r < rows, 0 up to NM2_RV_RT: 8 x 8 blocks in

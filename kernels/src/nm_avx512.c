@@ -13,6 +13,8 @@
 #include <stdlib.h>
 
 #include "sk_internal.h"
+#define SK_TRANSPOSE_AVX512
+#include "sk_transpose.h"
 
 #define NM_R 4
 #define NM_T 4
@@ -410,34 +412,13 @@ NM_RV_DEFS(4) NM_RV_DEFS(8) NM_RV_DEFS(16)
 #define NM_RV_TAB(M_) {NM_RV_TAB_R(M_, 0), NM_RV_TAB_R(M_, 1), NM_RV_TAB_R(M_, 2), NM_RV_TAB_R(M_, 4)}
 static const nm_rv_fn NM_RV[3][4][4][4] = {NM_RV_TAB(4), NM_RV_TAB(8), NM_RV_TAB(16)};
 
-/* One 16 x 16 block in registers: dst[c * ldd + r] = src[r * lds + c] for the rows in `rows`
- * (the others 0). Unpack, then 128-bit lane shuffles: 64 shuffles per 256 floats. */
+/* One 16 x 16 block: dst[c * ldd + r] = src[r * lds + c] for the rows in `rows` (the others 0). */
 static inline __attribute__((always_inline)) void nm_rv_t16(const float *src, int64_t lds,
                                                             float *dst, int64_t ldd, __mmask16 rows) {
-    __m512 r[16], t[16];
+    __m512 r[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps((rows >> i) & 1 ? 0xFFFF : 0, src + i * lds);
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
-        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
-    }
-    for (int i = 0; i < 4; i++) {
-        _mm512_store_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88));
-        _mm512_store_ps(dst + (8 + i) * ldd, _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD));
-        _mm512_store_ps(dst + (4 + i) * ldd, _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88));
-        _mm512_store_ps(dst + (12 + i) * ldd, _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD));
-    }
+    sk_tr16x16_ps(r);
+    for (int i = 0; i < 16; i++) _mm512_store_ps(dst + i * ldd, r[i]);
 }
 
 /* xt[kk * ldt + r] = x[r * ldx + kk] for r < rows, 0 for rows <= r < ldt (ldt % 16 == 0).
@@ -466,23 +447,10 @@ static void nm_rv_transpose(const float *x, int64_t ldx, int64_t rows, int64_t k
  * 8 rows of partial sums transposed in registers (a gather per row had done it). */
 static inline __attribute__((always_inline)) void nm_rv_store8(const float *out, float *y, int64_t ldy,
                                                                int rows, __mmask8 cm, __m256 b) {
-    __m256 r[8], t[8];
+    __m256 r[8];
     for (int c = 0; c < 8; c++) r[c] = _mm256_load_ps(out + c * NM_RV_OS);
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
-        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
-    }
-    for (int i = 0; i < rows; i++) _mm256_mask_storeu_ps(y + i * ldy, cm, _mm256_add_ps(t[i], b));
+    sk_tr8x8_ps(r);
+    for (int i = 0; i < rows; i++) _mm256_mask_storeu_ps(y + i * ldy, cm, _mm256_add_ps(r[i], b));
 }
 
 /* Work is handed out dynamically, (row block, tile group) units from a shared counter, not
