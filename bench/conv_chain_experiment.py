@@ -34,7 +34,7 @@ import conv_bench  # noqa: E402
 
 from sparsec.backends.ort.conv_ops import sparse_conv_node  # noqa: E402
 from sparsec.backends.ort.sparse_ops import session_options  # noqa: E402
-from sparsec.bench import machine_info, time_side_by_side  # noqa: E402
+from sparsec.bench import emit_json, machine_info, time_side_by_side  # noqa: E402
 
 
 def _session(path: str, profile_dir: str | None = None) -> ort.InferenceSession:
@@ -170,10 +170,7 @@ def main() -> None:
         "max_rel_err_vs_dense": errors, "profile_runs": args.profile_runs,
         "ort_profile": profiles,
     }
-    text = json.dumps(doc, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(doc, args.out)
 
 
 if __name__ == "__main__":

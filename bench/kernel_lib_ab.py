@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparsec.bench import machine_info  # noqa: E402
+from sparsec.bench import emit_json, machine_info  # noqa: E402
 from sparsec.kernels import _native  # noqa: E402
 from sparsec.kernels.isa import resolve_isa  # noqa: E402
 from sparsec.kernels.packing_nm import PackedNM, pack_nm, prune_nm  # noqa: E402
@@ -98,10 +97,7 @@ def main() -> None:
         results.append(r)
     doc = {"machine": machine_info(), "threads": args.threads, "isa": args.isa or "widest",
            "load_average": os.getloadavg(), "results": results}
-    text = json.dumps(doc, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(doc, args.out)
 
 
 if __name__ == "__main__":
