@@ -101,24 +101,14 @@ def _op_times_ms(model: object, threads: int, feed: dict, runs: int = 30) -> dic
     ReorderInput -> NCHWc Conv -> ReorderOutput: the reorders are part of its wall time but
     not of a conv's cost inside a network, where ORT keeps the NCHWc layout between convs."""
     import collections
-    import json
-    import tempfile
 
-    from sparsec.backends.ort.sparse_ops import make_session, session_options
+    from sparsec.backends.ort.sparse_ops import session_options
+    from sparsec.bench import profile_node_events
 
-    with tempfile.TemporaryDirectory() as d:
-        opts = session_options(threads, None)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(d, "p")
-        sess = make_session(model, threads, options=opts)
-        for _ in range(runs):
-            sess.run(None, feed)
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
+    events, recorded = profile_node_events(model.SerializeToString(), session_options(threads, None), feed, runs)
     per: dict[str, float] = collections.defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per[e["args"].get("op_name")] += e["dur"] / 1000 / runs
+        per[e["op"]] += e["ms"] / recorded
     return dict(per)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import tempfile
@@ -34,15 +33,11 @@ import conv_bench  # noqa: E402
 
 from sparsec.backends.ort.conv_ops import sparse_conv_node  # noqa: E402
 from sparsec.backends.ort.sparse_ops import session_options  # noqa: E402
-from sparsec.bench import emit_json, machine_info, time_side_by_side  # noqa: E402
+from sparsec.bench import emit_json, machine_info, profile_node_events, time_side_by_side  # noqa: E402
 
 
-def _session(path: str, profile_dir: str | None = None) -> ort.InferenceSession:
-    so = session_options(2, None)
-    if profile_dir:
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(profile_dir, "p")
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+def _session(path: str | bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(path, session_options(2, None), providers=["CPUExecutionProvider"])
 
 
 def _conv_input_shapes(path: str, convs: list[onnx.NodeProto], x: np.ndarray) -> dict[str, tuple[int, ...]]:
@@ -50,7 +45,7 @@ def _conv_input_shapes(path: str, convs: list[onnx.NodeProto], x: np.ndarray) ->
     del probe.graph.output[:]
     for n in convs:
         probe.graph.output.append(helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None))
-    s = ort.InferenceSession(probe.SerializeToString(), session_options(2, None), providers=["CPUExecutionProvider"])
+    s = _session(probe.SerializeToString())
     outs = s.run(None, {s.get_inputs()[0].name: x})
     return {n.input[0]: o.shape for n, o in zip(convs, outs, strict=True)}
 
@@ -115,24 +110,18 @@ def every_conv_on_kernel(src: str, dst: str, x: np.ndarray) -> int:
 
 
 def profile(path: str, x: np.ndarray, runs: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        s = _session(path, d)
-        feed = {s.get_inputs()[0].name: x}
-        for _ in range(runs):
-            s.run(None, feed)
-        with open(s.end_profiling()) as f:
-            events = json.load(f)
+    events, recorded = profile_node_events(path, session_options(2, None),
+                                           lambda s: {s.get_inputs()[0].name: x}, runs)
     by_op: dict[str, float] = collections.defaultdict(float)
     on_kernel_pruned = on_kernel_other = 0.0
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            op, ms = e["args"].get("op_name"), e["dur"] / 1000 / runs
-            by_op[op] += ms
-            if op == "SparseConv":
-                if e["name"].split("_kernel_time")[0].endswith("_on_kernel"):
-                    on_kernel_other += ms
-                else:
-                    on_kernel_pruned += ms
+        ms = e["ms"] / recorded
+        by_op[e["op"]] += ms
+        if e["op"] == "SparseConv":
+            if e["node"].endswith("_on_kernel"):
+                on_kernel_other += ms
+            else:
+                on_kernel_pruned += ms
     return {"ms_per_run_by_op": {k: round(v, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
             "sparseconv_pruned_ms": round(on_kernel_pruned, 3), "sparseconv_other_convs_ms": round(on_kernel_other, 3)}
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import onnxruntime as ort
 
-from sparsec.bench import emit_json, machine_info
+from sparsec.bench import emit_json, machine_info, profile_node_events
 
 PRODUCTS = ("Gemm", "MatMul", "FusedMatMul", "NMSparseMatMul")
 
@@ -53,38 +51,22 @@ def main(argv: list[str] | None = None) -> int:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
         opts.inter_op_num_threads = 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
-    feeds = _feeds(session)
-    for _ in range(args.runs):
-        session.run(None, feeds)
-    trace = session.end_profiling()
-    with open(trace) as f:
-        events = json.load(f)
-    os.remove(trace)
+    events, runs = profile_node_events(args.model, opts, _feeds, args.runs)
     by_op: dict[str, float] = collections.defaultdict(float)
     by_shape: dict[str, float] = collections.defaultdict(float)
-    runs = 0
     for e in events:
-        if e.get("cat") == "Session" and e.get("name") == "model_run":
-            runs += 1
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
-            continue
-        op = e["args"]["op_name"]
-        by_op[op] += e["dur"]
-        if op in PRODUCTS:
+        by_op[e["op"]] += e["ms"]
+        if e["op"] in PRODUCTS:
             shapes = [next(iter(t.values())) for t in e["args"].get("input_type_shape", [])]
-            by_shape[f"{op} {shapes}"] += e["dur"]
-    runs = max(runs, 1)
+            by_shape[f"{e['op']} {shapes}"] += e["ms"]
 
     def per_run_ms(table: dict[str, float]) -> dict[str, float]:
-        return {k: round(v / runs / 1000, 3) for k, v in sorted(table.items(), key=lambda kv: -kv[1])}
+        return {k: round(v / runs, 3) for k, v in sorted(table.items(), key=lambda kv: -kv[1])}
 
     result = {
         "command": "python bench/ort_profile.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(), "loadavg": [round(x, 2) for x in os.getloadavg()], "runs": runs,
-        "node_ms_per_run": round(sum(by_op.values()) / runs / 1000, 3),
+        "node_ms_per_run": round(sum(by_op.values()) / runs, 3),
         "by_op_ms": per_run_ms(by_op), "products_by_input_shapes_ms": per_run_ms(by_shape),
     }
     emit_json(result, None)

@@ -284,3 +284,30 @@ def cuda_median_ms(torch: Any, fn: Callable[[], object], runs: int = 30, warmup:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def profile_node_events(model: str | bytes, options: Any, feeds: Any, runs: int) -> tuple[list[dict[str, Any]], int]:
+    """Run `model` `runs` times with ONNX Runtime's profiler on (`options` is a SessionOptions,
+    changed to enable it); returns its per-node kernel events, each as {"node", "op", "ms",
+    "args"}, and the number of runs it recorded. `feeds`: the inputs, or a function of the
+    session that makes them."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(d, "ort")
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        inputs = feeds(session) if callable(feeds) else feeds
+        for _ in range(runs):
+            session.run(None, inputs)
+        with open(session.end_profiling()) as f:
+            trace = json.load(f)
+    recorded = sum(1 for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    events = [{"node": e["name"][: -len("_kernel_time")], "op": e["args"].get("op_name"), "ms": e["dur"] / 1000,
+               "args": e["args"]}
+              for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return events, max(recorded, 1)
