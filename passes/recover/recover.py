@@ -35,7 +35,8 @@ class Recover(Pass):
     eval_every: int = option(25, "steps between held-out evaluations (early stopping)")
     patience: int = option(4, "stop after this many evaluations without improvement")
     augment: bool = option(False, "also train on perturbed copies of the samples (token replacement, mixup)")
-    augment_mode: str = option("replace", "token inputs: replace 15% of the tokens, or splice new rows from real spans")
+    augment_mode: str = option("replace", "token inputs: replace 15% of the tokens by the samples' (replace) or the vocabulary's (vocab), "
+                                      "splice new rows from real spans (splice), or both (splice-vocab)")
     router_weight: float = option(0.0, "MoE routers: weight of distilling the logits towards the experts' activation mass")
     blockwise_epochs: float = option(0.0, "block-wise reconstruction first: epochs per transformer block (0: none)")
     blockwise_lr: float = option(1e-3, "block-wise reconstruction: peak learning rate")

@@ -41,7 +41,8 @@ def add_finetune_parser(sub: Any) -> None:
     p.add_argument("--augment", action="store_true",
                    help="also train on perturbed copies of the samples (token replacement, mixup)")
     p.add_argument("--augment-mode", choices=AUGMENT_MODES, default="replace",
-                   help="--augment for token inputs: replace 15%% of the tokens, or splice new rows from real spans")
+                   help="--augment for token inputs: replace 15%% of the tokens by the samples' (replace) or the vocabulary's (vocab), "
+                        "splice new rows from real spans (splice), or both (splice-vocab)")
     p.add_argument("--router-weight", type=float, default=0.0,
                    help="MoE routers: weight of distilling their logits towards the experts' activation mass (default 0)")
     p.add_argument("--blockwise-epochs", type=float, default=0.0,

@@ -27,24 +27,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import onnx_ir as ir
 
 TOKEN_RATE = 0.15
 MIX_LOW = 0.5
 AUGMENTED_SHARE = 0.5
 SPAN_MIN, SPAN_MAX = 2, 8
-MODES = ("replace", "splice")
+MODES = ("replace", "splice", "vocab", "splice-vocab")
 
 
 class Augmenter:
     """Draws augmented copies of batches of `arrays` (the training samples)."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], row_mask: str | None, seed: int = 0,
-                 mode: str = "replace") -> None:
+                 mode: str = "replace", vocab_sizes: Mapping[str, int] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"augment mode must be one of {', '.join(MODES)}, got '{mode}'")
         self.rng = np.random.default_rng(seed + 7919)
         self.row_mask = row_mask
         self.mode = mode
+        self.vocab_sizes = dict(vocab_sizes or {})
         # splice: per token input, the real interior tokens of every sample (specials dropped)
         # and, per token value, every (sample, position) where it occurs.
         self.spans: dict[str, tuple[list[np.ndarray], dict[int, np.ndarray]]] = {}
@@ -57,7 +59,7 @@ class Augmenter:
             values, counts = np.unique(real, return_counts=True)
             if len(values) > 2:
                 self.tokens[name] = (values, counts / counts.sum())
-                if mode == "splice":
+                if mode in ("splice", "splice-vocab"):
                     self.spans[name] = _span_index(a, np.asarray(mask) != 0)
         self.floats = [n for n, a in arrays.items() if np.issubdtype(a.dtype, np.floating) and n != row_mask]
 
@@ -83,14 +85,20 @@ class Augmenter:
             editable[rows, last] = False
             editable &= chosen[:, None]
             for name, (values, probs) in self.tokens.items():
-                if self.mode == "splice" and name in self.spans:
+                if name in self.spans:
                     for r in np.flatnonzero(chosen):
                         where = np.flatnonzero(editable[r])
                         if where.size:
                             out[name][r, where] = self._splice(name, where.size).astype(out[name].dtype)
-                    continue
+                    if self.mode == "splice":
+                        continue
                 hit = editable & (self.rng.random(editable.shape) < TOKEN_RATE)
-                out[name][hit] = self.rng.choice(values, size=int(hit.sum()), p=probs).astype(out[name].dtype)
+                vocab = self.vocab_sizes.get(name) if self.mode in ("vocab", "splice-vocab") else None
+                if vocab is not None:
+                    drawn = self.rng.integers(0, vocab, size=int(hit.sum()))
+                else:  # "replace", or no embedding table found for this input: the samples' own tokens
+                    drawn = self.rng.choice(values, size=int(hit.sum()), p=probs)
+                out[name][hit] = drawn.astype(out[name].dtype)
         if self.floats and n > 1:
             partner = self.rng.permutation(n)
             lam = np.where(chosen, self.rng.uniform(MIX_LOW, 1.0, n), 1.0)
@@ -123,6 +131,29 @@ class Augmenter:
         return np.asarray(picked[:length])
 
 
+_VALUE_KEEPING = ("Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def vocab_sizes(model: ir.Model) -> dict[str, int]:
+    """Per integer graph input that indexes an embedding table (a Gather of a constant, maybe
+    behind casts and reshapes), the table's row count: the range "vocab" augmentation draws from."""
+    sizes: dict[str, int] = {}
+    for value in model.graph.inputs:
+        if value.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
+            continue
+        frontier = [value]
+        while frontier:
+            v = frontier.pop()
+            for node, index in v.uses():
+                if node.op_type in _VALUE_KEEPING and index == 0 and node.outputs:
+                    frontier.append(node.outputs[0])
+                elif node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
+                    table = node.inputs[0].const_value
+                    if table is not None and len(table.shape) == 2 and node.attributes.get_int("axis", 0) == 0:
+                        sizes[value.name] = max(sizes.get(value.name, 0), int(table.shape[0]))
+    return sizes
+
+
 def _span_index(tokens: np.ndarray, real: np.ndarray) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
     rows = [t[m][1:-1] for t, m in zip(tokens, real, strict=True)]
     rows = [r for r in rows if len(r) > 0]
@@ -133,4 +164,4 @@ def _span_index(tokens: np.ndarray, real: np.ndarray) -> tuple[list[np.ndarray],
     return rows, {t: np.asarray(v) for t, v in places.items()}
 
 
-__all__ = ["MODES", "Augmenter"]
+__all__ = ["MODES", "Augmenter", "vocab_sizes"]

@@ -45,7 +45,7 @@ from sparsec.calib.data import CalibrationData, model_batch_size
 from sparsec.errors import InternalError, OptionError
 from sparsec.layers import find_layers
 from sparsec.recover.augment import MODES as AUGMENT_MODES
-from sparsec.recover.augment import Augmenter
+from sparsec.recover.augment import Augmenter, vocab_sizes
 from sparsec.recover.torch_graph import TorchGraph
 
 log = logging.getLogger("sparsec.recover")
@@ -77,7 +77,7 @@ class FinetuneOptions:
     progress: bool = True
     # Train on augmented copies of the samples too (augment.py); the teacher then runs every step.
     augment: bool = False
-    augment_mode: str = "replace"  # augment.MODES: replace tokens, or splice new sequences from real spans
+    augment_mode: str = "replace"  # augment.MODES: replace tokens (the samples' or the vocabulary's), splice new sequences
     # Weight of the router distillation term (MoE routers: logits towards the experts' mass).
     router_weight: float = 0.0
     # Block-wise reconstruction first (blockwise.py): epochs per segment (0: none), its peak
@@ -240,10 +240,10 @@ def _split(calib: CalibrationData, validation: CalibrationData | None, micro: in
     return train, held, f"{held.num_samples} held-out calibration samples (seen by the compression, if it was calibrated)"
 
 
-def _with_augmented_copies(train: CalibrationData, o: FinetuneOptions) -> CalibrationData:
+def _with_augmented_copies(train: CalibrationData, o: FinetuneOptions, vocab: Mapping[str, int]) -> CalibrationData:
     """The samples plus the rows `blockwise_copies` augmented copies of them changed (a fixed
     set: the block-wise stage reuses its data every epoch)."""
-    augmenter = Augmenter(train.arrays, train.row_mask, o.seed + 1, o.augment_mode)
+    augmenter = Augmenter(train.arrays, train.row_mask, o.seed + 1, o.augment_mode, vocab)
     if not augmenter.active:
         return train
     parts = {k: [np.asarray(v)] for k, v in train.arrays.items()}
@@ -284,7 +284,7 @@ def _finetune(
     points = feature_points(student_ir, teacher_ir)
     blockwise = None
     if o.blockwise_epochs > 0 and points:
-        data = _with_augmented_copies(train, o) if o.augment and o.blockwise_copies > 0 else train
+        data = _with_augmented_copies(train, o, vocab_sizes(teacher_ir)) if o.augment and o.blockwise_copies > 0 else train
         blockwise = _blockwise(student_ir, teacher_ir, data, held, points, o)
     student, teacher = TorchGraph(student_ir), TorchGraph(teacher_ir, trainable=())
     params = [p for p in student.params.values()]
@@ -328,7 +328,7 @@ def _finetune(
         return o.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     batches = _Batches(train, micro, o.seed)
-    augmenter = Augmenter(train.arrays, train.row_mask, o.seed, o.augment_mode) if o.augment else None
+    augmenter = Augmenter(train.arrays, train.row_mask, o.seed, o.augment_mode, vocab_sizes(teacher_ir)) if o.augment else None
     if augmenter is not None and not augmenter.active:
         log.info("fine-tuning: no input to augment (no float inputs, no token inputs with a row mask)")
         augmenter = None

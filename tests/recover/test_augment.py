@@ -7,7 +7,7 @@ import numpy as np
 from sparsec.calib.metrics import mean_cosine
 from sparsec.calib.runner import run_outputs
 from sparsec.pm import PassContext, PassManager, parse_pipeline
-from sparsec.recover.augment import AUGMENTED_SHARE, TOKEN_RATE, Augmenter
+from sparsec.recover.augment import AUGMENTED_SHARE, TOKEN_RATE, Augmenter, vocab_sizes
 from sparsec.recover.finetune import FinetuneOptions, finetune
 
 from .conftest import token_feeds
@@ -97,7 +97,7 @@ def test_blockwise_data_gets_the_changed_rows_of_augmented_copies():
 
     feeds = token_feeds(200, seed=5)
     train = CalibrationData(feeds, batch_size=16, row_mask="attention_mask")
-    data = _with_augmented_copies(train, FinetuneOptions(augment=True, augment_mode="splice", blockwise_copies=2))
+    data = _with_augmented_copies(train, FinetuneOptions(augment=True, augment_mode="splice", blockwise_copies=2), {})
     n = train.num_samples
     extra = data.num_samples - n
     assert 2 * n * AUGMENTED_SHARE * 0.7 < extra < 2 * n * AUGMENTED_SHARE * 1.3  # about half of each copy
@@ -107,4 +107,26 @@ def test_blockwise_data_gets_the_changed_rows_of_augmented_copies():
     assert not any(any(np.array_equal(row, orig) for orig in feeds["input_ids"]) for row in added[:20])
     lengths = set((feeds["attention_mask"] != 0).sum(1).tolist())
     assert set((data.arrays["attention_mask"][n:] != 0).sum(1).tolist()) <= lengths  # masks are kept
-    assert _with_augmented_copies(train, FinetuneOptions(augment=True, blockwise_copies=0)).num_samples == n
+    assert _with_augmented_copies(train, FinetuneOptions(augment=True, blockwise_copies=0), {}).num_samples == n
+
+
+def test_vocab_mode_draws_tokens_the_samples_never_held_from_the_whole_table():
+    feeds = token_feeds(400, seed=3)
+    feeds["input_ids"] = feeds["input_ids"] % 20  # the samples use 20 of 1000 tokens
+    mask = feeds["attention_mask"] != 0
+    for mode in ("vocab", "splice-vocab"):
+        out = Augmenter(feeds, "attention_mask", seed=0, mode=mode, vocab_sizes={"input_ids": 1000})(feeds)["input_ids"]
+        changed = out != feeds["input_ids"]
+        assert not changed[~mask].any()
+        assert out.min() >= 0 and out.max() < 1000
+        unseen = (out >= 20) & mask
+        # vocab draws land outside the samples' 20 tokens 98% of the time; splice alone never does
+        assert 0.5 * TOKEN_RATE * AUGMENTED_SHARE < unseen[mask].mean() < 1.5 * TOKEN_RATE * AUGMENTED_SHARE, mode
+    # Without a table for the input, "vocab" falls back to the samples' own tokens.
+    out = Augmenter(feeds, "attention_mask", seed=0, mode="vocab")(feeds)["input_ids"]
+    assert out.max() < 20
+
+
+def test_vocab_sizes_finds_the_embedding_table_of_real_exports(hf_models):  # noqa: ANN001
+    for family in ("bert", "gpt2"):
+        assert vocab_sizes(hf_models[family]) == {"input_ids": 100}, family
