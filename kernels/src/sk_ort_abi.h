@@ -50,6 +50,7 @@ typedef struct OrtApiBase {
 /* ONNX TensorProto data types (the values ORT uses). */
 enum {
     SK_ORT_FLOAT = 1,
+    SK_ORT_UINT8 = 2,
     SK_ORT_UINT16 = 4,
     SK_ORT_INT32 = 6,
 };
@@ -70,6 +71,7 @@ enum sk_ort_slot {
     SK_ORT_GetDimensions = 62,
     SK_ORT_GetTensorShapeElementCount = 64,
     SK_ORT_GetTensorTypeAndShape = 65,
+    SK_ORT_KernelInfoGetAttribute_float = 85,
     SK_ORT_KernelInfoGetAttribute_int64 = 86,
     SK_ORT_KernelContext_GetInput = 90,
     SK_ORT_KernelContext_GetOutput = 91,
@@ -103,6 +105,8 @@ typedef OrtStatus *(SK_ORT_CALL *sk_ort_GetTensorShapeElementCount_fn)(
     const OrtTensorTypeAndShapeInfo *info, size_t *out);
 typedef OrtStatus *(SK_ORT_CALL *sk_ort_GetTensorTypeAndShape_fn)(
     const OrtValue *value, OrtTensorTypeAndShapeInfo **out);
+typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelInfoGetAttribute_float_fn)(
+    const OrtKernelInfo *info, const char *name, float *out);
 typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelInfoGetAttribute_int64_fn)(
     const OrtKernelInfo *info, const char *name, int64_t *out);
 typedef OrtStatus *(SK_ORT_CALL *sk_ort_KernelContext_GetInput_fn)(

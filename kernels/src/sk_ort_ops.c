@@ -35,6 +35,7 @@
 
 OrtStatus *sk_attn_ort_add(const OrtApi *api, OrtCustomOpDomain *domain, int cap);
 struct OrtCustomOp *sk_conv_custom_op(int cap); /* SparseConv (conv_ort_op.c) */
+struct OrtCustomOp *sk_nchwc_conv_custom_op(int cap); /* SparseConvNchwc (nchwc_conv_ort_op.c) */
 
 #define SK_ORT_DOMAIN "com.sparsec.kernels"
 #define SK_ORT_THREADS_KEY "sparsec.kernel_threads"
@@ -586,6 +587,7 @@ SK_EXPORT OrtStatus *SK_ORT_CALL RegisterCustomOps(OrtSessionOptions *options,
         if (!st) st = sk_attn_ort_add(api, d, cap); /* SparseAttention (attn_ort_op.c) */
         if (!st) st = SK_ORT(api, CustomOpDomain_Add)(d, sk_moe_custom_op(cap)); /* moe_ort.c */
         if (!st) st = SK_ORT(api, CustomOpDomain_Add)(d, sk_conv_custom_op(cap));
+        if (!st) st = SK_ORT(api, CustomOpDomain_Add)(d, sk_nchwc_conv_custom_op(cap));
         if (!st) domains[cap] = d; /* on failure the half-built domain leaks (never happens) */
     }
     OrtCustomOpDomain *domain = domains[cap];

@@ -1,0 +1,41 @@
+/* Argument checks and dispatch of the NCHWc sparse convolution (sk_nchwc.h). */
+#include <stddef.h>
+
+#include "nchwc_conv_internal.h"
+#include "sk.h"
+#include "sk_nchwc.h"
+
+static int64_t out_size(int64_t n, int k, int s, int d, int p0, int p1) {
+    const int64_t span = (int64_t)(k - 1) * d + 1, padded = n + p0 + p1;
+    return padded < span ? -1 : (padded - span) / s + 1;
+}
+
+int sk_nchwc_check_idx(const int32_t *idx, int64_t n) {
+    if (n > 0 && !idx) return SK_ERR_NULL;
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= 16) return SK_ERR_INDEX;
+    return SK_OK;
+}
+
+int sk_nchwc_conv(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t w, int64_t ob,
+                  int64_t ho, int64_t wo, int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr,
+                  int dh, int dw, int64_t k, const int32_t *idx, const float *vals, const float *bias,
+                  const float *sum, int act, float clip_lo, float clip_hi, float *y, int isa, int threads) {
+    if (batch < 0 || ib < 1 || h < 1 || w < 1 || ob < 1 || kh < 1 || kw < 1 || kh > SK_NCHWC_MAX_KH
+        || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || pb < 0 || pr < 0 || k < 1
+        || k > 16 || act < 0 || act > 2)
+        return SK_ERR_SHAPE;
+    if (out_size(h, kh, sh, dh, pt, pb) != ho || out_size(w, kw, sw, dw, pl, pr) != wo) return SK_ERR_SHAPE;
+    if (!x || !y || !idx || !vals) return SK_ERR_NULL;
+    if (isa != SK_ISA_AVX512 || !sk_isa_supported(isa)) return SK_ERR_ISA;
+    if (batch == 0) return SK_OK;
+    sk_nchwc_args a = {x, batch, ib, h, w, ob, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw, k, idx, vals,
+                       bias, sum, act, clip_lo, clip_hi, y, threads > 0 ? threads : sk_max_threads(), {0}};
+#if defined(__x86_64__) || defined(_M_X64)
+    sk_nchwc_conv_avx512(&a);
+    return SK_OK;
+#else
+    (void)a;
+    return SK_ERR_ISA;
+#endif
+}

@@ -1,0 +1,279 @@
+/* ONNX Runtime custom op "SparseConvNchwc" (domain com.sparsec.kernels), calling sk_nchwc_conv.
+ *
+ *   SparseConvNchwc(X, idx, values[, bias[, sum]]) -> Y
+ * X, sum and Y are tensors of ORT's NCHWc layout: shape [N, C rounded up to 16, H, W], memory
+ * [N][C/16][H][W][16] (what com.microsoft.nchwc ops exchange). The op takes the place of a
+ * com.microsoft.nchwc Conv in a model ORT already laid out, so the chain keeps its layout and
+ * runs no reorders around it. Y = act(conv(X, W) + bias + sum).
+ *   attrs cout, cin, kh, kw, k, stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, dil_h, dil_w,
+ *         act (0 none, 1 relu, 2 clip), has_bias, has_sum; float clip_lo, clip_hi
+ * idx (int32) and values (float), [ob][kh][kw][ib][k][16] from kernels/packing_nchwc.py, and
+ * bias must be constant initializers: read and checked once at session creation. Needs
+ * AVX-512 (session creation fails elsewhere; lowering only writes it where it was measured).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nchwc_conv_internal.h"
+#include "sk_nchwc.h"
+#include "sk_ort_abi.h"
+#include "sk_ort_pool.h"
+#include "sk_ort_util.h"
+
+#define NCHWC_MAX_CAP 256
+#define NCHWC_INPUTS 5
+#define NCHWC_MIN_MACS_PER_THREAD (1 << 20)
+
+typedef struct {
+    OrtCustomOp base;
+    int cap;
+} nchwc_op;
+
+typedef struct {
+    const OrtApi *api;
+    int64_t cout, cin, kh, kw, k, sh, sw, pads[4], dh, dw, act, has_bias, has_sum;
+    float clip_lo, clip_hi;
+    const int32_t *idx;
+    const float *values, *bias;
+    int cap;
+    void *owned[NCHWC_INPUTS];
+} nchwc_kernel;
+
+static const char *const NAME = "SparseConvNchwc";
+
+static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
+    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
+    SK_ORT(api, ReleaseStatus)(st);
+    return out;
+}
+
+static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, const char *name,
+                       int64_t *out) {
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
+    if (!st) return NULL;
+    SK_ORT(api, ReleaseStatus)(st);
+    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
+}
+
+static OrtStatus *fattr(const OrtApi *api, const OrtKernelInfo *info, const char *name, float *out) {
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_float)(info, name, out);
+    if (st) SK_ORT(api, ReleaseStatus)(st); /* optional: keep the default */
+    return NULL;
+}
+
+/* Constant input `index` of ONNX type `type` (elements of `size` bytes): aligned data, count. */
+static OrtStatus *constant(nchwc_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
+                           const char *what, int type, size_t size, const void **out, int64_t *count) {
+    const OrtApi *api = kr->api;
+    int is_const = 0;
+    const OrtValue *value = NULL;
+    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
+    if (st) return reword(api, st, ctx, what);
+    if (!is_const || !value)
+        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
+    int t = 0;
+    size_t n = 0;
+    st = SK_ORT(api, GetTensorElementType)(ti, &t);
+    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
+    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
+    if (st) return reword(api, st, ctx, what);
+    if (t != type) return sk_ort_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, t, type);
+    void *p = NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
+    if (n > 0 && ((uintptr_t)p % 64) != 0) {
+        const size_t bytes = n * size;
+        void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
+        memcpy(copy, p, bytes);
+        kr->owned[index] = copy;
+        p = copy;
+    }
+    *out = p;
+    *count = (int64_t)n;
+    return NULL;
+}
+
+static void destroy(void *p) {
+    nchwc_kernel *kr = p;
+    if (!kr) return;
+    for (int i = 0; i < NCHWC_INPUTS; i++) free(kr->owned[i]);
+    free(kr);
+}
+
+static int64_t blocks(int64_t c) { return (c + 15) / 16; }
+
+static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api, const OrtKernelInfo *info,
+                                     void **out) {
+    char node[160] = "?", ctx[256];
+    size_t size = sizeof node;
+    OrtStatus *st = SK_ORT(api, KernelInfo_GetNodeName)(info, node, &size);
+    if (st) SK_ORT(api, ReleaseStatus)(st);
+    snprintf(ctx, sizeof ctx, "sparsec kernel op %s (node '%s')", NAME, st ? "?" : node);
+    *out = NULL;
+    nchwc_kernel *kr = calloc(1, sizeof *kr);
+    if (!kr) return sk_ort_status(api, "%s: out of memory", ctx);
+    kr->api = api;
+    kr->cap = ((const nchwc_op *)base)->cap;
+    kr->clip_lo = 0.0f;
+    kr->clip_hi = 6.0f;
+    if (!sk_isa_supported(SK_ISA_AVX512)) {
+        st = sk_ort_status(api, "%s: needs AVX-512, which this CPU lacks", ctx);
+        goto fail;
+    }
+    if ((st = attr(api, info, ctx, "cout", &kr->cout)) || (st = attr(api, info, ctx, "cin", &kr->cin)) ||
+        (st = attr(api, info, ctx, "kh", &kr->kh)) || (st = attr(api, info, ctx, "kw", &kr->kw)) ||
+        (st = attr(api, info, ctx, "k", &kr->k)) || (st = attr(api, info, ctx, "stride_h", &kr->sh)) ||
+        (st = attr(api, info, ctx, "stride_w", &kr->sw)) || (st = attr(api, info, ctx, "pad_t", &kr->pads[0])) ||
+        (st = attr(api, info, ctx, "pad_l", &kr->pads[1])) || (st = attr(api, info, ctx, "pad_b", &kr->pads[2])) ||
+        (st = attr(api, info, ctx, "pad_r", &kr->pads[3])) || (st = attr(api, info, ctx, "dil_h", &kr->dh)) ||
+        (st = attr(api, info, ctx, "dil_w", &kr->dw)) || (st = attr(api, info, ctx, "act", &kr->act)) ||
+        (st = attr(api, info, ctx, "has_bias", &kr->has_bias)) || (st = attr(api, info, ctx, "has_sum", &kr->has_sum)))
+        goto fail;
+    fattr(api, info, "clip_lo", &kr->clip_lo);
+    fattr(api, info, "clip_hi", &kr->clip_hi);
+    if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||
+        kr->k < 1 || kr->k > 16 || kr->sh < 1 || kr->sw < 1 || kr->dh < 1 || kr->dw < 1 || kr->act < 0 ||
+        kr->act > 2 || kr->pads[0] < 0 || kr->pads[1] < 0 || kr->pads[2] < 0 || kr->pads[3] < 0 ||
+        kr->cout > (1 << 24) || kr->cin > (1 << 24)) {
+        st = sk_ort_status(api, "%s: attributes out of range", ctx);
+        goto fail;
+    }
+    const int64_t want = blocks(kr->cout) * kr->kh * kr->kw * blocks(kr->cin) * kr->k * 16;
+    const void *p = NULL;
+    int64_t n_idx = 0, n_val = 0, n_bias = 0;
+    if ((st = constant(kr, info, ctx, 1, "idx", SK_ORT_INT32, 4, &p, &n_idx))) goto fail;
+    kr->idx = p;
+    if ((st = constant(kr, info, ctx, 2, "values", SK_ORT_FLOAT, 4, &p, &n_val))) goto fail;
+    kr->values = p;
+    if (n_idx != want || n_val != want) {
+        st = sk_ort_status(api, "%s: idx/values have %lld/%lld entries, expected %lld", ctx, (long long)n_idx,
+                           (long long)n_val, (long long)want);
+        goto fail;
+    }
+    if (sk_nchwc_check_idx(kr->idx, n_idx) != SK_OK) {
+        st = sk_ort_status(api, "%s: an idx entry is not a channel of its 16-channel block", ctx);
+        goto fail;
+    }
+    if (kr->has_bias) {
+        if ((st = constant(kr, info, ctx, 3, "bias", SK_ORT_FLOAT, 4, &p, &n_bias))) goto fail;
+        if (n_bias != blocks(kr->cout) * 16) {
+            st = sk_ort_status(api, "%s: bias has %lld values, expected %lld (cout padded to 16)", ctx,
+                               (long long)n_bias, (long long)(blocks(kr->cout) * 16));
+            goto fail;
+        }
+        kr->bias = p;
+    }
+    *out = kr;
+    return NULL;
+fail:
+    destroy(kr);
+    return st;
+}
+
+static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
+    const nchwc_kernel *kr = p;
+    const OrtApi *api = kr->api;
+    const OrtValue *xv = NULL, *sv = NULL;
+    OrtStatus *st = SK_ORT(api, KernelContext_GetInput)(context, 0, &xv);
+    if (st) return st;
+    size_t rank = 0;
+    int64_t dims[4];
+    if ((st = sk_ort_shape(api, xv, dims, 4, &rank))) return st;
+    const int64_t ib = blocks(kr->cin), ob = blocks(kr->cout);
+    if (rank != 4 || dims[1] != ib * 16)
+        return sk_ort_status(api, "sparsec kernel op %s: X must be [N, %lld, H, W] (NCHWc)", NAME, (long long)(ib * 16));
+    const int64_t kh_span = (kr->kh - 1) * kr->dh + 1, kw_span = (kr->kw - 1) * kr->dw + 1;
+    const int64_t hp = dims[2] + kr->pads[0] + kr->pads[2], wp = dims[3] + kr->pads[1] + kr->pads[3];
+    if (hp < kh_span || wp < kw_span)
+        return sk_ort_status(api, "sparsec kernel op %s: input %lldx%lld too small", NAME, (long long)dims[2],
+                             (long long)dims[3]);
+    const int64_t ho = (hp - kh_span) / kr->sh + 1, wo = (wp - kw_span) / kr->sw + 1;
+    const int64_t ydims[4] = {dims[0], ob * 16, ho, wo};
+    void *x = NULL, *y = NULL, *s = NULL;
+    if (kr->has_sum) {
+        if ((st = SK_ORT(api, KernelContext_GetInput)(context, 4, &sv))) return st;
+        int64_t sd[4];
+        size_t sr = 0;
+        if (!sv) return sk_ort_status(api, "sparsec kernel op %s: has_sum=1 but no sum input", NAME);
+        if ((st = sk_ort_shape(api, sv, sd, 4, &sr))) return st;
+        if (sr != 4 || memcmp(sd, ydims, sizeof sd) != 0)
+            return sk_ort_status(api, "sparsec kernel op %s: sum must have the output's shape", NAME);
+        if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)sv, &s))) return st;
+    }
+    OrtValue *yv = NULL;
+    if ((st = SK_ORT(api, KernelContext_GetOutput)(context, 0, ydims, 4, &yv))) return st;
+    if (dims[0] == 0 || ho * wo == 0) return NULL;
+    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
+    if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
+    const int64_t macs = dims[0] * ob * 16 * ho * wo * kr->kh * kr->kw * ib * kr->k;
+    int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads(), t = macs / NCHWC_MIN_MACS_PER_THREAD;
+    if (t > limit) t = limit;
+    const int rc = sk_nchwc_conv(x, dims[0], ib, dims[2], dims[3], ob, ho, wo, (int)kr->kh, (int)kr->kw,
+                                 (int)kr->sh, (int)kr->sw, (int)kr->pads[0], (int)kr->pads[1], (int)kr->pads[2],
+                                 (int)kr->pads[3], (int)kr->dh, (int)kr->dw, kr->k, kr->idx, kr->values, kr->bias,
+                                 s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, t < 1 ? 1 : (int)t);
+    if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op %s: %s", NAME, sk_status_string(rc));
+    return NULL;
+}
+
+/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
+static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
+    sk_ort_pool_enter(context);
+    OrtStatus *st = compute_op(p, context);
+    sk_ort_pool_leave();
+    return st;
+}
+
+static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
+static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return NAME; }
+static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
+static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return NCHWC_INPUTS; }
+static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    return i == 1 ? SK_ORT_INT32 : SK_ORT_FLOAT;
+}
+static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
+static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
+static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    (void)i;
+    return SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
+    (void)b;
+    return i >= 3 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
+}
+static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
+static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
+
+/* One op per thread cap, initialised under sk_ort_ops.c's registration lock. */
+static nchwc_op ops[NCHWC_MAX_CAP + 1];
+
+struct OrtCustomOp *sk_nchwc_conv_custom_op(int cap) {
+    if (cap < 0 || cap > NCHWC_MAX_CAP) return NULL;
+    nchwc_op *op = &ops[cap];
+    memset(op, 0, sizeof *op);
+    op->cap = cap;
+    OrtCustomOp *b = &op->base;
+    b->version = SK_ORT_API_VERSION;
+    b->GetName = get_name;
+    b->GetExecutionProviderType = get_ep;
+    b->GetInputType = input_type;
+    b->GetInputTypeCount = input_count;
+    b->GetOutputType = float_type;
+    b->GetOutputTypeCount = output_count;
+    b->KernelDestroy = kernel_destroy;
+    b->GetInputCharacteristic = input_char;
+    b->GetOutputCharacteristic = required;
+    b->GetInputMemoryType = mem_default;
+    b->GetVariadicInputMinArity = one;
+    b->GetVariadicInputHomogeneity = one;
+    b->GetVariadicOutputMinArity = one;
+    b->GetVariadicOutputHomogeneity = one;
+    b->CreateKernelV2 = create;
+    b->KernelComputeV2 = compute;
+    return b;
+}

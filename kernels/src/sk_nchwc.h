@@ -1,0 +1,21 @@
+/* sparsec sparse 2-D convolution in ONNX Runtime's NCHWc layout (16-channel blocks, fp32,
+ * AVX-512): public C API. Scheme in nchwc_conv_avx512.c; packing in kernels/packing_nchwc.py. */
+#ifndef SPARSEC_SK_NCHWC_H
+#define SPARSEC_SK_NCHWC_H
+#include <stdint.h>
+
+/* y[batch][ob][ho][wo][16] = act(conv(x[batch][ib][h][w][16], W) + bias + sum), act 0 none,
+ * 1 relu, 2 clip(lo, hi). Packed W: idx and vals [ob][kh][kw][ib][k][16] (lane l of pair j:
+ * the j-th kept input channel of output channel 16*ob+l within the input block, and its
+ * weight; padding pairs hold weight 0). bias ([ob*16]) and sum (like y) may be NULL. Output
+ * size from the usual formula; SK_ERR_SHAPE if it is not (ho, wo). Needs AVX-512
+ * (SK_ERR_ISA otherwise); isa 2 only. */
+int sk_nchwc_conv(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t w, int64_t ob,
+                  int64_t ho, int64_t wo, int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr,
+                  int dh, int dw, int64_t k, const int32_t *idx, const float *vals, const float *bias,
+                  const float *sum, int act, float clip_lo, float clip_hi, float *y, int isa, int threads);
+
+/* The index checks alone (every idx entry < 16), for callers that check once at creation. */
+int sk_nchwc_check_idx(const int32_t *idx, int64_t n);
+
+#endif
