@@ -1,0 +1,220 @@
+"""N:M convolutions on sparsec's NCHWc kernel inside ONNX Runtime's own NCHWc layout.
+
+ONNX Runtime runs a CNN's convolutions in NCHW16c (its NCHWc transformer, on AVX-512). A sparse
+conv op in NCHW (`lower-conv-kernels`) breaks that chain: ORT puts a reorder on each side of
+it, and on ResNet-50 and MobileNetV2 those reorders cost what the sparse conv saved. Here ORT
+lays the model out first (its optimized model, saved), and each `com.microsoft.nchwc` Conv
+whose weight keeps at most 8 of every 16 input channels per output channel and tap (2:4, 4:8,
+1:4, 1:8 ...) becomes `com.sparsec.kernels.SparseConvNchwc` on the same NCHWc tensors: no
+reorders, and ORT keeps its fusions (bias, residual add, ReLU/Clip) as the op's inputs and
+attributes.
+
+The result is for the machine it was laid out on (ORT writes that warning too): NCHWc block
+16 and AVX-512. Each replaced conv is timed against the dense NCHWc conv it replaces (ORT's
+profiler, both models in one process); convs the kernel does not beat go back to dense.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+OP = "SparseConvNchwc"
+BLOCK = 16
+# Activations ORT fuses into an NCHWc Conv that the kernel applies too.
+_ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2}
+# A conv goes sparse only if its node time beats dense by this factor (profiler noise).
+MIN_GAIN = 1.02
+
+
+@dataclass
+class ConvChoice:
+    node: str
+    shape: list[int]  # cout, cin, kh, kw
+    strides: list[int]
+    k: int  # kept input channels of 16, per lane (the kernel's work per dense 16)
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+    sparse: bool = False
+    reason: str = ""
+
+
+@dataclass
+class NchwcLowering:
+    model: bytes
+    convs: list[ConvChoice] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # nchwc Convs not eligible, by reason
+
+    @property
+    def lowered(self) -> int:
+        return sum(c.sparse for c in self.convs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lowered": self.lowered, "candidates": len(self.convs), "skipped": self.skipped,
+                "convs": [asdict(c) for c in self.convs]}
+
+
+def nchwc_available() -> bool:
+    from sparsec import kernels as sk
+
+    return sk.kernels_available() and "avx512" in sk.available_isas()
+
+
+def ort_nchwc_model(model: bytes, threads: int = 2) -> onnx.ModelProto:
+    """ONNX Runtime's optimized model (all levels: NCHWc layout, fusions) as it saves it."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "opt.onnx")
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = path
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3  # ORT warns that the saved layout is for this machine: that is the point
+        ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        return onnx.load(path)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _dense_weight(reordered: np.ndarray) -> np.ndarray:
+    """ORT's OIHWBiBo weight ([O/16][I/16][KH][KW][16 i][16 o], dims [O, I, KH, KW]) as OIHW."""
+    co, ci, kh, kw = reordered.shape
+    blocked = reordered.reshape(co // BLOCK, ci // BLOCK, kh, kw, BLOCK, BLOCK)
+    return np.ascontiguousarray(blocked.transpose(0, 5, 1, 4, 2, 3).reshape(co, ci, kh, kw))
+
+
+def _sparse_node(node: onnx.NodeProto, a: dict[str, Any], packed: Any, names: tuple[str, str]) -> onnx.NodeProto:
+    inputs = [node.input[0], *names, node.input[2] if len(node.input) > 2 else ""]
+    has_sum = len(node.input) > 3 and node.input[3] != ""
+    if has_sum:
+        inputs.append(node.input[3])
+    while inputs[-1] == "":
+        inputs.pop()
+    strides, pads, dil = a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0]), a.get("dilations", [1, 1])
+    clip = list(a.get("activation_params", [])) or [0.0, 6.0]
+    return helper.make_node(
+        OP, inputs, list(node.output), name=node.name, domain="com.sparsec.kernels",
+        cout=packed.cout, cin=packed.cin, kh=packed.kh, kw=packed.kw, k=packed.k, stride_h=strides[0],
+        stride_w=strides[1], pad_t=pads[0], pad_l=pads[1], pad_b=pads[2], pad_r=pads[3], dil_h=dil[0], dil_w=dil[1],
+        act=_ACTIVATIONS[a.get("activation", "")], has_bias=int(len(inputs) > 3 and inputs[3] != ""),
+        has_sum=int(has_sum), clip_lo=float(clip[0]), clip_hi=float(clip[1]))
+
+
+def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto]], dict[str, int]]:
+    """Per nchwc Conv the kernel can run: (packed weight, replacement node); and why others can't."""
+    from sparsec.kernels.packing_nchwc import pack_nchwc
+
+    inits = {i.name: i for i in m.graph.initializer}
+    found: dict[str, tuple[Any, onnx.NodeProto]] = {}
+    skipped: dict[str, int] = {}
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for node in m.graph.node:
+        if node.domain != NCHWC_DOMAIN or node.op_type != "Conv":
+            continue
+        a = _attrs(node)
+        if a.get("group", 1) != 1:
+            skip("grouped or depthwise")
+            continue
+        if node.input[1] not in inits or len(inits[node.input[1]].dims) != 4:
+            skip("weight not a constant")
+            continue
+        dims = list(inits[node.input[1]].dims)
+        if dims[0] % BLOCK or dims[1] % BLOCK:
+            skip("input not in NCHWc blocks (the stem)")
+            continue
+        if a.get("activation", "") not in _ACTIVATIONS:
+            skip(f"fused activation {a['activation']}")
+            continue
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            skip("auto_pad")
+            continue
+        packed = pack_nchwc(_dense_weight(numpy_helper.to_array(inits[node.input[1]])))
+        if packed.k > 8:
+            skip("denser than 8 of 16 input channels")
+            continue
+        base = node.name or node.output[0]
+        found[node.output[0]] = (packed, _sparse_node(node, a, packed, (f"{base}_nchwc_idx", f"{base}_nchwc_vals")))
+    return found, skipped
+
+
+def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto]]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    nodes = [chosen[n.output[0]][1] if n.output and n.output[0] in chosen else n for n in m.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    for packed, node in chosen.values():
+        out.graph.initializer.extend([numpy_helper.from_array(packed.idx.reshape(-1), node.input[1]),
+                                      numpy_helper.from_array(packed.vals.reshape(-1), node.input[2])])
+    used = {i for n in out.graph.node for i in n.input}
+    keep = [i for i in out.graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    if chosen and not any(o.domain == "com.sparsec.kernels" for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid("com.sparsec.kernels", 1))
+    return out
+
+
+def _node_ms(model: onnx.ModelProto, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    from sparsec.backends.ort.sparse_ops import session_options
+    from sparsec.bench import profile_node_events
+
+    opts = session_options(threads)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # laid out already
+    events, recorded = profile_node_events(model.SerializeToString(), opts, feeds, runs)
+    times: dict[str, list[float]] = {}
+    for e in events:
+        times.setdefault(e["node"], []).append(e["ms"])
+    # Medians per node: the first runs of a session are slower, and the profiler counts them.
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int = 2, *, measure: bool = True,
+                      runs: int = 20) -> NchwcLowering:
+    """`model` (plain ONNX with N:M conv weights stored dense) laid out by ONNX Runtime, with
+    its sparse convs on the NCHWc kernel where they measured faster (`measure`), else all."""
+    base = ort_nchwc_model(model, threads)
+    found, skipped = _candidates(base)
+    result = NchwcLowering(b"", skipped=skipped)
+    for out_name, (packed, node) in found.items():
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        result.convs.append(ConvChoice(node.name or out_name, [packed.cout, packed.cin, packed.kh, packed.kw],
+                                       [a["stride_h"], a["stride_w"]], packed.k))
+    chosen = dict(found)
+    if measure and found:
+        dense_ms = _node_ms(base, threads, feeds, runs)
+        sparse_ms = _node_ms(_with(base, found), threads, feeds, runs)
+        for (out_name, (_, node)), c in zip(found.items(), result.convs, strict=True):
+            c.dense_ms, c.sparse_ms = dense_ms.get(node.name), sparse_ms.get(node.name)
+            if c.dense_ms is None or c.sparse_ms is None:
+                c.reason = "no profiler time (kept dense)"
+                del chosen[out_name]
+            elif c.dense_ms < MIN_GAIN * c.sparse_ms:
+                c.reason = f"kernel {c.sparse_ms:.3f} ms vs dense {c.dense_ms:.3f} ms"
+                del chosen[out_name]
+    for c, out_name in zip(result.convs, found, strict=True):
+        c.sparse = out_name in chosen
+    result.model = _with(base, chosen).SerializeToString()
+    return result
+
+
+__all__ = ["ConvChoice", "NchwcLowering", "lower_nchwc_convs", "nchwc_available", "ort_nchwc_model"]

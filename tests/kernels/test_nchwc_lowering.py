@@ -1,0 +1,90 @@
+"""N:M convs moved onto the NCHWc kernel inside ONNX Runtime's NCHWc layout (backends/ort/nchwc_convs.py):
+a small residual CNN captured from torch and pruned 2:4 by the compiler's own pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
+
+pytestmark = pytest.mark.skipif(not nchwc_available(), reason="the NCHWc conv kernel needs the built kernels and AVX-512")
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c: int, stride: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, c, 3, stride, 1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(c)
+        self.b = torch.nn.Conv2d(c, c, 1)
+        self.down = torch.nn.Conv2d(c, c, 1, stride) if stride > 1 else torch.nn.Identity()
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return torch.relu(self.b(torch.relu(self.bn(self.a(x)))) + self.down(x))
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, 2, 1)
+        self.blocks = torch.nn.Sequential(Block(32, 1), Block(32, 2), torch.nn.Conv2d(32, 48, 1), torch.nn.ReLU6(), Block(48, 1))
+        self.head = torch.nn.Linear(48, 10)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.head(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def pruned() -> tuple[bytes, dict[str, np.ndarray]]:
+    from sparsec.capture import from_torch
+    from sparsec.ir.io import model_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 40, 40)
+    model = from_torch(net, (x,), dynamic_batch=False)
+    PassManager(parse_pipeline("nm-sparsity{n=2 m=4 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
+    data = model_bytes(model)
+    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+
+
+def _run(model: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    from sparsec.backends.ort.sparse_ops import make_session
+
+    return make_session(model, 2).run(None, feeds)[0]
+
+
+def test_every_eligible_conv_runs_on_the_kernel_with_the_dense_models_outputs(pruned):
+    data, feeds = pruned
+    low = lower_nchwc_convs(data, feeds, measure=False)
+    import onnx
+
+    ops = [(n.domain, n.op_type) for n in onnx.load_from_string(low.model).graph.node]
+    assert low.lowered == len(low.convs) == ops.count(("com.sparsec.kernels", "SparseConvNchwc")) >= 6
+    assert low.skipped.get("input not in NCHWc blocks (the stem)") == 1
+    assert all(c.k == 8 for c in low.convs)
+    # No reorders around the sparse convs: ORT's layout stays as it made it.
+    assert ops.count(("com.microsoft.nchwc", "ReorderInput")) <= 1
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = _run(low.model, feeds)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_measured_lowering_keeps_only_convs_the_kernel_beats(pruned):
+    data, feeds = pruned
+    low = lower_nchwc_convs(data, feeds, measure=True, runs=5)
+    assert low.convs and all(c.dense_ms is not None and c.sparse_ms is not None for c in low.convs)
+    for c in low.convs:
+        assert c.sparse == (c.dense_ms >= 1.02 * c.sparse_ms), c
+        assert c.sparse or c.reason
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(_run(low.model, feeds), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert low.to_dict()["lowered"] == low.lowered
