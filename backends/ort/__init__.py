@@ -3,6 +3,7 @@
 from sparsec.backends.ort import (  # noqa: F401  (register the passes)
     lower_attention,
     lower_conv_kernels,
+    lower_conv_nchwc,
     lower_moe_kernels,
     lower_nm_kernels,
 )

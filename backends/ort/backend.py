@@ -44,7 +44,8 @@ class OrtBackend(Backend):
 
     def legalize_pipeline(self) -> Pipeline:
         return parse_pipeline(
-            "lower-nm-kernels,lower-conv-kernels,lower-attention-kernels,lower-moe-kernels,legalize-dense" if self.kernels else "legalize-dense"
+            "lower-nm-kernels,lower-conv-kernels,lower-attention-kernels,lower-moe-kernels,legalize-dense,lower-conv-nchwc"
+            if self.kernels else "legalize-dense"
         )
 
     def check(self, model: ir.Model) -> list[str]:

@@ -71,9 +71,11 @@ def ort_nchwc_model(model: bytes, threads: int = 2) -> onnx.ModelProto:
     """ONNX Runtime's optimized model (all levels: NCHWc layout, fusions) as it saves it."""
     import onnxruntime as ort
 
+    from sparsec.backends.ort.sparse_ops import session_options
+
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "opt.onnx")
-        so = ort.SessionOptions()
+        so = session_options(threads)  # the model may hold other sparsec kernel ops already
         so.optimized_model_filepath = path
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads

@@ -62,7 +62,15 @@ def layer_shape(layer: Layer, shapes: Any, n: int, m: int, threads: int) -> Laye
         rows = int(math.prod(x_shape[:-1])) if layer.node.op_type == "MatMul" else int(x_shape[0])
         return LayerShape("matmul", (k, cols), rows, n, m, threads)
     if layer.node.op_type == "Conv":
-        return LayerShape("conv", tuple(int(d) for d in w.shape) + tuple(x_shape[2:]), int(x_shape[0]), n, m, threads)
+        a = layer.node.attributes
+        ints = lambda name, default: list(a[name].as_ints()) if name in a else default  # noqa: E731
+        if a.get_int("group", 1) != 1 or ints("dilations", [1, 1]) != [1, 1] or len(w.shape) != 4 or len(x_shape) != 4:
+            return "grouped, dilated or not 2-D: no sparse conv kernel"
+        if a.get_string("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            return "auto_pad: give explicit pads"
+        dims = tuple(int(d) for d in w.shape) + tuple(int(d) for d in x_shape[2:])
+        return LayerShape("conv", dims + tuple(ints("strides", [1, 1])) + tuple(ints("pads", [0, 0, 0, 0])),
+                          int(x_shape[0]), n, m, threads)
     return f"no tuning key for {layer.node.op_type} layers"
 
 

@@ -146,3 +146,6 @@ register_variant(Variant("matmul", DENSE, _build_dense))
 register_variant(Variant("matmul", "nm-kernel", _nm_kernel_builder(()), _nm_kernel_skip))
 register_variant(Variant("matmul", "nm-kernel-1t", _nm_kernel_builder(ONE_THREAD), _one_thread_skip, ONE_THREAD,
                          restricts="nm-kernel"))
+
+# Conv layers (sparsec.tune.conv_variants registers into the table above).
+from sparsec.tune import conv_variants  # noqa: E402, F401

@@ -1,0 +1,77 @@
+"""`lower-conv-nchwc`: N:M Conv layers onto the NCHWc kernel inside ONNX Runtime's NCHWc layout.
+
+Runs after `legalize-dense` (pruned conv weights stored dense): ONNX Runtime lays the model out
+(its NCHWc transformer and fusions, as it would at session creation), and each laid-out conv
+with at most 8 of 16 kept input channels per output channel and tap becomes the
+`SparseConvNchwc` kernel op where it measured faster than the dense conv it replaces
+(`backends/ort/nchwc_convs.py`). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
+for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
+Without the kernels or AVX-512, or with no conv weight at least half zeros, it changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from sparsec.pm.context import PassContext
+from sparsec.pm.pass_base import Pass, PassResult, option
+from sparsec.pm.registry import register_pass
+
+MIN_ZERO_FRACTION = 0.5  # 2:4, 4:8, 1:4 ... keep at most half of a conv's weights
+
+
+def _sparse_convs(model: ir.Model) -> int:
+    count = 0
+    for node in model.graph:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1].const_value if node.inputs[1] is not None else None
+        if w is not None and len(w.shape) == 4 and np.mean(w.numpy() == 0) >= MIN_ZERO_FRACTION:
+            count += 1
+    return count
+
+
+@register_pass
+@dataclass(frozen=True)
+class LowerConvNchwc(Pass):
+    name = "lower-conv-nchwc"
+    summary = "Run N:M Conv layers on the SparseConvNchwc kernel inside ONNX Runtime's NCHWc layout (AVX-512)."
+    exact = True
+
+    measure: str = option("auto", "auto: keep a conv sparse only where it measured faster (when tuning is on); all: every eligible conv")
+
+    def __post_init__(self) -> None:
+        if self.measure not in ("auto", "all"):
+            from sparsec.errors import OptionError
+
+            raise OptionError(f"lower-conv-nchwc: measure must be auto or all, not {self.measure!r}")
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
+
+        candidates = _sparse_convs(model)
+        if not candidates:
+            return PassResult(changed=False, stats={"convs_lowered": 0})
+        if not nchwc_available():
+            return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "needs the kernels and AVX-512"})
+        from sparsec.ir.io import model_bytes
+        from sparsec.numerics import sample_inputs
+
+        feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed)
+        measure = self.measure == "auto" and ctx.tune
+        low = lower_nchwc_convs(model_bytes(model), feeds, ctx.threads or 2, measure=measure)
+        for c in low.convs:
+            ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense (NCHWc)",
+                       shape=c.shape, kept_of_16=c.k, dense_ms=c.dense_ms, sparse_ms=c.sparse_ms,
+                       **({"reason": c.reason} if c.reason else {}))
+        stats = {"convs_lowered": low.lowered, "convs_candidates": len(low.convs), "skipped": low.skipped,
+                 "measured": measure}
+        if not low.lowered:
+            return PassResult(changed=False, stats=stats)
+        laid_out = ir.serde.deserialize_model(onnx.load_from_string(low.model))
+        model.graph = laid_out.graph  # its opset imports come along (a model's are its graph's)
+        return PassResult(changed=True, stats=stats)

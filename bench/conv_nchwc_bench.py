@@ -1,0 +1,114 @@
+"""Sparse convs inside ONNX Runtime's NCHWc layout (backends/ort/nchwc_convs.py) vs the dense model.
+
+Per model: the zoo builder's deterministic weights, pruned by the compiler's own pass, written as
+plain ONNX (legalize-dense); dense = that model in ONNX Runtime with every optimization (its NCHWc
+transformer included); sparse = ORT's laid-out model with the N:M convs the kernel beat (per
+conv, ORT's profiler) on SparseConvNchwc. Both sessions in one process, same threads, ORT's
+spinning off for both, interleaved, medians; `--repeats` independent timing rounds (the issue's
+bars ask for medians of >= 5). Outputs are checked against the dense model. Prints JSON (CPU
+model, flags, load average).
+
+    .venv/bin/python bench/conv_nchwc_bench.py [--models resnet50,mobilenetv2_u80,mobilenetv2_24] [--repeats 5] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from sparsec.bench import emit_json, machine_info, time_side_by_side
+
+MODELS = {
+    "resnet50": "nm-sparsity{n=2 m=4 op_types=Conv}",
+    # The issue's MobileNetV2 bar: 80% unstructured 1x1 convs (depthwise and stem stay dense).
+    "mobilenetv2_u80": "sparsify{pattern=u:0.8 op_types=Conv}",
+    "mobilenetv2_24": "nm-sparsity{n=2 m=4 op_types=Conv}",
+}
+
+
+def build(name: str) -> tuple[bytes, dict[str, np.ndarray]]:
+    import onnxruntime as ort
+
+    from sparsec.capture import from_torch
+    from sparsec.ir.io import model_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    if name == "resnet50":
+        from sparsec.models_zoo.resnet import build_resnet50, resnet50_inputs
+
+        module, inputs = build_resnet50(), resnet50_inputs(1)
+    else:
+        from conv_bench import MOBILENETV2_224
+
+        from sparsec.models_zoo.mobilenet import MobileNetConfig, build_mobilenet, mobilenet_inputs
+
+        cfg = MobileNetConfig(**MOBILENETV2_224)
+        module, inputs = build_mobilenet(cfg), mobilenet_inputs(1, cfg)
+    model = from_torch(module, inputs, dynamic_batch=False)
+    PassManager(parse_pipeline(f"{MODELS[name]},legalize-dense")).run(model, PassContext())
+    data = model_bytes(model)
+    name_in = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    return data, {name_in: inputs[0].numpy()}
+
+
+def bench(name: str, threads: int, repeats: int, budget_s: float) -> dict:
+    import onnxruntime as ort
+
+    from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
+    from sparsec.backends.ort.sparse_ops import make_session
+
+    data, feeds = build(name)
+    t0 = time.perf_counter()
+    low = lower_nchwc_convs(data, feeds, threads)
+    lowering_s = time.perf_counter() - t0
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    dense = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sparse = make_session(low.model, threads)
+    ref, got = dense.run(None, feeds)[0], sparse.run(None, feeds)[0]
+    rounds = []
+    for r in range(repeats):
+        t = time_side_by_side({"dense": lambda: dense.run(None, feeds), "sparse": lambda: sparse.run(None, feeds)},
+                              label=f"{name} round {r + 1}/{repeats}", budget_s=budget_s)
+        rounds.append({"dense_ms": round(t["dense"].median_ms, 3), "sparse_ms": round(t["sparse"].median_ms, 3),
+                       "speedup": round(t["dense"].median_ms / t["sparse"].median_ms, 4), "runs": t["dense"].runs,
+                       "loadavg_1min": round(os.getloadavg()[0], 2)})
+    speedups = sorted(r["speedup"] for r in rounds)
+    return {"model": name, "pruning": MODELS[name], "threads": threads, "lowering_s": round(lowering_s, 2),
+            "lowering": low.to_dict(), "max_rel_err_vs_dense": float(np.abs(got - ref).max() / np.abs(ref).max()),
+            "rounds": rounds, "median_speedup": speedups[len(speedups) // 2]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,mobilenetv2_u80,mobilenetv2_24")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=15.0, help="seconds of interleaved timing per round")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    from sparsec.backends.ort.nchwc_convs import nchwc_available
+
+    if not nchwc_available():
+        print("conv_nchwc_bench: needs the built kernels and an AVX-512 CPU", file=sys.stderr)
+        return 2
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        print(f"conv_nchwc_bench: unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})", file=sys.stderr)
+        return 2
+    result = {"benchmark": "conv_nchwc_bench", "machine": machine_info(threads=args.threads),
+              "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+              "models": [bench(m, args.threads, args.repeats, args.budget) for m in args.models.split(",")]}
+    result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    emit_json(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # conv_bench's MobileNetV2 config
+    sys.exit(main())
