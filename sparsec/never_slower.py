@@ -44,7 +44,8 @@ def lowering_summary(ctx: Any, records: list[Any], *, tuned: bool, fallback: dic
     """Per layer: how it runs (sparse kernel, dense with pruned weights, dense unpruned), the
     measured dense and sparse time per call behind the choice, and why."""
     moved = {m["weight"]: m for m in fallback.get("moved_to_dense", [])}
-    lowering = {d["weight"]: d for d in ctx.decisions if d.get("pass") == "lower-nm-kernels" and "weight" in d}
+    lowering = {d["weight"]: d for d in ctx.decisions
+                if d.get("pass") in ("lower-nm-kernels", "lower-conv-nchwc") and "weight" in d}
     for r in records:  # layers kept marked (pruned), stored dense by legalize-dense
         if r.name == "lower-nm-kernels":
             for weight, reason in r.stats.get("kept_dense", {}).items():

@@ -6,7 +6,10 @@ with at most 8 of 16 kept input channels per output channel and tap becomes the
 `SparseConvNchwc` kernel op where it measured faster than the dense conv it replaces
 (`backends/ort/nchwc_convs.py`). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
 for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
-Without the kernels or AVX-512, or with no conv weight at least half zeros, it changes nothing.
+Without the kernels or AVX-512, with no conv weight at least half zeros, or with tuning off
+(fixed thresholds: no conv kernel), it changes nothing. `sparsec.torch` cannot apply such an
+artifact to a module (ORT fused BatchNorm into the weights and renamed them); compile with
+tuning off for that.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class LowerConvNchwc(Pass):
     summary = "Run N:M Conv layers on the SparseConvNchwc kernel inside ONNX Runtime's NCHWc layout (AVX-512)."
     exact = True
 
-    measure: str = option("auto", "auto: keep a conv sparse only where it measured faster (when tuning is on); all: every eligible conv")
+    measure: str = option("auto", "auto: keep a conv sparse only where it measured faster; all: every eligible conv")
 
     def __post_init__(self) -> None:
         if self.measure not in ("auto", "all"):
@@ -51,21 +54,28 @@ class LowerConvNchwc(Pass):
             raise OptionError(f"lower-conv-nchwc: measure must be auto or all, not {self.measure!r}")
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
+        from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, mask_key, nchwc_available
 
         candidates = _sparse_convs(model)
         if not candidates:
             return PassResult(changed=False, stats={"convs_lowered": 0})
+        if not ctx.tune:
+            return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "tuning is off (fixed thresholds)"})
         if not nchwc_available():
             return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "needs the kernels and AVX-512"})
         from sparsec.ir.io import model_bytes
         from sparsec.numerics import sample_inputs
 
         feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed)
-        measure = self.measure == "auto" and ctx.tune
+        # ORT renames the weights it lays out; their zero patterns name the source convs.
+        sources = {mask_key(v.const_value.numpy()): v.name for n in model.graph if n.op_type == "Conv" and len(n.inputs) > 1
+                   for v in [n.inputs[1]] if v is not None and v.const_value is not None and len(v.const_value.shape) == 4}
+        measure = self.measure == "auto"
         low = lower_nchwc_convs(model_bytes(model), feeds, ctx.threads or 2, measure=measure)
         for c in low.convs:
+            weight = sources.get(c.mask_key)
             ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense (NCHWc)",
+                       **({"weight": weight} if weight is not None else {}),
                        shape=c.shape, kept_of_16=c.k, dense_ms=c.dense_ms, sparse_ms=c.sparse_ms,
                        **({"reason": c.reason} if c.reason else {}))
         stats = {"convs_lowered": low.lowered, "convs_candidates": len(low.convs), "skipped": low.skipped,

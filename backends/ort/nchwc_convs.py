@@ -40,6 +40,7 @@ class ConvChoice:
     shape: list[int]  # cout, cin, kh, kw
     strides: list[int]
     k: int  # kept input channels of 16, per lane (the kernel's work per dense 16)
+    mask_key: str = ""  # the weight's zero pattern (mask_key): ORT renames weights, BN fusion keeps zeros
     dense_ms: float | None = None
     sparse_ms: float | None = None
     sparse: bool = False
@@ -92,6 +93,16 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+def mask_key(w: np.ndarray) -> str:
+    """A conv weight's shape and zero pattern, hashed: the same before and after ORT fuses a
+    BatchNorm into it (a per-output-channel scale) and lays it out, so it names the source conv."""
+    import hashlib
+
+    h = hashlib.sha256(str(w.shape).encode())
+    h.update(np.packbits(w != 0).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _dense_weight(reordered: np.ndarray) -> np.ndarray:
     """ORT's OIHWBiBo weight ([O/16][I/16][KH][KW][16 i][16 o], dims [O, I, KH, KW]) as OIHW."""
     co, ci, kh, kw = reordered.shape
@@ -116,12 +127,12 @@ def _sparse_node(node: onnx.NodeProto, a: dict[str, Any], packed: Any, names: tu
         has_sum=int(has_sum), clip_lo=float(clip[0]), clip_hi=float(clip[1]))
 
 
-def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto]], dict[str, int]]:
+def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto, str]], dict[str, int]]:
     """Per nchwc Conv the kernel can run: (packed weight, replacement node); and why others can't."""
     from sparsec.kernels.packing_nchwc import pack_nchwc
 
     inits = {i.name: i for i in m.graph.initializer}
-    found: dict[str, tuple[Any, onnx.NodeProto]] = {}
+    found: dict[str, tuple[Any, onnx.NodeProto, str]] = {}
     skipped: dict[str, int] = {}
 
     def skip(why: str) -> None:
@@ -147,22 +158,24 @@ def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto
         if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
             skip("auto_pad")
             continue
-        packed = pack_nchwc(_dense_weight(numpy_helper.to_array(inits[node.input[1]])))
+        dense = _dense_weight(numpy_helper.to_array(inits[node.input[1]]))
+        packed = pack_nchwc(dense)
         if packed.k > 8:
             skip("denser than 8 of 16 input channels")
             continue
         base = node.name or node.output[0]
-        found[node.output[0]] = (packed, _sparse_node(node, a, packed, (f"{base}_nchwc_idx", f"{base}_nchwc_vals")))
+        found[node.output[0]] = (packed, _sparse_node(node, a, packed, (f"{base}_nchwc_idx", f"{base}_nchwc_vals")),
+                                 mask_key(dense))
     return found, skipped
 
 
-def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto]]) -> onnx.ModelProto:
+def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(m)
     nodes = [chosen[n.output[0]][1] if n.output and n.output[0] in chosen else n for n in m.graph.node]
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    for packed, node in chosen.values():
+    for packed, node, _ in chosen.values():
         out.graph.initializer.extend([numpy_helper.from_array(packed.idx.reshape(-1), node.input[1]),
                                       numpy_helper.from_array(packed.vals.reshape(-1), node.input[2])])
     used = {i for n in out.graph.node for i in n.input}
@@ -197,15 +210,15 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
     base = ort_nchwc_model(model, threads)
     found, skipped = _candidates(base)
     result = NchwcLowering(b"", skipped=skipped)
-    for out_name, (packed, node) in found.items():
+    for out_name, (packed, node, key) in found.items():
         a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
         result.convs.append(ConvChoice(node.name or out_name, [packed.cout, packed.cin, packed.kh, packed.kw],
-                                       [a["stride_h"], a["stride_w"]], packed.k))
+                                       [a["stride_h"], a["stride_w"]], packed.k, key))
     chosen = dict(found)
     if measure and found:
         dense_ms = _node_ms(base, threads, feeds, runs)
         sparse_ms = _node_ms(_with(base, found), threads, feeds, runs)
-        for (out_name, (_, node)), c in zip(found.items(), result.convs, strict=True):
+        for (out_name, (_, node, _)), c in zip(found.items(), result.convs, strict=True):
             c.dense_ms, c.sparse_ms = dense_ms.get(node.name), sparse_ms.get(node.name)
             if c.dense_ms is None or c.sparse_ms is None:
                 c.reason = "no profiler time (kept dense)"
@@ -219,4 +232,4 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
     return result
 
 
-__all__ = ["ConvChoice", "NchwcLowering", "lower_nchwc_convs", "nchwc_available", "ort_nchwc_model"]
+__all__ = ["ConvChoice", "NchwcLowering", "lower_nchwc_convs", "mask_key", "nchwc_available", "ort_nchwc_model"]

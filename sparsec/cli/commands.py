@@ -195,6 +195,7 @@ def load_inspectable(spec: str, *, raw: bool = False) -> tuple[Any, int]:
     """Any model sparsec reads or writes: an .onnx file (with `com.sparsec` ops or kernel ops),
     an artifact folder, or zoo:NAME. Kernel ops are raised to the layers they implement unless
     `raw`; returns the model and how many kernel ops it holds."""
+    from sparsec.backends.ort.nchwc_convs import NCHWC_DOMAIN
     from sparsec.capture import load_any
     from sparsec.cli.kernel_view import raise_kernel_ops
     from sparsec.errors import InputError
@@ -213,7 +214,9 @@ def load_inspectable(spec: str, *, raw: bool = False) -> tuple[Any, int]:
     if raw:
         return model, kernel_ops
     raise_kernel_ops(model)
-    check_supported(model, str(path))
+    # ONNX Runtime's NCHWc ops and the conv kernel ops in them (convs laid out by lower-conv-nchwc) stay as
+    # the runtime runs them (every other kernel op was raised back above).
+    check_supported(model, str(path), allow_domains=(NCHWC_DOMAIN, KERNEL_DOMAIN))
     return model, kernel_ops
 
 

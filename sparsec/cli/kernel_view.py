@@ -55,6 +55,8 @@ def raise_kernel_ops(model: ir.Model, variants: dict[str, str] | None = None) ->
             raise_moe_kernel(model, node)
             count += 1
             continue
+        if node.op_type in ("SparseConv", "SparseConvNchwc"):  # conv kernels stay as they are
+            continue
         attrs = node.attributes
         k, cols = attrs["K"].as_int(), attrs["N"].as_int()
         has_bias = attrs.get("has_bias") is not None and attrs["has_bias"].as_int() != 0

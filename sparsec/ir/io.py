@@ -171,8 +171,9 @@ def opset_version(model: ir.Model) -> int:
     return 0
 
 
-def check_supported(model: ir.Model, origin: str) -> None:
-    """Refuse opsets and ops that the pipeline cannot handle, naming the first offender."""
+def check_supported(model: ir.Model, origin: str, allow_domains: tuple[str, ...] = ()) -> None:
+    """Refuse opsets and ops that the pipeline cannot handle, naming the first offender
+    (`allow_domains`: domains a caller takes as they are)."""
     version = opset_version(model)
     if not MIN_OPSET <= version <= MAX_OPSET:
         raise UnsupportedError(
@@ -180,6 +181,8 @@ def check_supported(model: ir.Model, origin: str) -> None:
             f"{MIN_OPSET}-{MAX_OPSET}; convert with onnx.version_converter)"
         )
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain in allow_domains:
+            continue
         if node.domain not in KNOWN_DOMAINS:
             if node.domain in model.opset_imports and any(
                 f.domain == node.domain and f.name == node.op_type for f in model.functions.values()

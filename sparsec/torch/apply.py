@@ -95,6 +95,12 @@ def apply_artifact(
 
     model, manifest = load_artifact(artifact)
     decisions = list(manifest.get("decisions", []))
+    if any(d.get("pass") == "lower-conv-nchwc" and str(d.get("decision", "")).startswith("kernel") for d in decisions):
+        raise UnsupportedError(
+            "sparsec.torch cannot apply this artifact to a module: its convs were laid out by ONNX Runtime for "
+            "this CPU (lower-conv-nchwc: BatchNorm fused into the weights, weights renamed); compile with "
+            "tuning off (--no-tune, CompileOptions(tune=False)) for an artifact to apply"
+        )
     bad = unsupported_decisions(decisions)
     if bad:
         raise UnsupportedError(
