@@ -74,7 +74,7 @@ class LowerConvNchwc(Pass):
         low = lower_nchwc_convs(model_bytes(model), feeds, ctx.threads or 2, measure=measure)
         for c in low.convs:
             weight = sources.get(c.mask_key)
-            ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense (NCHWc)",
+            ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense",
                        **({"weight": weight} if weight is not None else {}),
                        shape=c.shape, kept_of_16=c.k, dense_ms=c.dense_ms, sparse_ms=c.sparse_ms,
                        **({"reason": c.reason} if c.reason else {}))

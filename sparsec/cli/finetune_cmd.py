@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from sparsec.errors import InputError, OptionError
+from sparsec.errors import InputError, OptionError, UnsupportedError
 from sparsec.recover.augment import MODES as AUGMENT_MODES
 
 log = logging.getLogger("sparsec")
@@ -102,6 +102,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     manifest, files = _read_artifact(args.artifact)
     calib = CalibrationData.load(str(args.calib))
     student = load_model(args.artifact / "model.onnx", check_ops=False)
+    if any(n.domain == "com.microsoft.nchwc" for n in student.graph):
+        raise UnsupportedError(
+            f"{args.artifact}: its convs were laid out by ONNX Runtime for this CPU (lower-conv-nchwc: NCHWc tensors, "
+            "BatchNorm fused into the weights), which training cannot run; compile with --no-tune to fine-tune the artifact"
+        )
     lowered_as: dict[str, str] = {}  # weight -> kernel variant, replayed by the lowering below
     raise_kernel_ops(student, lowered_as)
     calib.check_against(student)

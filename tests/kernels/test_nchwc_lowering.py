@@ -83,8 +83,13 @@ def test_measured_lowering_keeps_only_convs_the_kernel_beats(pruned):
     low = lower_nchwc_convs(data, feeds, measure=True, runs=5)
     assert low.convs and all(c.dense_ms is not None and c.sparse_ms is not None for c in low.convs)
     for c in low.convs:
-        assert c.sparse == (c.dense_ms >= 1.02 * c.sparse_ms), c
-        assert c.sparse or c.reason
+        if c.sparse:  # faster per conv by 2% and 10 us (the op's call overhead the profiler leaves out)
+            assert c.dense_ms >= 1.02 * c.sparse_ms and c.dense_ms - c.sparse_ms >= 0.01, c
+        else:
+            assert c.reason, c
+    # With any conv sparse, the whole model was measured faster with them than without.
+    if low.lowered:
+        assert low.end_to_end and low.end_to_end[-1]["speedup"] >= 1.02 and low.end_to_end[-1]["convs"] == low.lowered
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(_run(low.model, feeds), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert low.to_dict()["lowered"] == low.lowered
