@@ -41,12 +41,6 @@ typedef struct {
 
 static const char *const NAME = "SparseConv";
 
-static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
-    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
-    SK_ORT(api, ReleaseStatus)(st);
-    return out;
-}
-
 static int pick_isa(int *isa, char *bad, size_t len) {
     static const char *const names[] = {"scalar", "avx2", "avx512", "neon"};
     const char *env = getenv("SPARSEC_KERNEL_ISA");
@@ -71,49 +65,6 @@ static int pick_isa(int *isa, char *bad, size_t len) {
         }
     snprintf(bad, len, "kernel ISA '%s' ($SPARSEC_KERNEL_ISA) is not available here", name);
     return -1;
-}
-
-static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx,
-                       const char *name, int64_t *out) {
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
-    if (!st) return NULL;
-    SK_ORT(api, ReleaseStatus)(st);
-    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
-}
-
-/* Constant input `index` of ONNX type `type` (4-byte elements): data (aligned) and count. */
-static OrtStatus *constant(conv_kernel *kr, const OrtKernelInfo *info, const char *ctx,
-                           size_t index, const char *what, int type, const void **out,
-                           int64_t *count) {
-    const OrtApi *api = kr->api;
-    int is_const = 0;
-    const OrtValue *value = NULL;
-    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
-    if (st) return reword(api, st, ctx, what);
-    if (!is_const || !value)
-        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
-    int t = 0;
-    size_t n = 0;
-    st = SK_ORT(api, GetTensorElementType)(ti, &t);
-    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    if (st) return reword(api, st, ctx, what);
-    if (t != type) return sk_ort_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, t, type);
-    void *p = NULL;
-    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
-    if (n > 0 && ((uintptr_t)p % 64) != 0) {
-        const size_t bytes = n * 4;
-        void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
-        memcpy(copy, p, bytes);
-        kr->owned[index] = copy;
-        p = copy;
-    }
-    *out = p;
-    *count = (int64_t)n;
-    return NULL;
 }
 
 static void destroy(void *p) {
@@ -184,13 +135,13 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         return sk_ort_status(api, "%s: %s", ctx, bad);
     }
     int64_t has_bias = 0;
-    if ((st = attr(api, info, ctx, "cout", &kr->cout)) || (st = attr(api, info, ctx, "cin", &kr->cin)) ||
-        (st = attr(api, info, ctx, "kh", &kr->kh)) || (st = attr(api, info, ctx, "kw", &kr->kw)) ||
-        (st = attr(api, info, ctx, "kc", &kr->kc)) || (st = attr(api, info, ctx, "stride", &kr->stride)) ||
-        (st = attr(api, info, ctx, "pad_t", &kr->pads[0])) || (st = attr(api, info, ctx, "pad_l", &kr->pads[1])) ||
-        (st = attr(api, info, ctx, "pad_b", &kr->pads[2])) || (st = attr(api, info, ctx, "pad_r", &kr->pads[3])) ||
-        (st = attr(api, info, ctx, "act", &kr->act)) || (st = attr(api, info, ctx, "has_bias", &has_bias)) ||
-        (st = attr(api, info, ctx, "H", &kr->h)) || (st = attr(api, info, ctx, "W", &kr->w)))
+    if ((st = sk_ort_attr_int(api, info, ctx, "cout", &kr->cout)) || (st = sk_ort_attr_int(api, info, ctx, "cin", &kr->cin)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "kh", &kr->kh)) || (st = sk_ort_attr_int(api, info, ctx, "kw", &kr->kw)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "kc", &kr->kc)) || (st = sk_ort_attr_int(api, info, ctx, "stride", &kr->stride)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "pad_t", &kr->pads[0])) || (st = sk_ort_attr_int(api, info, ctx, "pad_l", &kr->pads[1])) ||
+        (st = sk_ort_attr_int(api, info, ctx, "pad_b", &kr->pads[2])) || (st = sk_ort_attr_int(api, info, ctx, "pad_r", &kr->pads[3])) ||
+        (st = sk_ort_attr_int(api, info, ctx, "act", &kr->act)) || (st = sk_ort_attr_int(api, info, ctx, "has_bias", &has_bias)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "H", &kr->h)) || (st = sk_ort_attr_int(api, info, ctx, "W", &kr->w)))
         goto fail;
     int64_t ho = 0, wo = 0;
     if (kr->cout < 1 || kr->cin < 1 || kr->kc < 1 || kr->cout > INT32_MAX || kr->cin * kr->kh * kr->kw > INT32_MAX ||
@@ -202,17 +153,17 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     }
     const void *p = NULL;
     int64_t perm_len = 0, rp_len = 0, taps_len = 0, bias_len = 0;
-    if ((st = constant(kr, info, ctx, 1, "perm", SK_ORT_INT32, &p, &perm_len))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 1, "perm", SK_ORT_INT32, 4, &p, &perm_len, &kr->owned[1]))) goto fail;
     kr->perm = p;
-    if ((st = constant(kr, info, ctx, 2, "row_ptr", SK_ORT_INT32, &p, &rp_len))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 2, "row_ptr", SK_ORT_INT32, 4, &p, &rp_len, &kr->owned[2]))) goto fail;
     kr->row_ptr = p;
-    if ((st = constant(kr, info, ctx, 3, "taps", SK_ORT_INT32, &p, &taps_len))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 3, "taps", SK_ORT_INT32, 4, &p, &taps_len, &kr->owned[3]))) goto fail;
     kr->taps = p;
-    if ((st = constant(kr, info, ctx, 4, "values", SK_ORT_FLOAT, &p, &kr->nslots))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 4, "values", SK_ORT_FLOAT, 4, &p, &kr->nslots, &kr->owned[4]))) goto fail;
     kr->values = p;
     if ((st = check(kr, ctx, perm_len, rp_len, taps_len))) goto fail;
     if (has_bias) {
-        if ((st = constant(kr, info, ctx, 5, "bias", SK_ORT_FLOAT, &p, &bias_len))) goto fail;
+        if ((st = sk_ort_constant(api, info, ctx, 5, "bias", SK_ORT_FLOAT, 4, &p, &bias_len, &kr->owned[5]))) goto fail;
         if (bias_len != kr->cout) {
             st = sk_ort_status(api, "%s: bias has %lld values, expected cout=%lld", ctx,
                                (long long)bias_len, (long long)kr->cout);
@@ -305,25 +256,15 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
 static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return NAME; }
-static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return CONV_INPUTS; }
 static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i >= 1 && i <= 3 ? SK_ORT_INT32 : SK_ORT_FLOAT;
 }
-static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
-static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
-static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
-    (void)b;
-    (void)i;
-    return SK_ORT_INPUT_OUTPUT_REQUIRED;
-}
 static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i == CONV_INPUTS - 1 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
-static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
-static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
 
 /* One op per thread cap, initialised under sk_ort_ops.c's registration lock. */
 static conv_op ops[CONV_MAX_CAP + 1];
@@ -331,24 +272,14 @@ static conv_op ops[CONV_MAX_CAP + 1];
 struct OrtCustomOp *sk_conv_custom_op(int cap) {
     if (cap < 0 || cap > CONV_MAX_CAP) return NULL;
     conv_op *op = &ops[cap];
-    memset(op, 0, sizeof *op);
+    sk_ort_init_op(&op->base);
     op->cap = cap;
     OrtCustomOp *b = &op->base;
-    b->version = SK_ORT_API_VERSION;
     b->GetName = get_name;
-    b->GetExecutionProviderType = get_ep;
     b->GetInputType = input_type;
     b->GetInputTypeCount = input_count;
-    b->GetOutputType = float_type;
-    b->GetOutputTypeCount = output_count;
-    b->KernelDestroy = kernel_destroy;
     b->GetInputCharacteristic = input_char;
-    b->GetOutputCharacteristic = required;
-    b->GetInputMemoryType = mem_default;
-    b->GetVariadicInputMinArity = one;
-    b->GetVariadicInputHomogeneity = one;
-    b->GetVariadicOutputMinArity = one;
-    b->GetVariadicOutputHomogeneity = one;
+    b->KernelDestroy = kernel_destroy;
     b->CreateKernelV2 = create;
     b->KernelComputeV2 = compute;
     return b;

@@ -42,60 +42,6 @@ typedef struct {
 
 static const char *const NAME = "SparseConvNchwc";
 
-static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
-    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
-    SK_ORT(api, ReleaseStatus)(st);
-    return out;
-}
-
-static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, const char *name,
-                       int64_t *out) {
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
-    if (!st) return NULL;
-    SK_ORT(api, ReleaseStatus)(st);
-    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
-}
-
-static OrtStatus *fattr(const OrtApi *api, const OrtKernelInfo *info, const char *name, float *out) {
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_float)(info, name, out);
-    if (st) SK_ORT(api, ReleaseStatus)(st); /* optional: keep the default */
-    return NULL;
-}
-
-/* Constant input `index` of ONNX type `type` (elements of `size` bytes): aligned data, count. */
-static OrtStatus *constant(nchwc_kernel *kr, const OrtKernelInfo *info, const char *ctx, size_t index,
-                           const char *what, int type, size_t size, const void **out, int64_t *count) {
-    const OrtApi *api = kr->api;
-    int is_const = 0;
-    const OrtValue *value = NULL;
-    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
-    if (st) return reword(api, st, ctx, what);
-    if (!is_const || !value)
-        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
-    int t = 0;
-    size_t n = 0;
-    st = SK_ORT(api, GetTensorElementType)(ti, &t);
-    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    if (st) return reword(api, st, ctx, what);
-    if (t != type) return sk_ort_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, t, type);
-    void *p = NULL;
-    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
-    if (n > 0 && ((uintptr_t)p % 64) != 0) {
-        const size_t bytes = n * size;
-        void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
-        memcpy(copy, p, bytes);
-        kr->owned[index] = copy;
-        p = copy;
-    }
-    *out = p;
-    *count = (int64_t)n;
-    return NULL;
-}
-
 static void destroy(void *p) {
     nchwc_kernel *kr = p;
     if (!kr) return;
@@ -123,17 +69,17 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         st = sk_ort_status(api, "%s: needs AVX-512, which this CPU lacks", ctx);
         goto fail;
     }
-    if ((st = attr(api, info, ctx, "cout", &kr->cout)) || (st = attr(api, info, ctx, "cin", &kr->cin)) ||
-        (st = attr(api, info, ctx, "kh", &kr->kh)) || (st = attr(api, info, ctx, "kw", &kr->kw)) ||
-        (st = attr(api, info, ctx, "k", &kr->k)) || (st = attr(api, info, ctx, "stride_h", &kr->sh)) ||
-        (st = attr(api, info, ctx, "stride_w", &kr->sw)) || (st = attr(api, info, ctx, "pad_t", &kr->pads[0])) ||
-        (st = attr(api, info, ctx, "pad_l", &kr->pads[1])) || (st = attr(api, info, ctx, "pad_b", &kr->pads[2])) ||
-        (st = attr(api, info, ctx, "pad_r", &kr->pads[3])) || (st = attr(api, info, ctx, "dil_h", &kr->dh)) ||
-        (st = attr(api, info, ctx, "dil_w", &kr->dw)) || (st = attr(api, info, ctx, "act", &kr->act)) ||
-        (st = attr(api, info, ctx, "has_bias", &kr->has_bias)) || (st = attr(api, info, ctx, "has_sum", &kr->has_sum)))
+    if ((st = sk_ort_attr_int(api, info, ctx, "cout", &kr->cout)) || (st = sk_ort_attr_int(api, info, ctx, "cin", &kr->cin)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "kh", &kr->kh)) || (st = sk_ort_attr_int(api, info, ctx, "kw", &kr->kw)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "k", &kr->k)) || (st = sk_ort_attr_int(api, info, ctx, "stride_h", &kr->sh)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "stride_w", &kr->sw)) || (st = sk_ort_attr_int(api, info, ctx, "pad_t", &kr->pads[0])) ||
+        (st = sk_ort_attr_int(api, info, ctx, "pad_l", &kr->pads[1])) || (st = sk_ort_attr_int(api, info, ctx, "pad_b", &kr->pads[2])) ||
+        (st = sk_ort_attr_int(api, info, ctx, "pad_r", &kr->pads[3])) || (st = sk_ort_attr_int(api, info, ctx, "dil_h", &kr->dh)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "dil_w", &kr->dw)) || (st = sk_ort_attr_int(api, info, ctx, "act", &kr->act)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "has_bias", &kr->has_bias)) || (st = sk_ort_attr_int(api, info, ctx, "has_sum", &kr->has_sum)))
         goto fail;
-    fattr(api, info, "clip_lo", &kr->clip_lo);
-    fattr(api, info, "clip_hi", &kr->clip_hi);
+    sk_ort_attr_float(api, info, "clip_lo", &kr->clip_lo);
+    sk_ort_attr_float(api, info, "clip_hi", &kr->clip_hi);
     if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||
         kr->k < 1 || kr->k > 16 || kr->sh < 1 || kr->sw < 1 || kr->dh < 1 || kr->dw < 1 || kr->act < 0 ||
         kr->act > 2 || kr->pads[0] < 0 || kr->pads[1] < 0 || kr->pads[2] < 0 || kr->pads[3] < 0 ||
@@ -144,9 +90,9 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     const int64_t want = blocks(kr->cout) * kr->kh * kr->kw * blocks(kr->cin) * kr->k * 16;
     const void *p = NULL;
     int64_t n_idx = 0, n_val = 0, n_bias = 0;
-    if ((st = constant(kr, info, ctx, 1, "idx", SK_ORT_INT32, 4, &p, &n_idx))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 1, "idx", SK_ORT_INT32, 4, &p, &n_idx, &kr->owned[1]))) goto fail;
     kr->idx = p;
-    if ((st = constant(kr, info, ctx, 2, "values", SK_ORT_FLOAT, 4, &p, &n_val))) goto fail;
+    if ((st = sk_ort_constant(api, info, ctx, 2, "values", SK_ORT_FLOAT, 4, &p, &n_val, &kr->owned[2]))) goto fail;
     kr->values = p;
     if (n_idx != want || n_val != want) {
         st = sk_ort_status(api, "%s: idx/values have %lld/%lld entries, expected %lld", ctx, (long long)n_idx,
@@ -158,7 +104,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         goto fail;
     }
     if (kr->has_bias) {
-        if ((st = constant(kr, info, ctx, 3, "bias", SK_ORT_FLOAT, 4, &p, &n_bias))) goto fail;
+        if ((st = sk_ort_constant(api, info, ctx, 3, "bias", SK_ORT_FLOAT, 4, &p, &n_bias, &kr->owned[3]))) goto fail;
         if (n_bias != blocks(kr->cout) * 16) {
             st = sk_ort_status(api, "%s: bias has %lld values, expected %lld (cout padded to 16)", ctx,
                                (long long)n_bias, (long long)(blocks(kr->cout) * 16));
@@ -229,25 +175,15 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
 static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return NAME; }
-static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return NCHWC_INPUTS; }
 static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i == 1 ? SK_ORT_INT32 : SK_ORT_FLOAT;
 }
-static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
-static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
-static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
-    (void)b;
-    (void)i;
-    return SK_ORT_INPUT_OUTPUT_REQUIRED;
-}
 static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i >= 3 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
-static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
-static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
 
 /* One op per thread cap, initialised under sk_ort_ops.c's registration lock. */
 static nchwc_op ops[NCHWC_MAX_CAP + 1];
@@ -255,24 +191,14 @@ static nchwc_op ops[NCHWC_MAX_CAP + 1];
 struct OrtCustomOp *sk_nchwc_conv_custom_op(int cap) {
     if (cap < 0 || cap > NCHWC_MAX_CAP) return NULL;
     nchwc_op *op = &ops[cap];
-    memset(op, 0, sizeof *op);
+    sk_ort_init_op(&op->base);
     op->cap = cap;
     OrtCustomOp *b = &op->base;
-    b->version = SK_ORT_API_VERSION;
     b->GetName = get_name;
-    b->GetExecutionProviderType = get_ep;
     b->GetInputType = input_type;
     b->GetInputTypeCount = input_count;
-    b->GetOutputType = float_type;
-    b->GetOutputTypeCount = output_count;
-    b->KernelDestroy = kernel_destroy;
     b->GetInputCharacteristic = input_char;
-    b->GetOutputCharacteristic = required;
-    b->GetInputMemoryType = mem_default;
-    b->GetVariadicInputMinArity = one;
-    b->GetVariadicInputHomogeneity = one;
-    b->GetVariadicOutputMinArity = one;
-    b->GetVariadicOutputHomogeneity = one;
+    b->KernelDestroy = kernel_destroy;
     b->CreateKernelV2 = create;
     b->KernelComputeV2 = compute;
     return b;

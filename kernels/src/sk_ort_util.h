@@ -21,6 +21,22 @@ OrtStatus *sk_ort_status(const OrtApi *api, const char *fmt, ...)
 OrtStatus *sk_ort_shape(const OrtApi *api, const OrtValue *v, int64_t *dims, size_t max_rank,
                         size_t *rank);
 
+/* Kernel creation helpers of the conv ops (conv_ort_op.c, nchwc_conv_ort_op.c). `ctx` names
+ * the op and node in messages. */
+OrtStatus *sk_ort_attr_int(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, const char *name,
+                           int64_t *out); /* a required int attribute */
+void sk_ort_attr_float(const OrtApi *api, const OrtKernelInfo *info, const char *name,
+                       float *out); /* optional: *out kept when absent */
+/* Constant input `index` of ONNX element type `type` (`size` bytes each): its data 64-byte
+ * aligned (an aligned copy in *owned when ORT's buffer is not; the caller frees it) and count. */
+OrtStatus *sk_ort_constant(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, size_t index,
+                           const char *what, int type, size_t size, const void **out, int64_t *count,
+                           void **owned);
+
+/* The OrtCustomOp callbacks every conv op shares (CPU provider, float outputs, required
+ * outputs, default memory, arity 1); the op sets its name, inputs and kernel callbacks. */
+void sk_ort_init_op(struct OrtCustomOp *op);
+
 #ifdef __cplusplus
 }
 #endif
