@@ -27,15 +27,16 @@ from sparsec.pm.registry import register_pass
 MIN_ZERO_FRACTION = 0.5  # 2:4, 4:8, 1:4 ... keep at most half of a conv's weights
 
 
-def _sparse_convs(model: ir.Model) -> int:
-    count = 0
+def _conv_weights(model: ir.Model) -> list[ir.Value]:
+    """The constant 4-D weights of the model's standard Conv nodes."""
+    out = []
     for node in model.graph:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             continue
-        w = node.inputs[1].const_value if node.inputs[1] is not None else None
-        if w is not None and len(w.shape) == 4 and np.mean(w.numpy() == 0) >= MIN_ZERO_FRACTION:
-            count += 1
-    return count
+        w = node.inputs[1]
+        if w is not None and w.const_value is not None and len(w.const_value.shape) == 4:
+            out.append(w)
+    return out
 
 
 @register_pass
@@ -56,8 +57,8 @@ class LowerConvNchwc(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, mask_key, nchwc_available
 
-        candidates = _sparse_convs(model)
-        if not candidates:
+        weights = _conv_weights(model)
+        if not any(np.mean(w.const_value.numpy() == 0) >= MIN_ZERO_FRACTION for w in weights):
             return PassResult(changed=False, stats={"convs_lowered": 0})
         if not ctx.tune:
             return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "tuning is off (fixed thresholds)"})
@@ -68,8 +69,7 @@ class LowerConvNchwc(Pass):
 
         feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed)
         # ORT renames the weights it lays out; their zero patterns name the source convs.
-        sources = {mask_key(v.const_value.numpy()): v.name for n in model.graph if n.op_type == "Conv" and len(n.inputs) > 1
-                   for v in [n.inputs[1]] if v is not None and v.const_value is not None and len(v.const_value.shape) == 4}
+        sources = {mask_key(w.const_value.numpy()): w.name for w in weights}
         measure = self.measure == "auto"
         low = lower_nchwc_convs(model_bytes(model), feeds, ctx.threads or 2, measure=measure)
         for c in low.convs:

@@ -195,7 +195,7 @@ def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]]
     return out
 
 
-def _node_ms(model: onnx.ModelProto, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+def _node_ms(model: bytes, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     import onnxruntime as ort
 
     from sparsec.backends.ort.sparse_ops import session_options
@@ -203,7 +203,7 @@ def _node_ms(model: onnx.ModelProto, threads: int, feeds: dict[str, np.ndarray],
 
     opts = session_options(threads)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # laid out already
-    events, recorded = profile_node_events(model.SerializeToString(), opts, feeds, runs)
+    events, _ = profile_node_events(model, opts, feeds, runs)
     times: dict[str, list[float]] = {}
     for e in events:
         times.setdefault(e["node"], []).append(e["ms"])
@@ -211,7 +211,7 @@ def _node_ms(model: onnx.ModelProto, threads: int, feeds: dict[str, np.ndarray],
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _faster_end_to_end(base: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]], result: NchwcLowering,
+def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[str, tuple[Any, onnx.NodeProto, str]], result: NchwcLowering,
                        threads: int, feeds: dict[str, np.ndarray]) -> dict[str, tuple[Any, onnx.NodeProto, str]]:
     """`chosen`, or the convs of it that gained at least RETRY_GAIN, or none: whichever first
     runs the whole model faster than with no sparse conv."""
@@ -221,7 +221,7 @@ def _faster_end_to_end(base: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.
 
     budget = budget_from_env() / 2  # the compile's latency budget, half of it per try at most
     gains = {c.node: c.dense_ms / c.sparse_ms for c in result.convs if c.dense_ms and c.sparse_ms}
-    dense = make_session(base.SerializeToString(), threads)
+    dense = make_session(base_bytes, threads)
     tries = [chosen, {k: v for k, v in chosen.items() if gains.get(v[1].name, 0.0) >= RETRY_GAIN}]
     for attempt in tries:
         if not attempt:
@@ -255,8 +255,9 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
                                        [a["stride_h"], a["stride_w"]], packed.k, key))
     chosen = dict(found)
     if measure and found:
-        dense_ms = _node_ms(base, threads, feeds, runs)
-        sparse_ms = _node_ms(_with(base, found), threads, feeds, runs)
+        base_bytes = base.SerializeToString()  # serialized once: profiled, then the whole-model baseline
+        dense_ms = _node_ms(base_bytes, threads, feeds, runs)
+        sparse_ms = _node_ms(_with(base, found).SerializeToString(), threads, feeds, runs)
         for (out_name, (_, node, _)), c in zip(found.items(), result.convs, strict=True):
             c.dense_ms, c.sparse_ms = dense_ms.get(node.name), sparse_ms.get(node.name)
             if c.dense_ms is None or c.sparse_ms is None:
@@ -265,7 +266,7 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
             elif c.dense_ms < MIN_GAIN * c.sparse_ms or c.dense_ms - c.sparse_ms < MIN_GAIN_MS:
                 c.reason = f"kernel {c.sparse_ms:.3f} ms vs dense {c.dense_ms:.3f} ms"
                 del chosen[out_name]
-        chosen = _faster_end_to_end(base, chosen, result, threads, feeds)
+        chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds)
     for c, out_name in zip(result.convs, found, strict=True):
         c.sparse = out_name in chosen
     result.model = _with(base, chosen).SerializeToString()

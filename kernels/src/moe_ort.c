@@ -43,12 +43,6 @@ typedef struct {
     void *owned[MOE_INPUTS];
 } moe_kernel;
 
-static OrtStatus *reword(const OrtApi *api, OrtStatus *st, const char *ctx, const char *what) {
-    OrtStatus *out = sk_ort_status(api, "%s: %s: %s", ctx, what, SK_ORT(api, GetErrorMessage)(st));
-    SK_ORT(api, ReleaseStatus)(st);
-    return out;
-}
-
 static int pick_isa(int *isa, char *bad, size_t len) {
     static const char *const names[] = {"scalar", "avx2", "avx512", "neon"};
     const char *env = getenv("SPARSEC_KERNEL_ISA");
@@ -76,49 +70,18 @@ static int pick_isa(int *isa, char *bad, size_t len) {
     return -1;
 }
 
-static OrtStatus *attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx,
-                       const char *name, int64_t *out) {
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
-    if (!st) return NULL;
-    SK_ORT(api, ReleaseStatus)(st);
-    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
-}
 
 /* Constant input `index` of element type `type` (float or uint16) with exactly `count`
  * elements (64-byte aligned; copied if needed). */
 static OrtStatus *constant(moe_kernel *kr, const OrtKernelInfo *info, const char *ctx,
                            size_t index, const char *what, int want, int64_t count,
                            const void **out) {
-    const OrtApi *api = kr->api;
-    int is_const = 0;
-    const OrtValue *value = NULL;
-    OrtStatus *st = SK_ORT(api, KernelInfoGetConstantInput_tensor)(info, index, &is_const, &value);
-    if (st) return reword(api, st, ctx, what);
-    if (!is_const || !value)
-        return sk_ort_status(api, "%s: input %zu (%s) must be a constant initializer", ctx, index, what);
-    OrtTensorTypeAndShapeInfo *ti = NULL;
-    if ((st = SK_ORT(api, GetTensorTypeAndShape)(value, &ti))) return reword(api, st, ctx, what);
-    int type = 0;
-    size_t n = 0;
-    st = SK_ORT(api, GetTensorElementType)(ti, &type);
-    if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
-    SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
-    if (st) return reword(api, st, ctx, what);
-    if (type != want)
-        return sk_ort_status(api, "%s: %s must be %s", ctx, what, want == SK_ORT_FLOAT ? "float32" : "uint16");
-    if ((int64_t)n != count)
-        return sk_ort_status(api, "%s: %s has %zu elements, expected %lld", ctx, what, n, (long long)count);
-    void *p = NULL;
-    if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
-    if (((uintptr_t)p % 64) != 0) {
-        const size_t bytes = n * (want == SK_ORT_FLOAT ? sizeof(float) : sizeof(uint16_t));
-        void *copy = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!copy) return sk_ort_status(api, "%s: out of memory copying %s", ctx, what);
-        memcpy(copy, p, bytes);
-        kr->owned[index] = copy;
-        p = copy;
-    }
-    *out = p;
+    int64_t n = 0;
+    OrtStatus *st = sk_ort_constant(kr->api, info, ctx, index, what, want, want == SK_ORT_FLOAT ? sizeof(float) : sizeof(uint16_t),
+                                    out, &n, &kr->owned[index]);
+    if (st) return st;
+    if (n != count)
+        return sk_ort_status(kr->api, "%s: %s has %lld elements, expected %lld", ctx, what, (long long)n, (long long)count);
     return NULL;
 }
 
@@ -180,10 +143,10 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         return sk_ort_status(api, "%s: %s", ctx, bad);
     }
     int64_t d = 0, e = 0, f = 0, k = 0, act = 0, gating = 0, gated = 0;
-    if ((st = attr(api, info, ctx, "D", &d)) || (st = attr(api, info, ctx, "E", &e)) ||
-        (st = attr(api, info, ctx, "F", &f)) || (st = attr(api, info, ctx, "top_k", &k)) ||
-        (st = attr(api, info, ctx, "activation", &act)) ||
-        (st = attr(api, info, ctx, "gating", &gating)) || (st = attr(api, info, ctx, "gated", &gated)))
+    if ((st = sk_ort_attr_int(api, info, ctx, "D", &d)) || (st = sk_ort_attr_int(api, info, ctx, "E", &e)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "F", &f)) || (st = sk_ort_attr_int(api, info, ctx, "top_k", &k)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "activation", &act)) ||
+        (st = sk_ort_attr_int(api, info, ctx, "gating", &gating)) || (st = sk_ort_attr_int(api, info, ctx, "gated", &gated)))
         goto fail;
     const int64_t nm_n = attr_or(api, info, "n", 0), nm_m = attr_or(api, info, "m", 0);
     sk_moe_weights *w = &kr->w;
@@ -281,12 +244,8 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     return NULL;
 }
 
-/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
 static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
-    sk_ort_pool_enter(context);
-    OrtStatus *st = compute_op(p, context);
-    sk_ort_pool_leave();
-    return st;
+    return sk_ort_pool_compute(compute_op, p, context); /* regions on ORT's intra-op pool */
 }
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }

@@ -165,12 +165,8 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     return NULL;
 }
 
-/* Parallel regions of the op run on ORT's intra-op pool (sk_ort_pool.c). */
 static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
-    sk_ort_pool_enter(context);
-    OrtStatus *st = compute_op(p, context);
-    sk_ort_pool_leave();
-    return st;
+    return sk_ort_pool_compute(compute_op, p, context); /* regions on ORT's intra-op pool */
 }
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }

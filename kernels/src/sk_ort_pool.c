@@ -36,3 +36,10 @@ void sk_ort_pool_enter(OrtKernelContext *context) {
 }
 
 void sk_ort_pool_leave(void) { sk_set_host_pool(NULL, NULL); }
+
+OrtStatus *sk_ort_pool_compute(OrtStatus *(*fn)(void *, OrtKernelContext *), void *kernel, OrtKernelContext *context) {
+    sk_ort_pool_enter(context);
+    OrtStatus *st = fn(kernel, context);
+    sk_ort_pool_leave();
+    return st;
+}

@@ -10,5 +10,7 @@ void sk_ort_pool_init(const OrtApiBase *base);
 /* Around an op's compute: its parallel regions go to ORT's pool for `context`. */
 void sk_ort_pool_enter(OrtKernelContext *context);
 void sk_ort_pool_leave(void);
+/* An op's compute `fn` between the two: what every op's KernelComputeV2 does. */
+OrtStatus *sk_ort_pool_compute(OrtStatus *(*fn)(void *, OrtKernelContext *), void *kernel, OrtKernelContext *context);
 
 #endif

@@ -44,6 +44,16 @@ void sk_ort_attr_float(const OrtApi *api, const OrtKernelInfo *info, const char 
     if (st) SK_ORT(api, ReleaseStatus)(st);
 }
 
+static const char *type_name(int type) {
+    switch (type) {
+    case SK_ORT_FLOAT: return "float32";
+    case SK_ORT_UINT8: return "uint8";
+    case SK_ORT_UINT16: return "uint16";
+    case SK_ORT_INT32: return "int32";
+    default: return "another element type";
+    }
+}
+
 OrtStatus *sk_ort_constant(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, size_t index,
                            const char *what, int type, size_t size, const void **out, int64_t *count,
                            void **owned) {
@@ -61,7 +71,7 @@ OrtStatus *sk_ort_constant(const OrtApi *api, const OrtKernelInfo *info, const c
     if (!st) st = SK_ORT(api, GetTensorShapeElementCount)(ti, &n);
     SK_ORT(api, ReleaseTensorTypeAndShapeInfo)(ti);
     if (st) return reword(api, st, ctx, what);
-    if (t != type) return sk_ort_status(api, "%s: %s has ONNX element type %d, expected %d", ctx, what, t, type);
+    if (t != type) return sk_ort_status(api, "%s: %s must be %s", ctx, what, type_name(type));
     void *p = NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)value, &p))) return reword(api, st, ctx, what);
     if (n > 0 && ((uintptr_t)p % 64) != 0) {
