@@ -250,25 +250,15 @@ static OrtStatus *SK_ORT_CALL compute(void *p, OrtKernelContext *context) {
 
 static void SK_ORT_CALL kernel_destroy(void *p) { destroy(p); }
 static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return "MoEFFN"; }
-static const char *SK_ORT_CALL get_ep(const OrtCustomOp *b) { (void)b; return "CPUExecutionProvider"; }
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return MOE_INPUTS; }
-static int SK_ORT_CALL float_type(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_FLOAT; }
 static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i >= MOE_DENSE_INPUTS ? SK_ORT_UINT16 : SK_ORT_FLOAT; /* the packed experts' meta */
-}
-static size_t SK_ORT_CALL output_count(const OrtCustomOp *b) { (void)b; return 1; }
-static int SK_ORT_CALL required(const OrtCustomOp *b, size_t i) {
-    (void)b;
-    (void)i;
-    return SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
 static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
     (void)b;
     return i >= MOE_DENSE_INPUTS - 1 ? SK_ORT_INPUT_OUTPUT_OPTIONAL : SK_ORT_INPUT_OUTPUT_REQUIRED;
 }
-static int SK_ORT_CALL mem_default(const OrtCustomOp *b, size_t i) { (void)b; (void)i; return SK_ORT_MEM_TYPE_DEFAULT; }
-static int SK_ORT_CALL one(const OrtCustomOp *b) { (void)b; return 1; }
 
 /* One op per thread cap, initialised under sk_ort_ops.c's registration lock. */
 static moe_op ops[MOE_ORT_MAX_CAP + 1];
@@ -276,24 +266,14 @@ static moe_op ops[MOE_ORT_MAX_CAP + 1];
 struct OrtCustomOp *sk_moe_custom_op(int cap) {
     if (cap < 0 || cap > MOE_ORT_MAX_CAP) return NULL;
     moe_op *op = &ops[cap];
-    memset(op, 0, sizeof *op);
+    sk_ort_init_op(&op->base);
     op->cap = cap;
     OrtCustomOp *b = &op->base;
-    b->version = SK_ORT_API_VERSION;
     b->GetName = get_name;
-    b->GetExecutionProviderType = get_ep;
     b->GetInputType = input_type;
     b->GetInputTypeCount = input_count;
-    b->GetOutputType = float_type;
-    b->GetOutputTypeCount = output_count;
-    b->KernelDestroy = kernel_destroy;
     b->GetInputCharacteristic = input_char;
-    b->GetOutputCharacteristic = required;
-    b->GetInputMemoryType = mem_default;
-    b->GetVariadicInputMinArity = one;
-    b->GetVariadicInputHomogeneity = one;
-    b->GetVariadicOutputMinArity = one;
-    b->GetVariadicOutputHomogeneity = one;
+    b->KernelDestroy = kernel_destroy;
     b->CreateKernelV2 = create;
     b->KernelComputeV2 = compute;
     return b;
