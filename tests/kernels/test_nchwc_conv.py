@@ -16,8 +16,10 @@ pytestmark = pytest.mark.skipif(not sk.kernels_available() or "avx512" not in sk
                                 reason="the NCHWc conv kernel needs the built kernels and AVX-512")
 
 # (batch, cin, cout, h, w, k, stride, pads (t, l, b, r), dilation): output widths from 1 to 30 run
-# every tile path (12-wide interior, 4-wide, masked 2/3/4 at borders and in narrow rows, single
-# positions); channels not multiples of 16; strides 1-3; asymmetric padding; dilation 2.
+# every tile path (rows of 20 and more: 12-wide interior, 4-wide, masked 2/3/4 at borders, single
+# positions; narrower K = 8 outputs: the flattened plane in tiles of 12 (14x14), 10 (13x13, 5x6),
+# 8 (4x4) and 7 (7x7, 5x5), taps outside the input for every position of a tile (3x1));
+# channels not multiples of 16; strides 1-3; asymmetric padding; dilation 2.
 SHAPES = [
     (1, 64, 64, 14, 14, 3, 1, (1, 1, 1, 1), 1),
     (2, 32, 48, 7, 7, 3, 1, (1, 1, 1, 1), 1),
@@ -29,6 +31,7 @@ SHAPES = [
     (1, 20, 20, 5, 6, 3, 1, (1, 1, 1, 1), 1),
     (1, 16, 16, 3, 1, 3, 1, (1, 1, 1, 1), 1),
     (1, 128, 32, 7, 7, 1, 2, (0, 0, 0, 0), 1),
+    (1, 32, 32, 4, 4, 3, 1, (1, 1, 1, 1), 1),
 ]
 
 
