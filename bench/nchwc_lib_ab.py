@@ -42,7 +42,7 @@ _I64, _INT, _FLT = ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_nchwc_conv.argtypes = [_F32, _I64, _I64, _I64, _I64, _I64, _I64, _I64] + [_INT] * 10 + [
-        _I64, _I32, _F32, _F32, _F32, _INT, _FLT, _FLT, _F32, _INT, _INT]
+        _I64, _I32, _I32, _F32, _F32, _F32, _INT, _FLT, _FLT, _F32, _INT, _INT]
     lib.sk_nchwc_conv.restype = _INT
 
 
@@ -51,7 +51,7 @@ def _call(lib: ctypes.CDLL, x: np.ndarray, p: PackedNchwc, stride: int, pad: int
     _, _, h, w, _ = x.shape
     status = lib.sk_nchwc_conv(
         x.ctypes.data_as(_F32), x.shape[0], p.ib, h, w, p.ob, y.shape[2], y.shape[3], p.kh, p.kw, stride, stride,
-        pad, pad, pad, pad, 1, 1, p.k, p.idx.ctypes.data_as(_I32), p.vals.ctypes.data_as(_F32),
+        pad, pad, pad, pad, 1, 1, p.k, p.offs.ctypes.data_as(_I32), p.idx.ctypes.data_as(_I32), p.vals.ctypes.data_as(_F32),
         bias.ctypes.data_as(_F32), None, 1, 0.0, 0.0, y.ctypes.data_as(_F32), 2, threads)
     if status != 0:
         raise RuntimeError(f"kernel status {status}")

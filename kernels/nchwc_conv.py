@@ -27,7 +27,7 @@ _flt = ctypes.c_float
 def _lib() -> ctypes.CDLL:
     lib = load()
     lib.sk_nchwc_conv.argtypes = [_f32p, _i64, _i64, _i64, _i64, _i64, _i64, _i64] + [_int] * 10 + [
-        _i64, _i32p, _f32p, _f32p, _f32p, _int, _flt, _flt, _f32p, _int, _int]
+        _i64, _i32p, _i32p, _f32p, _f32p, _f32p, _int, _flt, _flt, _f32p, _int, _int]
     lib.sk_nchwc_conv.restype = _int
     return lib
 
@@ -56,11 +56,11 @@ def nchwc_conv(x: np.ndarray, packed: PackedNchwc, *, strides: tuple[int, int] =
     s = None if sum_ is None else np.ascontiguousarray(sum_, dtype=np.float32)
     if s is not None and s.shape != y.shape:
         raise PackedFormatError(f"nchwc_conv: sum shape {s.shape} is not the output's {y.shape}")
-    macs = n * packed.ob * BLOCK * max(ho, 0) * max(wo, 0) * packed.kh * packed.kw * packed.ib * packed.k
+    macs = n * max(ho, 0) * max(wo, 0) * packed.pairs * BLOCK
     ptr = lambda a, t: None if a is None else a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     status = _lib().sk_nchwc_conv(
         ptr(x, ctypes.c_float), n, packed.ib, h, w, packed.ob, ho, wo, packed.kh, packed.kw, strides[0], strides[1],
-        pt, pl, pb, pr, dilations[0], dilations[1], packed.k, ptr(packed.idx, ctypes.c_int32),
+        pt, pl, pb, pr, dilations[0], dilations[1], packed.k, ptr(packed.offs, ctypes.c_int32), ptr(packed.idx, ctypes.c_int32),
         ptr(packed.vals, ctypes.c_float), ptr(b, ctypes.c_float), ptr(s, ctypes.c_float), ACTIVATIONS[act],
         clip[0], clip[1], ptr(y, ctypes.c_float), resolve_isa(isa), threads or pick_threads(macs))
     if status != 0:

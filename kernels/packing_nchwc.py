@@ -1,13 +1,14 @@
 """Offline packer for the NCHWc sparse convolution (`nchwc_conv`, src/nchwc_conv_avx512.c).
 
 ONNX Runtime's NCHWc layout puts 16 channels of one position in a vector. The kernel keeps 16
-output channels in the lanes; for every (output block, tap, input block) it stores ``k`` pairs
-of vectors: lane l of pair j is the j-th kept input channel of output channel 16*ob+l among
-the block's 16 input channels (an index 0..15) and its weight. ``k`` is the most any lane
-keeps of a block (2:4 and 4:8: 8; 1:4: 4; 1:8: 2); lanes keeping fewer are padded with
-weight 0. Unstructured weights fit too, at the cost of their fullest lane.
+output channels in the lanes; for every block (output block, tap, input block) it stores pairs
+of vectors: lane l of pair j is the j-th kept input channel of output channel 16*ob+l among the
+block's 16 input channels (an index 0..15) and its weight. A block has as many pairs as its
+fullest lane keeps (2:4 and 4:8: 8; 1:4: 4; 1:8: 2; unstructured 80%: ~6 on average, none
+where all 16 lanes are zero); lanes keeping fewer are padded with weight 0. ``offs`` gives
+each block's pair range, ``k`` the most pairs of any block.
 
-Indices are bytes (the kernel widens them): a packed 2:4 weight takes 5/8 of the dense bytes.
+Indices are int32 (a byte index cost a widening on the shuffle port, 5-10% of the kernel).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class PackedNchwc:
     cin: int
     kh: int
     kw: int
-    k: int
-    idx: np.ndarray  # int32 [ob, kh, kw, ib, k, 16]
+    k: int  # the most pairs of any block
+    offs: np.ndarray  # int32 [ob * kh * kw * ib + 1]: block i's pairs are offs[i]..offs[i + 1]
+    idx: np.ndarray  # int32 [pairs, 16]
     vals: np.ndarray  # float32, same shape
 
     @property
@@ -47,9 +49,13 @@ class PackedNchwc:
         return padded(self.cin) // BLOCK
 
     @property
+    def pairs(self) -> int:
+        return int(self.offs[-1])
+
+    @property
     def kept_fraction(self) -> float:
         """Multiply-adds the kernel runs per dense one (padding pairs count)."""
-        return self.k / BLOCK
+        return self.pairs / (BLOCK * self.ob * self.kh * self.kw * self.ib)
 
 
 def pack_nchwc(w: np.ndarray) -> PackedNchwc:
@@ -62,13 +68,16 @@ def pack_nchwc(w: np.ndarray) -> PackedNchwc:
     ob, ib = full.shape[0] // BLOCK, full.shape[1] // BLOCK
     t = full.reshape(ob, BLOCK, ib, BLOCK, kh, kw).transpose(0, 4, 5, 2, 1, 3)  # [ob, kh, kw, ib, lane, c]
     kept = t != 0
-    k = max(1, int(kept.sum(-1).max()))
+    per_block = kept.sum(-1).max(-1).reshape(-1)  # pairs of each block: its fullest lane
+    k = max(1, int(per_block.max()))
     # Kept channels first, in ascending order (a stable sort of "not kept"), then padding.
     order = np.argsort(~kept, axis=-1, kind="stable")[..., :k]
-    vals = np.take_along_axis(t, order, -1)
-    idx = np.ascontiguousarray(order.astype(np.int32).swapaxes(-1, -2))  # [ob, kh, kw, ib, k, lane]
-    vals = np.ascontiguousarray(vals.swapaxes(-1, -2))
-    return PackedNchwc(co, ci, kh, kw, k, aligned_copy(idx, np.int32), aligned_copy(vals, np.float32))
+    vals = np.take_along_axis(t, order, -1).reshape(-1, BLOCK, k).swapaxes(1, 2)  # [block, pair, lane]
+    idx = order.astype(np.int32).reshape(-1, BLOCK, k).swapaxes(1, 2)
+    used = np.arange(k)[None, :] < per_block[:, None]
+    offs = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int32)
+    return PackedNchwc(co, ci, kh, kw, k, aligned_copy(offs, np.int32), aligned_copy(idx[used], np.int32),
+                       aligned_copy(vals[used], np.float32))
 
 
 def to_nchwc(x: np.ndarray) -> np.ndarray:

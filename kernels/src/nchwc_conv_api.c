@@ -17,10 +17,19 @@ int sk_nchwc_check_idx(const int32_t *idx, int64_t n) {
     return SK_OK;
 }
 
+int sk_nchwc_check_offs(const int32_t *offs, int64_t blocks, int64_t k, int64_t pairs) {
+    if (!offs) return SK_ERR_NULL;
+    if (offs[0] != 0 || offs[blocks] != pairs) return SK_ERR_SHAPE;
+    for (int64_t i = 0; i < blocks; i++)
+        if (offs[i + 1] < offs[i] || offs[i + 1] - offs[i] > k) return SK_ERR_SHAPE;
+    return SK_OK;
+}
+
 int sk_nchwc_conv(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t w, int64_t ob,
                   int64_t ho, int64_t wo, int kh, int kw, int sh, int sw, int pt, int pl, int pb, int pr,
-                  int dh, int dw, int64_t k, const int32_t *idx, const float *vals, const float *bias,
-                  const float *sum, int act, float clip_lo, float clip_hi, float *y, int isa, int threads) {
+                  int dh, int dw, int64_t k, const int32_t *offs, const int32_t *idx, const float *vals,
+                  const float *bias, const float *sum, int act, float clip_lo, float clip_hi, float *y, int isa,
+                  int threads) {
     if (batch < 0 || ib < 1 || h < 1 || w < 1 || ob < 1 || kh < 1 || kw < 1 || kh > SK_NCHWC_MAX_KH
         || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || pb < 0 || pr < 0 || k < 1
         || k > 16 || act < 0 || act > 2)
@@ -29,7 +38,7 @@ int sk_nchwc_conv(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t 
     if (!x || !y || !idx || !vals) return SK_ERR_NULL;
     if (isa != SK_ISA_AVX512 || !sk_isa_supported(isa)) return SK_ERR_ISA;
     if (batch == 0) return SK_OK;
-    sk_nchwc_args a = {x, batch, ib, h, w, ob, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw, k, idx, vals,
+    sk_nchwc_args a = {x, batch, ib, h, w, ob, ho, wo, kh, kw, sh, sw, pt, pl, dh, dw, k, offs, idx, vals,
                        bias, sum, act, clip_lo, clip_hi, y, threads > 0 ? threads : sk_max_threads(), {0}};
 #if defined(__x86_64__) || defined(_M_X64)
     sk_nchwc_conv_avx512(&a);

@@ -41,27 +41,39 @@ static inline __m512 finish(__m512 acc, const float *sum, const sk_nchwc_args *a
     return acc;
 }
 
-/* Per (tap, input block): the K pairs of one output block into registers, then FMAs for the
- * 12 positions whose inputs start at `xp` (stride `xs` floats between positions). */
-#define PAIR(j)                                                                                   \
-    const __m512i i##j = load_idx(ix + (j) * 16);                                                 \
-    const __m512 w##j = _mm512_loadu_ps(wv + (j) * 16);
-#define FMA8(a, x)                                                                                \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, x), w0, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, x), w1, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i2, x), w2, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i3, x), w3, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i4, x), w4, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i5, x), w5, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i6, x), w6, a);                                     \
-    a = _mm512_fmadd_ps(_mm512_permutexvar_ps(i7, x), w7, a);
+/* Per (tap, input block) of an output block: the tile's NP input vectors (LOADX(p)) into
+ * registers, then per pair of the block one index and one weight vector and, per position, a
+ * permute (each lane picks its kept channel) and an FMA. A block has as many pairs as its
+ * fullest lane (padding pairs have weight 0): 8 at 2:4, ~6 for unstructured 80%, none where
+ * all 16 lanes are zero. 12 accumulators + 12 inputs + 2 pair vectors fit the 32 zmm (asm:
+ * no zmm stack access in the loops); holding up to 8 pairs in registers instead, with a switch
+ * on the count, made GCC spill the accumulators (ResNet-50 1.24x -> 1.03x). */
+#define BLOCK_FMAS(blk, NP, LOADX)                                                                \
+    {                                                                                             \
+        const int64_t s0 = a->offs ? a->offs[blk] : (blk) * a->k;                                 \
+        const int64_t n = a->offs ? a->offs[(blk) + 1] - s0 : a->k;                               \
+        const int32_t *ix = a->idx + s0 * 16;                                                     \
+        const float *wv = a->vals + s0 * 16;                                                      \
+        if (n > 0) {                                                                              \
+            __m512 xv[NP];                                                                        \
+            _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) xv[p] = LOADX(p);               \
+            for (int64_t j = 0; j < n; j++, ix += 16, wv += 16) {                                 \
+                const __m512i iv = load_idx(ix);                                                  \
+                const __m512 w = _mm512_loadu_ps(wv);                                             \
+                _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++)                             \
+                    acc[p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(iv, xv[p]), w, acc[p]);       \
+            }                                                                                     \
+        }                                                                                         \
+    }
+#define LD_STRIDED(p) _mm512_loadu_ps(xp + (p) * xs)
+#define LD_MASKED(p) _mm512_maskz_loadu_ps(m[p], xp + off[p])
+#define LD_OFF(p) _mm512_loadu_ps(xp + off[p])
 
-/* P interior positions, K = 8 (accumulators in a fully unrolled array: the asm of every
+/* P interior positions of one row (accumulators in a fully unrolled array: the asm of every
  * variant has no zmm stack access inside the input-block loop). */
 #define DEF_TILE(NP)                                                                              \
-    static void tile##NP##_k8(const sk_nchwc_args *a, const float *const *xrow, int nrows,        \
-                              int64_t col0, const int32_t *idx_ob, const float *val_ob,           \
-                              const float *bias, float *y, const float *sum) {                    \
+    static __attribute__((noinline)) void tile##NP(const sk_nchwc_args *a, const float *const *xrow, int nrows,             \
+                         int64_t col0, int64_t ob, const float *bias, float *y, const float *sum) { \
         __m512 acc[NP];                                                                           \
         const __m512 init = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();                   \
         _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) acc[p] = init;                      \
@@ -70,16 +82,10 @@ static inline __m512 finish(__m512 acc, const float *sum, const sk_nchwc_args *a
             const int kh = a->row_kh[r];                                                          \
             for (int kw = 0; kw < a->kw; kw++) {                                                  \
                 const float *xb = xrow[r] + (col0 * a->sw - a->pl + kw * a->dw) * 16;             \
-                const int64_t tap = (int64_t)kh * a->kw + kw;                                     \
-                const int32_t *ix = idx_ob + tap * a->ib * 8 * 16;                                \
-                const float *wv = val_ob + tap * a->ib * 8 * 16;                                  \
-                for (int64_t ib = 0; ib < a->ib; ib++, ix += 8 * 16, wv += 8 * 16) {              \
+                const int64_t blk0 = ((ob * a->kh + kh) * a->kw + kw) * a->ib;                    \
+                for (int64_t ib = 0; ib < a->ib; ib++) {                                          \
                     const float *xp = xb + ib * ib_stride;                                        \
-                    PAIR(0) PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7)               \
-                    _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) {                       \
-                        const __m512 xv = _mm512_loadu_ps(xp + p * xs);                           \
-                        FMA8(acc[p], xv)                                                          \
-                    }                                                                             \
+                    BLOCK_FMAS(blk0 + ib, NP, LD_STRIDED)                                         \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -89,81 +95,51 @@ static inline __m512 finish(__m512 acc, const float *sum, const sk_nchwc_args *a
 DEF_TILE(12)
 DEF_TILE(4)
 
-/* Up to 4 positions anywhere in the row (borders, tails), K = 8: a position's input vector is
- * a masked load, all-zero where its tap falls into the padding (no fault: masked-off lanes
- * are not read). One position at a time cost ~3x a tiled one: 3 of 7 columns of ResNet-50's
- * last stage are borders. */
-#define DEF_MTILE(NP) \
-static void tile##NP##m_k8(const sk_nchwc_args *a, const float *const *xrow, int nrows, int64_t col0, int npos, \
-                      const int32_t *idx_ob, const float *val_ob, const float *bias, float *y, \
-                      const float *sum) { \
-    __m512 acc[NP]; \
-    const __m512 init = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps(); \
-    _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) acc[p] = init; \
-    const int64_t ib_stride = a->h * a->w * 16; \
-    for (int r = 0; r < nrows; r++) { \
-        const int kh = a->row_kh[r]; \
-        for (int kw = 0; kw < a->kw; kw++) { \
-            int64_t off[NP]; \
-            __mmask16 m[NP]; \
-            _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) { \
-                const int64_t iw = (col0 + p) * a->sw - a->pl + kw * a->dw; \
-                const int ok = p < npos && iw >= 0 && iw < a->w; \
-                off[p] = ok ? iw * 16 : 0; \
-                m[p] = ok ? 0xFFFF : 0; \
-            } \
-            const int64_t tap = (int64_t)kh * a->kw + kw; \
-            const int32_t *ix = idx_ob + tap * a->ib * 8 * 16; \
-            const float *wv = val_ob + tap * a->ib * 8 * 16; \
-            for (int64_t ib = 0; ib < a->ib; ib++, ix += 8 * 16, wv += 8 * 16) { \
-                const float *xp = xrow[r] + ib * ib_stride; \
-                PAIR(0) PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7) \
-                _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) { \
-                    const __m512 xv = _mm512_maskz_loadu_ps(m[p], xp + off[p]); \
-                    FMA8(acc[p], xv) \
-                } \
-            } \
-        } \
-    } \
-    /* Constant indices only: a loop to npos would make GCC keep acc in memory (stored to the \
-     * stack after every FMA of the input-block loop). */ \
-    _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) \
-        if (p < npos) _mm512_storeu_ps(y + p * 16, finish(acc[p], sum ? sum + p * 16 : NULL, a)); \
-}
+/* Up to 4 positions anywhere in the row (borders, tails): a position's input vector is a
+ * masked load, all-zero where its tap falls into the padding (no fault: masked-off lanes are
+ * not read). One position at a time cost ~3x a tiled one: 3 of 7 columns of ResNet-50's last
+ * stage are borders. */
+#define DEF_MTILE(NP)                                                                             \
+    static __attribute__((noinline)) void tile##NP##m(const sk_nchwc_args *a, const float *const *xrow, int nrows,          \
+                            int64_t col0, int npos, int64_t ob, const float *bias, float *y,      \
+                            const float *sum) {                                                   \
+        __m512 acc[NP];                                                                           \
+        const __m512 init = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();                   \
+        _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) acc[p] = init;                       \
+        const int64_t ib_stride = a->h * a->w * 16;                                               \
+        for (int r = 0; r < nrows; r++) {                                                         \
+            const int kh = a->row_kh[r];                                                          \
+            for (int kw = 0; kw < a->kw; kw++) {                                                  \
+                int64_t off[NP];                                                                  \
+                __mmask16 m[NP];                                                                  \
+                _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++) {                            \
+                    const int64_t iw = (col0 + p) * a->sw - a->pl + kw * a->dw;                   \
+                    const int ok = p < npos && iw >= 0 && iw < a->w;                              \
+                    off[p] = ok ? iw * 16 : 0;                                                    \
+                    m[p] = ok ? 0xFFFF : 0;                                                       \
+                }                                                                                 \
+                const int64_t blk0 = ((ob * a->kh + kh) * a->kw + kw) * a->ib;                    \
+                for (int64_t ib = 0; ib < a->ib; ib++) {                                          \
+                    const float *xp = xrow[r] + ib * ib_stride;                                   \
+                    BLOCK_FMAS(blk0 + ib, NP, LD_MASKED)                                          \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        /* Constant indices only: a loop to npos would make GCC keep acc in memory. */            \
+        _Pragma("GCC unroll 4") for (int p = 0; p < NP; p++)                                      \
+            if (p < npos) _mm512_storeu_ps(y + p * 16, finish(acc[p], sum ? sum + p * 16 : NULL, a)); \
+    }
 DEF_MTILE(4)
 DEF_MTILE(3)
 DEF_MTILE(2)
+DEF_MTILE(1)
 
-/* One position, any K, any column (taps outside the input skipped): borders and tails. */
-static void one_pos(const sk_nchwc_args *a, const float *xrow[], int nrows, int64_t col,
-                    const int32_t *idx_ob, const float *val_ob, const float *bias, float *y,
-                    const float *sum) {
-    __m512 acc = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const int64_t ib_stride = a->h * a->w * 16, k = a->k;
-    for (int r = 0; r < nrows; r++) {
-        const int kh = a->row_kh[r];
-        for (int kw = 0; kw < a->kw; kw++) {
-            const int64_t iw = col * a->sw - a->pl + kw * a->dw;
-            if (iw < 0 || iw >= a->w) continue;
-            const int64_t tap = (int64_t)kh * a->kw + kw;
-            const int32_t *ix = idx_ob + tap * a->ib * k * 16;
-            const float *wv = val_ob + tap * a->ib * k * 16;
-            for (int64_t ib = 0; ib < a->ib; ib++) {
-                const __m512 xv = _mm512_loadu_ps(xrow[r] + ib * ib_stride + iw * 16);
-                for (int64_t j = 0; j < k; j++, ix += 16, wv += 16)
-                    acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(load_idx(ix), xv), _mm512_loadu_ps(wv), acc);
-            }
-        }
-    }
-    _mm512_storeu_ps(y, finish(acc, sum, a));
-}
-
-/* 12 consecutive positions of the flattened output plane (q = oh * wo + ow), K = 8: tiles run
- * across row ends, so narrow rows (ResNet-50's 28, 14 and 7) fill whole 12-position tiles
- * instead of 4-wide and masked ones. Per tap, each position's input offset and load mask
- * (zero where the tap falls into the padding) come from a table that the caller builds once
- * per tile for all its output blocks (built per block it cost ~4% of the tile's time); taps
- * with every position inside use plain loads. */
+/* NP consecutive positions of the flattened output plane (q = oh * wo + ow): tiles run across
+ * row ends, so narrow rows (ResNet-50's 14 and 7) fill whole 7-12-position tiles instead of
+ * 4-wide and masked ones. Per tap, each position's input offset and load mask (zero where the
+ * tap falls into the padding) come from a table that the caller builds once per tile for all
+ * its output blocks (built per block it cost ~4% of the tile's time); taps with every position
+ * inside use plain loads, taps with none are skipped. */
 #define SK_FLAT_MAX_TAPS 64
 typedef struct {
     int64_t off[SK_FLAT_MAX_TAPS][12];
@@ -192,48 +168,41 @@ static void flat_taps_build(const sk_nchwc_args *a, int64_t q0, int npos, flat_t
         }
 }
 
-#define DEF_TILEQ(NP) \
-static void tileq##NP##_k8(const sk_nchwc_args *a, const float *xb, const flat_taps *t,           \
-                       const int32_t *idx_ob, const float *val_ob, const float *bias, float *y,   \
-                       const float *sum) {                                                        \
-    __m512 acc[NP];                                                                               \
-    const __m512 init = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();                       \
-    _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) acc[p] = init;                          \
-    const int64_t ib_stride = a->h * a->w * 16, taps = (int64_t)a->kh * a->kw;                    \
-    for (int64_t tap = 0; tap < taps; tap++) {                                                    \
-        if (t->all[tap] < 0) continue;                                                            \
-        const int64_t *off = t->off[tap];                                                         \
-        const int32_t *ix = idx_ob + tap * a->ib * 8 * 16;                                        \
-        const float *wv = val_ob + tap * a->ib * 8 * 16;                                          \
-        if (t->all[tap]) {                                                                        \
-            for (int64_t ib = 0; ib < a->ib; ib++, ix += 8 * 16, wv += 8 * 16) {                  \
-                const float *xp = xb + ib * ib_stride;                                            \
-                PAIR(0) PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7)                   \
-                _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) {                           \
-                    const __m512 xv = _mm512_loadu_ps(xp + off[p]);                               \
-                    FMA8(acc[p], xv)                                                              \
+#define DEF_TILEQ(NP)                                                                             \
+    static __attribute__((noinline)) void tileq##NP(const sk_nchwc_args *a, const float *xb, const flat_taps *t, int64_t ob, \
+                          const float *bias, float *y, const float *sum) {                        \
+        __m512 acc[NP];                                                                           \
+        const __m512 init = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();                   \
+        _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) acc[p] = init;                      \
+        const int64_t ib_stride = a->h * a->w * 16, taps = (int64_t)a->kh * a->kw;               \
+        for (int64_t tap = 0; tap < taps; tap++) {                                                \
+            if (t->all[tap] < 0) continue;                                                        \
+            const int64_t *off = t->off[tap];                                                     \
+            const __mmask16 *m = t->m[tap];                                                       \
+            const int64_t blk0 = (ob * taps + tap) * a->ib;                                       \
+            if (t->all[tap]) {                                                                    \
+                for (int64_t ib = 0; ib < a->ib; ib++) {                                          \
+                    const float *xp = xb + ib * ib_stride;                                        \
+                    BLOCK_FMAS(blk0 + ib, NP, LD_OFF)                                             \
                 }                                                                                 \
+                continue;                                                                         \
             }                                                                                     \
-            continue;                                                                             \
-        }                                                                                         \
-        const __mmask16 *m = t->m[tap];                                                           \
-        for (int64_t ib = 0; ib < a->ib; ib++, ix += 8 * 16, wv += 8 * 16) {                      \
-            const float *xp = xb + ib * ib_stride;                                                \
-            PAIR(0) PAIR(1) PAIR(2) PAIR(3) PAIR(4) PAIR(5) PAIR(6) PAIR(7)                       \
-            _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++) {                               \
-                const __m512 xv = _mm512_maskz_loadu_ps(m[p], xp + off[p]);                       \
-                FMA8(acc[p], xv)                                                                  \
+            for (int64_t ib = 0; ib < a->ib; ib++) {                                              \
+                const float *xp = xb + ib * ib_stride;                                            \
+                BLOCK_FMAS(blk0 + ib, NP, LD_MASKED)                                              \
             }                                                                                     \
         }                                                                                         \
-    }                                                                                             \
-    const int npos = t->npos;                                                                     \
-    _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++)                                         \
-        if (p < npos) _mm512_storeu_ps(y + p * 16, finish(acc[p], sum ? sum + p * 16 : NULL, a)); \
-}
+        const int npos = t->npos;                                                                 \
+        _Pragma("GCC unroll 16") for (int p = 0; p < NP; p++)                                     \
+            if (p < npos) _mm512_storeu_ps(y + p * 16, finish(acc[p], sum ? sum + p * 16 : NULL, a)); \
+    }
 DEF_TILEQ(12)
 DEF_TILEQ(10)
 DEF_TILEQ(8)
 DEF_TILEQ(7)
+
+typedef void (*tileq_fn)(const sk_nchwc_args *, const float *, const flat_taps *, int64_t, const float *,
+                         float *, const float *);
 
 /* Weight bytes of the output blocks that share one pass over the input (kept in L2). */
 #define GROUP_BYTES (256 << 10)
@@ -246,19 +215,26 @@ typedef struct {
     atomic_llong next;
 } nchwc_shared;
 
+/* Output blocks in groups whose packed weights (int32 index + float per element, the average
+ * block's) fit in L2, of equal size: each input tile (all input blocks, in L1) serves every
+ * block of the group before the next tile is read. One block at a time re-read the whole input
+ * per block (from L3 for the 3 MB planes of ResNet-50's first stage). */
+static int64_t group_blocks(const sk_nchwc_args *a, int64_t *groups) {
+    const int64_t blocks = (int64_t)a->kh * a->kw * a->ib * a->ob;
+    const int64_t pairs = a->offs ? a->offs[blocks] : blocks * a->k;
+    const int64_t pack_ob = sk_ceil_div(pairs, a->ob) * 16 * 8;
+    int64_t gob = GROUP_BYTES / (pack_ob > 0 ? pack_ob : 1);
+    gob = gob < 1 ? 1 : gob > a->ob ? a->ob : gob;
+    *groups = sk_ceil_div(a->ob, gob);
+    return sk_ceil_div(a->ob, *groups);
+}
+
 static void body(const void *args, int tid, int nth) {
     nchwc_shared *sh = (nchwc_shared *)args;
     const sk_nchwc_args *a = &sh->a;
     (void)tid;
-    const int64_t pack_ob = (int64_t)a->kh * a->kw * a->ib * a->k * 16;
-    /* Output blocks in groups whose packed weights (int32 index + float per element) fit in
-     * L2, of equal size: each input tile (all input blocks, in L1) serves every block of the
-     * group before the next tile is read. One block at a time re-read the whole input per
-     * block (from L3 for the 3 MB planes of ResNet-50's first stage). */
-    int64_t gob = GROUP_BYTES / (pack_ob * 8);
-    gob = gob < 1 ? 1 : gob > a->ob ? a->ob : gob;
-    const int64_t groups = sk_ceil_div(a->ob, gob);
-    gob = sk_ceil_div(a->ob, groups);
+    int64_t groups;
+    const int64_t gob = group_blocks(a, &groups);
     const int64_t rows = groups * a->batch * a->ho;
     /* Few rows (1x1 convs run as one row of the whole plane, small late layers): rows are cut
      * into chunks of whole 12-column tiles so that every thread gets work. */
@@ -297,33 +273,27 @@ static void body(const void *args, int tid, int nth) {
              * masked tiles throughout (7 = 4 + 3). */
             const int64_t left = c1 - c;
             const int inside = c >= lo && in_hi - lo >= 12;
-            const int width = a->k != 8                    ? 1
-                              : inside && c + 12 <= in_hi  ? 12
-                              : inside && c + 4 <= in_hi   ? 4
-                                                           : (int)(left < 4 ? left : 4);
+            const int width = inside && c + 12 <= in_hi  ? 12
+                              : inside && c + 4 <= in_hi ? 4
+                                                         : (int)(left < 4 ? left : 4);
             const int masked = width < 12 && !(inside && c + width <= in_hi);
             for (int64_t ob = ob0; ob < ob1; ob++) {
                 const int64_t out = (b * a->ob + ob) * plane_out + oh * a->wo * 16 + c * 16;
-                const int32_t *ix = a->idx + ob * pack_ob;
-                const float *wv = a->vals + ob * pack_ob, *bias = a->bias ? a->bias + ob * 16 : NULL;
+                const float *bias = a->bias ? a->bias + ob * 16 : NULL;
                 const float *sum = a->sum ? a->sum + out : NULL;
-                if (a->k != 8) one_pos(&row, xrow, nrows, c, ix, wv, bias, a->y + out, sum);
-                else if (width == 12) tile12_k8(&row, xrow, nrows, c, ix, wv, bias, a->y + out, sum);
-                else if (!masked && width == 4) tile4_k8(&row, xrow, nrows, c, ix, wv, bias, a->y + out, sum);
-                else if (width == 4) tile4m_k8(&row, xrow, nrows, c, width, ix, wv, bias, a->y + out, sum);
-                else if (width == 3) tile3m_k8(&row, xrow, nrows, c, width, ix, wv, bias, a->y + out, sum);
-                else if (width == 2) tile2m_k8(&row, xrow, nrows, c, width, ix, wv, bias, a->y + out, sum);
-                else one_pos(&row, xrow, nrows, c, ix, wv, bias, a->y + out, sum);
+                float *y = a->y + out;
+                if (width == 12) tile12(&row, xrow, nrows, c, ob, bias, y, sum);
+                else if (!masked && width == 4) tile4(&row, xrow, nrows, c, ob, bias, y, sum);
+                else if (width == 4) tile4m(&row, xrow, nrows, c, width, ob, bias, y, sum);
+                else if (width == 3) tile3m(&row, xrow, nrows, c, width, ob, bias, y, sum);
+                else if (width == 2) tile2m(&row, xrow, nrows, c, width, ob, bias, y, sum);
+                else tile1m(&row, xrow, nrows, c, width, ob, bias, y, sum);
             }
             c += width;
         }
     }
 }
 
-/* K = 8 convs with narrow output rows: the plane in flattened 12-position tiles
- * (tileq12_k8), items of (group, image, chunk of tiles) from the shared counter. */
-typedef void (*tileq_fn)(const sk_nchwc_args *, const float *, const flat_taps *, const int32_t *,
-                         const float *, const float *, float *, const float *);
 
 /* Positions per tile for a plane: a tile computes all its positions and costs about one
  * position more for its weight loads, so the fewest (positions + 1) x tiles wins: 7x7 = 49 is
@@ -338,18 +308,17 @@ static int flat_np(int64_t plane) {
     return best;
 }
 
+/* Narrow output rows: the plane in flattened tiles (tileq*), items of (group, image, chunk of
+ * tiles) from the shared counter. */
 static void body_flat(const void *args, int tid, int nth) {
     nchwc_shared *sh = (nchwc_shared *)args;
     const sk_nchwc_args *a = &sh->a;
     (void)tid;
-    const int64_t pack_ob = (int64_t)a->kh * a->kw * a->ib * a->k * 16;
-    int64_t gob = GROUP_BYTES / (pack_ob * 8);
-    gob = gob < 1 ? 1 : gob > a->ob ? a->ob : gob;
-    const int64_t groups = sk_ceil_div(a->ob, gob);
-    gob = sk_ceil_div(a->ob, groups);
+    int64_t groups;
+    const int64_t gob = group_blocks(a, &groups);
     const int64_t plane = a->ho * a->wo;
     const int np = flat_np(plane);
-    const tileq_fn tile = np == 7 ? tileq7_k8 : np == 8 ? tileq8_k8 : np == 10 ? tileq10_k8 : tileq12_k8;
+    const tileq_fn tile = np == 7 ? tileq7 : np == 8 ? tileq8 : np == 10 ? tileq10 : tileq12;
     const int64_t rows = groups * a->batch, tiles = sk_ceil_div(plane, np);
     int64_t chunks = rows >= 8 * nth ? 1 : sk_ceil_div(8 * nth, rows);
     if (chunks > tiles) chunks = tiles;
@@ -370,8 +339,7 @@ static void body_flat(const void *args, int tid, int nth) {
             for (int64_t ob = ob0; ob < ob1; ob++) {
                 const int64_t out = ((b * a->ob + ob) * plane + q) * 16;
                 const float *bias = a->bias ? a->bias + ob * 16 : NULL;
-                tile(a, a->x + b * plane_in, &taps, a->idx + ob * pack_ob, a->vals + ob * pack_ob, bias,
-                     a->y + out, a->sum ? a->sum + out : NULL);
+                tile(a, a->x + b * plane_in, &taps, ob, bias, a->y + out, a->sum ? a->sum + out : NULL);
             }
         }
     }
@@ -398,7 +366,7 @@ void sk_nchwc_conv_avx512(const sk_nchwc_args *a) {
     /* 1x1 stride-1 convs keep the long row (plain strided loads beat the per-position
      * table there: 0.91-0.96x in the flattened tiles on 14x14 and 7x7). */
     const int one_row = flat.ho == 1 && a->ho != 1;
-    const int flat_plane = a->k == 8 && !one_row && a->wo < flat_below() && a->kh * a->kw <= SK_FLAT_MAX_TAPS;
+    const int flat_plane = !one_row && a->wo < flat_below() && a->kh * a->kw <= SK_FLAT_MAX_TAPS;
     nchwc_shared sh = {.a = flat_plane ? *a : flat};
     atomic_init(&sh.next, 0);
     sk_run_parallel(a->threads, flat_plane ? body_flat : body, &sh);

@@ -13,8 +13,10 @@ typedef struct {
     const float *x; /* [batch][ib][h][w][16] */
     int64_t batch, ib, h, w, ob, ho, wo;
     int kh, kw, sh, sw, pt, pl, dh, dw;
-    int64_t k;              /* pairs per (output block, tap, input block) */
-    const int32_t *idx;     /* [ob][kh][kw][ib][k][16] lane's input channel in the block */
+    int64_t k;              /* most pairs of any (output block, tap, input block) */
+    const int32_t *offs;    /* [ob * kh * kw * ib + 1]: block i's pairs are offs[i]..offs[i+1];
+                             * NULL: k pairs every block */
+    const int32_t *idx;     /* [pairs][16] lane's input channel in the block */
     const float *vals;      /* same shape: the weights */
     const float *bias;      /* [ob * 16] or NULL */
     const float *sum;       /* like y, added before the activation, or NULL */

@@ -1,14 +1,15 @@
 /* ONNX Runtime custom op "SparseConvNchwc" (domain com.sparsec.kernels), calling sk_nchwc_conv.
  *
- *   SparseConvNchwc(X, idx, values[, bias[, sum]]) -> Y
+ *   SparseConvNchwc(X, idx, values[, bias[, sum[, offs]]]) -> Y
  * X, sum and Y are tensors of ORT's NCHWc layout: shape [N, C rounded up to 16, H, W], memory
  * [N][C/16][H][W][16] (what com.microsoft.nchwc ops exchange). The op takes the place of a
  * com.microsoft.nchwc Conv in a model ORT already laid out, so the chain keeps its layout and
  * runs no reorders around it. Y = act(conv(X, W) + bias + sum).
  *   attrs cout, cin, kh, kw, k, stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, dil_h, dil_w,
- *         act (0 none, 1 relu, 2 clip), has_bias, has_sum; float clip_lo, clip_hi
- * idx (int32) and values (float), [ob][kh][kw][ib][k][16] from kernels/packing_nchwc.py, and
- * bias must be constant initializers: read and checked once at session creation. Needs
+ *         act (0 none, 1 relu, 2 clip), has_bias, has_sum; optional has_offs; float clip_lo, clip_hi
+ * idx (int32) and values (float), [pairs][16] from kernels/packing_nchwc.py, offs (int32, the
+ * pair range of each (output block, tap, input block); without it k pairs each) and bias must
+ * be constant initializers: read and checked once at session creation. Needs
  * AVX-512 (session creation fails elsewhere; lowering only writes it where it was measured).
  */
 #include <stdio.h>
@@ -22,7 +23,7 @@
 #include "sk_ort_util.h"
 
 #define NCHWC_MAX_CAP 256
-#define NCHWC_INPUTS 5
+#define NCHWC_INPUTS 6
 #define NCHWC_MIN_MACS_PER_THREAD (1 << 20)
 
 typedef struct {
@@ -32,9 +33,9 @@ typedef struct {
 
 typedef struct {
     const OrtApi *api;
-    int64_t cout, cin, kh, kw, k, sh, sw, pads[4], dh, dw, act, has_bias, has_sum;
+    int64_t cout, cin, kh, kw, k, sh, sw, pads[4], dh, dw, act, has_bias, has_sum, has_offs, pairs;
     float clip_lo, clip_hi;
-    const int32_t *idx;
+    const int32_t *idx, *offs;
     const float *values, *bias;
     int cap;
     void *owned[NCHWC_INPUTS];
@@ -78,6 +79,12 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         (st = sk_ort_attr_int(api, info, ctx, "dil_w", &kr->dw)) || (st = sk_ort_attr_int(api, info, ctx, "act", &kr->act)) ||
         (st = sk_ort_attr_int(api, info, ctx, "has_bias", &kr->has_bias)) || (st = sk_ort_attr_int(api, info, ctx, "has_sum", &kr->has_sum)))
         goto fail;
+    st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_offs", &kr->has_offs);
+    if (st) { /* an op written before offs existed: k pairs every block */
+        SK_ORT(api, ReleaseStatus)(st);
+        st = NULL;
+        kr->has_offs = 0;
+    }
     sk_ort_attr_float(api, info, "clip_lo", &kr->clip_lo);
     sk_ort_attr_float(api, info, "clip_hi", &kr->clip_hi);
     if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||
@@ -87,9 +94,24 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         st = sk_ort_status(api, "%s: attributes out of range", ctx);
         goto fail;
     }
-    const int64_t want = blocks(kr->cout) * kr->kh * kr->kw * blocks(kr->cin) * kr->k * 16;
+    const int64_t nblocks = blocks(kr->cout) * kr->kh * kr->kw * blocks(kr->cin);
     const void *p = NULL;
-    int64_t n_idx = 0, n_val = 0, n_bias = 0;
+    int64_t n_idx = 0, n_val = 0, n_bias = 0, n_offs = 0, want = nblocks * kr->k * 16;
+    if (kr->has_offs) {
+        if ((st = sk_ort_constant(api, info, ctx, 5, "offs", SK_ORT_INT32, 4, &p, &n_offs, &kr->owned[5]))) goto fail;
+        kr->offs = p;
+        if (n_offs != nblocks + 1) {
+            st = sk_ort_status(api, "%s: offs has %lld entries, expected %lld", ctx, (long long)n_offs,
+                               (long long)(nblocks + 1));
+            goto fail;
+        }
+        want = (int64_t)kr->offs[nblocks] * 16;
+        if (sk_nchwc_check_offs(kr->offs, nblocks, kr->k, want / 16) != SK_OK) {
+            st = sk_ort_status(api, "%s: offs is not a pair range per block (from 0, at most k a block)", ctx);
+            goto fail;
+        }
+    }
+    kr->pairs = want / 16;
     if ((st = sk_ort_constant(api, info, ctx, 1, "idx", SK_ORT_INT32, 4, &p, &n_idx, &kr->owned[1]))) goto fail;
     kr->idx = p;
     if ((st = sk_ort_constant(api, info, ctx, 2, "values", SK_ORT_FLOAT, 4, &p, &n_val, &kr->owned[2]))) goto fail;
@@ -154,12 +176,12 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     if (dims[0] == 0 || ho * wo == 0) return NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
     if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
-    const int64_t macs = dims[0] * ob * 16 * ho * wo * kr->kh * kr->kw * ib * kr->k;
+    const int64_t macs = dims[0] * ho * wo * kr->pairs * 16;
     int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads(), t = macs / NCHWC_MIN_MACS_PER_THREAD;
     if (t > limit) t = limit;
     const int rc = sk_nchwc_conv(x, dims[0], ib, dims[2], dims[3], ob, ho, wo, (int)kr->kh, (int)kr->kw,
                                  (int)kr->sh, (int)kr->sw, (int)kr->pads[0], (int)kr->pads[1], (int)kr->pads[2],
-                                 (int)kr->pads[3], (int)kr->dh, (int)kr->dw, kr->k, kr->idx, kr->values, kr->bias,
+                                 (int)kr->pads[3], (int)kr->dh, (int)kr->dw, kr->k, kr->offs, kr->idx, kr->values, kr->bias,
                                  s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, t < 1 ? 1 : (int)t);
     if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op %s: %s", NAME, sk_status_string(rc));
     return NULL;
@@ -174,7 +196,7 @@ static const char *SK_ORT_CALL get_name(const OrtCustomOp *b) { (void)b; return 
 static size_t SK_ORT_CALL input_count(const OrtCustomOp *b) { (void)b; return NCHWC_INPUTS; }
 static int SK_ORT_CALL input_type(const OrtCustomOp *b, size_t i) {
     (void)b;
-    return i == 1 ? SK_ORT_INT32 : SK_ORT_FLOAT;
+    return i == 1 || i == 5 ? SK_ORT_INT32 : SK_ORT_FLOAT;
 }
 static int SK_ORT_CALL input_char(const OrtCustomOp *b, size_t i) {
     (void)b;
