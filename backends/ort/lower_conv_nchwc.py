@@ -1,8 +1,9 @@
-"""`lower-conv-nchwc`: N:M Conv layers onto the NCHWc kernel inside ONNX Runtime's NCHWc layout.
+"""`lower-conv-nchwc`: sparse Conv layers onto the NCHWc kernel inside ONNX Runtime's NCHWc layout.
 
 Runs after `legalize-dense` (pruned conv weights stored dense): ONNX Runtime lays the model out
 (its NCHWc transformer and fusions, as it would at session creation), and each laid-out conv
-with at most 8 of 16 kept input channels per output channel and tap becomes the
+sparse enough (N:M like 2:4, or unstructured to ~80%: on average at most 10 of 16 input channels
+kept in the fullest output channel of a block) becomes the
 `SparseConvNchwc` kernel op where it measured faster than the dense conv it replaces
 (`backends/ort/nchwc_convs.py`). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
 for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
@@ -24,7 +25,7 @@ from sparsec.pm.context import PassContext
 from sparsec.pm.pass_base import Pass, PassResult, option
 from sparsec.pm.registry import register_pass
 
-MIN_ZERO_FRACTION = 0.5  # 2:4, 4:8, 1:4 ... keep at most half of a conv's weights
+MIN_ZERO_FRACTION = 0.5  # 2:4, 4:8, 1:4 or unstructured: at least half of a conv's weights zero
 
 
 def _conv_weights(model: ir.Model) -> list[ir.Value]:
@@ -43,7 +44,7 @@ def _conv_weights(model: ir.Model) -> list[ir.Value]:
 @dataclass(frozen=True)
 class LowerConvNchwc(Pass):
     name = "lower-conv-nchwc"
-    summary = "Run N:M Conv layers on the SparseConvNchwc kernel inside ONNX Runtime's NCHWc layout (AVX-512)."
+    summary = "Run sparse (N:M or unstructured) Conv layers on the SparseConvNchwc kernel inside ONNX Runtime's NCHWc layout (AVX-512)."
     exact = True
 
     measure: str = option("auto", "auto: keep a conv sparse only where it measured faster; all: every eligible conv")

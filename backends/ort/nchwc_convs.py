@@ -266,7 +266,8 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
                 c.reason = "no profiler time (kept dense)"
                 del chosen[out_name]
             elif c.dense_ms < MIN_GAIN * c.sparse_ms or c.dense_ms - c.sparse_ms < MIN_GAIN_MS:
-                c.reason = f"kernel {c.sparse_ms:.3f} ms vs dense {c.dense_ms:.3f} ms"
+                c.reason = (f"kernel {c.sparse_ms:.3f} ms vs dense {c.dense_ms:.3f} ms: not faster by "
+                            f"{MIN_GAIN:g}x and {MIN_GAIN_MS * 1e3:.0f} us")
                 del chosen[out_name]
         chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds)
     for c, out_name in zip(result.convs, found, strict=True):

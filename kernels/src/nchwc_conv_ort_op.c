@@ -24,7 +24,7 @@
 
 #define NCHWC_MAX_CAP 256
 #define NCHWC_INPUTS 6
-#define NCHWC_MIN_MACS_PER_THREAD (1 << 20)
+#define NCHWC_MIN_MACS_PER_THREAD (1 << 16)
 
 typedef struct {
     OrtCustomOp base;
