@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 # Environment variables that change what the kernels do, hence what a measurement means.
-_KERNEL_ENV = ("SPARSEC_KERNEL_ISA", "SPARSEC_POOL_SPIN_US", "SPARSEC_NM_ROWVEC_MIN_ROWS", "SPARSEC_KERNEL_POOL")
+_KERNEL_ENV = ("SPARSEC_KERNEL_ISA", "SPARSEC_POOL_SPIN_US", "SPARSEC_NM_ROWVEC_MIN_ROWS", "SPARSEC_KERNEL_POOL",
+               "SPARSEC_NCHWC_FLAT_W", "SPARSEC_NCHWC_FLAT_NP")
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
