@@ -1,5 +1,6 @@
-"""N:M convs moved onto the NCHWc kernel inside ONNX Runtime's NCHWc layout (backends/ort/nchwc_convs.py):
-a small residual CNN captured from torch and pruned 2:4 by the compiler's own pass."""
+"""Sparse convs moved onto the NCHWc kernel inside ONNX Runtime's NCHWc layout (backends/ort/nchwc_convs.py):
+a small residual CNN captured from torch and pruned 2:4 or 85% unstructured by the compiler's own
+passes, and torchvision's ResNet-18 structure exported by both exporters at 80% unstructured."""
 
 from __future__ import annotations
 
@@ -93,3 +94,65 @@ def test_measured_lowering_keeps_only_convs_the_kernel_beats(pruned):
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(_run(low.model, feeds), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert low.to_dict()["lowered"] == low.lowered
+
+
+@pytest.fixture(scope="module")
+def unstructured() -> tuple[bytes, dict[str, np.ndarray]]:
+    from sparsec.capture import from_torch
+    from sparsec.ir.io import model_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 40, 40)
+    model = from_torch(Net().eval(), (x,), dynamic_batch=False)
+    PassManager(parse_pipeline("sparsify{pattern=u:0.85 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
+    data = model_bytes(model)
+    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+
+
+def test_unstructured_convs_run_on_the_kernel_with_blocks_of_their_own_length(unstructured):
+    import onnx
+    from onnx import numpy_helper
+
+    data, feeds = unstructured
+    low = lower_nchwc_convs(data, feeds, measure=False)
+    m = onnx.load_from_string(low.model)
+    convs = [n for n in m.graph.node if n.op_type == "SparseConvNchwc"]
+    assert low.lowered == len(convs) >= 6 and all(c.k < 8 for c in low.convs)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    counts = np.concatenate([np.diff(inits[n.input[5]]) for n in convs])
+    assert counts.min() < counts.max()  # pairs per block differ: not padded to one k per conv
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(_run(low.model, feeds), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_torchvision_resnet18_export_at_80_percent_runs_on_the_kernel(exporter, tmp_path):
+    """An export nobody here wrote (torchvision's ResNet-18 structure, opset 17, from the ONNX file)."""
+    import warnings
+
+    import onnx
+
+    from sparsec.capture import from_onnx
+    from sparsec.ir.io import model_bytes
+    from sparsec.models_zoo.resnet18_tv import resnet18
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    torch.manual_seed(2)
+    net, x = resnet18(num_classes=10).eval(), torch.randn(1, 3, 64, 64)
+    path = tmp_path / f"resnet18-{exporter}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
+        else:
+            torch.onnx.export(net, (x,), dynamo=True, opset_version=17, input_names=["input"], verbose=False).save(path)
+    model = from_onnx(path)
+    PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv},legalize-dense")).run(model, PassContext())
+    data = model_bytes(model)
+    feeds = {"input": x.numpy()}
+    low = lower_nchwc_convs(data, feeds, measure=False)
+    ops = [n.op_type for n in onnx.load_from_string(low.model).graph.node]
+    assert low.lowered == ops.count("SparseConvNchwc") >= 15  # every conv but the 3-channel stem
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(_run(low.model, feeds), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
