@@ -32,7 +32,7 @@ MODELS = {
 }
 
 
-def build(name: str) -> tuple[bytes, dict[str, np.ndarray]]:
+def build(name: str, balance: bool = True) -> tuple[bytes, dict[str, np.ndarray]]:
     import onnxruntime as ort
 
     from sparsec.capture import from_torch
@@ -52,18 +52,22 @@ def build(name: str) -> tuple[bytes, dict[str, np.ndarray]]:
         module, inputs = build_mobilenet(cfg), mobilenet_inputs(1, cfg)
     model = from_torch(module, inputs, dynamic_batch=False)
     PassManager(parse_pipeline(f"{MODELS[name]},legalize-dense")).run(model, PassContext())
+    if balance:  # as lower-conv-nchwc does before it lays the model out
+        from sparsec.backends.ort.lane_balance import balance_conv_lanes
+
+        balance_conv_lanes(model)
     data = model_bytes(model)
     name_in = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name
     return data, {name_in: inputs[0].numpy()}
 
 
-def bench(name: str, threads: int, repeats: int, budget_s: float) -> dict:
+def bench(name: str, threads: int, repeats: int, budget_s: float, balance: bool = True) -> dict:
     import onnxruntime as ort
 
     from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
     from sparsec.backends.ort.sparse_ops import make_session
 
-    data, feeds = build(name)
+    data, feeds = build(name, balance)
     t0 = time.perf_counter()
     low = lower_nchwc_convs(data, feeds, threads)
     lowering_s = time.perf_counter() - t0
@@ -92,6 +96,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of interleaved timing per round")
+    ap.add_argument("--no-balance", action="store_true", help="no channel permutation (backends/ort/lane_balance.py)")
     ap.add_argument("--out")
     args = ap.parse_args()
     from sparsec.backends.ort.nchwc_convs import nchwc_available
@@ -105,7 +110,8 @@ def main() -> int:
         return 2
     result = {"benchmark": "conv_nchwc_bench", "machine": machine_info(threads=args.threads),
               "loadavg_start": [round(v, 2) for v in os.getloadavg()],
-              "models": [bench(m, args.threads, args.repeats, args.budget) for m in args.models.split(",")]}
+              "balance": not args.no_balance,
+              "models": [bench(m, args.threads, args.repeats, args.budget, not args.no_balance) for m in args.models.split(",")]}
     result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     emit_json(result, args.out)
     return 0

@@ -5,7 +5,9 @@ Runs after `legalize-dense` (pruned conv weights stored dense): ONNX Runtime lay
 sparse enough (N:M like 2:4, or unstructured to ~80%: on average at most 10 of 16 input channels
 kept in the fullest output channel of a block) becomes the
 `SparseConvNchwc` kernel op where it measured faster than the dense conv it replaces
-(`backends/ort/nchwc_convs.py`). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
+(`backends/ort/nchwc_convs.py`). Before that, channels that only pass through per-channel ops
+between convs (MobileNetV2's hidden channels) are permuted so that a block's lanes keep similar
+counts (`balance`, `backends/ort/lane_balance.py`; exact). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
 for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
 Without the kernels or AVX-512, with no conv weight at least half zeros, or with tuning off
 (fixed thresholds: no conv kernel), it changes nothing. `sparsec.torch` cannot apply such an
@@ -48,6 +50,8 @@ class LowerConvNchwc(Pass):
     exact = True
 
     measure: str = option("auto", "auto: keep a conv sparse only where it measured faster; all: every eligible conv")
+    balance: bool = option(True, "permute channels that only pass through per-channel ops between convs so that a "
+                                 "kernel block's lanes keep similar counts (exact; backends/ort/lane_balance.py)")
 
     def __post_init__(self) -> None:
         if self.measure not in ("auto", "all"):
@@ -65,14 +69,21 @@ class LowerConvNchwc(Pass):
             return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "tuning is off (fixed thresholds)"})
         if not nchwc_available():
             return PassResult(changed=False, stats={"convs_lowered": 0, "reason": "needs the kernels and AVX-512"})
+        from sparsec.backends.ort.lane_balance import balance_conv_lanes
         from sparsec.ir.io import model_bytes
         from sparsec.numerics import sample_inputs
 
         feeds = sample_inputs(model, dims=ctx.dims, seed=ctx.seed)
+        # Permuted on a copy: if no conv ends up on the kernel, the model stays as it was.
+        work = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        balanced = balance_conv_lanes(work) if self.balance else []
+        for b in balanced:
+            ctx.record(self.name, b["conv"], decision="channels permuted" if b["permuted"] else "channels kept",
+                       readers=b["readers"], pairs_before=b["pairs_before"], pairs_after=b["pairs_after"])
         # ORT renames the weights it lays out; their zero patterns name the source convs.
-        sources = {mask_key(w.const_value.numpy()): w.name for w in weights}
+        sources = {mask_key(w.const_value.numpy()): w.name for w in _conv_weights(work)}
         measure = self.measure == "auto"
-        low = lower_nchwc_convs(model_bytes(model), feeds, ctx.threads or 2, measure=measure)
+        low = lower_nchwc_convs(model_bytes(work), feeds, ctx.threads or 2, measure=measure)
         for c in low.convs:
             weight = sources.get(c.mask_key)
             ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense",
@@ -80,7 +91,7 @@ class LowerConvNchwc(Pass):
                        shape=c.shape, kept_of_16=c.k, dense_ms=c.dense_ms, sparse_ms=c.sparse_ms,
                        **({"reason": c.reason} if c.reason else {}))
         stats = {"convs_lowered": low.lowered, "convs_candidates": len(low.convs), "skipped": low.skipped,
-                 "measured": measure}
+                 "measured": measure, "channel_paths_permuted": sum(b["permuted"] for b in balanced)}
         if not low.lowered:
             return PassResult(changed=False, stats=stats)
         laid_out = ir.serde.deserialize_model(onnx.load_from_string(low.model))
