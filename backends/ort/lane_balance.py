@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 BLOCK = 16
 MIN_SAVING = 0.02
+SWAPS_PER_CHANNEL, MAX_SWAPS = 4, 20000  # the local search after the sort (MobileNetV2: ~2 s)
 # Ops applied channel by channel: their output is in the same channel order as their input.
 _UNARY = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus",
           "Identity", "Neg", "Abs", "Exp", "Gelu", "Mish", "PRelu"}
@@ -125,6 +126,78 @@ def _order(w: np.ndarray) -> np.ndarray:
     return np.lexsort((-per_block.sum(1), -per_block.max(1)))
 
 
+class _Cost:
+    """The kernel's pairs of a path's convs under a channel order, updated per swap of two channels.
+
+    Producer: per output block, per (tap, input block), the most any of its 16 lanes keeps.
+    Readers (the channels are their input channels): per (output block, tap, input block) the
+    same, where a swap moves one channel between two input blocks."""
+
+    def __init__(self, producer: np.ndarray, readers: list[np.ndarray], order: np.ndarray) -> None:
+        n = producer.shape[0]
+        self.n = n
+        kept = np.zeros((n, -(-producer.shape[1] // BLOCK) * BLOCK, *producer.shape[2:]), np.int32)
+        kept[:, : producer.shape[1]] = producer[order] != 0
+        self.a = kept.reshape(n, -1, BLOCK, *producer.shape[2:]).sum(2).reshape(n, -1)  # [position, ib x taps]
+        self.a_blocks = -(-n // BLOCK)
+        pad = np.zeros((self.a_blocks * BLOCK - n, self.a.shape[1]), np.int32)
+        self.a = np.concatenate([self.a, pad])
+        self.a_max = self.a.reshape(self.a_blocks, BLOCK, -1).max(1)
+        self.r_kept, self.r_cnt, self.r_max = [], [], []
+        for w in readers:
+            co = -(-w.shape[0] // BLOCK) * BLOCK
+            k = np.zeros((co, self.a_blocks * BLOCK, int(np.prod(w.shape[2:]))), np.int32)
+            k[: w.shape[0], :n] = (w[:, order] != 0).reshape(w.shape[0], n, -1)
+            cnt = k.reshape(co, self.a_blocks, BLOCK, -1).sum(2)  # [lane, input block, tap]
+            self.r_kept.append(k)
+            self.r_cnt.append(cnt)
+            self.r_max.append(cnt.reshape(co // BLOCK, BLOCK, self.a_blocks, -1).max(1))  # [ob, ib, tap]
+
+    def total(self) -> int:
+        return int(self.a_max.sum()) + sum(int(m.sum()) for m in self.r_max)
+
+    def swap(self, i: int, j: int) -> int:
+        """Swap positions i and j (in different blocks); the change in pairs."""
+        bi, bj = i // BLOCK, j // BLOCK
+        delta = 0
+        self.a[[i, j]] = self.a[[j, i]]
+        for b in (bi, bj):
+            new = self.a[b * BLOCK : (b + 1) * BLOCK].max(0)
+            delta += int(new.sum() - self.a_max[b].sum())
+            self.a_max[b] = new
+        for k, cnt, mx in zip(self.r_kept, self.r_cnt, self.r_max, strict=True):
+            diff = k[:, j] - k[:, i]
+            cnt[:, bi] += diff
+            cnt[:, bj] -= diff
+            k[:, [i, j]] = k[:, [j, i]]
+            for b in (bi, bj):
+                new = cnt[:, b].reshape(-1, BLOCK, cnt.shape[2]).max(1)
+                delta += int(new.sum() - mx[:, b].sum())
+                mx[:, b] = new
+        return delta
+
+
+def _refine(producer: np.ndarray, readers: list[np.ndarray], order: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Random swaps of channels between blocks, kept where the pairs do not grow (first-improvement
+    local search from `order`; MobileNetV2 at 80%: sorting alone -4% pairs, with 4 swaps a channel -8%,
+    16 a channel -10% in 4x the time)."""
+    n = producer.shape[0]
+    if n <= BLOCK:
+        return order
+    order = order.copy()
+    cost = _Cost(producer, readers, order)
+    rng = np.random.default_rng(seed)
+    for _ in range(min(SWAPS_PER_CHANNEL * n, MAX_SWAPS)):
+        i, j = (int(v) for v in rng.integers(0, n, 2))
+        if i // BLOCK == j // BLOCK:
+            continue
+        if cost.swap(i, j) <= 0:
+            order[[i, j]] = order[[j, i]]
+        else:
+            cost.swap(i, j)  # back
+    return order
+
+
 def _permute(value: ir.Value, perm: np.ndarray, axis: int) -> None:
     array = np.take(value.const_value.numpy(), perm, axis=axis)
     value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
@@ -145,8 +218,8 @@ def balance_conv_lanes(model: ir.Model) -> list[dict[str, Any]]:
             v for v in node.inputs[1:3] if v is not None]
         if any(v.const_value is None or len(list(v.uses())) != 1 for v in consts):
             continue  # a constant shared with other nodes would be permuted for them too
-        perm = _order(w)
         readers = [r.inputs[1].const_value.numpy() for r in path.readers]
+        perm = _refine(w, readers, _order(w))
         before = pairs(w) + sum(pairs(r) for r in readers)
         after = pairs(w[perm]) + sum(pairs(r[:, perm]) for r in readers)
         record = {"conv": node.name, "channels": int(w.shape[0]), "readers": [r.name for r in path.readers],
