@@ -5,9 +5,10 @@ Runs after `legalize-dense` (pruned conv weights stored dense): ONNX Runtime lay
 sparse enough (N:M like 2:4, or unstructured to ~80%: on average at most 10 of 16 input channels
 kept in the fullest output channel of a block) becomes the
 `SparseConvNchwc` kernel op where it measured faster than the dense conv it replaces
-(`backends/ort/nchwc_convs.py`). Before that, channels that only pass through per-channel ops
-between convs (MobileNetV2's hidden channels) are permuted so that a block's lanes keep similar
-counts (`balance`, `backends/ort/lane_balance.py`; exact). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
+(`backends/ort/nchwc_convs.py`). Before that, channels that only convs write and read, carried by
+per-channel ops and residual adds (MobileNetV2's hidden channels and residual streams), are
+permuted so that a block's lanes keep similar counts (`balance`, `backends/ort/lane_balance.py`;
+exact). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
 for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
 Without the kernels or AVX-512, with no conv weight at least half zeros, or with tuning off
 (fixed thresholds: no conv kernel), it changes nothing. `sparsec.torch` cannot apply such an
@@ -50,8 +51,9 @@ class LowerConvNchwc(Pass):
     exact = True
 
     measure: str = option("auto", "auto: keep a conv sparse only where it measured faster; all: every eligible conv")
-    balance: bool = option(True, "permute channels that only pass through per-channel ops between convs so that a "
-                                 "kernel block's lanes keep similar counts (exact; backends/ort/lane_balance.py)")
+    balance: bool = option(True, "permute channel groups that only convs write and read (through per-channel ops and "
+                                 "residual adds) so that a kernel block's lanes keep similar counts (exact; "
+                                 "backends/ort/lane_balance.py)")
 
     def __post_init__(self) -> None:
         if self.measure not in ("auto", "all"):

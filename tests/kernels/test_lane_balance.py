@@ -80,18 +80,51 @@ def test_permuted_channels_leave_the_outputs_and_cut_the_kernels_pairs():
         np.testing.assert_array_equal(np.sort(new, axis=None), np.sort(old, axis=None))
 
 
-def test_channels_that_reach_a_residual_add_or_the_output_stay_in_place():
+def test_channels_that_reach_the_graph_input_or_output_stay_in_place():
     model, _ = _model()
     records = {r["conv"]: r for r in balance_conv_lanes(model)}
     convs = [n for n in model.graph if n.op_type == "Conv"]
     by_role = {n.name: n for n in convs}
-    # The first block's project conv feeds the residual Add; the last conv feeds the Mul to the output
-    # (a scalar constant, but then the graph output): neither is a path.
+    # The first block's project conv feeds a residual Add with the graph input; the last conv feeds the
+    # Mul to the output (a scalar constant, but then the graph output): neither is a group.
     first_project, last = convs[2], convs[-1]
     assert first_project.name not in records and last.name not in records
-    # The second block's project output reaches only the last conv: a path, permuted or not.
+    # The second block's project output reaches only the last conv: a group, permuted or not.
     assert convs[5].name in records and records[convs[5].name]["readers"] == [last.name]
     assert set(by_role) >= set(records)
+
+
+class Stream(torch.nn.Module):
+    """A residual stream: written by the stem and two project convs, joined by adds, read by the
+    expand convs and the head; then a graph output that stays as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(8, 32, 3, 1, 1)
+        self.a = InvertedResidual(32, 96, residual=True)
+        self.b = InvertedResidual(32, 64, residual=True)
+        self.head = torch.nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.head(self.b(self.a(self.stem(x))))
+
+
+def test_a_residual_stream_is_one_group_permuted_everywhere():
+    from sparsec.capture import from_torch
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 8, 10, 10)
+    model = from_torch(Stream().eval(), (x,), dynamic_batch=False)
+    PassManager(parse_pipeline("sparsify{pattern=u:0.85 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
+    feeds = {model.graph.inputs[0].name: x.numpy()}
+    before = _run(model, feeds)
+    convs = [n.name for n in model.graph if n.op_type == "Conv"]  # stem, a: expand dw project, b: ..., head
+    records = {r["conv"]: r for r in balance_conv_lanes(model)}
+    stream = records[convs[0]]
+    assert set(stream["writers"]) == {convs[0], convs[3], convs[6]}
+    assert set(stream["readers"]) == {convs[1], convs[4], convs[7]}
+    np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
 
 
 def test_pairs_counts_each_blocks_fullest_lane():
