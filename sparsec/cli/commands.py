@@ -166,8 +166,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         extra = {"lowering": lowering} if lowering else {}
         print(json.dumps({**report.to_dict(), "kernel_ops": kernel_ops, "attention": attention, **extra}, indent=2))
         return 0
-    if kernel_ops:
-        print(f"({kernel_ops} sparsec kernel ops are shown as the layers they implement, with their pattern)")
+    from sparsec.runtime import KERNEL_DOMAIN
+
+    # Conv kernel ops stay in the graph as ONNX Runtime laid it out (lower-conv-nchwc): listed under lowering.
+    conv_ops = sum(1 for node in model.graph if node.domain == KERNEL_DOMAIN)
+    if kernel_ops - conv_ops:
+        print(f"({kernel_ops - conv_ops} sparsec kernel ops are shown as the layers they implement, with their pattern)")
+    if conv_ops:
+        print(f"({conv_ops} sparse conv kernel ops run in ONNX Runtime's NCHWc layout: listed under lowering below)")
     header = f"{'layer':40} {'op':13} {'sparsity':8} {'MACs':>14} {'params':>11} {'weight B':>12} {'act B':>11} {'pred ms':>8}"
     print(header)
     print("-" * len(header))
