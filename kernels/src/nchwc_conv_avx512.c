@@ -7,19 +7,19 @@
  * reorders around it (an NCHW kernel op costs two reorders per conv, as much as the conv
  * saved on MobileNetV2 and ResNet-50).
  *
- * Scheme: each output channel (lane) keeps at most K of every 16 input channels of a tap (2:4
- * and 4:8: K = 8; 1:4: 4; 1:8: 2). The packed weight holds, per (output block, tap, input
- * block), K pairs (index vector, value vector): lane l of pair j is the j-th kept input
- * channel of output channel l and its weight. Per position: one load of the 16 input
- * channels, K in-register permutes (vpermps picks each lane's channel) and K FMAs: 8 FMAs
- * instead of 16 at 2:4. The permutes run on other ports than the FMAs on AMD Zen 4 (a
- * microbenchmark of 12 positions x 16 input channels: 2.5x the dense broadcast-FMA loop);
- * on Intel parts with a second FMA unit on port 5 they compete with it, which is why lowering
- * measures before it chooses.
+ * Scheme: per block (output block, tap, input block) as many pairs as its fullest lane keeps
+ * of the block's 16 input channels (2:4 and 4:8: 8; 1:4: 4; unstructured 80%: ~6; an all-zero
+ * block none; `offs` gives each block's range). Lane l of pair j is the j-th kept input channel
+ * of output channel l and its weight. Per position: one load of the 16 input channels, then per
+ * pair an in-register permute (vpermps picks each lane's channel) and an FMA: 8 FMAs instead of
+ * 16 at 2:4. The permutes run on other ports than the FMAs on AMD Zen 4 (a microbenchmark of 12
+ * positions x 16 input channels: 2.5x the dense broadcast-FMA loop); on Intel parts with a
+ * second FMA unit on port 5 they compete with it, which is why lowering measures before it
+ * chooses.
  *
- * Register block: 12 positions of one output row (named accumulators: GCC spills arrays of
- * accumulators, see conv_avx512.c) with the K index and value vectors of a (tap, input block)
- * in registers: 12 + 2 * 8 + 2 = 30 zmm. Output rows narrower than 20 (ResNet-50's 14 and 7)
+ * Register block: 12 positions of one output row, their 12 input vectors of a (tap, input
+ * block) and one pair at a time: 12 + 12 + 2 zmm (accumulators in fully unrolled arrays; GCC
+ * keeps them in registers, see BLOCK_FMAS). Output rows narrower than 20 (ResNet-50's 14 and 7)
  * run as one flattened plane instead, in tiles of 7-12 positions across row ends.
  */
 #if defined(__x86_64__) || defined(_M_X64)
