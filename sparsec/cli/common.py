@@ -31,7 +31,8 @@ def add_pipeline_args(p: argparse.ArgumentParser, *, sugar: bool) -> None:
         g.add_argument("--arch", help="target variant: for --target=cuda one of sm_80, sm_89, sm_90 (default sm_80)")
         g.add_argument(
             "--sparsity",
-            help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; 'auto' to choose per layer "
+            help="N:M pattern for MatMul/Gemm/Conv weights, e.g. 2:4, 1:8, 4:8; unstructured as a percentage "
+            "or fraction, e.g. 80%% or u:0.8; 'auto' to choose per layer "
             "from calibration data (see --min-fidelity, --calib); 'none' for dense (default: 2:4 when no "
             "other technique flag such as --crop is given)",
         )

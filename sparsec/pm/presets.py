@@ -24,10 +24,12 @@ def preset_pipeline(
     prune_all: bool = False,
     recover: str | None = None,
 ) -> Pipeline:
-    """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', 'none').
+    """The optimisation pipeline for a target and a sparsity spec ('2:4', '1:8', '80%', 'u:0.8', 'none').
 
     `crop` (fraction of MACs to remove) or `crop_ratio` (fraction of channels per group)
-    puts a channel crop first; N:M sparsity then applies to what remains. `sparsity='auto'`
+    puts a channel crop first; N:M sparsity then applies to what remains. '80%' or 'u:0.8' prunes
+    that fraction of every weight's entries at any position (`sparsify`; on --target=cpu the NCHWc
+    conv kernel runs such convs, other layers stay dense). `sparsity='auto'`
     chooses a pattern per layer (`allocate`) to keep a mean output cosine >= `min_fidelity`
     (default 0.99) with the most predicted speedup; it and the data-driven `criterion`s
     (wanda, sparsegpt) need calibration data. `attention` ('local:256,sinks:4', 'dense')
@@ -66,6 +68,9 @@ def preset_pipeline(
             if not 0.0 < floor < 1.0:
                 raise OptionError(f"--min-fidelity={floor}: expected a cosine between 0 and 1 (e.g. 0.98)")
             passes.append(f"allocate{{min_fidelity={floor} criterion={criterion or 'sparsegpt'}}}")
+        elif (fraction := unstructured_fraction(spec)) is not None:
+            extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
+            passes.append(f"sparsify{{pattern=u:{fraction:g}{extra}}}")
         else:
             pattern = parse_nm(spec)
             extra = f" criterion={criterion}" if criterion not in (None, "magnitude") else ""
@@ -80,6 +85,25 @@ def preset_pipeline(
     if recover is not None and recover.strip().lower() not in ("none", ""):
         passes.append(recover_pass_text(recover))
     return parse_pipeline(",".join(passes))
+
+
+def unstructured_fraction(spec: str) -> float | None:
+    """`80%`, `u:0.8` -> 0.8 (the fraction of weights pruned, any position); None for other specs
+    (an N:M pattern); OptionError for a fraction outside (0, 1)."""
+    text = spec.strip().lower()
+    if text.endswith("%"):
+        number, scale = text[:-1], 100.0
+    elif text.startswith("u:"):
+        number, scale = text[2:], 1.0
+    else:
+        return None
+    try:
+        fraction = float(number) / scale
+    except ValueError:
+        raise OptionError(f"--sparsity={spec}: expected a percentage like 80% or u:FRACTION like u:0.8") from None
+    if not 0.0 < fraction < 1.0:
+        raise OptionError(f"--sparsity={spec}: the pruned fraction must be between 0 and 1 (0% and 100%)")
+    return fraction
 
 
 _RECOVER_KEYS = {"steps": ("steps", int), "lr": ("lr", float), "seconds": ("max_seconds", float),

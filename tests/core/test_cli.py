@@ -64,10 +64,18 @@ def test_unsupported_opset_and_op(capsys, tmp_path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize(("spec", "msg"), [("5:4", "N must be smaller than M"), ("0:4", "at least 1"), ("2:3.5", "two integers")])
+@pytest.mark.parametrize(("spec", "msg"), [("5:4", "N must be smaller than M"), ("0:4", "at least 1"), ("2:3.5", "two integers"),
+                                         ("150%", "between 0 and 1"), ("u:0", "between 0 and 1"), ("u:x", "a percentage like 80%")])
 def test_bad_sparsity(capsys, tmp_path, model_file, spec, msg) -> None:
     fails(capsys, ["compile", str(model_file), f"--sparsity={spec}", "-o", str(tmp_path / "o")], msg)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("spec", ["80%", "u:0.8"])
+def test_unstructured_sparsity_flag_expands_to_sparsify(capsys, spec) -> None:
+    assert main(["pipeline", "show", f"--sparsity={spec}", "--criterion=wanda"]) == 0
+    out = capsys.readouterr().out
+    assert "sparsify{pattern=u:0.8 criterion=wanda" in out and "nm-sparsity" not in out
 
 
 def test_bad_pipelines(capsys, tmp_path, model_file) -> None:
