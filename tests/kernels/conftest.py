@@ -32,3 +32,15 @@ def assert_matches(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
     scale = max(float(np.abs(ref).max()), 1e-30)
     err = float(np.abs(y - ref).max()) / scale
     assert err <= 1e-5, f"relative error {err:.3g}"
+
+
+def randomize_batchnorms(net) -> None:  # noqa: ANN001
+    """Non-trivial BatchNorm statistics (fresh ones are an identity ORT folds away)."""
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)

@@ -11,6 +11,8 @@ import torch
 
 from sparsec.backends.ort.lane_balance import balance_conv_lanes, pairs
 
+from .conftest import randomize_batchnorms
+
 
 class InvertedResidual(torch.nn.Module):
     """MobileNetV2's block: the hidden channels pass through BN, ReLU6 and a depthwise conv only."""
@@ -46,12 +48,7 @@ def _model() -> tuple[ir.Model, dict[str, np.ndarray]]:
 
     torch.manual_seed(0)
     net = Net().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
+    randomize_batchnorms(net)
     x = torch.randn(1, 32, 12, 12)
     model = from_torch(net, (x,), dynamic_batch=False)
     PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())

@@ -11,6 +11,8 @@ import torch
 
 from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
 
+from .conftest import randomize_batchnorms
+
 pytestmark = pytest.mark.skipif(not nchwc_available(), reason="the NCHWc conv kernel needs the built kernels and AVX-512")
 
 
@@ -45,11 +47,7 @@ def pruned() -> tuple[bytes, dict[str, np.ndarray]]:
 
     torch.manual_seed(0)
     net = Net().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorms(net)
     x = torch.randn(1, 3, 40, 40)
     model = from_torch(net, (x,), dynamic_batch=False)
     PassManager(parse_pipeline("nm-sparsity{n=2 m=4 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
