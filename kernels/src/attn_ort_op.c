@@ -157,20 +157,13 @@ static OrtStatus *SK_ORT_CALL attn_create(const OrtCustomOp *base, const OrtApi 
         attn_destroy(kr);
         return sk_ort_status(api, "%s: needs attributes scale (float), block and causal (int)", ctx);
     }
-    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_bias", &has_bias))) {
-        SK_ORT(api, ReleaseStatus)(st);
-        has_bias = 0;
-    }
+    has_bias = sk_ort_attr_int_or(api, info, "has_bias", 0);
     if (kr->block < 1 || kr->block > 1024 || (causal != 0 && causal != 1)) {
         const long long block = (long long)kr->block;
         attn_destroy(kr);
         return sk_ort_status(api, "%s: block %lld must be in [1, 1024], causal 0 or 1", ctx, block);
     }
-    int64_t topk_score = 0;
-    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "topk_score", &topk_score))) {
-        SK_ORT(api, ReleaseStatus)(st);
-        topk_score = 0;
-    }
+    const int64_t topk_score = sk_ort_attr_int_or(api, info, "topk_score", 0);
     if (topk_score != 0 && topk_score != 1) {
         attn_destroy(kr);
         return sk_ort_status(api, "%s: topk_score %lld must be 0 or 1", ctx, (long long)topk_score);

@@ -95,17 +95,6 @@ static OrtStatus *meta(moe_kernel *kr, const OrtKernelInfo *info, const char *ct
     return constant(kr, info, ctx, index, what, SK_ORT_UINT16, count, (const void **)out);
 }
 
-/* An int attribute that may be absent (then `fallback`). */
-static int64_t attr_or(const OrtApi *api, const OrtKernelInfo *info, const char *name, int64_t fallback) {
-    int64_t v = fallback;
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, &v);
-    if (st) {
-        SK_ORT(api, ReleaseStatus)(st);
-        return fallback;
-    }
-    return v;
-}
-
 /* Row-major dense experts [e, k, cols] of input `index` -> the panel layout, owned. */
 static OrtStatus *to_panels(moe_kernel *kr, const char *ctx, size_t index, int64_t k, int64_t cols,
                             const float **w) {
@@ -148,7 +137,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         (st = sk_ort_attr_int(api, info, ctx, "activation", &act)) ||
         (st = sk_ort_attr_int(api, info, ctx, "gating", &gating)) || (st = sk_ort_attr_int(api, info, ctx, "gated", &gated)))
         goto fail;
-    const int64_t nm_n = attr_or(api, info, "n", 0), nm_m = attr_or(api, info, "m", 0);
+    const int64_t nm_n = sk_ort_attr_int_or(api, info, "n", 0), nm_m = sk_ort_attr_int_or(api, info, "m", 0);
     sk_moe_weights *w = &kr->w;
     w->d = d, w->e = e, w->f = f, w->top_k = (int)k, w->act = (int)act, w->gating = (int)gating;
     if (k < 1 || k > e || act < 0 || act >= MOE_ACTS || gating < 0 || gating > 2 || d <= 0 ||
@@ -179,7 +168,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
                        (st = meta(kr, info, ctx, 10, "w_up_meta", r1 * words, &w->mup)))))
             goto fail;
     } else {
-        const int64_t panel = attr_or(api, info, "panel", 0);
+        const int64_t panel = sk_ort_attr_int_or(api, info, "panel", 0);
         if (panel != 0 && panel != SK_MOE_NR) {
             st = sk_ort_status(api, "%s: panel=%lld (0: row-major experts, %d: the panel layout)", ctx,
                                (long long)panel, SK_MOE_NR);

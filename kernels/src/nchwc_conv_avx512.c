@@ -300,8 +300,12 @@ static void body(const void *args, int tid, int nth) {
  * 5 tiles of 12 (65) or 7 of 7 (56); 14x14 stays at 12 (221 against 224 for 7). */
 static int flat_np(int64_t plane) {
     static const int nps[] = {12, 10, 8, 7};
-    const char *e = getenv("SPARSEC_NCHWC_FLAT_NP");
-    if (e) return atoi(e);
+    static int forced = -1; /* SPARSEC_NCHWC_FLAT_NP, read once (as flat_below) */
+    if (forced < 0) {
+        const char *e = getenv("SPARSEC_NCHWC_FLAT_NP");
+        forced = e ? atoi(e) : 0;
+    }
+    if (forced == 7 || forced == 8 || forced == 10 || forced == 12) return forced;
     int best = 12;
     for (int i = 1; i < 4; i++)
         if (sk_ceil_div(plane, nps[i]) * (nps[i] + 1) < sk_ceil_div(plane, best) * (best + 1)) best = nps[i];

@@ -79,12 +79,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         (st = sk_ort_attr_int(api, info, ctx, "dil_w", &kr->dw)) || (st = sk_ort_attr_int(api, info, ctx, "act", &kr->act)) ||
         (st = sk_ort_attr_int(api, info, ctx, "has_bias", &kr->has_bias)) || (st = sk_ort_attr_int(api, info, ctx, "has_sum", &kr->has_sum)))
         goto fail;
-    st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_offs", &kr->has_offs);
-    if (st) { /* an op written before offs existed: k pairs every block */
-        SK_ORT(api, ReleaseStatus)(st);
-        st = NULL;
-        kr->has_offs = 0;
-    }
+    kr->has_offs = sk_ort_attr_int_or(api, info, "has_offs", 0); /* absent in older ops: k pairs a block */
     sk_ort_attr_float(api, info, "clip_lo", &kr->clip_lo);
     sk_ort_attr_float(api, info, "clip_hi", &kr->clip_hi);
     if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||

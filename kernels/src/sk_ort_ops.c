@@ -124,14 +124,6 @@ static int isa_from_env(int *isa, char *bad, size_t bad_len) {
     return -1;
 }
 
-static OrtStatus *get_attr(const OrtApi *api, const OrtKernelInfo *info, const char *ctx,
-                           const char *name, int64_t *out) {
-    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, out);
-    if (!st) return NULL;
-    release(api, st);
-    return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
-}
-
 /* Constant input `index`: its data (aligned; copied if needed) and element count. */
 static OrtStatus *get_const(sk_kernel *kr, const OrtKernelInfo *info, const char *ctx,
                             size_t index, const char *what, int elem_type, size_t elem_size,
@@ -291,12 +283,12 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
     }
     int64_t a = 0, b = 0, k = 0, cols = 0;
     if (kr->kind == OP_NM) {
-        if ((st = get_attr(api, info, ctx, "n", &a)) || (st = get_attr(api, info, ctx, "m", &b)))
+        if ((st = sk_ort_attr_int(api, info, ctx, "n", &a)) || (st = sk_ort_attr_int(api, info, ctx, "m", &b)))
             goto fail;
-    } else if ((st = get_attr(api, info, ctx, "bk", &a))) {
+    } else if ((st = sk_ort_attr_int(api, info, ctx, "bk", &a))) {
         goto fail;
     }
-    if ((st = get_attr(api, info, ctx, "K", &k)) || (st = get_attr(api, info, ctx, "N", &cols)))
+    if ((st = sk_ort_attr_int(api, info, ctx, "K", &k)) || (st = sk_ort_attr_int(api, info, ctx, "N", &cols)))
         goto fail;
     if (a < 1 || a > 16 || b < 0 || b > 16 || k <= 0 || cols <= 0 || k > INT32_MAX ||
         cols > INT32_MAX) {
@@ -332,12 +324,7 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
     /* Optional per-node cap on threads (attribute max_threads, chosen per layer by the tuner:
      * on a busy or small machine a one-thread call can beat waking a worker); 0 or absent:
      * the session's cap. */
-    int64_t max_threads = 0;
-    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "max_threads", &max_threads))) {
-        release(api, st);
-        st = NULL;
-        max_threads = 0;
-    }
+    const int64_t max_threads = sk_ort_attr_int_or(api, info, "max_threads", 0);
     if (max_threads < 0 || max_threads > SK_ORT_MAX_CAP) {
         st = sk_ort_status(api, "%s: max_threads=%lld out of range 0..%d", ctx, (long long)max_threads,
                            SK_ORT_MAX_CAP);
@@ -346,12 +333,7 @@ static OrtStatus *SK_ORT_CALL create_kernel(const OrtCustomOp *base, const OrtAp
     if (max_threads > 0 && (kr->cap == 0 || max_threads < kr->cap)) kr->cap = (int)max_threads;
     /* Optional bias (the layer's Gemm C or the Add after its MatMul): saves an ORT Add per
      * layer, which costs more in dispatch than the adds themselves for batch-1 decoding. */
-    int64_t has_bias = 0;
-    if ((st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, "has_bias", &has_bias))) {
-        release(api, st); /* absent: no bias */
-        st = NULL;
-        has_bias = 0;
-    }
+    const int64_t has_bias = sk_ort_attr_int_or(api, info, "has_bias", 0);
     if (has_bias) {
         int64_t len = 0;
         if ((st = get_const(kr, info, ctx, bias_input(kr->kind), "bias", SK_ORT_FLOAT, 4, &p, &len)))

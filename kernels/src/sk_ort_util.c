@@ -39,6 +39,14 @@ OrtStatus *sk_ort_attr_int(const OrtApi *api, const OrtKernelInfo *info, const c
     return sk_ort_status(api, "%s: missing int attribute '%s'", ctx, name);
 }
 
+int64_t sk_ort_attr_int_or(const OrtApi *api, const OrtKernelInfo *info, const char *name, int64_t fallback) {
+    int64_t v = fallback;
+    OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_int64)(info, name, &v);
+    if (!st) return v;
+    SK_ORT(api, ReleaseStatus)(st);
+    return fallback;
+}
+
 void sk_ort_attr_float(const OrtApi *api, const OrtKernelInfo *info, const char *name, float *out) {
     OrtStatus *st = SK_ORT(api, KernelInfoGetAttribute_float)(info, name, out);
     if (st) SK_ORT(api, ReleaseStatus)(st);

@@ -21,10 +21,11 @@ OrtStatus *sk_ort_status(const OrtApi *api, const char *fmt, ...)
 OrtStatus *sk_ort_shape(const OrtApi *api, const OrtValue *v, int64_t *dims, size_t max_rank,
                         size_t *rank);
 
-/* Kernel creation helpers of the conv ops (conv_ort_op.c, nchwc_conv_ort_op.c). `ctx` names
- * the op and node in messages. */
+/* Kernel creation helpers of the ops. `ctx` names the op and node in messages. */
 OrtStatus *sk_ort_attr_int(const OrtApi *api, const OrtKernelInfo *info, const char *ctx, const char *name,
                            int64_t *out); /* a required int attribute */
+int64_t sk_ort_attr_int_or(const OrtApi *api, const OrtKernelInfo *info, const char *name,
+                           int64_t fallback); /* an optional one: `fallback` when absent */
 void sk_ort_attr_float(const OrtApi *api, const OrtKernelInfo *info, const char *name,
                        float *out); /* optional: *out kept when absent */
 /* Constant input `index` of ONNX element type `type` (`size` bytes each): its data 64-byte
