@@ -8,7 +8,7 @@ spinning off for both, interleaved, medians; `--repeats` independent timing roun
 bars ask for medians of >= 5). Outputs are checked against the dense model. Prints JSON (CPU
 model, flags, load average).
 
-    .venv/bin/python bench/conv_nchwc_bench.py [--models resnet50,mobilenetv2_u80,mobilenetv2_24,resnet50_u80] [--repeats 5] [--out F]
+    .venv/bin/python bench/conv_nchwc_bench.py [--models resnet50,mobilenetv2_u80,mobilenetv2_24,resnet50_u80] [--repeats 5] [--no-balance] [--no-fuse] [--out F]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def build(name: str, balance: bool = True) -> tuple[bytes, dict[str, np.ndarray]
     return data, {name_in: inputs[0].numpy()}
 
 
-def bench(name: str, threads: int, repeats: int, budget_s: float, balance: bool = True) -> dict:
+def bench(name: str, threads: int, repeats: int, budget_s: float, balance: bool = True, fuse: bool = True) -> dict:
     import onnxruntime as ort
 
     from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
@@ -69,7 +69,7 @@ def bench(name: str, threads: int, repeats: int, budget_s: float, balance: bool 
 
     data, feeds = build(name, balance)
     t0 = time.perf_counter()
-    low = lower_nchwc_convs(data, feeds, threads)
+    low = lower_nchwc_convs(data, feeds, threads, fuse_depthwise=fuse)
     lowering_s = time.perf_counter() - t0
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -97,6 +97,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of interleaved timing per round")
     ap.add_argument("--no-balance", action="store_true", help="no channel permutation (backends/ort/lane_balance.py)")
+    ap.add_argument("--no-fuse", action="store_true", help="no depthwise conv inside the 1x1 conv that reads it "
+                    "(backends/ort/nchwc_dw_fusion.py)")
     ap.add_argument("--out")
     args = ap.parse_args()
     from sparsec.backends.ort.nchwc_convs import nchwc_available
@@ -110,8 +112,9 @@ def main() -> int:
         return 2
     result = {"benchmark": "conv_nchwc_bench", "machine": machine_info(threads=args.threads),
               "loadavg_start": [round(v, 2) for v in os.getloadavg()],
-              "balance": not args.no_balance,
-              "models": [bench(m, args.threads, args.repeats, args.budget, not args.no_balance) for m in args.models.split(",")]}
+              "balance": not args.no_balance, "fuse_depthwise": not args.no_fuse,
+              "models": [bench(m, args.threads, args.repeats, args.budget, not args.no_balance, not args.no_fuse)
+                         for m in args.models.split(",")]}
     result["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     emit_json(result, args.out)
     return 0

@@ -8,7 +8,9 @@ kept in the fullest output channel of a block) becomes the
 (`backends/ort/nchwc_convs.py`). Before that, channels that only convs write and read, carried by
 per-channel ops and residual adds (MobileNetV2's hidden channels and residual streams), are
 permuted so that a block's lanes keep similar counts (`balance`, `backends/ort/lane_balance.py`;
-exact). The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
+exact). A depthwise conv whose output only such a 1x1 conv reads (MobileNet's inverted residual)
+runs inside it where that measured faster (`fuse_depthwise`, backends/ort/nchwc_dw_fusion.py).
+The artifact then holds ORT's `com.microsoft.nchwc` ops: it is
 for this machine's ISA (AVX-512, NCHWc block 16), like the rest of a `--target=cpu` tuning.
 Without the kernels or AVX-512, with no conv weight at least half zeros, or with tuning off
 (fixed thresholds: no conv kernel), it changes nothing. `sparsec.torch` cannot apply such an
@@ -54,6 +56,8 @@ class LowerConvNchwc(Pass):
     balance: bool = option(True, "permute channel groups that only convs write and read (through per-channel ops and "
                                  "residual adds) so that a kernel block's lanes keep similar counts (exact; "
                                  "backends/ort/lane_balance.py)")
+    fuse_depthwise: bool = option(True, "run a depthwise conv inside the sparse 1x1 conv that alone reads it, where "
+                                        "that measured faster than the two ops (backends/ort/nchwc_dw_fusion.py)")
 
     def __post_init__(self) -> None:
         if self.measure not in ("auto", "all"):
@@ -85,14 +89,17 @@ class LowerConvNchwc(Pass):
         # ORT renames the weights it lays out; their zero patterns name the source convs.
         sources = {mask_key(w.const_value.numpy()): w.name for w in _conv_weights(work)}
         measure = self.measure == "auto"
-        low = lower_nchwc_convs(model_bytes(work), feeds, ctx.threads or 2, measure=measure)
+        low = lower_nchwc_convs(model_bytes(work), feeds, ctx.threads or 2, measure=measure,
+                                fuse_depthwise=self.fuse_depthwise)
         for c in low.convs:
             weight = sources.get(c.mask_key)
+            fused = {"depthwise_inside": c.depthwise, "depthwise_ms": c.depthwise_ms, "fused_ms": c.fused_ms}
             ctx.record(self.name, c.node, decision="kernel SparseConvNchwc" if c.sparse else "dense",
                        **({"weight": weight} if weight is not None else {}),
                        shape=c.shape, kept_of_16=c.k, dense_ms=c.dense_ms, sparse_ms=c.sparse_ms,
-                       **({"reason": c.reason} if c.reason else {}))
+                       **(fused if c.depthwise else {}), **({"reason": c.reason} if c.reason else {}))
         stats = {"convs_lowered": low.lowered, "convs_candidates": len(low.convs), "skipped": low.skipped,
+                 "depthwise_fused": low.depthwise_fused,
                  "measured": measure, "channel_paths_permuted": sum(b["permuted"] for b in balanced)}
         if not low.lowered:
             return PassResult(changed=False, stats=stats)

@@ -10,6 +10,9 @@ of a block (2:4, 4:8: 8; 1:4: 4; unstructured 80%: ~6) becomes
 reorders, and ORT keeps its fusions (bias, residual add, ReLU/Clip) as the op's inputs and
 attributes.
 
+A depthwise conv whose output only such a 1x1 conv reads runs inside it (`fuse_depthwise`,
+backends/ort/nchwc_dw_fusion.py) where the fused op measured faster than the two it replaces.
+
 The result is for the machine it was laid out on (ORT writes that warning too): NCHWc block
 16 and AVX-512. Each replaced conv is timed against the dense NCHWc conv it replaces (ORT's
 profiler, both models in one process); convs the kernel does not beat go back to dense.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,6 +60,9 @@ class ConvChoice:
     sparse_ms: float | None = None
     sparse: bool = False
     reason: str = ""
+    depthwise: str = ""  # the depthwise conv run inside this one (nchwc_dw_fusion), if any
+    depthwise_ms: float | None = None  # its dense node time, unfused
+    fused_ms: float | None = None  # this conv's node time with the depthwise inside
 
 
 @dataclass
@@ -69,8 +76,12 @@ class NchwcLowering:
     def lowered(self) -> int:
         return sum(c.sparse for c in self.convs)
 
+    @property
+    def depthwise_fused(self) -> int:
+        return sum(bool(c.depthwise) for c in self.convs)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"lowered": self.lowered, "candidates": len(self.convs), "skipped": self.skipped,
+        return {"lowered": self.lowered, "depthwise_fused": self.depthwise_fused, "candidates": len(self.convs), "skipped": self.skipped,
                 "end_to_end": self.end_to_end, "convs": [asdict(c) for c in self.convs]}
 
 
@@ -178,12 +189,31 @@ def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto
     return found, skipped
 
 
-def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]]) -> onnx.ModelProto:
+def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]],
+          fuse: Collection[str] = ()) -> onnx.ModelProto:
+    """`m` with the chosen convs on the kernel; those of them in `fuse` (output names) with the
+    depthwise conv they read inside (where find_depthwise finds one)."""
+    from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise, fused_initializers, fused_node
+
+    fusions = find_depthwise(m, {k: v[1] for k, v in chosen.items() if k in fuse}) if fuse else {}
+    dropped = {f.dw.output[0] for f in fusions.values()}
     out = onnx.ModelProto()
     out.CopyFrom(m)
-    nodes = [chosen[n.output[0]][1] if n.output and n.output[0] in chosen else n for n in m.graph.node]
+    nodes, extra = [], []
+    for n in m.graph.node:
+        key = n.output[0] if n.output else None
+        if key in dropped:
+            continue
+        if key in chosen:
+            n = chosen[key][1]
+            if key in fusions:
+                names = (f"{n.name or key}_dw_weight", f"{n.name or key}_dw_bias")
+                n = fused_node(n, fusions[key], names)
+                extra += fused_initializers(fusions[key], names)
+        nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    out.graph.initializer.extend(extra)
     for packed, node, _ in chosen.values():
         out.graph.initializer.extend([numpy_helper.from_array(packed.idx.reshape(-1), node.input[1]),
                                       numpy_helper.from_array(packed.vals.reshape(-1), node.input[2]),
@@ -214,7 +244,8 @@ def _node_ms(model: bytes, threads: int, feeds: dict[str, np.ndarray], runs: int
 
 
 def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[str, tuple[Any, onnx.NodeProto, str]], result: NchwcLowering,
-                       threads: int, feeds: dict[str, np.ndarray]) -> dict[str, tuple[Any, onnx.NodeProto, str]]:
+                       threads: int, feeds: dict[str, np.ndarray],
+                       fuse: Collection[str] = ()) -> dict[str, tuple[Any, onnx.NodeProto, str]]:
     """`chosen`, or the convs of it that gained at least RETRY_GAIN, or none: whichever first
     runs the whole model faster than with no sparse conv."""
     from sparsec.backends.ort.sparse_ops import make_session
@@ -228,7 +259,7 @@ def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[st
     for attempt in tries:
         if not attempt:
             continue
-        sparse = make_session(_with(base, attempt).SerializeToString(), threads)
+        sparse = make_session(_with(base, attempt, fuse).SerializeToString(), threads)
         t = time_side_by_side({"dense": lambda: dense.run(None, feeds), "sparse": lambda s=sparse: s.run(None, feeds)},
                               label="lower-conv-nchwc: whole model", budget_s=budget)
         ratio = t["dense"].median_ms / t["sparse"].median_ms
@@ -244,10 +275,33 @@ def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[st
     return {}
 
 
+def _fusions(base: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]], result: NchwcLowering,
+              by_out: dict[str, ConvChoice], dense_ms: dict[str, float] | None, threads: int,
+              feeds: dict[str, np.ndarray], runs: int) -> set[str]:
+    """The chosen 1x1 convs to run with their depthwise conv inside: all that can (`dense_ms`
+    None: not measured), else those whose fused node time beats the two unfused nodes'."""
+    from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise
+
+    fusions = find_depthwise(base, {k: v[1] for k, v in chosen.items()})
+    if dense_ms is None or not fusions:
+        return set(fusions)
+    fused_ms = _node_ms(_with(base, chosen, set(fusions)).SerializeToString(), threads, feeds, runs)
+    keep = set()
+    for out, f in fusions.items():
+        c = by_out[out]
+        c.depthwise_ms, c.fused_ms = dense_ms.get(f.dw.name), fused_ms.get(chosen[out][1].name)
+        if c.depthwise_ms is not None and c.fused_ms is not None and c.sparse_ms is not None \
+                and c.fused_ms < c.sparse_ms + c.depthwise_ms:
+            keep.add(out)
+    return keep
+
+
 def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int = 2, *, measure: bool = True,
-                      runs: int = 20) -> NchwcLowering:
+                      runs: int = 20, fuse_depthwise: bool = True) -> NchwcLowering:
     """`model` (plain ONNX with N:M conv weights stored dense) laid out by ONNX Runtime, with
-    its sparse convs on the NCHWc kernel where they measured faster (`measure`), else all."""
+    its sparse convs on the NCHWc kernel where they measured faster (`measure`), else all, and
+    (`fuse_depthwise`) the depthwise convs they alone read run inside them where that measured
+    faster (else wherever possible)."""
     base = ort_nchwc_model(model, threads)
     found, skipped = _candidates(base)
     result = NchwcLowering(b"", skipped=skipped)
@@ -256,6 +310,8 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
         result.convs.append(ConvChoice(node.name or out_name, [packed.cout, packed.cin, packed.kh, packed.kw],
                                        [a["stride_h"], a["stride_w"]], round(packed.kept_fraction * BLOCK, 2), key))
     chosen = dict(found)
+    by_out = dict(zip(found, result.convs, strict=True))
+    fuse: set[str] = set()
     if measure and found:
         base_bytes = base.SerializeToString()  # serialized once: profiled, then the whole-model baseline
         dense_ms = _node_ms(base_bytes, threads, feeds, runs)
@@ -269,10 +325,20 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
                 c.reason = (f"kernel {c.sparse_ms:.3f} ms vs dense {c.dense_ms:.3f} ms: not faster by "
                             f"{MIN_GAIN:g}x and {MIN_GAIN_MS * 1e3:.0f} us")
                 del chosen[out_name]
-        chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds)
+        if fuse_depthwise and chosen:
+            fuse = _fusions(base, chosen, result, by_out, dense_ms, threads, feeds, runs)
+        chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds, fuse)
+    elif fuse_depthwise:
+        fuse = _fusions(base, chosen, result, by_out, None, threads, feeds, runs)
+    fuse &= set(chosen)
+    if fuse:
+        from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise
+
+        for out, f in find_depthwise(base, {k: chosen[k][1] for k in fuse}).items():
+            by_out[out].depthwise = f.dw.name or f.dw.output[0]
     for c, out_name in zip(result.convs, found, strict=True):
         c.sparse = out_name in chosen
-    result.model = _with(base, chosen).SerializeToString()
+    result.model = _with(base, chosen, fuse).SerializeToString()
     return result
 
 

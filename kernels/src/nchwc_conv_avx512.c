@@ -29,16 +29,20 @@
 #include <stdlib.h>
 
 #include "nchwc_conv_internal.h"
+#include "sk.h"
 
 
 static inline __m512i load_idx(const int32_t *p) { return _mm512_loadu_si512((const void *)p); }
 
+static inline __m512 activate(__m512 v, int act, float lo, float hi) {
+    if (act == SK_NCHWC_ACT_RELU) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == SK_NCHWC_ACT_CLIP) v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+    return v;
+}
+
 static inline __m512 finish(__m512 acc, const float *sum, const sk_nchwc_args *a) {
     if (sum) acc = _mm512_add_ps(acc, _mm512_loadu_ps(sum));
-    if (a->act == SK_NCHWC_ACT_RELU) acc = _mm512_max_ps(acc, _mm512_setzero_ps());
-    if (a->act == SK_NCHWC_ACT_CLIP)
-        acc = _mm512_min_ps(_mm512_max_ps(acc, _mm512_set1_ps(a->clip_lo)), _mm512_set1_ps(a->clip_hi));
-    return acc;
+    return activate(acc, a->act, a->clip_lo, a->clip_hi);
 }
 
 /* Per (tap, input block) of an output block: the tile's NP input vectors (LOADX(p)) into
@@ -149,15 +153,21 @@ typedef struct {
 } flat_taps;
 
 static void flat_taps_build(const sk_nchwc_args *a, int64_t q0, int npos, flat_taps *t) {
+    /* Each position's top-left input coordinate once (one division for the tile, not two per
+     * position and tap: those cost more than a small depthwise tile's FMAs). */
+    int64_t ih0[12], iw0[12], oh = q0 / a->wo, ow = q0 % a->wo;
+    for (int p = 0; p < 12; p++) {
+        ih0[p] = oh * a->sh - a->pt;
+        iw0[p] = ow * a->sw - a->pl;
+        if (++ow == a->wo) ow = 0, oh++;
+    }
     t->npos = npos;
     for (int kh = 0; kh < a->kh; kh++)
         for (int kw = 0; kw < a->kw; kw++) {
             const int tap = kh * a->kw + kw;
             int all = 1, any = 0;
             for (int p = 0; p < 12; p++) {
-                const int64_t q = q0 + p;
-                const int64_t ih = q / a->wo * a->sh - a->pt + kh * a->dh;
-                const int64_t iw = q % a->wo * a->sw - a->pl + kw * a->dw;
+                const int64_t ih = ih0[p] + kh * a->dh, iw = iw0[p] + kw * a->dw;
                 const int ok = p < npos && ih >= 0 && ih < a->h && iw >= 0 && iw < a->w;
                 t->off[tap][p] = ok ? (ih * a->w + iw) * 16 : 0;
                 t->m[tap][p] = ok ? 0xFFFF : 0;
@@ -213,6 +223,7 @@ typedef void (*tileq_fn)(const sk_nchwc_args *, const float *, const flat_taps *
 typedef struct {
     sk_nchwc_args a;
     atomic_llong next;
+    atomic_int failed; /* body_dw: a thread's scratch could not be allocated */
 } nchwc_shared;
 
 /* Output blocks in groups whose packed weights (int32 index + float per element, the average
@@ -349,6 +360,67 @@ static void body_flat(const void *args, int tid, int nth) {
     }
 }
 
+/* A depthwise conv ahead of the 1x1 sparse conv (MobileNet's inverted residual: expand,
+ * depthwise, project). Items of (image, output row, part of the output blocks) from the shared
+ * counter: the row's depthwise outputs, every input block, go into the thread's scratch
+ * [ib][wo][16] (nchwc_dw_avx512.c; L1/L2-resident), then the 1x1 conv runs over it in
+ * flattened tiles as over any plane. The depthwise output is never written to the model's
+ * memory and read back by another op call. Bands of 2-7 rows ran slower than one row on
+ * MobileNetV2's layers (the scratch leaves L1). Few rows (batch 1, 7x7 planes: 7 items for 2
+ * threads is fine, 3 is not) split the output blocks in parts, each computing the row's
+ * depthwise outputs again. A thread's scratch is kept between calls: allocated per call,
+ * buffers over glibc's mmap threshold cost page faults every call (30% of a 56x56 layer). */
+static _Thread_local float *scratch_buf;
+static _Thread_local size_t scratch_cap;
+
+static float *thread_scratch(size_t bytes) {
+    if (bytes <= scratch_cap) return scratch_buf;
+    free(scratch_buf);
+    scratch_buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    scratch_cap = scratch_buf ? bytes : 0;
+    return scratch_buf;
+}
+
+static void body_dw(const void *args, int tid, int nth) {
+    nchwc_shared *sh = (nchwc_shared *)args;
+    const sk_nchwc_args *a = &sh->a;
+    (void)tid;
+    const int64_t plane = a->ho * a->wo, plane_in = a->ib * a->h * a->w * 16;
+    const int64_t units = a->batch * a->ho;
+    int64_t parts = units >= 2 * nth ? 1 : sk_ceil_div(2 * nth, units);
+    if (parts > a->ob) parts = a->ob;
+    const int64_t per = sk_ceil_div(a->ob, parts);
+    parts = sk_ceil_div(a->ob, per);
+    const int64_t items = units * parts;
+    float *buf = thread_scratch((size_t)(a->ib * a->wo) * 16 * sizeof(float));
+    if (!buf) {
+        atomic_store(&sh->failed, 1);
+        return;
+    }
+    sk_nchwc_args p1 = *a; /* the 1x1 conv over the scratch: one row of wo positions */
+    p1.h = 1, p1.w = a->wo, p1.kh = p1.kw = 1;
+    const int np = flat_np(a->wo);
+    const tileq_fn tile = np == 7 ? tileq7 : np == 8 ? tileq8 : np == 10 ? tileq10 : tileq12;
+    flat_taps id; /* the 1x1 conv's tap table over the scratch: position p at p * 16, all inside */
+    id.all[0] = 1;
+    for (int p = 0; p < 12; p++) id.off[0][p] = p * 16, id.m[0][p] = 0xFFFF;
+    for (;;) {
+        const int64_t item = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
+        if (item >= items) break;
+        const int64_t part = item % parts, u = item / parts, b = u / a->ho, oh = u % a->ho;
+        sk_nchwc_dw_row(a, a->x + b * plane_in, oh, buf);
+        const int64_t ob1 = (part + 1) * per < a->ob ? (part + 1) * per : a->ob;
+        for (int64_t q = 0; q < a->wo; q += np) {
+            id.npos = (int)(a->wo - q < np ? a->wo - q : np);
+            for (int64_t ob = part * per; ob < ob1; ob++) {
+                const int64_t out = ((b * a->ob + ob) * plane + oh * a->wo + q) * 16;
+                const float *bias = a->bias ? a->bias + ob * 16 : NULL;
+                tile(&p1, buf + q * 16, &id, ob, bias, a->y + out, a->sum ? a->sum + out : NULL);
+            }
+        }
+    }
+}
+
 /* Output rows narrower than this run as a flattened plane (SPARSEC_NCHWC_FLAT_W overrides). */
 static int64_t flat_below(void) {
     static int64_t v = -1;
@@ -359,7 +431,14 @@ static int64_t flat_below(void) {
     return v;
 }
 
-void sk_nchwc_conv_avx512(const sk_nchwc_args *a) {
+int sk_nchwc_conv_avx512(const sk_nchwc_args *a) {
+    if (a->dwop) {
+        nchwc_shared sh = {.a = *a};
+        atomic_init(&sh.next, 0);
+        atomic_init(&sh.failed, 0);
+        sk_run_parallel(a->threads, body_dw, &sh);
+        return atomic_load(&sh.failed) ? SK_ERR_MEMORY : SK_OK;
+    }
     sk_nchwc_args flat = *a;
     if (a->kh == 1 && a->kw == 1 && a->sh == 1 && a->sw == 1 && a->pt == 0 && a->pl == 0
         && a->ho == a->h && a->wo == a->w) {
@@ -374,5 +453,6 @@ void sk_nchwc_conv_avx512(const sk_nchwc_args *a) {
     nchwc_shared sh = {.a = flat_plane ? *a : flat};
     atomic_init(&sh.next, 0);
     sk_run_parallel(a->threads, flat_plane ? body_flat : body, &sh);
+    return SK_OK;
 }
 #endif

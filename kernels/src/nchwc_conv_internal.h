@@ -9,6 +9,16 @@
 
 enum { SK_NCHWC_ACT_NONE = 0, SK_NCHWC_ACT_RELU = 1, SK_NCHWC_ACT_CLIP = 2 };
 
+/* A depthwise conv computed inside the 1x1 sparse conv that reads its output (sk_nchwc_dw in
+ * sk_nchwc.h): the conv's x is then the depthwise input, h x w its plane. */
+typedef struct {
+    const float *w;    /* [ib][kh][kw][16] */
+    const float *bias; /* [ib * 16] or NULL */
+    int kh, kw, sh, sw, pt, pl, dh, dw;
+    int act;
+    float clip_lo, clip_hi;
+} sk_nchwc_dw_args;
+
 typedef struct {
     const float *x; /* [batch][ib][h][w][16] */
     int64_t batch, ib, h, w, ob, ho, wo;
@@ -24,11 +34,15 @@ typedef struct {
     float clip_lo, clip_hi; /* SK_NCHWC_ACT_CLIP */
     float *y;               /* [batch][ob][ho][wo][16] */
     int threads;
+    const sk_nchwc_dw_args *dwop; /* NULL, or a depthwise conv ahead of this 1x1 (x is its input) */
     int row_kh[SK_NCHWC_MAX_KH]; /* per call of a row: the kernel rows inside the input */
 } sk_nchwc_args;
 
 #if defined(__x86_64__) || defined(_M_X64)
-void sk_nchwc_conv_avx512(const sk_nchwc_args *a);
+int sk_nchwc_conv_avx512(const sk_nchwc_args *a); /* SK_OK, or SK_ERR_MEMORY (a depthwise scratch) */
+/* Output row oh of image x's depthwise conv (a->dwop), every input block, into buf [ib][wo][16]
+ * (nchwc_dw_avx512.c). */
+void sk_nchwc_dw_row(const sk_nchwc_args *a, const float *x, int64_t oh, float *buf);
 #endif
 
 #endif

@@ -1,6 +1,6 @@
 /* ONNX Runtime custom op "SparseConvNchwc" (domain com.sparsec.kernels), calling sk_nchwc_conv.
  *
- *   SparseConvNchwc(X, idx, values[, bias[, sum[, offs]]]) -> Y
+ *   SparseConvNchwc(X, idx, values[, bias[, sum[, offs[, dw_weight[, dw_bias]]]]]) -> Y
  * X, sum and Y are tensors of ORT's NCHWc layout: shape [N, C rounded up to 16, H, W], memory
  * [N][C/16][H][W][16] (what com.microsoft.nchwc ops exchange). The op takes the place of a
  * com.microsoft.nchwc Conv in a model ORT already laid out, so the chain keeps its layout and
@@ -9,7 +9,13 @@
  *         act (0 none, 1 relu, 2 clip), has_bias, has_sum; optional has_offs; float clip_lo, clip_hi
  * idx (int32) and values (float), [pairs][16] from kernels/packing_nchwc.py, offs (int32, the
  * pair range of each (output block, tap, input block); without it k pairs each) and bias must
- * be constant initializers: read and checked once at session creation. Needs
+ * be constant initializers: read and checked once at session creation.
+ * With has_dw=1 the op is a depthwise conv followed by this 1x1 stride-1 conv, fused (the
+ * depthwise output never goes to memory): X is the depthwise input, dw_weight its weight in
+ * ORT's NCHWc depthwise layout [C/16][kh][kw][16], dw_bias (dw_has_bias) [C rounded up to 16];
+ * attrs dw_kh, dw_kw, dw_stride_h, dw_stride_w, dw_pad_t, dw_pad_l, dw_pad_b, dw_pad_r,
+ * dw_dil_h, dw_dil_w, dw_act, dw_has_bias; float dw_clip_lo, dw_clip_hi. Y = act(conv1x1(
+ * dw_act(depthwise(X) + dw_bias)) + bias + sum). Needs
  * AVX-512 (session creation fails elsewhere; lowering only writes it where it was measured).
  */
 #include <stdio.h>
@@ -23,7 +29,7 @@
 #include "sk_ort_util.h"
 
 #define NCHWC_MAX_CAP 256
-#define NCHWC_INPUTS 6
+#define NCHWC_INPUTS 8
 #define NCHWC_MIN_MACS_PER_THREAD (1 << 16)
 
 typedef struct {
@@ -37,6 +43,8 @@ typedef struct {
     float clip_lo, clip_hi;
     const int32_t *idx, *offs;
     const float *values, *bias;
+    int64_t has_dw, dw_has_bias, dw_act;
+    sk_nchwc_dw pre; /* the depthwise conv, with has_dw */
     int cap;
     void *owned[NCHWC_INPUTS];
 } nchwc_kernel;
@@ -51,6 +59,32 @@ static void destroy(void *p) {
 }
 
 static int64_t blocks(int64_t c) { return (c + 15) / 16; }
+
+/* The depthwise conv ahead of a 1x1 one (has_dw): its attributes; the 1x1's must be the identity's. */
+static OrtStatus *read_dw(nchwc_kernel *kr, const OrtApi *api, const OrtKernelInfo *info, const char *ctx) {
+    kr->has_dw = sk_ort_attr_int_or(api, info, "has_dw", 0);
+    if (!kr->has_dw) return NULL;
+    int64_t v[11];
+    static const char *const names[11] = {"dw_kh", "dw_kw", "dw_stride_h", "dw_stride_w", "dw_pad_t", "dw_pad_l",
+                                          "dw_pad_b", "dw_pad_r", "dw_dil_h", "dw_dil_w", "dw_act"};
+    OrtStatus *st;
+    for (int i = 0; i < 11; i++)
+        if ((st = sk_ort_attr_int(api, info, ctx, names[i], &v[i]))) return st;
+    kr->dw_has_bias = sk_ort_attr_int_or(api, info, "dw_has_bias", 0);
+    for (int i = 0; i < 11; i++)
+        if (v[i] < (i >= 4 && i < 8 ? 0 : i == 10 ? 0 : 1) || v[i] > 64 || (i == 10 && v[i] > 2))
+            return sk_ort_status(api, "%s: depthwise attribute %s out of range", ctx, names[i]);
+    if (v[0] * v[1] > 64) return sk_ort_status(api, "%s: depthwise kernel over 64 taps", ctx);
+    if (kr->kh != 1 || kr->kw != 1 || kr->sh != 1 || kr->sw != 1 || kr->pads[0] || kr->pads[1] || kr->pads[2] ||
+        kr->pads[3])
+        return sk_ort_status(api, "%s: a depthwise conv fuses only ahead of a 1x1 stride-1 conv", ctx);
+    sk_nchwc_dw d = {NULL, NULL, (int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
+                     (int)v[7], (int)v[8], (int)v[9], (int)v[10], 0.0f, 6.0f};
+    sk_ort_attr_float(api, info, "dw_clip_lo", &d.clip_lo);
+    sk_ort_attr_float(api, info, "dw_clip_hi", &d.clip_hi);
+    kr->pre = d;
+    return NULL;
+}
 
 static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api, const OrtKernelInfo *info,
                                      void **out) {
@@ -82,6 +116,7 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     kr->has_offs = sk_ort_attr_int_or(api, info, "has_offs", 0); /* absent in older ops: k pairs a block */
     sk_ort_attr_float(api, info, "clip_lo", &kr->clip_lo);
     sk_ort_attr_float(api, info, "clip_hi", &kr->clip_hi);
+    if ((st = read_dw(kr, api, info, ctx))) goto fail;
     if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||
         kr->k < 1 || kr->k > 16 || kr->sh < 1 || kr->sw < 1 || kr->dh < 1 || kr->dw < 1 || kr->act < 0 ||
         kr->act > 2 || kr->pads[0] < 0 || kr->pads[1] < 0 || kr->pads[2] < 0 || kr->pads[3] < 0 ||
@@ -129,6 +164,24 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
         }
         kr->bias = p;
     }
+    if (kr->has_dw) {
+        const int64_t want_dw = blocks(kr->cin) * kr->pre.kh * kr->pre.kw * 16;
+        if ((st = sk_ort_constant(api, info, ctx, 6, "dw_weight", SK_ORT_FLOAT, 4, &p, &n_val, &kr->owned[6]))) goto fail;
+        kr->pre.w = p;
+        if (n_val != want_dw) {
+            st = sk_ort_status(api, "%s: dw_weight has %lld values, expected %lld", ctx, (long long)n_val, (long long)want_dw);
+            goto fail;
+        }
+        if (kr->dw_has_bias) {
+            if ((st = sk_ort_constant(api, info, ctx, 7, "dw_bias", SK_ORT_FLOAT, 4, &p, &n_bias, &kr->owned[7]))) goto fail;
+            if (n_bias != blocks(kr->cin) * 16) {
+                st = sk_ort_status(api, "%s: dw_bias has %lld values, expected %lld", ctx, (long long)n_bias,
+                                   (long long)(blocks(kr->cin) * 16));
+                goto fail;
+            }
+            kr->pre.bias = p;
+        }
+    }
     *out = kr;
     return NULL;
 fail:
@@ -148,12 +201,19 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     const int64_t ib = blocks(kr->cin), ob = blocks(kr->cout);
     if (rank != 4 || dims[1] != ib * 16)
         return sk_ort_status(api, "sparsec kernel op %s: X must be [N, %lld, H, W] (NCHWc)", NAME, (long long)(ib * 16));
-    const int64_t kh_span = (kr->kh - 1) * kr->dh + 1, kw_span = (kr->kw - 1) * kr->dw + 1;
-    const int64_t hp = dims[2] + kr->pads[0] + kr->pads[2], wp = dims[3] + kr->pads[1] + kr->pads[3];
+    /* the input plane's geometry: the depthwise conv's with has_dw (the 1x1 keeps its plane) */
+    const sk_nchwc_dw *d = &kr->pre;
+    const int64_t gkh = kr->has_dw ? d->kh : kr->kh, gkw = kr->has_dw ? d->kw : kr->kw;
+    const int64_t gdh = kr->has_dw ? d->dh : kr->dh, gdw = kr->has_dw ? d->dw : kr->dw;
+    const int64_t gsh = kr->has_dw ? d->sh : kr->sh, gsw = kr->has_dw ? d->sw : kr->sw;
+    const int64_t gp[4] = {kr->has_dw ? d->pt : kr->pads[0], kr->has_dw ? d->pl : kr->pads[1],
+                           kr->has_dw ? d->pb : kr->pads[2], kr->has_dw ? d->pr : kr->pads[3]};
+    const int64_t kh_span = (gkh - 1) * gdh + 1, kw_span = (gkw - 1) * gdw + 1;
+    const int64_t hp = dims[2] + gp[0] + gp[2], wp = dims[3] + gp[1] + gp[3];
     if (hp < kh_span || wp < kw_span)
         return sk_ort_status(api, "sparsec kernel op %s: input %lldx%lld too small", NAME, (long long)dims[2],
                              (long long)dims[3]);
-    const int64_t ho = (hp - kh_span) / kr->sh + 1, wo = (wp - kw_span) / kr->sw + 1;
+    const int64_t ho = (hp - kh_span) / gsh + 1, wo = (wp - kw_span) / gsw + 1;
     const int64_t ydims[4] = {dims[0], ob * 16, ho, wo};
     void *x = NULL, *y = NULL, *s = NULL;
     if (kr->has_sum) {
@@ -171,13 +231,17 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     if (dims[0] == 0 || ho * wo == 0) return NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
     if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
-    const int64_t macs = dims[0] * ho * wo * kr->pairs * 16;
+    const int64_t macs = dims[0] * ho * wo * (kr->pairs * 16 + (kr->has_dw ? ib * 16 * gkh * gkw : 0));
     int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads(), t = macs / NCHWC_MIN_MACS_PER_THREAD;
     if (t > limit) t = limit;
-    const int rc = sk_nchwc_conv(x, dims[0], ib, dims[2], dims[3], ob, ho, wo, (int)kr->kh, (int)kr->kw,
+    const int nth = t < 1 ? 1 : (int)t;
+    const int rc = kr->has_dw
+        ? sk_nchwc_conv_dw(x, dims[0], ib, dims[2], dims[3], d, ob, ho, wo, kr->k, kr->offs, kr->idx, kr->values,
+                           kr->bias, s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, nth)
+        : sk_nchwc_conv(x, dims[0], ib, dims[2], dims[3], ob, ho, wo, (int)kr->kh, (int)kr->kw,
                                  (int)kr->sh, (int)kr->sw, (int)kr->pads[0], (int)kr->pads[1], (int)kr->pads[2],
                                  (int)kr->pads[3], (int)kr->dh, (int)kr->dw, kr->k, kr->offs, kr->idx, kr->values, kr->bias,
-                                 s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, t < 1 ? 1 : (int)t);
+                                 s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, nth);
     if (rc != SK_OK) return sk_ort_status(api, "sparsec kernel op %s: %s", NAME, sk_status_string(rc));
     return NULL;
 }

@@ -31,6 +31,7 @@ enum sk_status {
     SK_ERR_INDEX = -3,   /* a block pointer or block row is out of range */
     SK_ERR_ISA = -4,     /* the requested ISA is not compiled in or not on this CPU */
     SK_ERR_NULL = -5,
+    SK_ERR_MEMORY = -6,  /* a work buffer could not be allocated */
 };
 
 int sk_isa_supported(int isa);

@@ -34,6 +34,7 @@ const char *sk_status_string(int status) {
     case SK_ERR_INDEX: return "block pointer or block row out of range";
     case SK_ERR_ISA: return "requested ISA is not available on this CPU or build";
     case SK_ERR_NULL: return "null buffer";
+    case SK_ERR_MEMORY: return "out of memory";
     default: return "unknown error";
     }
 }

@@ -18,6 +18,24 @@ int sk_nchwc_conv(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t 
                   const float *bias, const float *sum, int act, float clip_lo, float clip_hi, float *y, int isa,
                   int threads);
 
+/* A depthwise convolution (one channel a group) whose output only a 1x1 stride-1 conv reads,
+ * run inside that conv by sk_nchwc_conv_dw: its output is never written to memory. w
+ * [ib][kh][kw][16] (ORT's NCHWc depthwise layout: channel 16*b+l of block b in lane l), bias
+ * [ib*16] or NULL, act and clip as sk_nchwc_conv's. */
+typedef struct {
+    const float *w, *bias;
+    int kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, act;
+    float clip_lo, clip_hi;
+} sk_nchwc_dw;
+
+/* y[batch][ob][ho][wo][16] = act(conv1x1(dw(x[batch][ib][h][w][16])) + bias + sum): sk_nchwc_conv
+ * of a 1x1 packed weight (kh = kw = 1) over the depthwise conv's output; (ho, wo) is the
+ * depthwise output plane. */
+int sk_nchwc_conv_dw(const float *x, int64_t batch, int64_t ib, int64_t h, int64_t w, const sk_nchwc_dw *dw,
+                     int64_t ob, int64_t ho, int64_t wo, int64_t k, const int32_t *offs, const int32_t *idx,
+                     const float *vals, const float *bias, const float *sum, int act, float clip_lo, float clip_hi,
+                     float *y, int isa, int threads);
+
 /* Checks of a packed weight (every idx entry < 16; offs from 0, non-decreasing, at most k
  * pairs a block), for callers that check once at creation. */
 int sk_nchwc_check_idx(const int32_t *idx, int64_t n);
