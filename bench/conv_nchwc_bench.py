@@ -61,6 +61,39 @@ def build(name: str, balance: bool = True) -> tuple[bytes, dict[str, np.ndarray]
     return data, {name_in: inputs[0].numpy()}
 
 
+def ab_sessions(data: bytes, models: dict[str, bytes], feeds: dict[str, np.ndarray], threads: int) -> tuple:
+    """(dense session, {name: session of each lowered model}, {name: max relative error vs
+    dense}): dense in plain ORT, ORT's spinning off for all, as the A/B benches time them."""
+    import onnxruntime as ort
+
+    from sparsec.backends.ort.sparse_ops import make_session
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    dense = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sessions = {k: make_session(m, threads) for k, m in models.items()}
+    ref = dense.run(None, feeds)[0]
+    errors = {k: float(np.abs(s.run(None, feeds)[0] - ref).max() / np.abs(ref).max()) for k, s in sessions.items()}
+    return dense, sessions, errors
+
+
+def interleaved_rounds(name: str, dense, sessions: dict, feeds: dict[str, np.ndarray], rounds: int,  # noqa: ANN001
+                       budget_s: float) -> list[dict]:
+    """`rounds` rounds of the dense session and each of `sessions` timed interleaved: per round
+    each one's median ms and its speedup over dense, and the load average."""
+    out = []
+    for r in range(rounds):
+        t = time_side_by_side({"dense": lambda: dense.run(None, feeds),
+                               **{k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}},
+                              label=f"{name} round {r + 1}/{rounds}", budget_s=budget_s)
+        d = t["dense"].median_ms
+        out.append({"dense_ms": round(d, 4), **{f"{k}_ms": round(t[k].median_ms, 4) for k in sessions},
+                    **{f"{k}_speedup": round(d / t[k].median_ms, 4) for k in sessions},
+                    "loadavg_1min": round(os.getloadavg()[0], 2)})
+    return out
+
+
 def bench(name: str, threads: int, repeats: int, budget_s: float, balance: bool = True, fuse: bool = True) -> dict:
     import onnxruntime as ort
 

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from sparsec.bench import emit_json, machine_info, time_side_by_side
+from sparsec.bench import emit_json, machine_info
 
 
 def _node_times(low_plain: bytes, low_fused: bytes, feeds: dict, threads: int, runs: int) -> list[dict]:
@@ -47,31 +47,15 @@ def _node_times(low_plain: bytes, low_fused: bytes, feeds: dict, threads: int, r
 
 
 def run(name: str, threads: int, rounds: int, budget_s: float, runs: int) -> dict:
-    import onnxruntime as ort
-    from conv_nchwc_bench import build
+    from conv_nchwc_bench import ab_sessions, build, interleaved_rounds
 
     from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
-    from sparsec.backends.ort.sparse_ops import make_session
 
     data, feeds = build(name)
     lows = {"unfused": lower_nchwc_convs(data, feeds, threads, measure=False, fuse_depthwise=False),
             "fused": lower_nchwc_convs(data, feeds, threads, measure=False)}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    dense = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    sessions = {k: make_session(low.model, threads) for k, low in lows.items()}
-    ref = dense.run(None, feeds)[0]
-    errors = {k: float(np.abs(s.run(None, feeds)[0] - ref).max() / np.abs(ref).max()) for k, s in sessions.items()}
-    out = []
-    for r in range(rounds):
-        t = time_side_by_side({"dense": lambda: dense.run(None, feeds),
-                               **{k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}},
-                              label=f"{name} round {r + 1}/{rounds}", budget_s=budget_s)
-        d = t["dense"].median_ms
-        out.append({"dense_ms": round(d, 4), **{f"{k}_ms": round(t[k].median_ms, 4) for k in sessions},
-                    **{f"{k}_speedup": round(d / t[k].median_ms, 4) for k in sessions},
-                    "loadavg_1min": round(os.getloadavg()[0], 2)})
+    dense, sessions, errors = ab_sessions(data, {k: low.model for k, low in lows.items()}, feeds, threads)
+    out = interleaved_rounds(name, dense, sessions, feeds, rounds, budget_s)
     nodes = _node_times(lows["unfused"].model, lows["fused"].model, feeds, threads, runs)
     return {"model": name, "lowered": {k: low.lowered for k, low in lows.items()},
             "depthwise_fused": lows["fused"].depthwise_fused, "max_rel_err_vs_dense": errors, "rounds": out,

@@ -16,18 +16,16 @@ import sys
 
 import numpy as np
 
-from sparsec.bench import emit_json, machine_info, time_side_by_side
+from sparsec.bench import emit_json, machine_info
 
 
 def run(name: str, threads: int, rounds: int, budget_s: float) -> dict:
     import onnx
     import onnx_ir as ir
-    import onnxruntime as ort
-    from conv_nchwc_bench import build
+    from conv_nchwc_bench import ab_sessions, build, interleaved_rounds
 
     from sparsec.backends.ort.lane_balance import balance_conv_lanes
     from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
-    from sparsec.backends.ort.sparse_ops import make_session
     from sparsec.ir.io import model_bytes
 
     data, feeds = build(name, balance=False)
@@ -35,22 +33,8 @@ def run(name: str, threads: int, rounds: int, budget_s: float) -> dict:
     paths = balance_conv_lanes(model)
     balanced = model_bytes(model)
     lows = {"as_pruned": lower_nchwc_convs(data, feeds, threads), "balanced": lower_nchwc_convs(balanced, feeds, threads)}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    dense = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    sessions = {k: make_session(low.model, threads) for k, low in lows.items()}
-    ref = dense.run(None, feeds)[0]
-    errors = {k: float(np.abs(s.run(None, feeds)[0] - ref).max() / np.abs(ref).max()) for k, s in sessions.items()}
-    out = []
-    for r in range(rounds):
-        t = time_side_by_side({"dense": lambda: dense.run(None, feeds),
-                               **{k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}},
-                              label=f"{name} round {r + 1}/{rounds}", budget_s=budget_s)
-        d = t["dense"].median_ms
-        out.append({"dense_ms": round(d, 4), **{f"{k}_ms": round(t[k].median_ms, 4) for k in sessions},
-                    **{f"{k}_speedup": round(d / t[k].median_ms, 4) for k in sessions},
-                    "loadavg_1min": round(os.getloadavg()[0], 2)})
+    dense, sessions, errors = ab_sessions(data, {k: low.model for k, low in lows.items()}, feeds, threads)
+    out = interleaved_rounds(name, dense, sessions, feeds, rounds, budget_s)
     permuted = [p for p in paths if p["permuted"]]
     return {"model": name, "paths": len(paths), "paths_permuted": len(permuted),
             "pairs_before": sum(p["pairs_before"] for p in paths),

@@ -12,15 +12,13 @@ order of float additions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-NCHWC_DOMAIN = "com.microsoft.nchwc"
-BLOCK = 16
-_ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2}
+from sparsec.backends.ort.nchwc_convs import ACTIVATIONS, BLOCK, NCHWC_DOMAIN, node_attrs
+
 MAX_TAPS = 64  # the kernel's tap tables
 
 
@@ -29,14 +27,6 @@ class DepthwiseFusion:
     dw: onnx.NodeProto  # the laid-out depthwise Conv
     weight: np.ndarray  # [ib, kh, kw, 16]: the kernel's layout (ORT's NCHWc depthwise layout)
     bias: np.ndarray | None  # [ib * 16]
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def _ort_depthwise(reordered: np.ndarray) -> np.ndarray:
@@ -59,7 +49,7 @@ def find_depthwise(m: onnx.ModelProto, sparse: dict[str, onnx.NodeProto]) -> dic
     graph_outputs = {o.name for o in m.graph.output}
     found: dict[str, DepthwiseFusion] = {}
     for out, node in sparse.items():
-        a = _attrs(node)
+        a = node_attrs(node)
         if (a["kh"], a["kw"], a["stride_h"], a["stride_w"]) != (1, 1, 1, 1) or any(
                 a[p] for p in ("pad_t", "pad_l", "pad_b", "pad_r")):
             continue
@@ -68,14 +58,14 @@ def find_depthwise(m: onnx.ModelProto, sparse: dict[str, onnx.NodeProto]) -> dic
             continue
         if readers.get(dw.output[0], 0) != 1 or dw.output[0] in graph_outputs:
             continue
-        d = _attrs(dw)
+        d = node_attrs(dw)
         w = inits.get(dw.input[1]) if len(dw.input) > 1 else None
         if w is None or len(w.dims) != 4:
             continue
         c, one, kh, kw = w.dims
         if one != 1 or d.get("group", 1) != c or c % BLOCK or c != a["cin"] or kh * kw > MAX_TAPS:
             continue
-        if d.get("activation", "") not in _ACTIVATIONS or d.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        if d.get("activation", "") not in ACTIVATIONS or d.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
             continue
         if len(dw.input) > 3 and dw.input[3]:  # a fused sum: not a plain depthwise conv
             continue
@@ -91,7 +81,7 @@ def find_depthwise(m: onnx.ModelProto, sparse: dict[str, onnx.NodeProto]) -> dic
 def fused_node(node: onnx.NodeProto, f: DepthwiseFusion, names: tuple[str, str]) -> onnx.NodeProto:
     """`node` (SparseConvNchwc, 1x1) reading the depthwise conv's input, with its weights as
     inputs 6 and 7 (names) and its geometry as dw_* attributes."""
-    d = _attrs(f.dw)
+    d = node_attrs(f.dw)
     strides, pads, dil = d.get("strides", [1, 1]), d.get("pads", [0, 0, 0, 0]), d.get("dilations", [1, 1])
     clip = list(d.get("activation_params", [])) or [0.0, 6.0]
     inputs = list(node.input) + [""] * (6 - len(node.input))
@@ -106,7 +96,7 @@ def fused_node(node: onnx.NodeProto, f: DepthwiseFusion, names: tuple[str, str])
         helper.make_attribute("dw_pad_l", pads[1]), helper.make_attribute("dw_pad_b", pads[2]),
         helper.make_attribute("dw_pad_r", pads[3]), helper.make_attribute("dw_dil_h", dil[0]),
         helper.make_attribute("dw_dil_w", dil[1]),
-        helper.make_attribute("dw_act", _ACTIVATIONS[d.get("activation", "")]),
+        helper.make_attribute("dw_act", ACTIVATIONS[d.get("activation", "")]),
         helper.make_attribute("dw_has_bias", int(f.bias is not None)),
         helper.make_attribute("dw_clip_lo", float(clip[0])), helper.make_attribute("dw_clip_hi", float(clip[1]))])
     return out

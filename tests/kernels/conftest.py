@@ -44,3 +44,18 @@ def randomize_batchnorms(net) -> None:  # noqa: ANN001
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
+
+
+def pruned_onnx(net, x, pipeline: str) -> tuple[bytes, dict[str, np.ndarray]]:  # noqa: ANN001
+    """`net` captured from torch at input `x` (static batch), run through `pipeline` (the
+    compiler's own pruning, then legalize-dense) as ONNX bytes, and its feeds."""
+    import onnxruntime as ort
+
+    from sparsec.capture import from_torch
+    from sparsec.ir.io import model_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    model = from_torch(net, (x,), dynamic_batch=False)
+    PassManager(parse_pipeline(f"{pipeline},legalize-dense")).run(model, PassContext())
+    data = model_bytes(model)
+    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}

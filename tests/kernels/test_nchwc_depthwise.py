@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec import kernels as sk
 from sparsec.kernels.errors import PackedFormatError
 
-from .conftest import randomize_batchnorms
+from .conftest import pruned_onnx, randomize_batchnorms
 
 pytestmark = pytest.mark.skipif(not sk.kernels_available() or "avx512" not in sk.available_isas(),
                                 reason="the NCHWc conv kernel needs the built kernels and AVX-512")
@@ -184,18 +184,10 @@ class Net(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def mobilenet_like() -> tuple[bytes, dict[str, np.ndarray]]:
-    from sparsec.capture import from_torch
-    from sparsec.ir.io import model_bytes
-    from sparsec.pm import PassContext, PassManager, parse_pipeline
-
     torch.manual_seed(0)
     net = Net().eval()
     randomize_batchnorms(net)
-    x = torch.randn(1, 3, 48, 48)
-    model = from_torch(net, (x,), dynamic_batch=False)
-    PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv},legalize-dense")).run(model, PassContext())
-    data = model_bytes(model)
-    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+    return pruned_onnx(net, torch.randn(1, 3, 48, 48), "sparsify{pattern=u:0.8 op_types=Conv}")
 
 
 def _ops(model: bytes) -> list[tuple[str, str, int]]:
@@ -236,3 +228,41 @@ def test_measured_fusion_records_the_times_it_decided_on(mobilenet_like):
         if c.depthwise:  # kept only where the fused node beat the two it replaces
             assert c.sparse and c.fused_ms is not None and c.depthwise_ms is not None
             assert c.fused_ms < c.sparse_ms + c.depthwise_ms
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_mobilenetv2_exports_of_both_exporters_run_their_depthwise_convs_inside(exporter, tmp_path):
+    """ONNX files written by torch's two exporters (opset 17: ReLU6 as Clip with constant
+    inputs, BatchNorm left for ORT to fold), read back as a user's file would be."""
+    import warnings
+
+    from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
+    from sparsec.backends.ort.sparse_ops import make_session
+    from sparsec.capture import from_onnx
+    from sparsec.ir.io import model_bytes
+    from sparsec.models_zoo.mobilenet import MobileNetConfig, build_mobilenet
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    cfg = MobileNetConfig(image_size=64, stages=((1, 16, 1, 1, False), (6, 32, 2, 2, False), (6, 64, 2, 2, False)),
+                          head_channels=256, num_classes=10)
+    torch.manual_seed(3)
+    net, x = build_mobilenet(cfg).eval(), torch.randn(1, 3, 64, 64)
+    randomize_batchnorms(net)
+    path = tmp_path / f"mobilenetv2-{exporter}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
+        else:
+            torch.onnx.export(net, (x,), dynamo=True, opset_version=17, input_names=["input"], verbose=False).save(path)
+    model = from_onnx(path)
+    PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
+    data, feeds = model_bytes(model), {"input": x.numpy()}
+    low = lower_nchwc_convs(data, feeds, measure=False)
+    # Five blocks; the first (expansion 1) has no expand conv and its depthwise reads the stem:
+    # every block's project conv is on the kernel with its depthwise conv inside.
+    assert low.depthwise_fused == 5, low.to_dict()
+    assert [o[2] for o in _ops(low.model) if o[1] == "SparseConvNchwc"].count(1) == 5
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = make_session(low.model, 2).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -11,7 +11,7 @@ import torch
 
 from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
 
-from .conftest import randomize_batchnorms
+from .conftest import pruned_onnx, randomize_batchnorms
 
 pytestmark = pytest.mark.skipif(not nchwc_available(), reason="the NCHWc conv kernel needs the built kernels and AVX-512")
 
@@ -41,18 +41,10 @@ class Net(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def pruned() -> tuple[bytes, dict[str, np.ndarray]]:
-    from sparsec.capture import from_torch
-    from sparsec.ir.io import model_bytes
-    from sparsec.pm import PassContext, PassManager, parse_pipeline
-
     torch.manual_seed(0)
     net = Net().eval()
     randomize_batchnorms(net)
-    x = torch.randn(1, 3, 40, 40)
-    model = from_torch(net, (x,), dynamic_batch=False)
-    PassManager(parse_pipeline("nm-sparsity{n=2 m=4 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
-    data = model_bytes(model)
-    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+    return pruned_onnx(net, torch.randn(1, 3, 40, 40), "nm-sparsity{n=2 m=4 op_types=Conv min_params=1}")
 
 
 def _run(model: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -96,16 +88,8 @@ def test_measured_lowering_keeps_only_convs_the_kernel_beats(pruned):
 
 @pytest.fixture(scope="module")
 def unstructured() -> tuple[bytes, dict[str, np.ndarray]]:
-    from sparsec.capture import from_torch
-    from sparsec.ir.io import model_bytes
-    from sparsec.pm import PassContext, PassManager, parse_pipeline
-
     torch.manual_seed(1)
-    x = torch.randn(1, 3, 40, 40)
-    model = from_torch(Net().eval(), (x,), dynamic_batch=False)
-    PassManager(parse_pipeline("sparsify{pattern=u:0.85 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
-    data = model_bytes(model)
-    return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+    return pruned_onnx(Net().eval(), torch.randn(1, 3, 40, 40), "sparsify{pattern=u:0.85 op_types=Conv min_params=1}")
 
 
 def test_unstructured_convs_run_on_the_kernel_with_blocks_of_their_own_length(unstructured):
