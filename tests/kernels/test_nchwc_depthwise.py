@@ -74,6 +74,19 @@ def test_fused_depthwise_matches_a_float64_depthwise_then_1x1(shape):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
 
 
+def test_fused_depthwise_without_biases():
+    from sparsec.kernels.nchwc_conv import Depthwise, nchwc_conv
+    from sparsec.kernels.packing_nchwc import from_nchwc, pack_nchwc, to_nchwc
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 32, 9, 9)).astype(np.float32)
+    dw = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    w1 = rng.standard_normal((16, 32, 1, 1)).astype(np.float32)
+    ref = _reference(x, dw, np.zeros(32, np.float32), w1, np.zeros(16, np.float32), 1, (1, 1, 1, 1), 1, "relu")
+    y = nchwc_conv(to_nchwc(x), pack_nchwc(w1), depthwise=Depthwise(dw, None, pads=(1, 1, 1, 1), act="relu"), threads=2)
+    np.testing.assert_allclose(from_nchwc(y, 16), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
 def test_depthwise_needs_a_1x1_conv_over_its_channels():
     from sparsec.kernels.nchwc_conv import Depthwise, nchwc_conv
     from sparsec.kernels.packing_nchwc import pack_nchwc, to_nchwc
@@ -263,6 +276,25 @@ def test_mobilenetv2_exports_of_both_exporters_run_their_depthwise_convs_inside(
     # every block's project conv is on the kernel with its depthwise conv inside.
     assert low.depthwise_fused == 5, low.to_dict()
     assert [o[2] for o in _ops(low.model) if o[1] == "SparseConvNchwc"].count(1) == 5
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = make_session(low.model, 2).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_a_depthwise_conv_without_bias_or_norm_fuses_too():
+    from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
+    from sparsec.backends.ort.sparse_ops import make_session
+
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 96, 1), torch.nn.ReLU(), torch.nn.Conv2d(96, 96, 3, 1, 1, groups=96, bias=False),
+        torch.nn.ReLU(), torch.nn.Conv2d(96, 32, 1, bias=False)).eval()
+    data, feeds = pruned_onnx(net, torch.randn(1, 16, 20, 20), "sparsify{pattern=u:0.8 op_types=Conv min_params=1}")
+    low = lower_nchwc_convs(data, feeds, measure=False)
+    assert low.depthwise_fused == 1
+    node = next(n for n in onnx.load_from_string(low.model).graph.node if n.name == next(c.node for c in low.convs if c.depthwise))
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["has_dw"] == 1 and attrs["dw_has_bias"] == 0 and attrs["dw_act"] == 1
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = make_session(low.model, 2).run(None, feeds)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
