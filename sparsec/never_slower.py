@@ -8,18 +8,33 @@ from typing import Any
 
 from sparsec.pm.pipeline import Pipeline
 
+KERNEL_PASSES = ("lower-nm-kernels", "lower-conv-nchwc")  # the passes whose layers can go back to dense
+
 
 def kernel_layers_by_gain(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The layers lowered to kernels, least measured gain (dense_us - sparse_us) first."""
-    lowered = [d for d in decisions if d.get("pass") == "lower-nm-kernels" and str(d.get("decision", "")).startswith("kernel")]
+    """The layers lowered to kernels (N:M matrix products, NCHWc convs that name their source
+    weight), least measured gain (dense_us - sparse_us) first."""
+    lowered = [d for d in decisions if d.get("pass") in KERNEL_PASSES and str(d.get("decision", "")).startswith("kernel")
+               and d.get("weight") is not None]
+
+    def times_us(d: dict[str, Any]) -> tuple[float | None, float | None]:
+        if d.get("pass") == "lower-conv-nchwc":  # profiler node times, in ms
+            dense, sparse = d.get("dense_ms"), d.get("sparse_ms")
+            return (None if dense is None else 1e3 * dense), (None if sparse is None else 1e3 * sparse)
+        return d.get("dense_us"), d.get("sparse_us")
 
     def gain(d: dict[str, Any]) -> float:
-        if d.get("dense_us") is None or d.get("sparse_us") is None:
+        dense, sparse = times_us(d)
+        if dense is None or sparse is None:
             return 0.0  # unmeasured (tuning off): no known gain, moved back first
-        return float(d["dense_us"]) - float(d["sparse_us"])
+        return float(dense) - float(sparse)
 
-    return [{"layer": d["layer"], "weight": d["weight"], "gain_us": round(gain(d), 3),
-             "dense_us": d.get("dense_us"), "sparse_us": d.get("sparse_us")} for d in sorted(lowered, key=gain)]
+    out = []
+    for d in sorted(lowered, key=gain):
+        dense, sparse = times_us(d)
+        out.append({"layer": d["layer"], "weight": d["weight"], "gain_us": round(gain(d), 3),
+                    "dense_us": dense, "sparse_us": sparse})
+    return out
 
 
 def with_dense_layers(pipeline: Pipeline, legalize: Pipeline, weights: list[str]) -> tuple[Pipeline, Pipeline]:
@@ -33,7 +48,7 @@ def with_dense_layers(pipeline: Pipeline, legalize: Pipeline, weights: list[str]
         return p
 
     def low(p: Any) -> Any:
-        if p.name == "lower-nm-kernels":
+        if p.name in KERNEL_PASSES:
             return dataclasses.replace(p, dense=tuple(p.dense) + names)
         return p
 

@@ -56,6 +56,9 @@ class LowerConvNchwc(Pass):
     balance: bool = option(True, "permute channel groups that only convs write and read (through per-channel ops and "
                                  "residual adds) so that a kernel block's lanes keep similar counts (exact; "
                                  "backends/ort/lane_balance.py)")
+    dense: tuple[str, ...] = option(
+        (), "globs on conv weight names to run dense whatever was measured (the compile's never-slower fallback)"
+    )
     fuse_depthwise: bool = option(True, "run a depthwise conv inside the sparse 1x1 conv that alone reads it, where "
                                         "that measured faster than the two ops (backends/ort/nchwc_dw_fusion.py)")
 
@@ -88,9 +91,12 @@ class LowerConvNchwc(Pass):
                        readers=b["readers"], pairs_before=b["pairs_before"], pairs_after=b["pairs_after"])
         # ORT renames the weights it lays out; their zero patterns name the source convs.
         sources = {mask_key(w.const_value.numpy()): w.name for w in _conv_weights(work)}
+        from sparsec.layers import matches_any
+
+        keep_dense = {k for k, name in sources.items() if self.dense and matches_any([name], self.dense)}
         measure = self.measure == "auto"
         low = lower_nchwc_convs(model_bytes(work), feeds, ctx.threads or 2, measure=measure,
-                                fuse_depthwise=self.fuse_depthwise)
+                                fuse_depthwise=self.fuse_depthwise, keep_dense=keep_dense)
         for c in low.convs:
             weight = sources.get(c.mask_key)
             fused = {"depthwise_inside": c.depthwise, "depthwise_ms": c.depthwise_ms, "fused_ms": c.fused_ms}

@@ -301,3 +301,14 @@ def test_a_depthwise_conv_without_bias_or_norm_fuses_too():
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = make_session(low.model, 2).run(None, feeds)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_convs_the_fallback_names_stay_dense(mobilenet_like):
+    from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
+
+    data, feeds = mobilenet_like
+    every = lower_nchwc_convs(data, feeds, measure=False)
+    keep = {every.convs[0].mask_key, every.convs[3].mask_key}
+    low = lower_nchwc_convs(data, feeds, measure=False, keep_dense=keep)
+    assert low.lowered == every.lowered - 2 and not any(c.mask_key in keep for c in low.convs)
+    assert low.skipped["kept dense: the compiled model was not faster with it sparse (never-slower fallback)"] == 2

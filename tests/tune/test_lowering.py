@@ -191,3 +191,31 @@ def test_raised_artifact_lowers_again_with_the_same_choices_and_names() -> None:
     PassManager(parse_pipeline("lower-nm-kernels,legalize-dense")).run(model, again)
     assert ([n.op_type for n in model.graph], sorted(model.graph.initializers)) == compiled
     assert not again.measured  # nothing timed: every kernel layer was replayed
+
+
+def test_never_slower_queue_holds_nchwc_convs_by_their_profiled_gain() -> None:
+    """lower-conv-nchwc's decisions (node times in ms, source weight by zero pattern) join the
+    fallback's queue in microseconds; a conv whose source weight is unknown cannot go back."""
+    from sparsec.never_slower import kernel_layers_by_gain
+
+    decisions = [
+        {"pass": "lower-nm-kernels", "layer": "fc", "weight": "w_fc", "decision": "kernel NMSparseMatMul 2:4 (nm-kernel)",
+         "dense_us": 40.0, "sparse_us": 25.0},
+        {"pass": "lower-conv-nchwc", "layer": "c1_nchwc", "weight": "w_c1", "decision": "kernel SparseConvNchwc",
+         "dense_ms": 0.050, "sparse_ms": 0.045},
+        {"pass": "lower-conv-nchwc", "layer": "c2_nchwc", "decision": "kernel SparseConvNchwc",
+         "dense_ms": 0.2, "sparse_ms": 0.1},
+        {"pass": "lower-conv-nchwc", "layer": "c3_nchwc", "weight": "w_c3", "decision": "dense",
+         "dense_ms": 0.1, "sparse_ms": 0.2},
+    ]
+    queue = kernel_layers_by_gain(decisions)
+    assert [q["weight"] for q in queue] == ["w_c1", "w_fc"]
+    assert queue[0]["gain_us"] == pytest.approx(5.0) and queue[0]["dense_us"] == pytest.approx(50.0)
+
+
+def test_with_dense_layers_reaches_the_conv_lowering() -> None:
+    from sparsec.never_slower import with_dense_layers
+    from sparsec.pm import Pipeline
+
+    _, legalize = with_dense_layers(Pipeline([]), parse_pipeline("lower-nm-kernels,lower-conv-nchwc"), ["w_c1"])
+    assert [tuple(p.dense) for p in legalize] == [("w_c1",), ("w_c1",)]
