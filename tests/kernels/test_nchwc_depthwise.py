@@ -312,3 +312,32 @@ def test_convs_the_fallback_names_stay_dense(mobilenet_like):
     low = lower_nchwc_convs(data, feeds, measure=False, keep_dense=keep)
     assert low.lowered == every.lowered - 2 and not any(c.mask_key in keep for c in low.convs)
     assert low.skipped["kept dense: the compiled model was not faster with it sparse (never-slower fallback)"] == 2
+
+
+def test_the_compile_moves_sparse_convs_back_when_the_model_is_not_faster(monkeypatch, tmp_path):
+    """The end-to-end check told once that the compiled model is slower: the never-slower
+    fallback moves NCHWc kernel convs back to dense (least profiled gain first) and rebuilds."""
+    import sparsec.compiler as compiler
+    from sparsec.compiler import CompileOptions, compile_file
+
+    real, calls = compiler._latency, []
+
+    def first_slower(dense_bytes, build, feeds, options):  # noqa: ANN001, ANN202
+        lat = real(dense_bytes, build, feeds, options)
+        calls.append(build)
+        return {**lat, "faster": False, "speedup": 0.9} if len(calls) == 1 else lat
+
+    monkeypatch.setattr(compiler, "_latency", first_slower)
+    result = compile_file("zoo:mobilenet", tmp_path / "out", CompileOptions(sparsity="80%"))
+    first = next(r for r in calls[0].records if r.name == "lower-conv-nchwc")
+    if not first.stats.get("convs_lowered"):
+        pytest.skip("no conv measured faster on the kernel in the first build (a noisy machine)")
+    fallback = result.manifest["lowering"]["never_slower"]
+    convs = {d["weight"] for d in calls[0].ctx.decisions
+             if d.get("pass") == "lower-conv-nchwc" and str(d.get("decision", "")).startswith("kernel") and "weight" in d}
+    moved = [m["weight"] for m in fallback["moved_to_dense"]]
+    assert moved and set(moved) <= convs | {d["weight"] for d in calls[0].ctx.decisions if d.get("pass") == "lower-nm-kernels"
+                                             and "weight" in d}
+    assert set(moved) & convs, fallback
+    last = next(r for r in calls[-1].records if r.name == "lower-conv-nchwc")
+    assert last.stats["convs_lowered"] <= first.stats["convs_lowered"] - len(set(moved) & convs)
