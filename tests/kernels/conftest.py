@@ -59,3 +59,25 @@ def pruned_onnx(net, x, pipeline: str) -> tuple[bytes, dict[str, np.ndarray]]:  
     PassManager(parse_pipeline(f"{pipeline},legalize-dense")).run(model, PassContext())
     data = model_bytes(model)
     return data, {ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].name: x.numpy()}
+
+
+def exported_and_pruned(net, x, path, exporter: str, pipeline: str) -> tuple[bytes, dict[str, np.ndarray]]:  # noqa: ANN001
+    """`net` written to `path` by torch's `exporter` ("legacy" or "dynamo", opset 17, input
+    "input"), read back as a user's file would be, run through `pipeline` then legalize-dense."""
+    import warnings
+
+    import torch
+
+    from sparsec.capture import from_onnx
+    from sparsec.ir.io import model_bytes
+    from sparsec.pm import PassContext, PassManager, parse_pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
+        else:
+            torch.onnx.export(net, (x,), dynamo=True, opset_version=17, input_names=["input"], verbose=False).save(path)
+    model = from_onnx(path)
+    PassManager(parse_pipeline(f"{pipeline},legalize-dense")).run(model, PassContext())
+    return model_bytes(model), {"input": x.numpy()}

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec import kernels as sk
 from sparsec.kernels.errors import PackedFormatError
 
-from .conftest import pruned_onnx, randomize_batchnorms
+from .conftest import exported_and_pruned, pruned_onnx, randomize_batchnorms
 
 pytestmark = pytest.mark.skipif(not sk.kernels_available() or "avx512" not in sk.available_isas(),
                                 reason="the NCHWc conv kernel needs the built kernels and AVX-512")
@@ -250,30 +250,17 @@ def test_measured_fusion_records_the_times_it_decided_on(mobilenet_like):
 def test_mobilenetv2_exports_of_both_exporters_run_their_depthwise_convs_inside(exporter, tmp_path):
     """ONNX files written by torch's two exporters (opset 17: ReLU6 as Clip with constant
     inputs, BatchNorm left for ORT to fold), read back as a user's file would be."""
-    import warnings
-
     from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs
     from sparsec.backends.ort.sparse_ops import make_session
-    from sparsec.capture import from_onnx
-    from sparsec.ir.io import model_bytes
     from sparsec.models_zoo.mobilenet import MobileNetConfig, build_mobilenet
-    from sparsec.pm import PassContext, PassManager, parse_pipeline
 
     cfg = MobileNetConfig(image_size=64, stages=((1, 16, 1, 1, False), (6, 32, 2, 2, False), (6, 64, 2, 2, False)),
                           head_channels=256, num_classes=10)
     torch.manual_seed(3)
     net, x = build_mobilenet(cfg).eval(), torch.randn(1, 3, 64, 64)
     randomize_batchnorms(net)
-    path = tmp_path / f"mobilenetv2-{exporter}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
-        else:
-            torch.onnx.export(net, (x,), dynamo=True, opset_version=17, input_names=["input"], verbose=False).save(path)
-    model = from_onnx(path)
-    PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv min_params=1},legalize-dense")).run(model, PassContext())
-    data, feeds = model_bytes(model), {"input": x.numpy()}
+    data, feeds = exported_and_pruned(net, x, tmp_path / f"mobilenetv2-{exporter}.onnx", exporter,
+                                      "sparsify{pattern=u:0.8 op_types=Conv min_params=1}")
     low = lower_nchwc_convs(data, feeds, measure=False)
     # Five blocks; the first (expansion 1) has no expand conv and its depthwise reads the stem:
     # every block's project conv is on the kernel with its depthwise conv inside.

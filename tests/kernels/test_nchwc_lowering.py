@@ -11,7 +11,7 @@ import torch
 
 from sparsec.backends.ort.nchwc_convs import lower_nchwc_convs, nchwc_available
 
-from .conftest import pruned_onnx, randomize_batchnorms
+from .conftest import exported_and_pruned, pruned_onnx, randomize_batchnorms
 
 pytestmark = pytest.mark.skipif(not nchwc_available(), reason="the NCHWc conv kernel needs the built kernels and AVX-512")
 
@@ -111,28 +111,14 @@ def test_unstructured_convs_run_on_the_kernel_with_blocks_of_their_own_length(un
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_torchvision_resnet18_export_at_80_percent_runs_on_the_kernel(exporter, tmp_path):
     """An export nobody here wrote (torchvision's ResNet-18 structure, opset 17, from the ONNX file)."""
-    import warnings
-
     import onnx
 
-    from sparsec.capture import from_onnx
-    from sparsec.ir.io import model_bytes
     from sparsec.models_zoo.resnet18_tv import resnet18
-    from sparsec.pm import PassContext, PassManager, parse_pipeline
 
     torch.manual_seed(2)
     net, x = resnet18(num_classes=10).eval(), torch.randn(1, 3, 64, 64)
-    path = tmp_path / f"resnet18-{exporter}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(net, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
-        else:
-            torch.onnx.export(net, (x,), dynamo=True, opset_version=17, input_names=["input"], verbose=False).save(path)
-    model = from_onnx(path)
-    PassManager(parse_pipeline("sparsify{pattern=u:0.8 op_types=Conv},legalize-dense")).run(model, PassContext())
-    data = model_bytes(model)
-    feeds = {"input": x.numpy()}
+    data, feeds = exported_and_pruned(net, x, tmp_path / f"resnet18-{exporter}.onnx", exporter,
+                                      "sparsify{pattern=u:0.8 op_types=Conv}")
     low = lower_nchwc_convs(data, feeds, measure=False)
     ops = [n.op_type for n in onnx.load_from_string(low.model).graph.node]
     assert low.lowered == ops.count("SparseConvNchwc") >= 15  # every conv but the 3-channel stem
