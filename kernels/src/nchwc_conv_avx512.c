@@ -369,7 +369,7 @@ static void body_flat(const void *args, int tid, int nth) {
  * MobileNetV2's layers (the scratch leaves L1). Few rows (batch 1, 7x7 planes: 7 items for 2
  * threads is fine, 3 is not) split the output blocks in parts, each computing the row's
  * depthwise outputs again. A thread's scratch is kept between calls: allocated per call,
- * buffers over glibc's mmap threshold cost page faults every call (30% of a 56x56 layer). */
+ * buffers over glibc's mmap threshold cost page faults every call. */
 static _Thread_local float *scratch_buf;
 static _Thread_local size_t scratch_cap;
 
