@@ -326,5 +326,7 @@ def test_the_compile_moves_sparse_convs_back_when_the_model_is_not_faster(monkey
     assert moved and set(moved) <= convs | {d["weight"] for d in calls[0].ctx.decisions if d.get("pass") == "lower-nm-kernels"
                                              and "weight" in d}
     assert set(moved) & convs, fallback
-    last = next(r for r in calls[-1].records if r.name == "lower-conv-nchwc")
-    assert last.stats["convs_lowered"] <= first.stats["convs_lowered"] - len(set(moved) & convs)
+    # The rebuild measures its convs again (others may pass this time); the moved ones stay dense.
+    on_kernel = {d["weight"] for d in calls[-1].ctx.decisions if d.get("pass") == "lower-conv-nchwc"
+                 and str(d.get("decision", "")).startswith("kernel") and "weight" in d}
+    assert not on_kernel & set(moved)
