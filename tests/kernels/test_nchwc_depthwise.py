@@ -302,7 +302,7 @@ def test_convs_the_fallback_names_stay_dense(mobilenet_like):
 
 
 def test_the_compile_moves_sparse_convs_back_when_the_model_is_not_faster(monkeypatch, tmp_path):
-    """The end-to-end check told once that the compiled model is slower: the never-slower
+    """The end-to-end check told twice that the compiled model is slower: the never-slower
     fallback moves NCHWc kernel convs back to dense (least profiled gain first) and rebuilds."""
     import sparsec.compiler as compiler
     from sparsec.compiler import CompileOptions, compile_file
@@ -312,7 +312,9 @@ def test_the_compile_moves_sparse_convs_back_when_the_model_is_not_faster(monkey
     def first_slower(dense_bytes, build, feeds, options):  # noqa: ANN001, ANN202
         lat = real(dense_bytes, build, feeds, options)
         calls.append(build)
-        return {**lat, "faster": False, "speedup": 0.9} if len(calls) == 1 else lat
+        # "slower" twice: 1 then 2 more layers go back, convs among them (the zoo model has one
+        # matrix product that could be on a kernel too)
+        return {**lat, "faster": False, "speedup": 0.9} if len(calls) <= 2 else lat
 
     monkeypatch.setattr(compiler, "_latency", first_slower)
     result = compile_file("zoo:mobilenet", tmp_path / "out", CompileOptions(sparsity="80%"))
