@@ -23,17 +23,16 @@ from sparsec.bench import emit_json, machine_info
 
 def _node_times(low_plain: bytes, low_fused: bytes, feeds: dict, threads: int, runs: int) -> list[dict]:
     import onnx
-    from onnx import helper
 
-    from sparsec.backends.ort.nchwc_convs import _node_ms
+    from sparsec.backends.ort.nchwc_convs import node_attrs, profile_node_ms
 
     plain, fused = onnx.load_from_string(low_plain), onnx.load_from_string(low_fused)
-    t_plain, t_fused = _node_ms(low_plain, threads, feeds, runs), _node_ms(low_fused, threads, feeds, runs)
+    t_plain, t_fused = profile_node_ms(low_plain, threads, feeds, runs), profile_node_ms(low_fused, threads, feeds, runs)
     producer = {o: n for n in plain.graph.node for o in n.output}
     by_name = {n.name: n for n in plain.graph.node}
     rows = []
     for n in fused.graph.node:
-        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        a = node_attrs(n)
         if not a.get("has_dw") or n.name not in by_name:
             continue
         dw = producer[by_name[n.name].input[0]]

@@ -66,6 +66,10 @@ def pack_depthwise(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(ib, BLOCK, kh, kw).transpose(0, 2, 3, 1))
 
 
+def _ptr(a: np.ndarray | None, t: type) -> object:
+    return None if a is None else a.ctypes.data_as(ctypes.POINTER(t))
+
+
 def out_size(n: int, k: int, stride: int, dilation: int, p0: int, p1: int) -> int:
     return (n + p0 + p1 - ((k - 1) * dilation + 1)) // stride + 1
 
@@ -96,14 +100,13 @@ def nchwc_conv(x: np.ndarray, packed: PackedNchwc, *, strides: tuple[int, int] =
     if s is not None and s.shape != y.shape:
         raise PackedFormatError(f"nchwc_conv: sum shape {s.shape} is not the output's {y.shape}")
     macs = n * max(ho, 0) * max(wo, 0) * packed.pairs * BLOCK
-    ptr = lambda a, t: None if a is None else a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     if depthwise is not None:
-        return _with_depthwise(x, packed, depthwise, b, s, y, act, clip, threads or pick_threads(macs), isa, ptr)
+        return _with_depthwise(x, packed, depthwise, b, s, y, act, clip, threads or pick_threads(macs), isa)
     status = _lib().sk_nchwc_conv(
-        ptr(x, ctypes.c_float), n, packed.ib, h, w, packed.ob, ho, wo, packed.kh, packed.kw, strides[0], strides[1],
-        pt, pl, pb, pr, dilations[0], dilations[1], packed.k, ptr(packed.offs, ctypes.c_int32), ptr(packed.idx, ctypes.c_int32),
-        ptr(packed.vals, ctypes.c_float), ptr(b, ctypes.c_float), ptr(s, ctypes.c_float), ACTIVATIONS[act],
-        clip[0], clip[1], ptr(y, ctypes.c_float), resolve_isa(isa), threads or pick_threads(macs))
+        _ptr(x, ctypes.c_float), n, packed.ib, h, w, packed.ob, ho, wo, packed.kh, packed.kw, strides[0], strides[1],
+        pt, pl, pb, pr, dilations[0], dilations[1], packed.k, _ptr(packed.offs, ctypes.c_int32), _ptr(packed.idx, ctypes.c_int32),
+        _ptr(packed.vals, ctypes.c_float), _ptr(b, ctypes.c_float), _ptr(s, ctypes.c_float), ACTIVATIONS[act],
+        clip[0], clip[1], _ptr(y, ctypes.c_float), resolve_isa(isa), threads or pick_threads(macs))
     if status != 0:
         msg = load().sk_status_string(status).decode()
         raise PackedFormatError(f"nchwc conv kernel rejected its arguments: {msg} (status {status})")
@@ -111,8 +114,7 @@ def nchwc_conv(x: np.ndarray, packed: PackedNchwc, *, strides: tuple[int, int] =
 
 
 def _with_depthwise(x: np.ndarray, packed: PackedNchwc, d: Depthwise, b: np.ndarray | None, s: np.ndarray | None,
-                    y: np.ndarray, act: str, clip: tuple[float, float], threads: int, isa: str | None,
-                    ptr: object) -> np.ndarray:
+                    y: np.ndarray, act: str, clip: tuple[float, float], threads: int, isa: str | None) -> np.ndarray:
     if packed.kh != 1 or packed.kw != 1:
         raise PackedFormatError(f"nchwc_conv: a depthwise conv runs only ahead of a 1x1 conv, not {packed.kh}x{packed.kw}")
     if -(-d.weight.shape[0] // BLOCK) != packed.ib:
@@ -122,15 +124,15 @@ def _with_depthwise(x: np.ndarray, packed: PackedNchwc, d: Depthwise, b: np.ndar
     if d.bias is not None:
         db = np.zeros(packed.ib * BLOCK, np.float32)
         db[: d.weight.shape[0]] = d.bias
-    spec = _DwStruct(ptr(dw, ctypes.c_float), ptr(db, ctypes.c_float), d.weight.shape[2], d.weight.shape[3],
+    spec = _DwStruct(_ptr(dw, ctypes.c_float), _ptr(db, ctypes.c_float), d.weight.shape[2], d.weight.shape[3],
                      d.strides[0], d.strides[1], *d.pads, d.dilations[0], d.dilations[1], ACTIVATIONS[d.act],
                      d.clip[0], d.clip[1])
     n, _, h, w, _ = x.shape
     status = _lib().sk_nchwc_conv_dw(
-        ptr(x, ctypes.c_float), n, packed.ib, h, w, ctypes.byref(spec), packed.ob, y.shape[2], y.shape[3], packed.k,
-        ptr(packed.offs, ctypes.c_int32), ptr(packed.idx, ctypes.c_int32), ptr(packed.vals, ctypes.c_float),
-        ptr(b, ctypes.c_float), ptr(s, ctypes.c_float), ACTIVATIONS[act], clip[0], clip[1],
-        ptr(y, ctypes.c_float), resolve_isa(isa), threads)
+        _ptr(x, ctypes.c_float), n, packed.ib, h, w, ctypes.byref(spec), packed.ob, y.shape[2], y.shape[3], packed.k,
+        _ptr(packed.offs, ctypes.c_int32), _ptr(packed.idx, ctypes.c_int32), _ptr(packed.vals, ctypes.c_float),
+        _ptr(b, ctypes.c_float), _ptr(s, ctypes.c_float), ACTIVATIONS[act], clip[0], clip[1],
+        _ptr(y, ctypes.c_float), resolve_isa(isa), threads)
     if status != 0:
         msg = load().sk_status_string(status).decode()
         raise PackedFormatError(f"nchwc conv kernel (with depthwise) rejected its arguments: {msg} (status {status})")

@@ -23,18 +23,14 @@ def kernel_layers_by_gain(decisions: list[dict[str, Any]]) -> list[dict[str, Any
             return (None if dense is None else 1e3 * dense), (None if sparse is None else 1e3 * sparse)
         return d.get("dense_us"), d.get("sparse_us")
 
-    def gain(d: dict[str, Any]) -> float:
-        dense, sparse = times_us(d)
+    def gain(dense: float | None, sparse: float | None) -> float:
         if dense is None or sparse is None:
             return 0.0  # unmeasured (tuning off): no known gain, moved back first
         return float(dense) - float(sparse)
 
-    out = []
-    for d in sorted(lowered, key=gain):
-        dense, sparse = times_us(d)
-        out.append({"layer": d["layer"], "weight": d["weight"], "gain_us": round(gain(d), 3),
-                    "dense_us": dense, "sparse_us": sparse})
-    return out
+    timed = sorted(((d, *times_us(d)) for d in lowered), key=lambda t: gain(t[1], t[2]))
+    return [{"layer": d["layer"], "weight": d["weight"], "gain_us": round(gain(dense, sparse), 3),
+             "dense_us": dense, "sparse_us": sparse} for d, dense, sparse in timed]
 
 
 def with_dense_layers(pipeline: Pipeline, legalize: Pipeline, weights: list[str]) -> tuple[Pipeline, Pipeline]:

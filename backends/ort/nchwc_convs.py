@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+if TYPE_CHECKING:
+    from sparsec.backends.ort.nchwc_dw_fusion import DepthwiseFusion
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 OP = "SparseConvNchwc"
@@ -198,12 +201,12 @@ def _candidates(m: onnx.ModelProto) -> tuple[dict[str, tuple[Any, onnx.NodeProto
 
 
 def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]],
-          fuse: Collection[str] = ()) -> onnx.ModelProto:
-    """`m` with the chosen convs on the kernel; those of them in `fuse` (output names) with the
-    depthwise conv they read inside (where find_depthwise finds one)."""
-    from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise, fused_initializers, fused_node
+          fusions: Mapping[str, DepthwiseFusion] | None = None) -> onnx.ModelProto:
+    """`m` with the chosen convs on the kernel; those of them in `fusions` (by output name) with
+    their depthwise conv inside."""
+    from sparsec.backends.ort.nchwc_dw_fusion import fused_initializers, fused_node
 
-    fusions = find_depthwise(m, {k: v[1] for k, v in chosen.items() if k in fuse}) if fuse else {}
+    fusions = {k: f for k, f in (fusions or {}).items() if k in chosen}
     dropped = {f.dw.output[0] for f in fusions.values()}
     out = onnx.ModelProto()
     out.CopyFrom(m)
@@ -235,7 +238,8 @@ def _with(m: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]]
     return out
 
 
-def _node_ms(model: bytes, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+def profile_node_ms(model: bytes, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Each node's median time over `runs` runs of `model` (laid out already), from ORT's profiler."""
     import onnxruntime as ort
 
     from sparsec.backends.ort.sparse_ops import session_options
@@ -253,7 +257,7 @@ def _node_ms(model: bytes, threads: int, feeds: dict[str, np.ndarray], runs: int
 
 def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[str, tuple[Any, onnx.NodeProto, str]], result: NchwcLowering,
                        threads: int, feeds: dict[str, np.ndarray],
-                       fuse: Collection[str] = ()) -> dict[str, tuple[Any, onnx.NodeProto, str]]:
+                       fusions: Mapping[str, DepthwiseFusion] | None = None) -> dict[str, tuple[Any, onnx.NodeProto, str]]:
     """`chosen`, or the convs of it that gained at least RETRY_GAIN, or none: whichever first
     runs the whole model faster than with no sparse conv."""
     from sparsec.backends.ort.sparse_ops import make_session
@@ -271,7 +275,7 @@ def _faster_end_to_end(base: onnx.ModelProto, base_bytes: bytes, chosen: dict[st
     for attempt in tries:
         if not attempt:
             continue
-        data = _with(base, attempt, fuse).SerializeToString()
+        data = _with(base, attempt, fusions).SerializeToString()
         sparse = {spin: make_session(data, threads, allow_spinning=spin) for spin in (False, True)}
         runs = {f"{side} spin={int(spin)}": (lambda s=sess: s.run(None, feeds))
                 for side, sessions in (("dense", dense), ("sparse", sparse)) for spin, sess in sessions.items()}
@@ -298,31 +302,28 @@ def _fastest_rounds(models: list[bytes], threads: int, feeds: dict[str, np.ndarr
     best: list[dict[str, float]] = [{} for _ in models]
     for _ in range(rounds):
         for times, model in zip(best, models, strict=True):
-            for node, ms in _node_ms(model, threads, feeds, runs).items():
+            for node, ms in profile_node_ms(model, threads, feeds, runs).items():
                 times[node] = min(ms, times.get(node, ms))
     return best
 
 
 def _fusions(base: onnx.ModelProto, chosen: dict[str, tuple[Any, onnx.NodeProto, str]],
-              by_out: dict[str, ConvChoice], dense_ms: dict[str, float] | None, threads: int,
-              feeds: dict[str, np.ndarray], runs: int,
-              small: dict[str, tuple[Any, onnx.NodeProto, str]] | None = None) -> tuple[set[str], set[str]]:
+              small: dict[str, tuple[Any, onnx.NodeProto, str]], fusions: Mapping[str, DepthwiseFusion],
+              by_out: dict[str, ConvChoice], dense_ms: dict[str, float], threads: int,
+              feeds: dict[str, np.ndarray], runs: int) -> tuple[set[str], set[str]]:
     """(the 1x1 convs to run with their depthwise conv inside, the `small` convs that go
-    sparse that way). Unmeasured (`dense_ms` None): every chosen conv that can. Measured: a
-    chosen conv keeps its fusion where the fused node beats its unfused node and the depthwise
-    node together; a `small` conv (faster on the kernel, but by less than MIN_GAIN_MS, the cost
-    of a custom op call) goes sparse where the fused node beats the dense conv and the
-    depthwise conv together by MIN_GAIN_MS: the fusion also saves an op call."""
-    from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise
-
-    small = small or {}
-    fusions = find_depthwise(base, {k: v[1] for k, v in {**chosen, **small}.items()})
-    if dense_ms is None or not fusions:
-        return set(fusions) & set(chosen), set()
-    trial = {**chosen, **{k: v for k, v in small.items() if k in fusions}}
-    fused_ms = _fastest_rounds([_with(base, trial, set(fusions)).SerializeToString()], threads, feeds, runs)[0]
+    sparse that way), measured: a chosen conv keeps its fusion where the fused node beats its
+    unfused node and the depthwise node together; a `small` conv (faster on the kernel, but by
+    less than MIN_GAIN_MS, the cost of a custom op call) goes sparse where the fused node beats
+    the dense conv and the depthwise conv together by MIN_GAIN_MS: the fusion also saves an op
+    call."""
+    trial = {k: v for k, v in {**chosen, **small}.items() if k in chosen or k in fusions}
+    tried = {k: f for k, f in fusions.items() if k in trial}
+    if not tried:
+        return set(), set()
+    fused_ms = _fastest_rounds([_with(base, trial, tried).SerializeToString()], threads, feeds, runs)[0]
     keep, promoted = set(), set()
-    for out, f in fusions.items():
+    for out, f in tried.items():
         c = by_out[out]
         c.depthwise_ms, c.fused_ms = dense_ms.get(f.dw.name), fused_ms.get(trial[out][1].name)
         if c.depthwise_ms is None or c.fused_ms is None or c.sparse_ms is None or c.dense_ms is None:
@@ -343,6 +344,8 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
     (`fuse_depthwise`) the depthwise convs they alone read run inside them where that measured
     faster (else wherever possible). Convs whose weight's `mask_key` is in `keep_dense` stay
     dense (the compile's never-slower fallback)."""
+    from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise
+
     base = ort_nchwc_model(model, threads)
     found, skipped = _candidates(base)
     fallback = [k for k, (_, _, key) in found.items() if key in keep_dense]
@@ -352,12 +355,14 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
         skipped["kept dense: the compiled model was not faster with it sparse (never-slower fallback)"] = len(fallback)
     result = NchwcLowering(b"", skipped=skipped)
     for out_name, (packed, node, key) in found.items():
-        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        a = node_attrs(node)
         result.convs.append(ConvChoice(node.name or out_name, [packed.cout, packed.cin, packed.kh, packed.kw],
                                        [a["stride_h"], a["stride_w"]], round(packed.kept_fraction * BLOCK, 2), key))
     chosen = dict(found)
     by_out = dict(zip(found, result.convs, strict=True))
-    fuse: set[str] = set()
+    # Which candidates could run a depthwise conv inside: found once, whichever end up sparse.
+    fusions = find_depthwise(base, {k: v[1] for k, v in found.items()}) if fuse_depthwise else {}
+    fuse: set[str] = set(fusions)  # unmeasured: every conv that can
     small: dict[str, tuple[Any, onnx.NodeProto, str]] = {}  # faster, by less than an op call's cost
     if measure and found:
         base_bytes = base.SerializeToString()  # serialized once: profiled, then the whole-model baseline
@@ -373,23 +378,19 @@ def lower_nchwc_convs(model: bytes, feeds: dict[str, np.ndarray], threads: int =
                 if c.dense_ms >= MIN_GAIN * c.sparse_ms:
                     small[out_name] = chosen[out_name]
                 del chosen[out_name]
-        if fuse_depthwise and (chosen or small):
-            fuse, promoted = _fusions(base, chosen, by_out, dense_ms, threads, feeds, runs, small)
-            chosen.update({k: small[k] for k in promoted})
-        chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds, fuse)
-    elif fuse_depthwise:
-        fuse, _ = _fusions(base, chosen, by_out, None, threads, feeds, runs)
-    fuse &= set(chosen)
-    if fuse:
-        from sparsec.backends.ort.nchwc_dw_fusion import find_depthwise
-
-        for out, f in find_depthwise(base, {k: chosen[k][1] for k in fuse}).items():
-            by_out[out].depthwise = f.dw.name or f.dw.output[0]
+        fuse, promoted = _fusions(base, chosen, small, fusions, by_out, dense_ms, threads, feeds, runs)
+        chosen.update({k: small[k] for k in promoted})
+        chosen = _faster_end_to_end(base, base_bytes, chosen, result, threads, feeds,
+                                    {k: fusions[k] for k in fuse})
+    fused = {k: fusions[k] for k in fuse if k in chosen}
+    for out, f in fused.items():
+        by_out[out].depthwise = f.dw.name or f.dw.output[0]
     for c, out_name in zip(result.convs, found, strict=True):
         c.sparse = out_name in chosen
-    result.model = _with(base, chosen, fuse).SerializeToString()
+    result.model = _with(base, chosen, fused).SerializeToString()
     return result
 
 
 __all__ = ["ACTIVATIONS", "BLOCK", "NCHWC_DOMAIN", "ConvChoice", "NchwcLowering", "lower_nchwc_convs", "mask_key",
-           "nchwc_available", "node_attrs", "ort_nchwc_model"]
+           "nchwc_available", "node_attrs", "ort_nchwc_model",
+           "profile_node_ms"]

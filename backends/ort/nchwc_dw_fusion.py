@@ -4,8 +4,9 @@ In ONNX Runtime's laid-out model an inverted residual block is expand (1x1), dep
 group = channels), project (1x1): the depthwise output, 6x the block's channels, goes to memory
 and is read back by the project conv, and its op call costs as much again on small planes.
 When the project conv is on the kernel (`SparseConvNchwc`) and is the depthwise output's only
-reader, the kernel computes the depthwise outputs of each tile itself into a per-thread buffer
-(`has_dw`, kernels/src/nchwc_conv_avx512.c) and the depthwise node goes away. Exact up to the
+reader, the kernel computes the depthwise outputs of each output row itself into a per-thread
+buffer (`has_dw`, kernels/src/nchwc_conv_avx512.c, nchwc_dw_avx512.c) and the depthwise node
+goes away. Exact up to the
 order of float additions.
 """
 

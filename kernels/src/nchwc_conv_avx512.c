@@ -214,6 +214,8 @@ DEF_TILEQ(7)
 typedef void (*tileq_fn)(const sk_nchwc_args *, const float *, const flat_taps *, int64_t, const float *,
                          float *, const float *);
 
+static tileq_fn tileq_for(int np) { return np == 7 ? tileq7 : np == 8 ? tileq8 : np == 10 ? tileq10 : tileq12; }
+
 /* Weight bytes of the output blocks that share one pass over the input (kept in L2). */
 #define GROUP_BYTES (256 << 10)
 
@@ -333,7 +335,7 @@ static void body_flat(const void *args, int tid, int nth) {
     const int64_t gob = group_blocks(a, &groups);
     const int64_t plane = a->ho * a->wo;
     const int np = flat_np(plane);
-    const tileq_fn tile = np == 7 ? tileq7 : np == 8 ? tileq8 : np == 10 ? tileq10 : tileq12;
+    const tileq_fn tile = tileq_for(np);
     const int64_t rows = groups * a->batch, tiles = sk_ceil_div(plane, np);
     int64_t chunks = rows >= 8 * nth ? 1 : sk_ceil_div(8 * nth, rows);
     if (chunks > tiles) chunks = tiles;
@@ -400,7 +402,7 @@ static void body_dw(const void *args, int tid, int nth) {
     sk_nchwc_args p1 = *a; /* the 1x1 conv over the scratch: one row of wo positions */
     p1.h = 1, p1.w = a->wo, p1.kh = p1.kw = 1;
     const int np = flat_np(a->wo);
-    const tileq_fn tile = np == 7 ? tileq7 : np == 8 ? tileq8 : np == 10 ? tileq10 : tileq12;
+    const tileq_fn tile = tileq_for(np);
     flat_taps id; /* the 1x1 conv's tap table over the scratch: position p at p * 16, all inside */
     id.all[0] = 1;
     for (int p = 0; p < 12; p++) id.off[0][p] = p * 16, id.m[0][p] = 0xFFFF;

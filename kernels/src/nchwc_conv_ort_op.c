@@ -43,8 +43,11 @@ typedef struct {
     float clip_lo, clip_hi;
     const int32_t *idx, *offs;
     const float *values, *bias;
-    int64_t has_dw, dw_has_bias, dw_act;
+    int64_t has_dw, dw_has_bias;
     sk_nchwc_dw pre; /* the depthwise conv, with has_dw */
+    /* the input plane's geometry (its kernel, stride, pad and dilation fields): the depthwise
+     * conv's with has_dw (the 1x1 keeps its plane), else the conv's; set at creation */
+    sk_nchwc_dw in;
     int cap;
     void *owned[NCHWC_INPUTS];
 } nchwc_kernel;
@@ -117,6 +120,9 @@ static OrtStatus *SK_ORT_CALL create(const OrtCustomOp *base, const OrtApi *api,
     sk_ort_attr_float(api, info, "clip_lo", &kr->clip_lo);
     sk_ort_attr_float(api, info, "clip_hi", &kr->clip_hi);
     if ((st = read_dw(kr, api, info, ctx))) goto fail;
+    const sk_nchwc_dw conv = {NULL, NULL, (int)kr->kh, (int)kr->kw, (int)kr->sh, (int)kr->sw, (int)kr->pads[0],
+                              (int)kr->pads[1], (int)kr->pads[2], (int)kr->pads[3], (int)kr->dh, (int)kr->dw, 0, 0, 0};
+    kr->in = kr->has_dw ? kr->pre : conv;
     if (kr->cout < 1 || kr->cin < 1 || kr->kh < 1 || kr->kw < 1 || kr->kh > SK_NCHWC_MAX_KH || kr->kw > 64 ||
         kr->k < 1 || kr->k > 16 || kr->sh < 1 || kr->sw < 1 || kr->dh < 1 || kr->dw < 1 || kr->act < 0 ||
         kr->act > 2 || kr->pads[0] < 0 || kr->pads[1] < 0 || kr->pads[2] < 0 || kr->pads[3] < 0 ||
@@ -201,19 +207,13 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     const int64_t ib = blocks(kr->cin), ob = blocks(kr->cout);
     if (rank != 4 || dims[1] != ib * 16)
         return sk_ort_status(api, "sparsec kernel op %s: X must be [N, %lld, H, W] (NCHWc)", NAME, (long long)(ib * 16));
-    /* the input plane's geometry: the depthwise conv's with has_dw (the 1x1 keeps its plane) */
-    const sk_nchwc_dw *d = &kr->pre;
-    const int64_t gkh = kr->has_dw ? d->kh : kr->kh, gkw = kr->has_dw ? d->kw : kr->kw;
-    const int64_t gdh = kr->has_dw ? d->dh : kr->dh, gdw = kr->has_dw ? d->dw : kr->dw;
-    const int64_t gsh = kr->has_dw ? d->sh : kr->sh, gsw = kr->has_dw ? d->sw : kr->sw;
-    const int64_t gp[4] = {kr->has_dw ? d->pt : kr->pads[0], kr->has_dw ? d->pl : kr->pads[1],
-                           kr->has_dw ? d->pb : kr->pads[2], kr->has_dw ? d->pr : kr->pads[3]};
-    const int64_t kh_span = (gkh - 1) * gdh + 1, kw_span = (gkw - 1) * gdw + 1;
-    const int64_t hp = dims[2] + gp[0] + gp[2], wp = dims[3] + gp[1] + gp[3];
+    const sk_nchwc_dw *g = &kr->in;
+    const int64_t kh_span = (int64_t)(g->kh - 1) * g->dh + 1, kw_span = (int64_t)(g->kw - 1) * g->dw + 1;
+    const int64_t hp = dims[2] + g->pt + g->pb, wp = dims[3] + g->pl + g->pr;
     if (hp < kh_span || wp < kw_span)
         return sk_ort_status(api, "sparsec kernel op %s: input %lldx%lld too small", NAME, (long long)dims[2],
                              (long long)dims[3]);
-    const int64_t ho = (hp - kh_span) / gsh + 1, wo = (wp - kw_span) / gsw + 1;
+    const int64_t ho = (hp - kh_span) / g->sh + 1, wo = (wp - kw_span) / g->sw + 1;
     const int64_t ydims[4] = {dims[0], ob * 16, ho, wo};
     void *x = NULL, *y = NULL, *s = NULL;
     if (kr->has_sum) {
@@ -231,12 +231,12 @@ static OrtStatus *compute_op(void *p, OrtKernelContext *context) {
     if (dims[0] == 0 || ho * wo == 0) return NULL;
     if ((st = SK_ORT(api, GetTensorMutableData)((OrtValue *)xv, &x))) return st;
     if ((st = SK_ORT(api, GetTensorMutableData)(yv, &y))) return st;
-    const int64_t macs = dims[0] * ho * wo * (kr->pairs * 16 + (kr->has_dw ? ib * 16 * gkh * gkw : 0));
+    const int64_t macs = dims[0] * ho * wo * (kr->pairs * 16 + (kr->has_dw ? ib * 16 * kr->pre.kh * kr->pre.kw : 0));
     int64_t limit = kr->cap > 0 ? kr->cap : sk_max_threads(), t = macs / NCHWC_MIN_MACS_PER_THREAD;
     if (t > limit) t = limit;
     const int nth = t < 1 ? 1 : (int)t;
     const int rc = kr->has_dw
-        ? sk_nchwc_conv_dw(x, dims[0], ib, dims[2], dims[3], d, ob, ho, wo, kr->k, kr->offs, kr->idx, kr->values,
+        ? sk_nchwc_conv_dw(x, dims[0], ib, dims[2], dims[3], &kr->pre, ob, ho, wo, kr->k, kr->offs, kr->idx, kr->values,
                            kr->bias, s, (int)kr->act, kr->clip_lo, kr->clip_hi, y, SK_ISA_AVX512, nth)
         : sk_nchwc_conv(x, dims[0], ib, dims[2], dims[3], ob, ho, wo, (int)kr->kh, (int)kr->kw,
                                  (int)kr->sh, (int)kr->sw, (int)kr->pads[0], (int)kr->pads[1], (int)kr->pads[2],
