@@ -60,6 +60,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     if hasattr(lib, "sk_nm_pack"):  # a library built before it (SPARSEC_KERNELS_LIB) packs in numpy
         lib.sk_nm_pack.argtypes = [_f32p, _i64, _i64, _i64, _int, _int, _f32p, _i64, _u16p, _i64]
         lib.sk_nm_pack.restype = _int
+    if hasattr(lib, "sk_nm_prune"):
+        lib.sk_nm_prune.argtypes = [_f32p, _i64, _i64, _i64, _int, _int, _int, _f32p, _i64]
+        lib.sk_nm_prune.restype = _int
     lib.sk_block_matmul.argtypes = [
         _f32p, _i64, _i64, _i64, _i64, _int, _i32p, _i64, _i32p, _i64, _f32p, _i64, _f32p,
         _i64, _int, _int,

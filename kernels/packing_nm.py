@@ -113,6 +113,42 @@ def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
     return np.where(keep, groups, 0.0).reshape(k, cols).astype(np.float32)
 
 
+def prune_nm_native(w2: np.ndarray, n: int, m: int) -> np.ndarray | None:
+    """`w2` [rows, K] (float32) with the n largest-magnitude weights of every group of m along K
+    kept, in `w2`'s memory order, by the kernel library's `sk_nm_prune` in one pass (numpy's
+    |W|, mask and masked copy take three; 0.66 -> ~0.1 s for BERT-base). The same result as
+    `sparsec.nm_pattern.nm_mask` on |W| applied as `criteria.masked` applies it. None where the
+    library is missing or predates it, `w2` is neither C- nor F-ordered, m > 8, or a weight is
+    NaN or infinite: the caller's numpy path handles those."""
+    import ctypes
+
+    from . import _native
+    from .errors import KernelUnavailableError
+
+    if w2.ndim != 2 or w2.dtype != np.float32 or m > 8 or w2.shape[1] % m or not w2.size:
+        return None
+    try:
+        lib = _native.load()
+    except KernelUnavailableError:
+        return None
+    if not hasattr(lib, "sk_nm_prune"):
+        return None
+    if w2.flags.c_contiguous:  # groups are m neighbours in a row
+        src, out, along_rows = w2, np.empty(w2.shape, np.float32), 0
+        view = out
+    elif w2.flags.f_contiguous:  # a MatMul [K, N] seen as [N, K]: groups run down the rows of [K, N]
+        src, out, along_rows = w2.T, np.empty(w2.T.shape, np.float32), 1
+        view = out.T
+    else:
+        return None
+    f32p = ctypes.POINTER(ctypes.c_float)
+    status = lib.sk_nm_prune(
+        src.ctypes.data_as(f32p), src.shape[1], src.shape[0], src.shape[1], n, m, along_rows,
+        out.ctypes.data_as(f32p), out.shape[1],
+    )
+    return view if status == 0 else None
+
+
 def pack_nm(w: np.ndarray, n: int, m: int) -> PackedNM:
     """Pack a [K, C] weight whose groups of m along K hold at most n nonzeros.
 

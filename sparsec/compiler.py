@@ -40,6 +40,7 @@ from sparsec.memory import (
     fmt_bytes,
     lean_stage_bytes,
     peak_rss_bytes,
+    small_pages,
     tune_malloc,
 )
 from sparsec.moe_plot import moe_usage_plot
@@ -148,7 +149,7 @@ def compile_model(
     executor = make_executor(options.executor)  # Ray, if asked for, connects on first use
     plot = BytesPlotJob()
     try:
-        with budget_scope(budget), spilling(store), mapped_reads(not streaming):
+        with budget_scope(budget), spilling(store), mapped_reads(not streaming), small_pages():
             return _compile(model, replace(options, executor=executor), source, input_hash, budget, streaming, store, plot)
     finally:
         plot.close()

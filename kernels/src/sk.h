@@ -32,6 +32,7 @@ enum sk_status {
     SK_ERR_ISA = -4,     /* the requested ISA is not compiled in or not on this CPU */
     SK_ERR_NULL = -5,
     SK_ERR_MEMORY = -6,  /* a work buffer could not be allocated */
+    SK_ERR_NONFINITE = -7, /* sk_nm_prune met a NaN or infinite weight (numpy handles those) */
 };
 
 int sk_isa_supported(int isa);
@@ -59,6 +60,13 @@ int sk_nm_matmul_bias(const float *x, int64_t ldx, int64_t rows, int64_t k, int6
  * nonzeros (packing is lossless: prune first). */
 int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int m, float *values,
                int64_t values_len, uint16_t *meta, int64_t meta_len);
+
+/* Magnitude N:M pruning of W [rows, cols] (row stride ldw) into out (row stride ldo): groups
+ * of m consecutive rows per column (along_rows) or m consecutive columns per row; m <= 8.
+ * Same result as kernels/packing_nm.py's numpy path (ties: the earlier member is kept).
+ * SK_ERR_NONFINITE for a NaN or infinite weight (out is then partly written). */
+int sk_nm_prune(const float *w, int64_t ldw, int64_t rows, int64_t cols, int n, int m, int along_rows,
+                float *out, int64_t ldo);
 
 int sk_block_matmul(const float *x, int64_t ldx, int64_t rows, int64_t k, int64_t cols,
                     int bk, const int32_t *tile_ptr, int64_t tile_ptr_len,

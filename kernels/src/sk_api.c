@@ -35,6 +35,7 @@ const char *sk_status_string(int status) {
     case SK_ERR_ISA: return "requested ISA is not available on this CPU or build";
     case SK_ERR_NULL: return "null buffer";
     case SK_ERR_MEMORY: return "out of memory";
+    case SK_ERR_NONFINITE: return "a weight is NaN or infinite";
     default: return "unknown error";
     }
 }

@@ -63,6 +63,7 @@ static inline uint64_t sk_nm_group_meta(const uint16_t *md, int words, int last)
 
 /* Parallel regions (sk_pool.c): fn(args, tid, nth) runs on nth threads, the caller being
  * tid 0; sk_split gives thread tid its contiguous share of n items. */
+#define SK_MAX_THREADS 64 /* sk_run_parallel caps its thread count here */
 typedef void (*sk_body_fn)(const void *args, int tid, int nth);
 void sk_run_parallel(int threads, sk_body_fn fn, const void *args);
 /* A host pool for the calling thread's parallel regions (NULL: sparsec's own pool). Inside an

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sk.h"
+#include "sk_internal.h"
 
 /* Positions of a group's slots: its nonzeros and then its lowest zeros, n in all, in
  * increasing order (the canonical form the kernels and PackedNM.from_arrays expect).
@@ -69,22 +70,26 @@ static void fill_table(int n, int m, uint8_t table[256][8], uint8_t count[256]) 
     }
 }
 
-int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int m, float *values,
-               int64_t values_len, uint16_t *meta, int64_t meta_len) {
-    const int words = sk_nm_meta_words(m);
-    if (!w || !values || !meta)
-        return SK_ERR_NULL;
-    if (words == 0 || n < 1 || n > m || k <= 0 || cols <= 0 || k % m != 0 || ldw < cols)
-        return SK_ERR_SHAPE;
-    const int64_t tiles = (cols + SK_TILE - 1) / SK_TILE, groups = k / m;
-    if (values_len != tiles * groups * n * SK_TILE || meta_len != tiles * groups * n * words)
-        return SK_ERR_LENGTH;
-    static _Thread_local uint8_t table[256][8], count[256];
+typedef struct {
+    const float *w;
+    int64_t ldw, cols, tiles, groups;
+    int n, m, words;
+    float *values;
+    uint16_t *meta;
+    int status[SK_MAX_THREADS];
+} pack_job;
+
+/* Tiles [t_begin, t_end): each thread writes its own records (tiles are contiguous in both outputs). */
+static int pack_tiles(const pack_job *job, int64_t t_begin, int64_t t_end) {
+    const float *w = job->w;
+    const int64_t ldw = job->ldw, cols = job->cols, groups = job->groups;
+    const int n = job->n, m = job->m, words = job->words;
+    uint8_t table[256][8], count[256];
     if (m <= 8)
         fill_table(n, m, table, count);
     uint8_t pos[16][SK_TILE]; /* [slot][lane], n <= m <= 16 */
     float vals[16][SK_TILE];
-    for (int64_t t = 0; t < tiles; t++) {
+    for (int64_t t = t_begin; t < t_end; t++) {
         const int64_t c0 = t * SK_TILE;
         const int width = cols - c0 < SK_TILE ? (int)(cols - c0) : SK_TILE;
         for (int64_t g = 0; g < groups; g++) {
@@ -128,10 +133,42 @@ int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int 
             }
             const int64_t record = (t * groups + g) * n;
             for (int j = 0; j < n; j++) {
-                memcpy(values + (record + j) * SK_TILE, vals[j], sizeof vals[j]);
-                encode_record(pos[j], m, meta + (record + j) * words);
+                memcpy(job->values + (record + j) * SK_TILE, vals[j], sizeof vals[j]);
+                encode_record(pos[j], m, job->meta + (record + j) * words);
             }
         }
     }
+    return SK_OK;
+}
+
+static void pack_body(const void *args, int tid, int nth) {
+    pack_job *job = (pack_job *)args;
+    int64_t begin, end;
+    sk_split(job->tiles, tid, nth, &begin, &end);
+    job->status[tid] = pack_tiles(job, begin, end);
+}
+
+/* Below this many weights one thread packs (a region's wake-up costs more than it saves). */
+#define SK_PACK_PARALLEL_MIN (1 << 18)
+
+int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int m, float *values,
+               int64_t values_len, uint16_t *meta, int64_t meta_len) {
+    const int words = sk_nm_meta_words(m);
+    if (!w || !values || !meta)
+        return SK_ERR_NULL;
+    if (words == 0 || n < 1 || n > m || k <= 0 || cols <= 0 || k % m != 0 || ldw < cols)
+        return SK_ERR_SHAPE;
+    const int64_t tiles = (cols + SK_TILE - 1) / SK_TILE, groups = k / m;
+    if (values_len != tiles * groups * n * SK_TILE || meta_len != tiles * groups * n * words)
+        return SK_ERR_LENGTH;
+    pack_job job = {w, ldw, cols, tiles, groups, n, m, words, values, meta, {0}};
+    /* Offline, but on every layer a compile lowers: all cores (reads are strided, not bandwidth-bound). */
+    int threads = k * cols >= SK_PACK_PARALLEL_MIN ? sk_max_threads() : 1;
+    if (threads > tiles)
+        threads = (int)tiles;
+    sk_run_parallel(threads, pack_body, &job);
+    for (int i = 0; i < threads; i++)
+        if (job.status[i] != SK_OK)
+            return job.status[i];
     return SK_OK;
 }

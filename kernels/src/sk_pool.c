@@ -32,7 +32,6 @@
 
 #include "sk_internal.h"
 
-#define SK_MAX_THREADS 64
 #define SK_SPIN_US 60
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* one parallel call at a time */

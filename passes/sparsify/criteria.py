@@ -92,6 +92,13 @@ def prune_2d(
         from sparsec.passes.sparsify.sparsegpt import sparsegpt_prune
 
         return sparsegpt_prune(w2, stats.gram, pattern, damp=damp, keep_last=keep_last)
+    if pattern.kind == "nm" and (criterion != "wanda" or stats is None):
+        # Magnitude N:M in one native pass where the kernel library is built (numpy below otherwise).
+        from sparsec.kernels.packing_nm import prune_nm_native
+
+        pruned = prune_nm_native(w2, pattern.n, pattern.m)
+        if pruned is not None:
+            return pruned
     scores = np.abs(w2.astype(np.float32, copy=False))  # no copy of a float32 weight before abs
     if criterion == "wanda" and stats is not None:
         scores = scores * np.sqrt(np.maximum(stats.col_sq_mean, 0.0))[None, :].astype(np.float32)

@@ -210,9 +210,10 @@ def entry() -> None:
     A compile leaves a heap of IR objects and weight arrays that interpreter shutdown would
     free one by one (0.3-0.4 s after a BERT-base compile) only for the process to end: the exit
     hooks run (staging and spill folders are removed, logs flushed), then the process exits
-    without that teardown. Only when no other Python thread is alive, whose work could be cut."""
+    without that teardown. Only when no other non-daemon Python thread is alive, whose work
+    could be cut (daemon threads, such as tqdm's monitor, are cut by any exit)."""
     code = main()
-    if threading.active_count() > 1:
+    if any(t is not threading.current_thread() and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     # The work is done (or failed with its message): a SIGTERM now must not cut the hooks short
     # (they remove temporary folders) nor turn into an exception inside them.

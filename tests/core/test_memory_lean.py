@@ -215,3 +215,35 @@ def test_the_spill_threshold_follows_the_budget(external_model, tmp_path, monkey
     tight = compile_file(external_model, tmp_path / "b", CompileOptions(bench=False, tune=False, max_memory=8 << 20))
     assert roomy.manifest["memory"]["mode"] == tight.manifest["memory"]["mode"] == "in-memory"
     assert roomy.manifest["memory"]["spilled_bytes"] == 0 < tight.manifest["memory"]["spilled_bytes"]
+
+
+def test_small_pages_switches_numpys_huge_page_hint_off_within_the_compile(monkeypatch) -> None:
+    """numpy's transparent-huge-page request is off inside `small_pages` (and a compile) and
+    back to what it was after, also when the block raises."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    import sparsec.compiler as compiler
+    from sparsec.memory import small_pages
+    from sparsec.testing import mlp_model
+
+    previous = _set_madvise_hugepage(True)
+    try:
+        with small_pages():
+            assert _set_madvise_hugepage(False) is False  # was off inside
+        assert _set_madvise_hugepage(True) is True  # restored
+        with pytest.raises(RuntimeError), small_pages():
+            raise RuntimeError("boom")
+        assert _set_madvise_hugepage(True) is True
+
+        seen = []
+        real = compiler._compile
+
+        def spy(*args, **kwargs):
+            seen.append(_set_madvise_hugepage(False))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(compiler, "_compile", spy)
+        compiler.compile_model(mlp_model(1, (64, 64), name="pages"), compiler.CompileOptions(bench=False, tune=False))
+        assert seen == [False] and _set_madvise_hugepage(True) is True
+    finally:
+        _set_madvise_hugepage(previous)

@@ -46,6 +46,19 @@ def test_packing_in_tile_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch,
     np.testing.assert_array_equal(chunked.to_dense(), w)
 
 
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 8)])
+def test_the_native_packer_splits_large_weights_between_threads(monkeypatch: pytest.MonkeyPatch, n: int, m: int) -> None:
+    """Above 2^18 weights `sk_nm_pack` splits the tiles between threads: the numpy packer's bytes."""
+    import sparsec.kernels.packing_nm as packing
+
+    w = prune_nm(np.random.default_rng(m).standard_normal((64 * m, 16 * 300 + 7)), n, m)
+    native = pack_nm(w, n, m)
+    monkeypatch.setattr(packing, "_pack_native", lambda *a: False)
+    reference = pack_nm(w, n, m)
+    np.testing.assert_array_equal(native.values, reference.values)
+    np.testing.assert_array_equal(native.meta, reference.meta)
+
+
 @pytest.mark.parametrize(("n", "m"), PATTERNS)
 def test_the_native_packer_writes_the_numpy_packers_bytes(monkeypatch: pytest.MonkeyPatch, n: int, m: int) -> None:
     """`sk_nm_pack` (C, one pass) against the numpy packer: groups sparser than the pattern,
