@@ -4,10 +4,11 @@
  *
  * A member is kept when fewer than N members of its group beat it; a member beats it when
  * its magnitude is larger, or equal and earlier (the stable argsort's order). Kept weights
- * are written as w + 0.0f (numpy's path turns a kept -0.0 into +0.0 too), pruned ones as
- * +0.0f. Non-finite weights are left to numpy (NaN breaks the ordering; numpy's masked copy
- * treats infinities specially): the call returns SK_ERR_NONFINITE having written part of out.
- * Portable C: pruning is offline work, bound by memory, which SSE2 already saturates.
+ * are copied, except that a kept -0.0 becomes +0.0 (numpy's masked adds +0.0); pruned ones
+ * are +0.0. Non-finite weights are left to numpy (NaN breaks the ordering; numpy's masked
+ * copy treats infinities specially): the call returns SK_ERR_NONFINITE having written part
+ * of out. Portable C (vectorised by the compiler at the baseline ISA): pruning is offline
+ * work, bound by memory.
  */
 #include <string.h>
 
