@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -113,25 +114,31 @@ def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
     return np.where(keep, groups, 0.0).reshape(k, cols).astype(np.float32)
 
 
+def _library_function(name: str) -> Any:
+    """The kernel library's C function `name`, or None when the library is not built or a build
+    of it (SPARSEC_KERNELS_LIB) predates the function: callers then use numpy."""
+    from . import _native
+    from .errors import KernelUnavailableError
+
+    try:
+        return getattr(_native.load(), name, None)
+    except KernelUnavailableError:
+        return None
+
+
 def prune_nm_native(w2: np.ndarray, n: int, m: int) -> np.ndarray | None:
     """`w2` [rows, K] (float32) with the n largest-magnitude weights of every group of m along K
     kept, in `w2`'s memory order, by the kernel library's `sk_nm_prune` in one pass (numpy's
-    |W|, mask and masked copy take three; 0.66 -> ~0.1 s for BERT-base). The same result as
+    |W|, mask and masked copy take three). The same result as
     `sparsec.nm_pattern.nm_mask` on |W| applied as `criteria.masked` applies it. None where the
     library is missing or predates it, `w2` is neither C- nor F-ordered, m > 8, or a weight is
     NaN or infinite: the caller's numpy path handles those."""
     import ctypes
 
-    from . import _native
-    from .errors import KernelUnavailableError
-
     if w2.ndim != 2 or w2.dtype != np.float32 or m > 8 or w2.shape[1] % m or not w2.size:
         return None
-    try:
-        lib = _native.load()
-    except KernelUnavailableError:
-        return None
-    if not hasattr(lib, "sk_nm_prune"):
+    prune = _library_function("sk_nm_prune")
+    if prune is None:
         return None
     if w2.flags.c_contiguous:  # groups are m neighbours in a row
         src, out, along_rows = w2, np.empty(w2.shape, np.float32), 0
@@ -142,7 +149,7 @@ def prune_nm_native(w2: np.ndarray, n: int, m: int) -> np.ndarray | None:
     else:
         return None
     f32p = ctypes.POINTER(ctypes.c_float)
-    status = lib.sk_nm_prune(
+    status = prune(
         src.ctypes.data_as(f32p), src.shape[1], src.shape[0], src.shape[1], n, m, along_rows,
         out.ctypes.data_as(f32p), out.shape[1],
     )
@@ -175,18 +182,12 @@ def _pack_native(w: np.ndarray, n: int, m: int, values: np.ndarray, meta: np.nda
     the library is not built or predates it."""
     import ctypes
 
-    from . import _native
-    from .errors import KernelUnavailableError
-
-    try:
-        lib = _native.load()
-    except KernelUnavailableError:
-        return False
-    if not hasattr(lib, "sk_nm_pack"):
+    pack = _library_function("sk_nm_pack")
+    if pack is None:
         return False
     if w.strides[1] != 4 or w.strides[0] % 4 or w.strides[0] < 0:
         w = np.ascontiguousarray(w)
-    status = lib.sk_nm_pack(
+    status = pack(
         w.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), w.strides[0] // 4, w.shape[0], w.shape[1], n, m,
         values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), values.size,
         meta.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)), meta.size,

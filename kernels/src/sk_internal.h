@@ -78,6 +78,21 @@ static inline void sk_split(int64_t n, int tid, int nth, int64_t *begin, int64_t
     *end = n * (tid + 1) / nth;
 }
 
+/* Threads for offline work (packing, pruning) on `elements` weights split in `items` parts:
+ * every core from 2^18 weights on (below, a region's wake-up costs more than it saves). */
+static inline int sk_offline_threads(int64_t elements, int64_t items) {
+    const int threads = elements >= (1 << 18) ? sk_max_threads() : 1;
+    return threads > items ? (int)(items > 0 ? items : 1) : threads;
+}
+
+/* The first failure among the statuses a parallel region's threads left, else SK_OK. */
+static inline int sk_first_error(const int *status, int threads) {
+    for (int i = 0; i < threads; i++)
+        if (status[i] != 0)
+            return status[i];
+    return 0;
+}
+
 void sk_nm_scalar(const sk_nm_args *a);
 void sk_block_scalar(const sk_block_args *a);
 #if defined(__x86_64__) || defined(_M_X64)

@@ -148,9 +148,6 @@ static void pack_body(const void *args, int tid, int nth) {
     job->status[tid] = pack_tiles(job, begin, end);
 }
 
-/* Below this many weights one thread packs (a region's wake-up costs more than it saves). */
-#define SK_PACK_PARALLEL_MIN (1 << 18)
-
 int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int m, float *values,
                int64_t values_len, uint16_t *meta, int64_t meta_len) {
     const int words = sk_nm_meta_words(m);
@@ -163,12 +160,7 @@ int sk_nm_pack(const float *w, int64_t ldw, int64_t k, int64_t cols, int n, int 
         return SK_ERR_LENGTH;
     pack_job job = {w, ldw, cols, tiles, groups, n, m, words, values, meta, {0}};
     /* Offline, but on every layer a compile lowers: all cores (reads are strided, not bandwidth-bound). */
-    int threads = k * cols >= SK_PACK_PARALLEL_MIN ? sk_max_threads() : 1;
-    if (threads > tiles)
-        threads = (int)tiles;
+    const int threads = sk_offline_threads(k * cols, tiles);
     sk_run_parallel(threads, pack_body, &job);
-    for (int i = 0; i < threads; i++)
-        if (job.status[i] != SK_OK)
-            return job.status[i];
-    return SK_OK;
+    return sk_first_error(job.status, threads);
 }

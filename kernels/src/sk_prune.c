@@ -107,9 +107,6 @@ static void prune_body(const void *args, int tid, int nth) {
     j->status[tid] = prune_range(j, begin, end);
 }
 
-/* Below this many weights one thread prunes (a region's wake-up costs more than it saves). */
-#define SK_PRUNE_PARALLEL_MIN (1 << 18)
-
 int sk_nm_prune(const float *w, int64_t ldw, int64_t rows, int64_t cols, int n, int m, int along_rows,
                 float *out, int64_t ldo) {
     if (!w || !out)
@@ -120,13 +117,7 @@ int sk_nm_prune(const float *w, int64_t ldw, int64_t rows, int64_t cols, int n, 
         return SK_ERR_SHAPE;
     prune_job job = {w, ldw, rows, cols, ldo, n, m, along_rows != 0, out, {0}};
     /* All cores: the output's fresh pages fault in on both, and the first read of a mapped weight too. */
-    const int64_t items = along_rows ? rows / m : rows;
-    int threads = rows * cols >= SK_PRUNE_PARALLEL_MIN ? sk_max_threads() : 1;
-    if (threads > items)
-        threads = (int)items;
+    const int threads = sk_offline_threads(rows * cols, along_rows ? rows / m : rows);
     sk_run_parallel(threads, prune_body, &job);
-    for (int i = 0; i < threads; i++)
-        if (job.status[i] != SK_OK)
-            return job.status[i];
-    return SK_OK;
+    return sk_first_error(job.status, threads);
 }
