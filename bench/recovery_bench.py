@@ -91,6 +91,7 @@ def main() -> int:
                    help="block-wise reconstruction before the end-to-end fine-tuning: epochs per block (0: none)")
     p.add_argument("--blockwise-lr", type=float, default=1e-3)
     p.add_argument("--blockwise-share", type=float, default=0.5, help="block-wise part of the fine-tuning time limits")
+    p.add_argument("--bf16", action="store_true", help="end-to-end steps under torch's bfloat16 autocast (FinetuneOptions.bf16)")
     p.add_argument("--blockwise-copies", type=int, default=0,
                    help="with --augment: augmented copies of the samples (their changed rows) join the block-wise stage's data")
     p.add_argument("--no-finetune", action="store_true")
@@ -158,7 +159,7 @@ def main() -> int:
                                   augment=args.augment, augment_mode=args.augment_mode, feature_weight=args.feature_weight,
                                   patience=args.patience, blockwise_epochs=args.blockwise_epochs,
                                   blockwise_lr=args.blockwise_lr, blockwise_share=args.blockwise_share,
-                                  blockwise_copies=args.blockwise_copies)
+                                  blockwise_copies=args.blockwise_copies, bf16=args.bf16)
         ft, result["finetune"] = timed(finetune, model, task.model, train, options, validation=validation)
         result["finetune"]["result"] = ft.to_dict()
         result["finetuned"] = _embedding_metrics(dense, _run_all(model, task.eval_feeds))

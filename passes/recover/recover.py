@@ -40,6 +40,7 @@ class Recover(Pass):
     router_weight: float = option(0.0, "MoE routers: weight of distilling the logits towards the experts' activation mass")
     blockwise_epochs: float = option(0.0, "block-wise reconstruction first: epochs per transformer block (0: none)")
     blockwise_lr: float = option(1e-3, "block-wise reconstruction: peak learning rate")
+    bf16: bool = option(False, "training steps under torch's bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX)")
 
     def __post_init__(self) -> None:
         from sparsec.recover.augment import MODES
@@ -58,7 +59,7 @@ class Recover(Pass):
             steps=self.steps, lr=self.lr, batch_size=self.batch_size, feature_weight=self.feature_weight,
             max_seconds=self.max_seconds, eval_every=self.eval_every, patience=self.patience, threads=threads,
             augment=self.augment, augment_mode=self.augment_mode, router_weight=self.router_weight, blockwise_epochs=self.blockwise_epochs,
-            blockwise_lr=self.blockwise_lr,
+            blockwise_lr=self.blockwise_lr, bf16=self.bf16,
         )
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:

@@ -88,6 +88,10 @@ class FinetuneOptions:
     # With `augment`: the block-wise stage trains on augmented copies too (`blockwise_copies`
     # times the samples' augmented rows, drawn once), not on the samples alone.
     blockwise_copies: int = 0
+    # End-to-end steps (student and teacher forward, student backward) under torch's CPU
+    # autocast to bfloat16: 1.7x faster steps where the CPU has AVX-512 BF16 (bench/
+    # bf16_step_probe.py). Weights, optimizer state, losses and the held-out scoring stay float32.
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -354,14 +358,15 @@ def _finetune(
             if augmenter is not None:
                 b = augmenter(b)
             mask = _row_mask(train, b)
-            s_out, s_feat = student.run(b, points + router_names)
-            s_out, s_feat = [_rows(s, mask) for s in s_out], {p: _rows(v, mask) for p, v in s_feat.items()}
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.bf16):
+                s_out, s_feat = student.run(b, points + router_names)
+            s_out, s_feat = [_rows(s, mask).float() for s in s_out], {p: _rows(v, mask).float() for p, v in s_feat.items()}
             if cached is not None:
                 t_out, t_feat = cached.get(take)
             else:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.bf16):
                     t_out, t_feat = teacher.run(b, points)
-                t_out, t_feat = [_rows(t, mask) for t in t_out], {p: _rows(v, mask) for p, v in t_feat.items()}
+                t_out, t_feat = [_rows(t, mask).float() for t in t_out], {p: _rows(v, mask).float() for p, v in t_feat.items()}
             loss = sum(_nmse(s, t) for s, t in zip(s_out, t_out, strict=True)) / len(s_out)
             matched = [p for p in points if p in s_feat and p in t_feat and s_feat[p].shape == t_feat[p].shape]
             if matched and o.feature_weight > 0:

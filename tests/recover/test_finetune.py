@@ -49,6 +49,17 @@ def test_recover_pass_in_a_pipeline_uses_the_dense_model_as_teacher(mlp, mlp_cal
     assert record["losses"] and record["held_out_curve"]
 
 
+def test_bf16_reaches_the_trainer_from_the_pass_and_the_cli() -> None:
+    from sparsec.cli.main import build_parser
+
+    pass_ = parse_pipeline("recover{bf16=true steps=3}").passes[0]
+    assert pass_.options_for_finetune().bf16 is True
+    assert parse_pipeline("recover{steps=3}").passes[0].options_for_finetune().bf16 is False
+    args = build_parser().parse_args(["finetune", "art", "--calib", "c.npz", "--bf16"])
+    assert args.bf16 is True
+    assert build_parser().parse_args(["finetune", "art", "--calib", "c.npz"]).bf16 is False
+
+
 def test_feature_points_are_shared_values(hf_models):  # noqa: ANN001
     model = hf_models["bert"]
     sparse = model.clone()

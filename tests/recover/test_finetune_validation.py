@@ -51,6 +51,30 @@ def test_useful_run_improves_the_separate_validation_set_and_keeps_2_4(mlp, mlp_
     assert _violations(sparse) == 0
 
 
+def test_bf16_steps_improve_the_validation_set_keep_2_4_and_float32_weights(mlp, mlp_calib, monkeypatch):  # noqa: ANN001
+    """`bf16`: the training steps run under torch's bfloat16 autocast, the validation scoring
+    does not; the weights written back stay float32, the 2:4 groups stay intact and the
+    validation set improves."""
+    seen = []
+    real = TorchGraph.run
+
+    def spy(self, feeds, capture=()):  # noqa: ANN001, ANN202
+        outputs, captured = real(self, feeds, capture)
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return outputs, captured
+
+    monkeypatch.setattr(TorchGraph, "run", spy)
+    sparse = _nm(mlp.clone())
+    val = CalibrationData({"x": correlated(64, 16, seed=9)}, batch_size=32)
+    result = finetune(sparse, mlp, mlp_calib, FinetuneOptions(steps=40, lr=3e-3, eval_every=10, progress=False, bf16=True),
+                      validation=val)
+    assert (True, True) in seen  # a training step's student, under autocast
+    assert (False, False) in seen  # validation scoring, in float32
+    assert result.best_step > 0 and result.cosine_after > result.cosine_before
+    assert all(sparse.graph.initializers[n].const_value.numpy().dtype == np.float32 for n in ("w1", "w2"))
+    assert _violations(sparse) == 0
+
+
 def test_cpu_time_limit_stops_the_run(mlp, mlp_calib):  # noqa: ANN001
     result = finetune(_nm(mlp.clone()), mlp, mlp_calib,
                       FinetuneOptions(steps=10_000, lr=1e-3, max_cpu_seconds=0.5, progress=False))
