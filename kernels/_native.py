@@ -13,6 +13,7 @@ import functools
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import KernelUnavailableError
 
@@ -102,3 +103,12 @@ def available() -> bool:
     except KernelUnavailableError:
         return False
     return True
+
+
+def optional_function(name: str) -> Any:
+    """The library's C function `name`, or None when the library is not built or a build of it
+    (SPARSEC_KERNELS_LIB) predates the function: callers then use their numpy path."""
+    try:
+        return getattr(load(), name, None)
+    except KernelUnavailableError:
+        return None

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ._buffers import aligned_copy, aligned_empty
+from ._native import optional_function
 from .errors import PackedFormatError
 
 TILE = 16
@@ -114,18 +114,6 @@ def prune_nm(w: np.ndarray, n: int, m: int) -> np.ndarray:
     return np.where(keep, groups, 0.0).reshape(k, cols).astype(np.float32)
 
 
-def _library_function(name: str) -> Any:
-    """The kernel library's C function `name`, or None when the library is not built or a build
-    of it (SPARSEC_KERNELS_LIB) predates the function: callers then use numpy."""
-    from . import _native
-    from .errors import KernelUnavailableError
-
-    try:
-        return getattr(_native.load(), name, None)
-    except KernelUnavailableError:
-        return None
-
-
 def prune_nm_native(w2: np.ndarray, n: int, m: int) -> np.ndarray | None:
     """`w2` [rows, K] (float32) with the n largest-magnitude weights of every group of m along K
     kept, in `w2`'s memory order, by the kernel library's `sk_nm_prune` in one pass (numpy's
@@ -137,7 +125,7 @@ def prune_nm_native(w2: np.ndarray, n: int, m: int) -> np.ndarray | None:
 
     if w2.ndim != 2 or w2.dtype != np.float32 or m > 8 or w2.shape[1] % m or not w2.size:
         return None
-    prune = _library_function("sk_nm_prune")
+    prune = optional_function("sk_nm_prune")
     if prune is None:
         return None
     if w2.flags.c_contiguous:  # groups are m neighbours in a row
@@ -182,7 +170,7 @@ def _pack_native(w: np.ndarray, n: int, m: int, values: np.ndarray, meta: np.nda
     the library is not built or predates it."""
     import ctypes
 
-    pack = _library_function("sk_nm_pack")
+    pack = optional_function("sk_nm_pack")
     if pack is None:
         return False
     if w.strides[1] != 4 or w.strides[0] % 4 or w.strides[0] < 0:

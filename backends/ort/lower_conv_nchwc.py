@@ -93,7 +93,7 @@ class LowerConvNchwc(Pass):
         sources = {mask_key(w.const_value.numpy()): w.name for w in _conv_weights(work)}
         from sparsec.layers import matches_any
 
-        keep_dense = {k for k, name in sources.items() if self.dense and matches_any([name], self.dense)}
+        keep_dense = {k for k, name in sources.items() if matches_any([name], self.dense)}
         measure = self.measure == "auto"
         low = lower_nchwc_convs(model_bytes(work), feeds, ctx.threads or 2, measure=measure,
                                 fuse_depthwise=self.fuse_depthwise, keep_dense=keep_dense)

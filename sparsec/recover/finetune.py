@@ -152,6 +152,14 @@ def _nmse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((s - t) ** 2).sum() / (t**2).sum().clamp_min(1e-12)
 
 
+def _real_rows(run: tuple[list[torch.Tensor], dict[str, torch.Tensor]], mask: torch.Tensor | None,
+               ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """A TorchGraph run's outputs and captured values, real rows only, in float32 (a bf16 step's
+    values are bfloat16; the losses are taken in float32)."""
+    outputs, captured = run
+    return [_rows(x, mask).float() for x in outputs], {name: _rows(v, mask).float() for name, v in captured.items()}
+
+
 def _rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is not None and x.dim() == mask.dim() + 1 and tuple(x.shape[: mask.dim()]) == tuple(mask.shape):
         return x[mask]
@@ -359,14 +367,12 @@ def _finetune(
                 b = augmenter(b)
             mask = _row_mask(train, b)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.bf16):
-                s_out, s_feat = student.run(b, points + router_names)
-            s_out, s_feat = [_rows(s, mask).float() for s in s_out], {p: _rows(v, mask).float() for p, v in s_feat.items()}
+                s_out, s_feat = _real_rows(student.run(b, points + router_names), mask)
             if cached is not None:
                 t_out, t_feat = cached.get(take)
             else:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=o.bf16):
-                    t_out, t_feat = teacher.run(b, points)
-                t_out, t_feat = [_rows(t, mask).float() for t in t_out], {p: _rows(v, mask).float() for p, v in t_feat.items()}
+                    t_out, t_feat = _real_rows(teacher.run(b, points), mask)
             loss = sum(_nmse(s, t) for s, t in zip(s_out, t_out, strict=True)) / len(s_out)
             matched = [p for p in points if p in s_feat and p in t_feat and s_feat[p].shape == t_feat[p].shape]
             if matched and o.feature_weight > 0:
